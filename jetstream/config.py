@@ -1,0 +1,146 @@
+"""Command-line flags and their JETSTREAM_* environment variables.
+
+Owns: every tunable of the daemon, its default and its parsing. Each flag can be
+given on the command line or in the environment (`--event-ttl` <-> JETSTREAM_EVENT_TTL);
+the command line wins. Names and defaults follow Jetstream v1 (V1-REFERENCE §1)
+where v1 has the flag; new flags say so in their help text.
+It must never start anything: it only turns argv + environ into a Config.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """Go time.ParseDuration syntax ("24h", "1m30s", "250ms") -> seconds.
+
+    A bare number is taken as seconds, a convenience v1 did not have.
+    """
+    text = text.strip()
+    if not text:
+        raise ValueError("empty duration")
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    sign = -1.0 if text.startswith("-") else 1.0
+    body = text.lstrip("+-")
+    pos, total = 0, 0.0
+    for match in _DURATION_PART.finditer(body):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+    if pos != len(body) or pos == 0:
+        raise ValueError(f"invalid duration {text!r}")
+    return sign * total
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "t", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "f", "false", "no", "off"):
+        return False
+    raise ValueError(f"invalid boolean {text!r}")
+
+
+def parse_listen_addr(text: str) -> tuple[str, int]:
+    """':6008' -> ('0.0.0.0', 6008); '127.0.0.1:0' -> ('127.0.0.1', 0); '[::1]:80' -> ('::1', 80)."""
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+@dataclass(frozen=True)
+class Flag:
+    name: str  # without leading dashes
+    default: Any
+    parse: Callable[[str], Any]
+    help: str
+    v1: bool = True  # False: a flag Jetstream v1 did not have
+
+    @property
+    def env(self) -> str:
+        return "JETSTREAM_" + self.name.upper().replace("-", "_")
+
+    @property
+    def attr(self) -> str:
+        return self.name.replace("-", "_")
+
+
+DEFAULT_RELAY_URL = "wss://bsky.network/xrpc/com.atproto.sync.subscribeRepos"
+
+SERVE_FLAGS: tuple[Flag, ...] = (
+    Flag("ws-url", DEFAULT_RELAY_URL, str, "full subscribeRepos URL of the relay"),
+    Flag("listen-addr", ":6008", str, "public HTTP/websocket listen address"),
+    Flag("metrics-listen-addr", ":6009", str, "Prometheus /metrics listen address"),
+    Flag("data-dir", "./data", str, "directory of the RocksDB event log"),
+    Flag("event-ttl", "24h", parse_duration, "retention of logged events (Go duration)"),
+    Flag("max-sub-rate", 5000.0, float, "events per second per client IP (token bucket, burst = rate)"),
+    Flag("override-relay-cursor", -1, int, "if >= 0, start the relay from this seq instead of the stored cursor"),
+    Flag("liveness-ttl", "15s", parse_duration, "relay silence after which the relay connection is considered dead; also the TTL trim period"),
+    Flag("zstd-dictionary-path", "", str, "zstd dictionary file for compressed clients (v1 declared but ignored it; we honour it)"),
+    Flag("worker-count", 100, int, "accepted for v1 compatibility; ingest is a single ordered pipeline, so it is unused"),
+    Flag("max-queue-size", 1000, int, "accepted for v1 compatibility; a no-op in v1 as well"),
+    # Flags v1 did not have.
+    Flag("ring-capacity", 200_000, int, "events held in memory for live readers; older ones are read from the log", v1=False),
+    Flag("group-commit-ms", 2.0, float, "how long ingest gathers decoded events into one RocksDB write batch", v1=False),
+    Flag("fsync", False, parse_bool, "fsync the WAL on every batch (power-loss durability); kill -9 is safe either way", v1=False),
+    Flag("log-level", "info", str, "debug | info | warning | error", v1=False),
+)
+
+RELAY_SIM_FLAGS: tuple[Flag, ...] = (
+    Flag("listen-addr", "127.0.0.1:6010", str, "where the fake relay listens", v1=False),
+    Flag("frames-file", "", str, "recorded frames, zstd of [u32 LE length][frame]...; empty means --synthetic", v1=False),
+    Flag("synthetic", False, parse_bool, "generate frames instead of replaying a file", v1=False),
+    Flag("rate", 100.0, float, "frames per second (0 = as fast as the client reads)", v1=False),
+    Flag("loops", 0, int, "how many times to play the file (0 = forever)", v1=False),
+    Flag("seed", 1, int, "seed of the synthetic generator", v1=False),
+    Flag("dids", 1000, int, "number of distinct repos in synthetic mode", v1=False),
+    Flag("log-level", "info", str, "debug | info | warning | error", v1=False),
+)
+
+
+@dataclass
+class Config:
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.values[name]
+        except KeyError as exc:
+            raise AttributeError(name) from exc
+
+
+def add_flags(parser: argparse.ArgumentParser, flags: tuple[Flag, ...], environ: dict[str, str]) -> None:
+    for flag in flags:
+        raw_default = environ.get(flag.env)
+        default = flag.parse(raw_default) if raw_default is not None else flag.default
+        if isinstance(default, str) and flag.parse is not str:
+            default = flag.parse(default)
+        parser.add_argument(
+            f"--{flag.name}",
+            dest=flag.attr,
+            type=flag.parse,
+            default=default,
+            help=f"{flag.help} [env {flag.env}, default {flag.default!r}]",
+        )
+
+
+def to_config(namespace: argparse.Namespace, flags: tuple[Flag, ...]) -> Config:
+    return Config({flag.attr: getattr(namespace, flag.attr) for flag in flags})
+
+
+def parse_serve_args(argv: list[str], environ: dict[str, str] | None = None) -> Config:
+    """Parse `jetstream serve` flags (used by tests to build configs without a CLI)."""
+    parser = argparse.ArgumentParser(prog="jetstream serve")
+    add_flags(parser, SERVE_FLAGS, dict(os.environ if environ is None else environ))
+    return to_config(parser.parse_args(argv), SERVE_FLAGS)

@@ -1,0 +1,46 @@
+"""The event values that flow between stages.
+
+Owns: the two shapes an event has on its way through the daemon, and the kind
+codes. It must never do I/O; stages exchange these values and nothing else.
+
+  ingest  ->  PendingEvent   (JSON bytes around a missing time_us)
+  sequencer -> Event         (time_us assigned, JSON and zstd bytes final)
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+KIND_COMMIT = 0
+KIND_IDENTITY = 1
+KIND_ACCOUNT = 2
+KIND_NAMES = ("commit", "identity", "account")
+
+
+class PendingEvent(NamedTuple):
+    """An event decoded from the relay, waiting for its time_us.
+
+    The wire JSON is ``json_head + str(time_us) + json_tail``: v1's envelope puts
+    time_us second (after did), so ingest renders everything else once, up front.
+    """
+
+    did: str
+    kind: int
+    collection: str  # "" for identity/account: they bypass collection filters (v1 d420dfe)
+    json_head: bytes  # b'{"did":"did:plc:...","time_us":'
+    json_tail: bytes  # b',"kind":"commit","commit":{...}}'
+
+
+class Event(NamedTuple):
+    """A sequenced event: what the log stores and subscribers receive."""
+
+    time_us: int
+    did: str
+    kind: int
+    collection: str
+    json: bytes
+    zstd: bytes
+
+
+def render_json(pending: PendingEvent, time_us: int) -> bytes:
+    """The event's final JSON bytes with its time_us filled in."""
+    return b"%s%d%s" % (pending.json_head, time_us, pending.json_tail)
