@@ -38,3 +38,18 @@ def corpus_frames(corpus_dir: Path) -> list[bytes]:
 @pytest.fixture(scope="session")
 def expected_v1_lines(corpus_dir: Path) -> list[bytes]:
     return (corpus_dir / "expected_v1.jsonl").read_bytes().splitlines()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem):
+    """Run `async def` tests on a fresh uvloop event loop (the daemon's loop) without plugins."""
+    import inspect
+
+    if not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return None
+    import uvloop
+
+    names = pyfuncitem._fixtureinfo.argnames
+    kwargs = {name: pyfuncitem.funcargs[name] for name in names}
+    uvloop.run(pyfuncitem.obj(**kwargs))
+    return True
