@@ -819,3 +819,17 @@ def go_json_string(value) -> bytes:
         return PyBytes_FromStringAndSize(out.data, out.len)
     finally:
         free(out.data)
+
+
+def cid_to_string(cid) -> str:
+    """go-cid String() of a binary CID (see the reference); no validation."""
+    cdef OutBuf out
+    cdef bytes raw = cid if type(cid) is bytes else bytes(cid)
+    out.data = NULL
+    out.len = 0
+    out.cap = 0
+    try:
+        ob_cid_string(&out, <const uint8_t*>PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw))
+        return (<bytes>PyBytes_FromStringAndSize(out.data, out.len)).decode("ascii")
+    finally:
+        free(out.data)
