@@ -250,12 +250,17 @@ def build_source(cfg) -> FrameSource:
     return FileSource(read_frames(Path(cfg.frames_file)), loops=cfg.loops)
 
 
-async def run_from_config(cfg) -> None:
-    """Serve the relay described by RELAY_SIM_FLAGS until cancelled."""
+async def run_from_config(cfg, started: asyncio.Future | None = None) -> None:
+    """Serve the relay described by RELAY_SIM_FLAGS until cancelled.
+
+    `started`, if given, receives the running RelaySim (its port, url and counters).
+    """
     logging.getLogger("jetstream.relaysim").setLevel(str(cfg.log_level).upper())
     host, port = parse_listen_addr(cfg.listen_addr)
     sim = RelaySim(build_source(cfg), rate=cfg.rate)
     await sim.start(host, port)
+    if started is not None and not started.done():
+        started.set_result(sim)
     try:
         await asyncio.Future()
     finally:
