@@ -1,0 +1,77 @@
+"""The byte layout of one event in the log: its key and its value.
+
+Owns: key encoding (time_us as 8-byte big-endian unsigned, so numeric order is
+byte order: v1's decimal keys sorted lexicographically, V1-REFERENCE §5.6) and
+value encoding (a small header carrying kind, did and collection before the
+payload, so replay can filter without parsing JSON).
+It must never touch RocksDB or interpret the payload.
+
+Value layout (all integers big-endian):
+
+    u8 kind | u16 len(did) | u16 len(collection) | did | collection | payload
+"""
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple
+
+KEY_SIZE = 8
+MAX_TIME_US = (1 << 64) - 1
+
+_KEY = struct.Struct(">Q")
+_HEADER = struct.Struct(">BHH")
+HEADER_FIXED_SIZE = _HEADER.size
+
+
+class RowError(ValueError):
+    """A key or value that is not in this module's layout."""
+
+
+class LogRow(NamedTuple):
+    """One stored event as read back: payload is JSON or zstd bytes, as asked."""
+
+    time_us: int
+    did: str
+    kind: int
+    collection: str
+    payload: bytes
+
+
+def encode_key(time_us: int) -> bytes:
+    return _KEY.pack(time_us)
+
+
+def decode_key(key: bytes) -> int:
+    if len(key) != KEY_SIZE:
+        raise RowError(f"event key must be {KEY_SIZE} bytes, got {len(key)}")
+    return _KEY.unpack(key)[0]
+
+
+def encode_header(kind: int, did: str, collection: str) -> bytes:
+    """The value prefix; built once per event and shared by its JSON and zstd rows."""
+    did_bytes = did.encode()
+    collection_bytes = collection.encode()
+    return _HEADER.pack(kind, len(did_bytes), len(collection_bytes)) + did_bytes + collection_bytes
+
+
+def encode_value(kind: int, did: str, collection: str, payload: bytes) -> bytes:
+    return encode_header(kind, did, collection) + payload
+
+
+def decode_header(value: bytes) -> tuple[int, str, str, int]:
+    """(kind, did, collection, payload_offset) without copying the payload."""
+    if len(value) < HEADER_FIXED_SIZE:
+        raise RowError(f"event value shorter than its {HEADER_FIXED_SIZE}-byte header")
+    kind, did_len, collection_len = _HEADER.unpack_from(value)
+    did_end = HEADER_FIXED_SIZE + did_len
+    payload_offset = did_end + collection_len
+    if payload_offset > len(value):
+        raise RowError("event value truncated inside its did/collection header")
+    did = value[HEADER_FIXED_SIZE:did_end].decode()
+    collection = value[did_end:payload_offset].decode()
+    return kind, did, collection, payload_offset
+
+
+def decode_row(key: bytes, value: bytes) -> LogRow:
+    kind, did, collection, payload_offset = decode_header(value)
+    return LogRow(decode_key(key), did, kind, collection, value[payload_offset:])

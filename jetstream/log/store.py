@@ -1,0 +1,276 @@
+"""The durable event log: RocksDB column families `events`, `events_zstd`, `meta`.
+
+Owns: the on-disk log and its atomicity. One `append` is one WriteBatch holding
+every event (JSON row and zstd row), the relay cursor that produced them and
+the time_us high-water mark, so a crash can never separate an event from its
+cursor (DESIGN invariant 3), and the high-water mark survives trimming so
+time_us keeps increasing across restarts (invariant 2). Rows are laid out by
+`jetstream.log.rows`.
+It must never invent time_us values, parse event JSON, or silently re-create a
+directory that is not an event log of this format.
+"""
+from __future__ import annotations
+
+import logging
+import struct
+from pathlib import Path
+from typing import Sequence
+
+from rocksdict import DBCompressionType, Options, Rdict, WriteBatch, WriteOptions
+
+from jetstream.events import Event
+from jetstream.log.rows import MAX_TIME_US, LogRow, decode_key, decode_row, encode_header, encode_key
+
+log = logging.getLogger(__name__)
+
+CF_EVENTS = "events"
+CF_EVENTS_ZSTD = "events_zstd"
+CF_META = "meta"
+OUR_COLUMN_FAMILIES = (CF_EVENTS, CF_EVENTS_ZSTD, CF_META)
+
+META_FORMAT_NAME = b"format_name"
+META_FORMAT_VERSION = b"format_version"
+META_RELAY_CURSOR = b"relay_cursor"
+META_HWM = b"hwm_time_us"
+
+FORMAT_NAME = b"jetstream-py event log"
+FORMAT_VERSION = 1
+
+_SIGNED = struct.Struct(">q")
+_UNSIGNED = struct.Struct(">Q")
+
+
+class LogError(Exception):
+    """The log cannot be opened as asked, or an append would break its invariants."""
+
+
+def _column_family_options(name: str) -> Options:
+    options = Options(raw_mode=True)
+    if name == CF_EVENTS:
+        options.set_compression_type(DBCompressionType.lz4())
+    elif name == CF_EVENTS_ZSTD:
+        # Values are zstd frames already; a second compression pass only burns CPU.
+        options.set_compression_type(DBCompressionType.none())
+    return options
+
+
+def _is_empty_dir(path: Path) -> bool:
+    return not any(path.iterdir())
+
+
+class EventLog:
+    """Append-only, time_us-keyed event log with an atomic relay cursor.
+
+    Not safe for concurrent appends from several threads; reads may interleave
+    with appends in the same thread (the asyncio loop).
+    """
+
+    def __init__(self, path: str, *, fsync: bool = False, create: bool = True) -> None:
+        self.path = str(path)
+        fresh, existing_column_families = self._inspect_location(Path(path), create)
+        self._db = self._open(fresh, existing_column_families)
+        self._events = self._db.get_column_family(CF_EVENTS)
+        self._events_zstd = self._db.get_column_family(CF_EVENTS_ZSTD)
+        self._meta = self._db.get_column_family(CF_META)
+        self._events_handle = self._db.get_column_family_handle(CF_EVENTS)
+        self._events_zstd_handle = self._db.get_column_family_handle(CF_EVENTS_ZSTD)
+        self._meta_handle = self._db.get_column_family_handle(CF_META)
+        self._write_options = WriteOptions()
+        self._write_options.sync = fsync  # WAL is always on; fsync only decides sync-to-disk.
+        self._closed = False
+        self._hwm = 0
+        self._relay_cursor = None
+        try:
+            if fresh:
+                self._write_format()
+            else:
+                self._verify_format()
+        except BaseException:
+            self.close()
+            raise
+        self._relay_cursor = self._read_meta_int(META_RELAY_CURSOR, _SIGNED)
+        self._hwm = self._read_meta_int(META_HWM, _UNSIGNED) or 0
+        log.info("event=log_opened path=%s fresh=%s relay_cursor=%s hwm=%d fsync=%s",
+                 self.path, fresh, self._relay_cursor, self._hwm, fsync)
+
+    # -- opening --------------------------------------------------------------------------------
+    @staticmethod
+    def _inspect_location(path: Path, create: bool) -> tuple[bool, set[str]]:
+        """(create a new log?, column families present); LogError when the place is not ours."""
+        if not path.exists() or (path.is_dir() and _is_empty_dir(path)):
+            if not create:
+                raise LogError(f"no event log at {path} (and create=False)")
+            path.mkdir(parents=True, exist_ok=True)
+            return True, set()
+        if not path.is_dir():
+            raise LogError(f"{path} exists and is not a directory; refusing to use it as the event log")
+        if not (path / "CURRENT").exists():
+            raise LogError(f"{path} is a non-empty directory without a RocksDB database; "
+                           "refusing to use it as the event log")
+        try:
+            present = set(Rdict.list_cf(str(path), Options(raw_mode=True)))
+        except Exception as exc:  # noqa: BLE001 - rocksdict raises bare Exception
+            raise LogError(f"{path} holds an unreadable RocksDB database: {exc}") from exc
+        missing = [name for name in OUR_COLUMN_FAMILIES if name not in present]
+        if missing:
+            raise LogError(f"{path} is a RocksDB database but not a jetstream event log "
+                           f"(missing column families {', '.join(missing)})")
+        return False, present
+
+    def _open(self, fresh: bool, existing_column_families: set[str]) -> Rdict:
+        options = Options(raw_mode=True)
+        options.create_if_missing(fresh)
+        options.create_missing_column_families(fresh)
+        # RocksDB must open every column family a database has, ours or not.
+        names = set(OUR_COLUMN_FAMILIES) | existing_column_families
+        names.discard("default")
+        try:
+            return Rdict(self.path, options,
+                         column_families={name: _column_family_options(name) for name in sorted(names)})
+        except Exception as exc:  # noqa: BLE001 - e.g. the LOCK is held by another process
+            raise LogError(f"cannot open event log at {self.path}: {exc}") from exc
+
+    def _write_format(self) -> None:
+        batch = WriteBatch(raw_mode=True)
+        batch.put(META_FORMAT_NAME, FORMAT_NAME, self._meta_handle)
+        batch.put(META_FORMAT_VERSION, b"%d" % FORMAT_VERSION, self._meta_handle)
+        sync = WriteOptions()
+        sync.sync = True
+        self._db.write(batch, sync)
+
+    def _verify_format(self) -> None:
+        name = self._meta.get(META_FORMAT_NAME)
+        if name != FORMAT_NAME:
+            raise LogError(f"{self.path} is not a jetstream event log (format name {name!r})")
+        version = self._meta.get(META_FORMAT_VERSION)
+        if version != b"%d" % FORMAT_VERSION:
+            raise LogError(f"event log at {self.path} has format version {version!r}; "
+                           f"this build reads version {FORMAT_VERSION} only")
+
+    def _read_meta_int(self, key: bytes, layout: struct.Struct) -> int | None:
+        value = self._meta.get(key)
+        return None if value is None else layout.unpack(value)[0]
+
+    # -- writing --------------------------------------------------------------------------------
+    def append(self, events: Sequence[Event], relay_cursor: int | None) -> None:
+        """Write `events` and `relay_cursor` atomically; durable in the WAL on return.
+
+        Events must carry strictly increasing time_us above the high-water mark.
+        `append([], cursor)` only moves the cursor (frames that produce no events).
+        """
+        if not events and relay_cursor is None:
+            return
+        newest = self._check_increasing(events)
+        batch = WriteBatch(raw_mode=True)
+        events_handle, zstd_handle = self._events_handle, self._events_zstd_handle
+        for event in events:
+            key = encode_key(event.time_us)
+            header = encode_header(event.kind, event.did, event.collection)
+            batch.put(key, header + event.json, events_handle)
+            batch.put(key, header + event.zstd, zstd_handle)
+        if relay_cursor is not None:
+            batch.put(META_RELAY_CURSOR, _SIGNED.pack(relay_cursor), self._meta_handle)
+        if events:
+            batch.put(META_HWM, _UNSIGNED.pack(newest), self._meta_handle)
+        self._db.write(batch, self._write_options)
+        self._hwm = newest
+        if relay_cursor is not None:
+            self._relay_cursor = relay_cursor
+
+    def _check_increasing(self, events: Sequence[Event]) -> int:
+        previous = self._hwm
+        for event in events:
+            time_us = event.time_us
+            if not previous < time_us <= MAX_TIME_US:
+                raise LogError(f"time_us {time_us} is not above the previous {previous} "
+                               "(time_us must strictly increase; invariant 2)")
+            previous = time_us
+        return previous
+
+    def trim_older_than(self, cutoff_time_us: int) -> None:
+        """Delete every event with time_us < cutoff from both CFs and reclaim the space.
+
+        The high-water mark and relay cursor live in `meta` and are kept.
+        """
+        oldest = self.oldest_time_us()
+        if oldest is None or oldest >= cutoff_time_us:
+            return
+        begin, end = encode_key(0), encode_key(min(cutoff_time_us, MAX_TIME_US))
+        batch = WriteBatch(raw_mode=True)
+        batch.delete_range(begin, end, self._events_handle)
+        batch.delete_range(begin, end, self._events_zstd_handle)
+        self._db.write(batch, self._write_options)
+        # Range tombstones alone keep the bytes on disk until compaction reaches them; v1 never
+        # compacted explicitly, so its disk use lagged its TTL.
+        self._events.compact_range(begin, end)
+        self._events_zstd.compact_range(begin, end)
+        log.info("event=log_trimmed cutoff_time_us=%d oldest_before=%d", cutoff_time_us, oldest)
+
+    # -- reading --------------------------------------------------------------------------------
+    def relay_cursor(self) -> int | None:
+        """The relay seq stored with the last append that carried one; None if never."""
+        return self._relay_cursor
+
+    def hwm(self) -> int:
+        """The largest time_us ever written (kept through trims); 0 for a new log."""
+        return self._hwm
+
+    def oldest_time_us(self) -> int | None:
+        return self._edge_time_us(last=False)
+
+    def newest_time_us(self) -> int | None:
+        return self._edge_time_us(last=True)
+
+    def _edge_time_us(self, *, last: bool) -> int | None:
+        iterator = self._events.iter()
+        if last:
+            iterator.seek_to_last()
+        else:
+            iterator.seek_to_first()
+        return decode_key(iterator.key()) if iterator.valid() else None
+
+    def count_estimate(self) -> int:
+        """RocksDB's estimate of stored events (cheap, approximate after trims)."""
+        return self._events.property_int_value("rocksdb.estimate-num-keys") or 0
+
+    def read_after(self, after_time_us: int, limit: int, compressed: bool) -> list[LogRow]:
+        """Up to `limit` rows with time_us > after_time_us, ascending.
+
+        Payload is the zstd frame when `compressed`, else the JSON. Reads only
+        what it returns (a seeked, bounded iterator), never the whole log.
+        """
+        start = max(after_time_us + 1, 0)
+        if limit <= 0 or start > MAX_TIME_US:
+            return []
+        start_key = encode_key(start)
+        # The seek is the lower bound. Not ReadOptions.set_iterate_lower_bound: rocksdict 0.3.29
+        # stores it as the UPPER bound (measured: lower=5 + seek_to_first yields keys 0..4).
+        iterator = (self._events_zstd if compressed else self._events).iter()
+        iterator.seek(start_key)
+        rows: list[LogRow] = []
+        while iterator.valid():
+            rows.append(decode_row(iterator.key(), iterator.value()))
+            if len(rows) >= limit:
+                break
+            iterator.next()
+        return rows
+
+    # -- lifetime -------------------------------------------------------------------------------
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        # Every column-family view and handle keeps the database (and its LOCK file) alive in
+        # rocksdict, so all of them are closed or dropped before the database itself.
+        for column_family in (self._events, self._events_zstd, self._meta):
+            column_family.close()
+        self._events = self._events_zstd = self._meta = None
+        self._events_handle = self._events_zstd_handle = self._meta_handle = None
+        self._db.close()
+        log.info("event=log_closed path=%s hwm=%d relay_cursor=%s", self.path, self._hwm, self._relay_cursor)
+
+    def __enter__(self) -> EventLog:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
