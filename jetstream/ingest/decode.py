@@ -76,7 +76,9 @@ def is_rfc3339(value: str) -> bool:
         return False
     if int(hour) > 23 or int(minute) > 59 or int(second) > 59:
         return False
-    if zone_hour is not None and (int(zone_hour) > 23 or int(zone_minute) > 59):
+    # Go's general parser (the fallback of its RFC3339 fast path) allows offsets up to
+    # 24h and 60m "as some people do write" them.
+    if zone_hour is not None and (int(zone_hour) > 24 or int(zone_minute) > 60):
         return False
     return True
 
