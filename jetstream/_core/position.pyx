@@ -1,0 +1,37 @@
+# cython: language_level=3
+"""A reader's delivered position, moved only by compare-and-set: fast twin of _py/position.py.
+
+Owns: the CAS rule of DESIGN §4 (a step advances the position from the value it started
+with; a stale expected value or a backwards move raises PositionConflict, the same class
+the _py twin defines, so callers catch one type whichever twin is loaded).
+It must never clamp, retry or repair a conflicting advance.
+"""
+from libc.stdint cimport int64_t
+
+from jetstream._py.position import PositionConflict
+
+
+cdef class Position:
+    """The time_us of the last event delivered on one connection."""
+
+    def __cinit__(self, int64_t time_us):
+        self._value = time_us
+
+    @property
+    def value(self):
+        return self._value
+
+    def advance(self, int64_t expected, int64_t new):
+        """Set the value to `new` iff it is still `expected` and `new >= expected`; else raise."""
+        self.advance_c(expected, new)
+
+    cdef int advance_c(self, int64_t expected, int64_t new) except -1:
+        if self._value != expected:
+            raise PositionConflict(f"position is {self._value}, step expected {expected} (second writer?)")
+        if new < expected:
+            raise PositionConflict(f"position may not move backwards: {expected} -> {new}")
+        self._value = new
+        return 0
+
+    def __repr__(self):
+        return f"Position({self._value})"

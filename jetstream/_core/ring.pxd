@@ -1,0 +1,22 @@
+"""C-level surface of ring.pyx: the live ring shared by all readers."""
+from libc.stdint cimport int64_t, uint64_t
+
+
+cdef class LiveRing:
+    cdef Py_ssize_t _capacity
+    cdef Py_ssize_t _scan_limit
+    cdef Py_ssize_t _head   # slot of the oldest entry
+    cdef Py_ssize_t _count
+    cdef int64_t _floor_time_us
+    cdef int64_t _newest_time_us
+    cdef int64_t* _times
+    cdef uint64_t* _did_ids
+    cdef uint64_t* _collection_ids
+    cdef list _events       # Event per slot (None when empty); payloads are read from it
+    cdef dict _collection_id_cache
+
+    cdef inline Py_ssize_t _slot(self, Py_ssize_t index) noexcept nogil
+    cdef Py_ssize_t first_index_after(self, int64_t after_time_us) noexcept nogil
+    cdef uint64_t _intern_collection(self, str collection) except? 0
+    cdef void _evict_oldest(self) noexcept
+    cdef Py_ssize_t _checked_index(self, Py_ssize_t index) except -1

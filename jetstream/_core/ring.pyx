@@ -1,0 +1,197 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The live ring of the newest events: fast twin of jetstream/_py/ring.py.
+
+Owns: a bounded, time_us-ordered window of sequenced events shared by every reader, with
+each event's did and collection interned to u64 ids once, at append (filter.pyx explains
+the ids), and `read_after`, the one read primitive: binary search to the reader's
+position, then a C loop over parallel arrays (time_us, did id, collection id) that
+touches a Python object only for the events it returns. Readers own their positions; the
+ring keeps no per-reader state (DESIGN §4).
+It must never block, never copy or re-encode payloads (the same bytes objects go to every
+subscriber), and never scan more than `scan_limit` entries in one call, so one reader
+cannot stall the event loop however sparse its filter.
+"""
+from cpython.bytes cimport PyBytes_Check, PyBytes_GET_SIZE
+from cpython.list cimport PyList_GET_ITEM
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.object cimport PyObject
+from cpython.tuple cimport PyTuple_Check, PyTuple_GET_ITEM, PyTuple_GET_SIZE
+from libc.stdint cimport int64_t, uint64_t
+
+from jetstream._core.filter cimport EventFilter, collection_id, did_id
+
+DEFAULT_SCAN_LIMIT = 65_536  # same bound as the _py twin
+cdef Py_ssize_t _DID_FIELD = 1
+cdef Py_ssize_t _COLLECTION_FIELD = 3
+cdef Py_ssize_t _JSON_FIELD = 4
+cdef Py_ssize_t _ZSTD_FIELD = 5
+# Collections repeat constantly (a few dozen NSIDs carry almost all traffic): caching their
+# ids saves an encode + hash per append. Bounded so invented names cannot grow it forever.
+cdef Py_ssize_t _COLLECTION_CACHE_MAX = 4096
+
+
+cdef class LiveRing:
+    """A circular buffer of Events with strictly increasing time_us; same API as the _py twin."""
+
+    def __cinit__(self, Py_ssize_t capacity, int64_t floor_time_us=0, Py_ssize_t scan_limit=DEFAULT_SCAN_LIMIT):
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        if scan_limit < 1:
+            raise ValueError(f"scan_limit must be >= 1, got {scan_limit}")
+        self._capacity = capacity
+        self._scan_limit = scan_limit
+        self._head = 0
+        self._count = 0
+        self._floor_time_us = floor_time_us
+        self._newest_time_us = floor_time_us
+        self._events = [None] * capacity
+        self._collection_id_cache = {}
+        self._times = <int64_t*>PyMem_Malloc(capacity * sizeof(int64_t))
+        self._did_ids = <uint64_t*>PyMem_Malloc(capacity * sizeof(uint64_t))
+        self._collection_ids = <uint64_t*>PyMem_Malloc(capacity * sizeof(uint64_t))
+        if self._times == NULL or self._did_ids == NULL or self._collection_ids == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        PyMem_Free(self._times)
+        PyMem_Free(self._did_ids)
+        PyMem_Free(self._collection_ids)
+
+    @property
+    def capacity(self):
+        return self._capacity
+
+    @property
+    def scan_limit(self):
+        return self._scan_limit
+
+    @property
+    def floor_time_us(self):
+        """Every event ever appended with time_us above this is still held."""
+        return self._floor_time_us
+
+    @property
+    def newest_time_us(self):
+        return self._newest_time_us
+
+    def __len__(self):
+        return self._count
+
+    def covers(self, int64_t after_time_us):
+        return after_time_us >= self._floor_time_us
+
+    cdef inline Py_ssize_t _slot(self, Py_ssize_t index) noexcept nogil:
+        cdef Py_ssize_t slot = self._head + index
+        return slot - self._capacity if slot >= self._capacity else slot
+
+    def append(self, event):
+        if not PyTuple_Check(event) or PyTuple_GET_SIZE(event) < 6:
+            raise TypeError("append takes a jetstream.events.Event")
+        cdef int64_t time_us = event[0]
+        if time_us <= self._newest_time_us:
+            raise ValueError(f"time_us {time_us} is not above the newest {self._newest_time_us}")
+        # read_after reads payload sizes with PyBytes_GET_SIZE: the types must be checked here.
+        if not PyBytes_Check(event[_JSON_FIELD]) or not PyBytes_Check(event[_ZSTD_FIELD]):
+            raise TypeError("event json and zstd payloads must be bytes")
+        cdef uint64_t did_key = did_id(event[_DID_FIELD])
+        cdef uint64_t collection_key = self._intern_collection(event[_COLLECTION_FIELD])
+        if self._count == self._capacity:
+            self._evict_oldest()
+        cdef Py_ssize_t slot = self._slot(self._count)
+        self._events[slot] = event
+        self._times[slot] = time_us
+        self._did_ids[slot] = did_key
+        self._collection_ids[slot] = collection_key
+        self._count += 1
+        self._newest_time_us = time_us
+
+    cdef uint64_t _intern_collection(self, str collection) except? 0:
+        cached = self._collection_id_cache.get(collection)
+        if cached is not None:
+            return cached
+        cdef uint64_t key = collection_id(collection)
+        if len(self._collection_id_cache) >= _COLLECTION_CACHE_MAX:
+            self._collection_id_cache.clear()
+        self._collection_id_cache[collection] = key
+        return key
+
+    cdef void _evict_oldest(self) noexcept:
+        self._floor_time_us = self._times[self._head]
+        self._events[self._head] = None
+        self._head = self._slot(1)
+        self._count -= 1
+
+    def time_us_at(self, Py_ssize_t index):
+        """time_us of the index-th held event, 0 = oldest."""
+        return self._times[self._slot(self._checked_index(index))]
+
+    def event_at(self, Py_ssize_t index):
+        return self._events[self._slot(self._checked_index(index))]
+
+    cdef Py_ssize_t _checked_index(self, Py_ssize_t index) except -1:
+        if not 0 <= index < self._count:
+            raise IndexError(f"ring index {index} out of range 0..{self._count - 1}")
+        return index
+
+    def __iter__(self):
+        return iter([self._events[self._slot(i)] for i in range(self._count)])
+
+    cdef Py_ssize_t first_index_after(self, int64_t after_time_us) noexcept nogil:
+        """Index of the oldest held event with time_us > after_time_us (count if none)."""
+        cdef Py_ssize_t low = 0, high = self._count, middle
+        while low < high:
+            middle = (low + high) >> 1
+            if self._times[self._slot(middle)] > after_time_us:
+                high = middle
+            else:
+                low = middle + 1
+        return low
+
+    def read_after(
+        self,
+        int64_t after_time_us,
+        EventFilter event_filter,
+        bint compressed,
+        Py_ssize_t max_events,
+        Py_ssize_t max_bytes,
+        Py_ssize_t max_message_size=0,
+    ):
+        """Payloads of the wanted events after `after_time_us`, and the position they reach.
+
+        The position is the time_us of the last entry scanned, matched or not, so the
+        caller never rescans what was filtered out and never skips what was not reached.
+        """
+        if after_time_us < self._floor_time_us:
+            raise LookupError(f"ring floor {self._floor_time_us} is above position {after_time_us}")
+        if max_events < 1 or max_bytes < 1:
+            raise ValueError(f"max_events and max_bytes must be >= 1, got {max_events}, {max_bytes}")
+        if event_filter is not None and event_filter.wants_all:
+            event_filter = None
+        cdef Py_ssize_t field = _ZSTD_FIELD if compressed else _JSON_FIELD
+        cdef list payloads = []
+        cdef Py_ssize_t collected = 0, collected_bytes = 0, size, slot, index
+        cdef int64_t position = after_time_us
+        cdef Py_ssize_t start = self.first_index_after(after_time_us)
+        cdef Py_ssize_t stop = min(self._count, start + self._scan_limit)
+        cdef PyObject* event
+        cdef PyObject* payload
+        for index in range(start, stop):
+            slot = self._slot(index)
+            position = self._times[slot]
+            event = PyList_GET_ITEM(self._events, slot)
+            if event_filter is not None and not event_filter.matches_ids(
+                self._did_ids[slot],
+                self._collection_ids[slot],
+                PyTuple_GET_ITEM(<object>event, _COLLECTION_FIELD),
+            ):
+                continue
+            payload = PyTuple_GET_ITEM(<object>event, field)
+            size = PyBytes_GET_SIZE(<object>payload)
+            if 0 < max_message_size < size:
+                continue
+            payloads.append(<object>payload)
+            collected += 1
+            collected_bytes += size
+            if collected >= max_events or collected_bytes >= max_bytes:
+                break
+        return payloads, position

@@ -1,0 +1,148 @@
+"""Pure-Python twin of jetstream/_core/ring.pyx: the live ring of the newest events.
+
+Owns: a bounded, time_us-ordered window of sequenced events shared by every reader, and
+the one read primitive readers use on it (`read_after`). Readers own their positions;
+the ring keeps no per-reader state, so a reader that falls behind costs the ring nothing
+(it simply stops being covered and reads the log instead, DESIGN §4).
+It must never block, never copy or re-encode payloads (the same bytes objects go to every
+subscriber), and never scan more than `scan_limit` entries in one call.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+from jetstream.events import Event
+
+DEFAULT_SCAN_LIMIT = 65_536  # entries per read_after call; bounds one call's CPU time
+JSON_FIELD = 4  # Event.json
+ZSTD_FIELD = 5  # Event.zstd
+
+
+class LiveRing:
+    """A circular buffer of Events with strictly increasing time_us."""
+
+    def __init__(self, capacity: int, floor_time_us: int = 0, scan_limit: int = DEFAULT_SCAN_LIMIT) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        if scan_limit < 1:
+            raise ValueError(f"scan_limit must be >= 1, got {scan_limit}")
+        self._capacity = capacity
+        self._scan_limit = scan_limit
+        self._slots: list[Event | None] = [None] * capacity
+        self._times: list[int] = [0] * capacity
+        self._head = 0  # slot of the oldest entry
+        self._count = 0
+        self._floor_time_us = floor_time_us
+        self._newest_time_us = floor_time_us
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def scan_limit(self) -> int:
+        return self._scan_limit
+
+    @property
+    def floor_time_us(self) -> int:
+        """Every event ever appended with time_us above this is still held."""
+        return self._floor_time_us
+
+    @property
+    def newest_time_us(self) -> int:
+        return self._newest_time_us
+
+    def __len__(self) -> int:
+        return self._count
+
+    def covers(self, after_time_us: int) -> bool:
+        return after_time_us >= self._floor_time_us
+
+    def append(self, event: Event) -> None:
+        time_us = event[0]
+        if time_us <= self._newest_time_us:
+            raise ValueError(f"time_us {time_us} is not above the newest {self._newest_time_us}")
+        if not isinstance(event[JSON_FIELD], bytes) or not isinstance(event[ZSTD_FIELD], bytes):
+            raise TypeError("event json and zstd payloads must be bytes")
+        if self._count == self._capacity:
+            self._evict_oldest()
+        slot = self._slot(self._count)
+        self._slots[slot] = event
+        self._times[slot] = time_us
+        self._count += 1
+        self._newest_time_us = time_us
+
+    def _evict_oldest(self) -> None:
+        self._floor_time_us = self._times[self._head]
+        self._slots[self._head] = None
+        self._head = self._slot(1)
+        self._count -= 1
+
+    def _slot(self, index: int) -> int:
+        return (self._head + index) % self._capacity
+
+    def time_us_at(self, index: int) -> int:
+        """time_us of the index-th held event, 0 = oldest."""
+        return self._times[self._slot(self._checked_index(index))]
+
+    def event_at(self, index: int) -> Event:
+        return self._slots[self._slot(self._checked_index(index))]
+
+    def _checked_index(self, index: int) -> int:
+        if not 0 <= index < self._count:
+            raise IndexError(f"ring index {index} out of range 0..{self._count - 1}")
+        return index
+
+    def __iter__(self) -> Iterator[Event]:
+        return (self._slots[self._slot(i)] for i in range(self._count))
+
+    def first_index_after(self, after_time_us: int) -> int:
+        """Index of the oldest held event with time_us > after_time_us (len(self) if none)."""
+        low, high = 0, self._count
+        while low < high:
+            middle = (low + high) // 2
+            if self._times[self._slot(middle)] > after_time_us:
+                high = middle
+            else:
+                low = middle + 1
+        return low
+
+    def read_after(
+        self,
+        after_time_us: int,
+        event_filter,
+        compressed: bool,
+        max_events: int,
+        max_bytes: int,
+        max_message_size: int = 0,
+    ) -> tuple[list[bytes], int]:
+        """Payloads of the wanted events after `after_time_us`, and the position they reach.
+
+        The position is the time_us of the last entry scanned, matched or not, so the
+        caller never rescans what was filtered out and never skips what was not reached.
+        """
+        if not self.covers(after_time_us):
+            raise LookupError(f"ring floor {self._floor_time_us} is above position {after_time_us}")
+        if max_events < 1 or max_bytes < 1:
+            raise ValueError(f"max_events and max_bytes must be >= 1, got {max_events}, {max_bytes}")
+        if event_filter is not None and event_filter.wants_all:
+            event_filter = None
+        field = ZSTD_FIELD if compressed else JSON_FIELD
+        payloads: list[bytes] = []
+        collected_bytes = 0
+        position = after_time_us
+        start = self.first_index_after(after_time_us)
+        stop = min(self._count, start + self._scan_limit)
+        for index in range(start, stop):
+            event = self._slots[self._slot(index)]
+            position = event[0]
+            if event_filter is not None and not event_filter.matches(event[1], event[3]):
+                continue
+            payload = event[field]
+            if 0 < max_message_size < len(payload):
+                continue
+            payloads.append(payload)
+            collected_bytes += len(payload)
+            if len(payloads) >= max_events or collected_bytes >= max_bytes:
+                break
+        return payloads, position
