@@ -67,7 +67,7 @@ def _read_header(data: bytes, end: int) -> tuple[list[bytes], int]:
         raise CarError("bad_header_length")
     try:
         header = libipld.decode_dag_cbor(data[pos:pos + header_len])
-    except ValueError:
+    except (ValueError, RecursionError):
         raise CarError("bad_header") from None
     if not isinstance(header, dict) or header.get("version") != 1:
         raise CarError("bad_header")

@@ -209,7 +209,7 @@ def _check_commit_block(car) -> None:
         raise CarError("missing_commit_block")
     try:
         signed_commit = libipld.decode_dag_cbor(bytes(block))
-    except ValueError:
+    except (ValueError, RecursionError):
         raise CarError("bad_commit_block") from None
     if not isinstance(signed_commit, dict) or signed_commit.get("version") not in (2, 3):
         raise CarError("bad_commit_block")

@@ -23,7 +23,7 @@ def split_frame(frame: bytes) -> tuple[dict, dict]:
     """The frame's header ({op, t}) and body maps; FrameError if it is not exactly two maps."""
     try:
         parts = libipld.decode_dag_cbor_multi(frame)
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:  # libipld bounds nesting by the recursion limit
         raise FrameError("undecodable", str(err)) from None
     if len(parts) != 2:
         raise FrameError("wrong_part_count", str(len(parts)))

@@ -6,6 +6,7 @@ import pytest
 
 from jetstream.ingest.car import CarError, cid_to_string, read_car, verify_block
 from test_ingest_helpers import CID, car_bytes, cid_for, dag_cbor
+from test_ingest_helpers import _uvarint as uvarint
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +81,13 @@ def test_car_headers_must_be_version_1_with_roots(header, reason):
     with pytest.raises(CarError) as caught:
         read_car(bytes([len(encoded)]) + encoded)
     assert caught.value.reason == reason
+
+
+def test_deeply_nested_car_header_is_a_car_error_not_a_crash():
+    header = b"\xa1\x61a" + b"\x81" * 50_000 + b"\x80"
+    with pytest.raises(CarError) as caught:
+        read_car(uvarint(len(header)) + header)
+    assert caught.value.reason == "bad_header"
 
 
 def test_verifying_read_rejects_a_block_that_does_not_hash_to_its_cid():

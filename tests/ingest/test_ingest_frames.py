@@ -85,6 +85,7 @@ def test_error_frame_reports_its_message_as_a_drop():
 @pytest.mark.parametrize("raw,reason", [
     (b"", "wrong_part_count"),
     (b"\xff\x00", "undecodable"),
+    (dag_cbor({"op": 1, "t": "#info"}) + b"\xa1\x61a" + b"\x81" * 100_000 + b"\x80", "undecodable"),
     (dag_cbor({"op": 1, "t": "#commit"}), "wrong_part_count"),
     (dag_cbor({"op": 1, "t": "#info"}) + dag_cbor({}) + dag_cbor({}), "wrong_part_count"),
     (dag_cbor([1]) + dag_cbor({}), "not_a_map"),
