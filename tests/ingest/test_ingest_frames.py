@@ -3,6 +3,8 @@ envelopes (§4.4 literals), delete envelopes, and Go RFC3339 time acceptance."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jetstream.events import KIND_ACCOUNT, KIND_IDENTITY, render_json
 from jetstream.ingest.decode import decode_frame, is_rfc3339
@@ -130,3 +132,20 @@ def test_split_frame_returns_header_and_body():
 ])
 def test_rfc3339_acceptance_follows_go_time_parse(value, accepted):
     assert is_rfc3339(value) is accepted
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_mutated_corpus_frames_only_ever_raise_frame_error(corpus_frames, data):
+    """Invariant 4: bad input is survived. Any byte damage yields a DecodedFrame or FrameError."""
+    raw = bytearray(data.draw(st.sampled_from(corpus_frames)))
+    for _ in range(data.draw(st.integers(1, 4))):
+        where = data.draw(st.integers(0, len(raw) - 1))
+        raw[where] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        raw = raw[: data.draw(st.integers(0, len(raw)))]
+    try:
+        decoded = decode_frame(bytes(raw))
+    except FrameError:
+        return
+    assert all(isinstance(reason, str) for reason, _ in decoded.drops)
