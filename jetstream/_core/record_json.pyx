@@ -391,9 +391,9 @@ cdef bint cid_bytes_valid(const uint8_t* s, Py_ssize_t n) noexcept nogil:
 
 
 cdef int parse_tag(Parser* p, uint64_t tag, ValueInfo* info) except -1:
-    cdef int major, minor
-    cdef uint64_t length
-    cdef Py_ssize_t start
+    cdef int major = 0, minor = 0
+    cdef uint64_t length = 0
+    cdef Py_ssize_t start = 0
     if tag != 42:
         return fail("unsupported_tag")
     read_head(p, &major, &minor, &length)
@@ -645,9 +645,9 @@ cdef int parse_map(Parser* p, uint64_t count, Py_ssize_t depth, ValueInfo* info)
     cdef Py_ssize_t first = p.entries_top
     cdef Py_ssize_t n = <Py_ssize_t>count
     cdef Py_ssize_t i
-    cdef int major, minor
+    cdef int major = 0, minor = 0
     cdef uint64_t key_len
-    cdef Py_ssize_t key_start
+    cdef Py_ssize_t key_start = 0
     cdef Entry* e
     cdef Entry* entries
     cdef ValueInfo value
@@ -699,10 +699,10 @@ cdef int parse_map(Parser* p, uint64_t count, Py_ssize_t depth, ValueInfo* info)
 # ---------------------------------------------------------------------------
 
 cdef int parse_item(Parser* p, Py_ssize_t depth, ValueInfo* info) except -1:
-    cdef int major, minor
-    cdef uint64_t argument
+    cdef int major = 0, minor = 0
+    cdef uint64_t argument = 0
     cdef uint64_t i
-    cdef Py_ssize_t start
+    cdef Py_ssize_t start = 0
     cdef ValueInfo child
     info.json_start = p.out.len
     read_head(p, &major, &minor, &argument)
