@@ -19,7 +19,7 @@ from typing import Sequence
 from rocksdict import DBCompressionType, Options, Rdict, WriteBatch, WriteOptions
 
 from jetstream.events import Event
-from jetstream.log.rows import MAX_TIME_US, LogRow, decode_key, decode_row, encode_header, encode_key
+from jetstream.log.rows import MAX_TIME_US, LogRow, decode_key, decode_rows, encode_header, encode_key
 
 log = logging.getLogger(__name__)
 
@@ -242,18 +242,11 @@ class EventLog:
         start = max(after_time_us + 1, 0)
         if limit <= 0 or start > MAX_TIME_US:
             return []
-        start_key = encode_key(start)
-        # The seek is the lower bound. Not ReadOptions.set_iterate_lower_bound: rocksdict 0.3.29
-        # stores it as the UPPER bound (measured: lower=5 + seek_to_first yields keys 0..4).
-        iterator = (self._events_zstd if compressed else self._events).iter()
-        iterator.seek(start_key)
-        rows: list[LogRow] = []
-        while iterator.valid():
-            rows.append(decode_row(iterator.key(), iterator.value()))
-            if len(rows) >= limit:
-                break
-            iterator.next()
-        return rows
+        column_family = self._events_zstd if compressed else self._events
+        # items(from_key=...) is a seeked iterator consumed lazily: decode_rows stops at `limit`.
+        # (Not ReadOptions.set_iterate_lower_bound: rocksdict 0.3.29 stores it as the UPPER bound,
+        # measured: lower=5 + seek_to_first yields keys 0..4.)
+        return decode_rows(column_family.items(from_key=encode_key(start)), limit)
 
     # -- lifetime -------------------------------------------------------------------------------
     def close(self) -> None:
