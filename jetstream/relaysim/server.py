@@ -35,6 +35,8 @@ WRITE_BUFFER_LOW = 16 * 1024
 # Frames one connection sends before yielding to the loop, so fast readers cannot starve others.
 FRAMES_PER_TURN = 64
 TIMER_SLACK_S = 0.002
+# How long close() lets clients drain their buffers and see the close frame before aborting.
+CLOSE_GRACE_S = 1.0
 
 
 def outdated_cursor_frame() -> bytes:
@@ -179,7 +181,15 @@ class RelaySim:
                 connection.transport.send_close(WSCloseCode.GOING_AWAY, b"relay shutting down")
                 connection.transport.disconnect()
         if self._server is not None:
-            await self._server.wait_closed()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._server.wait_closed()), CLOSE_GRACE_S)
+            except asyncio.TimeoutError:
+                # A graceful disconnect waits for the write buffer to drain, which a stalled
+                # reader never allows; abort those so close() always finishes.
+                for connection in list(self.connections):
+                    if connection.transport is not None:
+                        connection.transport.disconnect(graceful=False)
+                await self._server.wait_closed()
             self._server = None
         log.info("event=relay_sim_closed frames_sent=%d connections_total=%d", self.frames_sent, self.connections_total)
 

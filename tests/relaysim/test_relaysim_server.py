@@ -206,3 +206,19 @@ async def test_run_from_config_serves_synthetic_frames_until_cancelled():
     with pytest.raises(asyncio.CancelledError):
         await task
     assert relay.connections == set()
+
+
+async def test_close_finishes_even_when_a_client_has_stopped_reading(corpus_frames):
+    relay = await started_relay(FileSource(corpus_frames, loops=0))
+    transport, client = await connect(relay.url + "?cursor=0")
+    await client.wait_for_count(1)
+    transport.underlying_transport.pause_reading()
+    (connection,) = relay.connections
+    for _ in range(200):
+        if connection.paused:
+            break
+        await asyncio.sleep(0.01)
+    assert connection.paused, "the reader must have stalled the socket for this test to mean anything"
+    await asyncio.wait_for(relay.close(), 10)
+    assert relay.connections == set()
+    transport.disconnect(graceful=False)
