@@ -67,14 +67,25 @@ class SubscribeServer:
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("event=subscribe_server_listening host=%s port=%d", host, self.port)
 
-    async def close(self, reason: str = SHUTDOWN_REASON) -> None:
-        """Close every subscriber with 1001 and `reason`, then stop listening."""
+    async def close(self, reason: str = SHUTDOWN_REASON, grace_s: float = 1.0) -> None:
+        """Close every subscriber with 1001 and `reason`, then stop listening.
+
+        A peer that does not read cannot receive its close frame (it sits behind the
+        events already buffered for it); after `grace_s` such connections are aborted.
+        """
+        if self._server is not None:
+            self._server.close()  # stop accepting first, so nobody joins during shutdown
         for subscriber in list(self._subscribers):
             self.count_disconnect("shutdown")
             subscriber.close(WSCloseCode.GOING_AWAY, reason)
         self._waiting.clear()
+        deadline = asyncio.get_running_loop().time() + grace_s
+        while self._subscribers and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        for subscriber in list(self._subscribers):
+            log.warning("event=subscriber_aborted reason=close_not_drained ip=%s", subscriber.client_ip)
+            subscriber.abort()
         if self._server is not None:
-            self._server.close()
             try:
                 await asyncio.wait_for(self._server.wait_closed(), timeout=5)
             except asyncio.TimeoutError:
@@ -94,6 +105,10 @@ class SubscribeServer:
     @property
     def connected_count(self) -> int:
         return len(self._subscribers)
+
+    @property
+    def subscribers(self) -> frozenset[SubscriberListener]:
+        return frozenset(self._subscribers)
 
     # --- what subscribers call ---------------------------------------------------------------
 

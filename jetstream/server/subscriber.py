@@ -112,6 +112,7 @@ class SubscriberListener(WSListener):
         self._closed = False
         self._wakeup: asyncio.Handle | None = None
         self.sent_events = 0
+        self.pauses = 0  # times the socket pushed back (pause_writing)
 
     # --- picows callbacks --------------------------------------------------------------
 
@@ -149,6 +150,7 @@ class SubscriberListener(WSListener):
 
     def pause_writing(self) -> None:
         self._paused = True
+        self.pauses += 1
 
     def resume_writing(self) -> None:
         self._paused = False
@@ -232,6 +234,17 @@ class SubscriberListener(WSListener):
             self.close(WSCloseCode.INTERNAL_ERROR, REASON_INTERNAL)
             return False
         return True
+
+    @property
+    def transport(self) -> WSTransport | None:
+        return self._transport
+
+    def abort(self) -> None:
+        """Drop the connection without waiting for buffered bytes (a stuck peer at shutdown)."""
+        self._closed = True
+        self._cancel_wakeup()
+        if self._transport is not None:
+            self._transport.underlying_transport.abort()
 
     @property
     def position(self) -> int:
