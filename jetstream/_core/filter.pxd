@@ -1,5 +1,5 @@
 """C-level surface of filter.pyx: interned ids and the per-subscriber filter."""
-from cpython.object cimport PyObject
+cimport cython
 from libc.stdint cimport uint8_t, uint64_t
 
 
@@ -11,10 +11,20 @@ cdef struct IdTable:
     Py_ssize_t used
 
 
+# match_ids verdicts: a prefix filter that has not seen a collection id yet answers
+# MATCH_UNKNOWN, and the caller fetches the collection string for learn_collection.
+cdef enum:
+    MATCH_NO = 0
+    MATCH_YES = 1
+    MATCH_UNKNOWN = -1
+
+
 cdef uint64_t did_id(str did) except? 0
 cdef uint64_t collection_id(str collection) except? 0
 
 
+# final: lets Cython call the cdef methods directly (no vtable) and inline them.
+@cython.final
 cdef class EventFilter:
     cdef IdTable _wanted_dids
     cdef IdTable _exact_collections
@@ -25,5 +35,5 @@ cdef class EventFilter:
     cdef bint _has_prefixes
     cdef readonly bint wants_all
 
-    cdef bint matches_ids(self, uint64_t did_key, uint64_t collection_key, PyObject* collection) except -1
-    cdef bint _learn_collection(self, uint64_t collection_key, str collection) except -1
+    cdef int match_ids(self, uint64_t did_key, uint64_t collection_key) noexcept nogil
+    cdef bint learn_collection(self, uint64_t collection_key, str collection) except -1

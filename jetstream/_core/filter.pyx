@@ -19,7 +19,6 @@ is one subscriber receiving an event it did not ask for; order, completeness and
 subscribers are untouched. We accept that rather than pay for confirmation.
 """
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
-from cpython.object cimport PyObject
 from libc.stdint cimport uint8_t, uint64_t
 from libc.string cimport memset
 
@@ -159,23 +158,31 @@ cdef class EventFilter:
         _table_free(&self._collection_memo)
 
     def matches(self, str did, str collection):
-        return self.matches_ids(did_id(did), collection_id(collection), <PyObject*>collection)
+        cdef uint64_t collection_key = collection_id(collection)
+        cdef int verdict = self.match_ids(did_id(did), collection_key)
+        if verdict == MATCH_UNKNOWN:
+            return self.learn_collection(collection_key, collection)
+        return verdict == MATCH_YES
 
-    cdef bint matches_ids(self, uint64_t did_key, uint64_t collection_key, PyObject* collection) except -1:
-        """The verdict from interned ids; `collection` (borrowed) is read only on a memo miss."""
+    cdef int match_ids(self, uint64_t did_key, uint64_t collection_key) noexcept nogil:
+        """The verdict from interned ids alone; MATCH_UNKNOWN only on a prefix-memo miss."""
         if self._filters_dids and not _table_contains(&self._wanted_dids, did_key):
-            return False
+            return MATCH_NO
         # collection id 0 is "": identity/account events bypass the collection filter (v1 d420dfe).
         if not self._filters_collections or collection_key == 0:
-            return True
+            return MATCH_YES
         if not self._has_prefixes:
-            return _table_contains(&self._exact_collections, collection_key)
+            return MATCH_YES if _table_contains(&self._exact_collections, collection_key) else MATCH_NO
         cdef Py_ssize_t slot = _table_find(&self._collection_memo, collection_key)
         if self._collection_memo.keys[slot] == collection_key:
             return self._collection_memo.verdicts[slot]
-        return self._learn_collection(collection_key, <str>collection)
+        return MATCH_UNKNOWN
 
-    cdef bint _learn_collection(self, uint64_t collection_key, str collection) except -1:
+    cdef bint learn_collection(self, uint64_t collection_key, str collection) except -1:
+        """Decide a collection the memo has not seen (exact OR prefix), remember, return it.
+
+        Only reached after match_ids passed the DID check, so the verdict is the answer.
+        """
         cdef bint verdict = (
             _table_contains(&self._exact_collections, collection_key)
             or collection.startswith(self._collection_prefixes)

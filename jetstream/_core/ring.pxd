@@ -1,7 +1,10 @@
 """C-level surface of ring.pyx: the live ring shared by all readers."""
+cimport cython
 from libc.stdint cimport int64_t, uint64_t
 
 
+# final: lets Cython call the cdef methods directly (no vtable) and inline them.
+@cython.final
 cdef class LiveRing:
     cdef Py_ssize_t _capacity
     cdef Py_ssize_t _scan_limit

@@ -358,3 +358,12 @@ def test_corpus_events_filtered_through_ring_match_their_json(twin, expected_v1_
     ]
     assert delivered == expected
     assert expected or wanted_dids_count  # a filter that matches nothing here would prove little
+
+
+def test_constructors_accept_the_documented_keywords(twin):
+    LiveRing, EventFilter, Position = twin
+    ring = LiveRing(capacity=4, floor_time_us=7, scan_limit=3)
+    assert (ring.capacity, ring.floor_time_us, ring.scan_limit) == (4, 7, 3)
+    event_filter = EventFilter(wanted_collections=["app.*"], wanted_dids=["did:plc:aaaa"])
+    assert event_filter.matches("did:plc:aaaa", "app.x") and not event_filter.matches("did:plc:bbbb", "app.x")
+    assert Position(time_us=5).value == 5
