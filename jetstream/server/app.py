@@ -1,11 +1,13 @@
-"""The public listener: `/`, `/subscribe`, and the set of connected subscribers.
+"""The public listener: `/`, `/subscribe`, `/healthz`, `/zstd-dictionary`, and the set of subscribers.
 
-Owns: the picows server, request routing to HTTP answers or a SubscriberListener,
-the registry of connected subscribers (for shutdown and counts), the set of readers
-that are caught up and waiting (woken by notify_new_events), the per-IP rate limiters,
-and counters of refused requests and server-initiated disconnects by reason.
-It must never read or filter events itself (subscriber.py's reader does), and never
-hold events for a subscriber: waiting readers hold only their position.
+Owns: the picows server (with the socket peer known at routing time), request routing
+to HTTP answers or a SubscriberListener, the client IP rule, the per-IP connection cap,
+the registry of connected subscribers (for shutdown, counts and metrics), the set of
+readers that are caught up and waiting (woken by notify_new_events), the rate limiters,
+the requireHello deadline, and plain counters of refused requests and server-initiated
+disconnects by reason (server/metrics.py turns them into Prometheus families).
+It must never read or filter events for a subscriber (subscriber.py's reader does), and
+never hold events for a subscriber: waiting readers hold only their position.
 """
 from __future__ import annotations
 
@@ -13,8 +15,12 @@ import asyncio
 import collections
 import logging
 import time
+from functools import partial
+from typing import Callable
 
-from picows import WSAutoPingStrategy, WSCloseCode, WSUpgradeRequest, ws_create_server
+from picows import WSAutoPingStrategy, WSCloseCode, WSUpgradeRequest
+from picows.api import _HAS_AIOFASTNET, _resolve_logger
+from picows.picows import WSProtocol
 
 from jetstream.server import http, params
 from jetstream.server.ratelimit import RateLimiterRegistry
@@ -24,48 +30,118 @@ log = logging.getLogger(__name__)
 
 SHUTDOWN_REASON = "server shutting down"
 PING_INTERVAL_S = 30.0  # v1 (since f4da85b) pings every 30 s
-# v1 inbound frames up to 10,000,000 bytes are read and ignored; picows would close on
-# anything above max_frame_size, so keep its limit above v1's.
-MAX_FRAME_SIZE = 16 * 1024 * 1024
+PONG_TIMEOUT_S = 30.0
+HELLO_TIMEOUT_S = 60.0
+# v1 read inbound messages of any size and ignored those over 10,000,000 bytes; we refuse
+# them at that size without reading them (picows closes with 1009 as soon as the frame
+# header announces more).
+MAX_CLIENT_MESSAGE_BYTES = 10_000_000
+HANDSHAKE_TIMEOUT_S = 5.0
+READ_BUFFER_INIT_SIZE = 16 * 1024
+# What picows' own closes say (auto-ping and frame-size checks), to count them by reason.
+_PICOWS_PING_TIMEOUT_PREFIX = "peer has not replied to ping"
+
+if _HAS_AIOFASTNET:  # the transport picows' own ws_create_server picks when available
+    import aiofastnet
 
 
 def _now_us() -> int:
     return time.time_ns() // 1000
 
 
+def hello_timeout_reason(timeout_s: float) -> str:
+    return f"no options_update received within {timeout_s:g}s of connecting with requireHello=true"
+
+
+class _PeerAwareProtocol(WSProtocol):
+    """picows' server protocol that remembers the socket peer before the request is routed.
+
+    picows hands the router only the HTTP request; the per-IP connection cap must refuse
+    before the upgrade, so the peer address is captured when the TCP connection is made.
+    """
+
+    peer_ip = ""
+
+    def connection_made(self, transport) -> None:
+        peer = transport.get_extra_info("peername")
+        self.peer_ip = peer[0] if peer else ""
+        super().connection_made(transport)
+
+
 class SubscribeServer:
     """Serves Jetstream v1's public HTTP/websocket surface from an EventLog and a LiveRing."""
 
-    def __init__(self, event_log, ring, *, max_sub_rate: float = 5000.0,
-                 ping_interval_s: float = PING_INTERVAL_S, clock_us=_now_us) -> None:
+    def __init__(self, event_log, ring, *, max_sub_rate: float = 5000.0, per_ip_limit: bool = True,
+                 max_conns_per_ip: int = 0, trust_proxy_headers: bool = False,
+                 max_client_message_bytes: int = MAX_CLIENT_MESSAGE_BYTES,
+                 ping_interval_s: float = PING_INTERVAL_S, pong_timeout_s: float = PONG_TIMEOUT_S,
+                 hello_timeout_s: float = HELLO_TIMEOUT_S, zstd_dictionary: bytes = b"",
+                 zstd_dictionary_id: int = 0, health: Callable[[], tuple[bool, dict]] | None = None,
+                 clock_us=_now_us) -> None:
         self.event_log = event_log
         self.ring = ring
-        self.rate_limiters = RateLimiterRegistry(max_sub_rate)
+        self.rate_limiters = RateLimiterRegistry(max_sub_rate, per_ip=per_ip_limit)
+        self.max_conns_per_ip = max_conns_per_ip
+        self.trust_proxy_headers = trust_proxy_headers
+        self.max_client_message_bytes = max_client_message_bytes
+        self.hello_timeout_s = hello_timeout_s
         self._ping_interval_s = ping_interval_s
+        # picows requires the pong wait to fit inside the ping interval.
+        self._pong_timeout_s = min(pong_timeout_s, ping_interval_s) if ping_interval_s > 0 else pong_timeout_s
+        self.zstd_dictionary = zstd_dictionary
+        self.zstd_dictionary_id = zstd_dictionary_id
+        self._health = health
         self._clock_us = clock_us
         self._subscribers: set[SubscriberListener] = set()
         self._waiting: set[SubscriberListener] = set()
+        self._connections_by_ip: collections.Counter[str] = collections.Counter()
+        self._hello_deadlines: dict[SubscriberListener, asyncio.TimerHandle] = {}
         self._server: asyncio.AbstractServer | None = None
         self.port = 0
         self.refused_requests: collections.Counter[str] = collections.Counter()
         self.disconnects: collections.Counter[str] = collections.Counter()
         self.options_updates = 0
+        # v1's emitted counters, advanced in notify_new_events from the ring itself.
+        self.events_emitted = 0
+        self.bytes_emitted = 0
+        self._emitted_up_to = ring.newest_time_us
+        # Deliveries of subscribers that have gone, per IP: [events, bytes].
+        self._delivered_gone: dict[str, list[int]] = {}
 
     # --- lifecycle -------------------------------------------------------------------------
 
     async def start(self, host: str, port: int) -> None:
-        ping = self._ping_interval_s > 0
-        self._server = await ws_create_server(
-            self._route, host, port,
-            enable_auto_ping=ping,
-            auto_ping_idle_timeout=self._ping_interval_s if ping else 20,
-            auto_ping_reply_timeout=self._ping_interval_s if ping else 20,
-            auto_ping_strategy=WSAutoPingStrategy.PING_PERIODICALLY,
-            max_frame_size=MAX_FRAME_SIZE,
-            logger_name="server.subscribe",
-        )
+        loop = asyncio.get_running_loop()
+        create_server = partial(aiofastnet.create_server, loop) if _HAS_AIOFASTNET else loop.create_server
+        self._server = await create_server(self._new_protocol, host=host, port=port)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("event=subscribe_server_listening host=%s port=%d", host, self.port)
+
+    def _new_protocol(self) -> _PeerAwareProtocol:
+        """What picows' ws_create_server builds (2.3 argument order), with the peer captured.
+
+        PING_WHEN_IDLE: a ping goes out only after ping_interval_s without anything from the
+        client. A subscriber that is busy draining our stream proves it is alive through
+        resume_writing (see SubscriberListener), so no ping has to race megabytes of events.
+        """
+        ping = self._ping_interval_s > 0
+        protocol: _PeerAwareProtocol | None = None
+
+        def route(request: WSUpgradeRequest):
+            return self._route(request, protocol.peer_ip)
+
+        protocol = _PeerAwareProtocol(
+            None, None, False, route, _resolve_logger("server.subscribe", "server"),
+            True,  # disconnect_on_exception
+            HANDSHAKE_TIMEOUT_S,
+            ping, self._ping_interval_s if ping else 20, self._pong_timeout_s if ping else 20,
+            WSAutoPingStrategy.PING_WHEN_IDLE,
+            True,  # enable_auto_pong: answer client pings like gorilla's default handler
+            self.max_client_message_bytes,
+            None,  # extra_headers
+            READ_BUFFER_INIT_SIZE,
+        )
+        return protocol
 
     async def close(self, reason: str = SHUTDOWN_REASON, grace_s: float = 1.0) -> None:
         """Close every subscriber with 1001 and `reason`, then stop listening.
@@ -92,15 +168,32 @@ class SubscribeServer:
                 log.warning("event=subscribe_server_close_timeout subscribers=%d", len(self._subscribers))
             self._server = None
 
+    @property
+    def is_listening(self) -> bool:
+        return self._server is not None and self._server.is_serving()
+
     # --- what the daemon calls ---------------------------------------------------------------
 
     def notify_new_events(self) -> None:
-        """New events are in the ring: let every caught-up reader take a step."""
+        """New events are in the ring: count them once, let every caught-up reader take a step."""
+        self._count_emitted()
         if not self._waiting:
             return
         waiting, self._waiting = self._waiting, set()
         for subscriber in waiting:
             subscriber.wake()
+
+    def _count_emitted(self) -> None:
+        ring = self.ring
+        position = self._emitted_up_to
+        while position < ring.newest_time_us:
+            if not ring.covers(position):
+                position = ring.floor_time_us  # evicted before we looked: cannot happen at sane capacities
+                continue
+            payloads, position = ring.read_after(position, None, False, 1 << 30, 1 << 62)
+            self.events_emitted += len(payloads)
+            self.bytes_emitted += sum(map(len, payloads))
+        self._emitted_up_to = position
 
     @property
     def connected_count(self) -> int:
@@ -110,14 +203,43 @@ class SubscribeServer:
     def subscribers(self) -> frozenset[SubscriberListener]:
         return frozenset(self._subscribers)
 
+    def connected_by_ip(self) -> dict[str, int]:
+        return dict(self._connections_by_ip)
+
+    def delivered_by_ip(self) -> dict[str, tuple[int, int]]:
+        """(events, bytes) sent per client IP since start, connected or gone."""
+        totals = {ip: list(counts) for ip, counts in self._delivered_gone.items()}
+        for subscriber in self._subscribers:
+            counts = totals.setdefault(subscriber.client_ip, [0, 0])
+            counts[0] += subscriber.sent_events
+            counts[1] += subscriber.sent_bytes
+        return {ip: (counts[0], counts[1]) for ip, counts in totals.items()}
+
     # --- what subscribers call ---------------------------------------------------------------
 
     def register(self, subscriber: SubscriberListener) -> None:
         self._subscribers.add(subscriber)
+        self._connections_by_ip[subscriber.client_ip] += 1
+        if subscriber.awaiting_hello and self.hello_timeout_s > 0:
+            self._hello_deadlines[subscriber] = asyncio.get_running_loop().call_later(
+                self.hello_timeout_s, self._hello_deadline_passed, subscriber)
 
     def unregister(self, subscriber: SubscriberListener) -> None:
+        if subscriber not in self._subscribers:
+            return
         self._subscribers.discard(subscriber)
         self._waiting.discard(subscriber)
+        deadline = self._hello_deadlines.pop(subscriber, None)
+        if deadline is not None:
+            deadline.cancel()
+        ip = subscriber.client_ip
+        self._connections_by_ip[ip] -= 1
+        if self._connections_by_ip[ip] <= 0:
+            del self._connections_by_ip[ip]
+        gone = self._delivered_gone.setdefault(ip, [0, 0])
+        gone[0] += subscriber.sent_events
+        gone[1] += subscriber.sent_bytes
+        self._count_picows_close(subscriber)
 
     def wait_for_events(self, subscriber: SubscriberListener) -> None:
         self._waiting.add(subscriber)
@@ -125,18 +247,48 @@ class SubscribeServer:
     def count_disconnect(self, reason: str) -> None:
         self.disconnects[reason] += 1
 
+    def _count_picows_close(self, subscriber: SubscriberListener) -> None:
+        """Closes picows sends on its own (no pong, oversize client frame) are ours too: count them."""
+        transport = subscriber.transport
+        handshake = transport.close_handshake if transport is not None else None
+        if handshake is None or handshake.sent is None or handshake.recv_then_sent:
+            return
+        if handshake.sent.code == WSCloseCode.MESSAGE_TOO_BIG:
+            self.count_disconnect("client_message_too_big")
+        elif handshake.sent.reason.startswith(_PICOWS_PING_TIMEOUT_PREFIX):
+            self.count_disconnect("pong_timeout")
+
+    def _hello_deadline_passed(self, subscriber: SubscriberListener) -> None:
+        self._hello_deadlines.pop(subscriber, None)
+        if subscriber in self._subscribers and subscriber.awaiting_hello:
+            self.count_disconnect("hello_timeout")
+            log.info("event=subscriber_closed reason=hello_timeout ip=%s", subscriber.client_ip)
+            subscriber.close(WSCloseCode.POLICY_VIOLATION, hello_timeout_reason(self.hello_timeout_s))
+
     # --- routing -----------------------------------------------------------------------------
 
-    def _route(self, request: WSUpgradeRequest):
+    def _route(self, request: WSUpgradeRequest, peer_ip: str):
         path, raw_query = http.split_target(request.path)
         route = http.route_of(path)
+        headers = request.headers
+        if route is http.Route.SUBSCRIBE:
+            return self._subscribe(raw_query, headers, peer_ip)
         if route is http.Route.WELCOME:
-            return http.welcome_response(request.headers)
-        if route is http.Route.NOT_FOUND:
-            return http.not_found_response(request.headers)
-        return self._subscribe(raw_query, request.headers)
+            return http.welcome_response(headers)
+        if route is http.Route.HEALTHZ:
+            ready, report = self.health_report()
+            return http.healthz_response(ready, report, headers)
+        if route is http.Route.ZSTD_DICTIONARY:
+            return http.zstd_dictionary_response(self.zstd_dictionary, self.zstd_dictionary_id, headers)
+        return http.not_found_response(headers)
 
-    def _subscribe(self, raw_query: bytes, headers):
+    def health_report(self) -> tuple[bool, dict]:
+        """(ready, report): the daemon's view when it gave one, else the server's own."""
+        ready, report = self._health() if self._health is not None else (True, {})
+        report = dict(report, listening=self.is_listening, subscribers=self.connected_count)
+        return ready and self.is_listening, report
+
+    def _subscribe(self, raw_query: bytes, headers, peer_ip: str):
         try:
             options = params.parse_subscribe_query(raw_query, headers.get("Socket-Encoding", ""), self._clock_us())
         except params.BadRequest as exc:
@@ -146,4 +298,11 @@ class SubscribeServer:
         if not http.is_websocket_handshake(headers):
             self.refused_requests["not_websocket"] += 1
             return http.handshake_error_response(headers)
-        return SubscriberListener(self, options)
+        ip = http.client_ip(headers, peer_ip, self.trust_proxy_headers)
+        if 0 < self.max_conns_per_ip <= self._connections_by_ip.get(ip, 0):
+            self.refused_requests["too_many_connections"] += 1
+            log.info("event=subscribe_refused reason=too_many_connections ip=%s limit=%d", ip, self.max_conns_per_ip)
+            return http.too_many_connections_response(ip, self.max_conns_per_ip, headers)
+        listener = SubscriberListener(self, options)
+        listener.client_ip = ip
+        return listener

@@ -2,7 +2,9 @@
 
 Owns: which route a request target names, the exact bytes v1 (echo v4.11 + gorilla
 websocket 1.5) answered for `/`, unknown paths, 400s and broken websocket handshakes
-(V1-REFERENCE §2.1, §2.3), and echo's CORS middleware headers.
+(V1-REFERENCE §2.1, §2.3), echo's CORS middleware headers, the client IP rule
+(socket peer, or echo's RealIP when proxy headers are trusted), and the answers v1
+did not have: `/healthz`, `/zstd-dictionary` and the per-IP connection-limit refusal.
 It must never parse subscriber options (params.py) or hold connection state.
 
 picows answers non-GET requests itself (400) before routing, so v1's 405 and CORS
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from enum import Enum
 from http import HTTPStatus
 from typing import Mapping
@@ -29,10 +32,21 @@ JSON_TYPE = "application/json"
 HANDSHAKE_ERROR_BODY = b"Bad Request\n"
 
 
+# Not v1: the dictionary changes only when the operator restarts with another file, and the
+# id header lets a client notice; a short lifetime keeps caches from outliving a change long.
+DICTIONARY_CACHE_CONTROL = "public, max-age=300"
+DICTIONARY_ID_HEADER = "X-Zstd-Dictionary-Id"
+
+
 class Route(Enum):
     WELCOME = "/"
     SUBSCRIBE = "/subscribe"
+    HEALTHZ = "/healthz"
+    ZSTD_DICTIONARY = "/zstd-dictionary"
     NOT_FOUND = ""
+
+
+_ROUTES = {route.value.encode(): route for route in Route if route is not Route.NOT_FOUND}
 
 
 def split_target(target: bytes) -> tuple[bytes, bytes]:
@@ -42,11 +56,31 @@ def split_target(target: bytes) -> tuple[bytes, bytes]:
 
 
 def route_of(path: bytes) -> Route:
-    if path == b"/":
-        return Route.WELCOME
-    if path == b"/subscribe":
-        return Route.SUBSCRIBE
-    return Route.NOT_FOUND
+    return _ROUTES.get(path, Route.NOT_FOUND)
+
+
+def _strip_brackets(text: str) -> str:
+    return text.removeprefix("[").removesuffix("]")
+
+
+def client_ip(request_headers: Mapping[str, str], peer_ip: str, trust_proxy_headers: bool) -> str:
+    """The address limits and metrics are keyed on.
+
+    With trust_proxy_headers, echo v4.11's RealIP (what v1 always did), quirks kept:
+    X-Forwarded-For's part before its first comma (trimmed, [] stripped) or, without a
+    comma after the first byte, the whole value untouched; else X-Real-IP with [] stripped;
+    else the socket peer. Without it (our default), only the socket peer: any client can
+    put anything in those headers.
+    """
+    if trust_proxy_headers:
+        forwarded = request_headers.get("X-Forwarded-For", "")
+        if forwarded:
+            comma = forwarded.find(",")
+            return _strip_brackets(forwarded[:comma].strip()) if comma > 0 else forwarded
+        real_ip = request_headers.get("X-Real-IP", "")
+        if real_ip:
+            return _strip_brackets(real_ip)
+    return peer_ip
 
 
 def cors_headers(request_headers: Mapping[str, str]) -> list[tuple[str, str]]:
@@ -90,6 +124,30 @@ def handshake_error_response(request_headers: Mapping[str, str]) -> WSUpgradeRes
     extra = [("Sec-Websocket-Version", "13"), ("X-Content-Type-Options", "nosniff")]
     return _respond(HTTPStatus.BAD_REQUEST, HANDSHAKE_ERROR_BODY, "text/plain; charset=utf-8",
                     request_headers, extra)
+
+
+def too_many_connections_response(ip: str, limit: int, request_headers: Mapping[str, str]
+                                  ) -> WSUpgradeResponseWithListener:
+    """Not v1 (it had no such limit): refused before the upgrade, like every v1 refusal."""
+    body = f"too many connections from {ip} (limit {limit} per IP)".encode()
+    return _respond(HTTPStatus.TOO_MANY_REQUESTS, body, TEXT_PLAIN, request_headers)
+
+
+def healthz_response(ready: bool, report: dict, request_headers: Mapping[str, str]
+                     ) -> WSUpgradeResponseWithListener:
+    """200 with the report when ready, 503 with the same report otherwise."""
+    status = HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE
+    body = json.dumps(report, separators=(",", ":"), sort_keys=True).encode()
+    return _respond(status, body, JSON_TYPE, request_headers, [("Cache-Control", "no-store")])
+
+
+def zstd_dictionary_response(dictionary: bytes, dictionary_id: int, request_headers: Mapping[str, str]
+                             ) -> WSUpgradeResponseWithListener:
+    """The active zstd dictionary, named by the id every compressed frame carries."""
+    if not dictionary:
+        return not_found_response(request_headers)
+    extra = [(DICTIONARY_ID_HEADER, str(dictionary_id)), ("Cache-Control", DICTIONARY_CACHE_CONTROL)]
+    return _respond(HTTPStatus.OK, dictionary, "application/octet-stream", request_headers, extra)
 
 
 def _header_has_token(headers: Mapping[str, str], name: str, token: str) -> bool:

@@ -2,7 +2,8 @@
 
 Owns: v1's per-IP limiter (`rate.NewLimiter(maxSubRate, burst=int(maxSubRate))`,
 V1-REFERENCE §6.1, §6.5) as a token bucket that readers draw from per batch, and
-the registry that hands each connection its IP's bucket.
+the registry that hands each connection its IP's bucket (or, with
+`--per-ip-limit=false`, as proposed in v1 PR #45, a bucket of its own).
 It must never sleep or schedule anything: a reader asks how many events it may
 send now and, if none, how long until the next one; the reader does the waiting.
 """
@@ -72,8 +73,9 @@ class RateLimiterRegistry:
     bounded by the IPs seen in the last burst/rate seconds.
     """
 
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic, *, per_ip: bool = True) -> None:
         self.rate = float(rate)
+        self.per_ip = per_ip
         # v1: burst = int(maxSubRate); at least 1 so a rate below 1/s still sends.
         self.burst = max(1, int(rate))
         self._clock = clock
@@ -82,6 +84,8 @@ class RateLimiterRegistry:
         self._idle: set[str] = set()  # IPs without connections whose bucket is still refilling
 
     def acquire(self, ip: str) -> TokenBucket:
+        if not self.per_ip:
+            return TokenBucket(self.rate, self.burst, self._clock)  # the connection's own, never shared
         self._forget_idle_full_buckets()
         bucket = self._buckets.get(ip)
         if bucket is None:
@@ -91,6 +95,8 @@ class RateLimiterRegistry:
         return bucket
 
     def release(self, ip: str) -> None:
+        if not self.per_ip:
+            return
         remaining = self._connections.get(ip, 0) - 1
         if remaining > 0:
             self._connections[ip] = remaining

@@ -107,19 +107,21 @@ class SubscriberListener(WSListener):
         self._transport: WSTransport | None = None
         self._position: Position | None = None
         self._bucket: TokenBucket | None = None
-        self.client_ip = ""
+        self.client_ip = ""  # the router sets it (socket peer, or proxy headers when trusted)
         self._paused = False
         self._closed = False
         self._wakeup: asyncio.Handle | None = None
         self.sent_events = 0
+        self.sent_bytes = 0
         self.pauses = 0  # times the socket pushed back (pause_writing)
 
     # --- picows callbacks --------------------------------------------------------------
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self._transport = transport
-        peer = transport.underlying_transport.get_extra_info("peername")
-        self.client_ip = peer[0] if peer else ""
+        if not self.client_ip:
+            peer = transport.underlying_transport.get_extra_info("peername")
+            self.client_ip = peer[0] if peer else ""
         self._bucket = self._server.rate_limiters.acquire(self.client_ip)
         self._position = Position(initial_position(self._cursor, self._server.ring.newest_time_us))
         self._server.register(self)
@@ -154,6 +156,10 @@ class SubscriberListener(WSListener):
 
     def resume_writing(self) -> None:
         self._paused = False
+        # The peer drained our buffer, so it is alive: this stands in for a pong, so an idle
+        # ping stuck behind queued events does not get a reading client closed.
+        if self._transport is not None:
+            self._transport.notify_user_specific_pong_received()
         self.wake()
 
     # --- client messages ---------------------------------------------------------------
@@ -224,6 +230,7 @@ class SubscriberListener(WSListener):
         for payload in payloads:
             send(message_type, payload)
         self.sent_events += len(payloads)
+        self.sent_bytes += sum(map(len, payloads))
 
     def _advance(self, start: int, new_position: int) -> bool:
         try:
@@ -245,6 +252,11 @@ class SubscriberListener(WSListener):
         self._cancel_wakeup()
         if self._transport is not None:
             self._transport.underlying_transport.abort()
+
+    @property
+    def awaiting_hello(self) -> bool:
+        """requireHello=true and no valid options_update yet."""
+        return self._awaiting_hello
 
     @property
     def position(self) -> int:

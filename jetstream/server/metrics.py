@@ -1,0 +1,101 @@
+"""The server's Prometheus metrics: v1's names (V1-REFERENCE §7.1) plus what v1 lacked.
+
+Owns: turning a SubscribeServer's plain counters into metric families at scrape time
+(a custom collector), and the metrics HTTP listener. v1's names and labels are kept:
+`jetstream_subscribers_connected{ip_address}`, `jetstream_events_emitted_total`,
+`jetstream_bytes_emitted_total`, `jetstream_events_delivered_total{ip_address}`,
+`jetstream_bytes_delivered_total{ip_address}`. New: disconnects the server initiated
+and requests it refused, by reason, and the number of connected clients.
+It must never be touched on the delivery path: the server counts in plain ints and
+this module reads them only when Prometheus scrapes, so a send costs no metric call.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from http.server import HTTPServer
+from typing import TYPE_CHECKING
+
+from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from jetstream.config import parse_listen_addr
+
+if TYPE_CHECKING:
+    from jetstream.server.app import SubscribeServer
+
+log = logging.getLogger(__name__)
+
+# (name without _total, help) of every family this collector yields; tests and the README list them.
+SERVER_METRICS = {
+    "jetstream_subscribers_connected": "Connected subscribers per client IP (v1)",
+    "jetstream_events_emitted": "Events made visible to subscribers, once per event (v1)",
+    "jetstream_bytes_emitted": "Uncompressed JSON bytes of emitted events (v1)",
+    "jetstream_events_delivered": "Events sent to subscribers per client IP, replay and live (v1)",
+    "jetstream_bytes_delivered": "Bytes sent per client IP, compressed size for zstd clients (v1)",
+    "jetstream_server_connected_clients": "Websocket subscribers connected now",
+    "jetstream_server_disconnects": "Connections the server closed, by reason",
+    "jetstream_server_refused_requests": "/subscribe requests refused before the upgrade, by reason",
+    "jetstream_server_options_updates": "Valid options_update messages applied",
+}
+
+
+class ServerMetricsCollector:
+    """Reads one SubscribeServer's counters at scrape time."""
+
+    def __init__(self, server: SubscribeServer) -> None:
+        self._server = server
+
+    def describe(self):
+        return []  # families are built per scrape; nothing to pre-register
+
+    def collect(self):
+        server = self._server
+        yield _labelled(GaugeMetricFamily, "jetstream_subscribers_connected", "ip_address",
+                        server.connected_by_ip())
+        yield CounterMetricFamily("jetstream_events_emitted", SERVER_METRICS["jetstream_events_emitted"],
+                                  value=server.events_emitted)
+        yield CounterMetricFamily("jetstream_bytes_emitted", SERVER_METRICS["jetstream_bytes_emitted"],
+                                  value=server.bytes_emitted)
+        delivered = server.delivered_by_ip()
+        yield _labelled(CounterMetricFamily, "jetstream_events_delivered", "ip_address",
+                        {ip: totals[0] for ip, totals in delivered.items()})
+        yield _labelled(CounterMetricFamily, "jetstream_bytes_delivered", "ip_address",
+                        {ip: totals[1] for ip, totals in delivered.items()})
+        yield GaugeMetricFamily("jetstream_server_connected_clients",
+                                SERVER_METRICS["jetstream_server_connected_clients"], value=server.connected_count)
+        yield _labelled(CounterMetricFamily, "jetstream_server_disconnects", "reason", server.disconnects)
+        yield _labelled(CounterMetricFamily, "jetstream_server_refused_requests", "reason", server.refused_requests)
+        yield CounterMetricFamily("jetstream_server_options_updates",
+                                  SERVER_METRICS["jetstream_server_options_updates"], value=server.options_updates)
+
+
+def _labelled(family_type, name: str, label: str, values: dict):
+    family = family_type(name, SERVER_METRICS[name], labels=[label])
+    for label_value, value in sorted(values.items()):
+        family.add_metric([str(label_value)], value)
+    return family
+
+
+def register_server(server: SubscribeServer, registry: CollectorRegistry = REGISTRY) -> ServerMetricsCollector:
+    collector = ServerMetricsCollector(server)
+    registry.register(collector)
+    return collector
+
+
+class MetricsListener:
+    """`GET /metrics` on its own address (v1's --metrics-listen-addr), in a daemon thread."""
+
+    def __init__(self, listen_addr: str, registry: CollectorRegistry = REGISTRY) -> None:
+        host, port = parse_listen_addr(listen_addr)
+        self._httpd: HTTPServer
+        self._thread: threading.Thread
+        self._httpd, self._thread = start_http_server(port, addr=host, registry=registry)
+        self.host = host
+        self.port = self._httpd.server_address[1]
+        log.info("event=metrics_listening addr=%s:%d", host, self.port)
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
