@@ -1,4 +1,4 @@
-"""The `jetstream` command: `serve`, `relay-sim`, `demo`.
+"""The `jetstream` command: `serve`, `relay-sim`, `demo`, `train-dictionary`.
 
 Owns: argument parsing (via jetstream.config), logging set-up and the event loop.
 It must never contain daemon logic; each subcommand calls one entry point.
@@ -49,6 +49,37 @@ def cmd_demo(cfg) -> None:
     run_loop(run_demo(cfg))
 
 
+def cmd_train_dictionary(args) -> None:
+    from jetstream import dictionary
+
+    if bool(args.data_dir) == bool(args.synthetic):
+        raise SystemExit("train-dictionary: give exactly one of --data-dir or --synthetic")
+    if args.data_dir:
+        samples = dictionary.log_samples(args.data_dir, args.samples)
+    else:
+        samples = dictionary.synthetic_samples(args.synthetic)
+    trained = dictionary.train(samples, args.size, args.dict_id)
+    with open(args.out, "wb") as out:
+        out.write(trained)
+    raw = sum(map(len, samples))
+    print(f"train-dictionary: {args.out}: id {dictionary.dictionary_id(trained)}, {len(trained)} bytes, "
+          f"{len(samples)} samples, compressed/raw {dictionary.compressed_size(samples, trained) / raw:.3f}")
+
+
+def add_train_dictionary_parser(sub) -> None:
+    from jetstream import dictionary
+
+    p = sub.add_parser("train-dictionary", help="train a zstd dictionary for compressed clients")
+    p.add_argument("--data-dir", default="", help="train from the events of this (stopped) daemon's log")
+    p.add_argument("--synthetic", type=int, default=0, metavar="N",
+                   help="train from N events of synthetic relay frames (how the shipped dictionary is made)")
+    p.add_argument("--out", required=True, help="where to write the dictionary")
+    p.add_argument("--size", type=int, default=dictionary.DEFAULT_DICTIONARY_SIZE, help="dictionary size in bytes")
+    p.add_argument("--samples", type=int, default=100_000, help="at most this many events from --data-dir")
+    p.add_argument("--dict-id", type=int, default=0, help="dictionary id (default: derived from the samples)")
+    p.set_defaults(handler=cmd_train_dictionary, plain_args=True)
+
+
 def build_parser(environ: dict[str, str]) -> tuple[argparse.ArgumentParser, dict]:
     parser = argparse.ArgumentParser(prog="jetstream", description="atproto firehose translation service")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,12 +93,17 @@ def build_parser(environ: dict[str, str]) -> tuple[argparse.ArgumentParser, dict
         add_flags(p, flags, environ)
         p.set_defaults(handler=handler)
         flag_sets[name] = flags
+    add_train_dictionary_parser(sub)
     return parser, flag_sets
 
 
 def main(argv: list[str] | None = None) -> None:
     parser, flag_sets = build_parser(dict(os.environ))
     args = parser.parse_args(argv)
+    if getattr(args, "plain_args", False):
+        setup_logging("warning")
+        args.handler(args)
+        return
     cfg = to_config(args, flag_sets[args.command])
     setup_logging(cfg.log_level)
     args.handler(cfg)

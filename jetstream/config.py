@@ -66,6 +66,7 @@ class Flag:
     parse: Callable[[str], Any]
     help: str
     v1: bool = True  # False: a flag Jetstream v1 did not have
+    aliases: tuple[str, ...] = ()  # other spellings accepted on the command line
 
     @property
     def env(self) -> str:
@@ -87,7 +88,7 @@ SERVE_FLAGS: tuple[Flag, ...] = (
     Flag("max-sub-rate", 5000.0, float, "events per second per client IP (token bucket, burst = rate)"),
     Flag("override-relay-cursor", -1, int, "if >= 0, start the relay from this seq instead of the stored cursor"),
     Flag("liveness-ttl", "15s", parse_duration, "relay silence after which the relay connection is considered dead; also the TTL trim period"),
-    Flag("zstd-dictionary-path", "", str, "zstd dictionary file for compressed clients (v1 declared but ignored it; we honour it)"),
+    Flag("zstd-dictionary-path", "", str, "zstd dictionary file for compressed clients (v1 declared but ignored it; we honour it); empty = the shipped jetstream-py dictionary", aliases=("zstd-dictionary",)),
     Flag("worker-count", 100, int, "accepted for v1 compatibility; ingest is a single ordered pipeline, so it is unused"),
     Flag("max-queue-size", 1000, int, "accepted for v1 compatibility; a no-op in v1 as well"),
     # Flags v1 did not have.
@@ -95,6 +96,14 @@ SERVE_FLAGS: tuple[Flag, ...] = (
     Flag("group-commit-ms", 2.0, float, "how long ingest gathers decoded events into one RocksDB write batch", v1=False),
     Flag("fsync", False, parse_bool, "fsync the WAL on every batch (power-loss durability); kill -9 is safe either way", v1=False),
     Flag("log-level", "info", str, "debug | info | warning | error", v1=False),
+    # Server limits and operations v1 did not have (issue 4).
+    Flag("per-ip-limit", True, parse_bool, "share one --max-sub-rate bucket among an IP's connections (v1); false = a bucket per connection", v1=False),
+    Flag("max-conns-per-ip", 0, int, "refuse /subscribe with 429 beyond this many connections from one IP (0 = no limit, as v1)", v1=False),
+    Flag("trust-proxy-headers", False, parse_bool, "take the client IP from X-Forwarded-For / X-Real-IP (v1 always did; only behind a proxy you run)", v1=False),
+    Flag("max-client-message-bytes", 10_000_000, int, "close (1009) clients sending a frame larger than this; v1 read and ignored them", v1=False),
+    Flag("ping-interval", "30s", parse_duration, "ping a client after this long without hearing from it (v1 pinged every 30s); 0 disables", v1=False),
+    Flag("pong-timeout", "30s", parse_duration, "close a client that neither answers a ping nor drains its stream within this (at most --ping-interval)", v1=False),
+    Flag("hello-timeout", "60s", parse_duration, "close requireHello=true clients that send no options_update within this (v1 waited forever); 0 disables", v1=False),
 )
 
 RELAY_SIM_FLAGS: tuple[Flag, ...] = (
@@ -128,6 +137,7 @@ def add_flags(parser: argparse.ArgumentParser, flags: tuple[Flag, ...], environ:
             default = flag.parse(default)
         parser.add_argument(
             f"--{flag.name}",
+            *(f"--{alias}" for alias in flag.aliases),
             dest=flag.attr,
             type=flag.parse,
             default=default,

@@ -1,27 +1,62 @@
 """The `jetstream serve` process: wires ingest, log, ring and server together.
 
-Owns: start-up order (log open -> server bound -> relay connected), the TTL trim
-timer, and graceful shutdown (stop the relay, write the pending batch, close every
-subscriber with 1001, close RocksDB). It must never hold event data itself.
+Owns: start-up order (log open -> server bound -> READY -> relay connected), the TTL
+trim timer, readiness (/healthz, systemd READY=1 and WATCHDOG=1 over $NOTIFY_SOCKET),
+and graceful shutdown (stop the relay, write the pending batch, close every subscriber
+with 1001, close RocksDB). It must never hold event data itself.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import socket
 import time
 
 from jetstream.compression import EventCompressor
+from jetstream.dictionary import active_dictionary, dictionary_id
 from jetstream.config import Config, parse_listen_addr
 from jetstream.core import LiveRing
 from jetstream.ingest.pipeline import IngestPipeline
 from jetstream.ingest.relay_client import RelayClient
 from jetstream.ingest.sequencer import Sequencer
 from jetstream.log.store import EventLog
-from jetstream.metrics import start_metrics_listener
 from jetstream.server.app import SubscribeServer
+from jetstream.server.metrics import MetricsListener, register_server
 
 log = logging.getLogger(__name__)
+
+SHUTDOWN_TIMEOUT_S = 15.0
+
+
+def sd_notify(state: str) -> bool:
+    """Send `state` (e.g. "READY=1") to systemd's $NOTIFY_SOCKET; False when not under systemd.
+
+    The protocol is one AF_UNIX datagram; a leading "@" names an abstract socket. Done by
+    hand so the daemon needs no libsystemd binding.
+    """
+    address = os.environ.get("NOTIFY_SOCKET", "")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.sendto(state.encode(), address)
+    except OSError as exc:
+        log.warning("event=sd_notify_failed state=%s error=%r", state.split("=")[0], exc)
+        return False
+    return True
+
+
+def watchdog_interval_s() -> float | None:
+    """Half of systemd's WatchdogSec (from $WATCHDOG_USEC, if it is meant for this process)."""
+    usec = os.environ.get("WATCHDOG_USEC", "")
+    pid = os.environ.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2_000_000
 
 
 class Daemon:
@@ -31,8 +66,11 @@ class Daemon:
         self.server: SubscribeServer | None = None
         self.relay: RelayClient | None = None
         self.pipeline: IngestPipeline | None = None
+        self.metrics_listener: MetricsListener | None = None
+        self._metrics_collector = None
         self._tasks: list[asyncio.Task] = []
         self._stopped = asyncio.Event()
+        self.ready = False
 
     async def start(self, *, connect_relay: bool = True) -> None:
         """Open the log, bind the listeners, then (unless told not to) connect the relay."""
@@ -40,10 +78,15 @@ class Daemon:
         self.event_log = EventLog(cfg.data_dir, fsync=cfg.fsync)
         hwm = self.event_log.hwm()
         ring = LiveRing(cfg.ring_capacity, floor_time_us=hwm)
-        compressor = (
-            EventCompressor.from_path(cfg.zstd_dictionary_path) if cfg.zstd_dictionary_path else EventCompressor()
+        dictionary = active_dictionary(cfg.zstd_dictionary_path)
+        compressor = EventCompressor(dictionary)
+        self.server = SubscribeServer(
+            self.event_log, ring, max_sub_rate=cfg.max_sub_rate, per_ip_limit=cfg.per_ip_limit,
+            max_conns_per_ip=cfg.max_conns_per_ip, trust_proxy_headers=cfg.trust_proxy_headers,
+            max_client_message_bytes=cfg.max_client_message_bytes, ping_interval_s=cfg.ping_interval,
+            pong_timeout_s=cfg.pong_timeout, hello_timeout_s=cfg.hello_timeout,
+            zstd_dictionary=dictionary, zstd_dictionary_id=dictionary_id(dictionary), health=self.health,
         )
-        self.server = SubscribeServer(self.event_log, ring, max_sub_rate=cfg.max_sub_rate)
         host, port = parse_listen_addr(cfg.listen_addr)
         await self.server.start(host, port)
         self.pipeline = IngestPipeline(
@@ -59,9 +102,16 @@ class Daemon:
             cfg.ws_url, self.pipeline.submit, lambda: self.pipeline.last_accepted_seq,
             liveness_ttl_s=cfg.liveness_ttl, before_connect=self.pipeline.flush,
         )
+        self._metrics_collector = register_server(self.server)
         if cfg.metrics_listen_addr:
-            start_metrics_listener(cfg.metrics_listen_addr)
+            self.metrics_listener = MetricsListener(cfg.metrics_listen_addr)
         self._tasks = [asyncio.ensure_future(self._trim_forever())]
+        # Ready: the log is open and both listeners are bound; the relay comes after.
+        self.ready = True
+        sd_notify("READY=1")
+        watchdog_s = watchdog_interval_s()
+        if watchdog_s is not None:
+            self._tasks.append(asyncio.ensure_future(self._watchdog_forever(watchdog_s)))
         if connect_relay:
             self.connect_relay()
         log.info("event=daemon_started listen=%s:%d data_dir=%s relay=%s relay_cursor=%s hwm=%d",
@@ -74,6 +124,25 @@ class Daemon:
     @property
     def port(self) -> int:
         return self.server.port
+
+    def health(self) -> tuple[bool, dict]:
+        """(ready, report) for /healthz: ready once started and until stopping."""
+        relay = self.relay
+        report = {
+            "status": "ok" if self.ready else ("stopping" if self._stopped.is_set() else "starting"),
+            "log_open": self.event_log is not None and not self._stopped.is_set(),
+            "relay": {
+                "connected": bool(relay is not None and relay.connected),
+                "cursor": self.pipeline.last_accepted_seq if self.pipeline is not None else None,
+            },
+        }
+        return self.ready, report
+
+    async def _watchdog_forever(self, interval_s: float) -> None:
+        """WATCHDOG=1 while the loop turns: a stuck loop stops the pings and systemd restarts us."""
+        while True:
+            sd_notify("WATCHDOG=1")
+            await asyncio.sleep(interval_s)
 
     async def _trim_forever(self) -> None:
         period = max(1.0, min(self.cfg.liveness_ttl, self.cfg.event_ttl))
@@ -89,6 +158,8 @@ class Daemon:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        self.ready = False
+        sd_notify("STOPPING=1")
         log.info("event=daemon_stopping")
         if self.relay is not None:
             self.relay.stop()
@@ -99,6 +170,13 @@ class Daemon:
             self.pipeline.flush()
         if self.server is not None:
             await self.server.close("server shutting down")
+        if self.metrics_listener is not None:
+            self.metrics_listener.close()
+        if self._metrics_collector is not None:
+            from prometheus_client import REGISTRY
+
+            REGISTRY.unregister(self._metrics_collector)
+            self._metrics_collector = None
         if self.event_log is not None:
             self.event_log.close()
         log.info("event=daemon_stopped")
@@ -110,8 +188,11 @@ class Daemon:
 
         def on_signal(signum: int) -> None:
             if stop_requested.is_set():
+                # The operator insists: leave now. RocksDB's WAL already holds every batch
+                # a client saw, so nothing acknowledged is lost (DESIGN invariant 3).
                 log.error("event=forced_exit signal=%d", signum)
-                raise SystemExit(1)
+                logging.shutdown()
+                os._exit(1)
             log.info("event=signal_received signal=%d", signum)
             stop_requested.set()
 
@@ -120,6 +201,8 @@ class Daemon:
         await self.start()
         await stop_requested.wait()
         try:
-            await asyncio.wait_for(self.stop(), timeout=15)
+            await asyncio.wait_for(self.stop(), timeout=SHUTDOWN_TIMEOUT_S)
         except asyncio.TimeoutError:
-            log.error("event=shutdown_timeout")
+            log.error("event=shutdown_timeout timeout_s=%g", SHUTDOWN_TIMEOUT_S)
+            logging.shutdown()
+            os._exit(1)
