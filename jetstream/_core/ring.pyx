@@ -151,6 +151,11 @@ cdef class LiveRing:
                 low = middle + 1
         return low
 
+    def count_after(self, int64_t after_time_us):
+        """Held events with time_us > after_time_us: a reader's lag in events while the
+        ring covers it, and a lower bound (the ring's length) once it has fallen below."""
+        return self._count - self.first_index_after(after_time_us)
+
     def read_after(
         self,
         int64_t after_time_us,

@@ -107,6 +107,11 @@ class LiveRing:
                 low = middle + 1
         return low
 
+    def count_after(self, after_time_us: int) -> int:
+        """Held events with time_us > after_time_us: a reader's lag in events while the
+        ring covers it, and a lower bound (the ring's length) once it has fallen below."""
+        return self._count - self.first_index_after(after_time_us)
+
     def read_after(
         self,
         after_time_us: int,

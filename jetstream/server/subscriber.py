@@ -1,24 +1,64 @@
-"""One subscriber connection: its reader (position -> ring | log -> filter -> pace -> send).
+"""One subscriber connection: its single reader (position -> ring | log -> filter -> pace -> send).
 
-Owns: the per-connection state (position, filter, hello gate, pacing, backpressure)
-and DESIGN §4's single reader. Each step starts from the position, asks the ring for
-what follows it, or the log when the ring no longer reaches back that far, sends each
-wanted payload as its own websocket message, and advances the position by
-compare-and-set from the value the step started with. Replay -> live cutover is
-nothing more than the position crossing the ring's floor, so there is no second
-writer and no overlap window (v1's jl#42 races cannot happen).
-It must never queue events per subscriber, block the loop on a socket, or deliver
-an event whose time_us is not above the position.
+Owns: the per-connection state (position, filter, hello gate, token bucket share,
+backpressure, lag policy) and DESIGN §4's single reader. A newcomer can follow it as:
+
+1. Position. `position` is the time_us of the last event this connection has *scanned*
+   (sent, or skipped by its filter). It starts from the cursor (`initial_position`):
+   cursor is inclusive, so position = cursor - 1; no cursor, or one at/after the newest
+   event, starts live (position = newest); cursor <= 0 replays everything retained.
+   (v1 compared cursors as strings and, for a cursor between the newest logged event and
+   now, replayed the whole log: both fixed here on purpose.)
+
+2. One step (`pump`). A step takes tokens for up to STEP_MAX_EVENTS events from the
+   connection's token bucket (per IP, `--max-sub-rate`), then `read_next_batch`: if the
+   live ring still holds every event after the position, it reads from the ring (one C
+   loop, filter on interned ids); otherwise it reads the next LOG_CHUNK_ROWS rows from
+   RocksDB with an iterator seeked to position + 1. The batch's payloads are framed into
+   ONE buffer and written to the transport in one write (`encode_frames`), and the
+   position advances by compare-and-set from the value the step started with.
+
+3. Cutover. Replay ends when the position is inside the ring: the next step simply reads
+   the ring. There is no second writer, no live queue filled in parallel, no overlap
+   window and no dedupe guard: every event is read exactly once, in time_us order, by
+   the one reader that owns the position (v1's jl#42/#43 races and jl#27/#31 cutover
+   drops have no place to happen).
+
+4. Waiting. A step ends the reader's turn when (a) nothing follows the position: the
+   reader parks in the server's waiting set and `notify_new_events` wakes it; (b) the
+   transport passed its high-water mark (`pause_writing`): it waits for
+   `resume_writing`; (c) the bucket is empty: it sleeps until the next token. Otherwise
+   it yields to the loop (`call_soon`) so one replaying reader cannot starve the others.
+   Nothing is queued per subscriber: a waiting reader holds only its position.
+
+5. Slow clients. A client that reads slower than events arrive fills its socket, the
+   reader stops (4b), the ring moves on, and when the reader resumes it reads the log
+   instead (2): it degrades to replay, it is not dropped. It is disconnected only by
+   policy (`LagPolicy`): while the socket is what holds it back, lag above
+   `--max-lag-events` or `--max-lag-seconds` sustained for `--max-lag-grace` closes it
+   with 1008 (policy violation: the client broke the server's declared lag policy; 1013
+   "try again later" would blame the server) and a reason saying how far behind it was,
+   counted in `SubscribeServer.disconnects` as `lag_events` / `lag_seconds`. Lag caused
+   by the server's own pacing (an empty token bucket) never counts: a replay slowed by
+   `--max-sub-rate` is the v1 failure (jl#27) we must not repeat.
+
+6. options_update. Steps run to completion on the loop thread, so a new filter lands
+   between two steps, i.e. at an event boundary; the position is untouched, so no event
+   is re-read or skipped whether the reader is replaying, cutting over or live.
+
+It must never queue events per subscriber, block the loop on a socket, deliver an event
+whose time_us is not above the position, or let anything but the reader move the position.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, NamedTuple
 
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
-from jetstream.core import EventFilter, Position, PositionConflict
+from jetstream.core import EventFilter, Position, PositionConflict, encode_frames
 from jetstream.server import params
 
 if TYPE_CHECKING:
@@ -28,15 +68,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # One step's bounds: small enough that a step (a ring scan, or one RocksDB read of
-# LOG_CHUNK_ROWS) stays well under a millisecond, large enough that the per-step
-# loop overhead is noise next to the sends.
+# LOG_CHUNK_ROWS) stays well under a millisecond and a slow client's buffer overshoots
+# the high-water mark by at most STEP_MAX_BYTES, large enough that the per-step loop
+# overhead is noise next to the sends.
 STEP_MAX_EVENTS = 512
-STEP_MAX_BYTES = 512 * 1024
+STEP_MAX_BYTES = 256 * 1024
 LOG_CHUNK_ROWS = 512
 MAX_CLIENT_MESSAGE_BYTES = 10_000_000  # v1 ignores larger messages (V1-REFERENCE §6.1)
 
 REASON_REPLAY_FAILED = "failed to replay events"  # v1's close reason for a log read error
 REASON_INTERNAL = "internal error"
+# After a policy close, a peer that never reads cannot receive the close frame (it sits
+# behind the events already buffered): abort it after this long (v1's write deadline).
+CLOSE_DRAIN_GRACE_S = 10.0
 
 
 class Batch(NamedTuple):
@@ -50,18 +94,23 @@ class Batch(NamedTuple):
 def initial_position(cursor: int | None, newest_time_us: int) -> int:
     """The position a connection starts from (the last time_us it has 'seen').
 
-    No cursor (or one later than now): live, from the newest event. A cursor is
-    inclusive, so the event at exactly `cursor` is sent again; cursor <= 0 replays
-    everything retained (v1's lexicographic quirk, kept because clients use it).
+    No cursor: live, from the newest event. A cursor is inclusive, so the event at
+    exactly `cursor` is sent again; cursor <= 0 replays everything retained; a cursor
+    above the newest event starts live (v1 replayed the whole log for a cursor between
+    the newest logged event and now, V1-REFERENCE §6.6).
     """
     if cursor is None:
         return newest_time_us
-    return max(cursor - 1, 0)
+    return min(max(cursor - 1, 0), newest_time_us)
 
 
 def read_next_batch(start: int, ring, event_log, event_filter, compressed: bool,
                     max_events: int, max_message_size: int) -> Batch:
-    """The next batch after `start`, from the ring when it covers `start`, else from the log."""
+    """The next batch after `start`, from the ring when it covers `start`, else from the log.
+
+    The reader's whole decision: pure given (ring, log) contents, so tests drive it
+    directly against a model (tests/cutover/test_cutover_reader_model.py).
+    """
     if ring.covers(start):
         payloads, position = ring.read_after(start, event_filter, compressed, max_events,
                                              STEP_MAX_BYTES, max_message_size)
@@ -93,24 +142,106 @@ def _read_log_batch(start: int, ring, event_log, event_filter, compressed: bool,
     return Batch(payloads, position, False)
 
 
+def lag_of(position: int, ring) -> tuple[int, float]:
+    """(events, seconds) a reader at `position` is behind the newest event.
+
+    Events are counted exactly while the ring covers the position; below the ring's floor
+    the events between position and floor are estimated from the ring's own rate (the log
+    cannot count a range cheaply), so the figure never under-reports by more than that.
+    """
+    newest = ring.newest_time_us
+    lag_seconds = max(0, newest - position) / 1e6
+    behind_in_ring = ring.count_after(position)
+    if ring.covers(position):
+        return behind_in_ring, lag_seconds
+    floor = ring.floor_time_us
+    held = len(ring)
+    span = newest - floor
+    below_floor = (floor - position) * held // span if span > 0 else 0
+    return behind_in_ring + below_floor, lag_seconds
+
+
+class LagPolicy:
+    """When a slow client has been too far behind for too long (sans-I/O: the reader feeds it).
+
+    `observe` is called with the reader's lag and whether the socket is what holds the
+    reader back. The grace clock starts at the first observation over a limit while
+    socket-bound and keeps running while the lag stays over a limit without shrinking.
+    It restarts when the lag shrinks (a client replaying from far back that is catching
+    up is never dropped for the distance it started at), and stops when the lag is back
+    under both limits or the reader is held back by something else (caught up, or
+    waiting on the server's own token bucket). A limit of 0 is off.
+    """
+
+    __slots__ = ("max_lag_events", "max_lag_seconds", "grace_s", "_over_since", "_lag_at_start")
+
+    def __init__(self, max_lag_events: int = 0, max_lag_seconds: float = 0.0, grace_s: float = 30.0) -> None:
+        if max_lag_events < 0 or max_lag_seconds < 0 or grace_s < 0:
+            raise ValueError("lag limits and grace must be >= 0")
+        self.max_lag_events = int(max_lag_events)
+        self.max_lag_seconds = float(max_lag_seconds)
+        self.grace_s = float(grace_s)
+        self._over_since: float | None = None
+        self._lag_at_start = 0.0  # lag_seconds when the grace clock (re)started
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_lag_events > 0 or self.max_lag_seconds > 0
+
+    def exceeded(self, lag_events: int, lag_seconds: float) -> str | None:
+        """Which limit the lag is over ("lag_events" / "lag_seconds"), if any."""
+        if 0 < self.max_lag_events < lag_events:
+            return "lag_events"
+        if 0 < self.max_lag_seconds < lag_seconds:
+            return "lag_seconds"
+        return None
+
+    def reset(self) -> None:
+        self._over_since = None
+
+    def observe(self, now_s: float, lag_events: int, lag_seconds: float, socket_bound: bool) -> str | None:
+        """The limit broken for longer than the grace (the disconnect reason), else None."""
+        over = self.exceeded(lag_events, lag_seconds)
+        if over is None:
+            self._over_since = None
+            return None
+        if self._over_since is None:
+            if not socket_bound:
+                return None
+            self._over_since, self._lag_at_start = now_s, lag_seconds
+        elif lag_seconds < self._lag_at_start:  # catching up: the client is not stuck
+            self._over_since, self._lag_at_start = now_s, lag_seconds
+        return over if now_s - self._over_since >= self.grace_s else None
+
+
+def lag_close_reason(reason: str, lag_events: int, lag_seconds: float, grace_s: float) -> str:
+    # v1 (before fc3fb4e) said "consuming too slowly"; the numbers tell the client how far.
+    return (f"consuming too slowly: {lag_events} events / {lag_seconds:.1f}s behind for over {grace_s:g}s "
+            f"({reason} limit); reconnect with a cursor to resume")
+
+
 class SubscriberListener(WSListener):
     """picows callbacks for one `/subscribe` connection, and the reader that feeds it."""
 
     def __init__(self, server: SubscribeServer, options: params.SubscriberOptions) -> None:
         self._server = server
         self._compressed = options.compress
-        self._message_type = WSMsgType.BINARY if options.compress else WSMsgType.TEXT
         self._cursor = options.cursor
         self._max_message_size = options.max_message_size_bytes
         self._event_filter = _event_filter_for(options.filters)
         self._awaiting_hello = options.require_hello
         self._transport: WSTransport | None = None
+        self._write = None  # the underlying transport's write: one call per step
         self._position: Position | None = None
         self._bucket: TokenBucket | None = None
+        self._lag_policy: LagPolicy | None = _lag_policy_of(server)
         self.client_ip = ""  # the router sets it (socket peer, or proxy headers when trusted)
         self._paused = False
+        self._pushed_back = False  # the socket paused us since we were last caught up / rate-bound
         self._closed = False
         self._wakeup: asyncio.Handle | None = None
+        self._lag_check: asyncio.TimerHandle | None = None
+        self._abort_after_close: asyncio.TimerHandle | None = None
         self.sent_events = 0
         self.sent_bytes = 0
         self.pauses = 0  # times the socket pushed back (pause_writing)
@@ -119,6 +250,7 @@ class SubscriberListener(WSListener):
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self._transport = transport
+        self._write = transport.underlying_transport.write
         if not self.client_ip:
             peer = transport.underlying_transport.get_extra_info("peername")
             self.client_ip = peer[0] if peer else ""
@@ -132,7 +264,7 @@ class SubscriberListener(WSListener):
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self._closed = True
-        self._cancel_wakeup()
+        self._cancel_timers()
         if self._bucket is not None:
             self._server.rate_limiters.release(self.client_ip)
             self._bucket = None
@@ -152,7 +284,9 @@ class SubscriberListener(WSListener):
 
     def pause_writing(self) -> None:
         self._paused = True
+        self._pushed_back = True
         self.pauses += 1
+        self._arm_lag_check()
 
     def resume_writing(self) -> None:
         self._paused = False
@@ -202,6 +336,7 @@ class SubscriberListener(WSListener):
             return
         granted = self._bucket.take(STEP_MAX_EVENTS)
         if granted == 0:
+            self._held_by_server()
             delay = self._bucket.seconds_until_available()
             self._wakeup = asyncio.get_running_loop().call_later(delay, self.pump)
             return
@@ -219,16 +354,20 @@ class SubscriberListener(WSListener):
         if not self._advance(start, batch.position):
             return
         if batch.caught_up:
+            self._held_by_server()
             self._server.wait_for_events(self)
-        elif not self._paused and not self._closed:
+            return
+        if self._lag_policy is not None and self._check_lag():
+            return
+        if not self._paused and not self._closed:
             # Yield to the loop between steps so one reader cannot starve the others.
             self._wakeup = asyncio.get_running_loop().call_soon(self.pump)
 
     def _send(self, payloads: list[bytes]) -> None:
-        send = self._transport.send
-        message_type = self._message_type
-        for payload in payloads:
-            send(message_type, payload)
+        if not payloads:
+            return
+        # One write for the whole batch: picows' send() costs a send(2) per message.
+        self._write(encode_frames(payloads, self._compressed))
         self.sent_events += len(payloads)
         self.sent_bytes += sum(map(len, payloads))
 
@@ -242,6 +381,44 @@ class SubscriberListener(WSListener):
             return False
         return True
 
+    # --- lag policy --------------------------------------------------------------------
+
+    def _held_by_server(self) -> None:
+        """Caught up or rate-limited: whatever lag there is, the client is not to blame."""
+        self._pushed_back = False
+        if self._lag_policy is not None:
+            self._lag_policy.reset()
+
+    def _arm_lag_check(self) -> None:
+        # A paused reader runs no steps, so a timer keeps the policy's clock honest.
+        if self._lag_policy is None or self._lag_check is not None or self._closed:
+            return
+        interval = max(0.05, min(1.0, self._lag_policy.grace_s / 2))
+        self._lag_check = asyncio.get_running_loop().call_later(interval, self._lag_check_while_paused)
+
+    def _lag_check_while_paused(self) -> None:
+        self._lag_check = None
+        if self._closed or not self._paused:
+            return
+        if not self._check_lag():
+            self._arm_lag_check()
+
+    def _check_lag(self) -> bool:
+        """Apply the lag policy now; True when it closed the connection."""
+        lag_events, lag_seconds = lag_of(self._position.value, self._server.ring)
+        reason = self._lag_policy.observe(time.monotonic(), lag_events, lag_seconds, self._pushed_back)
+        if reason is None:
+            return False
+        log.info("event=subscriber_closed reason=%s ip=%s lag_events=%d lag_seconds=%.1f",
+                 reason, self.client_ip, lag_events, lag_seconds)
+        self._server.count_disconnect(reason)
+        self.close(WSCloseCode.POLICY_VIOLATION,
+                   lag_close_reason(reason, lag_events, lag_seconds, self._lag_policy.grace_s))
+        self._abort_after_close = asyncio.get_running_loop().call_later(CLOSE_DRAIN_GRACE_S, self.abort)
+        return True
+
+    # --- lifetime ----------------------------------------------------------------------
+
     @property
     def transport(self) -> WSTransport | None:
         return self._transport
@@ -249,7 +426,7 @@ class SubscriberListener(WSListener):
     def abort(self) -> None:
         """Drop the connection without waiting for buffered bytes (a stuck peer at shutdown)."""
         self._closed = True
-        self._cancel_wakeup()
+        self._cancel_timers()
         if self._transport is not None:
             self._transport.underlying_transport.abort()
 
@@ -267,15 +444,26 @@ class SubscriberListener(WSListener):
         if self._closed or self._transport is None:
             return
         self._closed = True
-        self._cancel_wakeup()
+        self._cancel_timers()
         self._transport.send_close(code, params.truncate_close_reason(reason).encode())
         self._transport.disconnect()
 
-    def _cancel_wakeup(self) -> None:
-        if self._wakeup is not None:
-            self._wakeup.cancel()
-            self._wakeup = None
+    def _cancel_timers(self) -> None:
+        for name in ("_wakeup", "_lag_check", "_abort_after_close"):
+            handle = getattr(self, name)
+            if handle is not None:
+                handle.cancel()
+                setattr(self, name, None)
 
 
 def _event_filter_for(filters: params.SubscriberFilters) -> EventFilter:
     return EventFilter(filters.wanted_collections, filters.wanted_dids)
+
+
+def _lag_policy_of(server) -> LagPolicy | None:
+    """The connection's own LagPolicy (it holds a clock), or None when the server has none."""
+    limits = getattr(server, "lag_limits", None)
+    if limits is None:
+        return None
+    policy = LagPolicy(*limits)
+    return policy if policy.enabled else None
