@@ -209,7 +209,7 @@ class SubscribeServer:
     def delivered_by_ip(self) -> dict[str, tuple[int, int]]:
         """(events, bytes) sent per client IP since start, connected or gone."""
         totals = {ip: list(counts) for ip, counts in self._delivered_gone.items()}
-        for subscriber in self._subscribers:
+        for subscriber in list(self._subscribers):  # list(): scrapes run on the metrics thread
             counts = totals.setdefault(subscriber.client_ip, [0, 0])
             counts[0] += subscriber.sent_events
             counts[1] += subscriber.sent_bytes
