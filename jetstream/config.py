@@ -104,6 +104,11 @@ SERVE_FLAGS: tuple[Flag, ...] = (
     Flag("ping-interval", "30s", parse_duration, "ping a client after this long without hearing from it (v1 pinged every 30s); 0 disables", v1=False),
     Flag("pong-timeout", "30s", parse_duration, "close a client that neither answers a ping nor drains its stream within this (at most --ping-interval)", v1=False),
     Flag("hello-timeout", "60s", parse_duration, "close requireHello=true clients that send no options_update within this (v1 waited forever); 0 disables", v1=False),
+    # Slow-client policy (issue 5): v1 dropped a live client whose 50,000-message outbox filled
+    # (1006, no reason); here a slow client falls back to log reads and is closed only by these.
+    Flag("max-lag-events", 0, int, "close (1008, with a reason) a client whose socket holds it more than this many events behind, for --max-lag-grace; 0 = no limit", v1=False),
+    Flag("max-lag-seconds", "0s", parse_duration, "close (1008, with a reason) a client whose socket holds it more than this far behind in time_us, for --max-lag-grace; 0 = no limit", v1=False),
+    Flag("max-lag-grace", "30s", parse_duration, "how long a client may stay over a --max-lag-* limit without catching up before it is closed", v1=False),
 )
 
 RELAY_SIM_FLAGS: tuple[Flag, ...] = (

@@ -87,6 +87,8 @@ class Daemon:
             pong_timeout_s=cfg.pong_timeout, hello_timeout_s=cfg.hello_timeout,
             zstd_dictionary=dictionary, zstd_dictionary_id=dictionary_id(dictionary), health=self.health,
         )
+        # Read by each SubscriberListener at connect (subscriber.LagPolicy).
+        self.server.lag_limits = (cfg.max_lag_events, cfg.max_lag_seconds, cfg.max_lag_grace)
         host, port = parse_listen_addr(cfg.listen_addr)
         await self.server.start(host, port)
         self.pipeline = IngestPipeline(
