@@ -216,8 +216,9 @@ class LagPolicy:
 
 def lag_close_reason(reason: str, lag_events: int, lag_seconds: float, grace_s: float) -> str:
     # v1 (before fc3fb4e) said "consuming too slowly"; the numbers tell the client how far.
-    return (f"consuming too slowly: {lag_events} events / {lag_seconds:.1f}s behind for over {grace_s:g}s "
-            f"({reason} limit); reconnect with a cursor to resume")
+    # Kept well under a close frame's 123 bytes so it is never truncated.
+    return (f"consuming too slowly: {lag_events} events / {lag_seconds:.0f}s behind "
+            f"for {grace_s:g}s ({reason}); resume with a cursor")
 
 
 class SubscriberListener(WSListener):
