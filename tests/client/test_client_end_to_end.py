@@ -7,14 +7,17 @@ import json
 
 import pytest
 
-from clientkit import (
+from test_client_kit import (
     corpus_seqs, daemon_config, ingested_daemon, logged_payloads, start_corpus_relay, time_us_of, wait_until,
     without_time_us,
 )
 from jetstream.client import (
     AccountEvent, Backoff, CommitEvent, IdentityEvent, Jetstream, JetstreamError,
 )
+from jetstream.client.protocol import dictionary_url
+from jetstream.client.zstd import fetch_dictionary
 from jetstream.daemon import Daemon
+from jetstream.dictionary import active_dictionary, dictionary_id
 
 pytestmark = pytest.mark.timeout(90)
 LEGACY_DICTIONARY_ID = 1612007021
@@ -199,21 +202,23 @@ async def test_compressed_stream_with_the_legacy_dictionary_by_path_gives_the_js
     assert [e.raw for e in events] == stored
 
 
-async def test_compressed_stream_without_a_dictionary_argument_works_when_the_server_uses_none(
+async def test_compressed_stream_fetches_the_servers_shipped_dictionary_when_none_is_given(
         tmp_path, corpus_dir, corpus_frames):
     relay, daemon = await ingested_daemon(tmp_path, corpus_dir, corpus_frames)
     stored = logged_payloads(daemon)
     try:
         client = Jetstream(f"ws://127.0.0.1:{daemon.port}", cursor=0, compress=True)
         events = await take(client, len(stored))
+        decoder_id = client._decoder.dictionary_id
         await client.close()
     finally:
         await daemon.stop()
         await relay.close()
+    assert decoder_id == dictionary_id(active_dictionary("")) != 0
     assert [e.raw for e in events] == stored
 
 
-async def test_compressed_stream_fetches_the_servers_dictionary_when_none_is_given(
+async def test_compressed_stream_fetches_an_operator_dictionary_when_none_is_given(
         tmp_path, corpus_dir, corpus_frames):
     dictionary = corpus_dir / "legacy_subscribe.zdict"
     relay, daemon = await ingested_daemon(tmp_path, corpus_dir, corpus_frames,
@@ -221,17 +226,38 @@ async def test_compressed_stream_fetches_the_servers_dictionary_when_none_is_giv
     stored = logged_payloads(daemon)
     try:
         client = Jetstream(f"ws://127.0.0.1:{daemon.port}", cursor=0, compress=True)
-        try:
-            events = await take(client, len(stored))
-        except JetstreamError as exc:
-            # Without GET /zstd-dictionary the client must say exactly what it lacks.
-            assert str(LEGACY_DICTIONARY_ID) in str(exc) and "dictionary=" in str(exc)
-            pytest.skip("this server build does not serve /zstd-dictionary yet")
+        events = await take(client, len(stored))
+        decoder_id = client._decoder.dictionary_id
         await client.close()
     finally:
         await daemon.stop()
         await relay.close()
+    assert decoder_id == LEGACY_DICTIONARY_ID
     assert [e.raw for e in events] == stored
+
+
+async def test_a_wrong_dictionary_is_an_error_naming_the_one_needed(tmp_path, corpus_dir, corpus_frames):
+    relay, daemon = await ingested_daemon(tmp_path, corpus_dir, corpus_frames)
+    try:
+        client = Jetstream(f"ws://127.0.0.1:{daemon.port}", cursor=0, compress=True,
+                           dictionary=corpus_dir / "legacy_subscribe.zdict")
+        with pytest.raises(JetstreamError) as caught:
+            await take(client, 1)
+        await client.close()
+    finally:
+        await daemon.stop()
+        await relay.close()
+    message = str(caught.value)
+    assert f"needs dictionary id {dictionary_id(active_dictionary(''))}" in message
+    assert f"holds dictionary id {LEGACY_DICTIONARY_ID}" in message
+
+
+async def test_dictionary_fetch_from_an_endpoint_without_one_gives_none(corpus_dir):
+    relay = await start_corpus_relay(corpus_dir)  # answers 404 for every path but subscribeRepos
+    try:
+        assert await fetch_dictionary(dictionary_url(relay.url)) is None
+    finally:
+        await relay.close()
 
 
 async def test_invalid_filters_raise_instead_of_reconnecting(tmp_path, corpus_dir, corpus_frames):

@@ -1,4 +1,4 @@
-"""Helpers for client, tail and inspect tests: a real fake relay and a real daemon.
+"""Helpers (no tests) for client, tail and inspect tests: a real fake relay and a real daemon.
 
 The corpus relay serves the real frames once; the daemon ingests them into RocksDB in
 tmp_path and serves /subscribe on 127.0.0.1 (port 0 unless a test pins one to restart

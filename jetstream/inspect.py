@@ -1,0 +1,186 @@
+"""`jetstream inspect DATA_DIR`: what an event log holds, without changing it.
+
+Owns: a read-only open of the RocksDB event log (safe beside a running daemon: RocksDB's
+read-only mode takes no LOCK and replays the WAL into its own memory, so it sees every
+batch written before it opened) and the summary an operator asks for: events held,
+oldest/newest time_us (also as UTC dates), size on disk, relay cursor, high-water mark,
+log format and the zstd dictionary id the stored frames carry.
+It must never write to the log, and never open it read-write (jetstream.log.store owns
+that, and would fight a running daemon for the LOCK).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from rocksdict import AccessType, Options, Rdict
+
+from jetstream.log.rows import decode_key, decode_row
+# The meta value layouts are the store's (signed relay cursor, unsigned hwm); importing them
+# keeps one definition, and tests check our numbers against EventLog's own accessors.
+from jetstream.log.store import (
+    _SIGNED, _UNSIGNED, CF_EVENTS, CF_EVENTS_ZSTD, CF_META, META_FORMAT_NAME, META_FORMAT_VERSION, META_HWM,
+    META_RELAY_CURSOR, OUR_COLUMN_FAMILIES,
+)
+
+
+class InspectError(Exception):
+    """DATA_DIR is not an event log that can be read."""
+
+
+@dataclass
+class LogSummary:
+    data_dir: str
+    format: str
+    events_estimate: int  # RocksDB's estimate: instant, approximate after trims
+    events_exact: int | None  # counted by iterating keys (only when asked: O(events))
+    oldest_time_us: int | None
+    newest_time_us: int | None
+    size_bytes: int
+    relay_cursor: int | None
+    hwm_time_us: int
+    zstd_dictionary_id: int | None  # of the newest stored zstd frame; 0 = no dictionary
+
+    def as_text(self) -> str:
+        events = (f"{self.events_exact}" if self.events_exact is not None
+                  else f"~{self.events_estimate} (estimate; --exact counts)")
+        rows = [
+            ("data dir", self.data_dir),
+            ("format", self.format),
+            ("events", events),
+            ("oldest time_us", _with_date(self.oldest_time_us)),
+            ("newest time_us", _with_date(self.newest_time_us)),
+            ("span", _span(self.oldest_time_us, self.newest_time_us)),
+            ("size on disk", f"{self.size_bytes} bytes ({_human_bytes(self.size_bytes)})"),
+            ("relay cursor", "none" if self.relay_cursor is None else str(self.relay_cursor)),
+            ("hwm time_us", _with_date(self.hwm_time_us or None)),
+            ("zstd dictionary id", "unknown (no events)" if self.zstd_dictionary_id is None
+             else str(self.zstd_dictionary_id) + (" (none)" if self.zstd_dictionary_id == 0 else "")),
+        ]
+        return "".join(f"{name + ':':<20}{value}\n" for name, value in rows)
+
+
+def iso_date(time_us: int) -> str:
+    return datetime.fromtimestamp(time_us / 1_000_000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _with_date(time_us: int | None) -> str:
+    return "none" if time_us is None else f"{time_us} ({iso_date(time_us)})"
+
+
+def _span(oldest: int | None, newest: int | None) -> str:
+    if oldest is None or newest is None:
+        return "none"
+    return f"{(newest - oldest) / 1_000_000 / 3600:.2f} h"
+
+
+def _human_bytes(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def directory_size(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_size
+            except FileNotFoundError:  # a running daemon compacted it away meanwhile
+                pass
+    return total
+
+
+def open_read_only(path: Path) -> Rdict:
+    if not (path / "CURRENT").exists():
+        raise InspectError(f"{path} holds no RocksDB database")
+    try:
+        present = Rdict.list_cf(str(path), Options(raw_mode=True))
+    except Exception as exc:  # noqa: BLE001 - rocksdict raises bare Exception
+        raise InspectError(f"{path}: unreadable RocksDB database: {exc}") from exc
+    missing = [name for name in OUR_COLUMN_FAMILIES if name not in present]
+    if missing:
+        raise InspectError(f"{path} is not a jetstream event log (missing column families {', '.join(missing)})")
+    families = {name: Options(raw_mode=True) for name in present if name != "default"}
+    return Rdict(str(path), Options(raw_mode=True), column_families=families,
+                 access_type=AccessType.read_only(False))
+
+
+def _edge_key(column_family, last: bool) -> tuple[bytes, bytes] | None:
+    iterator = column_family.iter()
+    iterator.seek_to_last() if last else iterator.seek_to_first()
+    return (iterator.key(), iterator.value()) if iterator.valid() else None
+
+
+def _count_keys(column_family) -> int:
+    count = 0
+    for _ in column_family.keys():
+        count += 1
+    return count
+
+
+def _newest_dictionary_id(zstd_family) -> int | None:
+    import zstandard
+
+    newest = _edge_key(zstd_family, last=True)
+    if newest is None:
+        return None
+    return zstandard.get_frame_parameters(decode_row(*newest).payload).dict_id
+
+
+def inspect_data_dir(data_dir: str | os.PathLike, exact: bool = False) -> LogSummary:
+    """The summary of the event log at data_dir, read without taking its LOCK."""
+    path = Path(data_dir)
+    db = open_read_only(path)
+    families = [db.get_column_family(name) for name in (CF_EVENTS, CF_EVENTS_ZSTD, CF_META)]
+    try:
+        events, zstd_rows, meta = families
+        format_name, format_version = meta.get(META_FORMAT_NAME), meta.get(META_FORMAT_VERSION)
+        relay_cursor, hwm = meta.get(META_RELAY_CURSOR), meta.get(META_HWM)
+        oldest, newest = _edge_key(events, last=False), _edge_key(events, last=True)
+        return LogSummary(
+            data_dir=str(path),
+            format=f"{(format_name or b'?').decode()} v{(format_version or b'?').decode()}",
+            events_estimate=events.property_int_value("rocksdb.estimate-num-keys") or 0,
+            events_exact=_count_keys(events) if exact else None,
+            oldest_time_us=decode_key(oldest[0]) if oldest else None,
+            newest_time_us=decode_key(newest[0]) if newest else None,
+            size_bytes=directory_size(path),
+            relay_cursor=_SIGNED.unpack(relay_cursor)[0] if relay_cursor is not None else None,
+            hwm_time_us=_UNSIGNED.unpack(hwm)[0] if hwm is not None else 0,
+            zstd_dictionary_id=_newest_dictionary_id(zstd_rows),
+        )
+    finally:
+        # rocksdict keeps the database open while any column-family view lives.
+        for family in families:
+            family.close()
+        db.close()
+
+
+def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data_dir", help="the daemon's --data-dir")
+    parser.add_argument("--exact", action="store_true", help="count events by iterating keys (slow on big logs)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.add_argument("--log-level", default="warning", help="debug | info | warning | error")
+
+
+def run_inspect(args, out=None) -> int:
+    out = out if out is not None else sys.stdout
+    try:
+        summary = inspect_data_dir(args.data_dir, exact=args.exact)
+    except InspectError as exc:
+        sys.stderr.write(f"jetstream inspect: error: {exc}\n")
+        return 1
+    if args.json:
+        out.write(json.dumps(asdict(summary)) + "\n")
+    else:
+        out.write(summary.as_text())
+    return 0
