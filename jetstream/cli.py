@@ -1,4 +1,4 @@
-"""The `jetstream` command: `serve`, `relay-sim`, `demo`, `train-dictionary`.
+"""The `jetstream` command: `serve`, `relay-sim`, `demo`, `train-dictionary`, `tail`, `inspect`.
 
 Owns: argument parsing (via jetstream.config), logging set-up and the event loop.
 It must never contain daemon logic; each subcommand calls one entry point.
@@ -80,6 +80,42 @@ def add_train_dictionary_parser(sub) -> None:
     p.set_defaults(handler=cmd_train_dictionary, plain_args=True)
 
 
+def cmd_tail(args) -> None:
+    from jetstream.tail import run_tail
+
+    logging.getLogger().setLevel(getattr(logging, args.log_level.upper(), logging.WARNING))
+    result: list[int] = []
+
+    async def tail() -> None:
+        result.append(await run_tail(args))
+
+    run_loop(tail())
+    raise SystemExit(result[0] if result else 0)
+
+
+def add_tail_parser(sub) -> None:
+    from jetstream.tail import add_tail_arguments
+
+    p = sub.add_parser("tail", help="print a Jetstream stream (this daemon or any v1 endpoint)")
+    add_tail_arguments(p)
+    p.set_defaults(handler=cmd_tail, plain_args=True)
+
+
+def cmd_inspect(args) -> None:
+    from jetstream.inspect import run_inspect
+
+    logging.getLogger().setLevel(getattr(logging, args.log_level.upper(), logging.WARNING))
+    raise SystemExit(run_inspect(args))
+
+
+def add_inspect_parser(sub) -> None:
+    from jetstream.inspect import add_inspect_arguments
+
+    p = sub.add_parser("inspect", help="summarise an event log (read-only; safe while the daemon runs)")
+    add_inspect_arguments(p)
+    p.set_defaults(handler=cmd_inspect, plain_args=True)
+
+
 def build_parser(environ: dict[str, str]) -> tuple[argparse.ArgumentParser, dict]:
     parser = argparse.ArgumentParser(prog="jetstream", description="atproto firehose translation service")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -94,6 +130,8 @@ def build_parser(environ: dict[str, str]) -> tuple[argparse.ArgumentParser, dict
         p.set_defaults(handler=handler)
         flag_sets[name] = flags
     add_train_dictionary_parser(sub)
+    add_tail_parser(sub)
+    add_inspect_parser(sub)
     return parser, flag_sets
 
 
