@@ -252,10 +252,12 @@ async def test_a_wrong_dictionary_is_an_error_naming_the_one_needed(tmp_path, co
     assert f"holds dictionary id {LEGACY_DICTIONARY_ID}" in message
 
 
-async def test_dictionary_fetch_from_an_endpoint_without_one_gives_none(corpus_dir):
+async def test_dictionary_fetch_from_an_endpoint_without_one_gives_none(corpus_dir, caplog):
     relay = await start_corpus_relay(corpus_dir)  # answers 404 for every path but subscribeRepos
     try:
-        assert await fetch_dictionary(dictionary_url(relay.url)) is None
+        with caplog.at_level("INFO", logger="jetstream.client.zstd"):
+            assert await fetch_dictionary(dictionary_url(relay.url)) is None
+        assert "event=zstd_dictionary_unavailable" in caplog.text and "status=404" in caplog.text
     finally:
         await relay.close()
 
