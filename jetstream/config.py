@@ -87,13 +87,16 @@ SERVE_FLAGS: tuple[Flag, ...] = (
     Flag("event-ttl", "24h", parse_duration, "retention of logged events (Go duration)"),
     Flag("max-sub-rate", 5000.0, float, "events per second per client IP (token bucket, burst = rate)"),
     Flag("override-relay-cursor", -1, int, "if >= 0, start the relay from this seq instead of the stored cursor"),
-    Flag("liveness-ttl", "15s", parse_duration, "relay silence after which the relay connection is considered dead; also the TTL trim period"),
+    Flag("liveness-ttl", "15s", parse_duration, "relay silence after which the relay connection is dropped and re-dialled (v1 exited the process instead)"),
     Flag("zstd-dictionary-path", "", str, "zstd dictionary file for compressed clients (v1 declared but ignored it; we honour it); empty = the shipped jetstream-py dictionary", aliases=("zstd-dictionary",)),
     Flag("worker-count", 100, int, "accepted for v1 compatibility; ingest is a single ordered pipeline, so it is unused"),
     Flag("max-queue-size", 1000, int, "accepted for v1 compatibility; a no-op in v1 as well"),
     # Flags v1 did not have.
     Flag("ring-capacity", 200_000, int, "events held in memory for live readers; older ones are read from the log", v1=False),
     Flag("group-commit-ms", 2.0, float, "how long ingest gathers decoded events into one RocksDB write batch", v1=False),
+    Flag("relay-backoff-initial", "500ms", parse_duration, "first delay before re-dialling the relay; doubles per failed attempt, with jitter", v1=False),
+    Flag("relay-backoff-max", "30s", parse_duration, "cap of the relay re-dial delay", v1=False),
+    Flag("ttl-trim-interval", "0s", parse_duration, "how often events older than --event-ttl are deleted; 0 = event-ttl/10, clamped to 0.5s..60s", v1=False),
     Flag("fsync", False, parse_bool, "fsync the WAL on every batch (power-loss durability); kill -9 is safe either way", v1=False),
     Flag("log-level", "info", str, "debug | info | warning | error", v1=False),
     # Server limits and operations v1 did not have (issue 4).

@@ -1,7 +1,7 @@
 """The `jetstream serve` process: wires ingest, log, ring and server together.
 
 Owns: start-up order (log open -> server bound -> READY -> relay connected), the TTL
-trim timer, readiness (/healthz, systemd READY=1 and WATCHDOG=1 over $NOTIFY_SOCKET),
+trim timer (jetstream.log.ttl), readiness (/healthz, systemd READY=1 and WATCHDOG=1 over $NOTIFY_SOCKET),
 and graceful shutdown (stop the relay, write the pending batch, close every subscriber
 with 1001, close RocksDB). It must never hold event data itself.
 """
@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 import socket
-import time
 
 from jetstream.compression import EventCompressor
 from jetstream.dictionary import active_dictionary, dictionary_id
@@ -22,6 +21,7 @@ from jetstream.ingest.pipeline import IngestPipeline
 from jetstream.ingest.relay_client import RelayClient
 from jetstream.ingest.sequencer import Sequencer
 from jetstream.log.store import EventLog
+from jetstream.log.ttl import TtlTrimmer, trim_interval_s
 from jetstream.server.app import SubscribeServer
 from jetstream.server.metrics import MetricsListener, register_server
 
@@ -66,6 +66,7 @@ class Daemon:
         self.server: SubscribeServer | None = None
         self.relay: RelayClient | None = None
         self.pipeline: IngestPipeline | None = None
+        self.trimmer: TtlTrimmer | None = None
         self.metrics_listener: MetricsListener | None = None
         self._metrics_collector = None
         self._tasks: list[asyncio.Task] = []
@@ -94,7 +95,8 @@ class Daemon:
         self.pipeline = IngestPipeline(
             self.event_log, ring, Sequencer(hwm), compressor, self.server.notify_new_events,
             socket_url=cfg.ws_url, group_commit_s=cfg.group_commit_ms / 1000.0,
-            on_write_failure=lambda: self.relay and self.relay.reconnect(),
+            on_write_failure=lambda: self.relay and self.relay.reconnect("write_failure"),
+            on_relay_error=lambda detail: self.relay and self.relay.reconnect("error_frame"),
         )
         if cfg.override_relay_cursor >= 0:
             log.info("event=relay_cursor_overridden stored=%s override=%d",
@@ -103,11 +105,14 @@ class Daemon:
         self.relay = RelayClient(
             cfg.ws_url, self.pipeline.submit, lambda: self.pipeline.last_accepted_seq,
             liveness_ttl_s=cfg.liveness_ttl, before_connect=self.pipeline.flush,
+            backoff_initial_s=cfg.relay_backoff_initial, backoff_max_s=cfg.relay_backoff_max,
         )
         self._metrics_collector = register_server(self.server)
         if cfg.metrics_listen_addr:
             self.metrics_listener = MetricsListener(cfg.metrics_listen_addr)
-        self._tasks = [asyncio.ensure_future(self._trim_forever())]
+        self.trimmer = TtlTrimmer(self.event_log, cfg.event_ttl,
+                                  trim_interval_s(cfg.event_ttl, cfg.ttl_trim_interval))
+        self._tasks = [asyncio.ensure_future(self.trimmer.run())]
         # Ready: the log is open and both listeners are bound; the relay comes after.
         self.ready = True
         sd_notify("READY=1")
@@ -145,16 +150,6 @@ class Daemon:
         while True:
             sd_notify("WATCHDOG=1")
             await asyncio.sleep(interval_s)
-
-    async def _trim_forever(self) -> None:
-        period = max(1.0, min(self.cfg.liveness_ttl, self.cfg.event_ttl))
-        while True:
-            await asyncio.sleep(period)
-            cutoff_us = int((time.time() - self.cfg.event_ttl) * 1_000_000)
-            try:
-                self.event_log.trim_older_than(cutoff_us)
-            except Exception as exc:  # noqa: BLE001 - trimming must never stop the daemon
-                log.error("event=ttl_trim_failed error=%r", exc)
 
     async def stop(self) -> None:
         if self._stopped.is_set():

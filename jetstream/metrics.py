@@ -48,6 +48,13 @@ RELAY_CONNECTS = Counter(
     "jetstream_relay_connects", "Relay connection attempts by outcome", ["outcome"]
 )
 RELAY_CONNECTED = Gauge("jetstream_relay_connected", "1 while connected to the relay")
+RELAY_DISCONNECTS = Counter(
+    "jetstream_relay_disconnects", "Relay connections that ended, by why (each is followed by a re-dial)", ["reason"]
+)
+RELAY_LAG_SECONDS = Gauge(
+    "jetstream_relay_lag_seconds", "Wall clock minus the relay `time` of the newest frame written"
+)
+TTL_TRIMS = Counter("jetstream_log_ttl_trims", "TTL trim passes by outcome", ["outcome"])
 BATCH_WRITE_SECONDS = Histogram(
     "jetstream_log_batch_write_seconds", "RocksDB write batch latency",
     buckets=[0.00005 * 2**i for i in range(16)],

@@ -1,24 +1,74 @@
 """From relay frame to visible event: decode, sequence, write, publish.
 
-Owns: the order of the four steps and the group commit. Frames that arrive close
-together (within `group_commit_s`) share one RocksDB write batch that also carries
-the relay cursor and the time_us high-water mark, so a crash can never separate an
-event from the cursor that produced it (DESIGN invariant 3). Events reach the live
-ring — and therefore subscribers — only after that batch is written.
+Owns: the order of the four steps, the group commit, the relay cursor of accepted
+frames, and the accounting of every frame (DESIGN invariants 3 and 4). Frames that
+arrive close together (within `group_commit_s`) share one RocksDB write batch that also
+carries the relay cursor and the time_us high-water mark, so a crash can never separate
+an event from the cursor that produced it. Events reach the live ring — and therefore
+subscribers — only after that batch is written.
+
+Every frame ends in exactly one of: events written, counted drop (`jetstream_ingest_drops_total`
+by reason), or counted no-op kind (#sync, #info, unknown `t`: `consumer_events_processed_total`).
+The cursor advances past each handled frame that carries a seq, skipped kinds and
+undecodable-but-seq-bearing frames included, so a restart never reads them again.
 It must never talk to sockets: the relay client feeds it, the server is woken by
-the `publish` callback.
+the `publish` callback, and a relay error frame is reported through `on_relay_error`.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from datetime import datetime
 from typing import Callable
 
 from jetstream import metrics
-from jetstream.ingest.decode import FrameError, decode_frame
+from jetstream.ingest.decode import DecodedFrame, FrameError, decode_frame
+from jetstream.ingest.frames import split_frame
 
 log = logging.getLogger(__name__)
+
+# `t` values that get their own consumer_events_processed label; anything else is "unknown",
+# so a relay sending odd types cannot blow up the metric's cardinality.
+KNOWN_FRAME_TYPES = frozenset(
+    ("commit", "identity", "account", "sync", "info", "error", "handle", "migrate", "tombstone", "labels")
+)
+_OPERATION_MARK = b'"operation":"'
+
+
+def event_type_label(frame_type: str) -> str:
+    """v1's event_type label ("#commit" -> "commit"); unknown types collapse to "unknown"."""
+    name = frame_type.lstrip("#")
+    return name if name in KNOWN_FRAME_TYPES else "unknown"
+
+
+def operation_of(json_tail: bytes) -> str:
+    """The commit op's action as written in its JSON tail (v1's `kind` label of ops_processed)."""
+    start = json_tail.find(_OPERATION_MARK)
+    if start < 0:
+        return "other"
+    start += len(_OPERATION_MARK)
+    return json_tail[start:json_tail.index(b'"', start)].decode("ascii")
+
+
+def readable_seq(frame: bytes) -> int | None:
+    """The body's seq of a frame the decoder rejected, when the frame is at least CBOR."""
+    try:
+        _, body = split_frame(frame)
+    except FrameError:
+        return None
+    seq = body.get("seq")
+    return seq if type(seq) is int else None
+
+
+def relay_time_s(frame: bytes) -> float | None:
+    """Unix seconds of the frame body's `time` (RFC 3339), or None."""
+    try:
+        _, body = split_frame(frame)
+        text = body.get("time")
+        return datetime.fromisoformat(text).timestamp() if type(text) is str else None
+    except (FrameError, ValueError):
+        return None
 
 
 class IngestPipeline:
@@ -33,6 +83,7 @@ class IngestPipeline:
         socket_url: str,
         group_commit_s: float = 0.001,
         on_write_failure: Callable[[], None] = lambda: None,
+        on_relay_error: Callable[[str], None] = lambda detail: None,
     ) -> None:
         self.event_log = event_log
         self.ring = ring
@@ -42,13 +93,17 @@ class IngestPipeline:
         self.socket_url = socket_url
         self.group_commit_s = group_commit_s
         self.on_write_failure = on_write_failure
+        self.on_relay_error = on_relay_error
         # The highest relay seq accepted into the pipeline (written or pending). Reconnects
         # resume from here; frames at or below it are duplicates and are skipped.
         self.last_accepted_seq: int | None = event_log.relay_cursor()
         self._pending: list[bytes] = []
         self._flush_handle: asyncio.Handle | None = None
         self._labels = {name: getattr(metrics, name).labels(socket_url=socket_url)
-                        for name in ("EVENTS_SEQUENCED", "EVENTS_PERSISTED", "EVENTS_EMITTED", "LAST_SEQ")}
+                        for name in ("EVENTS_SEQUENCED", "EVENTS_PERSISTED", "EVENTS_EMITTED", "LAST_SEQ",
+                                     "EVENT_PROCESSING_SECONDS", "LAST_EVT_PROCESSED_AT",
+                                     "LAST_EVT_CREATED_AT", "LAST_EVT_GAP")}
+        self._processed = {}  # event_type label -> bound counter (labels() costs a lock + dict)
 
     # -- intake ---------------------------------------------------------------------------------
     def submit(self, frame: bytes) -> None:
@@ -68,70 +123,128 @@ class IngestPipeline:
 
     # -- the four steps -------------------------------------------------------------------------
     def flush(self) -> None:
+        """Process every pending frame now (timer callback; also before a reconnect and at stop)."""
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
         frames, self._pending = self._pending, []
-        if not frames:
-            return
-        pending_events, batch_cursor = self._decode(frames)
-        events = self.sequencer.sequence(pending_events, self.compressor)
-        self._labels["EVENTS_SEQUENCED"].inc(len(events))
-        if not self._write(events, batch_cursor):
-            return
+        if frames:
+            self.process(frames)
+
+    def process(self, frames: list[bytes]) -> int:
+        """Decode, sequence, write and publish `frames` as one batch; the number of events made visible.
+
+        Never raises for input. If storing fails, nothing of the batch is published and the
+        cursor falls back to the durable one, so the relay resends the batch after a reconnect.
+        """
+        pending_events, batch_cursor, newest_frame = self._decode(frames)
+        try:
+            events = self.sequencer.sequence(pending_events, self.compressor)
+            self._labels["EVENTS_SEQUENCED"].inc(len(events))
+            self._write(events, batch_cursor)
+        except Exception as exc:  # noqa: BLE001 - any storage failure must not lose data
+            log.error("event=log_write_failed events=%d cursor=%s error=%r", len(pending_events), batch_cursor, exc)
+            # time_us values handed out for this batch are skipped: the contract is strictly
+            # increasing, not gap-free. The relay resends everything after the durable cursor.
+            self.reset_to_durable_cursor()
+            self.on_write_failure()
+            return 0
         for event in events:
             self.ring.append(event)
         self._labels["EVENTS_EMITTED"].inc(len(events))
         if events:
             self.publish()
+        if newest_frame is not None:
+            self._observe_progress(newest_frame, batch_cursor)
+        return len(events)
 
     def _decode(self, frames: list[bytes]):
+        """(pending events in frame order, the batch's relay cursor or None, newest accepted frame)."""
         pending_events = []
-        batch_cursor = None
+        batch_cursor = newest_frame = None
         for frame in frames:
-            try:
-                decoded = decode_frame(frame)
-            except FrameError as exc:
-                metrics.INGEST_DROPS.labels(f"frame_{exc.reason}").inc()
-                log.warning("event=frame_skipped reason=%s size=%d", exc.reason, len(frame))
+            decoded = self._decode_one(frame)
+            if decoded is None:
                 continue
             seq = decoded.seq
-            if seq is not None and self.last_accepted_seq is not None and seq <= self.last_accepted_seq:
-                metrics.INGEST_DROPS.labels("duplicate_seq").inc()
-                log.warning("event=frame_skipped reason=duplicate_seq seq=%d last_seq=%d", seq, self.last_accepted_seq)
-                continue
-            self._count(decoded)
-            pending_events.extend(decoded.events)
             if seq is not None:
+                if self.last_accepted_seq is not None and seq <= self.last_accepted_seq:
+                    self._skip_old_seq(seq, decoded.frame_type)
+                    continue
                 self.last_accepted_seq = batch_cursor = seq
-        return pending_events, batch_cursor
+                newest_frame = frame
+            self._account(decoded)
+            pending_events.extend(decoded.events)
+        return pending_events, batch_cursor, newest_frame
 
-    def _count(self, decoded) -> None:
-        event_type = decoded.frame_type.lstrip("#")
-        metrics.EVENTS_PROCESSED.labels(event_type, self.socket_url).inc()
+    def _decode_one(self, frame: bytes) -> DecodedFrame | None:
+        """The decoded frame, or None after counting an unusable one (its seq, if readable, is accepted)."""
+        started = time.perf_counter()
+        try:
+            decoded = decode_frame(frame)
+        except FrameError as exc:
+            reason, detail = f"frame_{exc.reason}", exc.detail
+        except Exception as exc:  # noqa: BLE001 - a decoder bug on odd input must not stop ingest
+            reason, detail = "frame_decoder_error", repr(exc)
+        else:
+            if decoded.frame_type == "#commit":
+                self._labels["EVENT_PROCESSING_SECONDS"].observe(time.perf_counter() - started)
+            return decoded
+        seq = readable_seq(frame)
+        metrics.INGEST_DROPS.labels(reason).inc()
+        log.warning("event=frame_skipped reason=%s seq=%s size=%d detail=%s", reason, seq, len(frame), detail[:200])
+        if seq is None:
+            return None
+        # Handled (dropped): accept its seq like any other frame's so a restart skips it too.
+        return DecodedFrame(seq, "undecodable", [], [])
+
+    def _skip_old_seq(self, seq: int, frame_type: str) -> None:
+        reason = "duplicate_seq" if seq == self.last_accepted_seq else "regressed_seq"
+        metrics.INGEST_DROPS.labels(reason).inc()
+        log.warning("event=frame_skipped reason=%s seq=%d last_seq=%d type=%s",
+                    reason, seq, self.last_accepted_seq, frame_type)
+
+    def _account(self, decoded: DecodedFrame) -> None:
+        if decoded.frame_type == "undecodable":
+            return  # already counted as a drop
+        label = event_type_label(decoded.frame_type)
+        counter = self._processed.get(label)
+        if counter is None:
+            counter = self._processed[label] = metrics.EVENTS_PROCESSED.labels(label, self.socket_url)
+        counter.inc()
         for reason, detail in decoded.drops:
+            if reason == "error_frame":
+                self._relay_error(detail)
+                continue
             metrics.INGEST_DROPS.labels(reason).inc()
             log.warning("event=ingest_drop reason=%s seq=%s detail=%s", reason, decoded.seq, detail)
         for pending in decoded.events:
             if pending.collection:
-                metrics.OPS_PROCESSED.labels("op", pending.collection, self.socket_url).inc()
-        if decoded.seq is not None:
-            self._labels["LAST_SEQ"].set(decoded.seq)
+                metrics.OPS_PROCESSED.labels(operation_of(pending.json_tail), pending.collection,
+                                             self.socket_url).inc()
 
-    def _write(self, events, batch_cursor) -> bool:
+    def _relay_error(self, detail: str) -> None:
+        # v1 only logged it; the relay closes after an error frame anyway, so re-dial at once
+        # from the stored cursor rather than wait for the close.
+        log.warning("event=relay_error_frame %s", detail)
+        self.on_relay_error(detail)
+
+    def _write(self, events, batch_cursor) -> None:
         if not events and batch_cursor is None:
-            return True
+            return
         started = time.perf_counter()
-        try:
-            self.event_log.append(events, batch_cursor)
-        except Exception as exc:  # noqa: BLE001 - any storage failure must not lose data
-            log.error("event=log_write_failed events=%d cursor=%s error=%r", len(events), batch_cursor, exc)
-            # time_us values handed out for this batch are skipped: the contract is strictly
-            # increasing, not gap-free. The relay resends everything after the durable cursor.
-            self.reset_to_durable_cursor()
-            self.on_write_failure()
-            return False
+        self.event_log.append(events, batch_cursor)
         metrics.BATCH_WRITE_SECONDS.observe(time.perf_counter() - started)
         metrics.BATCH_EVENTS.observe(len(events))
         self._labels["EVENTS_PERSISTED"].inc(len(events))
-        return True
+
+    def _observe_progress(self, newest_frame: bytes, batch_cursor: int) -> None:
+        """v1's progress gauges, once per batch (re-reading one frame's `time` is cheap at that rate)."""
+        now = time.time()
+        self._labels["LAST_SEQ"].set(batch_cursor)
+        self._labels["LAST_EVT_PROCESSED_AT"].set(int(now * 1e9))
+        created = relay_time_s(newest_frame)
+        if created is not None:
+            self._labels["LAST_EVT_CREATED_AT"].set(int(created * 1e9))
+            self._labels["LAST_EVT_GAP"].set(now - created)
+            metrics.RELAY_LAG_SECONDS.set(now - created)

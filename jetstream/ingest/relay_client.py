@@ -3,8 +3,10 @@
 Owns: connecting to `--ws-url` with the right `cursor`, handing every binary frame
 to the pipeline, reconnecting with capped exponential backoff and jitter, and
 declaring a silent relay dead after `--liveness-ttl` (v1 exited the process instead;
-we reconnect in-process so subscribers stay connected).
-It must never decode or store frames: that is the pipeline's job.
+we reconnect in-process so subscribers stay connected). Every connection that ends is
+counted by why (`jetstream_relay_disconnects_total{reason}`) and logged once.
+It must never decode or store frames: that is the pipeline's job (which asks for a
+reconnect, through `reconnect(reason)`, when it sees an error frame or cannot write).
 """
 from __future__ import annotations
 
@@ -20,6 +22,13 @@ from picows import WSListener, WSMsgType, WSTransport, ws_connect
 from jetstream import metrics
 
 log = logging.getLogger(__name__)
+
+# The DAG-CBOR header {"op": -1} of an error frame: recognised without decoding, so a relay
+# that answers every dial with an error frame is backed off from, not re-dialled at once.
+ERROR_FRAME_HEADER = b"\xa1\x62op\x20"
+
+# v1's gorilla dialer gave up after 45 s; a black-holed relay must not hang a dial forever.
+CONNECT_TIMEOUT_S = 45.0
 
 
 def url_with_cursor(ws_url: str, cursor: int | None) -> str:
@@ -43,7 +52,10 @@ class _RelayListener(WSListener):
     def on_ws_frame(self, transport: WSTransport, frame) -> None:
         self.client.last_frame_at = time.monotonic()
         if frame.msg_type == WSMsgType.BINARY:
-            self.client.on_frame(frame.get_payload_as_bytes())
+            payload = frame.get_payload_as_bytes()
+            if payload.startswith(ERROR_FRAME_HEADER):
+                self.client.error_frame_seen = True
+            self.client.on_frame(payload)
         elif frame.msg_type == WSMsgType.CLOSE:
             transport.disconnect()
         elif frame.msg_type == WSMsgType.TEXT:
@@ -75,29 +87,40 @@ class RelayClient:
         self._transport: WSTransport | None = None
         self._stopping = False
         self._rng = random.Random()
+        self._disconnect_reason = "closed_by_relay"
+        self._saw_frames = False
+        self.error_frame_seen = False  # on the current connection
+        self.attempt = 0  # consecutive failed attempts; the next backoff step
 
     async def run(self) -> None:
         """Connect, read until the connection ends, back off, repeat until stop()."""
-        attempt = 0
+        self.attempt = 0
         while not self._stopping:
-            attempt += 1
+            self.attempt += 1
             self.before_connect()
             url = url_with_cursor(self.ws_url, self.cursor_source())
             try:
                 await self._read_one_connection(url)
-                attempt = 0 if self._saw_frames else attempt
-            except (OSError, asyncio.TimeoutError, Exception) as exc:  # noqa: BLE001 - any dial error
+                # A connection that delivered frames (not an error) was healthy: start over.
+                if self._saw_frames and not self.error_frame_seen:
+                    self.attempt = 0
+            except Exception as exc:  # noqa: BLE001 - any dial error (refused, DNS, handshake, timeout)
                 metrics.RELAY_CONNECTS.labels("error").inc()
-                log.warning("event=relay_connect_failed url=%s attempt=%d error=%r", url, attempt, exc)
+                metrics.RELAY_DISCONNECTS.labels("dial_failed").inc()
+                log.warning("event=relay_connect_failed url=%s attempt=%d error=%r", url, self.attempt, exc)
             if self._stopping:
                 break
-            delay = backoff_delay(max(attempt, 1), self.backoff_initial_s, self.backoff_max_s, self._rng)
-            log.info("event=relay_reconnect attempt=%d delay_s=%.2f", attempt, delay)
+            delay = backoff_delay(max(self.attempt, 1), self.backoff_initial_s, self.backoff_max_s, self._rng)
+            log.info("event=relay_reconnect attempt=%d delay_s=%.3f", self.attempt, delay)
             await asyncio.sleep(delay)
 
     async def _read_one_connection(self, url: str) -> None:
         self._saw_frames = False
-        transport, _ = await ws_connect(lambda: _RelayListener(self), url, max_frame_size=16 * 1024 * 1024)
+        self.error_frame_seen = False
+        self._disconnect_reason = "closed_by_relay"
+        transport, _ = await asyncio.wait_for(
+            ws_connect(lambda: _RelayListener(self), url, max_frame_size=16 * 1024 * 1024),
+            CONNECT_TIMEOUT_S)
         metrics.RELAY_CONNECTS.labels("ok").inc()
         metrics.RELAY_CONNECTED.set(1)
         self.connected = True
@@ -114,7 +137,8 @@ class RelayClient:
             self._transport = None
             metrics.RELAY_CONNECTED.set(0)
             self._saw_frames = self.last_frame_at > start_frames_at
-            log.info("event=relay_disconnected url=%s", url)
+            metrics.RELAY_DISCONNECTS.labels(self._disconnect_reason).inc()
+            log.info("event=relay_disconnected url=%s reason=%s", url, self._disconnect_reason)
 
     async def _liveness_watchdog(self, transport: WSTransport) -> None:
         period = max(0.05, self.liveness_ttl_s / 4)
@@ -123,14 +147,16 @@ class RelayClient:
             idle = time.monotonic() - self.last_frame_at
             if idle > self.liveness_ttl_s:
                 log.warning("event=relay_liveness_expired idle_s=%.1f ttl_s=%.1f", idle, self.liveness_ttl_s)
+                self._disconnect_reason = "liveness"
                 transport.disconnect(graceful=False)
                 return
 
-    def reconnect(self) -> None:
+    def reconnect(self, reason: str = "requested") -> None:
         """Drop the current connection; run() reconnects from cursor_source()."""
         if self._transport is not None:
+            self._disconnect_reason = reason
             self._transport.disconnect(graceful=False)
 
     def stop(self) -> None:
         self._stopping = True
-        self.reconnect()
+        self.reconnect("stopping")

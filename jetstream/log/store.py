@@ -229,6 +229,17 @@ class EventLog:
             iterator.seek_to_first()
         return decode_key(iterator.key()) if iterator.valid() else None
 
+    def stored_event_bytes(self) -> int:
+        """Bytes the two event column families hold: SST files plus memtables (not the WAL).
+
+        What TTL trimming must shrink; range tombstones alone do not, compaction does.
+        """
+        total = 0
+        for column_family in (self._events, self._events_zstd):
+            for name in ("rocksdb.total-sst-files-size", "rocksdb.cur-size-all-mem-tables"):
+                total += column_family.property_int_value(name) or 0
+        return total
+
     def count_estimate(self) -> int:
         """RocksDB's estimate of stored events (cheap, approximate after trims)."""
         return self._events.property_int_value("rocksdb.estimate-num-keys") or 0

@@ -1,0 +1,66 @@
+"""Retention: deleting events older than `--event-ttl` on a timer.
+
+Owns: when trimming happens and what the cutoff is. Each pass range-deletes every event
+with time_us < now - ttl (both column families) and compacts that range so the disk space
+comes back (EventLog.trim_older_than); v1 trimmed only while its liveness check passed and
+never compacted, so a stalled relay also froze its disk use, and deleted bytes lingered.
+It must never touch the relay cursor or the time_us high-water mark (they live in `meta`),
+and a failed pass must never stop the daemon: it is counted, logged and retried next period.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Callable
+
+from jetstream import metrics
+
+log = logging.getLogger(__name__)
+
+MIN_INTERVAL_S = 0.5
+MAX_INTERVAL_S = 60.0
+
+
+def trim_interval_s(event_ttl_s: float, configured_s: float = 0.0) -> float:
+    """The configured period, or ttl/10 clamped to [0.5 s, 60 s] (24 h ttl -> once a minute)."""
+    if configured_s > 0:
+        return configured_s
+    return min(MAX_INTERVAL_S, max(MIN_INTERVAL_S, event_ttl_s / 10))
+
+
+class TtlTrimmer:
+    """Trims `event_log` to `event_ttl_s` every `interval_s` seconds while run() runs."""
+
+    def __init__(self, event_log, event_ttl_s: float, interval_s: float,
+                 clock_s: Callable[[], float] = time.time) -> None:
+        if event_ttl_s <= 0:
+            raise ValueError(f"event ttl must be > 0, got {event_ttl_s}")
+        self.event_log = event_log
+        self.event_ttl_s = event_ttl_s
+        self.interval_s = interval_s
+        self.clock_s = clock_s
+        self.passes = 0
+
+    def cutoff_time_us(self) -> int:
+        return int((self.clock_s() - self.event_ttl_s) * 1_000_000)
+
+    def trim_once(self) -> bool:
+        """One pass; False (counted and logged) if the log refused it."""
+        cutoff = self.cutoff_time_us()
+        started = time.perf_counter()
+        try:
+            self.event_log.trim_older_than(cutoff)
+        except Exception as exc:  # noqa: BLE001 - trimming must never stop the daemon
+            metrics.TTL_TRIMS.labels("failed").inc()
+            log.error("event=ttl_trim_failed cutoff_time_us=%d error=%r", cutoff, exc)
+            return False
+        self.passes += 1
+        metrics.TTL_TRIMS.labels("ok").inc()
+        log.debug("event=ttl_trim_pass cutoff_time_us=%d duration_s=%.4f", cutoff, time.perf_counter() - started)
+        return True
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            self.trim_once()
