@@ -147,9 +147,9 @@ async def test_update_options_replaces_the_filter_of_a_live_connection(tmp_path,
 
 
 async def test_reconnect_across_daemon_restart_has_no_gap_and_no_duplicate(tmp_path, corpus_dir, corpus_frames):
-    # The first daemon paces this client at 40 events/s, so it is stopped mid-stream; the
+    # The first daemon paces this client at 20 events/s, so it is stopped mid-stream; the
     # second one (same data dir, same port) serves the rest after the client's resume.
-    relay, daemon = await ingested_daemon(tmp_path, corpus_dir, corpus_frames, max_sub_rate=40)
+    relay, daemon = await ingested_daemon(tmp_path, corpus_dir, corpus_frames, max_sub_rate=20)
     port = daemon.port
     stored = logged_payloads(daemon)
     client = Jetstream(f"ws://127.0.0.1:{port}", cursor=0, rewind_us=3_600_000_000,
@@ -165,7 +165,7 @@ async def test_reconnect_across_daemon_restart_has_no_gap_and_no_duplicate(tmp_p
     consumer = asyncio.ensure_future(consume())
     second = None
     try:
-        await wait_until(lambda: len(received) >= 20)
+        await wait_until(lambda: len(received) >= 10)
         await daemon.stop()
         await relay.close()
         assert len(received) < len(stored), "the first daemon must not have sent everything"
