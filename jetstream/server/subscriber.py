@@ -89,6 +89,7 @@ class Batch(NamedTuple):
     payloads: list[bytes]
     position: int  # time_us of the last entry scanned (sent or filtered out)
     caught_up: bool  # nothing exists after the position right now
+    from_log: bool = False  # read from RocksDB (the ring no longer reached back to the position)
 
 
 def initial_position(cursor: int | None, newest_time_us: int) -> int:
@@ -125,7 +126,7 @@ def _read_log_batch(start: int, ring, event_log, event_filter, compressed: bool,
         # Nothing retained between the position and the ring's floor (trimmed by TTL):
         # like v1, the stream simply resumes at the oldest event still held.
         log.debug("event=reader_skips_gap from_time_us=%d to_time_us=%d", start, ring.floor_time_us)
-        return Batch([], ring.floor_time_us, False)
+        return Batch([], ring.floor_time_us, False, True)
     payloads: list[bytes] = []
     sent_bytes = 0
     position = start
@@ -139,7 +140,7 @@ def _read_log_batch(start: int, ring, event_log, event_filter, compressed: bool,
         sent_bytes += len(row.payload)
         if len(payloads) >= max_events or sent_bytes >= STEP_MAX_BYTES:
             break
-    return Batch(payloads, position, False)
+    return Batch(payloads, position, False, True)
 
 
 def lag_of(position: int, ring) -> tuple[int, float]:
@@ -246,6 +247,10 @@ class SubscriberListener(WSListener):
         self.sent_events = 0
         self.sent_bytes = 0
         self.pauses = 0  # times the socket pushed back (pause_writing)
+        self.log_steps = 0  # steps served from RocksDB (replay, or a slow client below the ring)
+        self.ring_steps = 0
+        self.fell_behind = 0  # times a reader that had reached the ring had to go back to the log
+        self._on_ring = False
 
     # --- picows callbacks --------------------------------------------------------------
 
@@ -351,6 +356,7 @@ class SubscriberListener(WSListener):
             self.close(WSCloseCode.OK, REASON_REPLAY_FAILED)
             return
         self._bucket.give_back(granted - len(batch.payloads))
+        self._count_source(batch.from_log)
         self._send(batch.payloads)
         if not self._advance(start, batch.position):
             return
@@ -363,6 +369,14 @@ class SubscriberListener(WSListener):
         if not self._paused and not self._closed:
             # Yield to the loop between steps so one reader cannot starve the others.
             self._wakeup = asyncio.get_running_loop().call_soon(self.pump)
+
+    def _count_source(self, from_log: bool) -> None:
+        if from_log:
+            self.log_steps += 1
+            self.fell_behind += self._on_ring
+        else:
+            self.ring_steps += 1
+        self._on_ring = not from_log
 
     def _send(self, payloads: list[bytes]) -> None:
         if not payloads:
