@@ -74,6 +74,9 @@ log = logging.getLogger(__name__)
 STEP_MAX_EVENTS = 512
 STEP_MAX_BYTES = 256 * 1024
 LOG_CHUNK_ROWS = 512
+# A reader out of tokens sleeps until this much of its rate has accrued, so a rate-limited
+# reader takes steps of ~rate/50 events, not one step (and one log read) per token.
+TOKEN_WAIT_S = 0.02
 MAX_CLIENT_MESSAGE_BYTES = 10_000_000  # v1 ignores larger messages (V1-REFERENCE §6.1)
 
 REASON_REPLAY_FAILED = "failed to replay events"  # v1's close reason for a log read error
@@ -121,7 +124,9 @@ def read_next_batch(start: int, ring, event_log, event_filter, compressed: bool,
 
 def _read_log_batch(start: int, ring, event_log, event_filter, compressed: bool,
                     max_events: int, max_message_size: int) -> Batch:
-    rows = event_log.read_after(start, LOG_CHUNK_ROWS, compressed)
+    # Unfiltered, every row read is sent: read no more than the step may send.
+    limit = min(LOG_CHUNK_ROWS, max_events) if event_filter.wants_all else LOG_CHUNK_ROWS
+    rows = event_log.read_after(start, limit, compressed)
     if not rows:
         # Nothing retained between the position and the ring's floor (trimmed by TTL):
         # like v1, the stream simply resumes at the oldest event still held.
@@ -343,7 +348,7 @@ class SubscriberListener(WSListener):
         granted = self._bucket.take(STEP_MAX_EVENTS)
         if granted == 0:
             self._held_by_server()
-            delay = self._bucket.seconds_until_available()
+            delay = self._bucket.seconds_until_available(_step_tokens(self._bucket))
             self._wakeup = asyncio.get_running_loop().call_later(delay, self.pump)
             return
         start = self._position.value
@@ -469,6 +474,10 @@ class SubscriberListener(WSListener):
             if handle is not None:
                 handle.cancel()
                 setattr(self, name, None)
+
+
+def _step_tokens(bucket) -> int:
+    return max(1, min(STEP_MAX_EVENTS, int(bucket.burst), int(bucket.rate * TOKEN_WAIT_S)))
 
 
 def _event_filter_for(filters: params.SubscriberFilters) -> EventFilter:
