@@ -71,6 +71,16 @@ def relay_time_s(frame: bytes) -> float | None:
         return None
 
 
+class _BatchTally:
+    """Counts of one batch, published to prometheus once per batch."""
+
+    __slots__ = ("processed", "ops")
+
+    def __init__(self) -> None:
+        self.processed: dict[str, int] = {}  # frame type -> frames
+        self.ops: dict[tuple[str, str], int] = {}  # (operation, collection) -> ops
+
+
 class IngestPipeline:
     def __init__(
         self,
@@ -162,6 +172,7 @@ class IngestPipeline:
         """(pending events in frame order, the batch's relay cursor or None, newest accepted frame)."""
         pending_events = []
         batch_cursor = newest_frame = None
+        tally = _BatchTally()
         for frame in frames:
             decoded = self._decode_one(frame)
             if decoded is None:
@@ -173,8 +184,9 @@ class IngestPipeline:
                     continue
                 self.last_accepted_seq = batch_cursor = seq
                 newest_frame = frame
-            self._account(decoded)
+            self._account(decoded, tally)
             pending_events.extend(decoded.events)
+        self._publish_tally(tally)
         return pending_events, batch_cursor, newest_frame
 
     def _decode_one(self, frame: bytes) -> DecodedFrame | None:
@@ -204,24 +216,33 @@ class IngestPipeline:
         log.warning("event=frame_skipped reason=%s seq=%d last_seq=%d type=%s",
                     reason, seq, self.last_accepted_seq, frame_type)
 
-    def _account(self, decoded: DecodedFrame) -> None:
+    def _account(self, decoded: DecodedFrame, tally: "_BatchTally") -> None:
         if decoded.frame_type == "undecodable":
             return  # already counted as a drop
-        label = event_type_label(decoded.frame_type)
-        counter = self._processed.get(label)
-        if counter is None:
-            counter = self._processed[label] = metrics.EVENTS_PROCESSED.labels(label, self.socket_url)
-        counter.inc()
+        processed = tally.processed
+        processed[decoded.frame_type] = processed.get(decoded.frame_type, 0) + 1
         for reason, detail in decoded.drops:
             if reason == "error_frame":
                 self._relay_error(detail)
                 continue
             metrics.INGEST_DROPS.labels(reason).inc()
             log.warning("event=ingest_drop reason=%s seq=%s detail=%s", reason, decoded.seq, detail)
+        ops = tally.ops
         for pending in decoded.events:
             if pending.collection:
-                metrics.OPS_PROCESSED.labels(operation_of(pending.json_tail), pending.collection,
-                                             self.socket_url).inc()
+                key = (operation_of(pending.json_tail), pending.collection)
+                ops[key] = ops.get(key, 0) + 1
+
+    def _publish_tally(self, tally: "_BatchTally") -> None:
+        # Once per batch and label, not per frame: each prometheus inc() takes a lock.
+        for frame_type, count in tally.processed.items():
+            label = event_type_label(frame_type)
+            counter = self._processed.get(label)
+            if counter is None:
+                counter = self._processed[label] = metrics.EVENTS_PROCESSED.labels(label, self.socket_url)
+            counter.inc(count)
+        for (operation, collection), count in tally.ops.items():
+            metrics.OPS_PROCESSED.labels(operation, collection, self.socket_url).inc(count)
 
     def _relay_error(self, detail: str) -> None:
         # v1 only logged it; the relay closes after an error frame anyway, so re-dial at once
