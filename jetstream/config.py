@@ -122,6 +122,18 @@ RELAY_SIM_FLAGS: tuple[Flag, ...] = (
     Flag("loops", 0, int, "how many times to play the file (0 = forever)", v1=False),
     Flag("seed", 1, int, "seed of the synthetic generator", v1=False),
     Flag("dids", 1000, int, "number of distinct repos in synthetic mode", v1=False),
+    Flag("prerender", 0, int, "synthetic mode: render this many frames once and loop them with patched seqs (fast); 0 = generate each frame", v1=False),
+    Flag("burst", 0, int, "the first N frames are sent as fast as the client reads, then --rate applies", v1=False),
+    # Fault injection: 0 = off, an integer N = at every N-th seq, 0 < p < 1 = probability per seq.
+    Flag("fault-garbage", 0.0, float, "insert a frame of random bytes before the faulty seqs", v1=False),
+    Flag("fault-truncated", 0.0, float, "insert the first half of the frame before the faulty seqs", v1=False),
+    Flag("fault-info", 0.0, float, "insert an #info frame before the faulty seqs", v1=False),
+    Flag("fault-too-big", 0.0, float, "replace the faulty seqs' frames with tooBig #commits", v1=False),
+    Flag("fault-sync", 0.0, float, "replace the faulty seqs' frames with #sync frames", v1=False),
+    Flag("fault-duplicate", 0.0, float, "send the faulty seqs' frames twice", v1=False),
+    Flag("fault-regress", 0.0, float, "after a faulty seq, resend the previous seq's frame", v1=False),
+    Flag("fault-error", 0.0, float, "after a faulty seq, send an error frame (op -1) and close", v1=False),
+    Flag("fault-disconnect", 0.0, float, "after a faulty seq, close the TCP connection without a close frame", v1=False),
     Flag("log-level", "info", str, "debug | info | warning | error", v1=False),
 )
 
@@ -143,12 +155,15 @@ def add_flags(parser: argparse.ArgumentParser, flags: tuple[Flag, ...], environ:
         default = flag.parse(raw_default) if raw_default is not None else flag.default
         if isinstance(default, str) and flag.parse is not str:
             default = flag.parse(default)
+        # A bare boolean flag (`--synthetic`) means true, as with Go's flag package.
+        bare = {"nargs": "?", "const": True} if flag.parse is parse_bool else {}
         parser.add_argument(
             f"--{flag.name}",
             *(f"--{alias}" for alias in flag.aliases),
             dest=flag.attr,
             type=flag.parse,
             default=default,
+            **bare,
             help=f"{flag.help} [env {flag.env}, default {flag.default!r}]",
         )
 

@@ -2,7 +2,8 @@
 
 Owns: accepting connections on /xrpc/com.atproto.sync.subscribeRepos (404 elsewhere,
 400 for a bad cursor), one reader position per connection, pacing every connection
-against the shared Timeline, and backpressure through picows pause_writing/resume_writing.
+against the shared Timeline, backpressure through picows pause_writing/resume_writing,
+and carrying out the faults a FaultInjector plans (extra frames, closing connections).
 It must never queue frames per connection: a connection pulls its next frame only while
 its transport is below the write-buffer high-water mark, so a slow reader costs at most
 one high-water mark plus one frame of memory.
@@ -20,11 +21,13 @@ from picows import (WSCloseCode, WSListener, WSMsgType, WSTransport, WSUpgradeRe
 from jetstream.config import parse_listen_addr
 from jetstream.framefile import read_frames
 from jetstream.relaysim.cbor import encode
+from jetstream.relaysim.faults import FaultInjector, Faults
 from jetstream.relaysim.filesource import FileSource
-from jetstream.relaysim.synthetic import SyntheticSource
+from jetstream.relaysim.synthetic import SyntheticSource, prerendered
 from jetstream.relaysim.timeline import FrameSource, Timeline
 
-__all__ = ["RelaySim", "FileSource", "SyntheticSource", "run_from_config", "build_source", "outdated_cursor_frame"]
+__all__ = ["RelaySim", "FileSource", "SyntheticSource", "Faults", "prerendered", "run_from_config", "build_source",
+           "outdated_cursor_frame"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,7 @@ FRAMES_PER_TURN = 64
 TIMER_SLACK_S = 0.002
 # How long close() lets clients drain their buffers and see the close frame before aborting.
 CLOSE_GRACE_S = 1.0
+ERROR_CLOSE_CODE = WSCloseCode.INTERNAL_ERROR
 
 
 def outdated_cursor_frame() -> bytes:
@@ -114,23 +118,47 @@ class _Connection(WSListener):
             if not timeline.is_available(next_seq, now):
                 self.sim._wait_for(self, next_seq)
                 return
-            frame = timeline.pull(next_seq)
-            self.transport.send(WSMsgType.BINARY, frame)
+            step = self.sim.injector.step_at(next_seq) if self.sim.injector is not None else None
+            if step is None:
+                self._send(timeline.pull(next_seq))
+                self.after_seq = next_seq
+                continue
+            for frame in self.sim.injector.frames_for(step, next_seq, timeline.pull):
+                self._send(frame)
             self.after_seq = next_seq
-            self.frames_sent += 1
-            self.sim.frames_sent += 1
-            self.sim.bytes_sent += len(frame)
+            if step.connection is not None:
+                self._end_by_fault(step.connection, next_seq)
+                return
         self.schedule_pump()
+
+    def _send(self, frame: bytes) -> None:
+        self.transport.send(WSMsgType.BINARY, frame)
+        self.frames_sent += 1
+        self.sim.frames_sent += 1
+        self.sim.bytes_sent += len(frame)
+
+    def _end_by_fault(self, kind: str, seq: int) -> None:
+        """After an error frame, a close frame; for `disconnect`, TCP closes with none."""
+        log.info("event=relay_sim_fault_close kind=%s peer=%s seq=%d", kind, _peer_text(self.peer), seq)
+        if kind == "error":
+            self.transport.send_close(ERROR_CLOSE_CODE, b"relay-sim injected error")
+        # Graceful: the frames already written still reach the client before the FIN.
+        self.transport.disconnect()
+        self.closed = True
 
 
 class RelaySim:
     """A broadcast relay over `source` at `rate` frames/s (0 = as fast as each client reads).
 
     `retention`: how many of the newest seqs the relay holds for cursors (None = all).
+    `burst`: the first `burst` seqs are available at once, then `rate` applies.
+    `faults`: bad frames and connection faults to inject (see faults.py); None = none.
     """
 
-    def __init__(self, source: FrameSource, rate: float, *, retention: int | None = None) -> None:
-        self.timeline = Timeline(source, rate, retention=retention)
+    def __init__(self, source: FrameSource, rate: float, *, retention: int | None = None, burst: int = 0,
+                 faults: Faults | None = None) -> None:
+        self.timeline = Timeline(source, rate, retention=retention, burst=burst)
+        self.injector = FaultInjector(faults, source) if faults is not None and faults.enabled else None
         self.host = "127.0.0.1"
         self.port = 0
         self.frames_sent = 0
@@ -254,9 +282,11 @@ def _peer_text(peer) -> str:
 
 
 def build_source(cfg) -> FrameSource:
-    """A file source for --frames-file, else (or with --synthetic) the synthetic generator."""
+    """A file source for --frames-file, else (or with --synthetic) the synthetic generator,
+    pre-rendered and looped when --prerender N > 0."""
     if cfg.synthetic or not cfg.frames_file:
-        return SyntheticSource(seed=cfg.seed, dids=cfg.dids)
+        source = SyntheticSource(seed=cfg.seed, dids=cfg.dids)
+        return prerendered(source, cfg.prerender) if cfg.prerender > 0 else source
     return FileSource(read_frames(Path(cfg.frames_file)), loops=cfg.loops)
 
 
@@ -267,7 +297,10 @@ async def run_from_config(cfg, started: asyncio.Future | None = None) -> None:
     """
     logging.getLogger("jetstream.relaysim").setLevel(str(cfg.log_level).upper())
     host, port = parse_listen_addr(cfg.listen_addr)
-    sim = RelaySim(build_source(cfg), rate=cfg.rate)
+    faults = Faults.from_config(cfg)
+    sim = RelaySim(build_source(cfg), rate=cfg.rate, burst=cfg.burst, faults=faults)
+    if faults.enabled:
+        log.info("event=relay_sim_faults %s", " ".join(f"{kind}={getattr(faults, kind)}" for kind in faults.enabled))
     await sim.start(host, port)
     if started is not None and not started.done():
         started.set_result(sim)

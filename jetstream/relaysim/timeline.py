@@ -1,8 +1,10 @@
 """When each relay frame exists, and where a new connection starts reading.
 
 Owns: the broadcast clock of the fake relay (frame seq s becomes available at
-start + (s - first_seq)/rate; rate 0 means "as fast as the fastest reader pulls"), the
-retention window, the cursor rules, and a small cache of recently served frames.
+start + (s - first_seq)/rate; rate 0 means "as fast as the fastest reader pulls"; with a
+burst of K, the first K seqs are history already there at start and seq first_seq+K+j
+comes at start + j/rate), the retention window, the cursor rules, and a small cache of
+recently served frames.
 It must never do I/O or hold per-connection state: connections keep their own position.
 """
 from __future__ import annotations
@@ -54,14 +56,17 @@ class Timeline:
     """The relay's shared clock over a source; times are event-loop seconds."""
 
     def __init__(self, source: FrameSource, rate: float, *, retention: int | None = None,
-                 cache_size: int = 4096) -> None:
+                 burst: int = 0, cache_size: int = 4096) -> None:
         if rate < 0:
             raise ValueError(f"rate must be >= 0, got {rate}")
+        if burst < 0:
+            raise ValueError(f"burst must be >= 0, got {burst}")
         if retention is not None and retention < 1:
             raise ValueError(f"retention must be >= 1, got {retention}")
         self.source = source
         self.rate = rate
         self.retention = retention
+        self.burst = burst
         self.start_time = 0.0
         self._highest_pulled = source.first_seq - 1  # the head when rate == 0
         self._cache: dict[int, bytes] = {}
@@ -75,7 +80,7 @@ class Timeline:
         """Loop time at which `seq` becomes available (start time when rate is 0)."""
         if self.rate == 0:
             return self.start_time
-        return self.start_time + (seq - self.source.first_seq) / self.rate
+        return self.start_time + max(seq - self.source.first_seq - self.burst, 0) / self.rate
 
     def is_available(self, seq: int, now: float) -> bool:
         return self.rate == 0 or seq <= self._clock_bound(now)
@@ -107,7 +112,7 @@ class Timeline:
 
     def _clock_bound(self, now: float) -> int:
         # A tiny epsilon so that float error never holds back a frame due exactly now.
-        return self.source.first_seq + math.floor((now - self.start_time) * self.rate + 1e-9)
+        return self.source.first_seq + self.burst + math.floor((now - self.start_time) * self.rate + 1e-9)
 
     def _remember(self, seq: int, frame: bytes) -> None:
         self._cache[seq] = frame
