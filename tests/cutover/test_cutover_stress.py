@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 import time
 
 import pytest
@@ -61,14 +62,29 @@ def plan_clients(rng: random.Random, did_pool: list[str]) -> list[dict]:
             "spec": spec,
             "new_spec": rng.choice([s for s in SPECS if s != spec]) if role == "updater" else None,
             "cursor_age_s": rng.uniform(0, HISTORY_S),
-            "delay_s": rng.uniform(0, CONNECT_WINDOW_S),
+            # slow clients come early, so each has time for at least one long pause
+            "delay_s": rng.uniform(0, 1.0 if role == "slow" else CONNECT_WINDOW_S),
             "session_s": rng.uniform(0.5, 2.0) if role == "early" or (role == "filtered" and index % 2) else None,
             "update_after": rng.randrange(1, 400),
         })
     return plans
 
 
-async def run_client(url: str, plan: dict, clients: list, stop: asyncio.Event) -> None:
+def limit_server_send_buffer(server, client_port: int) -> None:
+    """A small SO_SNDBUF on the server's end of a slow client's connection.
+
+    Loopback autotunes send buffers to megabytes, which would absorb seconds of events
+    without ever pushing back; a real slow client far away fills a much smaller window.
+    """
+    for reader in server.subscribers:
+        transport = reader.transport.underlying_transport
+        if transport.get_extra_info("peername")[1] == client_port:
+            transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+            return
+    raise AssertionError("the slow client's reader is not registered")
+
+
+async def run_client(url: str, plan: dict, clients: list, stop: asyncio.Event, daemon_server) -> None:
     await asyncio.sleep(plan["delay_s"])
     cursor = now_us() - int(plan["cursor_age_s"] * 1e6)
     plan["cursor"] = cursor
@@ -80,13 +96,14 @@ async def run_client(url: str, plan: dict, clients: list, stop: asyncio.Event) -
     plan["client"] = client
     clients.append((plan, client))
     if plan["role"] == "slow":
+        limit_server_send_buffer(daemon_server, client.local_port)
         reading = client.transport.underlying_transport
         while not stop.is_set() and not client.disconnected.is_set():
-            # Paused for longer than the ring spans (about 1 s): the reader must resume from the log.
+            await asyncio.sleep(0.3)  # read at full speed: the replay reaches the ring
+            # Paused for twice what the ring spans (about 1 s): the reader must resume from the log.
             reading.pause_reading()
-            await asyncio.sleep(1.2)
+            await asyncio.sleep(2.0)
             reading.resume_reading()
-            await asyncio.sleep(0.1)
     elif plan["session_s"] is not None:
         await asyncio.sleep(plan["session_s"])
         plan["hung_up_early"] = True
@@ -108,7 +125,7 @@ async def test_fifty_clients_cut_over_from_replay_to_live_without_gaps_or_duplic
         did_pool = sorted({row[1] for row in LogView.read(daemon.event_log).rows})
         plans = plan_clients(rng, did_pool)
         stop_slow = asyncio.Event()
-        tasks = [asyncio.ensure_future(run_client(url, plan, clients, stop_slow)) for plan in plans]
+        tasks = [asyncio.ensure_future(run_client(url, plan, clients, stop_slow, daemon.server)) for plan in plans]
         await asyncio.sleep(CONNECT_WINDOW_S + TAIL_S)
         stop_slow.set()  # slow clients now read at full speed and must catch up from the log
         await asyncio.gather(*tasks)
