@@ -35,7 +35,9 @@ backpressure, lag policy) and DESIGN §4's single reader. A newcomer can follow 
    reader stops (4b), the ring moves on, and when the reader resumes it reads the log
    instead (2): it degrades to replay, it is not dropped. It is disconnected only by
    policy (`LagPolicy`): while the socket is what holds it back, lag above
-   `--max-lag-events` or `--max-lag-seconds` sustained for `--max-lag-grace` closes it
+   `--max-lag-events` or `--max-lag-seconds` sustained for `--max-lag-grace` without
+   catching up (both limits are off by default: a slow reader costs the server one
+   socket buffer and a log read per step, nothing that grows) closes it
    with 1008 (policy violation: the client broke the server's declared lag policy; 1013
    "try again later" would blame the server) and a reason saying how far behind it was,
    counted in `SubscribeServer.disconnects` as `lag_events` / `lag_seconds`. Lag caused
