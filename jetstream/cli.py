@@ -11,15 +11,8 @@ import logging
 import os
 import sys
 
+from jetstream.logfmt import setup_logging
 from jetstream.config import RELAY_SIM_FLAGS, SERVE_FLAGS, add_flags, to_config
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def run_loop(coro) -> None:
@@ -33,8 +26,14 @@ def run_loop(coro) -> None:
 
 def cmd_serve(cfg) -> None:
     from jetstream.daemon import Daemon
+    from jetstream.log.store import LogError
 
-    run_loop(Daemon(cfg).run_until_signalled())
+    try:
+        run_loop(Daemon(cfg).run_until_signalled())
+    except LogError as exc:
+        # A foreign, corrupted or locked data dir is an operator error: say so, never re-create.
+        logging.getLogger("jetstream.cli").error("event=startup_failed reason=data_dir error=%r", str(exc))
+        sys.exit(2)
 
 
 def cmd_relay_sim(cfg) -> None:
@@ -143,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         args.handler(args)
         return
     cfg = to_config(args, flag_sets[args.command])
-    setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level, cfg.log_format)
     args.handler(cfg)
 
 

@@ -99,6 +99,7 @@ SERVE_FLAGS: tuple[Flag, ...] = (
     Flag("ttl-trim-interval", "0s", parse_duration, "how often events older than --event-ttl are deleted; 0 = event-ttl/10, clamped to 0.5s..60s", v1=False),
     Flag("fsync", False, parse_bool, "fsync the WAL on every batch (power-loss durability); kill -9 is safe either way", v1=False),
     Flag("log-level", "info", str, "debug | info | warning | error", v1=False),
+    Flag("log-format", "text", str, "text (key=value) | json (one object per line)", v1=False),
     # Server limits and operations v1 did not have (issue 4).
     Flag("per-ip-limit", True, parse_bool, "share one --max-sub-rate bucket among an IP's connections (v1); false = a bucket per connection", v1=False),
     Flag("max-conns-per-ip", 0, int, "refuse /subscribe with 429 beyond this many connections from one IP (0 = no limit, as v1)", v1=False),
@@ -135,6 +136,7 @@ RELAY_SIM_FLAGS: tuple[Flag, ...] = (
     Flag("fault-error", 0.0, float, "after a faulty seq, send an error frame (op -1) and close", v1=False),
     Flag("fault-disconnect", 0.0, float, "after a faulty seq, close the TCP connection without a close frame", v1=False),
     Flag("log-level", "info", str, "debug | info | warning | error", v1=False),
+    Flag("log-format", "text", str, "text (key=value) | json (one object per line)", v1=False),
 )
 
 

@@ -1,0 +1,38 @@
+import json
+import subprocess
+import sys
+
+from jetstream.logfmt import JsonLineFormatter, parse_pairs
+
+
+def test_key_value_message_becomes_fields():
+    assert parse_pairs('event=relay_reconnect attempt=3 delay_s=1.6 url="ws://a b"') == {
+        "event": "relay_reconnect", "attempt": "3", "delay_s": "1.6", "url": "ws://a b"}
+
+
+def test_prose_is_kept_whole_in_msg():
+    assert parse_pairs("plain words here") == {"msg": "plain words here"}
+
+
+def test_json_formatter_emits_one_object_with_level_and_fields():
+    import logging
+
+    record = logging.LogRecord("jetstream.x", logging.WARNING, __file__, 1, "event=frame_skipped reason=%s", ("bad_car",), None)
+    line = JsonLineFormatter().format(record)
+    obj = json.loads(line)
+    assert obj["level"] == "warning" and obj["logger"] == "jetstream.x"
+    assert obj["event"] == "frame_skipped" and obj["reason"] == "bad_car"
+
+
+def test_serve_with_log_format_json_writes_json_lines(tmp_path):
+    # A daemon that cannot open its data dir logs and exits: every stderr line must be JSON.
+    (tmp_path / "data").write_text("not a log")
+    proc = subprocess.run(
+        [sys.executable, "-m", "jetstream.cli", "serve", "--log-format", "json", "--data-dir", str(tmp_path / "data"),
+         "--listen-addr", "127.0.0.1:0", "--metrics-listen-addr", "", "--ws-url", "ws://127.0.0.1:9/x"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode != 0
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("{")]
+    assert lines, proc.stderr
+    assert all(isinstance(json.loads(l), dict) for l in lines)
