@@ -32,6 +32,11 @@ def frames() -> list[bytes]:
 
 @pytest.fixture(scope="module")
 def records(frames) -> list[bytes]:
+    return corpus_records(frames)
+
+
+def corpus_records(frames) -> list[bytes]:
+    """Every record block the corpus's commits carry (the emitter's input)."""
     out = []
     for raw in frames:
         header, body = libipld.decode_dag_cbor_multi(raw)
