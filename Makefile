@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run demo test build bench clean
+.PHONY: run demo test build bench bench-check clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,14 @@ demo: build
 test: build
 	$(PY) -m pytest
 
+# The whole suite (~5-10 min on 2 cores): one table, bench/results/latest.json.
 bench: build
-	$(PY) -m pytest bench --benchmark-enable --benchmark-json=bench/results.json
+	$(PY) bench/suite.py
+
+# Same-run ratios (Cython vs Python, ours vs raw broadcast, ...) against bench/thresholds.json;
+# fails on a regression. Not part of `make test`.
+bench-check: build
+	$(PY) bench/suite.py --check
 
 clean:
 	rm -rf build $(VENV) jetstream/_core/*.c jetstream/_core/*.so *.egg-info
