@@ -345,7 +345,8 @@ def _go_int(value: JSONValue | None, field: str, errors: list[str]) -> int:
         errors.append(_type_error(value, _PAYLOAD_STRUCT, field, "int"))
         return 0
     text = value.value
-    if any(c in text for c in ".eE") or not _INT64_MIN <= int(text) <= _INT64_MAX:
+    # The length check first: int() refuses strings over 4300 digits (a ValueError, not an answer).
+    if any(c in text for c in ".eE") or len(text.lstrip("-")) > 19 or not _INT64_MIN <= int(text) <= _INT64_MAX:
         errors.append(f"json: cannot unmarshal number {text} into Go struct field {_PAYLOAD_STRUCT}.{field} of type int")
         return 0
     return int(text)

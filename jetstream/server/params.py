@@ -87,6 +87,8 @@ def parse_go_int64(text: str) -> int | None:
     """Go strconv.ParseInt(text, 10, 64): optional sign, ASCII digits, no spaces; None on failure."""
     if _GO_INT.fullmatch(text) is None:
         return None
+    if len(text.lstrip("+-").lstrip("0")) > 19:  # out of int64 range; and int() refuses > 4300 digits
+        return None
     value = int(text)
     return value if _INT64_MIN <= value <= _INT64_MAX else None
 

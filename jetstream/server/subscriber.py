@@ -86,6 +86,8 @@ REASON_INTERNAL = "internal error"
 # After a policy close, a peer that never reads cannot receive the close frame (it sits
 # behind the events already buffered): abort it after this long (v1's write deadline).
 CLOSE_DRAIN_GRACE_S = 10.0
+# Close codes RFC 6455 reserves for local use only (1004 is unassigned); gorilla refuses them too.
+_UNSENDABLE_CLOSE_CODES = frozenset((1004, 1005, 1006, 1015))
 
 
 class Batch(NamedTuple):
@@ -288,9 +290,15 @@ class SubscriberListener(WSListener):
         if msg_type == WSMsgType.TEXT:
             self._on_text(frame)
         elif msg_type == WSMsgType.CLOSE:
-            # gorilla's default close handler: echo the code, no reason, then hang up.
+            # gorilla's default close handler: echo the code, no reason, then hang up. A code
+            # that may not be sent on the wire (1004-1006, 1015) gets gorilla's protocol error
+            # instead; picows itself already answers codes outside 1000-4999.
             self._closed = True
-            transport.send_close(frame.get_close_code())
+            code = frame.get_close_code()
+            if frame.payload_size >= 2 and int(code) in _UNSENDABLE_CLOSE_CODES:  # empty close: fine
+                transport.send_close(WSCloseCode.PROTOCOL_ERROR, b"bad close code %d" % int(code))
+            else:
+                transport.send_close(code)
             transport.disconnect()
         elif msg_type in (WSMsgType.BINARY, WSMsgType.CONTINUATION):
             log.debug("event=client_message_ignored reason=not_text ip=%s", self.client_ip)
