@@ -51,7 +51,7 @@ from jetstream.log.rows import encode_key  # noqa: E402
 from jetstream.log.store import EventLog  # noqa: E402
 from jetstream.relaysim.filesource import FileSource  # noqa: E402
 from jetstream.relaysim.server import RelaySim  # noqa: E402
-from jetstream.relaysim.synthetic import SyntheticSource  # noqa: E402
+from jetstream.relaysim.synthetic import SyntheticSource, prerendered  # noqa: E402
 from jetstream.server.app import SubscribeServer  # noqa: E402
 
 RESULTS_DIR = BENCH_DIR / "results"
@@ -431,7 +431,8 @@ def stage_replay(table: Table, quick: bool) -> None:
 # --- stage: latency ----------------------------------------------------------------------------------
 
 async def latency_run(seconds: float, events_per_s: float, subscribers: int) -> list[float]:
-    source = SyntheticSource(seed=2, dids=1000)
+    # Prerendered: live synthetic generation would cost this (the daemon's) process ~30% CPU.
+    source = prerendered(SyntheticSource(seed=2, dids=1000), 12_000)
     sample = [len(decode_frame(source.frame(source.first_seq + i)).events) for i in range(500)]
     relay = RelaySim(source, rate=events_per_s / (sum(sample) / len(sample)))
     await relay.start("127.0.0.1", 0)
