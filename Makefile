@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run demo test build bench bench-check clean
+.PHONY: run demo test build bench bench-check fuzz clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,22 @@ bench: build
 # fails on a regression. Not part of `make test`.
 bench-check: build
 	$(PY) bench/suite.py --check
+
+# Long atheris runs (fuzz/README.md): FUZZ_SECONDS per target; not part of `make test`,
+# which runs bounded hypothesis versions of the same properties (tests/fuzz/).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= decode_frame car record_json params http_upgrade
+fuzz: build
+	$(PY) -m pip install --quiet atheris || { echo "atheris did not install (it needs a wheel or clang with libFuzzer)"; exit 1; }
+	$(PY) fuzz/seeds.py build/fuzz
+	@for target in $(FUZZ_TARGETS); do \
+	  echo "== fuzz $$target ($(FUZZ_SECONDS) s)"; \
+	  $(PY) fuzz/fuzz_$$target.py -max_total_time=$(FUZZ_SECONDS) -timeout=30 -rss_limit_mb=2048 \
+	    -artifact_prefix=build/fuzz/$$target/ build/fuzz/$$target/corpus build/fuzz/$$target/seeds \
+	    > build/fuzz/$$target/last-run.log 2>&1; status=$$?; \
+	  grep -E "^Done|ERROR|crash-|Traceback|Error" build/fuzz/$$target/last-run.log; \
+	  [ $$status -eq 0 ] || { echo "fuzz $$target failed: see build/fuzz/$$target/last-run.log"; exit $$status; }; \
+	done
 
 clean:
 	rm -rf build $(VENV) jetstream/_core/*.c jetstream/_core/*.so *.egg-info
