@@ -57,7 +57,8 @@ HOSTILE_RECORDS = {
     "array_nesting_100k": (post_with(b"\x81" * 100_000 + b"\x01"), "too_deep"),
     "map_nesting_100k": (post_with(b"\xa1\x61a" * 100_000 + b"\x01"), "too_deep"),
     "string_of_1MiB": (post_with(b"\x7a" + MIB.to_bytes(4, "big") + b"x" * MIB), "record_too_large"),
-    "string_just_under_the_record_limit": (post_with(b"\x7a" + (MIB - 256).to_bytes(4, "big") + b"x" * (MIB - 256)), None),
+    "string_just_under_the_record_limit": (post_with(b"\x7a" + (MIB - 256).to_bytes(4, "big") + b"x" * (MIB - 256)),
+                                           None),
     "array_of_131073": (post_with(array_of(131_073)), "container_too_long"),
     "array_of_131072": (post_with(array_of(131_072)), None),
     "declared_2^62_elements": (post_with(b"\x9b" + (1 << 62).to_bytes(8, "big")), "container_too_long"),
@@ -103,7 +104,7 @@ def hostile_frames(seq: int) -> dict[str, bytes]:
     """Frames the decoder cannot use at all (libipld refuses them)."""
     header = dag_cbor({"op": 1, "t": "#commit"})
     return {
-        "frame_duplicate_keys": header + b"\xa2" + cbor_text(b"seq") + dag_cbor(seq) + cbor_text(b"seq") + dag_cbor(seq),
+        "frame_duplicate_keys": header + b"\xa2" + (cbor_text(b"seq") + dag_cbor(seq)) * 2,
         "frame_unsorted_keys": header + b"\xa2" + cbor_text(b"repo") + cbor_text(DID.encode()) + cbor_text(b"seq")
                                + dag_cbor(seq),
         "frame_nesting_100k": header + b"\xa1" + cbor_text(b"ops") + b"\x81" * 100_000 + b"\x01",
