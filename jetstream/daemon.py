@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import socket
 
+from jetstream import metrics
 from jetstream.compression import EventCompressor
 from jetstream.dictionary import active_dictionary, dictionary_id
 from jetstream.config import Config, parse_listen_addr
@@ -28,6 +30,9 @@ from jetstream.server.metrics import MetricsListener, register_server
 log = logging.getLogger(__name__)
 
 SHUTDOWN_TIMEOUT_S = 15.0
+# How often a paused ingest checks whether the log takes writes again (disk full).
+LOG_RECOVERY_INTERVAL_S = 1.0
+LOG_RECOVERY_MIN_FREE_BYTES = 1 << 20
 
 
 def sd_notify(state: str) -> bool:
@@ -95,7 +100,7 @@ class Daemon:
         self.pipeline = IngestPipeline(
             self.event_log, ring, Sequencer(hwm), compressor, self.server.notify_new_events,
             socket_url=cfg.ws_url, group_commit_s=cfg.group_commit_ms / 1000.0,
-            on_write_failure=lambda: self.relay and self.relay.reconnect("write_failure"),
+            on_write_failure=self._on_log_write_failure,
             on_relay_error=lambda detail: self.relay and self.relay.reconnect("error_frame"),
         )
         if cfg.override_relay_cursor >= 0:
@@ -144,6 +149,48 @@ class Daemon:
             },
         }
         return self.ready, report
+
+    def _on_log_write_failure(self) -> None:
+        """The log refused a batch (disk full, I/O error): pause ingest until it takes writes again.
+
+        Subscribers keep being served from what the log and ring hold; nothing unwritten was
+        published, and the relay is re-read from the durable cursor when ingest resumes.
+        """
+        metrics.LOG_WRITE_FAILURES.inc()
+        if self.pipeline.paused:
+            return
+        self.pipeline.paused = True
+        metrics.INGEST_PAUSED.set(1)
+        log.error("event=ingest_paused reason=log_write_failed relay_cursor=%s retry_every_s=%g",
+                  self.event_log.relay_cursor(), LOG_RECOVERY_INTERVAL_S)
+        if self.relay is not None:
+            self.relay.reconnect("write_failure")
+        self._tasks.append(asyncio.ensure_future(self._resume_ingest_when_log_writable()))
+
+    async def _resume_ingest_when_log_writable(self) -> None:
+        attempts = 0
+        while not self._stopped.is_set():
+            await asyncio.sleep(LOG_RECOVERY_INTERVAL_S)
+            attempts += 1
+            try:
+                # Re-opening closes the log that readers are still served from; with no room
+                # to open it again they would lose it, so wait for space first.
+                free = shutil.disk_usage(self.cfg.data_dir).free
+                if free < LOG_RECOVERY_MIN_FREE_BYTES:
+                    raise OSError(f"only {free} bytes free in {self.cfg.data_dir}")
+                self.event_log.reopen()
+            except Exception as exc:  # noqa: BLE001 - still full, or worse: keep serving, keep trying
+                if attempts == 1 or attempts % 30 == 0:  # one line now and then, not one per second
+                    log.warning("event=log_still_unwritable attempts=%d error=%r", attempts, str(exc)[:200])
+                continue
+            self.pipeline.reset_to_durable_cursor()
+            self.pipeline.paused = False
+            metrics.INGEST_PAUSED.set(0)
+            log.warning("event=ingest_resumed relay_cursor=%s paused_s=%g",
+                        self.event_log.relay_cursor(), attempts * LOG_RECOVERY_INTERVAL_S)
+            if self.relay is not None:
+                self.relay.reconnect("log_recovered")
+            return
 
     async def _watchdog_forever(self, interval_s: float) -> None:
         """WATCHDOG=1 while the loop turns: a stuck loop stops the pings and systemd restarts us."""

@@ -54,6 +54,12 @@ RELAY_DISCONNECTS = Counter(
 RELAY_LAG_SECONDS = Gauge(
     "jetstream_relay_lag_seconds", "Wall clock minus the relay `time` of the newest frame written"
 )
+LOG_WRITE_FAILURES = Counter(
+    "jetstream_log_write_failures", "Write batches RocksDB refused (disk full, I/O error); nothing of them was published"
+)
+INGEST_PAUSED = Gauge(
+    "jetstream_ingest_paused", "1 while ingest is paused because the log refuses writes (subscribers are still served)"
+)
 TTL_TRIMS = Counter("jetstream_log_ttl_trims", "TTL trim passes by outcome", ["outcome"])
 BATCH_WRITE_SECONDS = Histogram(
     "jetstream_log_batch_write_seconds", "RocksDB write batch latency",

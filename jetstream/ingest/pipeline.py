@@ -108,6 +108,9 @@ class IngestPipeline:
         # resume from here; frames at or below it are duplicates and are skipped.
         self.last_accepted_seq: int | None = event_log.relay_cursor()
         self._pending: list[bytes] = []
+        # Set by the daemon while the log refuses writes: frames are dropped unread, because
+        # the relay is re-read from the durable cursor once the log takes writes again.
+        self.paused = False
         self._flush_handle: asyncio.Handle | None = None
         self._labels = {name: getattr(metrics, name).labels(socket_url=socket_url)
                         for name in ("EVENTS_SEQUENCED", "EVENTS_PERSISTED", "EVENTS_EMITTED", "LAST_SEQ",
@@ -118,6 +121,8 @@ class IngestPipeline:
     # -- intake ---------------------------------------------------------------------------------
     def submit(self, frame: bytes) -> None:
         """Accept one relay frame; it is written within group_commit_s."""
+        if self.paused:
+            return
         self._pending.append(frame)
         if self._flush_handle is None:
             loop = asyncio.get_running_loop()
@@ -153,7 +158,10 @@ class IngestPipeline:
             self._labels["EVENTS_SEQUENCED"].inc(len(events))
             self._write(events, batch_cursor)
         except Exception as exc:  # noqa: BLE001 - any storage failure must not lose data
-            log.error("event=log_write_failed events=%d cursor=%s error=%r", len(pending_events), batch_cursor, exc)
+            # repr(exc), not exc: a log record that keeps the exception keeps its traceback, whose
+            # frames hold RocksDB handles, and the log could then never be re-opened (disk full).
+            log.error("event=log_write_failed events=%d cursor=%s error=%s", len(pending_events), batch_cursor,
+                      repr(exc))
             # time_us values handed out for this batch are skipped: the contract is strictly
             # increasing, not gap-free. The relay resends everything after the durable cursor.
             self.reset_to_durable_cursor()

@@ -11,6 +11,7 @@ directory that is not an event log of this format.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import struct
 from pathlib import Path
@@ -265,13 +266,35 @@ class EventLog:
             return
         self._closed = True
         # Every column-family view and handle keeps the database (and its LOCK file) alive in
-        # rocksdict, so all of them are closed or dropped before the database itself.
-        for column_family in (self._events, self._events_zstd, self._meta):
-            column_family.close()
+        # rocksdict, so all of them are closed or dropped before the database itself. After a
+        # failed WAL write (disk full) every close raises "Writer has previous error": the
+        # references are dropped anyway, which is what releases the LOCK.
+        for column_family in (self._events, self._events_zstd, self._meta, self._db):
+            try:
+                column_family.close()
+            except Exception as exc:  # noqa: BLE001 - rocksdict raises bare Exception
+                log.warning("event=log_close_error path=%s error=%r", self.path, str(exc))
         self._events = self._events_zstd = self._meta = None
         self._events_handle = self._events_zstd_handle = self._meta_handle = None
-        self._db.close()
+        self._db = None
         log.info("event=log_closed path=%s hwm=%d relay_cursor=%s", self.path, self._hwm, self._relay_cursor)
+
+    def reopen(self) -> None:
+        """Close and open the database again, then prove it takes a write (LogError if not).
+
+        RocksDB keeps a failed WAL write as a sticky error ("Writer has previous error"), so
+        after the disk was full the only way back is a fresh open; what the WAL held is replayed.
+        """
+        fsync = self._write_options.sync
+        self.close()
+        gc.collect()  # rocksdict releases the LOCK when its last Python reference goes
+        self.__init__(self.path, fsync=fsync, create=False)
+        try:
+            probe = WriteBatch(raw_mode=True)
+            probe.put(META_FORMAT_NAME, FORMAT_NAME, self._meta_handle)
+            self._db.write(probe, self._write_options)
+        except Exception as exc:  # noqa: BLE001
+            raise LogError(f"event log at {self.path} still refuses writes: {exc}") from exc
 
     def __enter__(self) -> EventLog:
         return self

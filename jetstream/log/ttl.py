@@ -53,7 +53,7 @@ class TtlTrimmer:
             self.event_log.trim_older_than(cutoff)
         except Exception as exc:  # noqa: BLE001 - trimming must never stop the daemon
             metrics.TTL_TRIMS.labels("failed").inc()
-            log.error("event=ttl_trim_failed cutoff_time_us=%d error=%r", cutoff, exc)
+            log.error("event=ttl_trim_failed cutoff_time_us=%d error=%s", cutoff, repr(exc))  # no traceback kept
             return False
         self.passes += 1
         metrics.TTL_TRIMS.labels("ok").inc()
