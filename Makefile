@@ -50,7 +50,7 @@ fuzz: build
 	  $(PY) fuzz/fuzz_$$target.py -max_total_time=$(FUZZ_SECONDS) -timeout=30 -rss_limit_mb=2048 \
 	    -artifact_prefix=build/fuzz/$$target/ build/fuzz/$$target/corpus build/fuzz/$$target/seeds \
 	    > build/fuzz/$$target/last-run.log 2>&1; status=$$?; \
-	  grep -E "^Done|ERROR|crash-|Traceback|Error" build/fuzz/$$target/last-run.log; \
+	  grep -E "^Done|ERROR: libFuzzer|Uncaught Python exception|Traceback|crash-" build/fuzz/$$target/last-run.log; \
 	  [ $$status -eq 0 ] || { echo "fuzz $$target failed: see build/fuzz/$$target/last-run.log"; exit $$status; }; \
 	done
 
