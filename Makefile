@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run demo test build bench bench-check fuzz clean
+.PHONY: run demo test build bench bench-check fuzz soak clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,13 @@ fuzz: build
 	  grep -E "^Done|ERROR: libFuzzer|Uncaught Python exception|Traceback|crash-" build/fuzz/$$target/last-run.log; \
 	  [ $$status -eq 0 ] || { echo "fuzz $$target failed: see build/fuzz/$$target/last-run.log"; exit $$status; }; \
 	done
+
+# 10 minutes of relay-sim at 2,000 events/s into `jetstream serve` with 200 mixed subscribers
+# (soak/soak.py); prints an RSS/CPU/delivery table and exits non-zero on any invariant
+# violation or unexpected disconnect. Not part of `make test`. SOAK_ARGS="--duration 180" etc.
+SOAK_ARGS ?=
+soak: build
+	$(PY) soak/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf build $(VENV) jetstream/_core/*.c jetstream/_core/*.so *.egg-info
