@@ -9,11 +9,25 @@ It must never touch RocksDB or interpret the payload.
 Value layout (all integers big-endian):
 
     u8 kind | u16 len(did) | u16 len(collection) | did | collection | payload
+
+Index key layout (column family `events_index`, empty values), one key per event and
+index, so a narrow filtered replay reads only the rows of the names it wants:
+
+    u8 tag ('c' collection, 'd' did) | u64 bucket | u64 xxh64(name) | u64 time_us
+
+bucket = time_us >> INDEX_BUCKET_SHIFT (~4.5 minutes): it comes before the name so the TTL
+trim can drop every index key below a bucket with one range delete per tag, without
+visiting each name. Within one (tag, bucket, name) prefix keys are in time order.
+Identity and account events are indexed under collection "" (they pass every
+collection filter). A hash names a set that may hold a colliding name: readers still
+apply the subscriber's filter to the rows the index points at.
 """
 from __future__ import annotations
 
 import struct
 from typing import Iterable, NamedTuple
+
+import xxhash
 
 KEY_SIZE = 8
 MAX_TIME_US = (1 << 64) - 1
@@ -21,6 +35,16 @@ MAX_TIME_US = (1 << 64) - 1
 _KEY = struct.Struct(">Q")
 _HEADER = struct.Struct(">BHH")
 HEADER_FIXED_SIZE = _HEADER.size
+
+
+INDEX_TAG_COLLECTION = ord("c")
+INDEX_TAG_DID = ord("d")
+INDEX_BUCKET_SHIFT = 28  # 2**28 µs = 4.47 minutes per bucket
+INDEX_PREFIX_SIZE = 17  # tag, bucket, name hash
+INDEX_KEY_SIZE = INDEX_PREFIX_SIZE + KEY_SIZE
+_INDEX_KEY = struct.Struct(">BQQQ")
+_INDEX_PREFIX = struct.Struct(">BQQ")
+_name_hash = xxhash.xxh64_intdigest
 
 
 class RowError(ValueError):
@@ -105,3 +129,34 @@ def decode_rows(pairs: Iterable[tuple[bytes, bytes]], limit: int) -> list[LogRow
     except (struct.error, UnicodeDecodeError) as exc:
         raise RowError(f"malformed event row: {exc}") from exc
     return rows
+
+
+# -- the secondary index ------------------------------------------------------------------------
+
+def index_bucket(time_us: int) -> int:
+    return time_us >> INDEX_BUCKET_SHIFT
+
+
+def name_hash(name: str) -> int:
+    """The 64-bit hash a collection or did is indexed under (xxh64 of its UTF-8)."""
+    return _name_hash(name.encode())
+
+
+def encode_index_key(tag: int, hashed_name: int, time_us: int) -> bytes:
+    return _INDEX_KEY.pack(tag, time_us >> INDEX_BUCKET_SHIFT, hashed_name, time_us)
+
+
+def encode_index_prefix(tag: int, bucket: int, hashed_name: int) -> bytes:
+    return _INDEX_PREFIX.pack(tag, bucket, hashed_name)
+
+
+def decode_index_time_us(key: bytes) -> int:
+    """The time_us an index key points at (its last 8 bytes)."""
+    if len(key) != INDEX_KEY_SIZE:
+        raise RowError(f"index key must be {INDEX_KEY_SIZE} bytes, got {len(key)}")
+    return _KEY.unpack_from(key, INDEX_PREFIX_SIZE)[0]
+
+
+def encode_bucket_start(tag: int, bucket: int) -> bytes:
+    """The smallest index key of `tag` in `bucket` (a range-delete bound)."""
+    return _INDEX_PREFIX.pack(tag, bucket, 0)

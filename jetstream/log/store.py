@@ -1,11 +1,13 @@
-"""The durable event log: RocksDB column families `events`, `events_zstd`, `meta`.
+"""The durable event log: RocksDB column families `events`, `events_zstd`, `events_index`, `meta`.
 
 Owns: the on-disk log and its atomicity. One `append` is one WriteBatch holding
 every event (JSON row and zstd row), the relay cursor that produced them and
 the time_us high-water mark, so a crash can never separate an event from its
 cursor (DESIGN invariant 3), and the high-water mark survives trimming so
 time_us keeps increasing across restarts (invariant 2). Rows are laid out by
-`jetstream.log.rows`.
+`jetstream.log.rows`. The same batch writes each event's secondary index keys (by
+collection and by did), so a narrow filtered replay (`read_matching_after`) reads
+only the rows its filter can want instead of scanning every row.
 It must never invent time_us values, parse event JSON, or silently re-create a
 directory that is not an event log of this format.
 """
@@ -15,12 +17,28 @@ import gc
 import logging
 import struct
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 from rocksdict import DBCompressionType, Options, Rdict, WriteBatch, WriteOptions
 
 from jetstream.events import Event
-from jetstream.log.rows import MAX_TIME_US, LogRow, decode_key, decode_rows, encode_header, encode_key
+from jetstream.log.rows import (
+    INDEX_PREFIX_SIZE,
+    INDEX_TAG_COLLECTION,
+    INDEX_TAG_DID,
+    MAX_TIME_US,
+    LogRow,
+    decode_index_time_us,
+    decode_key,
+    decode_rows,
+    encode_bucket_start,
+    encode_header,
+    encode_index_key,
+    encode_index_prefix,
+    encode_key,
+    index_bucket,
+    name_hash,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,17 +46,51 @@ CF_EVENTS = "events"
 CF_EVENTS_ZSTD = "events_zstd"
 CF_META = "meta"
 OUR_COLUMN_FAMILIES = (CF_EVENTS, CF_EVENTS_ZSTD, CF_META)
+# Not required at open: a log written before the index existed gets it added, complete
+# from META_INDEX_FROM on (older events are read by scanning, as before).
+CF_EVENTS_INDEX = "events_index"
 
 META_FORMAT_NAME = b"format_name"
 META_FORMAT_VERSION = b"format_version"
 META_RELAY_CURSOR = b"relay_cursor"
 META_HWM = b"hwm_time_us"
+META_INDEX_FROM = b"index_from_time_us"  # every event with time_us >= this is indexed
+
+# A filter naming more than this many exact collections (or dids) reads faster by scanning:
+# each name costs one seek per index bucket.
+MAX_INDEX_NAMES = 64
 
 FORMAT_NAME = b"jetstream-py event log"
 FORMAT_VERSION = 1
 
 _SIGNED = struct.Struct(">q")
 _UNSIGNED = struct.Struct(">Q")
+
+
+class IndexQuery(NamedTuple):
+    """Which index keys a narrow filter can match: one tag and the hashes of its names."""
+
+    tag: int  # INDEX_TAG_COLLECTION or INDEX_TAG_DID
+    hashes: tuple[int, ...]
+
+
+def index_query_for(wanted_collections: Iterable[str] | None, wanted_dids: Iterable[str] | None) -> IndexQuery | None:
+    """The index lookup that finds every event a subscriber filter can match, or None to scan.
+
+    Dids first (every kind obeys wantedDids); else exact collections plus "" (identity and
+    account events pass every collection filter). Prefix entries ("app.bsky.*"), no filter
+    or too many names: None.
+    """
+    dids = set(wanted_dids or ())
+    if dids:
+        if len(dids) > MAX_INDEX_NAMES:
+            return None
+        return IndexQuery(INDEX_TAG_DID, tuple(sorted({name_hash(did) for did in dids})))
+    collections = set(wanted_collections or ())
+    if not collections or len(collections) > MAX_INDEX_NAMES or any(c.endswith(".*") for c in collections):
+        return None
+    collections.add("")
+    return IndexQuery(INDEX_TAG_COLLECTION, tuple(sorted({name_hash(c) for c in collections})))
 
 
 class LogError(Exception):
@@ -49,6 +101,8 @@ def _column_family_options(name: str) -> Options:
     options = Options(raw_mode=True)
     if name == CF_EVENTS:
         options.set_compression_type(DBCompressionType.lz4())
+    elif name == CF_EVENTS_INDEX:
+        options.set_compression_type(DBCompressionType.lz4())  # keys only: shared prefixes compress
     elif name == CF_EVENTS_ZSTD:
         # Values are zstd frames already; a second compression pass only burns CPU.
         options.set_compression_type(DBCompressionType.none())
@@ -76,6 +130,9 @@ class EventLog:
         self._events_handle = self._db.get_column_family_handle(CF_EVENTS)
         self._events_zstd_handle = self._db.get_column_family_handle(CF_EVENTS_ZSTD)
         self._meta_handle = self._db.get_column_family_handle(CF_META)
+        self._index = self._db.get_column_family(CF_EVENTS_INDEX)
+        self._index_handle = self._db.get_column_family_handle(CF_EVENTS_INDEX)
+        self.values_read = 0  # event rows read by read_after / read_matching_after (for measurements)
         self._write_options = WriteOptions()
         self._write_options.sync = fsync  # WAL is always on; fsync only decides sync-to-disk.
         self._closed = False
@@ -91,6 +148,9 @@ class EventLog:
             raise
         self._relay_cursor = self._read_meta_int(META_RELAY_CURSOR, _SIGNED)
         self._hwm = self._read_meta_int(META_HWM, _UNSIGNED) or 0
+        self._index_from = self._read_meta_int(META_INDEX_FROM, _UNSIGNED)
+        if self._index_from is None:
+            self._start_index(0 if fresh else self._hwm + 1)
         log.info("event=log_opened path=%s fresh=%s relay_cursor=%s hwm=%d fsync=%s",
                  self.path, fresh, self._relay_cursor, self._hwm, fsync)
 
@@ -121,9 +181,10 @@ class EventLog:
     def _open(self, fresh: bool, existing_column_families: set[str]) -> Rdict:
         options = Options(raw_mode=True)
         options.create_if_missing(fresh)
-        options.create_missing_column_families(fresh)
+        # Fresh: all of ours; existing: at most the index, added to a log that predates it.
+        options.create_missing_column_families(True)
         # RocksDB must open every column family a database has, ours or not.
-        names = set(OUR_COLUMN_FAMILIES) | existing_column_families
+        names = set(OUR_COLUMN_FAMILIES) | {CF_EVENTS_INDEX} | existing_column_families
         names.discard("default")
         try:
             return Rdict(self.path, options,
@@ -148,6 +209,15 @@ class EventLog:
             raise LogError(f"event log at {self.path} has format version {version!r}; "
                            f"this build reads version {FORMAT_VERSION} only")
 
+    def _start_index(self, index_from: int) -> None:
+        """Record that events from `index_from` on are indexed (a new log: all of them)."""
+        batch = WriteBatch(raw_mode=True)
+        batch.put(META_INDEX_FROM, _UNSIGNED.pack(index_from), self._meta_handle)
+        sync = WriteOptions()
+        sync.sync = True
+        self._db.write(batch, sync)
+        self._index_from = index_from
+
     def _read_meta_int(self, key: bytes, layout: struct.Struct) -> int | None:
         value = self._meta.get(key)
         return None if value is None else layout.unpack(value)[0]
@@ -163,12 +233,15 @@ class EventLog:
             return
         newest = self._check_increasing(events)
         batch = WriteBatch(raw_mode=True)
-        events_handle, zstd_handle = self._events_handle, self._events_zstd_handle
+        events_handle, zstd_handle, index_handle = self._events_handle, self._events_zstd_handle, self._index_handle
         for event in events:
-            key = encode_key(event.time_us)
+            time_us = event.time_us
+            key = encode_key(time_us)
             header = encode_header(event.kind, event.did, event.collection)
             batch.put(key, header + event.json, events_handle)
             batch.put(key, header + event.zstd, zstd_handle)
+            batch.put(encode_index_key(INDEX_TAG_COLLECTION, name_hash(event.collection), time_us), b"", index_handle)
+            batch.put(encode_index_key(INDEX_TAG_DID, name_hash(event.did), time_us), b"", index_handle)
         if relay_cursor is not None:
             batch.put(META_RELAY_CURSOR, _SIGNED.pack(relay_cursor), self._meta_handle)
         if events:
@@ -191,6 +264,9 @@ class EventLog:
     def trim_older_than(self, cutoff_time_us: int) -> None:
         """Delete every event with time_us < cutoff from both CFs and reclaim the space.
 
+        The index loses every key of the buckets wholly below the cutoff; the few keys of
+        the cutoff's own bucket (< 4.5 minutes) go with the next trim. Readers never see
+        them: read_matching_after starts at the oldest row still held.
         The high-water mark and relay cursor live in `meta` and are kept.
         """
         oldest = self.oldest_time_us()
@@ -200,12 +276,23 @@ class EventLog:
         batch = WriteBatch(raw_mode=True)
         batch.delete_range(begin, end, self._events_handle)
         batch.delete_range(begin, end, self._events_zstd_handle)
+        index_ranges = self._index_trim_ranges(cutoff_time_us)
+        for index_begin, index_end in index_ranges:
+            batch.delete_range(index_begin, index_end, self._index_handle)
         self._db.write(batch, self._write_options)
         # Range tombstones alone keep the bytes on disk until compaction reaches them; v1 never
         # compacted explicitly, so its disk use lagged its TTL.
         self._events.compact_range(begin, end)
         self._events_zstd.compact_range(begin, end)
+        for index_begin, index_end in index_ranges:
+            self._index.compact_range(index_begin, index_end)
         log.info("event=log_trimmed cutoff_time_us=%d oldest_before=%d", cutoff_time_us, oldest)
+
+    @staticmethod
+    def _index_trim_ranges(cutoff_time_us: int) -> list[tuple[bytes, bytes]]:
+        below = index_bucket(min(cutoff_time_us, MAX_TIME_US))
+        return [(encode_bucket_start(tag, 0), encode_bucket_start(tag, below))
+                for tag in (INDEX_TAG_COLLECTION, INDEX_TAG_DID)]
 
     # -- reading --------------------------------------------------------------------------------
     def relay_cursor(self) -> int | None:
@@ -258,7 +345,80 @@ class EventLog:
         # items(from_key=...) is a seeked iterator consumed lazily: decode_rows stops at `limit`.
         # (Not ReadOptions.set_iterate_lower_bound: rocksdict 0.3.29 stores it as the UPPER bound,
         # measured: lower=5 + seek_to_first yields keys 0..4.)
-        return decode_rows(column_family.items(from_key=encode_key(start)), limit)
+        rows = decode_rows(column_family.items(from_key=encode_key(start)), limit)
+        self.values_read += len(rows)
+        return rows
+
+    def index_from_time_us(self) -> int:
+        """Events with time_us >= this are in the index; below it only a scan finds them."""
+        return self._index_from
+
+    def read_matching_after(self, after_time_us: int, limit: int, compressed: bool,
+                            query: IndexQuery) -> list[LogRow] | None:
+        """Up to `limit` rows with time_us > after_time_us whose collection (or did) hash is in `query`.
+
+        A superset of what the filter behind `query` wants (hash collisions, and the other
+        dimension of the filter, are the caller's to check), in ascending order; exactly the rows
+        a full scan would pass to that filter. None when the range starts below the index
+        (a log that predates it): the caller scans instead.
+        """
+        start = max(after_time_us + 1, 0)
+        if start < self._index_from:
+            return None
+        oldest = self.oldest_time_us()
+        if limit <= 0 or start > MAX_TIME_US or oldest is None:
+            return []
+        # Index keys of the trim's partial bucket may outlive their rows: start at a row that exists.
+        start = max(start, oldest)
+        column_family = self._events_zstd if compressed else self._events
+        rows: list[LogRow] = []
+        while len(rows) < limit:
+            times = self._index_times(query, start, limit - len(rows))
+            if not times:
+                break
+            keys = [encode_key(time_us) for time_us in times]
+            found = [(key, value) for key, value in zip(keys, column_family[keys]) if value is not None]
+            rows += decode_rows(found, limit)
+            self.values_read += len(found)
+            start = times[-1] + 1
+        return rows
+
+    def _index_times(self, query: IndexQuery, start: int, limit: int) -> list[int]:
+        """The first `limit` indexed time_us >= start under the query's hashes, ascending.
+
+        Bucket by bucket (buckets are time-ordered), each of the query's names from its seek
+        position; an empty stretch of buckets costs one seek.
+        """
+        times: list[int] = []
+        iterator = self._index.iter()
+        start_key = encode_key(start)
+        bucket, last_bucket = index_bucket(start), index_bucket(self._hwm)
+        tag = query.tag
+        while bucket <= last_bucket and len(times) < limit:
+            iterator.seek(encode_bucket_start(tag, bucket))
+            if not iterator.valid():
+                break
+            key = iterator.key()
+            if key[0] != tag:
+                break
+            bucket = index_bucket(decode_index_time_us(key))  # skip empty buckets in one seek
+            found: list[int] = []
+            for hashed in query.hashes:
+                prefix = encode_index_prefix(tag, bucket, hashed)
+                iterator.seek(prefix + start_key)
+                taken = 0
+                while taken < limit and iterator.valid():
+                    key = iterator.key()
+                    if key[:INDEX_PREFIX_SIZE] != prefix:
+                        break
+                    found.append(decode_index_time_us(key))
+                    taken += 1
+                    iterator.next()
+            if found:
+                found.sort()
+                times += found[:limit - len(times)]
+            bucket += 1
+        return times
 
     # -- lifetime -------------------------------------------------------------------------------
     def close(self) -> None:
@@ -269,13 +429,13 @@ class EventLog:
         # rocksdict, so all of them are closed or dropped before the database itself. After a
         # failed WAL write (disk full) every close raises "Writer has previous error": the
         # references are dropped anyway, which is what releases the LOCK.
-        for column_family in (self._events, self._events_zstd, self._meta, self._db):
+        for column_family in (self._events, self._events_zstd, self._index, self._meta, self._db):
             try:
                 column_family.close()
             except Exception as exc:  # noqa: BLE001 - rocksdict raises bare Exception
                 log.warning("event=log_close_error path=%s error=%r", self.path, str(exc))
-        self._events = self._events_zstd = self._meta = None
-        self._events_handle = self._events_zstd_handle = self._meta_handle = None
+        self._events = self._events_zstd = self._index = self._meta = None
+        self._events_handle = self._events_zstd_handle = self._index_handle = self._meta_handle = None
         self._db = None
         log.info("event=log_closed path=%s hwm=%d relay_cursor=%s", self.path, self._hwm, self._relay_cursor)
 
