@@ -32,8 +32,7 @@ from jetstream.log.rows import (
     decode_key,
     decode_rows,
     encode_bucket_start,
-    encode_header,
-    encode_index_key,
+    encode_event_rows,
     encode_index_prefix,
     encode_key,
     index_bucket,
@@ -234,14 +233,12 @@ class EventLog:
         newest = self._check_increasing(events)
         batch = WriteBatch(raw_mode=True)
         events_handle, zstd_handle, index_handle = self._events_handle, self._events_zstd_handle, self._index_handle
-        for event in events:
-            time_us = event.time_us
-            key = encode_key(time_us)
-            header = encode_header(event.kind, event.did, event.collection)
-            batch.put(key, header + event.json, events_handle)
-            batch.put(key, header + event.zstd, zstd_handle)
-            batch.put(encode_index_key(INDEX_TAG_COLLECTION, name_hash(event.collection), time_us), b"", index_handle)
-            batch.put(encode_index_key(INDEX_TAG_DID, name_hash(event.did), time_us), b"", index_handle)
+        put = batch.put
+        for key, json_value, zstd_value, collection_key, did_key in encode_event_rows(events):
+            put(key, json_value, events_handle)
+            put(key, zstd_value, zstd_handle)
+            put(collection_key, b"", index_handle)
+            put(did_key, b"", index_handle)
         if relay_cursor is not None:
             batch.put(META_RELAY_CURSOR, _SIGNED.pack(relay_cursor), self._meta_handle)
         if events:
