@@ -1,0 +1,129 @@
+"""A #commit's ops -> v1 commit events: reference twin of `jetstream._core.commit`.
+
+Owns: v1's per-op rules (V1-REFERENCE §5.3) once the frame is decoded and its CAR read:
+which op is dropped and why (bad path, unknown action, missing cid or block, hash
+mismatch, bad record), the path split, the exact bytes of each commit event (struct
+field order and omitempty of §4.1), and Go's RFC 3339 check for the frame `time`.
+The Cython twin must give the same events and drops for every input
+(tests/ingest/test_ingest_commit_fast.py compares them); jetstream/ingest/decode.py
+explains the deliberate differences from v1.
+It must never do I/O and never raise for bad op *content*: only an op that is not a map,
+or whose action/path are not strings (v1's decoder failed there), raises FrameError.
+"""
+from __future__ import annotations
+
+import re
+
+from jetstream.events import KIND_COMMIT, PendingEvent
+from jetstream.ingest.frames import FrameError
+from jetstream._py.car import verify_block
+from jetstream._py.record_json import RecordError, cid_to_string, go_json_string, record_to_json
+
+# Go time.Parse(time.RFC3339): fraction optional ('.' or ','), zone 'Z' or ±hh:mm.
+_RFC3339 = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})"
+    r"(?:[.,][0-9]+)?(?:Z|[+-]([0-9]{2}):([0-9]{2}))",
+    re.ASCII,
+)
+_DAYS_IN_MONTH = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+# MST key (the repo path) rules v1's MST lookup enforced, '~' included (indigo 20524de).
+_MST_KEY = re.compile(r"[A-Za-z0-9_:.~-]+/[A-Za-z0-9_:.~-]+", re.ASCII)
+MST_KEY_MAX = 256
+
+
+def is_rfc3339(value: str) -> bool:
+    """Would Go's time.Parse(time.RFC3339, value) succeed?"""
+    match = _RFC3339.fullmatch(value)
+    if match is None:
+        return False
+    year, month, day, hour, minute, second, zone_hour, zone_minute = match.groups()
+    month_no, day_no = int(month), int(day)
+    if not 1 <= month_no <= 12 or day_no < 1 or day_no > _DAYS_IN_MONTH[month_no - 1]:
+        return False
+    if month_no == 2 and day_no == 29 and not _is_leap(int(year)):
+        return False
+    if int(hour) > 23 or int(minute) > 59 or int(second) > 59:
+        return False
+    # Go's general parser (the fallback of its RFC3339 fast path) allows offsets up to
+    # 24h and 60m "as some people do write" them.
+    if zone_hour is not None and (int(zone_hour) > 24 or int(zone_minute) > 60):
+        return False
+    return True
+
+
+def _is_leap(year: int) -> bool:
+    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+
+
+def is_mst_key(path: str) -> bool:
+    """v1's MST key rule for create/update paths: collection/rkey of [A-Za-z0-9_:.~-], <= 256."""
+    return len(path) <= MST_KEY_MAX and _MST_KEY.fullmatch(path) is not None
+
+
+def commit_events(repo: str, rev: str, ops: list, blocks, events: list, drops: list) -> None:
+    """Append each op's event (or (reason, detail) drop) in op order."""
+    head = b'{"did":' + go_json_string(repo) + b',"time_us":'
+    # omitempty: an empty rev would vanish from v1's output.
+    commit_prefix = b',"kind":"commit","commit":{' + (b'"rev":' + go_json_string(rev) + b"," if rev else b"")
+    for op in ops:
+        _commit_op(repo, head, commit_prefix, op, blocks, events, drops)
+
+
+def _split_path(path: str) -> tuple[str, str] | None:
+    parts = path.split("/")
+    if len(parts) < 2:
+        return None
+    return parts[0], parts[1]
+
+
+def _commit_op(repo: str, head: bytes, commit_prefix: bytes, op, blocks, events: list, drops: list) -> None:
+    if not isinstance(op, dict):
+        raise FrameError("bad_body", "type=#commit field=ops")
+    action, path = op.get("action"), op.get("path")
+    if type(action) is not str or type(path) is not str:
+        raise FrameError("bad_body", "type=#commit field=ops")
+    if action == "delete":
+        split = _split_path(path)
+        if split is None:
+            drops.append(("bad_path", f"did={repo} path={path!r}"))
+            return
+        events.append(_commit_event(repo, head, commit_prefix, b"delete", split, b""))
+        return
+    if action not in ("create", "update"):
+        drops.append(("unknown_action", f"did={repo} path={path!r} action={action!r}"))
+        return
+    if not is_mst_key(path):
+        drops.append(("bad_path", f"did={repo} path={path!r}"))
+        return
+    cid = op.get("cid")
+    if type(cid) is not bytes:
+        drops.append(("missing_cid", f"did={repo} path={path!r}"))
+        return
+    block = blocks.get(cid)
+    if block is None:
+        drops.append(("missing_block", f"did={repo} path={path!r}"))
+        return
+    if not verify_block(cid, block):
+        drops.append(("cid_mismatch", f"did={repo} path={path!r}"))
+        return
+    try:
+        record = record_to_json(block)
+    except RecordError as err:
+        drops.append(("bad_record", f"did={repo} path={path!r} reason={err.reason}"))
+        return
+    record_and_cid = b',"record":' + record + b',"cid":"' + cid_to_string(cid).encode("ascii") + b'"'
+    events.append(_commit_event(repo, head, commit_prefix, action.encode("ascii"), _split_path(path),
+                                record_and_cid))
+
+
+def _commit_event(repo: str, head: bytes, commit_prefix: bytes, operation: bytes, split: tuple[str, str],
+                  record_and_cid: bytes) -> PendingEvent:
+    collection, rkey = split
+    parts = [commit_prefix, b'"operation":"', operation, b'"']
+    if collection:  # omitempty
+        parts += [b',"collection":', go_json_string(collection)]
+    if rkey:
+        parts += [b',"rkey":', go_json_string(rkey)]
+    parts += [record_and_cid, b"}}"]
+    return PendingEvent(repo, KIND_COMMIT, collection, head, b"".join(parts))
