@@ -61,6 +61,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
 from jetstream.core import EventFilter, Position, PositionConflict, encode_frames
+from jetstream.log.store import index_query_for
 from jetstream.server import params
 
 if TYPE_CHECKING:
@@ -113,7 +114,7 @@ def initial_position(cursor: int | None, newest_time_us: int) -> int:
 
 
 def read_next_batch(start: int, ring, event_log, event_filter, compressed: bool,
-                    max_events: int, max_message_size: int) -> Batch:
+                    max_events: int, max_message_size: int, index_query=None) -> Batch:
     """The next batch after `start`, from the ring when it covers `start`, else from the log.
 
     The reader's whole decision: pure given (ring, log) contents, so tests drive it
@@ -123,14 +124,18 @@ def read_next_batch(start: int, ring, event_log, event_filter, compressed: bool,
         payloads, position = ring.read_after(start, event_filter, compressed, max_events,
                                              STEP_MAX_BYTES, max_message_size)
         return Batch(payloads, position, position == start)
-    return _read_log_batch(start, ring, event_log, event_filter, compressed, max_events, max_message_size)
+    return _read_log_batch(start, ring, event_log, event_filter, compressed, max_events, max_message_size,
+                           index_query)
 
 
 def _read_log_batch(start: int, ring, event_log, event_filter, compressed: bool,
-                    max_events: int, max_message_size: int) -> Batch:
+                    max_events: int, max_message_size: int, index_query=None) -> Batch:
     # Unfiltered, every row read is sent: read no more than the step may send.
     limit = min(LOG_CHUNK_ROWS, max_events) if event_filter.wants_all else LOG_CHUNK_ROWS
-    rows = event_log.read_after(start, limit, compressed)
+    # A narrow filter reads only the rows its log index points at (None: range predates the index).
+    rows = None if index_query is None else event_log.read_matching_after(start, limit, compressed, index_query)
+    if rows is None:
+        rows = event_log.read_after(start, limit, compressed)
     if not rows:
         # Nothing retained between the position and the ring's floor (trimmed by TTL):
         # like v1, the stream simply resumes at the oldest event still held.
@@ -240,6 +245,7 @@ class SubscriberListener(WSListener):
         self._cursor = options.cursor
         self._max_message_size = options.max_message_size_bytes
         self._event_filter = _event_filter_for(options.filters)
+        self._index_query = _index_query_for(options.filters)
         self._awaiting_hello = options.require_hello
         self._transport: WSTransport | None = None
         self._write = None  # the underlying transport's write: one call per step
@@ -337,6 +343,7 @@ class SubscriberListener(WSListener):
         # Steps run to completion on the loop thread, so replacing the filter here lands
         # exactly between two steps: the position is untouched, no event is re-read or skipped.
         self._event_filter = _event_filter_for(update.filters)
+        self._index_query = _index_query_for(update.filters)
         self._max_message_size = update.max_message_size_bytes
         self._server.options_updates += 1
         if self._awaiting_hello:
@@ -364,7 +371,7 @@ class SubscriberListener(WSListener):
         start = self._position.value
         try:
             batch = read_next_batch(start, self._server.ring, self._server.event_log, self._event_filter,
-                                    self._compressed, granted, self._max_message_size)
+                                    self._compressed, granted, self._max_message_size, self._index_query)
         except Exception:
             log.exception("event=reader_failed ip=%s position=%d", self.client_ip, start)
             self._server.count_disconnect("replay_failed")
@@ -492,6 +499,10 @@ def _step_tokens(bucket) -> int:
 
 def _event_filter_for(filters: params.SubscriberFilters) -> EventFilter:
     return EventFilter(filters.wanted_collections, filters.wanted_dids)
+
+
+def _index_query_for(filters: params.SubscriberFilters):
+    return index_query_for(filters.wanted_collections, filters.wanted_dids)
 
 
 def _lag_policy_of(server) -> LagPolicy | None:
