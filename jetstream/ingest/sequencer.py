@@ -45,9 +45,16 @@ class Sequencer:
 
     def sequence(self, pending: Sequence[PendingEvent], compressor: Compressor) -> list[Event]:
         """Assign time_us in the given order, render the JSON, compress it once."""
-        events = []
-        for event in pending:
-            time_us = self.next_time_us()
-            json = render_json(event, time_us)
-            events.append(Event(time_us, event.did, event.kind, event.collection, json, compressor.compress(json)))
+        # The ingest hot path: next_time_us and Event() inlined (per-event calls were ~0.5 µs).
+        events: list[Event] = []
+        append, compress, clock, make_event = events.append, compressor.compress, self._clock_us, tuple.__new__
+        last = self._last_time_us
+        try:
+            for event in pending:
+                now = clock()
+                last = now if now > last else last + 1
+                json = render_json(event, last)
+                append(make_event(Event, (last, event.did, event.kind, event.collection, json, compress(json))))
+        finally:
+            self._last_time_us = last  # values handed out stay used even if compress raised
         return events
