@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from bisect import bisect_left
 from datetime import datetime
 from typing import Callable
 
@@ -71,14 +72,37 @@ def relay_time_s(frame: bytes) -> float | None:
         return None
 
 
+def observe_many(histogram, amounts: list[float]) -> None:
+    """histogram.observe(a) for each amount, taking each bucket's lock once per batch.
+
+    Why: observe() per frame was ~1.3 µs of a ~20 µs frame. Uses prometheus_client's
+    Histogram internals (_upper_bounds, _buckets, _sum) when present, observe() otherwise.
+    """
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        for amount in amounts:
+            histogram.observe(amount)
+        return
+    counts: dict[int, int] = {}
+    for amount in amounts:
+        index = bisect_left(bounds, amount)  # observe(): the first bound >= amount (the last is +Inf)
+        counts[index] = counts.get(index, 0) + 1
+    total.inc(sum(amounts))
+    for index, count in counts.items():
+        buckets[index].inc(count)
+
+
 class _BatchTally:
     """Counts of one batch, published to prometheus once per batch."""
 
-    __slots__ = ("processed", "ops")
+    __slots__ = ("processed", "ops", "commit_seconds")
 
     def __init__(self) -> None:
         self.processed: dict[str, int] = {}  # frame type -> frames
         self.ops: dict[tuple[str, str], int] = {}  # (operation, collection) -> ops
+        self.commit_seconds: list[float] = []  # decode time of each #commit frame
 
 
 class IngestPipeline:
@@ -182,7 +206,7 @@ class IngestPipeline:
         batch_cursor = newest_frame = None
         tally = _BatchTally()
         for frame in frames:
-            decoded = self._decode_one(frame)
+            decoded = self._decode_one(frame, tally)
             if decoded is None:
                 continue
             seq = decoded.seq
@@ -197,7 +221,7 @@ class IngestPipeline:
         self._publish_tally(tally)
         return pending_events, batch_cursor, newest_frame
 
-    def _decode_one(self, frame: bytes) -> DecodedFrame | None:
+    def _decode_one(self, frame: bytes, tally: "_BatchTally") -> DecodedFrame | None:
         """The decoded frame, or None after counting an unusable one (its seq, if readable, is accepted)."""
         started = time.perf_counter()
         try:
@@ -208,7 +232,7 @@ class IngestPipeline:
             reason, detail = "frame_decoder_error", repr(exc)
         else:
             if decoded.frame_type == "#commit":
-                self._labels["EVENT_PROCESSING_SECONDS"].observe(time.perf_counter() - started)
+                tally.commit_seconds.append(time.perf_counter() - started)
             return decoded
         seq = readable_seq(frame)
         metrics.INGEST_DROPS.labels(reason).inc()
@@ -243,6 +267,8 @@ class IngestPipeline:
 
     def _publish_tally(self, tally: "_BatchTally") -> None:
         # Once per batch and label, not per frame: each prometheus inc() takes a lock.
+        if tally.commit_seconds:
+            observe_many(self._labels["EVENT_PROCESSING_SECONDS"], tally.commit_seconds)
         for frame_type, count in tally.processed.items():
             label = event_type_label(frame_type)
             counter = self._processed.get(label)
