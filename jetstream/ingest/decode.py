@@ -137,10 +137,11 @@ def _commit_frame(body: dict, seq: int | None, verify_all_blocks: bool) -> Decod
     repo = _require(body, "repo", str, "#commit")
     if body.get("tooBig") is True:
         return DecodedFrame(seq, "#commit", [], [("too_big", f"did={repo} seq={seq}")])
-    rev = _require(body, "rev", str, "#commit")
-    time = _require(body, "time", str, "#commit")
-    ops = _require(body, "ops", list, "#commit")
-    blocks = _require(body, "blocks", bytes, "#commit")
+    rev, time, ops, blocks = body.get("rev"), body.get("time"), body.get("ops"), body.get("blocks")
+    if type(rev) is not str or type(time) is not str or type(ops) is not list or type(blocks) is not bytes:
+        # Rare: name the first bad field, in the order v1's decoder met them.
+        for field, kind in (("rev", str), ("time", str), ("ops", list), ("blocks", bytes)):
+            _require(body, field, kind, "#commit")
     try:
         car = read_car(blocks, verify=verify_all_blocks)
         _check_commit_block(car)
