@@ -20,6 +20,7 @@ import os
 import platform
 import resource
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -50,13 +51,14 @@ from jetstream.ingest.sequencer import Sequencer  # noqa: E402
 from jetstream.log.rows import encode_key  # noqa: E402
 from jetstream.log.store import EventLog  # noqa: E402
 from jetstream.relaysim.filesource import FileSource  # noqa: E402
-from jetstream.relaysim.server import RelaySim  # noqa: E402
-from jetstream.relaysim.synthetic import SyntheticSource, prerendered  # noqa: E402
+from jetstream.relaysim.server import SUBSCRIBE_REPOS_PATH  # noqa: E402
+from jetstream.relaysim.synthetic import SyntheticSource  # noqa: E402
 from jetstream.server.app import SubscribeServer  # noqa: E402
 
 RESULTS_DIR = BENCH_DIR / "results"
 THRESHOLDS = BENCH_DIR / "thresholds.json"
 REPLAY_LOG_DIR = RESULTS_DIR / "replay-log"
+REPLAY_LOG_FORMAT = 2  # 2: written with the events_index column family (filtered replay reads it)
 RARE_COLLECTION = "bench.rare.record"
 FILTERED_COLLECTIONS = ("app.bsky.feed.post", "app.bsky.feed.like")
 CHUNK = 512  # events appended to the ring per notify, like an ingest batch
@@ -343,8 +345,9 @@ def stage_fanout(table: Table, quick: bool) -> None:
 def ensure_replay_log(count: int) -> Path:
     """A warm log of `count` synthetic events (0.1% of them RARE_COLLECTION), built once and cached."""
     marker = REPLAY_LOG_DIR / "BENCH_EVENTS.json"
-    if marker.exists() and json.loads(marker.read_text())["events"] == count:
-        return REPLAY_LOG_DIR, json.loads(marker.read_text())["rare_filter_matches"]
+    built = json.loads(marker.read_text()) if marker.exists() else {}
+    if built.get("events") == count and built.get("format") == REPLAY_LOG_FORMAT:
+        return REPLAY_LOG_DIR, built["rare_filter_matches"]
     shutil.rmtree(REPLAY_LOG_DIR, ignore_errors=True)
     started = time.perf_counter()
     pending = synthetic_pending(3000)
@@ -359,27 +362,10 @@ def ensure_replay_log(count: int) -> Path:
             rare_filter_matches += matching(events, [RARE_COLLECTION])
             for i in range(0, len(events), 2000):
                 event_log.append(events[i:i + 2000], relay_cursor=start + i)
-    marker.write_text(json.dumps({"events": count, "rare_filter_matches": rare_filter_matches}))
+    marker.write_text(json.dumps({"events": count, "format": REPLAY_LOG_FORMAT,
+                                  "rare_filter_matches": rare_filter_matches}))
     print(f"  (built replay log of {count:,} events in {time.perf_counter() - started:.0f}s: {REPLAY_LOG_DIR})")
     return REPLAY_LOG_DIR, rare_filter_matches
-
-
-class RowCountingLog:
-    """The real EventLog, counting the rows its read_* methods hand back (values read)."""
-
-    def __init__(self, event_log: EventLog) -> None:
-        self._log, self.rows_read = event_log, 0
-
-    def __getattr__(self, name):
-        attribute = getattr(self._log, name)
-        if not (name.startswith("read") and callable(attribute)):
-            return attribute
-
-        def counted(*args, **kwargs):
-            rows = attribute(*args, **kwargs)
-            self.rows_read += len(rows) if hasattr(rows, "__len__") else 0
-            return rows
-        return counted
 
 
 async def replay_once(event_log, clients: int, expect: int, query: str = "") -> tuple[float, dict]:
@@ -419,54 +405,96 @@ def stage_replay(table: Table, quick: bool) -> None:
         ten, _ = uvloop.run(replay_once(event_log, 10, per_client))
         table.add("replay", f"10 clients, {per_client:,} each (aggregate)", ten, "events/s", scan,
                   "raw RocksDB iteration", "replay_10_vs_scan")
-        counting = RowCountingLog(event_log)
-        rate, report = uvloop.run(replay_once(counting, 1, rare_filter_matches, f"&wantedCollections={RARE_COLLECTION}"))
+        values_before = event_log.values_read  # every value the log hands out, index or scan
+        rate, report = uvloop.run(replay_once(event_log, 1, rare_filter_matches, f"&wantedCollections={RARE_COLLECTION}"))
+        values_read = event_log.values_read - values_before
         table.add("replay", f"filtered 0.1% collection (+identity/account): delivered of {rare_filter_matches:,}",
                   report["received"], "events")
-        table.add("replay", "filtered 0.1% collection: rows read", counting.rows_read, "rows", count,
+        table.add("replay", "filtered 0.1% collection: values read", values_read, "values", count,
                   "full scan", "", target="far fewer than a full scan", higher_is_better=False)
         table.add("replay", "filtered 0.1% collection: delivery rate", rate, "events/s")
 
 
 # --- stage: latency ----------------------------------------------------------------------------------
 
-async def latency_run(seconds: float, events_per_s: float, subscribers: int) -> list[float]:
-    # Prerendered: live synthetic generation would cost this (the daemon's) process ~30% CPU.
-    source = prerendered(SyntheticSource(seed=2, dids=1000), 12_000)
-    sample = [len(decode_frame(source.frame(source.first_seq + i)).events) for i in range(500)]
-    relay = RelaySim(source, rate=events_per_s / (sum(sample) / len(sample)))
-    await relay.start("127.0.0.1", 0)
-    with tempfile.TemporaryDirectory() as directory:
-        cfg = parse_serve_args(["--ws-url", relay.url, "--listen-addr", "127.0.0.1:0", "--metrics-listen-addr", "",
-                                "--data-dir", directory, "--override-relay-cursor", str(source.first_seq - 1),
-                                "--max-sub-rate", "1000000"], environ={})
-        daemon = Daemon(cfg)
-        await daemon.start(connect_relay=False)
-        arrivals: list[float] = []
-        submit = daemon.relay.on_frame
+class RelaySimProcess:
+    """`jetstream relay-sim --synthetic --prerender` in its own process (frame generation off our CPU)."""
 
-        def timed_submit(frame: bytes) -> None:
-            arrivals.append(time.perf_counter())
-            submit(frame)
+    def __init__(self, frames_per_s: float, seed: int, prerender: int) -> None:
+        with socket.socket() as probe:  # a free port for the child to bind
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"ws://127.0.0.1:{self.port}{SUBSCRIBE_REPOS_PATH}"
+        args = [sys.executable, "-m", "jetstream.cli", "relay-sim", "--synthetic", "--seed", str(seed),
+                "--prerender", str(prerender), "--rate", str(frames_per_s),
+                "--listen-addr", f"127.0.0.1:{self.port}", "--log-level", "warning"]
+        self.process = subprocess.Popen(args, cwd=REPO_ROOT)
 
-        daemon.relay.on_frame = timed_submit
-        loadgen = LoadGen(f"ws://127.0.0.1:{daemon.port}/subscribe", subscribers, 10**9, timestamps=True,
-                          timeout=seconds + 60)
+    async def ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                writer.close()
+                return
+            except OSError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError("relay-sim did not start")
+                await asyncio.sleep(0.1)
+
+    def stop(self) -> None:
+        self.process.terminate()
         try:
-            await loadgen.read()
-            await wait_until(lambda: daemon.server.connected_count >= subscribers)
-            daemon.connect_relay()
-            await asyncio.sleep(seconds)
-            await asyncio.sleep(0.5)
-            await daemon.stop()
-            await relay.close()
-            loadgen.release()
-            report = await loadgen.read()
-        finally:
-            loadgen.wait()
-    # Frame i yields a known number of events, in order: event k's frame arrival time.
-    frame_of_event = [arrived for i, arrived in enumerate(arrivals)
-                      for _ in decode_frame(source.frame(source.first_seq + i)).events]
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+async def latency_run(seconds: float, events_per_s: float, subscribers: int, group_commit_ms: int) -> list[float]:
+    """Per delivered event: client receive time minus the moment its frame reached the daemon.
+
+    Three processes: relay-sim, the daemon (here), the load generator. The daemon joins the
+    relay live (no cursor), so there is no backlog burst to catch up; every subscriber is
+    connected before the first frame.
+    """
+    seed = 2
+    sample_source = SyntheticSource(seed=seed, dids=1000)
+    sample = [len(decode_frame(sample_source.frame(sample_source.first_seq + i)).events) for i in range(500)]
+    relay = RelaySimProcess(events_per_s / (sum(sample) / len(sample)), seed, prerender=12_000)
+    arrivals: list[tuple[float, bytes]] = []
+    try:
+        await relay.ready()
+        with tempfile.TemporaryDirectory() as directory:
+            cfg = parse_serve_args(["--ws-url", relay.url, "--listen-addr", "127.0.0.1:0", "--metrics-listen-addr", "",
+                                    "--data-dir", directory, "--max-sub-rate", "1000000",
+                                    "--group-commit-ms", str(group_commit_ms)], environ={})
+            daemon = Daemon(cfg)
+            await daemon.start(connect_relay=False)
+            submit = daemon.relay.on_frame
+
+            def timed_submit(frame: bytes) -> None:
+                arrivals.append((time.perf_counter(), frame))  # decoded after the run, not on the clock
+                submit(frame)
+
+            daemon.relay.on_frame = timed_submit
+            loadgen = LoadGen(f"ws://127.0.0.1:{daemon.port}/subscribe", subscribers, 10**9, timestamps=True,
+                              timeout=seconds + 60)
+            try:
+                await loadgen.read()
+                await wait_until(lambda: daemon.server.connected_count >= subscribers)
+                daemon.connect_relay()
+                await asyncio.sleep(seconds)
+                await asyncio.sleep(0.5)
+                await daemon.stop()
+                loadgen.release()
+                report = await loadgen.read()
+            finally:
+                loadgen.wait()
+    finally:
+        relay.stop()
+    # Frames yield their events in order: event k's frame arrival time.
+    frame_of_event = [arrived for arrived, frame in arrivals for _ in decode_frame(frame).events]
     latencies = []
     for stamps in report["stamps"]:
         latencies += [received - frame_of_event[k] for k, received in enumerate(stamps) if k < len(frame_of_event)]
@@ -474,15 +502,17 @@ async def latency_run(seconds: float, events_per_s: float, subscribers: int) -> 
 
 
 def stage_latency(table: Table, quick: bool) -> None:
-    latencies = sorted(uvloop.run(latency_run(2.0 if quick else 5.0, 2000, 100)))
-    if not latencies:
-        raise RuntimeError("no events delivered")
+    for group_commit_ms in (2, 0):
+        latencies = sorted(uvloop.run(latency_run(2.0 if quick else 5.0, 2000, 100, group_commit_ms)))
+        if not latencies:
+            raise RuntimeError("no events delivered")
 
-    def pct(fraction: float) -> float:
-        return latencies[min(len(latencies) - 1, int(fraction * len(latencies)))] * 1e3
-    table.add("latency", f"relay→client p50, 100 subs @ 2k ev/s (n={len(latencies):,})", pct(0.5), "ms")
-    table.add("latency", "relay→client p99", pct(0.99), "ms", target="p99 < 10 ms")
-    table.add("latency", "relay→client max", latencies[-1] * 1e3, "ms")
+        def pct(fraction: float) -> float:
+            return latencies[min(len(latencies) - 1, int(fraction * len(latencies)))] * 1e3
+        setting = f"group commit {group_commit_ms} ms" + (" (default)" if group_commit_ms == 2 else "")
+        table.add("latency", f"p50, 100 subs @ 2k ev/s, {setting} (n={len(latencies):,})", pct(0.5), "ms")
+        table.add("latency", f"p99, {setting}", pct(0.99), "ms", target="p99 < 10 ms")
+        table.add("latency", f"max, {setting}", latencies[-1] * 1e3, "ms")
 
 
 # --- stage: memory -----------------------------------------------------------------------------------
