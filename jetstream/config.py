@@ -84,7 +84,7 @@ SERVE_FLAGS: tuple[Flag, ...] = (
     Flag("listen-addr", ":6008", str, "public HTTP/websocket listen address"),
     Flag("metrics-listen-addr", ":6009", str, "Prometheus /metrics listen address"),
     Flag("data-dir", "./data", str, "directory of the RocksDB event log"),
-    Flag("event-ttl", "24h", parse_duration, "retention of logged events (Go duration)"),
+    Flag("event-ttl", "24h", parse_duration, "retention of events, in the log and the live ring (Go duration)"),
     Flag("max-sub-rate", 5000.0, float, "events per second per client IP (token bucket, burst = rate)"),
     Flag("override-relay-cursor", -1, int, "if >= 0, start the relay from this seq instead of the stored cursor"),
     Flag("liveness-ttl", "15s", parse_duration, "relay silence after which the relay connection is dropped and re-dialled (v1 exited the process instead)"),

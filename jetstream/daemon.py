@@ -116,7 +116,7 @@ class Daemon:
         if cfg.metrics_listen_addr:
             self.metrics_listener = MetricsListener(cfg.metrics_listen_addr)
         self.trimmer = TtlTrimmer(self.event_log, cfg.event_ttl,
-                                  trim_interval_s(cfg.event_ttl, cfg.ttl_trim_interval))
+                                  trim_interval_s(cfg.event_ttl, cfg.ttl_trim_interval), ring=ring)
         self._tasks = [asyncio.ensure_future(self.trimmer.run())]
         # Ready: the log is open and both listeners are bound; the relay comes after.
         self.ready = True

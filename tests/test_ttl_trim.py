@@ -1,5 +1,6 @@
 """--event-ttl: events older than the TTL leave the log (range delete), the space comes back
-(compaction), the cursor and high-water mark stay, and replay no longer returns them.
+(compaction), the cursor and high-water mark stay, they leave the live ring in the same pass,
+and replay no longer returns them from either.
 
 Real RocksDB in tmp_path; the daemon test runs a real relay-sim -> daemon -> websocket client.
 """
@@ -82,16 +83,18 @@ def test_a_failing_trim_is_counted_and_does_not_raise(tmp_path):
     assert REGISTRY.get_sample_value("jetstream_log_ttl_trims_total", {"outcome": "failed"}) == failed_before + 1
 
 
-async def test_daemon_with_a_two_second_ttl_forgets_old_events_in_log_and_replay(tmp_path, corpus_dir):
+async def test_daemon_with_a_two_second_ttl_forgets_old_events_in_log_ring_and_replay(tmp_path, corpus_dir):
     ttl_s = 2.0
+    ring_capacity = 100_000
     relay = RelaySim(FileSource(corpus_dir / "frames.bin.zst", loops=0), rate=60)
     await relay.start("127.0.0.1", 0)
     cfg = parse_serve_args([
         "--ws-url", relay.url, "--listen-addr", "127.0.0.1:0", "--metrics-listen-addr", "",
         "--data-dir", str(tmp_path / "data"), "--override-relay-cursor", str(relay.source.first_seq - 1),
         "--event-ttl", f"{ttl_s}s", "--ttl-trim-interval", "250ms",
-        # A small ring: replay of old positions must come from the log, where the TTL applies.
-        "--ring-capacity", "16", "--max-sub-rate", "100000",
+        # A ring that holds the whole run: without the trimmer dropping expired events from it,
+        # replay from cursor=1 would be served the very first event from memory.
+        "--ring-capacity", str(ring_capacity), "--max-sub-rate", "100000",
     ], environ={})
     daemon = Daemon(cfg)
     await daemon.start()
@@ -105,6 +108,9 @@ async def test_daemon_with_a_two_second_ttl_forgets_old_events_in_log_and_replay
         _, replayer = await connect(f"ws://127.0.0.1:{daemon.port}/subscribe?cursor=1")
         replayed_first = json.loads((await replayer.wait_for_count(1, timeout=10))[0])["time_us"]
         oldest_in_log = daemon.event_log.oldest_time_us()
+        ring = daemon.server.ring
+        oldest_in_ring = ring.time_us_at(0) if len(ring) else None
+        ring_floor, ring_newest = ring.floor_time_us, ring.newest_time_us
     finally:
         await daemon.stop()
         await relay.close()
@@ -112,5 +118,9 @@ async def test_daemon_with_a_two_second_ttl_forgets_old_events_in_log_and_replay
     # Anything older than ttl + one trim period (+ slack for a loaded machine) must be gone.
     bound_us = connected_at_us - int((ttl_s + 0.25 + 1.0) * 1e6)
     assert received_live > 200, "the relay kept feeding events for the whole test"
+    assert received_live < ring_capacity, "the ring never had to evict for capacity"
     assert replayed_first > first and replayed_first >= bound_us
     assert oldest_in_log is not None and oldest_in_log >= bound_us
+    assert ring_floor >= first, "the TTL pass moved the ring's floor past the first event"
+    assert oldest_in_ring is None or oldest_in_ring >= bound_us
+    assert ring_newest >= replayed_first

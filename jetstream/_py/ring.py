@@ -78,6 +78,19 @@ class LiveRing:
         self._head = self._slot(1)
         self._count -= 1
 
+    def drop_before(self, time_us: int) -> int:
+        """Evict every held event with time_us < `time_us`, oldest first; return how many.
+
+        The TTL trimmer calls this with the cutoff it just trimmed the log at. It goes through
+        the capacity-eviction path, so the floor rises exactly as if capacity had evicted the
+        same events: a reader below it reads the (already trimmed) log. O(dropped).
+        """
+        dropped = 0
+        while self._count > 0 and self._times[self._head] < time_us:
+            self._evict_oldest()
+            dropped += 1
+        return dropped
+
     def _slot(self, index: int) -> int:
         return (self._head + index) % self._capacity
 

@@ -4,6 +4,8 @@ Owns: when trimming happens and what the cutoff is. Each pass range-deletes ever
 with time_us < now - ttl (both column families) and compacts that range so the disk space
 comes back (EventLog.trim_older_than); v1 trimmed only while its liveness check passed and
 never compacted, so a stalled relay also froze its disk use, and deleted bytes lingered.
+The same pass drops the expired events from the live ring (LiveRing.drop_before), so a
+reader inside the ring is not served from memory what the log no longer holds.
 It must never touch the relay cursor or the time_us high-water mark (they live in `meta`),
 and a failed pass must never stop the daemon: it is counted, logged and retried next period.
 """
@@ -30,13 +32,14 @@ def trim_interval_s(event_ttl_s: float, configured_s: float = 0.0) -> float:
 
 
 class TtlTrimmer:
-    """Trims `event_log` to `event_ttl_s` every `interval_s` seconds while run() runs."""
+    """Trims `event_log` (and `ring`, if given) to `event_ttl_s` every `interval_s` seconds while run() runs."""
 
     def __init__(self, event_log, event_ttl_s: float, interval_s: float,
-                 clock_s: Callable[[], float] = time.time) -> None:
+                 clock_s: Callable[[], float] = time.time, ring=None) -> None:
         if event_ttl_s <= 0:
             raise ValueError(f"event ttl must be > 0, got {event_ttl_s}")
         self.event_log = event_log
+        self.ring = ring
         self.event_ttl_s = event_ttl_s
         self.interval_s = interval_s
         self.clock_s = clock_s
@@ -46,7 +49,15 @@ class TtlTrimmer:
         return int((self.clock_s() - self.event_ttl_s) * 1_000_000)
 
     def trim_once(self) -> bool:
-        """One pass; False (counted and logged) if the log refused it."""
+        """One pass over the log, then the ring; False (counted and logged) if the log refused it.
+
+        Log and ring are trimmed in one synchronous call on the event loop, so no reader step
+        runs in between: a reader the ring's new floor leaves behind reads the log from its
+        own position and gets the first event at or after the cutoff, with no gap or repeat
+        beyond the expired events. A failed pass leaves the ring alone too: the log would
+        still serve those events to a reader below the floor, so dropping them from memory
+        would only move readers to the slower path. The next pass drops both.
+        """
         cutoff = self.cutoff_time_us()
         started = time.perf_counter()
         try:
@@ -55,9 +66,11 @@ class TtlTrimmer:
             metrics.TTL_TRIMS.labels("failed").inc()
             log.error("event=ttl_trim_failed cutoff_time_us=%d error=%s", cutoff, repr(exc))  # no traceback kept
             return False
+        ring_dropped = self.ring.drop_before(cutoff) if self.ring is not None else 0
         self.passes += 1
         metrics.TTL_TRIMS.labels("ok").inc()
-        log.debug("event=ttl_trim_pass cutoff_time_us=%d duration_s=%.4f", cutoff, time.perf_counter() - started)
+        log.debug("event=ttl_trim_pass cutoff_time_us=%d ring_dropped=%d duration_s=%.4f",
+                  cutoff, ring_dropped, time.perf_counter() - started)
         return True
 
     async def run(self) -> None:

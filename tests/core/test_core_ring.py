@@ -101,6 +101,53 @@ def test_capacity_must_be_positive(twin):
         twin[0](0)
 
 
+# ---- drop_before (TTL) ---------------------------------------------------------------
+
+def test_drop_before_evicts_older_entries_and_raises_floor_like_capacity_eviction(twin):
+    ring = filled_ring(twin[0], [10, 20, 30, 40, 50], capacity=8)
+    assert ring.drop_before(35) == 3
+    assert [event.time_us for event in ring] == [40, 50]
+    assert ring.floor_time_us == 30 and ring.newest_time_us == 50
+    assert ring.covers(30) and not ring.covers(29)
+    assert ring.read_after(30, None, False, 10, 1_000) == ([ring.event_at(0).json, ring.event_at(1).json], 50)
+    with pytest.raises(LookupError):
+        ring.read_after(20, None, False, 10, 1_000)
+    assert ring.count_after(0) == 2
+
+
+def test_drop_before_keeps_an_entry_exactly_at_the_cutoff(twin):
+    ring = filled_ring(twin[0], [10, 20, 30], capacity=4)
+    assert ring.drop_before(20) == 1
+    assert [event.time_us for event in ring] == [20, 30] and ring.floor_time_us == 10
+
+
+def test_drop_before_with_nothing_older_is_a_no_op(twin):
+    ring = filled_ring(twin[0], [10, 20], capacity=4, floor_time_us=5)
+    assert ring.drop_before(10) == 0 and ring.drop_before(-1) == 0
+    assert [event.time_us for event in ring] == [10, 20] and ring.floor_time_us == 5
+    empty = twin[0](4, floor_time_us=7)
+    assert empty.drop_before(1_000) == 0
+    assert (empty.floor_time_us, empty.newest_time_us) == (7, 7), "an empty ring's floor stays put"
+
+
+def test_drop_before_everything_leaves_an_empty_ring_that_still_takes_appends(twin):
+    ring = filled_ring(twin[0], [10, 20, 30], capacity=3)
+    assert ring.drop_before(1_000) == 3
+    assert len(ring) == 0 and ring.floor_time_us == ring.newest_time_us == 30
+    assert ring.read_after(30, None, False, 10, 1_000) == ([], 30)
+    ring.append(make_event(40))
+    assert [event.time_us for event in ring] == [40] and ring.floor_time_us == 30
+
+
+def test_drop_before_on_a_wrapped_ring_then_capacity_eviction_continues(twin):
+    ring = filled_ring(twin[0], [10, 20, 30, 40, 50, 60], capacity=4)  # head has wrapped
+    assert ring.drop_before(55) == 3
+    assert [event.time_us for event in ring] == [60] and ring.floor_time_us == 50
+    for time_us in (70, 80, 90, 100):
+        ring.append(make_event(time_us))
+    assert [event.time_us for event in ring] == [70, 80, 90, 100] and ring.floor_time_us == 60
+
+
 # ---- read_after ----------------------------------------------------------------------
 
 def test_read_after_below_floor_raises_lookup_error(twin):
@@ -257,14 +304,45 @@ def test_draining_from_any_covered_position_yields_the_model_list(
     assert delivered == model_payloads(events, start, wanted, dids, compressed, max_message_size)
 
 
+@settings(max_examples=150, deadline=None)
+@given(
+    times_gaps=st.lists(st.integers(1, 3), max_size=40),
+    capacity=st.integers(1, 12),
+    cutoffs=st.lists(st.integers(-2, 130), max_size=4),
+)
+def test_drop_before_keeps_exactly_the_entries_at_or_after_the_cutoff_and_twins_agree(times_gaps, capacity, cutoffs):
+    """Model: the ring holds the last `capacity` appended time_us at or above every cutoff so far;
+    the floor is the newest time_us that left it (or the initial floor)."""
+    twins = [TWINS[name][0] for name in sorted(TWINS) if TWINS[name][0] is not None]
+    rings = [LiveRing(capacity) for LiveRing in twins]
+    times = list(accumulate(times_gaps))
+    held, floor = [], 0
+    for index, time_us in enumerate(times):
+        for ring in rings:
+            ring.append(make_event(time_us))
+        held.append(time_us)
+        if len(held) > capacity:
+            floor = held.pop(0)
+        if cutoffs and index % 10 == 9:  # a trim now and then, between appends
+            cutoff = cutoffs.pop(0)
+            gone = [t for t in held if t < cutoff]
+            held, floor = held[len(gone):], (gone[-1] if gone else floor)
+            assert [ring.drop_before(cutoff) for ring in rings] == [len(gone)] * len(rings)
+    for ring in rings:
+        assert [event.time_us for event in ring] == held
+        assert ring.floor_time_us == floor and ring.newest_time_us == (times[-1] if times else 0)
+        assert ring.covers(floor) and not ring.covers(floor - 1)
+
+
 operation = st.one_of(
     st.tuples(st.just("append"), st.lists(event_spec, min_size=1, max_size=8)),
     st.tuples(st.just("read"), st.integers(1, 4), st.integers(1, 40)),
+    st.tuples(st.just("trim"), st.integers(0, 30)),  # TTL: drop all but the newest N time_us
 )
 
 
 class ModelLog:
-    """Stands in for the RocksDB log: every event ever appended, read in time_us order."""
+    """Stands in for the RocksDB log: every event appended and not yet trimmed, in time_us order."""
 
     def __init__(self):
         self.events: list[Event] = []
@@ -273,6 +351,9 @@ class ModelLog:
         chunk = [event for event in self.events if event.time_us > after][:max_events]
         payloads = model_payloads(chunk, after, wanted, dids, compressed, 0)
         return payloads, (chunk[-1].time_us if chunk else after)
+
+    def trim_older_than(self, cutoff):
+        self.events = [event for event in self.events if event.time_us >= cutoff]
 
 
 @settings(max_examples=150, deadline=None)
@@ -284,15 +365,22 @@ class ModelLog:
     dids=dids_strategy,
     compressed=st.booleans(),
 )
-def test_reader_interleaved_with_appends_delivers_each_wanted_event_once_in_order_and_twins_agree(
+def test_reader_interleaved_with_appends_and_trims_delivers_each_wanted_event_once_in_order_and_twins_agree(
     operations, capacity, scan_limit, wanted, dids, compressed
 ):
-    """DESIGN §4 loop, Cython and _py in lockstep: ring when it covers, else log; CAS advance."""
+    """DESIGN §4 loop, Cython and _py in lockstep: ring when it covers, else log; CAS advance.
+
+    A trim is the TTL trimmer's pass: log first, then ring.drop_before at the same cutoff.
+    Events it removes before the reader reached them are legitimately gone; every other
+    wanted event is delivered exactly once, in order.
+    """
     twins = [TWINS[name] for name in sorted(TWINS) if TWINS[name][0] is not None]
     rings = [LiveRing(capacity, scan_limit=scan_limit) for LiveRing, _, _ in twins]
     filters = [EventFilter(wanted, dids) for _, EventFilter, _ in twins]
     positions = [Position(0) for _, _, Position in twins]
     log, delivered, next_time_us = ModelLog(), [], 1
+    appended: list[Event] = []
+    expired_unread: set[int] = set()  # time_us trimmed while still ahead of the reader
 
     def step(max_events, max_bytes):
         results = []
@@ -302,23 +390,36 @@ def test_reader_interleaved_with_appends_delivers_each_wanted_event_once_in_orde
                 payloads, new = ring.read_after(start, event_filter, compressed, max_events, max_bytes)
             else:  # fell behind the ring: read the next chunk from the log instead
                 payloads, new = log.read_after(start, wanted, dids, compressed, max_events)
+                if new == start:  # the log holds nothing after start (trimmed): resume at the floor
+                    new = ring.floor_time_us
             position.advance(start, new)
             results.append((payloads, new))
         assert all(result == results[0] for result in results[1:])
         delivered.extend(results[0][0])
 
+    def trim(cutoff):
+        expired_unread.update(e.time_us for e in log.events if positions[0].value < e.time_us < cutoff)
+        log.trim_older_than(cutoff)
+        dropped = [ring.drop_before(cutoff) for ring in rings]
+        assert all(count == dropped[0] for count in dropped)
+        assert all(ring.floor_time_us == rings[0].floor_time_us for ring in rings)
+
     for op in operations:
         if op[0] == "append":
             for event in build_events(op[1], next_time_us):
                 log.events.append(event)
+                appended.append(event)
                 for ring in rings:
                     ring.append(event)
                 next_time_us = event.time_us + 1
+        elif op[0] == "trim":
+            trim(next_time_us - op[1])
         else:
             step(op[1], op[2])
     while positions[0].value < next_time_us - 1:
         step(3, 40)
-    assert delivered == model_payloads(log.events, 0, wanted, dids, compressed, 0)
+    kept = [event for event in appended if event.time_us not in expired_unread]
+    assert delivered == model_payloads(kept, 0, wanted, dids, compressed, 0)
 
 
 # ---- real events from the corpus -----------------------------------------------------

@@ -4,8 +4,9 @@ The model is a sorted list of the events appended so far and the filter in force
 expected stream is computed here with the test's own matcher (not the project's filter),
 from the positions the reader reports. Hypothesis interleaves appends (a burst of appends
 between reads is a slow drain: the small ring evicts and the reader must fall back to the
-real RocksDB log), reads with random budgets, and options updates (filter and
-maxMessageSizeBytes). Both core twins run: Cython ring+filter and the _py ones.
+real RocksDB log), reads with random budgets, options updates (filter and
+maxMessageSizeBytes), and TTL trim passes (log, then ring, at one cutoff: the expired events
+leave the model too). Both core twins run: Cython ring+filter and the _py ones.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from jetstream._py.filter import EventFilter as PyEventFilter
 from jetstream._py.ring import LiveRing as PyLiveRing
 from jetstream.events import KIND_COMMIT, KIND_IDENTITY, Event
 from jetstream.log.store import EventLog
+from jetstream.log.ttl import TtlTrimmer
 from jetstream.server.subscriber import read_next_batch
 
 pytestmark = pytest.mark.timeout(120)
@@ -53,6 +55,7 @@ operations = st.lists(
         st.tuples(st.just("append"), st.integers(1, 40)),
         st.tuples(st.just("read"), st.integers(1, 600)),
         st.tuples(st.just("update"), filter_specs, st.sampled_from((0, 0, 40))),
+        st.tuples(st.just("trim"), st.integers(0, 50)),  # TTL pass keeping about the newest N events
     ),
     max_size=40,
 )
@@ -77,6 +80,18 @@ class Model:
         for event in batch:
             self.ring.append(event)
         self.events.extend(batch)
+
+    def trim(self, keep: int) -> None:
+        """One TtlTrimmer pass whose cutoff leaves about the newest `keep` events (the clock
+        is a float, so the cutoff is read back from the trimmer rather than assumed)."""
+        if not self.events:
+            return
+        cutoff_us = self.events[-keep].time_us if 0 < keep <= len(self.events) else self.events[-1].time_us + 1
+        trimmer = TtlTrimmer(self.event_log, 1.0, 1.0, clock_s=lambda: cutoff_us / 1e6 + 1.0, ring=self.ring)
+        cutoff_us = trimmer.cutoff_time_us()
+        assert trimmer.trim_once()
+        self.events = [event for event in self.events if event.time_us >= cutoff_us]
+        assert all(event.time_us >= cutoff_us for event in self.ring)
 
     def expected(self, after: int, up_to: int, spec, max_size: int, compressed: bool) -> list[bytes]:
         payloads = []
@@ -125,7 +140,7 @@ def test_reader_delivers_exactly_the_models_filtered_events(shared_log, twin, op
         nonlocal position
         batch = read_next_batch(position, model.ring, event_log, event_filter, compressed, max_events, max_size)
         assert len(batch.payloads) <= max_events
-        newest = model.events[-1].time_us if model.events else base
+        newest = model.ring.newest_time_us  # kept through trims, like the log's high-water mark
         assert position <= batch.position <= newest, "the position never moves back or past the newest event"
         assert batch.caught_up == (batch.position == newest and position == newest)
         expected.extend(model.expected(position, batch.position, spec, max_size, compressed))
@@ -138,6 +153,8 @@ def test_reader_delivers_exactly_the_models_filtered_events(shared_log, twin, op
             model.append(op[1], rng)
         elif op[0] == "read":
             step(op[1])
+        elif op[0] == "trim":
+            model.trim(op[1])
         else:  # options_update: lands between two steps, position untouched
             spec, max_size = op[1], op[2]
             event_filter = filter_class(spec[0], spec[1])
@@ -147,4 +164,4 @@ def test_reader_delivers_exactly_the_models_filtered_events(shared_log, twin, op
     else:
         pytest.fail("reader never caught up")
     assert delivered == expected
-    assert position == (model.events[-1].time_us if model.events else base)
+    assert position == model.ring.newest_time_us
