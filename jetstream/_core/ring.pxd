@@ -1,5 +1,6 @@
 """C-level surface of ring.pyx: the live ring shared by all readers."""
 cimport cython
+from cpython.object cimport PyObject
 from libc.stdint cimport int64_t, uint64_t
 
 
@@ -16,11 +17,20 @@ cdef class LiveRing:
     cdef int64_t* _times
     cdef uint64_t* _did_ids
     cdef uint64_t* _collection_ids
-    cdef list _events       # Event per slot (None when empty); payloads are read from it
+    # The event's fields per slot, as owned references (NULL when empty). Not Event tuples:
+    # tuples are GC-tracked, and a full ring of them made each full collection ~60 ms.
+    # str and bytes are never tracked, and C arrays are invisible to the collector.
+    cdef int* _kinds
+    cdef PyObject** _dids
+    cdef PyObject** _collections
+    cdef PyObject** _jsons
+    cdef PyObject** _zstds
     cdef dict _collection_id_cache
 
     cdef inline Py_ssize_t _slot(self, Py_ssize_t index) noexcept nogil
     cdef Py_ssize_t first_index_after(self, int64_t after_time_us) noexcept nogil
     cdef uint64_t _intern_collection(self, str collection) except? 0
     cdef void _evict_oldest(self) noexcept
+    cdef void _clear_slot(self, Py_ssize_t slot) noexcept
+    cdef object _event_in(self, Py_ssize_t slot)
     cdef Py_ssize_t _checked_index(self, Py_ssize_t index) except -1

@@ -11,17 +11,21 @@ It must never block, never copy or re-encode payloads (the same bytes objects go
 subscriber), and never scan more than `scan_limit` entries in one call, so one reader
 cannot stall the event loop however sparse its filter.
 """
-from cpython.bytes cimport PyBytes_Check, PyBytes_GET_SIZE
-from cpython.list cimport PyList_GET_ITEM
-from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.bytes cimport PyBytes_CheckExact, PyBytes_GET_SIZE
+from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
+from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF
 from cpython.tuple cimport PyTuple_Check, PyTuple_GET_ITEM, PyTuple_GET_SIZE
+from cpython.unicode cimport PyUnicode_CheckExact
 from libc.stdint cimport int64_t, uint64_t
+
+from jetstream.events import Event
 
 from jetstream._core.filter cimport MATCH_NO, MATCH_UNKNOWN, EventFilter, collection_id, did_id
 
 DEFAULT_SCAN_LIMIT = 65_536  # same bound as the _py twin
 cdef Py_ssize_t _DID_FIELD = 1
+cdef Py_ssize_t _KIND_FIELD = 2
 cdef Py_ssize_t _COLLECTION_FIELD = 3
 cdef Py_ssize_t _JSON_FIELD = 4
 cdef Py_ssize_t _ZSTD_FIELD = 5
@@ -44,18 +48,33 @@ cdef class LiveRing:
         self._count = 0
         self._floor_time_us = floor_time_us
         self._newest_time_us = floor_time_us
-        self._events = [None] * capacity
         self._collection_id_cache = {}
         self._times = <int64_t*>PyMem_Malloc(capacity * sizeof(int64_t))
         self._did_ids = <uint64_t*>PyMem_Malloc(capacity * sizeof(uint64_t))
         self._collection_ids = <uint64_t*>PyMem_Malloc(capacity * sizeof(uint64_t))
-        if self._times == NULL or self._did_ids == NULL or self._collection_ids == NULL:
+        self._kinds = <int*>PyMem_Malloc(capacity * sizeof(int))
+        # zeroed: NULL marks an empty slot, and __dealloc__ may run on a half-built ring
+        self._dids = <PyObject**>PyMem_Calloc(capacity, sizeof(PyObject*))
+        self._collections = <PyObject**>PyMem_Calloc(capacity, sizeof(PyObject*))
+        self._jsons = <PyObject**>PyMem_Calloc(capacity, sizeof(PyObject*))
+        self._zstds = <PyObject**>PyMem_Calloc(capacity, sizeof(PyObject*))
+        if (self._times == NULL or self._did_ids == NULL or self._collection_ids == NULL or self._kinds == NULL
+                or self._dids == NULL or self._collections == NULL or self._jsons == NULL or self._zstds == NULL):
             raise MemoryError()
 
     def __dealloc__(self):
+        cdef Py_ssize_t index
+        if self._dids != NULL and self._collections != NULL and self._jsons != NULL and self._zstds != NULL:
+            for index in range(self._count):
+                self._clear_slot(self._slot(index))
         PyMem_Free(self._times)
         PyMem_Free(self._did_ids)
         PyMem_Free(self._collection_ids)
+        PyMem_Free(self._kinds)
+        PyMem_Free(self._dids)
+        PyMem_Free(self._collections)
+        PyMem_Free(self._jsons)
+        PyMem_Free(self._zstds)
 
     @property
     def capacity(self):
@@ -92,17 +111,29 @@ cdef class LiveRing:
         cdef int64_t time_us = <object>PyTuple_GET_ITEM(event, 0)
         if time_us <= self._newest_time_us:
             raise ValueError(f"time_us {time_us} is not above the newest {self._newest_time_us}")
-        # read_after reads payload sizes with PyBytes_GET_SIZE: the types must be checked here.
-        if not PyBytes_Check(<object>PyTuple_GET_ITEM(event, _JSON_FIELD)) or not PyBytes_Check(
-            <object>PyTuple_GET_ITEM(event, _ZSTD_FIELD)
-        ):
+        # Exact bytes and str: read_after reads sizes with PyBytes_GET_SIZE, and the ring's
+        # references are invisible to the GC, which is only safe for objects without cycles.
+        json, zstd = <object>PyTuple_GET_ITEM(event, _JSON_FIELD), <object>PyTuple_GET_ITEM(event, _ZSTD_FIELD)
+        if not PyBytes_CheckExact(json) or not PyBytes_CheckExact(zstd):
             raise TypeError("event json and zstd payloads must be bytes")
-        cdef uint64_t did_key = did_id(<object>PyTuple_GET_ITEM(event, _DID_FIELD))
-        cdef uint64_t collection_key = self._intern_collection(<object>PyTuple_GET_ITEM(event, _COLLECTION_FIELD))
+        did, collection = <object>PyTuple_GET_ITEM(event, _DID_FIELD), <object>PyTuple_GET_ITEM(event, _COLLECTION_FIELD)
+        if not PyUnicode_CheckExact(did) or not PyUnicode_CheckExact(collection):
+            raise TypeError("event did and collection must be str")
+        cdef int kind = <object>PyTuple_GET_ITEM(event, _KIND_FIELD)
+        cdef uint64_t did_key = did_id(did)
+        cdef uint64_t collection_key = self._intern_collection(collection)
         if self._count == self._capacity:
             self._evict_oldest()
         cdef Py_ssize_t slot = self._slot(self._count)
-        self._events[slot] = event
+        Py_INCREF(did)
+        Py_INCREF(collection)
+        Py_INCREF(json)
+        Py_INCREF(zstd)
+        self._dids[slot] = <PyObject*>did
+        self._collections[slot] = <PyObject*>collection
+        self._jsons[slot] = <PyObject*>json
+        self._zstds[slot] = <PyObject*>zstd
+        self._kinds[slot] = kind
         self._times[slot] = time_us
         self._did_ids[slot] = did_key
         self._collection_ids[slot] = collection_key
@@ -121,9 +152,21 @@ cdef class LiveRing:
 
     cdef void _evict_oldest(self) noexcept:
         self._floor_time_us = self._times[self._head]
-        self._events[self._head] = None
+        self._clear_slot(self._head)
         self._head = self._slot(1)
         self._count -= 1
+
+    cdef void _clear_slot(self, Py_ssize_t slot) noexcept:
+        Py_XDECREF(self._dids[slot])
+        Py_XDECREF(self._collections[slot])
+        Py_XDECREF(self._jsons[slot])
+        Py_XDECREF(self._zstds[slot])
+        self._dids[slot] = self._collections[slot] = self._jsons[slot] = self._zstds[slot] = NULL
+
+    cdef object _event_in(self, Py_ssize_t slot):
+        """The Event held in `slot`, rebuilt from its fields (the same str and bytes objects)."""
+        return Event(self._times[slot], <object>self._dids[slot], self._kinds[slot],
+                     <object>self._collections[slot], <object>self._jsons[slot], <object>self._zstds[slot])
 
     def drop_before(self, int64_t time_us):
         """Evict every held event with time_us < `time_us`, oldest first; return how many.
@@ -143,7 +186,7 @@ cdef class LiveRing:
         return self._times[self._slot(self._checked_index(index))]
 
     def event_at(self, Py_ssize_t index):
-        return self._events[self._slot(self._checked_index(index))]
+        return self._event_in(self._slot(self._checked_index(index)))
 
     cdef Py_ssize_t _checked_index(self, Py_ssize_t index) except -1:
         if not 0 <= index < self._count:
@@ -151,7 +194,7 @@ cdef class LiveRing:
         return index
 
     def __iter__(self):
-        return iter([self._events[self._slot(i)] for i in range(self._count)])
+        return iter([self._event_in(self._slot(i)) for i in range(self._count)])
 
     cdef Py_ssize_t first_index_after(self, int64_t after_time_us) noexcept nogil:
         """Index of the oldest held event with time_us > after_time_us (count if none)."""
@@ -189,13 +232,12 @@ cdef class LiveRing:
             raise ValueError(f"max_events and max_bytes must be >= 1, got {max_events}, {max_bytes}")
         if event_filter is not None and event_filter.wants_all:
             event_filter = None
-        cdef Py_ssize_t field = _ZSTD_FIELD if compressed else _JSON_FIELD
+        cdef PyObject** payload_column = self._zstds if compressed else self._jsons
         cdef list payloads = []
         cdef Py_ssize_t collected = 0, collected_bytes = 0, size, slot, index
         cdef int64_t position = after_time_us
         cdef Py_ssize_t start = self.first_index_after(after_time_us)
         cdef Py_ssize_t stop = min(self._count, start + self._scan_limit)
-        cdef PyObject* event
         cdef PyObject* payload
         cdef int verdict
         for index in range(start, stop):
@@ -204,15 +246,11 @@ cdef class LiveRing:
             if event_filter is not None:
                 verdict = event_filter.match_ids(self._did_ids[slot], self._collection_ids[slot])
                 if verdict == MATCH_UNKNOWN:  # first sight of this collection by this filter
-                    event = PyList_GET_ITEM(self._events, slot)
-                    verdict = event_filter.learn_collection(
-                        self._collection_ids[slot], <str>PyTuple_GET_ITEM(<object>event, _COLLECTION_FIELD)
-                    )
+                    verdict = event_filter.learn_collection(self._collection_ids[slot], <str>self._collections[slot])
                 if verdict == MATCH_NO:
                     continue
-            # the event tuple is touched only now, for events this reader may send
-            event = PyList_GET_ITEM(self._events, slot)
-            payload = PyTuple_GET_ITEM(<object>event, field)
+            # a payload object is touched only now, for events this reader may send
+            payload = payload_column[slot]
             size = PyBytes_GET_SIZE(<object>payload)
             if 0 < max_message_size < size:
                 continue

@@ -468,3 +468,52 @@ def test_constructors_accept_the_documented_keywords(twin):
     event_filter = EventFilter(wanted_collections=["app.*"], wanted_dids=["did:plc:aaaa"])
     assert event_filter.matches("did:plc:aaaa", "app.x") and not event_filter.matches("did:plc:bbbb", "app.x")
     assert Position(time_us=5).value == 5
+
+
+# --- Cython ring: what it holds is invisible to the garbage collector --------------------------
+
+def _fresh_event(time_us: int) -> Event:
+    # fresh objects per event (not interned constants), like the sequencer produces
+    return Event(time_us, f"did:plc:{time_us:024d}", KIND_COMMIT, "app.bsky.feed.like",
+                 b'{"time_us":%d}' % time_us, b"zstd-%d" % time_us)
+
+
+@pytest.mark.skipif(cy_ring is None, reason="Cython core not built")
+def test_cython_ring_adds_no_gc_tracked_objects_per_event():
+    """A full ring of Event tuples made every full collection walk them (~60 ms at 200k)."""
+    import gc
+    ring = cy_ring.LiveRing(20_000)
+    gc.collect()
+    tracked_before = len(gc.get_objects())
+    for time_us in range(1, 20_001):
+        ring.append(_fresh_event(time_us))
+    gc.collect()
+    assert len(gc.get_objects()) - tracked_before < 100
+    assert ring.event_at(0) == _fresh_event(1)  # the fields are all still there
+
+
+@pytest.mark.skipif(cy_ring is None, reason="Cython core not built")
+def test_cython_ring_releases_payloads_on_eviction_drop_and_dealloc():
+    import sys
+    ring = cy_ring.LiveRing(2)
+    events = [_fresh_event(time_us) for time_us in (1, 2, 3, 4)]
+    baseline = [sys.getrefcount(event.json) for event in events]
+    for event in events[:3]:
+        ring.append(event)  # the third evicts the first
+    held = [sys.getrefcount(event.json) - before for event, before in zip(events, baseline)]
+    assert held == [0, 1, 1, 0]
+    ring.drop_before(3)
+    assert [sys.getrefcount(event.json) - before for event, before in zip(events, baseline)] == [0, 0, 1, 0]
+    del ring
+    assert [sys.getrefcount(event.json) for event in events] == baseline
+
+
+@pytest.mark.skipif(cy_ring is None, reason="Cython core not built")
+@pytest.mark.parametrize("bad", [
+    _fresh_event(1)._replace(json=bytearray(b"{}")),
+    _fresh_event(1)._replace(did=None),
+    _fresh_event(1)._replace(collection=type("NSID", (str,), {})("app.bsky.feed.like")),
+])
+def test_cython_ring_refuses_fields_it_could_not_hold_untracked(bad):
+    with pytest.raises(TypeError):
+        cy_ring.LiveRing(4).append(bad)
