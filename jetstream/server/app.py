@@ -71,7 +71,8 @@ class SubscribeServer:
                  max_conns_per_ip: int = 0, trust_proxy_headers: bool = False,
                  max_client_message_bytes: int = MAX_CLIENT_MESSAGE_BYTES,
                  ping_interval_s: float = PING_INTERVAL_S, pong_timeout_s: float = PONG_TIMEOUT_S,
-                 hello_timeout_s: float = HELLO_TIMEOUT_S, zstd_dictionary: bytes = b"",
+                 hello_timeout_s: float = HELLO_TIMEOUT_S, handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
+                 zstd_dictionary: bytes = b"",
                  zstd_dictionary_id: int = 0, health: Callable[[], tuple[bool, dict]] | None = None,
                  clock_us=_now_us) -> None:
         self.event_log = event_log
@@ -81,6 +82,7 @@ class SubscribeServer:
         self.trust_proxy_headers = trust_proxy_headers
         self.max_client_message_bytes = max_client_message_bytes
         self.hello_timeout_s = hello_timeout_s
+        self.handshake_timeout_s = handshake_timeout_s
         self._ping_interval_s = ping_interval_s
         # picows requires the pong wait to fit inside the ping interval.
         self._pong_timeout_s = min(pong_timeout_s, ping_interval_s) if ping_interval_s > 0 else pong_timeout_s
@@ -129,7 +131,7 @@ class SubscribeServer:
         protocol = _PeerAwareProtocol(
             None, None, False, route, _resolve_logger("server.subscribe", "server"),
             True,  # disconnect_on_exception
-            HANDSHAKE_TIMEOUT_S,
+            self.handshake_timeout_s,
             ping, self._ping_interval_s if ping else 20, self._pong_timeout_s if ping else 20,
             WSAutoPingStrategy.PING_WHEN_IDLE,
             True,  # enable_auto_pong: answer client pings like gorilla's default handler

@@ -21,6 +21,7 @@ from jetstream.compression import EventCompressor
 from jetstream.core import LiveRing
 from jetstream.events import KIND_ACCOUNT, KIND_COMMIT, KIND_IDENTITY, Event
 from jetstream.log.store import EventLog
+from jetstream.config import parse_serve_args
 from jetstream.server import app as server_app
 from jetstream.server.app import SubscribeServer
 from wsclient import connect
@@ -210,6 +211,19 @@ async def test_half_open_and_slowloris_handshakes_are_closed_by_the_handshake_ti
         # Both get a bare TCP close (no HTTP answer) once the 5 s handshake timeout passes.
         assert slow_answer == b"" and half_open_answer == b""
         assert 4.0 < slow_closed_after < 20 and 4.0 < half_open_closed_after < 20
+        await served.witness_saw_everything()
+
+
+async def test_handshake_timeout_flag_sets_how_long_a_half_open_connection_may_wait(tmp_path, expected_v1_lines):
+    cfg = parse_serve_args(["--handshake-timeout", "1s"], environ={})
+    assert cfg.handshake_timeout == 1.0
+    async with Witnessed(tmp_path, expected_v1_lines, handshake_timeout_s=cfg.handshake_timeout) as served:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        answer = await raw_request(served.server.port, b"GET /subscribe HTTP/1.1\r\n", read_timeout=30)
+        closed_after = loop.time() - started
+        assert answer == b"" and 0.8 < closed_after < 4.0  # the default (5 s) would take longer
+        served.publish(3)
         await served.witness_saw_everything()
 
 
