@@ -22,12 +22,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from synthetic_expected import expected_lines
 
-from jetstream.events import render_json
-from jetstream.ingest.decode import decode_frame
 from jetstream.log.store import EventLog
 from jetstream.relaysim.server import SUBSCRIBE_REPOS_PATH
-from jetstream.relaysim.synthetic import SyntheticSource
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -82,14 +80,6 @@ def stored_cursor(data_dir: Path) -> int | None:
         return event_log.relay_cursor()
 
 
-def expected_lines(up_to_seq: int) -> list[bytes]:
-    """Every event the relay's frames 1..up_to_seq yield, time_us zeroed, in relay order."""
-    source = SyntheticSource(seed=SEED, dids=DIDS)
-    lines = []
-    for seq in range(source.first_seq, up_to_seq + 1):
-        lines += [render_json(pending, 0) for pending in decode_frame(source.frame(seq)).events]
-    return lines
-
 
 def test_kill9_at_random_moments_loses_and_duplicates_nothing(tmp_path):
     rng = random.Random()
@@ -134,6 +124,6 @@ def test_kill9_at_random_moments_loses_and_duplicates_nothing(tmp_path):
     assert times == sorted(set(times)), "time_us strictly increases across restarts"
     assert all(int(TIME_US.search(row.payload).group(1)) == row.time_us for row in rows)
     got = [TIME_US.sub(b'"time_us":0', row.payload, count=1) for row in rows]
-    expected = expected_lines(final_cursor)
+    expected = expected_lines(SEED, DIDS, final_cursor)
     assert len(got) == len(expected)
     assert got == expected, "every op of every frame up to the cursor, exactly once, in relay order"

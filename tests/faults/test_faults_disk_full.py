@@ -20,10 +20,9 @@ from prometheus_client import REGISTRY
 
 from jetstream.config import parse_serve_args
 from jetstream.daemon import Daemon
-from jetstream.events import render_json
-from jetstream.ingest.decode import decode_frame
 from jetstream.relaysim.server import RelaySim
 from jetstream.relaysim.synthetic import SyntheticSource
+from synthetic_expected import expected_lines
 from wsclient import connect
 
 pytestmark = pytest.mark.timeout(120)
@@ -45,13 +44,6 @@ def small_disk(tmp_path):
     finally:
         subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
 
-
-def expected_lines(up_to_seq: int) -> list[bytes]:
-    source = SyntheticSource(seed=SEED, dids=DIDS)
-    lines = []
-    for seq in range(source.first_seq, up_to_seq + 1):
-        lines += [render_json(pending, 0) for pending in decode_frame(source.frame(seq)).events]
-    return lines
 
 
 def metric(name: str) -> float:
@@ -124,7 +116,7 @@ async def test_disk_full_pauses_ingest_keeps_serving_and_resumes_from_the_durabl
         await daemon.stop()
         await relay.close()
     got = [TIME_US.sub(b'"time_us":0', row.payload, count=1) for row in rows]
-    expected = expected_lines(final_cursor)
+    expected = expected_lines(SEED, DIDS, final_cursor)
     print(f"disk_full: paused at cursor {paused_cursor}, final cursor {final_cursor}, events {len(got)}")
     assert len(got) == len(expected)
     assert got == expected, "every op of every frame up to the cursor, exactly once, in relay order"

@@ -23,13 +23,11 @@ import time
 from pathlib import Path
 
 import pytest
+from synthetic_expected import expected_lines
 from picows import WSListener, WSMsgType, ws_connect
 
-from jetstream.events import render_json
-from jetstream.ingest.decode import decode_frame
 from jetstream.log.store import EventLog
 from jetstream.relaysim.server import SUBSCRIBE_REPOS_PATH
-from jetstream.relaysim.synthetic import SyntheticSource
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -121,13 +119,6 @@ class ReconnectingClient:
         await asyncio.gather(self._task, return_exceptions=True)
 
 
-def expected_lines(up_to_seq: int) -> list[bytes]:
-    source = SyntheticSource(seed=SEED, dids=DIDS)
-    lines = []
-    for seq in range(source.first_seq, up_to_seq + 1):
-        lines += [render_json(pending, 0) for pending in decode_frame(source.frame(seq)).events]
-    return lines
-
 
 def matches(payload: bytes, wanted_collection: str | None) -> bool:
     if wanted_collection is None or b'"kind":"commit"' not in payload[:120]:
@@ -188,7 +179,7 @@ async def test_kill9_under_ingest_replay_and_live_load_loses_and_duplicates_noth
           f"client_events={[len(c.received) for c in clients]} connections={[c.connections for c in clients]}")
     assert final_cursor > ROUNDS * 100, "the daemon made real progress"
     got = [TIME_US.sub(b'"time_us":0', row.payload, count=1) for row in rows]
-    assert got == expected_lines(final_cursor), "every op of every frame up to the cursor, exactly once, in order"
+    assert got == expected_lines(SEED, DIDS, final_cursor), "every op of every frame up to the cursor, exactly once, in order"
     for client in clients:
         assert client.connections >= ROUNDS // 2, "the client really lived through the crashes"
         assert client.received, "the client received events"

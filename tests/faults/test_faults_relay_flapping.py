@@ -18,11 +18,10 @@ import pytest
 
 from jetstream.config import parse_serve_args
 from jetstream.daemon import Daemon
-from jetstream.events import render_json
-from jetstream.ingest.decode import decode_frame
 from jetstream.relaysim.faults import Faults
 from jetstream.relaysim.server import RelaySim
 from jetstream.relaysim.synthetic import SyntheticSource
+from synthetic_expected import expected_lines
 from wsclient import connect
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
@@ -41,13 +40,6 @@ def rss_bytes() -> int:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
-
-def expected_lines(up_to_seq: int) -> list[bytes]:
-    source = SyntheticSource(seed=SEED, dids=DIDS)
-    lines = []
-    for seq in range(source.first_seq, up_to_seq + 1):
-        lines += [render_json(pending, 0) for pending in decode_frame(source.frame(seq)).events]
-    return lines
 
 
 async def test_relay_flapping_for_30s_leaks_nothing_and_duplicates_nothing(tmp_path):
@@ -89,6 +81,6 @@ async def test_relay_flapping_for_30s_leaks_nothing_and_duplicates_nothing(tmp_p
     assert max(s[2] for s in warm) <= 10, "no task piles up per reconnect"
     assert warm[-1][3] - warm[0][3] < 96 << 20, "RSS stays bounded (memtable and ring growth included)"
     got = [TIME_US.sub(b'"time_us":0', row.payload, count=1) for row in rows]
-    expected = expected_lines(final_cursor)
+    expected = expected_lines(SEED, DIDS, final_cursor)
     assert len(got) == len(expected)
     assert got == expected, "every op of every frame up to the cursor, exactly once, in relay order"
