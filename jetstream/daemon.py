@@ -91,7 +91,7 @@ class Daemon:
             max_conns_per_ip=cfg.max_conns_per_ip, trust_proxy_headers=cfg.trust_proxy_headers,
             max_client_message_bytes=cfg.max_client_message_bytes, ping_interval_s=cfg.ping_interval,
             pong_timeout_s=cfg.pong_timeout, hello_timeout_s=cfg.hello_timeout,
-            handshake_timeout_s=cfg.handshake_timeout,
+            handshake_timeout_s=cfg.handshake_timeout, max_request_bytes=cfg.max_request_bytes,
             zstd_dictionary=dictionary, zstd_dictionary_id=dictionary_id(dictionary), health=self.health,
         )
         # Read by each SubscriberListener at connect (subscriber.LagPolicy).

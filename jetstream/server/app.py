@@ -22,6 +22,7 @@ from picows.api import _resolve_logger
 from picows.picows import WSProtocol
 
 from jetstream.server import http, params
+from jetstream.server.front import DEFAULT_MAX_REQUEST_BYTES, FrontDoor
 from jetstream.server.ratelimit import RateLimiterRegistry
 from jetstream.server.subscriber import SubscriberListener
 
@@ -57,6 +58,7 @@ class _PeerAwareProtocol(WSProtocol):
     """
 
     peer_ip = ""
+    full_target: bytes | None = None  # the request target, when picows was handed it without its query
 
     def connection_made(self, transport) -> None:
         peer = transport.get_extra_info("peername")
@@ -72,7 +74,7 @@ class SubscribeServer:
                  max_client_message_bytes: int = MAX_CLIENT_MESSAGE_BYTES,
                  ping_interval_s: float = PING_INTERVAL_S, pong_timeout_s: float = PONG_TIMEOUT_S,
                  hello_timeout_s: float = HELLO_TIMEOUT_S, handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
-                 zstd_dictionary: bytes = b"",
+                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, zstd_dictionary: bytes = b"",
                  zstd_dictionary_id: int = 0, health: Callable[[], tuple[bool, dict]] | None = None,
                  clock_us=_now_us) -> None:
         self.event_log = event_log
@@ -83,6 +85,7 @@ class SubscribeServer:
         self.max_client_message_bytes = max_client_message_bytes
         self.hello_timeout_s = hello_timeout_s
         self.handshake_timeout_s = handshake_timeout_s
+        self.max_request_bytes = max_request_bytes
         self._ping_interval_s = ping_interval_s
         # picows requires the pong wait to fit inside the ping interval.
         self._pong_timeout_s = min(pong_timeout_s, ping_interval_s) if ping_interval_s > 0 else pong_timeout_s
@@ -111,11 +114,14 @@ class SubscribeServer:
     async def start(self, host: str, port: int) -> None:
         # The event loop's own transport, not aiofastnet's (which picows' ws_create_server would
         # pick): same fan-out CPU per event in bench/suite.py, ~5 KiB less per idle connection.
-        self._server = await asyncio.get_running_loop().create_server(self._new_protocol, host=host, port=port)
+        self._server = await asyncio.get_running_loop().create_server(self._new_front_door, host=host, port=port)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("event=subscribe_server_listening host=%s port=%d", host, self.port)
 
-    def _new_protocol(self) -> _PeerAwareProtocol:
+    def _new_front_door(self) -> FrontDoor:
+        return FrontDoor(self._new_protocol, self.max_request_bytes, self.handshake_timeout_s)
+
+    def _new_protocol(self, full_target: bytes | None = None) -> _PeerAwareProtocol:
         """What picows' ws_create_server builds (2.3 argument order), with the peer captured.
 
         PING_WHEN_IDLE: a ping goes out only after ping_interval_s without anything from the
@@ -126,7 +132,7 @@ class SubscribeServer:
         protocol: _PeerAwareProtocol | None = None
 
         def route(request: WSUpgradeRequest):
-            return self._route(request, protocol.peer_ip)
+            return self._route(request, protocol.full_target or request.path, protocol.peer_ip)
 
         protocol = _PeerAwareProtocol(
             None, None, False, route, _resolve_logger("server.subscribe", "server"),
@@ -139,6 +145,7 @@ class SubscribeServer:
             None,  # extra_headers
             READ_BUFFER_INIT_SIZE,
         )
+        protocol.full_target = full_target
         return protocol
 
     async def close(self, reason: str = SHUTDOWN_REASON, grace_s: float = 1.0) -> None:
@@ -265,8 +272,8 @@ class SubscribeServer:
 
     # --- routing -----------------------------------------------------------------------------
 
-    def _route(self, request: WSUpgradeRequest, peer_ip: str):
-        path, raw_query = http.split_target(request.path)
+    def _route(self, request: WSUpgradeRequest, target: bytes, peer_ip: str):
+        path, raw_query = http.split_target(target)
         route = http.route_of(path)
         headers = request.headers
         if route is http.Route.SUBSCRIBE:

@@ -7,8 +7,8 @@ websocket 1.5) answered for `/`, unknown paths, 400s and broken websocket handsh
 did not have: `/healthz`, `/zstd-dictionary` and the per-IP connection-limit refusal.
 It must never parse subscriber options (params.py) or hold connection state.
 
-picows answers non-GET requests itself (400) before routing, so v1's 405 and CORS
-preflight (OPTIONS) cannot be reached through it; they are out of scope here.
+Requests with other methods never reach picows: front.py answers them with the bytes
+built here (`raw_response`: echo's 405, its CORS preflight, 404).
 """
 from __future__ import annotations
 
@@ -28,6 +28,11 @@ TEXT_PLAIN = "text/plain; charset=UTF-8"  # echo's MIMETextPlainCharsetUTF8
 # which appends a newline; since echo v4.10 c.JSON sends plain "application/json".
 NOT_FOUND_BODY = b'{"message":"Not Found"}\n'
 JSON_TYPE = "application/json"
+METHOD_NOT_ALLOWED_BODY = b'{"message":"Method Not Allowed"}\n'
+# echo's router lists the methods a path has, OPTIONS first (RFC 7231: a 405 carries Allow).
+ALLOW_GET = "OPTIONS, GET"
+# v1: middleware.CORSWithConfig{AllowOrigins: ["*"], AllowMethods: [GET, HEAD, OPTIONS]}
+CORS_ALLOW_METHODS = "GET,HEAD,OPTIONS"
 # gorilla's Upgrader.returnError: http.Error(w, StatusText(400), 400).
 HANDSHAKE_ERROR_BODY = b"Bad Request\n"
 
@@ -93,6 +98,35 @@ def cors_headers(request_headers: Mapping[str, str]) -> list[tuple[str, str]]:
     if request_headers.get("Origin"):
         headers.append(("Access-Control-Allow-Origin", "*"))
     return headers
+
+
+def preflight_headers(request_headers: Mapping[str, str]) -> list[tuple[str, str]]:
+    """echo's CORS middleware on an OPTIONS request: answered 204 there, for every path.
+
+    Without an Origin header echo stops after `Vary: Origin`; with one it allows any
+    origin, v1's methods, and echoes the requested headers back (no AllowHeaders configured).
+    """
+    headers = [("Vary", "Origin")]
+    if not request_headers.get("Origin"):
+        return headers
+    headers += [("Vary", "Access-Control-Request-Method"), ("Vary", "Access-Control-Request-Headers"),
+                ("Access-Control-Allow-Origin", "*"), ("Access-Control-Allow-Methods", CORS_ALLOW_METHODS)]
+    requested = request_headers.get("Access-Control-Request-Headers")
+    if requested:
+        headers.append(("Access-Control-Allow-Headers", requested))
+    return headers
+
+
+def raw_response(status: int, body: bytes, content_type: str | None, headers: list[tuple[str, str]]) -> bytes:
+    """A complete HTTP/1.1 response, for answers written before picows has the connection."""
+    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}"]
+    lines += [f"{name}: {value}" for name, value in headers]
+    if content_type:
+        lines.append(f"Content-Type: {content_type}")
+    if status != HTTPStatus.NO_CONTENT:  # RFC 9110: a 204 carries no Content-Length
+        lines.append(f"Content-Length: {len(body)}")
+    lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
 def _respond(status: int, body: bytes, content_type: str,

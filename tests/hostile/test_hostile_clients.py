@@ -227,23 +227,28 @@ async def test_handshake_timeout_flag_sets_how_long_a_half_open_connection_may_w
         await served.witness_saw_everything()
 
 
-async def test_oversized_request_line_gets_a_bare_tcp_close(tmp_path, expected_v1_lines):
-    """picows caps the HTTP request head at 16 KiB and hangs up without an answer beyond it.
+async def test_long_request_heads_are_read_up_to_go_limit_and_refused_beyond_it(tmp_path, expected_v1_lines):
+    """Heads up to --max-request-bytes (1 MiB, Go's default) are parsed; longer ones get Go's 431.
 
-    So a 100 KB query string and a query with 10,001 wantedDids (about 460 KB) both get a
-    TCP close and no status; v1's `too many wantedDids` 400 is only reachable through an
-    options_update (see below). A query just under the cap is still parsed and answered.
+    picows alone hangs up at 16 KiB without an answer; the front door (server/front.py)
+    reads the head first, so v1's `too many wanted DIDs` 400 is reachable from the URL.
     """
     async with Witnessed(tmp_path, expected_v1_lines) as served:
         port = served.server.port
         huge_query = "/subscribe?wantedCollections=" + "a" * 100_000
-        assert await raw_request(port, upgrade_request(huge_query)) == b""
+        answer = await raw_request(port, upgrade_request(huge_query))
+        assert status_of(answer) == 400 and answer.endswith(b"invalid collection: " + b"a" * 100_000)
         dids = "&".join(f"wantedDids=did:plc:{index:024d}" for index in range(10_001))
-        assert await raw_request(port, upgrade_request("/subscribe?" + dids)) == b""
+        answer = await raw_request(port, upgrade_request("/subscribe?" + dids))
+        assert status_of(answer) == 400 and answer.endswith(b"invalid subscriber options: too many wanted DIDs")
         # Found by this test: a cursor of 15,000 digits made int() raise (a 500 quoting the
         # exception); parse_go_int64 now refuses it as out of range, v1's 400.
         small_bad = await raw_request(port, upgrade_request("/subscribe?cursor=" + "9" * 15_000))
         assert status_of(small_bad) == 400 and small_bad.endswith(b"invalid cursor: " + b"9" * 15_000)
+        over_limit = await raw_request(port, upgrade_request("/subscribe?wantedCollections=" + "a" * (1 << 20)))
+        assert over_limit.startswith(b"HTTP/1.0 431 ")  # Go writes this one as HTTP/1.0
+        endless = await raw_request(port, b"GET /subscribe?" + b"a" * (1 << 20) + b"b" * 70_000)  # no end of head
+        assert endless.startswith(b"HTTP/1.0 431 ")
         assert served.server.connected_count == 1
         await served.witness_saw_everything()
 

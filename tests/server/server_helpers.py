@@ -65,10 +65,14 @@ class Stack:
         self.event_log.close()
 
 
-async def http_get(port: int, target: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    """A raw HTTP/1.1 GET; returns (status, headers with lower-cased names, body)."""
+async def http_get(port: int, target: str, headers: dict[str, str] | None = None,
+                   method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    """A raw HTTP/1.1 request; returns (status, headers with lower-cased names, body).
+
+    A header sent more than once is returned joined with ", " (as Go's Values would be read).
+    """
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    lines = [f"GET {target} HTTP/1.1", f"Host: 127.0.0.1:{port}"]
+    lines = [f"{method} {target} HTTP/1.1", f"Host: 127.0.0.1:{port}"]
     lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
     writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
     await writer.drain()
@@ -79,7 +83,8 @@ async def http_get(port: int, target: str, headers: dict[str, str] | None = None
     parsed = {}
     for line in header_lines:
         name, _, value = line.partition(":")
-        parsed[name.strip().lower()] = value.strip()
+        name = name.strip().lower()
+        parsed[name] = f"{parsed[name]}, {value.strip()}" if name in parsed else value.strip()
     return int(status_line.split()[1]), parsed, body
 
 
