@@ -119,7 +119,11 @@ class SubscribeServer:
         log.info("event=subscribe_server_listening host=%s port=%d", host, self.port)
 
     def _new_front_door(self) -> FrontDoor:
-        return FrontDoor(self._new_protocol, self.max_request_bytes, self.handshake_timeout_s)
+        return FrontDoor(self._new_protocol, self.max_request_bytes, self.handshake_timeout_s,
+                         self._count_front_door_answer)
+
+    def _count_front_door_answer(self, reason: str) -> None:
+        self.refused_requests[reason] += 1
 
     def _new_protocol(self, full_target: bytes | None = None) -> _PeerAwareProtocol:
         """What picows' ws_create_server builds (2.3 argument order), with the peer captured.

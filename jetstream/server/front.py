@@ -36,12 +36,15 @@ class FrontDoor(asyncio.Protocol):
 
     `make_websocket_protocol(full_target)` builds the picows protocol that takes the
     connection over; `full_target` is the original request target when the head handed to
-    picows had its query cut (else None).
+    picows had its query cut (else None). `count_answer(reason)` is told of every request
+    answered here (`request_too_large`, `method_not_get`).
     """
 
     def __init__(self, make_websocket_protocol: Callable[[bytes | None], asyncio.BaseProtocol],
-                 max_request_bytes: int, handshake_timeout_s: float) -> None:
+                 max_request_bytes: int, handshake_timeout_s: float,
+                 count_answer: Callable[[str], None] = lambda reason: None) -> None:
         self._make_websocket_protocol = make_websocket_protocol
+        self._count_answer = count_answer
         self._max_request_bytes = max_request_bytes
         self._handshake_timeout_s = handshake_timeout_s
         self._transport: asyncio.Transport | None = None
@@ -82,7 +85,7 @@ class FrontDoor(asyncio.Protocol):
             return
         method, target = received.split(b" ", 2)[:2]
         headers = _parse_headers(received[:head_end])
-        self._answer(answer_other_method(method, target, headers), "method")
+        self._answer(answer_other_method(method, target, headers), "method_not_get")
 
     def _hand_over(self, received: bytes, head_end: int) -> None:
         full_target = None
@@ -100,6 +103,7 @@ class FrontDoor(asyncio.Protocol):
 
     def _answer(self, response: bytes, reason: str) -> None:
         log.debug("event=http_answered reason=%s", reason)
+        self._count_answer(reason)
         self._cancel_timeout()
         transport, self._transport = self._transport, None
         transport.write(response)

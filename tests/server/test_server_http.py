@@ -106,6 +106,7 @@ async def test_other_methods_on_a_route_get_echo_405_with_allow(tmp_path, method
         assert headers["access-control-allow-origin"] == "*" and headers["vary"] == "Origin"
         status, _, payload = await http_get(stack.server.port, "/nope", None, method)
         assert (status, payload) == (404, b'{"message":"Not Found"}\n')
+        assert stack.server.refused_requests["method_not_get"] == 2
     await with_stack(tmp_path, body)
 
 
@@ -169,4 +170,5 @@ async def test_request_heads_over_max_request_bytes_get_gos_431(tmp_path):
         assert status == 431
         status, _, payload = await http_get(stack.server.port, "/?" + "a=1&" * 6000)  # long query, short headers
         assert (status, payload) == (200, b"Welcome to Jetstream")
+        assert stack.server.refused_requests["request_too_large"] == 2
     await with_stack(tmp_path, body)
