@@ -9,6 +9,7 @@ Run: .venv/bin/python -m pytest bench/bench_ingest_pipeline.py --benchmark-enabl
 2. Latency: relay-sim -> daemon -> websocket subscriber in one process at 100 frames/s;
    per event, subscriber receive time minus the moment its frame reached the relay client,
    for --group-commit-ms 0, 1, 2, 5. The added latency is reported against 0 ms.
+3. --verify-mst: pipeline throughput with v1's MST lookup off and on, interleaved.
 """
 from __future__ import annotations
 
@@ -62,13 +63,13 @@ def synthetic_mix() -> list[bytes]:
     return frames_of(SyntheticSource(seed=1, dids=1000), FRAME_COUNT)
 
 
-def run_pipeline(frames: list[bytes]) -> tuple[float, int]:
+def run_pipeline(frames: list[bytes], verify_mst: bool = False) -> tuple[float, int]:
     """(seconds, events) to push `frames` through a fresh pipeline and RocksDB log."""
     with tempfile.TemporaryDirectory() as directory, EventLog(directory) as event_log:
         # The daemon's default compressor: the shipped dictionary (measured ~10% faster than none).
         compressor = EventCompressor(active_dictionary())
         pipeline = IngestPipeline(event_log, LiveRing(200_000), Sequencer(0), compressor, lambda: None,
-                                  socket_url="bench")
+                                  socket_url="bench", verify_mst=verify_mst)
         events = 0
         started = time.perf_counter()
         for start in range(0, len(frames), BATCH):
@@ -103,6 +104,19 @@ def test_report_throughput(corpus_mix, synthetic_mix):
         lines.append(f"  {name:<14} pipeline {len(frames) / pipe_s:>9,.0f} frames/s {events / pipe_s:>9,.0f} events/s"
                      f" | decode alone {len(frames) / decode_s:>9,.0f} frames/s"
                      f" (pipeline = {pipe_s / decode_s:.2f}x decode)")
+    print("\n".join(lines))
+
+
+def test_report_verify_mst_cost(corpus_mix, synthetic_mix):
+    """--verify-mst off vs on, interleaved round by round so a busy CPU hits both alike."""
+    lines = ["\nevent=bench_ingest_verify_mst batch=%d frames=%d rounds=5" % (BATCH, FRAME_COUNT)]
+    for name, frames in (("corpus mix", corpus_mix), ("synthetic mix", synthetic_mix)):
+        off_s = on_s = float("inf")
+        for _ in range(5):
+            off_s = min(off_s, run_pipeline(frames)[0])
+            on_s = min(on_s, run_pipeline(frames, verify_mst=True)[0])
+        lines.append(f"  {name:<14} off {len(frames) / off_s:>9,.0f} frames/s | on {len(frames) / on_s:>9,.0f} frames/s"
+                     f" (on = {off_s / on_s:.2f}x off)")
     print("\n".join(lines))
 
 

@@ -97,6 +97,7 @@ SERVE_FLAGS: tuple[Flag, ...] = (
     Flag("relay-backoff-initial", "500ms", parse_duration, "first delay before re-dialling the relay; doubles per failed attempt, with jitter", v1=False),
     Flag("relay-backoff-max", "30s", parse_duration, "cap of the relay re-dial delay", v1=False),
     Flag("ttl-trim-interval", "0s", parse_duration, "how often events older than --event-ttl are deleted; 0 = event-ttl/10, clamped to 0.5s..60s", v1=False),
+    Flag("verify-mst", False, parse_bool, "also look each create/update up in the commit's MST as v1 did, dropping ops whose MST leaf is missing or differs from op.cid (default: op.cid's block hash only)", v1=False),
     Flag("fsync", False, parse_bool, "fsync the WAL on every batch (power-loss durability); kill -9 is safe either way", v1=False),
     Flag("log-level", "info", str, "debug | info | warning | error", v1=False),
     Flag("log-format", "text", str, "text (key=value) | json (one object per line)", v1=False),

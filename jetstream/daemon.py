@@ -103,6 +103,7 @@ class Daemon:
             socket_url=cfg.ws_url, group_commit_s=cfg.group_commit_ms / 1000.0,
             on_write_failure=self._on_log_write_failure,
             on_relay_error=lambda detail: self.relay and self.relay.reconnect("error_frame"),
+            verify_mst=cfg.verify_mst,
         )
         if cfg.override_relay_cursor >= 0:
             log.info("event=relay_cursor_overridden stored=%s override=%d",

@@ -3,8 +3,9 @@
 
 Owns: the same per-op rules, drops and event bytes as the reference (read its docstring),
 with the per-op loop, the MST path check and the RFC 3339 check written as typed C
-loops instead of regular expressions, and the Cython record emitter. Rare shapes
-(CIDv0 or non-dag-cbor CIDs, bad records) reach the same reference helpers.
+loops instead of regular expressions, the Cython record emitter and the C MST reader
+(mst.pyx). Rare shapes (CIDv0 or non-dag-cbor CIDs, bad records) reach the same
+reference helpers.
 It must never do I/O, never read past a string, and never differ from the reference
 on any input (tests/ingest/test_ingest_commit_fast.py).
 """
@@ -15,12 +16,12 @@ from libc.stdint cimport uint8_t
 
 from jetstream.events import KIND_COMMIT, PendingEvent
 from jetstream.ingest.frames import FrameError
-from jetstream._py import commit as _ref
 from jetstream._py.car import verify_block as _verify_block
 from jetstream._py.record_json import RecordError
 from jetstream._core.record_json import cid_to_string, go_json_string, record_to_json
+from jetstream._core.mst cimport MstReader, mst_key_ascii
+from jetstream._py.mst import MstError
 
-cdef Py_ssize_t MST_KEY_MAX = _ref.MST_KEY_MAX
 cdef int DAYS_IN_MONTH[12]
 DAYS_IN_MONTH[:] = [31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
 cdef object _KIND_COMMIT = KIND_COMMIT
@@ -93,27 +94,11 @@ def is_rfc3339(str value):
     return rfc3339_ascii(<const uint8_t*>PyUnicode_DATA(value), PyUnicode_GET_LENGTH(value))
 
 
-cdef inline bint mst_key_char(uint8_t c) noexcept nogil:
-    # [A-Za-z0-9_:.~-]
-    return ((65 <= c <= 90) or (97 <= c <= 122) or (48 <= c <= 57) or c == 95 or c == 58 or c == 46
-            or c == 126 or c == 45)
-
-
 cpdef bint is_mst_key(str path):
     """v1's MST key rule for create/update paths: collection/rkey of [A-Za-z0-9_:.~-], <= 256."""
-    cdef Py_ssize_t n = PyUnicode_GET_LENGTH(path), i, slash = -1
-    cdef const uint8_t* s
-    if n > MST_KEY_MAX or not PyUnicode_IS_ASCII(path):
+    if not PyUnicode_IS_ASCII(path):
         return False
-    s = <const uint8_t*>PyUnicode_DATA(path)
-    for i in range(n):
-        if s[i] == 47:
-            if slash >= 0:
-                return False
-            slash = i
-        elif not mst_key_char(s[i]):
-            return False
-    return 0 < slash < n - 1
+    return mst_key_ascii(<const uint8_t*>PyUnicode_DATA(path), PyUnicode_GET_LENGTH(path))
 
 
 cdef bint verify(bytes cid, block) except -1:
@@ -123,8 +108,8 @@ cdef bint verify(bytes cid, block) except -1:
     return _verify_block(cid, block)
 
 
-def commit_events(str repo, str rev, list ops, blocks, list events, list drops):
-    """Append each op's event (or (reason, detail) drop) in op order."""
+def commit_events(str repo, str rev, list ops, blocks, list events, list drops, MstReader mst=None):
+    """Append each op's event (or (reason, detail) drop) in op order; `mst`: as the reference."""
     cdef bytes head = b'{"did":' + go_json_string(repo) + b',"time_us":'
     cdef bytes commit_prefix = b',"kind":"commit","commit":{' + (b'"rev":' + go_json_string(rev) + b"," if rev else b"")
     cdef str action, path, collection, rkey
@@ -152,6 +137,15 @@ def commit_events(str repo, str rev, list ops, blocks, list events, list drops):
             if type(cid) is not bytes:
                 drops.append(("missing_cid", f"did={repo} path={path!r}"))
                 continue
+            if mst is not None:
+                try:
+                    leaf = mst.leaf(path.encode("ascii"))
+                except MstError as err:
+                    drops.append(("mst_" + err.reason, f"did={repo} path={path!r}"))
+                    continue
+                if leaf != cid:
+                    drops.append(("mst_cid_mismatch", f"did={repo} path={path!r}"))
+                    continue
             block = blocks.get(cid)
             if block is None:
                 drops.append(("missing_block", f"did={repo} path={path!r}"))

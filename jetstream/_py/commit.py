@@ -2,8 +2,10 @@
 
 Owns: v1's per-op rules (V1-REFERENCE §5.3) once the frame is decoded and its CAR read:
 which op is dropped and why (bad path, unknown action, missing cid or block, hash
-mismatch, bad record), the path split, the exact bytes of each commit event (struct
-field order and omitempty of §4.1), and Go's RFC 3339 check for the frame `time`.
+mismatch, bad record, and given an MstReader v1's MST lookup: mst_missing_node,
+mst_bad_node, mst_not_found, mst_cid_mismatch), the path split, the exact bytes of
+each commit event (struct field order and omitempty of §4.1), and Go's RFC 3339 check
+for the frame `time`.
 The Cython twin must give the same events and drops for every input
 (tests/ingest/test_ingest_commit_fast.py compares them); jetstream/ingest/decode.py
 explains the deliberate differences from v1.
@@ -17,6 +19,7 @@ import re
 from jetstream.events import KIND_COMMIT, PendingEvent
 from jetstream.ingest.frames import FrameError
 from jetstream._py.car import verify_block
+from jetstream._py.mst import MstError, is_mst_key
 from jetstream._py.record_json import RecordError, cid_to_string, go_json_string, record_to_json
 
 # Go time.Parse(time.RFC3339): fraction optional ('.' or ','), zone 'Z' or ±hh:mm.
@@ -26,10 +29,6 @@ _RFC3339 = re.compile(
     re.ASCII,
 )
 _DAYS_IN_MONTH = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
-
-# MST key (the repo path) rules v1's MST lookup enforced, '~' included (indigo 20524de).
-_MST_KEY = re.compile(r"[A-Za-z0-9_:.~-]+/[A-Za-z0-9_:.~-]+", re.ASCII)
-MST_KEY_MAX = 256
 
 
 def is_rfc3339(value: str) -> bool:
@@ -56,18 +55,17 @@ def _is_leap(year: int) -> bool:
     return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
 
 
-def is_mst_key(path: str) -> bool:
-    """v1's MST key rule for create/update paths: collection/rkey of [A-Za-z0-9_:.~-], <= 256."""
-    return len(path) <= MST_KEY_MAX and _MST_KEY.fullmatch(path) is not None
+def commit_events(repo: str, rev: str, ops: list, blocks, events: list, drops: list, mst=None) -> None:
+    """Append each op's event (or (reason, detail) drop) in op order.
 
-
-def commit_events(repo: str, rev: str, ops: list, blocks, events: list, drops: list) -> None:
-    """Append each op's event (or (reason, detail) drop) in op order."""
+    With `mst` (an MstReader of this commit), a create/update must also be the MST leaf at
+    its path, as v1 required (--verify-mst); without it only op.cid's block hash is checked.
+    """
     head = b'{"did":' + go_json_string(repo) + b',"time_us":'
     # omitempty: an empty rev would vanish from v1's output.
     commit_prefix = b',"kind":"commit","commit":{' + (b'"rev":' + go_json_string(rev) + b"," if rev else b"")
     for op in ops:
-        _commit_op(repo, head, commit_prefix, op, blocks, events, drops)
+        _commit_op(repo, head, commit_prefix, op, blocks, events, drops, mst)
 
 
 def _split_path(path: str) -> tuple[str, str] | None:
@@ -77,7 +75,8 @@ def _split_path(path: str) -> tuple[str, str] | None:
     return parts[0], parts[1]
 
 
-def _commit_op(repo: str, head: bytes, commit_prefix: bytes, op, blocks, events: list, drops: list) -> None:
+def _commit_op(repo: str, head: bytes, commit_prefix: bytes, op, blocks, events: list, drops: list,
+               mst) -> None:
     if not isinstance(op, dict):
         raise FrameError("bad_body", "type=#commit field=ops")
     action, path = op.get("action"), op.get("path")
@@ -100,6 +99,8 @@ def _commit_op(repo: str, head: bytes, commit_prefix: bytes, op, blocks, events:
     if type(cid) is not bytes:
         drops.append(("missing_cid", f"did={repo} path={path!r}"))
         return
+    if mst is not None and not _is_mst_leaf(repo, path, cid, mst, drops):
+        return
     block = blocks.get(cid)
     if block is None:
         drops.append(("missing_block", f"did={repo} path={path!r}"))
@@ -115,6 +116,19 @@ def _commit_op(repo: str, head: bytes, commit_prefix: bytes, op, blocks, events:
     record_and_cid = b',"record":' + record + b',"cid":"' + cid_to_string(cid).encode("ascii") + b'"'
     events.append(_commit_event(repo, head, commit_prefix, action.encode("ascii"), _split_path(path),
                                 record_and_cid))
+
+
+def _is_mst_leaf(repo: str, path: str, cid: bytes, mst, drops: list) -> bool:
+    """v1's GetRecordBytes(path) + "record cid mismatch": False after appending the drop."""
+    try:
+        leaf = mst.get(path)
+    except MstError as err:
+        drops.append(("mst_" + err.reason, f"did={repo} path={path!r}"))
+        return False
+    if leaf != cid:
+        drops.append(("mst_cid_mismatch", f"did={repo} path={path!r}"))
+        return False
+    return True
 
 
 def _commit_event(repo: str, head: bytes, commit_prefix: bytes, operation: bytes, split: tuple[str, str],

@@ -10,9 +10,12 @@ frame that cannot be decoded at all, or whose fields have the wrong types (v1's
 decoder would have failed and ended the stream), raises FrameError.
 
 Deliberate differences from v1, all on inputs a conforming relay never sends:
-- The record block is found by op.cid in the CAR and its hash verified, instead of
-  walking the MST to the path (v1 dropped an op whose MST leaf CID != op.cid). An op
-  whose cid names a block that is not its path's MST leaf is emitted by us.
+- By default the record block is found by op.cid in the CAR and its hash verified,
+  instead of walking the MST to the path (v1 dropped an op whose MST leaf CID != op.cid):
+  an op whose cid names a block that is not its path's MST leaf is emitted by us.
+  verify_mst=True (--verify-mst) adds v1's walk from the signed commit's `data` root
+  (jetstream/_py/mst.py): mst_missing_node, mst_bad_node, mst_not_found and
+  mst_cid_mismatch drop the op (v1 skipped it with "record cid mismatch" or a lookup error).
 - Only record blocks are hash-checked (v1 checked every block and dropped the whole
   commit); pass verify_all_blocks=True for v1's rule.
 - Paths are checked with v1's MST key rules (create/update) and split like v1
@@ -31,11 +34,13 @@ log = logging.getLogger(__name__)
 
 try:
     from jetstream._core.commit import commit_events, is_rfc3339
+    from jetstream._core.mst import MstReader
     from jetstream._core.record_json import go_json_string
 
     RECORD_EMITTER = "cython"
 except ImportError:  # an unbuilt checkout still works, just slower
     from jetstream._py.commit import commit_events, is_rfc3339
+    from jetstream._py.mst import MstReader
     from jetstream._py.record_json import go_json_string
 
     RECORD_EMITTER = "python"
@@ -51,8 +56,12 @@ class DecodedFrame(NamedTuple):
     drops: list[tuple[str, str]]  # (reason, detail) per op or event skipped
 
 
-def decode_frame(frame: bytes, *, verify_all_blocks: bool = False) -> DecodedFrame:
-    """Decode one relay frame into v1 events and drops; FrameError if it is unusable."""
+def decode_frame(frame: bytes, *, verify_all_blocks: bool = False, verify_mst: bool = False) -> DecodedFrame:
+    """Decode one relay frame into v1 events and drops; FrameError if it is unusable.
+
+    verify_all_blocks: v1's whole-CAR hash check. verify_mst: v1's MST lookup of each
+    create/update path (both off by default; see the module docstring).
+    """
     header, body = split_frame(frame)
     op = header.get("op")
     if op == -1:
@@ -66,7 +75,7 @@ def decode_frame(frame: bytes, *, verify_all_blocks: bool = False) -> DecodedFra
     if type(seq) is not int:
         seq = None
     if frame_type == "#commit":
-        return _commit_frame(body, seq, verify_all_blocks)
+        return _commit_frame(body, seq, verify_all_blocks, verify_mst)
     if frame_type == "#identity":
         return _identity_frame(body, seq)
     if frame_type == "#account":
@@ -133,7 +142,7 @@ def _account_frame(body: dict, seq: int | None) -> DecodedFrame:
 # #commit
 # ---------------------------------------------------------------------------
 
-def _commit_frame(body: dict, seq: int | None, verify_all_blocks: bool) -> DecodedFrame:
+def _commit_frame(body: dict, seq: int | None, verify_all_blocks: bool, verify_mst: bool) -> DecodedFrame:
     repo = _require(body, "repo", str, "#commit")
     if body.get("tooBig") is True:
         return DecodedFrame(seq, "#commit", [], [("too_big", f"did={repo} seq={seq}")])
@@ -144,19 +153,26 @@ def _commit_frame(body: dict, seq: int | None, verify_all_blocks: bool) -> Decod
             _require(body, field, kind, "#commit")
     try:
         car = read_car(blocks, verify=verify_all_blocks)
-        _check_commit_block(car)
+        mst_root = _check_commit_block(car)
+        if verify_mst and mst_root is None:
+            raise CarError("bad_commit_block")
     except CarError as err:
         return DecodedFrame(seq, "#commit", [], [("bad_car", f"did={repo} seq={seq} reason={err.reason}")])
     if not is_rfc3339(time):
         return DecodedFrame(seq, "#commit", [], [("bad_time", f"did={repo} seq={seq} time={time!r}")])
     events: list[PendingEvent] = []
     drops: list[tuple[str, str]] = []
-    commit_events(repo, rev, ops, car.blocks, events, drops)
+    mst = MstReader(car.blocks, mst_root) if verify_mst else None
+    commit_events(repo, rev, ops, car.blocks, events, drops, mst)
     return DecodedFrame(seq, "#commit", events, drops)
 
 
-def _check_commit_block(car) -> None:
-    """v1 loaded root[0] as the signed commit (repo version 2 or 3) before any op."""
+def _check_commit_block(car) -> bytes | None:
+    """v1 loaded root[0] as the signed commit (repo version 2 or 3) before any op.
+
+    Returns its `data` (the MST root CID), or None when that is not a link: v1 then failed
+    to load the commit, but only --verify-mst reads `data`, so only then is it a bad_car.
+    """
     block = car.blocks.get(car.roots[0])
     if block is None:
         raise CarError("missing_commit_block")
@@ -166,3 +182,5 @@ def _check_commit_block(car) -> None:
         raise CarError("bad_commit_block") from None
     if not isinstance(signed_commit, dict) or signed_commit.get("version") not in (2, 3):
         raise CarError("bad_commit_block")
+    data = signed_commit.get("data")
+    return data if type(data) is bytes else None

@@ -118,6 +118,7 @@ class IngestPipeline:
         group_commit_s: float = 0.001,
         on_write_failure: Callable[[], None] = lambda: None,
         on_relay_error: Callable[[str], None] = lambda detail: None,
+        verify_mst: bool = False,
     ) -> None:
         self.event_log = event_log
         self.ring = ring
@@ -128,6 +129,7 @@ class IngestPipeline:
         self.group_commit_s = group_commit_s
         self.on_write_failure = on_write_failure
         self.on_relay_error = on_relay_error
+        self.verify_mst = verify_mst  # v1's MST lookup per create/update (decode.py)
         # The highest relay seq accepted into the pipeline (written or pending). Reconnects
         # resume from here; frames at or below it are duplicates and are skipped.
         self.last_accepted_seq: int | None = event_log.relay_cursor()
@@ -225,7 +227,7 @@ class IngestPipeline:
         """The decoded frame, or None after counting an unusable one (its seq, if readable, is accepted)."""
         started = time.perf_counter()
         try:
-            decoded = decode_frame(frame)
+            decoded = decode_frame(frame, verify_mst=self.verify_mst)
         except FrameError as exc:
             reason, detail = f"frame_{exc.reason}", exc.detail
         except Exception as exc:  # noqa: BLE001 - a decoder bug on odd input must not stop ingest

@@ -18,7 +18,9 @@ blob, quote strongRefs, record-with-media).
 Each #commit carries a CAR v1 whose root is a signed-commit-shaped block
 {did, version:3, data, rev, prev:null, sig} and which holds a one-node MST and every
 record block under its real CIDv1 (dag-cbor, sha2-256); ops reference them as tag-42 links.
-It must never claim to be a verifiable repo: the MST node lists only this commit's
+The signed commit's `data` is that node, which holds exactly this commit's creates and
+updates (sorted, prefix-compressed), so v1's MST lookup (`--verify-mst`) finds each op's
+leaf. It must never claim to be a verifiable repo: the MST node lists only this commit's
 writes, `prev`/`prevData` links are random, and the signature is random bytes.
 """
 from __future__ import annotations

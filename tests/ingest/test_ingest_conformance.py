@@ -30,9 +30,11 @@ def time_us_of(line: bytes) -> int:
     return json.loads(line)["time_us"]
 
 
+@pytest.mark.parametrize("verify_mst", [False, True], ids=["block_hash", "verify_mst"])
 @pytest.mark.parametrize("verify_all_blocks", [False, True])
-def test_corpus_frames_yield_exactly_the_v1_lines_byte_for_byte(corpus_frames, expected_v1_lines, verify_all_blocks):
-    events, drops, _ = decode_all(corpus_frames, verify_all_blocks=verify_all_blocks)
+def test_corpus_frames_yield_exactly_the_v1_lines_byte_for_byte(corpus_frames, expected_v1_lines, verify_all_blocks,
+                                                                verify_mst):
+    events, drops, _ = decode_all(corpus_frames, verify_all_blocks=verify_all_blocks, verify_mst=verify_mst)
     assert drops == []
     assert len(events) == len(expected_v1_lines) == 152
     for index, (pending, line) in enumerate(zip(events, expected_v1_lines)):
