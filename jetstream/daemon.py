@@ -180,6 +180,8 @@ class Daemon:
                 free = shutil.disk_usage(self.cfg.data_dir).free
                 if free < LOG_RECOVERY_MIN_FREE_BYTES:
                     raise OSError(f"only {free} bytes free in {self.cfg.data_dir}")
+                if self.trimmer is not None:
+                    await self.trimmer.wait_idle()  # reopen closes the database under a compaction
                 self.event_log.reopen()
             except Exception as exc:  # noqa: BLE001 - still full, or worse: keep serving, keep trying
                 if attempts == 1 or attempts % 30 == 0:  # one line now and then, not one per second
@@ -212,6 +214,8 @@ class Daemon:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.trimmer is not None:
+            await self.trimmer.wait_idle()  # a compaction thread may still be inside RocksDB
         if self.pipeline is not None:
             self.pipeline.flush()
         if self.server is not None:

@@ -124,3 +124,41 @@ async def test_daemon_with_a_two_second_ttl_forgets_old_events_in_log_ring_and_r
     assert ring_floor >= first, "the TTL pass moved the ring's floor past the first event"
     assert oldest_in_ring is None or oldest_in_ring >= bound_us
     assert ring_newest >= replayed_first
+
+
+async def test_the_timed_pass_compacts_in_a_worker_thread_while_the_loop_keeps_serving(tmp_path, expected_v1_lines):
+    """Compaction takes ~1 s per 500k events; on the loop it would stall every subscriber.
+
+    The compaction below cannot finish until the event loop has run a coroutine that lets
+    it: if run() compacted on the loop's own thread, this would deadlock (and time out).
+    """
+    import threading
+    old = make_events(expected_v1_lines, 3000, OLD_BASE_US)
+    new = make_events(expected_v1_lines, 10, NEW_BASE_US)
+    with EventLog(str(tmp_path / "log")) as event_log:
+        event_log.append(old, relay_cursor=1)
+        event_log.append(new, relay_cursor=2)
+        bytes_before = event_log.stored_event_bytes()
+        trimmer = TtlTrimmer(event_log, 60.0, 0.01, clock_s=lambda: NEW_BASE_US / 1e6 + 60.0)
+        loop_ran, compaction_threads = threading.Event(), []
+        real_compact = event_log.compact_trimmed
+
+        def compact_after_the_loop_ran(trimmed) -> None:
+            compaction_threads.append(threading.get_ident())
+            assert loop_ran.wait(timeout=10), "the event loop was blocked during compaction"
+            real_compact(trimmed)
+
+        event_log.compact_trimmed = compact_after_the_loop_ran
+        runner = asyncio.ensure_future(trimmer.run())
+        try:
+            while not compaction_threads:
+                await asyncio.sleep(0.005)
+            # deleted before compaction started: readers already no longer see expired events
+            assert [row.time_us for row in event_log.read_after(0, 100, compressed=False)] == [e.time_us for e in new]
+            loop_ran.set()  # only reachable while the compaction waits in its own thread
+        finally:
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+            await trimmer.wait_idle()  # what Daemon.stop does before closing the log
+        assert compaction_threads[0] != threading.get_ident()
+        assert event_log.stored_event_bytes() < bytes_before / 10
