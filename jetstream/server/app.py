@@ -37,6 +37,8 @@ HELLO_TIMEOUT_S = 60.0
 # header announces more).
 MAX_CLIENT_MESSAGE_BYTES = 10_000_000
 HANDSHAKE_TIMEOUT_S = 5.0
+MAX_IP_METRIC_LABELS = 10_000
+OTHER_IPS_LABEL = "other"
 READ_BUFFER_INIT_SIZE = 1024
 # What picows' own closes say (auto-ping and frame-size checks), to count them by reason.
 _PICOWS_PING_TIMEOUT_PREFIX = "peer has not replied to ping"
@@ -74,7 +76,8 @@ class SubscribeServer:
                  max_client_message_bytes: int = MAX_CLIENT_MESSAGE_BYTES,
                  ping_interval_s: float = PING_INTERVAL_S, pong_timeout_s: float = PONG_TIMEOUT_S,
                  hello_timeout_s: float = HELLO_TIMEOUT_S, handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
-                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, zstd_dictionary: bytes = b"",
+                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+                 max_ip_metric_labels: int = MAX_IP_METRIC_LABELS, zstd_dictionary: bytes = b"",
                  zstd_dictionary_id: int = 0, health: Callable[[], tuple[bool, dict]] | None = None,
                  clock_us=_now_us) -> None:
         self.event_log = event_log
@@ -106,8 +109,11 @@ class SubscribeServer:
         self.events_emitted = 0
         self.bytes_emitted = 0
         self._emitted_up_to = ring.newest_time_us
-        # Deliveries of subscribers that have gone, per IP: [events, bytes].
+        # Deliveries of subscribers that have gone, per IP: [events, bytes], least recently
+        # gone first; past max_ip_metric_labels the oldest fold into OTHER_IPS_LABEL.
         self._delivered_gone: dict[str, list[int]] = {}
+        self._delivered_other = [0, 0]
+        self.max_ip_metric_labels = max_ip_metric_labels
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -217,7 +223,9 @@ class SubscribeServer:
 
     def delivered_by_ip(self) -> dict[str, tuple[int, int]]:
         """(events, bytes) sent per client IP since start, connected or gone."""
-        totals = {ip: list(counts) for ip, counts in self._delivered_gone.items()}
+        totals = {ip: list(counts) for ip, counts in list(self._delivered_gone.items())}
+        if self._delivered_other[0] or self._delivered_other[1]:
+            totals[OTHER_IPS_LABEL] = list(self._delivered_other)
         for subscriber in list(self._subscribers):  # list(): scrapes run on the metrics thread
             counts = totals.setdefault(subscriber.client_ip, [0, 0])
             counts[0] += subscriber.sent_events
@@ -245,10 +253,24 @@ class SubscribeServer:
         self._connections_by_ip[ip] -= 1
         if self._connections_by_ip[ip] <= 0:
             del self._connections_by_ip[ip]
-        gone = self._delivered_gone.setdefault(ip, [0, 0])
-        gone[0] += subscriber.sent_events
-        gone[1] += subscriber.sent_bytes
+        self._remember_gone(ip, subscriber.sent_events, subscriber.sent_bytes)
         self._count_picows_close(subscriber)
+
+    def _remember_gone(self, ip: str, events: int, sent_bytes: int) -> None:
+        """Keep a gone client's delivery totals under its IP, within the label budget.
+
+        v1 kept a series per IP forever, so every distinct client address grew the
+        scrape and the heap; here the least recently gone IPs beyond the budget are
+        summed into one `other` series (the per-family totals stay exact).
+        """
+        gone = self._delivered_gone.pop(ip, None) or [0, 0]
+        gone[0] += events
+        gone[1] += sent_bytes
+        self._delivered_gone[ip] = gone  # most recently gone last
+        while 0 < self.max_ip_metric_labels < len(self._delivered_gone):
+            oldest = self._delivered_gone.pop(next(iter(self._delivered_gone)))
+            self._delivered_other[0] += oldest[0]
+            self._delivered_other[1] += oldest[1]
 
     def wait_for_events(self, subscriber: SubscriberListener) -> None:
         self._waiting.add(subscriber)

@@ -178,3 +178,27 @@ async def test_client_holding_v1_dictionary_decodes_every_frame_to_the_uncompres
                 assert header.content_size == len(json_bytes)
                 assert header.has_checksum and header.window_size <= 1 << 17
         assert {kind for kind, _ in plain.messages} == {WSMsgType.TEXT}
+
+
+async def test_delivery_counters_of_gone_ips_fold_into_other_beyond_the_label_budget(tmp_path, expected_v1_lines):
+    """v1 kept one series per client IP forever; a public endpoint sees millions of them."""
+    from server_helpers import Stack
+    stack = await Stack(tmp_path).start()
+    stack.server.max_ip_metric_labels = 2
+    try:
+        stack.publish(expected_v1_lines[:10])
+        for host in ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"):
+            transport, client = await connect(stack.url + "?cursor=0", local_addr=(host, 0))
+            await client.wait_for_count(10)
+            transport.disconnect()
+            await settle(lambda: stack.server.connected_count == 0)
+        _, still_here = await connect(stack.url + "?cursor=0", local_addr=("127.0.0.2", 0))
+        await still_here.wait_for_count(10)
+        delivered = stack.server.delivered_by_ip()
+        # the two most recently gone keep their series; the older two are summed; connected ones always show
+        assert set(delivered) == {"127.0.0.4", "127.0.0.5", "other", "127.0.0.2"}
+        assert delivered["other"][0] == 20 and delivered["127.0.0.2"][0] == 10
+        assert sum(events for events, _ in delivered.values()) == 50
+        assert len(stack.server._delivered_gone) == 2
+    finally:
+        await stack.stop()
