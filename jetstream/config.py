@@ -110,6 +110,7 @@ SERVE_FLAGS: tuple[Flag, ...] = (
     Flag("pong-timeout", "30s", parse_duration, "close a client that neither answers a ping nor drains its stream within this (at most --ping-interval)", v1=False),
     Flag("max-ip-metric-labels", 10_000, int, "per-IP delivery counters kept for clients that have gone; the least recent beyond this are summed under ip_address=\"other\" (v1 kept all); 0 = no limit", v1=False),
     Flag("max-request-bytes", 1 << 20, int, "answer 431 to an HTTP request head longer than this (Go's default, as v1)", v1=False),
+    Flag("max-pending-request-bytes", 64 << 20, int, "bytes of unfinished HTTP request heads all connections may hold at once; a connection that would exceed it gets 503", v1=False),
     Flag("handshake-timeout", "5s", parse_duration, "close a connection that has not completed its HTTP upgrade within this (slowloris, half-open)", v1=False),
     Flag("hello-timeout", "60s", parse_duration, "close requireHello=true clients that send no options_update within this (v1 waited forever); 0 disables", v1=False),
     # Slow-client policy (issue 5): v1 dropped a live client whose 50,000-message outbox filled

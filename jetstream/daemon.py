@@ -92,7 +92,7 @@ class Daemon:
             max_client_message_bytes=cfg.max_client_message_bytes, ping_interval_s=cfg.ping_interval,
             pong_timeout_s=cfg.pong_timeout, hello_timeout_s=cfg.hello_timeout,
             handshake_timeout_s=cfg.handshake_timeout, max_request_bytes=cfg.max_request_bytes,
-            max_ip_metric_labels=cfg.max_ip_metric_labels,
+            max_ip_metric_labels=cfg.max_ip_metric_labels, max_pending_request_bytes=cfg.max_pending_request_bytes,
             zstd_dictionary=dictionary, zstd_dictionary_id=dictionary_id(dictionary), health=self.health,
         )
         # Read by each SubscriberListener at connect (subscriber.LagPolicy).

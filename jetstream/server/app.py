@@ -22,7 +22,8 @@ from picows.api import _resolve_logger
 from picows.picows import WSProtocol
 
 from jetstream.server import http, params
-from jetstream.server.front import DEFAULT_MAX_REQUEST_BYTES, FrontDoor
+from jetstream.server.front import (DEFAULT_MAX_PENDING_REQUEST_BYTES, DEFAULT_MAX_REQUEST_BYTES, FrontDoor,
+                                    HeadBudget)
 from jetstream.server.ratelimit import RateLimiterRegistry
 from jetstream.server.subscriber import SubscriberListener
 
@@ -77,6 +78,7 @@ class SubscribeServer:
                  ping_interval_s: float = PING_INTERVAL_S, pong_timeout_s: float = PONG_TIMEOUT_S,
                  hello_timeout_s: float = HELLO_TIMEOUT_S, handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
                  max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+                 max_pending_request_bytes: int = DEFAULT_MAX_PENDING_REQUEST_BYTES,
                  max_ip_metric_labels: int = MAX_IP_METRIC_LABELS, zstd_dictionary: bytes = b"",
                  zstd_dictionary_id: int = 0, health: Callable[[], tuple[bool, dict]] | None = None,
                  clock_us=_now_us) -> None:
@@ -89,6 +91,7 @@ class SubscribeServer:
         self.hello_timeout_s = hello_timeout_s
         self.handshake_timeout_s = handshake_timeout_s
         self.max_request_bytes = max_request_bytes
+        self.pending_heads = HeadBudget(max_pending_request_bytes)
         self._ping_interval_s = ping_interval_s
         # picows requires the pong wait to fit inside the ping interval.
         self._pong_timeout_s = min(pong_timeout_s, ping_interval_s) if ping_interval_s > 0 else pong_timeout_s
@@ -126,7 +129,7 @@ class SubscribeServer:
 
     def _new_front_door(self) -> FrontDoor:
         return FrontDoor(self._new_protocol, self.max_request_bytes, self.handshake_timeout_s,
-                         self._count_front_door_answer)
+                         self.pending_heads, self._count_front_door_answer)
 
     def _count_front_door_answer(self, reason: str) -> None:
         self.refused_requests[reason] += 1

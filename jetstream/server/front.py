@@ -2,7 +2,8 @@
 
 Owns: buffering a connection's request head up to `--max-request-bytes` (Go's 1 MiB default;
 picows alone hangs up at 16 KiB, so v1 clients with a few hundred `wantedDids` in the URL were
-refused), answering what picows cannot (methods other than GET: echo's 405, CORS preflight
+refused) within a budget shared by every connection still sending its head
+(`--max-pending-request-bytes`: many slow 1 MiB heads must not exhaust memory), answering what picows cannot (methods other than GET: echo's 405, CORS preflight
 and HEAD; heads over the limit: Go's 431), and handing every GET to picows' protocol
 unchanged, or with its query moved aside when the head is too long for picows.
 It must never parse subscriber options (params.py) or route GETs (app.py does both), and it
@@ -29,6 +30,26 @@ _GET = b"GET "
 # What Go writes for a head over MaxHeaderBytes (net/http server.go), then it closes.
 TOO_LARGE_RESPONSE = (b"HTTP/1.0 431 Request Header Fields Too Large\r\nContent-Type: text/plain; charset=utf-8\r\n"
                       b"Connection: close\r\n\r\n431 Request Header Fields Too Large")
+DEFAULT_MAX_PENDING_REQUEST_BYTES = 64 << 20
+BUSY_RESPONSE = http.raw_response(HTTPStatus.SERVICE_UNAVAILABLE, b"too many pending requests\n",
+                                  "text/plain; charset=utf-8", [("Retry-After", "1")])
+
+
+class HeadBudget:
+    """Bytes of unfinished request heads all connections may hold at once."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, size: int) -> bool:
+        if self.held + size > self.limit:
+            return False
+        self.held += size
+        return True
+
+    def give_back(self, size: int) -> None:
+        self.held -= size
 
 
 class FrontDoor(asyncio.Protocol):
@@ -37,13 +58,14 @@ class FrontDoor(asyncio.Protocol):
     `make_websocket_protocol(full_target)` builds the picows protocol that takes the
     connection over; `full_target` is the original request target when the head handed to
     picows had its query cut (else None). `count_answer(reason)` is told of every request
-    answered here (`request_too_large`, `method_not_get`).
+    answered here (`request_too_large`, `method_not_get`, `server_busy`).
     """
 
     def __init__(self, make_websocket_protocol: Callable[[bytes | None], asyncio.BaseProtocol],
-                 max_request_bytes: int, handshake_timeout_s: float,
+                 max_request_bytes: int, handshake_timeout_s: float, budget: HeadBudget,
                  count_answer: Callable[[str], None] = lambda reason: None) -> None:
         self._make_websocket_protocol = make_websocket_protocol
+        self._budget = budget
         self._count_answer = count_answer
         self._max_request_bytes = max_request_bytes
         self._handshake_timeout_s = handshake_timeout_s
@@ -61,8 +83,12 @@ class FrontDoor(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._transport is None:
             return  # answered already; what follows the head is not read
+        if not self._budget.take(len(data)):
+            self._answer(BUSY_RESPONSE, "server_busy")
+            return
+        searched = max(0, len(self._received) - len(_HEAD_END) + 1)  # scan each byte once, not per chunk
         self._received += data
-        head_end = self._received.find(_HEAD_END)
+        head_end = self._received.find(_HEAD_END, searched)
         if head_end < 0:
             if len(self._received) > self._max_request_bytes:
                 self._answer(TOO_LARGE_RESPONSE, "request_too_large")
@@ -70,11 +96,18 @@ class FrontDoor(asyncio.Protocol):
         if head_end + len(_HEAD_END) > self._max_request_bytes:
             self._answer(TOO_LARGE_RESPONSE, "request_too_large")
             return
-        self._dispatch(bytes(self._received), head_end)
+        received = bytes(self._received)
+        self._release_buffer()
+        self._dispatch(received, head_end)
 
     def connection_lost(self, exc) -> None:
         self._cancel_timeout()
         self._transport = None
+        self._release_buffer()
+
+    def _release_buffer(self) -> None:
+        self._budget.give_back(len(self._received))
+        self._received = bytearray()
 
     # --- what to do with a complete head ------------------------------------------------------
 
@@ -105,6 +138,7 @@ class FrontDoor(asyncio.Protocol):
         log.debug("event=http_answered reason=%s", reason)
         self._count_answer(reason)
         self._cancel_timeout()
+        self._release_buffer()
         transport, self._transport = self._transport, None
         transport.write(response)
         transport.close()
@@ -113,6 +147,7 @@ class FrontDoor(asyncio.Protocol):
         self._timeout = None
         if self._transport is not None:
             log.debug("event=http_handshake_timeout received=%d", len(self._received))
+            self._release_buffer()
             transport, self._transport = self._transport, None
             transport.close()
 

@@ -172,3 +172,32 @@ async def test_request_heads_over_max_request_bytes_get_gos_431(tmp_path):
         assert (status, payload) == (200, b"Welcome to Jetstream")
         assert stack.server.refused_requests["request_too_large"] == 2
     await with_stack(tmp_path, body)
+
+
+async def test_unfinished_heads_share_one_memory_budget_and_return_it(tmp_path):
+    """Many connections each trickling a long head must not hold unbounded memory."""
+    import asyncio
+
+    async def body(stack):
+        budget = stack.server.pending_heads
+        budget.limit = 64 * 1024
+        port = stack.server.port
+        holders = []
+        for _ in range(3):  # 3 x 20 KB unfinished heads fit in 64 KiB
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /subscribe?" + b"a" * 20_000)
+            holders.append((reader, writer))
+        from server_helpers import settle
+        await settle(lambda: budget.held == 3 * 20_015)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /subscribe?" + b"b" * 20_000)
+        answer = await asyncio.wait_for(reader.read(), 5)
+        assert answer.startswith(b"HTTP/1.1 503 Service Unavailable") and b"Retry-After: 1" in answer
+        assert stack.server.refused_requests["server_busy"] == 1
+        for _, held in holders:
+            held.close()
+        await settle(lambda: budget.held == 0)  # closed connections give their bytes back
+        status, _, payload = await http_get(port, "/?" + "c" * 30_000)  # room again, and a finished head is released
+        assert (status, payload) == (200, b"Welcome to Jetstream")
+        assert budget.held == 0
+    await with_stack(tmp_path, body)
