@@ -112,21 +112,26 @@ class FrontDoor(asyncio.Protocol):
     # --- what to do with a complete head ------------------------------------------------------
 
     def _dispatch(self, received: bytes, head_end: int) -> None:
-        if received.startswith(_GET) or not _looks_like_request_line(received):
-            # picows answers malformed heads itself, as before this front door existed
-            self._hand_over(received, head_end)
+        request_line = _request_line(received)
+        if request_line is not None and request_line[0] != b"GET":
+            method, target, _ = request_line
+            headers = _parse_headers(received[:head_end])
+            self._answer(answer_other_method(method, target, headers), "method_not_get")
             return
-        method, target = received.split(b" ", 2)[:2]
-        headers = _parse_headers(received[:head_end])
-        self._answer(answer_other_method(method, target, headers), "method_not_get")
+        # GETs, and malformed heads, which picows answers itself as before this front door existed
+        self._hand_over(received, head_end, request_line)
 
-    def _hand_over(self, received: bytes, head_end: int) -> None:
+    def _hand_over(self, received: bytes, head_end: int, request_line: tuple[bytes, bytes, bytes] | None) -> None:
         full_target = None
         if head_end + len(_HEAD_END) > PICOWS_MAX_HEAD_BYTES:
-            received, full_target = _without_query(received)
-            if received.find(_HEAD_END) + len(_HEAD_END) > PICOWS_MAX_HEAD_BYTES:
+            if request_line is None:  # no query to move aside: picows would refuse the length
+                self._answer(TOO_LARGE_RESPONSE, "request_too_large")
+                return
+            received, removed = _without_query(received, request_line)
+            if head_end - removed + len(_HEAD_END) > PICOWS_MAX_HEAD_BYTES:
                 self._answer(TOO_LARGE_RESPONSE, "request_too_large")  # the headers alone are too long
                 return
+            full_target = request_line[1]
         self._cancel_timeout()  # picows runs its own handshake timeout from here
         transport, self._transport = self._transport, None
         protocol = self._make_websocket_protocol(full_target)
@@ -168,10 +173,12 @@ def _feed(protocol, data: bytes) -> None:
         view = view[size:]
 
 
-def _looks_like_request_line(received: bytes) -> bool:
-    line = received.split(b"\r\n", 1)[0]
-    parts = line.split(b" ")
-    return len(parts) == 3 and parts[0].isalpha() and parts[2].startswith(b"HTTP/")
+def _request_line(received: bytes) -> tuple[bytes, bytes, bytes] | None:
+    """(method, target, version) of a complete head's first line, or None if it is not one."""
+    parts = received[:received.index(b"\r\n")].split(b" ")
+    if len(parts) == 3 and parts[0].isalpha() and parts[2].startswith(b"HTTP/"):
+        return parts[0], parts[1], parts[2]
+    return None
 
 
 def _parse_headers(head: bytes) -> dict[str, str]:
@@ -185,12 +192,12 @@ def _parse_headers(head: bytes) -> dict[str, str]:
     return headers
 
 
-def _without_query(received: bytes) -> tuple[bytes, bytes]:
-    """The request with its target's query removed, and the original target."""
-    line_end = received.index(b"\r\n")
-    method, target, version = received[:line_end].split(b" ")
+def _without_query(received: bytes, request_line: tuple[bytes, bytes, bytes]) -> tuple[bytes, int]:
+    """The request with its target's query removed, and how many bytes that removed."""
+    method, target, version = request_line
     short_target = target.partition(b"?")[0]
-    return b" ".join((method, short_target, version)) + received[line_end:], target
+    rest = received[received.index(b"\r\n"):]
+    return b" ".join((method, short_target, version)) + rest, len(target) - len(short_target)
 
 
 def answer_other_method(method: bytes, target: bytes, headers: dict[str, str]) -> bytes:

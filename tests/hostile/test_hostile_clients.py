@@ -233,6 +233,9 @@ async def test_long_request_heads_are_read_up_to_go_limit_and_refused_beyond_it(
     picows alone hangs up at 16 KiB without an answer; the front door (server/front.py)
     reads the head first, so v1's `too many wanted DIDs` 400 is reachable from the URL.
     """
+        # over picows' 16 KiB with a request line that cannot be split into method, target, version
+        malformed = await raw_request(port, b"GET /subscribe?" + b"a" * 20_000 + b" HTTP/1.1 extra\r\nHost: x\r\n\r\n")
+        assert malformed.startswith(b"HTTP/1.0 431 ")
     async with Witnessed(tmp_path, expected_v1_lines) as served:
         port = served.server.port
         huge_query = "/subscribe?wantedCollections=" + "a" * 100_000
