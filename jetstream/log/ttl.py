@@ -46,14 +46,23 @@ class TtlTrimmer:
         self.interval_s = interval_s
         self.clock_s = clock_s
         self.passes = 0
-        self.pending_compaction = None  # what the last pass deleted and run() compacts next
         self._compaction: asyncio.Future | None = None
 
     def cutoff_time_us(self) -> int:
         return int((self.clock_s() - self.event_ttl_s) * 1_000_000)
 
-    def trim_once(self, compact: bool = True) -> bool:
-        """One pass over the log, then the ring; False (counted and logged) if the log refused it.
+    def trim_once(self) -> bool:
+        """One whole pass, compaction included, in the caller's thread (tests, tools).
+
+        False (counted and logged) if the log refused the delete.
+        """
+        passed, trimmed = self._delete_expired()
+        if trimmed is not None:
+            self._compact(trimmed)
+        return passed
+
+    def _delete_expired(self):
+        """Delete from the log, then the ring: (passed, ranges to compact or None).
 
         Log and ring are trimmed in one synchronous call on the event loop, so no reader step
         runs in between: a reader the ring's new floor leaves behind reads the log from its
@@ -61,32 +70,28 @@ class TtlTrimmer:
         beyond the expired events. A failed pass leaves the ring alone too: the log would
         still serve those events to a reader below the floor, so dropping them from memory
         would only move readers to the slower path. The next pass drops both.
-        With compact=False the deleted range waits in `pending_compaction` for run().
         """
         cutoff = self.cutoff_time_us()
         started = time.perf_counter()
         try:
             trimmed = self.event_log.delete_older_than(cutoff)
-            if trimmed is not None and compact:
-                self.event_log.compact_trimmed(trimmed)
-                trimmed = None
         except Exception as exc:  # noqa: BLE001 - trimming must never stop the daemon
             metrics.TTL_TRIMS.labels("failed").inc()
             log.error("event=ttl_trim_failed cutoff_time_us=%d error=%s", cutoff, repr(exc))  # no traceback kept
-            return False
+            return False, None
         ring_dropped = self.ring.drop_before(cutoff) if self.ring is not None else 0
-        self.pending_compaction = trimmed
         self.passes += 1
         metrics.TTL_TRIMS.labels("ok").inc()
         log.debug("event=ttl_trim_pass cutoff_time_us=%d ring_dropped=%d duration_s=%.4f",
                   cutoff, ring_dropped, time.perf_counter() - started)
-        return True
+        return True, trimmed
 
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
-            if self.trim_once(compact=False) and self.pending_compaction is not None:
-                await self._compact_in_thread(self.pending_compaction)
+            _, trimmed = self._delete_expired()
+            if trimmed is not None:
+                await self._compact_in_thread(trimmed)
 
     async def _compact_in_thread(self, trimmed) -> None:
         # Shielded: cancelling run() (daemon stop) must not orphan a thread still inside
