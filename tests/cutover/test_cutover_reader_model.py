@@ -25,6 +25,8 @@ from jetstream.log.store import EventLog
 from jetstream.log.ttl import TtlTrimmer
 from jetstream.server.subscriber import read_next_batch
 
+from cutover_helpers import wanted
+
 pytestmark = pytest.mark.timeout(120)
 
 TWINS = {"cython": (core.LiveRing, core.EventFilter), "python": (PyLiveRing, PyEventFilter)}
@@ -32,17 +34,6 @@ COLLECTIONS = ("app.bsky.feed.post", "app.bsky.feed.like", "app.bsky.graph.follo
 DIDS = ("did:plc:aaa", "did:plc:bbb", "did:plc:ccc")
 RING_CAPACITY = 16
 SCAN_LIMIT = 7  # below the ring size, so a sparse filter needs several steps to cross it
-
-
-def wanted(spec, did: str, collection: str) -> bool:
-    """The v1 rules, written independently: OR of exact / '.*' prefix; '' bypasses collections."""
-    collections, dids = spec
-    if dids and did not in dids:
-        return False
-    if not collections or collection == "":
-        return True
-    return any(collection.startswith(entry[:-1]) if entry.endswith(".*") else collection == entry
-               for entry in collections)
 
 
 filter_specs = st.tuples(

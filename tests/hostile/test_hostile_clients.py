@@ -10,43 +10,27 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import socket
 import struct
 
 import pytest
 from picows import WSCloseCode, WSMsgType
 
-from jetstream.compression import EventCompressor
-from jetstream.core import LiveRing
-from jetstream.events import KIND_ACCOUNT, KIND_COMMIT, KIND_IDENTITY, Event
-from jetstream.log.store import EventLog
 from jetstream.config import parse_serve_args
+from jetstream.core import LiveRing
+from jetstream.log.store import EventLog
 from jetstream.server import app as server_app
 from jetstream.server.app import SubscribeServer
+from corpus_events import event_from_line, time_us_of
 from wsclient import connect
 
 pytestmark = pytest.mark.timeout(120)
 
 WITNESS_ADDR = ("127.0.0.2", 0)
-_TIME_US = re.compile(rb'"time_us":\d+')
-_KINDS = {"commit": KIND_COMMIT, "identity": KIND_IDENTITY, "account": KIND_ACCOUNT}
-_COMPRESSOR = EventCompressor()
 UPGRADE_HEADERS = (
     "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
 )
-
-
-def event_from_line(line: bytes, time_us: int) -> Event:
-    body = _TIME_US.sub(b'"time_us":%d' % time_us, line, count=1)
-    parsed = json.loads(body)
-    collection = parsed["commit"]["collection"] if parsed["kind"] == "commit" else ""
-    return Event(time_us, parsed["did"], _KINDS[parsed["kind"]], collection, body, _COMPRESSOR.compress(body))
-
-
-def time_us_of(payload: bytes) -> int:
-    return json.loads(payload)["time_us"]
 
 
 async def settle(predicate, timeout: float = 10.0) -> None:
@@ -233,9 +217,6 @@ async def test_long_request_heads_are_read_up_to_go_limit_and_refused_beyond_it(
     picows alone hangs up at 16 KiB without an answer; the front door (server/front.py)
     reads the head first, so v1's `too many wanted DIDs` 400 is reachable from the URL.
     """
-        # over picows' 16 KiB with a request line that cannot be split into method, target, version
-        malformed = await raw_request(port, b"GET /subscribe?" + b"a" * 20_000 + b" HTTP/1.1 extra\r\nHost: x\r\n\r\n")
-        assert malformed.startswith(b"HTTP/1.0 431 ")
     async with Witnessed(tmp_path, expected_v1_lines) as served:
         port = served.server.port
         huge_query = "/subscribe?wantedCollections=" + "a" * 100_000
@@ -252,6 +233,9 @@ async def test_long_request_heads_are_read_up_to_go_limit_and_refused_beyond_it(
         assert over_limit.startswith(b"HTTP/1.0 431 ")  # Go writes this one as HTTP/1.0
         endless = await raw_request(port, b"GET /subscribe?" + b"a" * (1 << 20) + b"b" * 70_000)  # no end of head
         assert endless.startswith(b"HTTP/1.0 431 ")
+        # over picows' 16 KiB with a request line that cannot be split into method, target, version
+        malformed = await raw_request(port, b"GET /subscribe?" + b"a" * 20_000 + b" HTTP/1.1 extra\r\nHost: x\r\n\r\n")
+        assert malformed.startswith(b"HTTP/1.0 431 ")
         assert served.server.connected_count == 1
         await served.witness_saw_everything()
 

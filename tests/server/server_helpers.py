@@ -6,31 +6,13 @@ what the tests compare is real v1 output, not strings the code under test produc
 from __future__ import annotations
 
 import asyncio
-import json
-import re
 
-from jetstream.compression import EventCompressor
 from jetstream.core import LiveRing
-from jetstream.events import KIND_ACCOUNT, KIND_COMMIT, KIND_IDENTITY, Event
+from jetstream.events import Event
 from jetstream.log.store import EventLog
 from jetstream.server.app import SubscribeServer
 
-_TIME_US = re.compile(rb'"time_us":\d+')
-_KINDS = {"commit": KIND_COMMIT, "identity": KIND_IDENTITY, "account": KIND_ACCOUNT}
-_COMPRESSOR = EventCompressor()
-
-
-def event_from_line(line: bytes, time_us: int) -> Event:
-    """A sequenced Event carrying a corpus v1 line with its time_us replaced."""
-    body = _TIME_US.sub(b'"time_us":%d' % time_us, line, count=1)
-    parsed = json.loads(body)
-    collection = parsed["commit"]["collection"] if parsed["kind"] == "commit" else ""
-    return Event(time_us, parsed["did"], _KINDS[parsed["kind"]], collection, body, _COMPRESSOR.compress(body))
-
-
-def time_us_of(payload: bytes) -> int:
-    return json.loads(payload)["time_us"]
-
+from corpus_events import event_from_line, time_us_of  # noqa: F401 - the server tests import them from here
 
 class Stack:
     """Log, ring and server wired the way the daemon wires them (log -> ring -> notify)."""

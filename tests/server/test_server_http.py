@@ -1,9 +1,13 @@
 """The public listener's plain-HTTP answers over real sockets (V1-REFERENCE §2.1, §2.3, §11.1)."""
 from __future__ import annotations
 
+import asyncio
+import json
+
 import pytest
 
-from server_helpers import Stack, http_get
+from server_helpers import Stack, http_get, settle
+from wsclient import connect
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -137,9 +141,6 @@ async def test_cors_preflight_is_answered_like_v1s_middleware(tmp_path):
 
 async def test_a_long_query_of_wanted_dids_subscribes_and_is_honoured(tmp_path, expected_v1_lines):
     """v1 clients put every wanted DID in the URL; 500 of them (~22 KB) used to be refused here."""
-    import json
-    from server_helpers import settle
-    from wsclient import connect
     lines_by_did = {}
     for line in expected_v1_lines:
         lines_by_did.setdefault(json.loads(line)["did"], []).append(line)
@@ -176,7 +177,6 @@ async def test_request_heads_over_max_request_bytes_get_gos_431(tmp_path):
 
 async def test_unfinished_heads_share_one_memory_budget_and_return_it(tmp_path):
     """Many connections each trickling a long head must not hold unbounded memory."""
-    import asyncio
 
     async def body(stack):
         budget = stack.server.pending_heads
@@ -187,7 +187,6 @@ async def test_unfinished_heads_share_one_memory_budget_and_return_it(tmp_path):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(b"GET /subscribe?" + b"a" * 20_000)
             holders.append((reader, writer))
-        from server_helpers import settle
         await settle(lambda: budget.held == 3 * 20_015)
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET /subscribe?" + b"b" * 20_000)

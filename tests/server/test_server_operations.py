@@ -20,7 +20,7 @@ from jetstream.log.store import EventLog
 from jetstream.relaysim.server import FileSource, RelaySim
 from jetstream.server.app import SubscribeServer
 from jetstream.server.metrics import SERVER_METRICS
-from server_helpers import http_get, settle
+from server_helpers import Stack, http_get, settle
 from wsclient import connect
 
 pytestmark = pytest.mark.timeout(60)
@@ -182,7 +182,6 @@ async def test_client_holding_v1_dictionary_decodes_every_frame_to_the_uncompres
 
 async def test_delivery_counters_of_gone_ips_fold_into_other_beyond_the_label_budget(tmp_path, expected_v1_lines):
     """v1 kept one series per client IP forever; a public endpoint sees millions of them."""
-    from server_helpers import Stack
     stack = await Stack(tmp_path).start()
     stack.server.max_ip_metric_labels = 2
     try:
