@@ -34,7 +34,7 @@ from jetstream.events import KIND_COMMIT, Event
 from jetstream.log.store import EventLog
 from jetstream.server.app import SubscribeServer
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "expected_v1.jsonl"
+CORPUS = Path(__file__).resolve().parents[1] / "tests" / "data" / "expected_v1.jsonl"
 BATCH = 512
 
 CLIENT = r"""

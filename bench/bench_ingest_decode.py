@@ -6,7 +6,6 @@ Reports corpus frames/s through decode_frame beside the libipld frame split alon
 """
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -19,8 +18,8 @@ from jetstream.framefile import read_frames
 from jetstream.ingest.car import read_car
 from jetstream.ingest.decode import decode_frame
 
-SHARED_DIR = Path(os.environ.get("JETSTREAM_SHARED_DIR", Path(__file__).resolve().parents[1].parent / "shared"))
-FRAMES_PATH = SHARED_DIR / "corpus" / "frames.bin.zst"
+DATA_DIR = Path(__file__).resolve().parents[1] / "tests" / "data"
+FRAMES_PATH = DATA_DIR / "frames.bin.zst"
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ Run: .venv/bin/python -m pytest bench/bench_ingest_pipeline.py --benchmark-enabl
 from __future__ import annotations
 
 import asyncio
-import os
 import statistics
 import tempfile
 import time
@@ -37,8 +36,8 @@ from jetstream.relaysim.filesource import FileSource
 from jetstream.relaysim.server import RelaySim
 from jetstream.relaysim.synthetic import SyntheticSource
 
-SHARED_DIR = Path(os.environ.get("JETSTREAM_SHARED_DIR", Path(__file__).resolve().parents[1].parent / "shared"))
-FRAMES_PATH = SHARED_DIR / "corpus" / "frames.bin.zst"
+DATA_DIR = Path(__file__).resolve().parents[1] / "tests" / "data"
+FRAMES_PATH = DATA_DIR / "frames.bin.zst"
 BATCH = 64
 FRAME_COUNT = 3000
 

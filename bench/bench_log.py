@@ -11,7 +11,6 @@ Events are the corpus's v1 JSON lines with fresh time_us values, cycled.
 """
 from __future__ import annotations
 
-import os
 import re
 import sys
 import time
@@ -31,7 +30,7 @@ from jetstream.log.rows import encode_key
 from jetstream.log.store import EventLog
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CORPUS_DIR = Path(os.environ.get("JETSTREAM_SHARED_DIR", REPO_ROOT.parent / "shared")) / "corpus"
+CORPUS_DIR = REPO_ROOT / "tests" / "data"
 _V1_LINE = re.compile(rb'^(\{"did":"([^"]*)","time_us":)\d+(,"kind":"(\w+)".*?)$', re.S)
 _COLLECTION = re.compile(rb'"collection":"([^"]*)"')
 _KINDS = {b"commit": 0, b"identity": 1, b"account": 2}

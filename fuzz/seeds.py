@@ -1,14 +1,13 @@
 """Seed corpora for the atheris harnesses, written to build/fuzz/<target>/seeds/.
 
 Owns: choosing seed inputs per target from relay-sim (synthetic and fault frames) and
-from ../shared/corpus (read in place; JETSTREAM_SHARED_DIR overrides), plus a few
+from the recorded relay frames in tests/data/, plus a few
 hand-written client requests. It must never write into the source tree: seeds are build
 output, regenerated on every `make fuzz`.
 """
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ from jetstream.relaysim.faults import error_frame, garbage_frame, info_frame, sy
 from jetstream.relaysim.synthetic import SyntheticSource
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DIR = Path(os.environ.get("JETSTREAM_SHARED_DIR", REPO_ROOT.parent / "shared"))
+DATA_DIR = REPO_ROOT / "tests" / "data"
 
 QUERIES = [b"", b"wantedCollections=app.bsky.feed.post", b"wantedCollections=app.bsky.*&wantedDids=did:plc:abc",
            b"cursor=1700000000000000&compress=true", b"cursor=abc", b"maxMessageSizeBytes=5000000000",
@@ -45,7 +44,7 @@ def relay_frames() -> list[bytes]:
     frames += [garbage_frame(rng), too_big_frame(rng, 1, did, 1_700_000_000_000_000),
                sync_frame(rng, 2, did, 1_700_000_000_000_000), error_frame("ConsumerTooSlow", "slow"),
                info_frame("OutdatedCursor", "old")]
-    corpus = SHARED_DIR / "corpus" / "frames.bin.zst"
+    corpus = DATA_DIR / "frames.bin.zst"
     if corpus.exists():
         frames += read_frames(corpus)
     else:

@@ -1,31 +1,21 @@
-"""Shared fixtures: where the read-only corpus lives, and its frames.
+"""Shared fixtures: the recorded relay data in tests/data/ (see its README.md), and its frames.
 
-The corpus sits in ../shared/corpus beside the checkout (CI puts it there too).
-Tests read it in place; nothing from it is ever copied into the project.
+The data is part of the checkout: no test skips for want of it and nothing outside the
+repository is read.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DIR = Path(os.environ.get("JETSTREAM_SHARED_DIR", REPO_ROOT.parent / "shared"))
-CORPUS_DIR = SHARED_DIR / "corpus"
-
-
-def _require_corpus() -> Path:
-    if not (CORPUS_DIR / "frames.bin.zst").exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"corpus missing at {CORPUS_DIR}; CI must provide ../shared")
-        pytest.skip(f"corpus not found at {CORPUS_DIR} (set JETSTREAM_SHARED_DIR)")
-    return CORPUS_DIR
+CORPUS_DIR = REPO_ROOT / "tests" / "data"
 
 
 @pytest.fixture(scope="session")
 def corpus_dir() -> Path:
-    return _require_corpus()
+    return CORPUS_DIR
 
 
 @pytest.fixture(scope="session")
