@@ -12,7 +12,7 @@ import os
 import sys
 
 from jetstream.logfmt import setup_logging
-from jetstream.config import RELAY_SIM_FLAGS, SERVE_FLAGS, add_flags, to_config
+from jetstream.config import RELAY_SIM_FLAGS, SERVE_FLAGS, ConfigError, add_flags, to_config
 
 
 def run_loop(coro) -> None:
@@ -27,13 +27,18 @@ def run_loop(coro) -> None:
 def cmd_serve(cfg) -> None:
     from jetstream.daemon import Daemon
     from jetstream.log.store import LogError
+    from jetstream.startup import EXIT_STARTUP_FAILED, StartupError, preflight, report_startup_failure
 
     try:
+        preflight(cfg)
         run_loop(Daemon(cfg).run_until_signalled())
+    except StartupError as exc:
+        report_startup_failure(exc)
+        sys.exit(EXIT_STARTUP_FAILED)
     except LogError as exc:
         # A foreign, corrupted or locked data dir is an operator error: say so, never re-create.
-        logging.getLogger("jetstream.cli").error("event=startup_failed reason=data_dir error=%r", str(exc))
-        sys.exit(2)
+        report_startup_failure(StartupError("data-dir", cfg.data_dir, str(exc)))
+        sys.exit(EXIT_STARTUP_FAILED)
 
 
 def cmd_relay_sim(cfg) -> None:
@@ -141,9 +146,23 @@ def main(argv: list[str] | None = None) -> None:
         setup_logging("warning")
         args.handler(args)
         return
-    cfg = to_config(args, flag_sets[args.command])
+    environ = dict(os.environ)
+    try:
+        cfg = to_config(args, flag_sets[args.command], environ)
+    except ConfigError as exc:
+        _refuse_config(exc, args, environ)
     setup_logging(cfg.log_level, cfg.log_format)
     args.handler(cfg)
+
+
+def _refuse_config(exc: ConfigError, args, environ: dict[str, str]) -> None:
+    """One `event=startup_failed` line (in the requested log format when that one is valid), exit 2."""
+    from jetstream.startup import EXIT_STARTUP_FAILED, report_startup_failure
+
+    log_format = getattr(args, "log_format", None) or environ.get("JETSTREAM_LOG_FORMAT", "text")
+    setup_logging("info", log_format if log_format in ("text", "json") else "text")
+    report_startup_failure(exc, logging.getLogger("jetstream.cli"))
+    sys.exit(EXIT_STARTUP_FAILED)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from jetstream.log.store import EventLog
 from jetstream.log.ttl import TtlTrimmer, trim_interval_s
 from jetstream.server.app import SubscribeServer
 from jetstream.server.metrics import MetricsListener, register_server
+from jetstream.startup import StartupError
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,10 @@ class Daemon:
         # Read by each SubscriberListener at connect (subscriber.LagPolicy).
         self.server.lag_limits = (cfg.max_lag_events, cfg.max_lag_seconds, cfg.max_lag_grace)
         host, port = parse_listen_addr(cfg.listen_addr)
-        await self.server.start(host, port)
+        try:
+            await self.server.start(host, port)
+        except OSError as exc:  # taken since the start-up probe: still one clear line, naming the address
+            raise StartupError("listen-addr", cfg.listen_addr, f"cannot bind {host}:{port}: {exc.strerror or exc}") from None
         self.pipeline = IngestPipeline(
             self.event_log, ring, Sequencer(hwm), compressor, self.server.notify_new_events,
             socket_url=cfg.ws_url, group_commit_s=cfg.group_commit_ms / 1000.0,
@@ -117,7 +121,11 @@ class Daemon:
         )
         self._metrics_collector = register_server(self.server)
         if cfg.metrics_listen_addr:
-            self.metrics_listener = MetricsListener(cfg.metrics_listen_addr)
+            try:
+                self.metrics_listener = MetricsListener(cfg.metrics_listen_addr)
+            except OSError as exc:
+                raise StartupError("metrics-listen-addr", cfg.metrics_listen_addr,
+                                   f"cannot bind: {exc.strerror or exc}") from None
         self.trimmer = TtlTrimmer(self.event_log, cfg.event_ttl,
                                   trim_interval_s(cfg.event_ttl, cfg.ttl_trim_interval), ring=ring)
         self._tasks = [asyncio.ensure_future(self.trimmer.run())]
@@ -249,7 +257,11 @@ class Daemon:
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal, signum)
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()  # release what did open (the log, a bound listener) before reporting
+            raise
         await stop_requested.wait()
         try:
             await asyncio.wait_for(self.stop(), timeout=SHUTDOWN_TIMEOUT_S)
