@@ -34,16 +34,13 @@ class StartupError(Exception):
         self.problem = problem
 
 
-def _quoted(text: object) -> str:
-    return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def report_startup_failure(error: StartupError | ConfigError, logger: logging.Logger = log) -> None:
     """The one line an operator reads: flag, environment variable, value and why."""
     flag: Flag = error.flag
     source = getattr(error, "source", "")
-    logger.error("event=startup_failed flag=--%s env=%s value=%s%s error=%s", flag.name, flag.env,
-                 _quoted(error.value), f" source={_quoted(source)}" if source else "", _quoted(error.problem))
+    # value=%r: always quoted, so an empty or numeric value reads as what was given.
+    logger.error("event=startup_failed flag=--%s env=%s value=%r source=%s error=%s", flag.name, flag.env,
+                 str(error.value), source or "probe", error.problem)
 
 
 def _os_problem(exc: OSError) -> str:
