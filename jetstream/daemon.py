@@ -21,6 +21,7 @@ from jetstream.config import Config, parse_listen_addr
 from jetstream.core import LiveRing
 from jetstream.ingest.pipeline import IngestPipeline
 from jetstream.ingest.relay_client import RelayClient
+from jetstream.ingest.relay_cursor import resume_cursor_for
 from jetstream.ingest.sequencer import Sequencer
 from jetstream.log.store import EventLog
 from jetstream.log.ttl import TtlTrimmer, trim_interval_s
@@ -110,6 +111,7 @@ class Daemon:
             on_relay_error=lambda detail: self.relay and self.relay.reconnect("error_frame"),
             verify_mst=cfg.verify_mst,
         )
+        self.pipeline.last_accepted_seq = resume_cursor_for(self.event_log, cfg.ws_url)
         if cfg.override_relay_cursor >= 0:
             log.info("event=relay_cursor_overridden stored=%s override=%d",
                      self.pipeline.last_accepted_seq, cfg.override_relay_cursor)

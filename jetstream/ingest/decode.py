@@ -80,7 +80,11 @@ def decode_frame(frame: bytes, *, verify_all_blocks: bool = False, verify_mst: b
         return _identity_frame(body, seq)
     if frame_type == "#account":
         return _account_frame(body, seq)
-    # #sync, #info, #labels and anything unknown: v1 emitted nothing.
+    if frame_type == "#info":
+        # No event (as v1), but the pipeline logs it: OutdatedCursor means events may be missing.
+        return DecodedFrame(seq, frame_type, [], [("relay_info", f"name={body.get('name')!r} "
+                                                                 f"message={body.get('message')!r}")])
+    # #sync, #labels and anything unknown: v1 emitted nothing.
     return DecodedFrame(seq, frame_type, [], [])
 
 

@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Callable
 
 from jetstream import metrics
+from jetstream.ingest.relay_cursor import is_future_cursor, is_outdated_cursor, relay_identity
 from jetstream.ingest.decode import DecodedFrame, FrameError, decode_frame
 from jetstream.ingest.frames import split_frame
 
@@ -219,6 +220,8 @@ class IngestPipeline:
                 self.last_accepted_seq = batch_cursor = seq
                 newest_frame = frame
             self._account(decoded, tally)
+            if self.last_accepted_seq is None:
+                batch_cursor = None  # the relay disowned our cursor (forget_relay_cursor): store none
             pending_events.extend(decoded.events)
         self._publish_tally(tally)
         return pending_events, batch_cursor, newest_frame
@@ -259,6 +262,9 @@ class IngestPipeline:
             if reason == "error_frame":
                 self._relay_error(detail)
                 continue
+            if reason == "relay_info":
+                self._relay_info(detail)
+                continue
             metrics.INGEST_DROPS.labels(reason).inc()
             log.warning("event=ingest_drop reason=%s seq=%s detail=%s", reason, decoded.seq, detail)
         ops = tally.ops
@@ -284,7 +290,26 @@ class IngestPipeline:
         # v1 only logged it; the relay closes after an error frame anyway, so re-dial at once
         # from the stored cursor rather than wait for the close.
         log.warning("event=relay_error_frame %s", detail)
+        if is_future_cursor(detail):
+            self.forget_relay_cursor("future_cursor")
         self.on_relay_error(detail)
+
+    def _relay_info(self, detail: str) -> None:
+        if is_outdated_cursor(detail):
+            # The relay carries on from its oldest held frame: what lay between is lost to us.
+            metrics.INGEST_DROPS.labels("outdated_cursor").inc()
+            log.warning("event=relay_outdated_cursor cursor=%s action=continue_from_relay_oldest %s",
+                        self.last_accepted_seq, detail)
+        else:
+            log.info("event=relay_info %s", detail)
+
+    def forget_relay_cursor(self, reason: str) -> None:
+        """Start live from the relay: it says our cursor is one it never reached (reset relay)."""
+        old = self.last_accepted_seq
+        self._pending.clear()  # frames still pending came before the error: the old sequence
+        self.event_log.switch_relay(relay_identity(self.socket_url), keep_cursor=False)
+        self.last_accepted_seq = None
+        log.warning("event=relay_cursor_dropped reason=%s old_cursor=%s action=start_live", reason, old)
 
     def _write(self, events, batch_cursor) -> None:
         if not events and batch_cursor is None:
