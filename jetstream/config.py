@@ -194,6 +194,8 @@ RELAY_SIM_FLAGS: tuple[Flag, ...] = (
     Flag("dids", 1000, int, "number of distinct repos in synthetic mode", v1=False, check=at_least(1)),
     Flag("prerender", 0, int, "synthetic mode: render this many frames once and loop them with patched seqs (fast); 0 = generate each frame", v1=False, check=at_least(0)),
     Flag("burst", 0, int, "the first N frames are sent as fast as the client reads, then --rate applies", v1=False, check=at_least(0)),
+    # Like a real relay (issue 17): restarts continue above earlier seqs, frame times are now.
+    Flag("clock", True, parse_bool, "take seqs and frame times from the wall clock (seconds x rate; a restarted relay-sim continues above its earlier seqs, a cursor ahead of the head gets FutureCursor); false = the recording's own seqs and times", v1=False),
     # Fault injection: 0 = off, an integer N = at every N-th seq, 0 < p < 1 = probability per seq.
     Flag("fault-garbage", 0.0, float, "insert a frame of random bytes before the faulty seqs", v1=False, check=at_least(0)),
     Flag("fault-truncated", 0.0, float, "insert the first half of the frame before the faulty seqs", v1=False, check=at_least(0)),

@@ -44,7 +44,7 @@ class _PrintingListener(WSListener):
 
 
 async def run_demo(cfg) -> None:
-    relay = RelaySim(SyntheticSource(seed=1, dids=200), rate=DEMO_RELAY_RATE)
+    relay = RelaySim(SyntheticSource(seed=1, dids=200), rate=DEMO_RELAY_RATE, clock=True)
     await relay.start("127.0.0.1", 0)
     cfg.values["ws_url"] = relay.url
     daemon = Daemon(cfg)
