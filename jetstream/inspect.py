@@ -6,14 +6,21 @@ batch written before it opened) and the summary an operator asks for: events hel
 oldest/newest time_us (also as UTC dates), size on disk, relay cursor, high-water mark,
 log format and the zstd dictionary id the stored frames carry.
 It must never write to the log, and never open it read-write (jetstream.log.store owns
-that, and would fight a running daemon for the LOCK).
+that, and would fight a running daemon for the LOCK). Even a read-only open writes:
+rocksdict rewrites its rocksdict-config.json, and RocksDB may start an info LOG. So the
+database is opened through a private view (a temporary directory of symlinks to the data
+files): whatever an open writes lands there, and the data dir may sit on a read-only
+filesystem or a read-only copy.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import sys
+import tempfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -99,7 +106,24 @@ def directory_size(path: Path) -> int:
     return total
 
 
+# Files an open may write or take: never linked into the view (rocksdict's config is copied).
+_NOT_LINKED_PREFIXES = ("LOG", "LOCK", "rocksdict-config.json")
+
+
+@contextmanager
+def read_only_view(path: Path):
+    """A temporary directory that reads as the database at `path` and absorbs every write an open makes."""
+    with tempfile.TemporaryDirectory(prefix="jetstream-inspect-") as view:
+        for entry in os.scandir(path):
+            if entry.name == "rocksdict-config.json":
+                shutil.copyfile(entry.path, os.path.join(view, entry.name))
+            elif not entry.name.startswith(_NOT_LINKED_PREFIXES):
+                os.symlink(os.path.abspath(entry.path), os.path.join(view, entry.name))
+        yield Path(view)
+
+
 def open_read_only(path: Path) -> Rdict:
+    """Open the database at `path` (normally a read_only_view) read-only, without its LOCK."""
     if not (path / "CURRENT").exists():
         raise InspectError(f"{path} holds no RocksDB database")
     try:
@@ -139,7 +163,16 @@ def _newest_dictionary_id(zstd_family) -> int | None:
 def inspect_data_dir(data_dir: str | os.PathLike, exact: bool = False) -> LogSummary:
     """The summary of the event log at data_dir, read without taking its LOCK."""
     path = Path(data_dir)
-    db = open_read_only(path)
+    if not (path / "CURRENT").exists():
+        raise InspectError(f"{path} holds no RocksDB database")
+    try:
+        with read_only_view(path) as view:
+            return _summarise(path, open_read_only(view), exact)
+    except OSError as exc:
+        raise InspectError(f"{path}: {exc.strerror or exc}") from exc
+
+
+def _summarise(path: Path, db: Rdict, exact: bool) -> LogSummary:
     families = [db.get_column_family(name) for name in (CF_EVENTS, CF_EVENTS_ZSTD, CF_META)]
     try:
         events, zstd_rows, meta = families
