@@ -109,7 +109,11 @@ LISTEN_ADDR = Check("HOST:PORT with a port in 0..65535 (0 = any free port)", _is
 OPTIONAL_LISTEN_ADDR = Check("HOST:PORT with a port in 0..65535, or empty to disable",
                              lambda text: text == "" or _is_listen_addr(text))
 WS_URL = Check("a ws:// or wss:// URL with a host", _is_ws_url)
-NOT_EMPTY = Check("a non-empty path", lambda text: bool(text.strip()))
+DATA_DIR = Check("a directory that exists or can be created and takes a new file (probed at start-up)",
+                 lambda text: bool(text.strip()))
+DICTIONARY_FILE = Check("empty (the shipped dictionary) or a readable zstd dictionary file (probed at start-up)",
+                        lambda text: True)
+UNUSED = Check("unused, accepted for v1", lambda value: True)
 LOG_LEVEL = one_of("debug", "info", "warning", "error")
 LOG_FORMAT = one_of("text", "json")
 
@@ -147,14 +151,14 @@ SERVE_FLAGS: tuple[Flag, ...] = (
     Flag("ws-url", DEFAULT_RELAY_URL, str, "full subscribeRepos URL of the relay", check=WS_URL),
     Flag("listen-addr", ":6008", str, "public HTTP/websocket listen address", check=LISTEN_ADDR),
     Flag("metrics-listen-addr", ":6009", str, "Prometheus /metrics listen address", check=OPTIONAL_LISTEN_ADDR),
-    Flag("data-dir", "./data", str, "directory of the RocksDB event log", check=NOT_EMPTY),
+    Flag("data-dir", "./data", str, "directory of the RocksDB event log", check=DATA_DIR),
     Flag("event-ttl", "24h", parse_duration, "retention of events, in the log and the live ring (Go duration)", check=above(0)),
     Flag("max-sub-rate", 5000.0, float, "events per second per client IP (token bucket, burst = rate)", check=above(0)),
     Flag("override-relay-cursor", -1, int, "if >= 0, start the relay from this seq instead of the stored cursor", check=at_least(-1)),
     Flag("liveness-ttl", "15s", parse_duration, "relay silence after which the relay connection is dropped and re-dialled (v1 exited the process instead)", check=above(0)),
-    Flag("zstd-dictionary-path", "", str, "zstd dictionary file for compressed clients (v1 declared but ignored it; we honour it); empty = the shipped jetstream-py dictionary", aliases=("zstd-dictionary",)),
-    Flag("worker-count", 100, int, "accepted for v1 compatibility; ingest is a single ordered pipeline, so it is unused"),
-    Flag("max-queue-size", 1000, int, "accepted for v1 compatibility; a no-op in v1 as well"),
+    Flag("zstd-dictionary-path", "", str, "zstd dictionary file for compressed clients (v1 declared but ignored it; we honour it); empty = the shipped jetstream-py dictionary", aliases=("zstd-dictionary",), check=DICTIONARY_FILE),
+    Flag("worker-count", 100, int, "accepted for v1 compatibility; ingest is a single ordered pipeline, so it is unused", check=UNUSED),
+    Flag("max-queue-size", 1000, int, "accepted for v1 compatibility; a no-op in v1 as well", check=UNUSED),
     # Flags v1 did not have.
     Flag("ring-capacity", 200_000, int, "events held in memory for live readers; older ones are read from the log", v1=False, check=at_least(1)),
     Flag("group-commit-ms", 2.0, float, "how long ingest gathers decoded events into one RocksDB write batch", v1=False, check=at_least(0)),
@@ -245,7 +249,9 @@ class ConfigError(ValueError):
 def describe_rule(flag: Flag) -> str:
     """What a valid value of `flag` is, in words (--help, the README table)."""
     rule = getattr(flag.check, "rule", "")
-    return f"{flag.expects}, {rule}" if rule else flag.expects
+    if not rule:
+        return flag.expects
+    return rule if flag.parse is str else f"{flag.expects}, {rule}"
 
 
 def add_flags(parser: argparse.ArgumentParser, flags: tuple[Flag, ...], environ: dict[str, str] | None = None) -> None:
