@@ -428,7 +428,8 @@ class RelaySimProcess:
         self.url = f"ws://127.0.0.1:{self.port}{SUBSCRIBE_REPOS_PATH}"
         args = [sys.executable, "-m", "jetstream.cli", "relay-sim", "--synthetic", "--seed", str(seed),
                 "--prerender", str(prerender), "--rate", str(frames_per_s),
-                "--listen-addr", f"127.0.0.1:{self.port}", "--log-level", "warning"]
+                "--listen-addr", f"127.0.0.1:{self.port}", "--log-level", "warning",
+                "--clock", "false"]  # the source's seqs: no per-frame seq/time splice in the load generator
         self.process = subprocess.Popen(args, cwd=REPO_ROOT)
 
     async def ready(self, timeout: float = 60.0) -> None:

@@ -1,6 +1,8 @@
 """Command-line flags and their JETSTREAM_* environment variables.
 
-Owns: every tunable of the daemon, its default and its parsing. Each flag can be
+Owns: every tunable of the daemon, its default, its parsing and its check (the valid
+range or choices, `Flag(..., check=...)`), and ConfigError naming the flag, its variable
+and where a refused value came from. Each flag can be
 given on the command line or in the environment (`--event-ttl` <-> JETSTREAM_EVENT_TTL);
 the command line wins. Names and defaults follow Jetstream v1 (V1-REFERENCE §1)
 where v1 has the flag; new flags say so in their help text.

@@ -11,19 +11,27 @@ It must never decode a frame: seq and time are spliced (seqpatch).
 """
 from __future__ import annotations
 
+import functools
 import time
 from datetime import datetime, timezone
 
-from jetstream.relaysim.seqpatch import patch_seq, patch_time
+from jetstream.relaysim.seqpatch import patch_seq_and_time
 from jetstream.relaysim.timeline import FrameSource
 
 # With rate 0 (as fast as readers pull) seqs count microseconds, which no reader outruns.
 UNPACED_SEQS_PER_SECOND = 1_000_000
 
 
+@functools.lru_cache(maxsize=4)
+def _second_text(whole_seconds: int) -> str:
+    return datetime.fromtimestamp(whole_seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+
+
 def rfc3339_us(seconds: float) -> str:
-    moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """'2026-11-29T15:04:22.156457Z' (the date part is formatted once per second: it is per frame)."""
+    micros = int(seconds * 1_000_000)
+    whole, fraction = divmod(micros, 1_000_000)
+    return f"{_second_text(whole)}.{fraction:06d}Z"
 
 
 class ClockSource:
@@ -66,5 +74,5 @@ class ClockSource:
         return self.wall_start + max(seq - self.first_seq - self.burst, 0) / self.rate
 
     def frame(self, seq: int) -> bytes:
-        frame = patch_seq(self.inner.frame(seq - self.offset), seq)
-        return patch_time(frame, rfc3339_us(self.wall_time_of(seq)))
+        inner_seq = seq - self.offset
+        return patch_seq_and_time(self.inner.frame(inner_seq), inner_seq, seq, rfc3339_us(self.wall_time_of(seq)))

@@ -80,3 +80,32 @@ def patch_time(frame: bytes, time_text: str) -> bytes:
             encoded = time_text.encode()
             return b"".join((frame[:value_start], encode_head(MAJOR_TEXT, len(encoded)), encoded, frame[pos:]))
     return frame
+
+
+def patch_seq_and_time(frame: bytes, old_seq: int, new_seq: int, time_text: str) -> bytes:
+    """patch_time(patch_seq(frame, new_seq), time_text), found by byte search instead of a CBOR walk.
+
+    Canonical DAG-CBOR orders map keys by length, then bytes: the body's "seq" (3 letters)
+    comes before its "time" (4), and both before "blocks", whose bytes hold the records. So
+    the first `"seq": old_seq` is the body's, and the first "time" after it is the body's too.
+    Anything unexpected falls back to the walking versions.
+    """
+    needle = b"\x63seq" + encode_uint(old_seq)
+    seq_at = frame.find(needle)
+    if seq_at < 0:
+        return patch_time(patch_seq(frame, new_seq), time_text)
+    seq_end = seq_at + len(needle)
+    time_key_at = frame.find(_TIME_KEY_HEAD, seq_end)
+    head = frame[:seq_at + 4] + encode_uint(new_seq)
+    if time_key_at < 0:
+        return head + frame[seq_end:]
+    value_at = time_key_at + len(_TIME_KEY_HEAD)
+    major, length, text_at = read_head(frame, value_at)
+    if major != MAJOR_TEXT:
+        return head + frame[seq_end:]
+    encoded = time_text.encode()
+    return b"".join((head, frame[seq_end:value_at], encode_head(MAJOR_TEXT, len(encoded)), encoded,
+                     frame[text_at + length:]))
+
+
+_TIME_KEY_HEAD = b"\x64time"

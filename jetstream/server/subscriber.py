@@ -1,7 +1,9 @@
 """One subscriber connection: its single reader (position -> ring | log -> filter -> pace -> send).
 
 Owns: the per-connection state (position, filter, hello gate, token bucket share,
-backpressure, lag policy) and DESIGN §4's single reader. A newcomer can follow it as:
+backpressure, lag policy), its two lifecycle log lines (subscriber_connected and
+subscriber_disconnected), closing with 1011 and a reason when one of its callbacks fails,
+and DESIGN §4's single reader. A newcomer can follow it as:
 
 1. Position. `position` is the time_us of the last event this connection has *scanned*
    (sent, or skipped by its filter). It starts from the cursor (`initial_position`):

@@ -135,6 +135,7 @@ async def test_kill9_under_ingest_replay_and_live_load_loses_and_duplicates_noth
     data_dir, logs = tmp_path / "data", tmp_path / "logs.txt"
     relay = await spawn("relay-sim", "--synthetic", "true", "--rate", str(RELAY_RATE), "--seed", str(SEED),
                         "--dids", str(DIDS), "--listen-addr", f"127.0.0.1:{relay_port}", "--log-level", "warning",
+                        "--clock", "false",  # the source's own seqs: expected_lines rebuilds them
                         log_path=logs)
     serve_args = ["serve", "--ws-url", f"ws://127.0.0.1:{relay_port}{SUBSCRIBE_REPOS_PATH}",
                   "--listen-addr", f"127.0.0.1:{daemon_port}", "--metrics-listen-addr", "",
