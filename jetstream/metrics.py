@@ -1,4 +1,4 @@
-"""Prometheus metrics: v1's names (V1-REFERENCE §7) plus the ones v1 lacked.
+"""Prometheus metrics: v1's names (docs/protocol.md §2.7) plus the ones v1 lacked.
 
 Owns: metric definitions and the metrics HTTP listener. Other modules import the
 metric objects from here; nothing else registers metrics, so names stay in one place.
