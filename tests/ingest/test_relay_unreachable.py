@@ -1,9 +1,11 @@
 """`jetstream serve` with no relay to reach (offline `make run`): a real daemon process whose
 `--ws-url` points at a closed port keeps re-dialling, says once in plain words that the relay
-is unreachable and that it keeps trying, and serves its log to subscribers meanwhile."""
+is unreachable and that it keeps trying, and serves its log to subscribers meanwhile. The
+line comes once per outage: again after the relay was reached and lost."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import signal
@@ -14,6 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from picows import WSListener, ws_create_server
+
+from jetstream.ingest.relay_client import RelayClient
 from jetstream.log.store import EventLog
 
 from corpus_events import event_from_line, time_us_of
@@ -83,3 +88,48 @@ async def test_offline_daemon_reports_the_relay_unreachable_once_and_serves_its_
     assert stderr.count(UNREACHABLE) == 1, "one plain-words line, not one per attempt"
     line = next(line for line in stderr.splitlines() if UNREACHABLE in line)
     assert b"cannot reach the relay" in line and b"retrying" in line and b"served from the log" in line
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    def count(self, event: str) -> int:
+        return sum(message.startswith(f"event={event} ") for message in self.messages)
+
+
+async def wait_until(condition, timeout: float = 20.0) -> None:
+    async def _wait() -> None:
+        while not condition():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(_wait(), timeout)
+
+
+async def test_the_unreachable_line_comes_once_per_outage_not_once_per_attempt():
+    port = closed_port()
+    records = _Records()
+    relay_log = logging.getLogger("jetstream.ingest.relay_client")
+    relay_log.addHandler(records)
+    relay_log.setLevel(logging.INFO)
+    client = RelayClient(f"ws://127.0.0.1:{port}/xrpc/com.atproto.sync.subscribeRepos", lambda frame: None,
+                         lambda: None, backoff_initial_s=0.005, backoff_max_s=0.02, liveness_ttl_s=0.2)
+    task = asyncio.ensure_future(client.run())
+    try:
+        await wait_until(lambda: records.count("relay_connect_failed") >= 4)
+        assert records.count("relay_unreachable") == 1
+        relay = await ws_create_server(WSListener, "127.0.0.1", port)  # the relay comes back...
+        await wait_until(lambda: records.count("relay_connected") >= 1)
+        relay.close()  # ...and goes away: the silent connection ends at the liveness TTL
+        failed_before = records.count("relay_connect_failed")
+        await wait_until(lambda: records.count("relay_connect_failed") >= failed_before + 4)
+        assert records.count("relay_unreachable") == 2, "a new outage is reported once more"
+    finally:
+        client.stop()
+        await asyncio.wait_for(task, 10)
+        relay_log.removeHandler(records)
+
