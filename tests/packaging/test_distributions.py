@@ -1,15 +1,15 @@
 """The distributions: `python -m build` makes an sdist and, from that sdist, a wheel.
 
 Pinned: the sdist holds what a build needs (setup.py, pyproject.toml, README, the .pyx/.pxd
-sources, the shipped dictionary) and none of the repository's test data (tests/data, v1's
-dictionary) or generated C; the wheel carries one compiled extension per .pyx and the shipped
-dictionary; and that wheel, installed into a fresh venv without Cython, gives a working
-`jetstream` whose core is the compiled one. `python -m build` builds the wheel by unpacking
-the sdist and running its PEP 517 build in an isolated environment, which is what
-`pip install jetstream_py-*.tar.gz` does, so a wheel here means the sdist builds.
+sources, the shipped dictionary) and the docs, and none of the repository's test data
+(tests/data, v1's dictionary) or generated C; the wheel carries one compiled extension per
+.pyx and the shipped dictionary; and that wheel, installed into a fresh venv without Cython,
+gives a working `jetstream` whose core is the compiled one. `python -m build` builds the
+wheel by unpacking the sdist and running its PEP 517 build in an isolated environment, which
+is what `pip install jetstream_py-*.tar.gz` does, so a wheel here means the sdist builds.
 
-Building compiles every .pyx once (1-2 minutes on 2 shared cores); the build environment and
-the runtime dependencies come from the package index pip is configured with.
+Building compiles every .pyx once (2-5 minutes on 2 shared, busy cores); the build
+environment and the runtime dependencies come from the package index pip is configured with.
 """
 from __future__ import annotations
 
@@ -61,7 +61,8 @@ def wheel_names(wheel: Path) -> set[str]:
 
 def test_sdist_holds_the_build_inputs_and_no_test_data(distributions):
     names = sdist_names(distributions[0])
-    for needed in ("setup.py", "pyproject.toml", "README.md", SHIPPED_DICTIONARY, "jetstream/cli.py"):
+    needed_files = ("setup.py", "pyproject.toml", "README.md", "docs/protocol.md", SHIPPED_DICTIONARY, "jetstream/cli.py")
+    for needed in needed_files:
         assert needed in names, needed
     assert {f"jetstream/_core/{module}.pyx" for module in CORE_MODULES} <= names
     assert {f"jetstream/_core/{pxd}" for pxd in CORE_PXDS} <= names
