@@ -29,7 +29,7 @@ import uvloop
 from picows import WSListener, WSMsgType, ws_create_server
 
 from jetstream.compression import EventCompressor
-from jetstream.core import LiveRing, encode_frames
+from jetstream.implementation import LiveRing, encode_frames
 from jetstream.events import KIND_COMMIT, Event
 from jetstream.log.store import EventLog
 from jetstream.server.app import SubscribeServer

@@ -42,7 +42,7 @@ from jetstream._core import record_json as cy_record_json  # noqa: E402
 from jetstream._py import record_json as py_record_json  # noqa: E402
 from jetstream.compression import EventCompressor  # noqa: E402
 from jetstream.config import parse_serve_args  # noqa: E402
-from jetstream.core import EventFilter, LiveRing, encode_frames  # noqa: E402
+from jetstream.implementation import EventFilter, LiveRing, encode_frames  # noqa: E402
 from jetstream.daemon import Daemon  # noqa: E402
 from jetstream.events import KIND_COMMIT, PendingEvent  # noqa: E402
 from jetstream.framefile import read_frames  # noqa: E402

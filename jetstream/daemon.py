@@ -18,7 +18,7 @@ from jetstream import metrics
 from jetstream.compression import EventCompressor
 from jetstream.dictionary import active_dictionary, dictionary_id
 from jetstream.config import Config, parse_listen_addr
-from jetstream.core import LiveRing
+from jetstream.implementation import LiveRing
 from jetstream.ingest.pipeline import IngestPipeline
 from jetstream.ingest.relay_client import RelayClient
 from jetstream.ingest.sequencer import Sequencer

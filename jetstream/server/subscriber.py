@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
-from jetstream.core import EventFilter, Position, PositionConflict, encode_frames
+from jetstream.implementation import EventFilter, Position, PositionConflict, encode_frames
 from jetstream.log.store import index_query_for
 from jetstream.server import params
 

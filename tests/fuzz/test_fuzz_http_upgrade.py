@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from jetstream.compression import EventCompressor
-from jetstream.core import LiveRing
+from jetstream.implementation import LiveRing
 from jetstream.events import KIND_COMMIT, Event
 from jetstream.log.store import EventLog
 from jetstream.server.app import SubscribeServer

@@ -17,7 +17,7 @@ import pytest
 from picows import WSCloseCode, WSMsgType
 
 from jetstream.config import parse_serve_args
-from jetstream.core import LiveRing
+from jetstream.implementation import LiveRing
 from jetstream.log.store import EventLog
 from jetstream.server import app as server_app
 from jetstream.server.app import SubscribeServer

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
-from jetstream.core import LiveRing
+from jetstream.implementation import LiveRing
 from jetstream.events import Event
 from jetstream.log.store import EventLog
 from jetstream.server.app import SubscribeServer

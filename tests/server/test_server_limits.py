@@ -8,7 +8,7 @@ import time
 import pytest
 from picows import WSCloseCode, WSMsgType
 
-from jetstream.core import LiveRing
+from jetstream.implementation import LiveRing
 from jetstream.log.store import EventLog
 from jetstream.server import http
 from jetstream.server.app import SubscribeServer, hello_timeout_reason

@@ -13,7 +13,7 @@ import zstandard
 from picows import WSMsgType
 
 from jetstream.config import parse_serve_args
-from jetstream.core import LiveRing
+from jetstream.implementation import LiveRing
 from jetstream.daemon import Daemon
 from jetstream.dictionary import SHIPPED_DICTIONARY_ID, SHIPPED_DICTIONARY_PATH
 from jetstream.log.store import EventLog
