@@ -80,7 +80,6 @@ LOG_CHUNK_ROWS = 512
 # A reader out of tokens sleeps until this much of its rate has accrued, so a rate-limited
 # reader takes steps of ~rate/50 events, not one step (and one log read) per token.
 TOKEN_WAIT_S = 0.02
-MAX_CLIENT_MESSAGE_BYTES = 10_000_000  # v1 ignores larger messages (V1-REFERENCE §6.1)
 
 REASON_REPLAY_FAILED = "failed to replay events"  # v1's close reason for a log read error
 REASON_INTERNAL = "internal error"
@@ -326,7 +325,9 @@ class SubscriberListener(WSListener):
     # --- client messages ---------------------------------------------------------------
 
     def _on_text(self, frame: WSFrame) -> None:
-        if not frame.fin or frame.payload_size > MAX_CLIENT_MESSAGE_BYTES:
+        # picows closes (1009) on a frame over --max-client-message-bytes before we see it;
+        # fragmented messages are not reassembled (v1 clients send one frame per message).
+        if not frame.fin or frame.payload_size > self._server.settings.max_client_message_bytes:
             log.info("event=client_message_ignored reason=too_large_or_fragmented ip=%s size=%d",
                      self.client_ip, frame.payload_size)
             return
@@ -506,9 +507,6 @@ def _index_query_for(filters: params.SubscriberFilters):
 
 
 def _lag_policy_of(server) -> LagPolicy | None:
-    """The connection's own LagPolicy (it holds a clock), or None when the server has none."""
-    limits = getattr(server, "lag_limits", None)
-    if limits is None:
-        return None
-    policy = LagPolicy(*limits)
+    """The connection's own LagPolicy (it holds a clock), or None when the limits are off."""
+    policy = LagPolicy(*server.settings.lag_limits)
     return policy if policy.enabled else None
