@@ -25,7 +25,7 @@ from jetstream.ingest.sequencer import Sequencer
 from jetstream.log.store import EventLog
 from jetstream.log.ttl import TtlTrimmer, trim_interval_s
 from jetstream.server.app import SHUTDOWN_REASON, SubscribeServer
-from jetstream.server.metrics import MetricsListener, register_server
+from jetstream.server.metrics import register_server, unregister_server
 from jetstream.server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class Daemon:
         self.relay: RelayClient | None = None
         self.pipeline: IngestPipeline | None = None
         self.trimmer: TtlTrimmer | None = None
-        self.metrics_listener: MetricsListener | None = None
+        self.metrics_listener: metrics.MetricsListener | None = None
         self._metrics_collector = None
         self._tasks: list[asyncio.Task] = []
         self._stopped = asyncio.Event()
@@ -109,7 +109,7 @@ class Daemon:
         )
         self._metrics_collector = register_server(self.server)
         if cfg.metrics_listen_addr:
-            self.metrics_listener = MetricsListener(cfg.metrics_listen_addr)
+            self.metrics_listener = metrics.MetricsListener(cfg.metrics_listen_addr)
         self.trimmer = TtlTrimmer(self.event_log, cfg.event_ttl,
                                   trim_interval_s(cfg.event_ttl, cfg.ttl_trim_interval), ring=ring)
         self._tasks = [asyncio.ensure_future(self.trimmer.run())]
@@ -216,9 +216,7 @@ class Daemon:
         if self.metrics_listener is not None:
             self.metrics_listener.close()
         if self._metrics_collector is not None:
-            from prometheus_client import REGISTRY
-
-            REGISTRY.unregister(self._metrics_collector)
+            unregister_server(self._metrics_collector)
             self._metrics_collector = None
         if self.event_log is not None:
             self.event_log.close()
