@@ -4,7 +4,7 @@ Owns: every tunable of the daemon, its default, its parsing and its check (the v
 range or choices, `Flag(..., check=...)`), and ConfigError naming the flag, its variable
 and where a refused value came from. Each flag can be
 given on the command line or in the environment (`--event-ttl` <-> JETSTREAM_EVENT_TTL);
-the command line wins. Names and defaults follow Jetstream v1 (V1-REFERENCE §1)
+the command line wins. Names and defaults follow Jetstream v1 (README.md, Configuration)
 where v1 has the flag; new flags say so in their help text.
 It must never start anything: it only turns argv + environ into a Config.
 """

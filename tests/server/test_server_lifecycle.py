@@ -14,7 +14,6 @@ import pytest
 from jetstream.client import Jetstream
 from jetstream.client.protocol import Backoff
 from jetstream.logfmt import message_of
-from jetstream.server.app import SubscribeServer
 from server_helpers import Stack, settle
 from wsclient import connect
 
@@ -58,11 +57,9 @@ async def test_connect_and_disconnect_are_one_structured_line_each(tmp_path, exp
 
 async def test_failure_in_connect_callback_closes_with_a_reason_and_is_counted(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="jetstream.server")
-    stack = Stack(tmp_path)
     # A rate of 0 (the config refuses it; built directly here) makes the token bucket raise
     # inside on_ws_connected: a stand-in for any server bug at connect.
-    stack.server = SubscribeServer(stack.event_log, stack.ring, max_sub_rate=0)
-    await stack.start()
+    stack = await Stack(tmp_path, max_sub_rate=0).start()
     try:
         transport, client = await connect(stack.url)
         await asyncio.wait_for(transport.wait_disconnected(), 10)
@@ -76,9 +73,7 @@ async def test_failure_in_connect_callback_closes_with_a_reason_and_is_counted(t
 
 async def test_client_backs_off_from_a_server_that_closes_every_connection_at_once(tmp_path):
     """Every upgrade succeeds and is closed at once with 1011: the reconnect rate stays bounded."""
-    stack = Stack(tmp_path)
-    stack.server = SubscribeServer(stack.event_log, stack.ring, max_sub_rate=0)
-    await stack.start()
+    stack = await Stack(tmp_path, max_sub_rate=0).start()
     client = Jetstream(stack.url, backoff=Backoff(initial_s=0.1, maximum_s=1.0))
     consumer = asyncio.ensure_future(client.__anext__())
     window_s = 4.0
