@@ -136,10 +136,21 @@ def build_parser(environ: dict[str, str]) -> tuple[argparse.ArgumentParser, dict
     # The demo keeps its log in a throwaway temp dir unless --data-dir is on its command line
     # (JETSTREAM_DATA_DIR names a real daemon's log), and prints events, not daemon logs.
     sub.choices["demo"].set_defaults(data_dir="", log_level="warning")
+    flag_sets["demo"] = demo_flags()
     add_train_dictionary_parser(sub)
     add_tail_parser(sub)
     add_inspect_parser(sub)
     return parser, flag_sets
+
+
+def demo_flags() -> tuple:
+    """SERVE_FLAGS, except that an empty --data-dir is valid: the demo's throwaway temp dir."""
+    from dataclasses import replace
+
+    from jetstream.config import Check
+
+    throwaway = Check("empty (a temp dir removed at exit) or a directory", lambda text: True)
+    return tuple(replace(flag, check=throwaway) if flag.name == "data-dir" else flag for flag in SERVE_FLAGS)
 
 
 def main(argv: list[str] | None = None) -> None:
