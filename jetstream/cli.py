@@ -43,7 +43,13 @@ def cmd_serve(cfg) -> None:
 
 def cmd_relay_sim(cfg) -> None:
     from jetstream.relaysim.server import run_from_config
+    from jetstream.startup import EXIT_STARTUP_FAILED, StartupError, check_bindable, report_startup_failure
 
+    try:
+        check_bindable("listen-addr", cfg.listen_addr)
+    except StartupError as exc:
+        report_startup_failure(exc)
+        sys.exit(EXIT_STARTUP_FAILED)
     run_loop(run_from_config(cfg))
 
 

@@ -172,3 +172,27 @@ def test_valid_settings_still_start(tmp_path):
         proc.terminate()
         proc.wait(timeout=30)
     assert proc.returncode == 0
+
+
+@pytest.mark.parametrize("argv, flag, says", [
+    (["--rate", "-1"], "rate", "must be >= 0"),
+    (["--listen-addr", "nope"], "listen-addr", "HOST:PORT"),
+    (["--log-format", "xml"], "log-format", "one of text, json"),
+])
+def test_relay_sim_refuses_bad_flags_the_same_way(tmp_path, argv, flag, says):
+    result = subprocess.run([sys.executable, "-m", "jetstream.cli", "relay-sim", *argv], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if "event=startup_failed" in line]
+    assert f"flag=--{flag} " in line and says in line
+    assert "Traceback" not in result.stderr and "relay_sim_listening" not in result.stderr
+
+
+def test_relay_sim_address_in_use_names_the_address(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        addr = f"127.0.0.1:{taken.getsockname()[1]}"
+        result = subprocess.run([sys.executable, "-m", "jetstream.cli", "relay-sim", "--listen-addr", addr],
+                                cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and f"cannot bind {addr}" in result.stderr and "Traceback" not in result.stderr
