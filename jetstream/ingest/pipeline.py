@@ -235,12 +235,11 @@ class IngestPipeline:
             return  # already counted as a drop
         processed = tally.processed
         processed[decoded.frame_type] = processed.get(decoded.frame_type, 0) + 1
+        if decoded.info:
+            self._relay_info(decoded.info)
         for reason, detail in decoded.drops:
             if reason == "error_frame":
                 self._relay_error(detail)
-                continue
-            if reason == "relay_info":
-                self._relay_info(detail)
                 continue
             metrics.INGEST_DROPS.labels(reason).inc()
             log.warning("event=ingest_drop reason=%s seq=%s detail=%s", reason, decoded.seq, detail)
