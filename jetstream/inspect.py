@@ -32,7 +32,7 @@ from jetstream.log.rows import decode_key, decode_row
 # keeps one definition, and tests check our numbers against EventLog's own accessors.
 from jetstream.log.store import (
     _SIGNED, _UNSIGNED, CF_EVENTS, CF_EVENTS_ZSTD, CF_META, META_FORMAT_NAME, META_FORMAT_VERSION, META_HWM,
-    META_RELAY_CURSOR, OUR_COLUMN_FAMILIES,
+    META_RELAY, META_RELAY_CURSOR, OUR_COLUMN_FAMILIES,
 )
 
 
@@ -52,6 +52,7 @@ class LogSummary:
     relay_cursor: int | None
     hwm_time_us: int
     zstd_dictionary_id: int | None  # of the newest stored zstd frame; 0 = no dictionary
+    relay: str | None = None  # the relay host the cursor belongs to (None: not recorded yet)
 
     def as_text(self) -> str:
         events = (f"{self.events_exact}" if self.events_exact is not None
@@ -65,6 +66,7 @@ class LogSummary:
             ("span", _span(self.oldest_time_us, self.newest_time_us)),
             ("size on disk", f"{self.size_bytes} bytes ({_human_bytes(self.size_bytes)})"),
             ("relay cursor", "none" if self.relay_cursor is None else str(self.relay_cursor)),
+            ("relay", self.relay or "not recorded"),
             ("hwm time_us", _with_date(self.hwm_time_us or None)),
             ("zstd dictionary id", "unknown (no events)" if self.zstd_dictionary_id is None
              else str(self.zstd_dictionary_id) + (" (none)" if self.zstd_dictionary_id == 0 else "")),
@@ -178,6 +180,7 @@ def _summarise(path: Path, db: Rdict, exact: bool) -> LogSummary:
         events, zstd_rows, meta = families
         format_name, format_version = meta.get(META_FORMAT_NAME), meta.get(META_FORMAT_VERSION)
         relay_cursor, hwm = meta.get(META_RELAY_CURSOR), meta.get(META_HWM)
+        relay = meta.get(META_RELAY)
         oldest, newest = _edge_key(events, last=False), _edge_key(events, last=True)
         return LogSummary(
             data_dir=str(path),
@@ -190,6 +193,7 @@ def _summarise(path: Path, db: Rdict, exact: bool) -> LogSummary:
             relay_cursor=_SIGNED.unpack(relay_cursor)[0] if relay_cursor is not None else None,
             hwm_time_us=_UNSIGNED.unpack(hwm)[0] if hwm is not None else 0,
             zstd_dictionary_id=_newest_dictionary_id(zstd_rows),
+            relay=bytes(relay).decode("utf-8", "replace") if relay is not None else None,
         )
     finally:
         # rocksdict keeps the database open while any column-family view lives.

@@ -13,6 +13,8 @@ The cursor advances past each handled frame that carries a seq, skipped kinds an
 undecodable-but-seq-bearing frames included, so a restart never reads them again.
 It must never talk to sockets: the relay client feeds it, the server is woken by
 the `publish` callback, and a relay error frame is reported through `on_relay_error`.
+A relay that disowns the cursor (`FutureCursor`) makes it drop the cursor and go live, and an
+`#info OutdatedCursor` is logged and counted as a possible gap (ingest/relay_cursor.py).
 """
 from __future__ import annotations
 
@@ -23,9 +25,9 @@ from datetime import datetime
 from typing import Callable
 
 from jetstream import metrics
-from jetstream.ingest.relay_cursor import is_future_cursor, is_outdated_cursor, relay_identity
 from jetstream.ingest.decode import DecodedFrame, FrameError, decode_frame
 from jetstream.ingest.frames import split_frame
+from jetstream.ingest.relay_cursor import is_future_cursor, is_outdated_cursor, relay_identity
 
 log = logging.getLogger(__name__)
 

@@ -129,6 +129,9 @@ async def test_a_different_relay_host_starts_live_and_logs_the_old_cursor(tmp_pa
         assert len(changed) == 1, changed
         assert "old_relay=127.0.0.1 new_relay=127.0.0.2 " in changed[0] and f"old_cursor={old_cursor} " in changed[0]
         assert daemon.event_log.relay() == "127.0.0.2"
+        from jetstream.inspect import inspect_data_dir
+
+        assert inspect_data_dir(tmp_path / "data").relay == "127.0.0.2"  # read beside the running daemon
         await until(lambda: cursor_of(daemon) > 0, what="frames from the new relay")
     finally:
         await daemon.stop()
