@@ -109,6 +109,11 @@ class DidResolver:
         metrics.DIDRES_CACHE.labels("miss").inc()
         return None
 
+    def remember(self, did: str, key: PublicKey) -> None:
+        """Cache a key known in advance (benchmarks; an operator-supplied key list would use it too)."""
+        now = self.clock()
+        self._store(did, Resolution(key, "", now, now + self.cache_ttl_s))
+
     def invalidate(self, did: str) -> None:
         """Forget `did` (an #identity event: its keys may have rotated)."""
         self._cache.pop(did, None)
