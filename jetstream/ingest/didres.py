@@ -11,6 +11,7 @@ never verify signatures itself (jetstream/ingest/verify.py does).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import re
@@ -55,8 +56,25 @@ def document_url(did: str, plc_url: str, did_web_scheme: str = "https") -> str:
         host = unquote(did[len("did:web:"):])
         if not _WEB_HOST.fullmatch(host) or host.startswith((".", "-")):
             raise KeyFormatError("unsupported_did_web")  # paths (did:web:host:path) are not atproto's
+        if did_web_scheme == "https" and not _is_public_hostname(host):
+            raise KeyFormatError("did_web_not_public")
         return f"{did_web_scheme}://{host}/.well-known/did.json"
     raise KeyFormatError("unsupported_did_method")
+
+
+def _is_public_hostname(host: str) -> bool:
+    """A DNS name with a dot and no port: not localhost, not an IP literal.
+
+    atproto allows ports in did:web only for local testing; refusing them and IP literals keeps
+    a crafted did:web from making the daemon fetch from its own network by address.
+    """
+    if ":" in host or "." not in host or host.lower() in ("localhost", "localhost."):
+        return False
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return True
+    return False
 
 
 class DidResolver:

@@ -250,7 +250,8 @@ class SignatureGate:
         if self.unresolved_policy == POLICY_DROP:
             self._drop(item, "unresolved_did", f"failure={failure}")
             return
-        self.revs.record(item.did, item.rev)
+        # Not recorded as the DID's last rev: an unverified commit naming a rev far ahead could
+        # otherwise get the account's real commits dropped as stale.
         self.passed_unresolved += 1
         metrics.VERIFY_COMMITS.labels("unresolved_passed").inc()
         self.pipeline.submit_verified(item.frame)

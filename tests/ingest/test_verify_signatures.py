@@ -191,6 +191,22 @@ def test_fuzz_altered_corpus_block_never_verifies_or_crashes(position, value):
     assert check_commit(bytes(block), "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa", rev_at(SOME_TIME_US), key) is not None
 
 
+def test_document_urls_and_the_did_web_rules():
+    from jetstream.ingest.didres import document_url
+
+    plc = "did:plc:2a7ygipkrbh544aqhcav53oy"
+    assert document_url(plc, "https://plc.directory/") == f"https://plc.directory/{plc}"
+    assert document_url("did:web:example.com", "x") == "https://example.com/.well-known/did.json"
+    assert document_url("did:web:127.0.0.1%3A8080", "x", "http") == "http://127.0.0.1:8080/.well-known/did.json"
+    for did, reason in (("did:plc:short", "bad_plc_did"), ("did:key:zQ3s", "unsupported_did_method"),
+                        ("did:web:example.com:user:alice", "unsupported_did_web"),
+                        ("did:web:127.0.0.1", "did_web_not_public"), ("did:web:localhost", "did_web_not_public"),
+                        ("did:web:example.com%3A8443", "did_web_not_public"), ("did:web:[::1]", "unsupported_did_web")):
+        with pytest.raises(KeyFormatError) as error:
+            document_url(did, "https://plc.directory")
+        assert error.value.reason == reason, did
+
+
 def test_tid_time_us_reads_the_timestamp_of_a_rev():
     assert tid_time_us(rev_at(SOME_TIME_US, 7)) == SOME_TIME_US
     assert tid_time_us("not-a-tid") is None
@@ -301,6 +317,9 @@ async def test_directory_down_applies_the_policy_and_nothing_crashes(tmp_path, c
         if policy == "pass":
             assert [without_time_us(line) for line in lines] == [without_time_us(line) for line in expected_v1_lines]
             assert gated.gate.passed_unresolved == 148 and drops("unresolved_did") == before
+            # An unverified commit does not become its DID's last rev (a forged far-ahead rev would
+            # otherwise get the account's real commits dropped as stale).
+            assert gated.event_log.last_rev(corpus_commits(corpus_frames)[0][1]) is None
         else:
             assert [line for line in lines if b'"kind":"commit"' in line] == []
             assert len(lines) == 2  # the #identity and #account events still come out
