@@ -168,7 +168,6 @@ class SignatureGate:
         self._closed = False
         # Plain counters for tests and the bench.
         self.verified = self.dropped = self.passed_unresolved = 0
-        self.verify_seconds = 0.0
 
     # -- intake -----------------------------------------------------------------------------------
     def admit(self, frame: bytes) -> None:
@@ -217,9 +216,7 @@ class SignatureGate:
         if entry.key is None:
             self._unresolved(item, entry.failure)
             return True
-        started = time.perf_counter()
         verdict = check_commit(item.block, did, rev, entry.key)
-        self.verify_seconds += time.perf_counter() - started
         if verdict is None:
             self._pass(item)
             return True

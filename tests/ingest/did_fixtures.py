@@ -25,7 +25,7 @@ from jetstream.ingest.sequencer import Sequencer
 from jetstream.ingest.sigcheck import RevTracker, SignatureGate
 from jetstream.ingest.verify import CURVE_K256, CURVE_ORDERS, CURVE_P256, encode_multikey
 from jetstream.relaysim.cbor import Link, cid_for_block, encode
-from jetstream.relaysim.synthetic import encode_car, rfc3339_ms, tid
+from jetstream.relaysim.synthetic import encode_car, tid
 
 CURVES = {CURVE_K256: ec.SECP256K1(), CURVE_P256: ec.SECP256R1()}
 
@@ -148,9 +148,6 @@ def identity_frame(did: str, seq: int) -> bytes:
 
 def rev_at(time_us: int, clock_id: int = 0) -> str:
     return tid(time_us, clock_id)
-
-
-__all__ = ["rfc3339_ms"]
 
 
 class GatedPipeline:
