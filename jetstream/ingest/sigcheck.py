@@ -253,12 +253,12 @@ class SignatureGate:
         metrics.VERIFY_COMMITS.labels("unresolved_passed").inc()
         self.pipeline.submit_verified(item.frame)
 
-    def _give_up(self, item: HeldFrame) -> None:
-        """The head waited past the window (time or held frames): apply the policy now."""
+    def _give_up(self, item: HeldFrame, why: str) -> None:
+        """The head waited past the window (`why`: wait_exceeded or held_limit): apply the policy now."""
         if item.retried:
-            self._drop(item, "bad_signature", "rev=%s key_refresh_unfinished" % item.rev[:20])
+            self._drop(item, "bad_signature", f"rev={item.rev[:20]} key_refresh_unfinished={why}")
         else:
-            self._unresolved(item, "wait_exceeded")
+            self._unresolved(item, why)
 
     # -- waiting for DIDs -------------------------------------------------------------------------
     def _start_resolving(self, did: str, refresh: bool = False) -> None:
@@ -285,9 +285,12 @@ class SignatureGate:
         while held:
             head = held[0]
             if not self._settle(head):
-                if len(held) <= self.max_held and now - head.since < self.max_wait_s:
+                if len(held) > self.max_held:
+                    self._give_up(head, "held_limit")
+                elif now - head.since >= self.max_wait_s:
+                    self._give_up(head, "wait_exceeded")
+                else:
                     break
-                self._give_up(head)
             held.popleft()
         metrics.VERIFY_HELD_FRAMES.set(len(held))
         self._arm_timer()

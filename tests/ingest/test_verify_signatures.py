@@ -440,3 +440,102 @@ async def test_a_failed_write_forgets_unwritten_revs(tmp_path):
     finally:
         await gated.close()
         await directory.close()
+
+
+async def test_held_frame_limit_applies_the_policy_to_the_oldest_at_once(tmp_path):
+    directory = await FakeDidDirectory().start()
+    signers = [Signer() for _ in range(5)]
+    dids = [f"did:plc:{letter * 24}" for letter in "abcde"]
+    directory.docs = {did: signer.document(did) for did, signer in zip(dids, signers)}
+    directory.delay_s = 0.5
+    gated = GatedPipeline(tmp_path / "log", directory.url, max_wait_s=60.0, max_held=2, unresolved_policy="drop",
+                          timeout_s=10.0)
+    try:
+        frames = [signed_commit_frame(signer, did, rev_at(SOME_TIME_US), seq)
+                  for seq, (did, signer) in enumerate(zip(dids, signers), 1)]
+        before = drops("unresolved_did")
+        for frame in frames:
+            gated.pipeline.submit(frame)
+        assert gated.gate.held_count() == 2, "beyond --verify-max-held the oldest leave at once"
+        assert gated.gate.dropped == 3
+        await gated.run([])
+        assert drops("unresolved_did") - before == 3
+        assert gated.gate.verified == 2 and len(gated.event_lines()) == 2
+        assert gated.event_log.relay_cursor() == 5
+    finally:
+        await gated.close()
+        await directory.close()
+
+
+async def test_resolution_failures_are_named_and_cached(tmp_path):
+    from aiohttp import web
+
+    from jetstream.ingest.didres import DidResolver
+
+    async def oversized(request):
+        return web.Response(body=b"{" + b" " * 70_000 + b"}", content_type="application/json")
+
+    async def not_json(request):
+        return web.Response(body=b"<html>", content_type="text/html")
+
+    async def broken(request):
+        return web.Response(status=500)
+
+    async def slow(request):
+        await asyncio.sleep(5)
+        return web.Response(status=404)
+
+    async def redirect(request):
+        raise web.HTTPFound("/did:plc:" + "a" * 24)
+
+    app = web.Application()
+    routes = {"b": oversized, "c": not_json, "d": broken, "e": slow, "f": redirect}
+    for letter, handler in routes.items():
+        app.router.add_get(f"/did:plc:{letter * 24}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+    resolver = DidResolver(plc_url=url, cache_size=10, cache_ttl_s=60, negative_ttl_s=60, timeout_s=0.5,
+                           max_concurrency=2, max_doc_bytes=65_536)
+    try:
+        expected = {"a": "not_found", "b": "doc_too_large", "c": "bad_json", "d": "http_500", "e": "timeout",
+                    "f": "http_302"}
+        results = await asyncio.gather(*(resolver.resolve(f"did:plc:{letter * 24}") for letter in expected))
+        assert {letter: entry.failure for letter, entry in zip(expected, results)} == expected
+        assert all(entry.key is None for entry in results)
+        fetches = resolver.fetches
+        assert resolver.cached("did:plc:" + "a" * 24).failure == "not_found"  # negative cache
+        assert resolver.fetches == fetches
+    finally:
+        await resolver.close()
+        await runner.cleanup()
+
+
+def test_did_revs_rows_older_than_the_retention_are_trimmed(tmp_path):
+    from jetstream.ingest.sigcheck import tid_time_us as time_of
+    from jetstream.log.store import EventLog
+
+    with EventLog(str(tmp_path / "log")) as event_log:
+        old, new = rev_at(SOME_TIME_US), rev_at(SOME_TIME_US + 10**9)
+        event_log.append([], 1, {f"did:plc:{index:024d}": (old if index % 2 else new) for index in range(50)})
+        start = b""
+        while start is not None:  # small slices, as the daemon's hourly pass walks them
+            start = event_log.trim_did_revs(lambda rev: time_of(rev) >= SOME_TIME_US + 1, start, limit=7)
+        kept = [event_log.last_rev(f"did:plc:{index:024d}") for index in range(50)]
+        assert kept == [None if index % 2 else new for index in range(50)]
+        assert event_log.relay_cursor() == 1
+
+
+def test_with_the_flag_off_the_pipeline_has_no_stage(tmp_path):
+    from jetstream.compression import EventCompressor
+    from jetstream.core import LiveRing
+    from jetstream.ingest.pipeline import IngestPipeline
+    from jetstream.ingest.sequencer import Sequencer
+    from jetstream.log.store import EventLog
+
+    with EventLog(str(tmp_path / "log")) as event_log:
+        pipeline = IngestPipeline(event_log, LiveRing(10), Sequencer(0), EventCompressor(), lambda: None,
+                                  socket_url="test")
+        assert pipeline.gate is None and "submit" not in vars(pipeline)  # submit is the plain method
