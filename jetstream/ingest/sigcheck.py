@@ -216,7 +216,10 @@ class SignatureGate:
         if entry.key is None:
             self._unresolved(item, entry.failure)
             return True
-        verdict = check_commit(item.block, did, rev, entry.key)
+        try:
+            verdict = check_commit(item.block, did, rev, entry.key)
+        except Exception as exc:  # noqa: BLE001 - a checker bug on odd input must not stop ingest
+            verdict = ("bad_signature", f"checker_error={exc!r:.100}")
         if verdict is None:
             self._pass(item)
             return True
