@@ -539,3 +539,17 @@ def test_with_the_flag_off_the_pipeline_has_no_stage(tmp_path):
         pipeline = IngestPipeline(event_log, LiveRing(10), Sequencer(0), EventCompressor(), lambda: None,
                                   socket_url="test")
         assert pipeline.gate is None and "submit" not in vars(pipeline)  # submit is the plain method
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(min_size=1, max_size=12).filter(lambda key: key != "sig"),
+                       st.one_of(st.integers(-2**63, 2**64 - 1), st.text(max_size=40), st.binary(max_size=40),
+                                 st.none(), st.booleans(), st.lists(st.integers(0, 1000), max_size=5)),
+                       max_size=30),
+       st.binary(min_size=64, max_size=64))
+def test_property_unsigned_bytes_equal_libipld_encoding_of_the_map_without_sig(fields, signature):
+    """Removing the sig entry from canonical bytes == canonically encoding the smaller map (any keys, up to 31)."""
+    block = libipld.encode_dag_cbor({**fields, "sig": signature})
+    unsigned, found = split_signed_commit(block)
+    assert found == signature
+    assert unsigned == libipld.encode_dag_cbor(fields)
