@@ -82,7 +82,7 @@ class Table:
               f"{'' if ratio is None else f'{ratio:.2f}x':>7}  {baseline_name}", flush=True)
 
     def markdown(self) -> str:
-        lines = ["| stage | metric | ours | baseline (same run) | ratio | DESIGN §5 target |",
+        lines = ["| stage | metric | ours | baseline (same run) | ratio | target (docs/architecture.md §10) |",
                  "|---|---|---:|---:|---:|---|"]
         for row in self.rows:
             baseline = f"{fmt(row['baseline'])} ({row['baseline_name']})" if row["baseline"] else "—"

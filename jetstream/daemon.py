@@ -243,7 +243,7 @@ class Daemon:
         def on_signal(signum: int) -> None:
             if stop_requested.is_set():
                 # The operator insists: leave now. RocksDB's WAL already holds every batch
-                # a client saw, so nothing acknowledged is lost (DESIGN invariant 3).
+                # a client saw, so nothing acknowledged is lost (docs/architecture.md §2, invariant 3).
                 log.error("event=forced_exit signal=%d", signum)
                 logging.shutdown()
                 os._exit(1)

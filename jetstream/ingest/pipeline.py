@@ -1,7 +1,7 @@
 """From relay frame to visible event: decode, sequence, write, publish.
 
 Owns: the order of the four steps, the group commit, the relay cursor of accepted
-frames, and the accounting of every frame (DESIGN invariants 3 and 4). Frames that
+frames, and the accounting of every frame (docs/architecture.md §2, invariants 3 and 4). Frames that
 arrive close together (within `group_commit_s`) share one RocksDB write batch that also
 carries the relay cursor and the time_us high-water mark, so a crash can never separate
 an event from the cursor that produced it. Events reach the live ring — and therefore

@@ -3,7 +3,7 @@
 Owns: the on-disk log and its atomicity. One `append` is one WriteBatch holding
 every event (JSON row and zstd row), the relay cursor that produced them and
 the time_us high-water mark, so a crash can never separate an event from its
-cursor (DESIGN invariant 3), and the high-water mark survives trimming so
+cursor (docs/architecture.md §2, invariant 3), and the high-water mark survives trimming so
 time_us keeps increasing across restarts (invariant 2). Rows are laid out by
 `jetstream.log.rows`. The same batch writes each event's secondary index keys (by
 collection and by did), so a narrow filtered replay (`read_matching_after`) reads
