@@ -7,7 +7,7 @@ import re
 
 import libipld
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from jetstream import metrics
@@ -550,6 +550,9 @@ def test_with_the_flag_off_the_pipeline_has_no_stage(tmp_path):
 def test_property_unsigned_bytes_equal_libipld_encoding_of_the_map_without_sig(fields, signature):
     """Removing the sig entry from canonical bytes == canonically encoding the smaller map (any keys, up to 31)."""
     block = libipld.encode_dag_cbor({**fields, "sig": signature})
+    # libipld encodes bytes that parse as a CID as a CID link (how it round-trips links); a relay's
+    # block always carries sig as a byte string, so only those inputs are the property's domain.
+    assume(b"csigX@" + signature in block)
     unsigned, found = split_signed_commit(block)
     assert found == signature
     assert unsigned == libipld.encode_dag_cbor(fields)
