@@ -55,6 +55,14 @@ def parse_bool(text: str) -> bool:
     raise ValueError(f"invalid boolean {text!r}")
 
 
+def parse_unresolved_policy(text: str) -> str:
+    """--unresolved-did: "pass" or "drop"."""
+    value = text.strip().lower()
+    if value not in ("pass", "drop"):
+        raise ValueError(f"invalid policy {text!r} (pass or drop)")
+    return value
+
+
 def parse_listen_addr(text: str) -> tuple[str, int]:
     """':6008' -> ('0.0.0.0', 6008); '127.0.0.1:0' -> ('127.0.0.1', 0); '[::1]:80' -> ('::1', 80).
 
@@ -111,6 +119,8 @@ LISTEN_ADDR = Check("HOST:PORT with a port in 0..65535 (0 = any free port)", _is
 OPTIONAL_LISTEN_ADDR = Check("HOST:PORT with a port in 0..65535, or empty to disable",
                              lambda text: text == "" or _is_listen_addr(text))
 WS_URL = Check("a ws:// or wss:// URL with a host", _is_ws_url)
+HTTP_URL = Check("an http:// or https:// URL with a host",
+                 lambda text: urlsplit(text.strip()).scheme in ("http", "https") and bool(urlsplit(text.strip()).hostname))
 DATA_DIR = Check("a directory that exists or can be created and takes a new file (probed at start-up)",
                  lambda text: bool(text.strip()))
 DICTIONARY_FILE = Check("empty (the shipped dictionary) or a readable zstd dictionary file (probed at start-up)",
@@ -188,6 +198,21 @@ SERVE_FLAGS: tuple[Flag, ...] = (
     Flag("max-lag-events", 0, int, "close (1008, with a reason) a client whose socket holds it more than this many events behind, for --max-lag-grace; 0 = no limit", v1=False, check=at_least(0)),
     Flag("max-lag-seconds", "0s", parse_duration, "close (1008, with a reason) a client whose socket holds it more than this far behind in time_us, for --max-lag-grace; 0 = no limit", v1=False, check=at_least(0)),
     Flag("max-lag-grace", "30s", parse_duration, "how long a client may stay over a --max-lag-* limit without catching up before it is closed", v1=False, check=at_least(0)),
+    # Commit signature verification (issue 16). Off by default: v1 did not verify, and it costs
+    # CPU per commit plus a DID document fetch per new author (README "Commit signatures").
+    Flag("verify-signatures", False, parse_bool, "verify each #commit's signature with its author's current key from the DID document, and drop commits whose rev is not above the last one seen for the DID", v1=False),
+    Flag("plc-url", "https://plc.directory", str, "did:plc directory for --verify-signatures (GET <plc-url>/<did>)", v1=False, check=HTTP_URL),
+    Flag("unresolved-did", "pass", parse_unresolved_policy, "--verify-signatures: what happens to a commit whose author's DID document cannot be had in time: pass (unverified, counted) or drop", v1=False, check=one_of("pass", "drop")),
+    Flag("unresolved-did-wait", "10s", parse_duration, "--verify-signatures: how long a commit, and every frame after it (relay order is kept), waits for its author's DID document before --unresolved-did applies", v1=False, check=above(0)),
+    Flag("verify-max-held", 10_000, int, "--verify-signatures: frames held in relay order behind unresolved DIDs; beyond this the oldest gets --unresolved-did at once", v1=False, check=at_least(1)),
+    Flag("did-cache-size", 100_000, int, "--verify-signatures: DIDs whose signing key (or failure) is cached, least recently used evicted", v1=False, check=at_least(1)),
+    Flag("did-cache-ttl", "1h", parse_duration, "--verify-signatures: how long a resolved signing key is trusted before its DID document is fetched again (an #identity event forgets it at once)", v1=False, check=above(0)),
+    Flag("did-negative-ttl", "1m", parse_duration, "--verify-signatures: how long a failed DID resolution is remembered before trying again", v1=False, check=at_least(0)),
+    Flag("did-resolve-timeout", "5s", parse_duration, "--verify-signatures: time limit of one DID document fetch", v1=False, check=above(0)),
+    Flag("did-resolve-concurrency", 32, int, "--verify-signatures: DID document fetches in flight at once", v1=False, check=at_least(1)),
+    Flag("did-doc-max-bytes", 65_536, int, "--verify-signatures: larger DID documents are refused (the DID is unresolved)", v1=False, check=at_least(1)),
+    Flag("did-rev-cache-size", 200_000, int, "--verify-signatures: per-DID last commit revs held in memory; the rest are read from the log's did_revs column family", v1=False, check=at_least(1)),
+    Flag("did-rev-retention", "720h", parse_duration, "--verify-signatures: did_revs rows whose rev (a timestamp) is older than this are deleted by an hourly pass", v1=False, check=above(0)),
 )
 
 RELAY_SIM_FLAGS: tuple[Flag, ...] = (
@@ -233,6 +258,7 @@ _EXPECTS: dict[Callable[[str], Any], str] = {
     float: "a number",
     parse_duration: "a duration (24h, 1m30s, 250ms, or seconds)",
     parse_bool: "true or false",
+    parse_unresolved_policy: "a policy",
 }
 _METAVARS: dict[Callable[[str], Any], str] = {int: "N", float: "X", parse_duration: "DURATION", parse_bool: "BOOL"}
 
