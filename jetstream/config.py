@@ -59,6 +59,12 @@ def parse_listen_addr(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _parse_ingest_collections(text: str) -> tuple[str, ...]:
+    from jetstream.ingest.collection_filter import parse_ingest_collections
+
+    return parse_ingest_collections(text)
+
+
 @dataclass(frozen=True)
 class Flag:
     name: str  # without leading dashes
@@ -118,6 +124,9 @@ SERVE_FLAGS: tuple[Flag, ...] = (
     Flag("max-lag-events", 0, int, "close (1008, with a reason) a client whose socket holds it more than this many events behind, for --max-lag-grace; 0 = no limit", v1=False),
     Flag("max-lag-seconds", "0s", parse_duration, "close (1008, with a reason) a client whose socket holds it more than this far behind in time_us, for --max-lag-grace; 0 = no limit", v1=False),
     Flag("max-lag-grace", "30s", parse_duration, "how long a client may stay over a --max-lag-* limit without catching up before it is closed", v1=False),
+    # What users asked for beyond v1 (issue 15): store fewer collections, count what is stored.
+    Flag("ingest-collections", "", _parse_ingest_collections, "store only these commit collections (comma-separated NSIDs or prefix.*); identity/account/sync are always kept, other commits are dropped as not_ingested; empty = all", v1=False),
+    Flag("stats-max-collections", 1000, int, "collections /stats/collections counts by name; later ones are summed under \"other\"", v1=False),
 )
 
 RELAY_SIM_FLAGS: tuple[Flag, ...] = (

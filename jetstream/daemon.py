@@ -19,6 +19,8 @@ from jetstream.compression import EventCompressor
 from jetstream.dictionary import active_dictionary, dictionary_id
 from jetstream.config import Config, parse_listen_addr
 from jetstream.core import LiveRing
+from jetstream.ingest.collection_filter import IngestCollections
+from jetstream.ingest.collection_stats import CollectionStats
 from jetstream.ingest.pipeline import IngestPipeline
 from jetstream.ingest.relay_client import RelayClient
 from jetstream.ingest.sequencer import Sequencer
@@ -105,7 +107,10 @@ class Daemon:
             on_write_failure=self._on_log_write_failure,
             on_relay_error=lambda detail: self.relay and self.relay.reconnect("error_frame"),
             verify_mst=cfg.verify_mst,
+            ingest_collections=IngestCollections(cfg.ingest_collections) if cfg.ingest_collections else None,
+            collection_stats=CollectionStats(cfg.event_ttl, cfg.stats_max_collections),
         )
+        self.server.collection_stats = self.pipeline.collection_stats
         if cfg.override_relay_cursor >= 0:
             log.info("event=relay_cursor_overridden stored=%s override=%d",
                      self.pipeline.last_accepted_seq, cfg.override_relay_cursor)
@@ -149,6 +154,7 @@ class Daemon:
             "relay": {
                 "connected": bool(relay is not None and relay.connected),
                 "cursor": self.pipeline.last_accepted_seq if self.pipeline is not None else None,
+                "lag_seconds": self.pipeline.relay_lag_s if self.pipeline is not None else None,
             },
         }
         return self.ready, report

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 from typing import NamedTuple
 
-from jetstream.events import KIND_ACCOUNT, KIND_IDENTITY, PendingEvent
+from jetstream.events import KIND_ACCOUNT, KIND_IDENTITY, KIND_SYNC, PendingEvent
 from jetstream.ingest.car import CarError, read_car
 from jetstream.ingest.frames import FrameError, split_frame
 
@@ -80,7 +80,9 @@ def decode_frame(frame: bytes, *, verify_all_blocks: bool = False, verify_mst: b
         return _identity_frame(body, seq)
     if frame_type == "#account":
         return _account_frame(body, seq)
-    # #sync, #info, #labels and anything unknown: v1 emitted nothing.
+    if frame_type == "#sync":
+        return _sync_frame(body, seq)
+    # #info, #labels and anything unknown: v1 emitted nothing.
     return DecodedFrame(seq, frame_type, [], [])
 
 
@@ -136,6 +138,25 @@ def _account_frame(body: dict, seq: int | None) -> DecodedFrame:
     tail = b',"kind":"account","account":' + b"".join(parts)
     event = PendingEvent(did, KIND_ACCOUNT, "", b'{"did":' + did_json + b',"time_us":', tail)
     return DecodedFrame(seq, "#account", [event], [])
+
+
+def _sync_frame(body: dict, seq: int | None) -> DecodedFrame:
+    """A #sync (Sync 1.1) as a `kind: "sync"` event, for clients that ask with includeSync=true.
+
+    v1 emitted nothing for it. The shape follows jetstream-legacy PR #79 (indigo's
+    SyncSubscribeRepos_Sync without its `blocks`): did, rev, seq, time; the CAR is not read.
+    """
+    did = _require(body, "did", str, "#sync")
+    seq = _require(body, "seq", int, "#sync")
+    rev = _require(body, "rev", str, "#sync")
+    time = _require(body, "time", str, "#sync")
+    if not is_rfc3339(time):
+        return DecodedFrame(seq, "#sync", [], [("bad_time", f"did={did} time={time!r}")])
+    did_json = go_json_string(did)
+    tail = b"".join((b',"kind":"sync","sync":{"did":', did_json, b',"rev":', go_json_string(rev),
+                     b',"seq":%d,"time":' % seq, go_json_string(time), b"}}"))
+    event = PendingEvent(did, KIND_SYNC, "", b'{"did":' + did_json + b',"time_us":', tail)
+    return DecodedFrame(seq, "#sync", [event], [])
 
 
 # ---------------------------------------------------------------------------
