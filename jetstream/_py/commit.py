@@ -17,10 +17,10 @@ from __future__ import annotations
 import re
 
 from jetstream.events import KIND_COMMIT, PendingEvent
-from jetstream.ingest.frames import FrameError
 from jetstream._py.car import verify_block
-from jetstream._py.mst import MstError, is_mst_key
-from jetstream._py.record_json import RecordError, cid_to_string, go_json_string, record_to_json
+from jetstream._py.mst import is_mst_key
+from jetstream._py.record_json import cid_to_string, go_json_string, record_to_json
+from jetstream.errors import FrameError, MstError, RecordError
 
 # Go time.Parse(time.RFC3339): fraction optional ('.' or ','), zone 'Z' or ±hh:mm.
 _RFC3339 = re.compile(

@@ -23,6 +23,8 @@ import re
 
 import libipld
 
+from jetstream.errors import MstError
+
 # MST key (the repo path) rules v1's MST lookup enforced, '~' included (indigo 20524de).
 _MST_KEY = re.compile(r"[A-Za-z0-9_:.~-]+/[A-Za-z0-9_:.~-]+", re.ASCII)
 MST_KEY_MAX = 256
@@ -38,14 +40,6 @@ NOT_FOUND = "not_found"
 def is_mst_key(path: str) -> bool:
     """v1's MST key rule for create/update paths: collection/rkey of [A-Za-z0-9_:.~-], <= 256."""
     return len(path) <= MST_KEY_MAX and _MST_KEY.fullmatch(path) is not None
-
-
-class MstError(ValueError):
-    """The path has no verified leaf in this CAR; `reason` is a short token."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class MstNode(tuple):

@@ -7,7 +7,7 @@ websocket 1.5) answered for `/`, unknown paths, 400s and broken websocket handsh
 did not have: `/healthz`, `/zstd-dictionary` and the per-IP connection-limit refusal.
 It must never parse subscriber options (params.py) or hold connection state.
 
-Requests with other methods never reach picows: front.py answers them with the bytes
+Requests with other methods never reach picows: request_head.py answers them with the bytes
 built here (`raw_response`: echo's 405, its CORS preflight, 404).
 """
 from __future__ import annotations
