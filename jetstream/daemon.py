@@ -103,6 +103,8 @@ class Daemon:
             collection_stats=CollectionStats(cfg.event_ttl, cfg.stats_max_collections),
         )
         self.server.collection_stats = self.pipeline.collection_stats
+        if cfg.ingest_collections:
+            log.info("event=ingest_collections_limited collections=%s", ",".join(cfg.ingest_collections))
         if cfg.override_relay_cursor >= 0:
             log.info("event=relay_cursor_overridden stored=%s override=%d",
                      self.pipeline.last_accepted_seq, cfg.override_relay_cursor)

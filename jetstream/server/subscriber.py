@@ -51,6 +51,12 @@ backpressure, lag policy) and DESIGN §4's single reader. A newcomer can follow 
    between two steps, i.e. at an event boundary; the position is untouched, so no event
    is re-read or skipped whether the reader is replaying, cutting over or live.
 
+7. Heartbeats (heartbeatSeconds=N, server/heartbeat.py). A timer per connection that asked:
+   after N seconds without a send it writes `{"kind":"heartbeat","time_us":position}` through
+   the same write as events (zstd for compressed clients). It runs between two steps, so the
+   position is an event boundary, and it never moves the position. Sync events (kind 3) are
+   scanned past like filtered events unless the client asked with includeSync=true.
+
 It must never queue events per subscriber, block the loop on a socket, deliver an event
 whose time_us is not above the position, or let anything but the reader move the position.
 """
