@@ -3,7 +3,8 @@
 Owns: the websocket connection (picows, so it runs on uvloop), reassembling fragmented
 messages, a bounded receive buffer that pauses reading when the consumer is slower than
 the stream, zstd decoding, the requireHello handshake, options updates, and reconnecting
-with backoff while resuming without gaps or duplicates (protocol.ResumeState).
+with backoff while resuming without gaps or duplicates (protocol.ResumeState), also when
+a reconnect lands on another instance (instance.InstanceTracker), and cursor heartbeats.
 It must never reorder or invent events, never deliver an event twice, and never retry a
 request the server rejected (a 4xx, or a close saying our options are invalid).
 """

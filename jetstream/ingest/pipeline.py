@@ -11,6 +11,8 @@ Every frame ends in exactly one of: events written, counted drop (`jetstream_ing
 by reason), or counted no-op kind (#sync, #info, unknown `t`: `consumer_events_processed_total`).
 The cursor advances past each handled frame that carries a seq, skipped kinds and
 undecodable-but-seq-bearing frames included, so a restart never reads them again.
+With --ingest-collections, commits of other collections are dropped after decoding (counted
+`not_ingested`); the counts of each written batch go to CollectionStats (/stats/collections).
 It must never talk to sockets: the relay client feeds it, the server is woken by
 the `publish` callback, and a relay error frame is reported through `on_relay_error`.
 """
