@@ -9,6 +9,9 @@ timestamp becomes a (reason, detail) drop and its neighbours still come out. Onl
 frame that cannot be decoded at all, or whose fields have the wrong types (v1's
 decoder would have failed and ended the stream), raises FrameError.
 
+One addition: a #sync frame (Sync 1.1; v1 emitted nothing) yields a `kind: "sync"` event,
+which readers send only to clients that asked with includeSync=true.
+
 Deliberate differences from v1, all on inputs a conforming relay never sends:
 - By default the record block is found by op.cid in the CAR and its hash verified,
   instead of walking the MST to the path (v1 dropped an op whose MST leaf CID != op.cid):

@@ -8,7 +8,8 @@ an event from the cursor that produced it. Events reach the live ring — and th
 subscribers — only after that batch is written.
 
 Every frame ends in exactly one of: events written, counted drop (`jetstream_ingest_drops_total`
-by reason), or counted no-op kind (#sync, #info, unknown `t`: `consumer_events_processed_total`).
+by reason), or counted no-op kind (#info, unknown `t`: `consumer_events_processed_total`; a #sync is
+stored as a sync event, see decode.py).
 The cursor advances past each handled frame that carries a seq, skipped kinds and
 undecodable-but-seq-bearing frames included, so a restart never reads them again.
 With --ingest-collections, commits of other collections are dropped after decoding (counted
