@@ -53,6 +53,7 @@ class CollectionStats:
         self._fine: collections.deque[_Bucket] = collections.deque()
         self._coarse: collections.deque[_Bucket] = collections.deque()
         self._retained: dict[Key, int] = {}  # sums of the coarse buckets still held
+        self._hour: dict[Key, int] = {}  # sums of the fine buckets still held (the last hour)
         self._since_start: dict[str, int] = {}  # collection -> events, for rates
         self.total_events = 0
 
@@ -70,6 +71,7 @@ class CollectionStats:
             fine.add(key, amount)
             coarse.add(key, amount)
             self._retained[key] = self._retained.get(key, 0) + amount
+            self._hour[key] = self._hour.get(key, 0) + amount
             if collection:
                 self._since_start[collection] = self._since_start.get(collection, 0) + amount
             self.total_events += amount
@@ -85,14 +87,9 @@ class CollectionStats:
     def _expire(self, now: float) -> None:
         fine_floor = int(now // FINE_BUCKET_S) * FINE_BUCKET_S - (FINE_BUCKETS - 1) * FINE_BUCKET_S
         while self._fine and self._fine[0].start_s < fine_floor:
-            self._fine.popleft()
+            _subtract(self._hour, self._fine.popleft().counts)
         while self._coarse and self._coarse[0].start_s + COARSE_BUCKET_S <= now - self.retention_s:
-            for key, amount in self._coarse.popleft().counts.items():
-                left = self._retained[key] - amount
-                if left:
-                    self._retained[key] = left
-                else:
-                    del self._retained[key]
+            _subtract(self._retained, self._coarse.popleft().counts)
 
     # -- reporting (GET /stats/collections) -----------------------------------------------
     def _window(self, seconds: int, now: float) -> dict[Key, int]:
@@ -108,8 +105,9 @@ class CollectionStats:
     def report(self) -> dict:
         now = self._clock_s()
         self._expire(now)
-        windows = {"minute": self._window(MINUTE_S, now), "hour": self._window(HOUR_S, now),
-                   "retention": self._retained}
+        # The hour and the retention are running sums: a report costs the same however busy
+        # the hour was (it runs on the event loop, polled by every open /status page).
+        windows = {"minute": self._window(MINUTE_S, now), "hour": self._hour, "retention": self._retained}
         per_collection: dict[str, dict] = {}
         totals = {name: dict.fromkeys(OPERATIONS + KINDS, 0) for name in windows}
         for window, counts in windows.items():
@@ -134,3 +132,12 @@ class CollectionStats:
             "collections": per_collection,
             "max_collections": self.max_collections,
         }
+
+
+def _subtract(totals: dict[Key, int], counts: dict[Key, int]) -> None:
+    for key, amount in counts.items():
+        left = totals[key] - amount
+        if left:
+            totals[key] = left
+        else:
+            del totals[key]

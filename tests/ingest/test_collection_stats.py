@@ -59,3 +59,29 @@ def test_ingest_collections_keeps_exact_names_prefixes_and_every_non_commit_even
     assert keep.keeps("app.bsky.feed.post") and keep.keeps("app.bsky.graph.follow") and keep.keeps("")
     assert not keep.keeps("app.bsky.feed.like") and not keep.keeps("app.bsky.graphs.x")
     assert parse_ingest_collections("") == ()
+
+
+def test_running_hour_and_retention_sums_equal_a_recount_of_what_was_recorded():
+    import random
+
+    rng = random.Random(7)
+    clock = Clock(2_000_000.0)
+    stats = CollectionStats(retention_s=3 * 3600, clock_s=clock)
+    recorded = []  # (time, collection, op, amount)
+    for _ in range(3000):
+        clock.now += rng.uniform(0, 12)
+        collection, op = rng.choice([POST, LIKE, "app.x.y"]), rng.choice(["create", "update", "delete"])
+        amount = rng.randint(1, 5)
+        stats.record({(collection, op): amount})
+        recorded.append((clock.now, collection, op, amount))
+    report = stats.report()
+    now = clock.now
+    fine_floor = int(now // 10) * 10 - 359 * 10  # the oldest 10 s bucket still in the hour
+    coarse_floor = now - 3 * 3600  # hour buckets wholly older than the retention are gone
+    for collection in (POST, LIKE, "app.x.y"):
+        for op in ("create", "update", "delete"):
+            hour = sum(a for t, c, o, a in recorded if (c, o) == (collection, op) and int(t // 10) * 10 >= fine_floor)
+            kept = sum(a for t, c, o, a in recorded
+                       if (c, o) == (collection, op) and int(t // 3600) * 3600 + 3600 > coarse_floor)
+            assert counts(report, collection, "hour")[op] == hour
+            assert counts(report, collection, "retention")[op] == kept
