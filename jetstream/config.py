@@ -130,6 +130,12 @@ LOG_LEVEL = one_of("debug", "info", "warning", "error")
 LOG_FORMAT = one_of("text", "json")
 
 
+def _parse_ingest_collections(text: str) -> tuple[str, ...]:
+    from jetstream.ingest.collection_filter import parse_ingest_collections
+
+    return parse_ingest_collections(text)
+
+
 @dataclass(frozen=True)
 class Flag:
     name: str  # without leading dashes
@@ -213,6 +219,9 @@ SERVE_FLAGS: tuple[Flag, ...] = (
     Flag("did-doc-max-bytes", 65_536, int, "--verify-signatures: larger DID documents are refused (the DID is unresolved)", v1=False, check=at_least(1)),
     Flag("did-rev-cache-size", 200_000, int, "--verify-signatures: per-DID last commit revs held in memory; the rest are read from the log's did_revs column family", v1=False, check=at_least(1)),
     Flag("did-rev-retention", "720h", parse_duration, "--verify-signatures: did_revs rows whose rev (a timestamp) is older than this are deleted by an hourly pass", v1=False, check=above(0)),
+    # What users asked for beyond v1 (issue 15): store fewer collections, count what is stored.
+    Flag("ingest-collections", "", _parse_ingest_collections, "store only these commit collections (comma-separated NSIDs or prefix.*); identity/account/sync are always kept, other commits are dropped as not_ingested; empty = all", v1=False, check=Check("empty (all) or comma-separated NSIDs / prefix.* entries", lambda value: True)),
+    Flag("stats-max-collections", 1000, int, "collections /stats/collections counts by name; later ones are summed under \"other\"", v1=False, check=at_least(0)),
 )
 
 RELAY_SIM_FLAGS: tuple[Flag, ...] = (
@@ -259,6 +268,7 @@ _EXPECTS: dict[Callable[[str], Any], str] = {
     parse_duration: "a duration (24h, 1m30s, 250ms, or seconds)",
     parse_bool: "true or false",
     parse_unresolved_policy: "a policy",
+    _parse_ingest_collections: "a collection list",
 }
 _METAVARS: dict[Callable[[str], Any], str] = {int: "N", float: "X", parse_duration: "DURATION", parse_bool: "BOOL"}
 
