@@ -322,8 +322,10 @@ def resolve_flag(flag: Flag, raw: Any, source: str) -> Any:
     if isinstance(raw, str) and flag.parse is not str:
         try:
             value = flag.parse(raw)
-        except ValueError:
-            raise ConfigError(flag, source, raw, f"not {flag.expects}") from None
+        except ValueError as exc:
+            # A project parser's own message says which part is wrong; int()'s would only confuse.
+            detail = "" if flag.parse in (int, float) else f" ({exc})"
+            raise ConfigError(flag, source, raw, f"not {flag.expects}{detail}") from None
     if flag.check is not None:
         try:
             flag.check(value)
