@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from test_client_kit import (
+from tests.client.test_client_kit import (
     corpus_seqs, daemon_config, ingested_daemon, logged_payloads, start_corpus_relay, time_us_of, wait_until,
     without_time_us,
 )

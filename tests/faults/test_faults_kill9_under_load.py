@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
-from synthetic_expected import expected_lines
+from tests.synthetic_expected import expected_lines
 from picows import WSListener, WSMsgType, ws_connect
 
 from jetstream.log.store import EventLog

@@ -24,8 +24,8 @@ from jetstream.events import KIND_COMMIT, Event
 from jetstream.log.store import EventLog
 from jetstream.server.app import SubscribeServer
 from jetstream.server.settings import ServerSettings
-from test_fuzz_strategies import fuzz_settings
-from wsclient import connect
+from tests.fuzz.test_fuzz_strategies import fuzz_settings
+from tests.wsclient import connect
 
 pytestmark = pytest.mark.timeout(180)
 ANSWER_TIMEOUT_S = 15.0  # generous: the machine is shared; a hang fails, slowness does not

@@ -21,8 +21,8 @@ from jetstream.implementation import LiveRing
 from jetstream.log.store import EventLog
 from jetstream.server.app import SubscribeServer
 from jetstream.server.settings import ServerSettings
-from corpus_events import event_from_line, time_us_of
-from wsclient import connect
+from tests.corpus_events import event_from_line, time_us_of
+from tests.wsclient import connect
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -16,7 +16,7 @@ from jetstream._core import record_json as cy
 from jetstream._py import record_json as py
 from jetstream._py.record_json import RecordError
 from jetstream.ingest.car import read_car
-from test_ingest_helpers import CID, Raw, cid_for, dag_cbor
+from tests.ingest.test_ingest_helpers import CID, Raw, cid_for, dag_cbor
 
 IMPLEMENTATIONS = [pytest.param(py, id="python"), pytest.param(cy, id="cython")]
 

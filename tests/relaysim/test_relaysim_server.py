@@ -11,7 +11,7 @@ from jetstream.config import RELAY_SIM_FLAGS, Config
 from jetstream.relaysim.seqpatch import patch_seq
 from jetstream.relaysim.server import (WRITE_BUFFER_HIGH, FileSource, RelaySim, SyntheticSource,
                                        run_from_config)
-from wsclient import CollectingListener, connect
+from tests.wsclient import CollectingListener, connect
 
 pytestmark = pytest.mark.timeout(30)
 

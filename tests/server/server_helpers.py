@@ -13,7 +13,7 @@ from jetstream.log.store import EventLog
 from jetstream.server.app import SubscribeServer
 from jetstream.server.settings import ServerSettings
 
-from corpus_events import event_from_line, time_us_of  # noqa: F401 - the server tests import them from here
+from tests.corpus_events import event_from_line, time_us_of  # noqa: F401 - the server tests import them from here
 
 class Stack:
     """Log, ring and server wired the way the daemon wires them (log -> ring -> notify)."""

@@ -16,8 +16,8 @@ from picows.api import ws_create_server
 
 from jetstream.server import picows_adapter
 from jetstream.server.settings import ServerSettings
-from server_helpers import Stack, settle
-from wsclient import connect
+from tests.server.server_helpers import Stack, settle
+from tests.wsclient import connect
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -20,8 +20,8 @@ from jetstream.log.store import EventLog
 from jetstream.relaysim.server import FileSource, RelaySim
 from jetstream.server.app import SubscribeServer
 from jetstream.server.metrics import SERVER_METRICS
-from server_helpers import Stack, http_get, settle
-from wsclient import connect
+from tests.server.server_helpers import Stack, http_get, settle
+from tests.wsclient import connect
 
 pytestmark = pytest.mark.timeout(60)
 
