@@ -19,7 +19,7 @@ import sys
 import time
 from datetime import datetime, timezone
 
-from jetstream.client import CommitEvent, IdentityEvent, AccountEvent, Jetstream, JetstreamError
+from jetstream.client import AccountEvent, CommitEvent, IdentityEvent, Jetstream, JetstreamError
 from jetstream.config import parse_duration
 
 FLUSH_BYTES = 64 * 1024

@@ -21,11 +21,21 @@ from picows import WSCloseCode, WSError, WSInvalidStatusError, WSListener, WSMsg
 
 from jetstream.client.events import Event, EventDecodeError, parse_event
 from jetstream.client.protocol import (
-    DEFAULT_REWIND_US, Backoff, ResumeState, SubscribeOptions, dictionary_url, is_fatal_close, normalize_url,
+    DEFAULT_REWIND_US,
+    Backoff,
+    ResumeState,
+    SubscribeOptions,
+    dictionary_url,
+    is_fatal_close,
+    normalize_url,
     subscribe_url,
 )
 from jetstream.client.zstd import (
-    USER_AGENT, DictionaryMismatch, ZstdFrameDecoder, fetch_dictionary, read_dictionary_argument,
+    USER_AGENT,
+    DictionaryMismatch,
+    ZstdFrameDecoder,
+    fetch_dictionary,
+    read_dictionary_argument,
 )
 
 log = logging.getLogger(__name__)

@@ -21,8 +21,15 @@ import time
 import pytest
 
 from tests.cutover.cutover_helpers import (
-    LogView, connect_client, daemon_for, options_update, start_relay, stop_ingest, subscribe_query,
-    violations_of, wait_all_delivered,
+    LogView,
+    connect_client,
+    daemon_for,
+    options_update,
+    start_relay,
+    stop_ingest,
+    subscribe_query,
+    violations_of,
+    wait_all_delivered,
 )
 
 pytestmark = pytest.mark.timeout(120)

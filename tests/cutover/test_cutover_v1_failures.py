@@ -16,7 +16,13 @@ import time
 import pytest
 
 from tests.cutover.cutover_helpers import (
-    LogView, connect_client, daemon_for, start_relay, stop_ingest, violations_of, wait_all_delivered,
+    LogView,
+    connect_client,
+    daemon_for,
+    start_relay,
+    stop_ingest,
+    violations_of,
+    wait_all_delivered,
 )
 
 pytestmark = pytest.mark.timeout(60)

@@ -22,10 +22,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from tests.synthetic_expected import expected_lines
 
 from jetstream.log.store import EventLog
 from jetstream.relaysim.server import SUBSCRIBE_REPOS_PATH
+from tests.synthetic_expected import expected_lines
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 

@@ -13,7 +13,6 @@ import pytest
 
 from jetstream.config import parse_serve_args
 from jetstream.daemon import Daemon
-from jetstream.framefile import read_frames
 from jetstream.relaysim.server import RelaySim
 from tests.wsclient import connect
 

@@ -19,8 +19,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from jetstream.compression import EventCompressor
-from jetstream.implementation import LiveRing
 from jetstream.events import KIND_COMMIT, Event
+from jetstream.implementation import LiveRing
 from jetstream.log.store import EventLog
 from jetstream.server.app import SubscribeServer
 from jetstream.server.settings import ServerSettings
@@ -85,7 +85,7 @@ def exchange(port: int, request: bytes) -> bytes:
             except ConnectionResetError:
                 break
             except socket.timeout:
-                raise AssertionError(f"no answer and no close within {ANSWER_TIMEOUT_S}s for {request[:200]!r}")
+                raise AssertionError(f"no answer and no close within {ANSWER_TIMEOUT_S}s for {request[:200]!r}") from None
             if not chunk:
                 break
             chunks.append(chunk)

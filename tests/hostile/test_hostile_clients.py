@@ -81,7 +81,7 @@ class Witnessed:
     async def witness_saw_everything(self, more: int = 20) -> None:
         """Publish `more` events, then the witness must hold exactly all published, in order."""
         self.publish(more)
-        received = await self.witness.wait_for_count(len(self.published), timeout=30)
+        await self.witness.wait_for_count(len(self.published), timeout=30)
         await asyncio.sleep(0.05)
         assert [time_us_of(m) for m in self.witness.payloads] == self.published
         assert self.witness.close_code is None

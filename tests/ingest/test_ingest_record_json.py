@@ -2,8 +2,8 @@
 RecordError reason, and both follow v1's rules (V1-REFERENCE §4.2-4.3)."""
 from __future__ import annotations
 
-import json
 import base64
+import json
 import math
 import threading
 

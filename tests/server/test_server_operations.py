@@ -13,9 +13,9 @@ import zstandard
 from picows import WSMsgType
 
 from jetstream.config import parse_serve_args
-from jetstream.implementation import LiveRing
 from jetstream.daemon import Daemon
 from jetstream.dictionary import SHIPPED_DICTIONARY_ID, SHIPPED_DICTIONARY_PATH
+from jetstream.implementation import LiveRing
 from jetstream.log.store import EventLog
 from jetstream.relaysim.server import FileSource, RelaySim
 from jetstream.server.app import SubscribeServer
