@@ -2,7 +2,7 @@
 
 Owns: the rule that a
 position moves only by compare-and-set, from the value the step started with, never
-backwards (DESIGN §4): if a second writer ever appears it fails loudly instead of
+backwards (docs/architecture.md §4.1): if a second writer ever appears it fails loudly instead of
 silently reordering or skipping events.
 It must never clamp, retry or "fix up" a conflicting advance: the conflict is the signal.
 """

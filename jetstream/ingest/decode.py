@@ -1,8 +1,8 @@
 """Relay frame -> the v1 events it yields (PendingEvent, JSON waiting for time_us).
 
-Owns: v1's per-frame behaviour (V1-REFERENCE §5.2-5.3): which frame types yield events,
+Owns: v1's per-frame behaviour (docs/architecture.md §3.1): which frame types yield events,
 what is dropped and why, and the exact envelope bytes (struct field order and omitempty
-of §4.1); the per-op loop of a commit lives in jetstream/_py/commit.py and its Cython
+in docs/protocol.md §4); the per-op loop of a commit lives in jetstream/_py/commit.py and its Cython
 twin jetstream/_core/commit.pyx. Pure: bytes in, values out.
 It must never do I/O, assign time_us, or raise for bad *content*: a bad op, record or
 timestamp becomes a (reason, detail) drop and its neighbours still come out. Only a

@@ -1,4 +1,4 @@
-"""The server's Prometheus metrics: v1's names (V1-REFERENCE §7.1) plus what v1 lacked.
+"""The server's Prometheus metrics: v1's names (docs/protocol.md §2.7) plus what v1 lacked.
 
 Owns: turning a SubscribeServer's plain counters into metric families at scrape time
 (a custom collector) and registering it; the HTTP listener is jetstream/metrics.py's. v1's names and labels are kept:

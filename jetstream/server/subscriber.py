@@ -1,7 +1,7 @@
 """One subscriber connection: its single reader (position -> ring | log -> filter -> pace -> send).
 
 Owns: the per-connection state (position, filter, hello gate, token bucket share,
-backpressure, lag policy) and DESIGN §4's single reader. A newcomer can follow it as:
+backpressure, lag policy) and the single reader of docs/architecture.md §4. A newcomer can follow it as:
 
 1. Position. `position` is the time_us of the last event this connection has *scanned*
    (sent, or skipped by its filter). It starts from the cursor (`initial_position`):
@@ -21,8 +21,8 @@ backpressure, lag policy) and DESIGN §4's single reader. A newcomer can follow 
 3. Cutover. Replay ends when the position is inside the ring: the next step simply reads
    the ring. There is no second writer, no live queue filled in parallel, no overlap
    window and no dedupe guard: every event is read exactly once, in time_us order, by
-   the one reader that owns the position (v1's jl#42/#43 races and jl#27/#31 cutover
-   drops have no place to happen).
+   the one reader that owns the position (the races and cutover drops of v1 issues 42,
+   43, 27 and 31, docs/protocol.md §9, have no place to happen).
 
 4. Waiting. A step ends the reader's turn when (a) nothing follows the position: the
    reader parks in the server's waiting set and `notify_new_events` wakes it; (b) the
@@ -45,7 +45,8 @@ backpressure, lag policy) and DESIGN §4's single reader. A newcomer can follow 
    "try again later" would blame the server) and a reason saying how far behind it was,
    counted in `SubscribeServer.disconnects` as `lag_events` / `lag_seconds`. Lag caused
    by the server's own pacing (an empty token bucket) never counts: a replay slowed by
-   `--max-sub-rate` is the v1 failure (jl#27) we must not repeat.
+   `--max-sub-rate` is the v1 failure we must not repeat (v1 issue 27,
+   https://github.com/bluesky-social/jetstream-legacy/issues/27).
 
 6. options_update. Steps run to completion on the loop thread, so a new filter lands
    between two steps, i.e. at an event boundary; the position is untouched, so no event
@@ -109,7 +110,7 @@ def initial_position(cursor: int | None, newest_time_us: int) -> int:
     No cursor: live, from the newest event. A cursor is inclusive, so the event at
     exactly `cursor` is sent again; cursor <= 0 replays everything retained; a cursor
     above the newest event starts live (v1 replayed the whole log for a cursor between
-    the newest logged event and now, V1-REFERENCE §6.6).
+    the newest logged event and now, docs/protocol.md §3.4).
     """
     if cursor is None:
         return newest_time_us

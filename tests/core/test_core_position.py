@@ -1,4 +1,4 @@
-"""Position: the reader's delivered time_us moves only by compare-and-set (DESIGN §4)."""
+"""Position: the reader's delivered time_us moves only by compare-and-set (docs/architecture.md §4.1)."""
 from __future__ import annotations
 
 import pytest

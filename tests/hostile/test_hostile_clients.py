@@ -357,7 +357,7 @@ async def test_deeply_nested_and_huge_options_updates_are_refused_with_a_reason(
         assert "exceeded max depth" in outcomes["nested_100k"][1]
         assert outcomes["nested_in_a_field"][0] == WSCloseCode.OK
         assert outcomes["dids_10001"] == (WSCloseCode.OK, "failed to parse subscriber options: invalid subscriber options: "
-                                                    "too many wanted DIDs")  # V1-REFERENCE §6
+                                                    "too many wanted DIDs")  # docs/protocol.md §3.8
         # Found by this test: int() raised on numbers over 4300 digits (fixed in gojson._go_int).
         assert outcomes["number_of_5000_digits"][0] == WSCloseCode.OK
         assert outcomes["number_of_5000_digits"][1].startswith("failed to unmarshal subscriber options update: json: "

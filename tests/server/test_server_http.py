@@ -1,4 +1,4 @@
-"""The public listener's plain-HTTP answers over real sockets (V1-REFERENCE §2.1, §2.3, §11.1)."""
+"""The public listener's plain-HTTP answers over real sockets (docs/protocol.md §2, §3.8)."""
 from __future__ import annotations
 
 import asyncio

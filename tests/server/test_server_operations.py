@@ -25,7 +25,7 @@ from tests.wsclient import connect
 
 pytestmark = pytest.mark.timeout(60)
 
-LEGACY_DICTIONARY_ID = 1612007021  # V1-REFERENCE §9
+LEGACY_DICTIONARY_ID = 1612007021  # docs/protocol.md §7.2
 
 
 def first_seq(frames: list[bytes]) -> int:
