@@ -1,7 +1,8 @@
 """`make bench-check`: the pytest-benchmark gates, the comparison with this machine's last run, one table.
 
 Owns: running bench/bench_gates.py under pytest-benchmark with --benchmark-autosave into
-bench/results/benchmarks/<machine>/ (so runs of different machines are never compared),
+bench/results/benchmarks/<machine>/<quick|full>/ (so runs of different machines or sizes are
+never compared),
 adding --benchmark-compare and --benchmark-compare-fail when an earlier run of this machine
 is saved, and printing the one-table report (and bench/results/latest.json, the shape
 `bench/suite.py --check-only` reads) from the JSON pytest-benchmark saved.
@@ -61,7 +62,8 @@ def main() -> int:
     parser.add_argument("--compare-fail", default=DEFAULT_COMPARE_FAIL,
                         help=f"pytest-benchmark --benchmark-compare-fail expression (default {DEFAULT_COMPARE_FAIL})")
     args, pytest_args = parser.parse_known_args()
-    storage = RESULTS_DIR / "benchmarks" / machine_key()
+    # Quick and full runs do different amounts of work: each is compared only with its own kind.
+    storage = RESULTS_DIR / "benchmarks" / machine_key() / ("quick" if args.quick else "full")
     earlier = saved_runs(storage)
     command = [sys.executable, "-m", "pytest", str(BENCH_DIR / "bench_gates.py"), "-p", "no:cacheprovider", "-v",
                "--benchmark-enable", "--benchmark-autosave", f"--benchmark-storage=file://{storage}",
