@@ -61,6 +61,8 @@ META_FORMAT_VERSION = b"format_version"
 META_RELAY_CURSOR = b"relay_cursor"
 META_HWM = b"hwm_time_us"
 META_INDEX_FROM = b"index_from_time_us"  # every event with time_us >= this is indexed
+# Cluster mode: the sequence of the last stream message applied (jetstream/cluster/applier.py).
+META_STREAM_SEQ = b"cluster_stream_seq"
 
 # A filter naming more than this many exact collections (or dids) reads faster by scanning:
 # each name costs one seek per index bucket.
@@ -155,6 +157,7 @@ class EventLog:
         self._relay_cursor = self._read_meta_int(META_RELAY_CURSOR, _SIGNED)
         self._hwm = self._read_meta_int(META_HWM, _UNSIGNED) or 0
         self._index_from = self._read_meta_int(META_INDEX_FROM, _UNSIGNED)
+        self._stream_seq = self._read_meta_int(META_STREAM_SEQ, _UNSIGNED) or 0
         if self._index_from is None:
             self._start_index(0 if fresh else self._hwm + 1)
         log.info("event=log_opened path=%s fresh=%s relay_cursor=%s hwm=%d fsync=%s",
@@ -229,13 +232,15 @@ class EventLog:
         return None if value is None else layout.unpack(value)[0]
 
     # -- writing --------------------------------------------------------------------------------
-    def append(self, events: Sequence[Event], relay_cursor: int | None) -> None:
+    def append(self, events: Sequence[Event], relay_cursor: int | None, *, stream_seq: int | None = None) -> None:
         """Write `events` and `relay_cursor` atomically; durable in the WAL on return.
 
         Events must carry strictly increasing time_us above the high-water mark.
         `append([], cursor)` only moves the cursor (frames that produce no events).
+        `stream_seq` (cluster mode) is the stream message these events came from, stored in
+        the same batch so a restarted node resumes applying right after it.
         """
-        if not events and relay_cursor is None:
+        if not events and relay_cursor is None and stream_seq is None:
             return
         newest = self._check_increasing(events)
         batch = WriteBatch(raw_mode=True)
@@ -250,10 +255,14 @@ class EventLog:
             batch.put(META_RELAY_CURSOR, _SIGNED.pack(relay_cursor), self._meta_handle)
         if events:
             batch.put(META_HWM, _UNSIGNED.pack(newest), self._meta_handle)
+        if stream_seq is not None:
+            batch.put(META_STREAM_SEQ, _UNSIGNED.pack(stream_seq), self._meta_handle)
         self._db.write(batch, self._write_options)
         self._hwm = newest
         if relay_cursor is not None:
             self._relay_cursor = relay_cursor
+        if stream_seq is not None:
+            self._stream_seq = stream_seq
 
     def _check_increasing(self, events: Sequence[Event]) -> int:
         previous = self._hwm
@@ -323,6 +332,10 @@ class EventLog:
     def relay_cursor(self) -> int | None:
         """The relay seq stored with the last append that carried one; None if never."""
         return self._relay_cursor
+
+    def stream_seq(self) -> int:
+        """Cluster mode: the last stream message applied (0: none; never set in single-node mode)."""
+        return self._stream_seq
 
     def hwm(self) -> int:
         """The largest time_us ever written (kept through trims); 0 for a new log."""

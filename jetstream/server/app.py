@@ -117,6 +117,9 @@ class SubscribeServer:
         self._delivered_gone: dict[str, list[int]] = {}
         self._delivered_other = [0, 0]
         self.max_ip_metric_labels = max_ip_metric_labels
+        # Cluster mode: holds a subscriber whose cursor is ahead of this node's log until the node
+        # has caught up (jetstream/cluster/node.py: hold / cursor_reached). None: single node.
+        self.cursor_gate = None
 
     # --- lifecycle -------------------------------------------------------------------------
 

@@ -247,6 +247,7 @@ class SubscriberListener(WSListener):
         self._event_filter = _event_filter_for(options.filters)
         self._index_query = _index_query_for(options.filters)
         self._awaiting_hello = options.require_hello
+        self._awaiting_cursor = False  # cluster mode: held until this node reaches the cursor
         self._transport: WSTransport | None = None
         self._write = None  # the underlying transport's write: one call per step
         self._position: Position | None = None
@@ -280,6 +281,22 @@ class SubscriberListener(WSListener):
         self._server.register(self)
         log.debug("event=subscriber_connected ip=%s position=%d compress=%s hello=%s",
                   self.client_ip, self._position.value, self._compressed, self._awaiting_hello)
+        gate = self._server.cursor_gate
+        if gate is not None and self._cursor is not None and self._cursor - 1 > self._position.value:
+            # Cluster mode: the client comes from a node further along. Starting live here would
+            # repeat what it already has; wait until this node has applied up to its cursor.
+            self._awaiting_cursor = True
+            gate.hold(self, self._cursor)
+            return
+        if not self._awaiting_hello:
+            self.wake()
+
+    def cursor_reached(self) -> None:
+        """The cursor gate's answer: this node has caught up; start from the cursor as at connect."""
+        if self._closed or not self._awaiting_cursor:
+            return
+        self._position = Position(initial_position(self._cursor, self._server.ring.newest_time_us))
+        self._awaiting_cursor = False
         if not self._awaiting_hello:
             self.wake()
 
@@ -360,7 +377,7 @@ class SubscriberListener(WSListener):
     def pump(self) -> None:
         """One reader step; then schedule the next, or wait (paused, caught up, out of tokens)."""
         self._wakeup = None
-        if self._closed or self._paused or self._awaiting_hello or self._transport is None:
+        if self._closed or self._paused or self._awaiting_hello or self._awaiting_cursor or self._transport is None:
             return
         granted = self._bucket.take(STEP_MAX_EVENTS)
         if granted == 0:
