@@ -85,6 +85,8 @@ jetstream {{
 cluster {{
   name: "{cluster_name}"
   listen: "127.0.0.1:{server.route_port}"
+  # Clients use only the URLs they were given (tests put a proxy in front of some of them).
+  no_advertise: true
   routes: [{routes}]
 }}
 """

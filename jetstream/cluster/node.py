@@ -302,6 +302,10 @@ class ClusterNode:
     async def _release_when_applied(self, subscriber, cursor: int) -> None:
         started = time.monotonic()
         reached = False
+        try:
+            await asyncio.wait_for(self.ready.wait(), self.cursor_wait_s)  # not joined yet: it may within the wait
+        except asyncio.TimeoutError:
+            pass
         if self.applier is not None:
             try:
                 last = await self.applier.refresh_stream_last_seq(min(NATS_TIMEOUT_S, self.cursor_wait_s))

@@ -155,3 +155,88 @@ def read_log(data_dir: Path) -> list[tuple[int, bytes]]:
     """(time_us, JSON) of every event in a stopped node's log, ascending."""
     with EventLog(str(data_dir), create=False) as event_log:
         return [(row.time_us, bytes(row.payload)) for row in event_log.read_after(0, 10_000_000, compressed=False)]
+
+
+class CuttableProxy:
+    """TCP proxies to NATS servers, in a thread of their own, that a test can cut at once.
+
+    `cut()` closes every proxied connection and refuses new ones: the node behind it is
+    cut off from NATS while everything else keeps running.
+    """
+
+    def __init__(self, targets: list[int]) -> None:
+        import asyncio
+        import threading
+
+        self._targets = targets
+        self.ports: list[int] = []
+        self._loop = asyncio.new_event_loop()
+        self._servers = []
+        self._writers: set = set()
+        self._cut = False
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
+        self._thread.start()
+        ready.wait(10)
+
+    @property
+    def url_list(self) -> str:
+        return ",".join(f"nats://127.0.0.1:{port}" for port in self.ports)
+
+    def _run(self, ready) -> None:
+        import asyncio
+
+        asyncio.set_event_loop(self._loop)
+
+        async def start() -> None:
+            for target in self._targets:
+                server = await asyncio.start_server(
+                    lambda r, w, t=target: self._pipe(r, w, t), "127.0.0.1", 0)
+                self._servers.append(server)
+                self.ports.append(server.sockets[0].getsockname()[1])
+            ready.set()
+
+        self._loop.run_until_complete(start())
+        self._loop.run_forever()
+
+    async def _pipe(self, client_reader, client_writer, target: int) -> None:
+        import asyncio
+
+        if self._cut:
+            client_writer.close()
+            return
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", target)
+        except OSError:
+            client_writer.close()
+            return
+        self._writers.update((client_writer, upstream_writer))
+
+        async def copy(reader, writer) -> None:
+            try:
+                while not self._cut:
+                    data = await reader.read(65536)
+                    if not data:
+                        break
+                    writer.write(data)
+                    await writer.drain()
+            except (OSError, ConnectionError):
+                pass
+            finally:
+                writer.close()
+
+        await asyncio.gather(copy(client_reader, upstream_writer), copy(upstream_reader, client_writer))
+
+    def cut(self) -> None:
+        def do_cut() -> None:
+            self._cut = True
+            for writer in list(self._writers):
+                writer.transport.abort()
+            self._writers.clear()
+
+        self._loop.call_soon_threadsafe(do_cut)
+
+    def close(self) -> None:
+        self.cut()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
