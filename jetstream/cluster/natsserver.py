@@ -70,6 +70,20 @@ class NatsServer:
 
 def server_config(server: NatsServer, peers: list[NatsServer], cluster_name: str) -> str:
     routes = ", ".join(f'"nats-route://127.0.0.1:{peer.route_port}"' for peer in peers if peer is not server)
+    if len(peers) == 1:  # a lone server runs JetStream stand-alone (a cluster of one never elects)
+        return _server_head(server)
+    return _server_head(server) + f"""
+cluster {{
+  name: "{cluster_name}"
+  listen: "127.0.0.1:{server.route_port}"
+  # Clients use only the URLs they were given (tests put a proxy in front of some of them).
+  no_advertise: true
+  routes: [{routes}]
+}}
+"""
+
+
+def _server_head(server: NatsServer) -> str:
     return f"""
 server_name: "{server.name}"
 listen: "127.0.0.1:{server.client_port}"
@@ -81,13 +95,6 @@ jetstream {{
   sync_interval: always
   max_memory_store: 256MB
   max_file_store: 8GB
-}}
-cluster {{
-  name: "{cluster_name}"
-  listen: "127.0.0.1:{server.route_port}"
-  # Clients use only the URLs they were given (tests put a proxy in front of some of them).
-  no_advertise: true
-  routes: [{routes}]
 }}
 """
 
@@ -172,6 +179,10 @@ class NatsCluster:
         self.stop()
 
 
+async def _ignore_error(exc: Exception) -> None:
+    """nats-py logs every refused dial with a traceback; while waiting for start-up that is noise."""
+
+
 async def wait_jetstream_ready(urls: list[str], timeout_s: float = START_TIMEOUT_S) -> None:
     import nats
 
@@ -180,7 +191,7 @@ async def wait_jetstream_ready(urls: list[str], timeout_s: float = START_TIMEOUT
     while time.monotonic() < deadline:
         try:
             nc = await nats.connect(servers=urls, connect_timeout=1, max_reconnect_attempts=0,
-                                    allow_reconnect=False)
+                                    allow_reconnect=False, error_cb=_ignore_error)
             try:
                 await nc.jetstream().account_info()
                 return
