@@ -31,7 +31,7 @@ from jetstream.cluster.applier import StreamApplier  # noqa: E402
 from jetstream.cluster.natsserver import NatsCluster, free_port  # noqa: E402
 from jetstream.cluster.wire import encode_batch  # noqa: E402
 from jetstream.compression import EventCompressor  # noqa: E402
-from jetstream.core import LiveRing  # noqa: E402
+from jetstream.implementation import LiveRing  # noqa: E402
 from jetstream.dictionary import active_dictionary  # noqa: E402
 from jetstream.ingest.decode import decode_frame  # noqa: E402
 from jetstream.ingest.sequencer import Sequencer  # noqa: E402

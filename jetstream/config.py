@@ -2,7 +2,7 @@
 
 Owns: every tunable of the daemon, its default and its parsing. Each flag can be
 given on the command line or in the environment (`--event-ttl` <-> JETSTREAM_EVENT_TTL);
-the command line wins. Names and defaults follow Jetstream v1 (V1-REFERENCE §1)
+the command line wins. Names and defaults follow Jetstream v1 (README.md, Configuration)
 where v1 has the flag; new flags say so in their help text.
 It must never start anything: it only turns argv + environ into a Config.
 """

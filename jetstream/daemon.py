@@ -16,16 +16,17 @@ import socket
 
 from jetstream import metrics
 from jetstream.compression import EventCompressor
-from jetstream.dictionary import active_dictionary, dictionary_id
+from jetstream.dictionary import active_dictionary
 from jetstream.config import Config, parse_listen_addr
-from jetstream.core import LiveRing
+from jetstream.implementation import LiveRing
 from jetstream.ingest.pipeline import IngestPipeline
 from jetstream.ingest.relay_client import RelayClient
 from jetstream.ingest.sequencer import Sequencer
 from jetstream.log.store import EventLog
 from jetstream.log.ttl import TtlTrimmer, trim_interval_s
-from jetstream.server.app import SubscribeServer
-from jetstream.server.metrics import MetricsListener, register_server
+from jetstream.server.app import SHUTDOWN_REASON, SubscribeServer
+from jetstream.server.metrics import register_server, unregister_server
+from jetstream.server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class Daemon:
         self.relay: RelayClient | None = None
         self.pipeline: IngestPipeline | None = None
         self.trimmer: TtlTrimmer | None = None
-        self.metrics_listener: MetricsListener | None = None
+        self.metrics_listener: metrics.MetricsListener | None = None
         self._metrics_collector = None
         self.cluster = None  # jetstream.cluster.node.ClusterNode with --cluster
         self._tasks: list[asyncio.Task] = []
@@ -87,17 +88,8 @@ class Daemon:
         ring = LiveRing(cfg.ring_capacity, floor_time_us=hwm)
         dictionary = active_dictionary(cfg.zstd_dictionary_path)
         compressor = EventCompressor(dictionary)
-        self.server = SubscribeServer(
-            self.event_log, ring, max_sub_rate=cfg.max_sub_rate, per_ip_limit=cfg.per_ip_limit,
-            max_conns_per_ip=cfg.max_conns_per_ip, trust_proxy_headers=cfg.trust_proxy_headers,
-            max_client_message_bytes=cfg.max_client_message_bytes, ping_interval_s=cfg.ping_interval,
-            pong_timeout_s=cfg.pong_timeout, hello_timeout_s=cfg.hello_timeout,
-            handshake_timeout_s=cfg.handshake_timeout, max_request_bytes=cfg.max_request_bytes,
-            max_ip_metric_labels=cfg.max_ip_metric_labels, max_pending_request_bytes=cfg.max_pending_request_bytes,
-            zstd_dictionary=dictionary, zstd_dictionary_id=dictionary_id(dictionary), health=self.health,
-        )
-        # Read by each SubscriberListener at connect (subscriber.LagPolicy).
-        self.server.lag_limits = (cfg.max_lag_events, cfg.max_lag_seconds, cfg.max_lag_grace)
+        settings = ServerSettings.from_config(cfg, zstd_dictionary=dictionary)
+        self.server = SubscribeServer(self.event_log, ring, settings, health=self.health)
         host, port = parse_listen_addr(cfg.listen_addr)
         await self.server.start(host, port)
         if cfg.cluster:
@@ -121,7 +113,7 @@ class Daemon:
         )
         self._metrics_collector = register_server(self.server)
         if cfg.metrics_listen_addr:
-            self.metrics_listener = MetricsListener(cfg.metrics_listen_addr)
+            self.metrics_listener = metrics.MetricsListener(cfg.metrics_listen_addr)
         self.trimmer = TtlTrimmer(self.event_log, cfg.event_ttl,
                                   trim_interval_s(cfg.event_ttl, cfg.ttl_trim_interval), ring=ring)
         self._tasks = [asyncio.ensure_future(self.trimmer.run())]
@@ -149,7 +141,7 @@ class Daemon:
         self.server.cursor_gate = self.cluster
         self._metrics_collector = register_server(self.server)
         if self.cfg.metrics_listen_addr:
-            self.metrics_listener = MetricsListener(self.cfg.metrics_listen_addr)
+            self.metrics_listener = metrics.MetricsListener(self.cfg.metrics_listen_addr)
         self.trimmer = TtlTrimmer(self.event_log, self.cfg.event_ttl,
                                   trim_interval_s(self.cfg.event_ttl, self.cfg.ttl_trim_interval), ring=ring)
         self._tasks = [asyncio.ensure_future(self.trimmer.run())]
@@ -262,13 +254,11 @@ class Daemon:
         if self.pipeline is not None:
             self.pipeline.flush()
         if self.server is not None:
-            await self.server.close("server shutting down")
+            await self.server.close(SHUTDOWN_REASON)
         if self.metrics_listener is not None:
             self.metrics_listener.close()
         if self._metrics_collector is not None:
-            from prometheus_client import REGISTRY
-
-            REGISTRY.unregister(self._metrics_collector)
+            unregister_server(self._metrics_collector)
             self._metrics_collector = None
         if self.event_log is not None:
             self.event_log.close()
@@ -282,7 +272,7 @@ class Daemon:
         def on_signal(signum: int) -> None:
             if stop_requested.is_set():
                 # The operator insists: leave now. RocksDB's WAL already holds every batch
-                # a client saw, so nothing acknowledged is lost (DESIGN invariant 3).
+                # a client saw, so nothing acknowledged is lost (docs/architecture.md §2, invariant 3).
                 log.error("event=forced_exit signal=%d", signum)
                 logging.shutdown()
                 os._exit(1)

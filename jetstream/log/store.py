@@ -3,7 +3,7 @@
 Owns: the on-disk log and its atomicity. One `append` is one WriteBatch holding
 every event (JSON row and zstd row), the relay cursor that produced them and
 the time_us high-water mark, so a crash can never separate an event from its
-cursor (DESIGN invariant 3), and the high-water mark survives trimming so
+cursor (docs/architecture.md §2, invariant 3), and the high-water mark survives trimming so
 time_us keeps increasing across restarts (invariant 2). Rows are laid out by
 `jetstream.log.rows`. The same batch writes each event's secondary index keys (by
 collection and by did), so a narrow filtered replay (`read_matching_after`) reads
@@ -130,7 +130,12 @@ class EventLog:
 
     def __init__(self, path: str, *, fsync: bool = False, create: bool = True) -> None:
         self.path = str(path)
-        fresh, existing_column_families = self._inspect_location(Path(path), create)
+        self.values_read = 0  # event rows read by read_after / read_matching_after (for measurements)
+        self._connect(fsync, create)
+
+    def _connect(self, fsync: bool, create: bool) -> None:
+        """Open (or, from reopen, open again) the database at self.path and load its meta state."""
+        fresh, existing_column_families = self._inspect_location(Path(self.path), create)
         self._db = self._open(fresh, existing_column_families)
         self._events = self._db.get_column_family(CF_EVENTS)
         self._events_zstd = self._db.get_column_family(CF_EVENTS_ZSTD)
@@ -140,7 +145,6 @@ class EventLog:
         self._meta_handle = self._db.get_column_family_handle(CF_META)
         self._index = self._db.get_column_family(CF_EVENTS_INDEX)
         self._index_handle = self._db.get_column_family_handle(CF_EVENTS_INDEX)
-        self.values_read = 0  # event rows read by read_after / read_matching_after (for measurements)
         self._write_options = WriteOptions()
         self._write_options.sync = fsync  # WAL is always on; fsync only decides sync-to-disk.
         self._closed = False
@@ -486,7 +490,7 @@ class EventLog:
         fsync = self._write_options.sync
         self.close()
         gc.collect()  # rocksdict releases the LOCK when its last Python reference goes
-        self.__init__(self.path, fsync=fsync, create=False)
+        self._connect(fsync, create=False)
         try:
             probe = WriteBatch(raw_mode=True)
             probe.put(META_FORMAT_NAME, FORMAT_NAME, self._meta_handle)

@@ -13,7 +13,7 @@ from jetstream.cluster.lease import Lease
 from jetstream.cluster.natsserver import NatsCluster
 from jetstream.cluster.publisher import FencedPublisher
 from jetstream.cluster.wire import WireError, decode_batch, encode_batch, encoded_size
-from jetstream.core import LiveRing
+from jetstream.implementation import LiveRing
 from jetstream.log.store import EventLog
 
 BASE_TIME_US = 1_795_000_000_000_000
