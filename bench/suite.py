@@ -547,8 +547,21 @@ def stage_memory(table: Table, quick: bool) -> None:
 
 # --- gate and main -------------------------------------------------------------------------------------
 
+# --- stage: verify (--verify-signatures) ------------------------------------------------------------
+
+def stage_verify(table: Table, quick: bool) -> None:
+    import bench_verify
+
+    result = bench_verify.measure(rounds=5 if quick else 20)
+    table.add("verify", "check_commit per corpus commit (K-256)", result["us_per_verified_commit"], "µs/commit")
+    table.add("verify", "corpus pass, ingest with --verify-signatures", result["frames_per_s_on"], "frames/s",
+              result["frames_per_s_off"], "verification off", "verify_on_vs_off", target="≥ 0.7x of off")
+    table.add("verify", "DID cache hit rate, relay-sim corpus loop", result["cache"]["hit_rate"] * 100, "%")
+
+
 STAGES = {"ingest": stage_ingest, "filter": stage_filter, "fanout": stage_fanout, "replay": stage_replay,
-          "latency": stage_latency, "memory": stage_memory}
+          "latency": stage_latency, "memory": stage_memory,
+          "verify": stage_verify}
 
 
 def check(results: dict, thresholds: dict) -> list[str]:

@@ -52,6 +52,14 @@ def parse_bool(text: str) -> bool:
     raise ValueError(f"invalid boolean {text!r}")
 
 
+def parse_unresolved_policy(text: str) -> str:
+    """--unresolved-did: "pass" or "drop"."""
+    value = text.strip().lower()
+    if value not in ("pass", "drop"):
+        raise ValueError(f"invalid policy {text!r} (pass or drop)")
+    return value
+
+
 def parse_listen_addr(text: str) -> tuple[str, int]:
     """':6008' -> ('0.0.0.0', 6008); '127.0.0.1:0' -> ('127.0.0.1', 0); '[::1]:80' -> ('::1', 80)."""
     host, _, port = text.rpartition(":")
@@ -125,6 +133,21 @@ SERVE_FLAGS: tuple[Flag, ...] = (
     Flag("cluster-replicas", 3, int, "replicas of the stream and the lease bucket (3 on a 3-server NATS cluster)", v1=False),
     Flag("lease-ttl", "10s", parse_duration, "ingest leader lease: a leader that cannot renew within this is replaced", v1=False),
     Flag("cluster-cursor-wait", "10s", parse_duration, "how long a subscriber whose cursor is ahead of this node's log waits for the node to catch up before a 1013 close", v1=False),
+    # Commit signature verification (issue 16). Off by default: v1 did not verify, and it costs
+    # CPU per commit plus a DID document fetch per new author (README "Commit signatures").
+    Flag("verify-signatures", False, parse_bool, "verify each #commit's signature with its author's current key from the DID document, and drop commits whose rev is not above the last one seen for the DID", v1=False),
+    Flag("plc-url", "https://plc.directory", str, "did:plc directory for --verify-signatures (GET <plc-url>/<did>)", v1=False),
+    Flag("unresolved-did", "pass", parse_unresolved_policy, "--verify-signatures: what happens to a commit whose author's DID document cannot be had in time: pass (unverified, counted) or drop", v1=False),
+    Flag("unresolved-did-wait", "10s", parse_duration, "--verify-signatures: how long a commit, and every frame after it (relay order is kept), waits for its author's DID document before --unresolved-did applies", v1=False),
+    Flag("verify-max-held", 10_000, int, "--verify-signatures: frames held in relay order behind unresolved DIDs; beyond this the oldest gets --unresolved-did at once", v1=False),
+    Flag("did-cache-size", 100_000, int, "--verify-signatures: DIDs whose signing key (or failure) is cached, least recently used evicted", v1=False),
+    Flag("did-cache-ttl", "1h", parse_duration, "--verify-signatures: how long a resolved signing key is trusted before its DID document is fetched again (an #identity event forgets it at once)", v1=False),
+    Flag("did-negative-ttl", "1m", parse_duration, "--verify-signatures: how long a failed DID resolution is remembered before trying again", v1=False),
+    Flag("did-resolve-timeout", "5s", parse_duration, "--verify-signatures: time limit of one DID document fetch", v1=False),
+    Flag("did-resolve-concurrency", 32, int, "--verify-signatures: DID document fetches in flight at once", v1=False),
+    Flag("did-doc-max-bytes", 65_536, int, "--verify-signatures: larger DID documents are refused (the DID is unresolved)", v1=False),
+    Flag("did-rev-cache-size", 200_000, int, "--verify-signatures: per-DID last commit revs held in memory; the rest are read from the log's did_revs column family", v1=False),
+    Flag("did-rev-retention", "720h", parse_duration, "--verify-signatures: did_revs rows whose rev (a timestamp) is older than this are deleted by an hourly pass", v1=False),
 )
 
 RELAY_SIM_FLAGS: tuple[Flag, ...] = (

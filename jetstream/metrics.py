@@ -157,3 +157,25 @@ BATCH_WRITE_SECONDS = Histogram(
 BATCH_EVENTS = Histogram(
     "jetstream_log_batch_events", "Events per write batch", buckets=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
 )
+
+
+# --- commit signatures and DID resolution (--verify-signatures) --------------------------------
+# Drops (bad_signature, did_mismatch, rev_mismatch, unresolved_did, stale_rev) are counted
+# under jetstream_ingest_drops{reason}; these count the rest of the verification stage.
+VERIFY_COMMITS = Counter(
+    "jetstream_verify_commits", "Commits leaving the signature stage, by result (verified, unresolved_passed)",
+    ["result"],
+)
+VERIFY_HELD_FRAMES = Gauge(
+    "jetstream_verify_held_frames", "Frames held in relay order while an author's DID document is fetched"
+)
+DIDRES_CACHE = Counter(
+    "jetstream_didres_cache", "DID key cache look-ups by result (hit, negative_hit, miss)", ["result"]
+)
+DIDRES_FETCHES = Counter("jetstream_didres_fetches", "DID documents fetched, by method (plc, web)", ["method"])
+DIDRES_FAILURES = Counter(
+    "jetstream_didres_failures", "DID resolutions that gave no key, by reason", ["reason"]
+)
+DIDRES_FETCH_SECONDS = Histogram(
+    "jetstream_didres_fetch_seconds", "DID document fetch latency", buckets=[0.005 * 2**i for i in range(12)],
+)

@@ -71,6 +71,19 @@ def relay_time_s(frame: bytes) -> float | None:
         return None
 
 
+class GateDrop(bytes):
+    """A frame the signature stage dropped (jetstream/ingest/sigcheck.py): its bytes, for its seq, and why."""
+
+    reason: str
+    detail: str
+
+    @classmethod
+    def of(cls, frame: bytes, reason: str, detail: str) -> "GateDrop":
+        dropped = cls(frame)
+        dropped.reason, dropped.detail = reason, detail
+        return dropped
+
+
 class _BatchTally:
     """Counts of one batch, published to prometheus once per batch."""
 
@@ -124,6 +137,8 @@ class IngestPipeline:
                                      "EVENT_PROCESSING_SECONDS", "LAST_EVT_PROCESSED_AT",
                                      "LAST_EVT_CREATED_AT", "LAST_EVT_GAP")}
         self._processed = {}  # event_type label -> bound counter (labels() costs a lock + dict)
+        # --verify-signatures: the stage in front of submit (sigcheck.SignatureGate), else None.
+        self.gate = None
 
     # -- intake ---------------------------------------------------------------------------------
     def submit(self, frame: bytes) -> None:
@@ -142,6 +157,29 @@ class IngestPipeline:
         """Forget pending frames and resume from what the log holds (before a reconnect)."""
         self._pending.clear()
         self.last_accepted_seq = self.event_log.relay_cursor()
+        if self.gate is not None:
+            self.gate.reset()
+
+    # -- the signature stage (--verify-signatures) ----------------------------------------------
+    def attach_gate(self, gate) -> None:
+        """Route relay frames through `gate` (it calls submit_verified / submit_dropped in relay order)."""
+        self.gate = gate
+        self.submit = gate.admit  # an instance attribute: with no gate, submit stays the plain method
+
+    def submit_verified(self, frame: bytes) -> None:
+        """A frame the signature stage let through."""
+        IngestPipeline.submit(self, frame)
+
+    def submit_dropped(self, frame: bytes, reason: str, detail: str) -> None:
+        """A commit the signature stage dropped: no events, but its seq is accepted in order."""
+        IngestPipeline.submit(self, GateDrop.of(frame, reason, detail))
+
+    def prepare_reconnect(self) -> None:
+        """Before re-dialling the relay: write what is pending; frames still held for a DID are
+        forgotten, the relay sends them again from the cursor."""
+        self.flush()
+        if self.gate is not None:
+            self.gate.discard_held()
 
     # -- the four steps -------------------------------------------------------------------------
     def flush(self) -> None:
@@ -208,6 +246,8 @@ class IngestPipeline:
 
     def _decode_one(self, frame: bytes, tally: "_BatchTally") -> DecodedFrame | None:
         """The decoded frame, or None after counting an unusable one (its seq, if readable, is accepted)."""
+        if type(frame) is GateDrop:
+            return DecodedFrame(readable_seq(frame), "#commit", [], [(frame.reason, frame.detail)])
         started = time.perf_counter()
         try:
             decoded = decode_frame(frame, verify_mst=self.verify_mst)
@@ -273,7 +313,11 @@ class IngestPipeline:
         if not events and batch_cursor is None:
             return
         started = time.perf_counter()
-        self.event_log.append(events, batch_cursor)
+        did_revs = self.gate.take_dirty_revs() if self.gate is not None else None
+        if did_revs:
+            self.event_log.append(events, batch_cursor, did_revs)
+        else:
+            self.event_log.append(events, batch_cursor)
         metrics.BATCH_WRITE_SECONDS.observe(time.perf_counter() - started)
         metrics.BATCH_EVENTS.observe(len(events))
         self._labels["EVENTS_PERSISTED"].inc(len(events))
