@@ -81,14 +81,25 @@ class StreamApplier:
         self.stream_last_seq = max(self.stream_last_seq, info.state.last_seq)
         self._expired_below = info.state.first_seq
         config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.applied_seq + 1)
+        failed = asyncio.get_running_loop().create_future()
+
+        async def on_message(msg) -> None:
+            # A callback, not next_msg(): nats-py makes a task per next_msg() call, which cost
+            # more than the apply itself. An error must end this subscription, not reach
+            # nats-py's error callback, so it is handed to the waiting coroutine instead.
+            if failed.done():
+                return
+            try:
+                self.apply_message(msg)
+            except Exception as exc:  # noqa: BLE001 - re-raised below, in _consume
+                failed.set_exception(exc)
+
         sub = await self._js.subscribe(self.subject, stream=self.stream, ordered_consumer=True, config=config,
-                                       idle_heartbeat=1.0, pending_msgs_limit=4096,
+                                       cb=on_message, idle_heartbeat=1.0, pending_msgs_limit=4096,
                                        pending_bytes_limit=256 * 1024 * 1024)
         log.info("event=cluster_apply_subscribed from_seq=%d", self.applied_seq + 1)
         try:
-            while True:
-                msg = await sub.next_msg(timeout=None)
-                self.apply_message(msg)
+            await failed
         finally:
             try:
                 await sub.unsubscribe()
