@@ -19,6 +19,8 @@ from jetstream.compression import EventCompressor
 from jetstream.dictionary import active_dictionary
 from jetstream.config import Config, parse_listen_addr
 from jetstream.implementation import LiveRing
+from jetstream.ingest.collection_filter import IngestCollections
+from jetstream.ingest.collection_stats import CollectionStats
 from jetstream.ingest.pipeline import IngestPipeline
 from jetstream.ingest.relay_client import RelayClient
 from jetstream.ingest.sequencer import Sequencer
@@ -101,7 +103,12 @@ class Daemon:
             on_write_failure=self._on_log_write_failure,
             on_relay_error=lambda detail: self.relay and self.relay.reconnect("error_frame"),
             verify_mst=cfg.verify_mst,
+            ingest_collections=IngestCollections(cfg.ingest_collections) if cfg.ingest_collections else None,
+            collection_stats=CollectionStats(cfg.event_ttl, cfg.stats_max_collections),
         )
+        self.server.collection_stats = self.pipeline.collection_stats
+        if cfg.ingest_collections:
+            log.info("event=ingest_collections_limited collections=%s", ",".join(cfg.ingest_collections))
         if cfg.verify_signatures:
             self._start_signature_stage()
         if cfg.override_relay_cursor >= 0:
@@ -142,8 +149,19 @@ class Daemon:
         if getattr(self.cfg, "verify_signatures", False):
             # The per-DID revs it keeps live in one node's log; nothing replicates them yet.
             raise ValueError("--verify-signatures is not supported with --cluster yet")
-        self.cluster = ClusterNode(self.cfg, self.event_log, ring, compressor, self.server.notify_new_events)
+        cfg = self.cfg
+        # What the single-node pipeline is given, for the pipeline of each leadership term. The
+        # collection counts are of what this node ingested while it led (followers count none).
+        pipeline_options = {
+            "ingest_collections": IngestCollections(cfg.ingest_collections) if cfg.ingest_collections else None,
+            "collection_stats": CollectionStats(cfg.event_ttl, cfg.stats_max_collections),
+        }
+        self.server.collection_stats = pipeline_options["collection_stats"]
+        self.cluster = ClusterNode(cfg, self.event_log, ring, compressor, self.server.notify_new_events,
+                                   pipeline_options)
         self.server.cursor_gate = self.cluster
+        # Clients see the cluster's id, not this node's log's, so moving between nodes is no switch.
+        self.cluster.on_joined = lambda cluster_id: setattr(self.server, "instance_id", cluster_id)
         self._metrics_collector = register_server(self.server)
         if self.cfg.metrics_listen_addr:
             self.metrics_listener = metrics.MetricsListener(self.cfg.metrics_listen_addr)
@@ -191,6 +209,7 @@ class Daemon:
             "relay": {
                 "connected": bool(relay is not None and relay.connected),
                 "cursor": pipeline.last_accepted_seq if pipeline is not None else None,
+                "lag_seconds": pipeline.relay_lag_s if pipeline is not None else None,
             },
         }
         if self.cluster is not None:

@@ -28,6 +28,7 @@ from jetstream.cluster.publisher import FencedPublisher
 from jetstream.ingest.pipeline import IngestPipeline
 from jetstream.ingest.relay_client import RelayClient
 from jetstream.ingest.sequencer import Sequencer
+from jetstream.instance import cluster_instance_id
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +58,12 @@ class IngestTerm:
     """One leadership term's ingest: a pipeline handing batches to the publisher, and the relay."""
 
     def __init__(self, cfg, event_log, ring, compressor, notify, publisher: FencedPublisher,
-                 relay_cursor_override: int | None) -> None:
+                 relay_cursor_override: int | None, pipeline_options: dict | None = None) -> None:
         self.publisher = publisher
         self.pipeline = IngestPipeline(
             event_log, ring, Sequencer(event_log.hwm()), compressor, notify,
             socket_url=cfg.ws_url, group_commit_s=cfg.group_commit_ms / 1000.0,
-            verify_mst=cfg.verify_mst, hand_off=publisher.submit,
+            verify_mst=cfg.verify_mst, hand_off=publisher.submit, **(pipeline_options or {}),
             on_relay_error=lambda detail: self.relay.reconnect("error_frame"),
         )
         if relay_cursor_override is not None:
@@ -89,8 +90,10 @@ class IngestTerm:
 
 
 class ClusterNode:
-    def __init__(self, cfg, event_log, ring, compressor, notify: Callable[[], None]) -> None:
+    def __init__(self, cfg, event_log, ring, compressor, notify: Callable[[], None],
+                 pipeline_options: dict | None = None) -> None:
         self.cfg = cfg
+        self.pipeline_options = pipeline_options or {}
         self.urls = cluster_urls(cfg.cluster)
         self.node_name = cfg.node_name or default_node_name()
         self.stream = cfg.cluster_stream
@@ -113,6 +116,8 @@ class ClusterNode:
         self._not_before = 0.0  # no lease attempt before this (monotonic): a cool-down after stepping down
         self._stopping = False
         self.ready = asyncio.Event()  # connected, stream and bucket exist, applier running
+        self.cluster_id: str | None = None  # the instance id every node answers, once joined
+        self.on_joined: Callable[[str], None] = lambda cluster_id: None
 
     # -- lifetime ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -147,6 +152,7 @@ class ClusterNode:
         self.applier.start()
         self._tasks.append(asyncio.ensure_future(self._lease_loop()))
         self.ready.set()
+        self.on_joined(self.cluster_id)
         log.info("event=cluster_joined node=%s stream=%s applied_seq=%d servers=%s",
                  self.node_name, self.stream, self.applier.applied_seq, ",".join(self.urls))
 
@@ -160,13 +166,16 @@ class ClusterNode:
         try:
             info = await self.js.stream_info(self.stream)
         except NotFoundError:
-            await self.js.add_stream(config)
+            info = await self.js.add_stream(config)
             log.info("event=cluster_stream_created stream=%s replicas=%d max_age_s=%g",
                      self.stream, self.cfg.cluster_replicas, self.cfg.event_ttl)
-            return
-        if info.config.max_age != self.cfg.event_ttl:
-            await self.js.update_stream(config)
-            log.info("event=cluster_stream_updated stream=%s max_age_s=%g", self.stream, self.cfg.event_ttl)
+        else:
+            if info.config.max_age != self.cfg.event_ttl:
+                await self.js.update_stream(config)
+                log.info("event=cluster_stream_updated stream=%s max_age_s=%g", self.stream, self.cfg.event_ttl)
+        # Read back, not taken from the create answer: every node must derive the id from the same fields.
+        info = await self.js.stream_info(self.stream)
+        self.cluster_id = cluster_instance_id(self.stream, str(info.created))
 
     async def _ensure_lease_bucket(self):
         from nats.js.errors import BucketNotFoundError, NotFoundError
@@ -256,7 +265,7 @@ class ClusterNode:
         override = self.cfg.override_relay_cursor if expected == 0 and self.cfg.override_relay_cursor >= 0 else None
         publisher = FencedPublisher(self.js, self.subject, self.stream, expected, self._on_publish_failure)
         self.term = IngestTerm(self.cfg, self.event_log, self.ring, self.compressor, self.notify, publisher,
-                               override)
+                               override, self.pipeline_options)
         self.term.start()
         self.leading_since = time.monotonic()
         cluster_metrics.ROLE_LEADER.set(1)
@@ -336,6 +345,7 @@ class ClusterNode:
         return {
             "node": self.node_name,
             "cluster": self.stream,
+            "cluster_id": self.cluster_id,
             "role": "leader" if self.is_leader else "follower",
             "leader": self.leader_name,
             "nats_connected": bool(self.nc is not None and self.nc.is_connected),

@@ -91,6 +91,9 @@ async def collect(url: str, until, timeout: float) -> tuple[list[bytes], object]
 def test_a_cursor_moves_between_nodes_without_gap_or_duplicate(rig):
     a, b = start_cluster(rig, rate=300)
     wait_for(lambda: applied(b) >= 5, "node b to apply the stream")
+    cluster_id = a.cluster()["cluster_id"]
+    assert cluster_id and a.health()["instance"] == b.health()["instance"] == cluster_id, \
+        "every node answers the cluster's instance id"
 
     async def scenario():
         stayer = asyncio.ensure_future(collect(f"{a.url}/subscribe?cursor=1", lambda l: len(l.messages) >= 1500, 60))
