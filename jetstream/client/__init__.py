@@ -13,6 +13,7 @@ from jetstream.client.events import (
     CommitEvent,
     Event,
     EventDecodeError,
+    HeartbeatEvent,
     IdentityEvent,
     UnknownEvent,
     parse_event,
@@ -23,6 +24,6 @@ from jetstream.client.zstd import DictionaryMismatch, ZstdFrameDecoder
 
 __all__ = [
     "AccountEvent", "Backoff", "CommitEvent", "ConnectionLost", "DEFAULT_REWIND_US", "DictionaryMismatch",
-    "Event", "EventDecodeError", "IdentityEvent", "Jetstream", "JetstreamError", "ResumeState",
+    "Event", "EventDecodeError", "HeartbeatEvent", "IdentityEvent", "Jetstream", "JetstreamError", "ResumeState",
     "SubscribeOptions", "UnknownEvent", "ZstdFrameDecoder", "normalize_url", "parse_event",
 ]
