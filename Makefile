@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run demo test build bench bench-check fuzz soak clean
+.PHONY: run demo cluster-demo test build bench bench-check fuzz soak clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ run: build
 demo: build
 	$(VENV)/bin/jetstream demo
 
+# 3 NATS servers + 3 `jetstream serve --cluster` nodes + relay-sim on loopback; prints each
+# node's URL and a status line per node every 5 s; Ctrl-C stops them all.
+cluster-demo: build
+	$(PY) -m jetstream.cluster.demo
+
 test: build
 	$(PY) -m pytest
 
@@ -33,10 +38,13 @@ test: build
 bench: build
 	$(PY) bench/suite.py
 
-# Same-run ratios (Cython vs Python, ours vs raw broadcast, ...) against bench/thresholds.json;
-# fails on a regression. Not part of `make test`.
+# The perf gates under pytest-benchmark (bench/bench_gates.py, one test per stage): same-run
+# ratios (Cython vs Python, ours vs raw broadcast, ...) against bench/thresholds.json, and the
+# stage times against this machine's last saved run (--benchmark-compare-fail); one table at
+# the end, from the saved JSON. Not part of `make test`. BENCH_ARGS="--quick" etc.
+BENCH_ARGS ?=
 bench-check: build
-	$(PY) bench/suite.py --check
+	$(PY) bench/check.py $(BENCH_ARGS)
 
 # Long atheris runs (fuzz/README.md): FUZZ_SECONDS per target; not part of `make test`,
 # which runs bounded hypothesis versions of the same properties (tests/fuzz/).

@@ -119,6 +119,15 @@ LISTEN_ADDR = Check("HOST:PORT with a port in 0..65535 (0 = any free port)", _is
 OPTIONAL_LISTEN_ADDR = Check("HOST:PORT with a port in 0..65535, or empty to disable",
                              lambda text: text == "" or _is_listen_addr(text))
 WS_URL = Check("a ws:// or wss:// URL with a host", _is_ws_url)
+def _is_nats_list(text: str) -> bool:
+    urls = [part.strip() for part in text.split(",") if part.strip()]
+    return text.strip() == "" or all(urlsplit(url).scheme in ("nats", "tls", "ws", "wss") and urlsplit(url).hostname for url in urls)
+
+
+def _is_stream_name(text: str) -> bool:
+    return bool(re.fullmatch(r"[A-Za-z0-9_-]+", text))
+
+
 HTTP_URL = Check("an http:// or https:// URL with a host",
                  lambda text: urlsplit(text.strip()).scheme in ("http", "https") and bool(urlsplit(text.strip()).hostname))
 DATA_DIR = Check("a directory that exists or can be created and takes a new file (probed at start-up)",
@@ -204,6 +213,13 @@ SERVE_FLAGS: tuple[Flag, ...] = (
     Flag("max-lag-events", 0, int, "close (1008, with a reason) a client whose socket holds it more than this many events behind, for --max-lag-grace; 0 = no limit", v1=False, check=at_least(0)),
     Flag("max-lag-seconds", "0s", parse_duration, "close (1008, with a reason) a client whose socket holds it more than this far behind in time_us, for --max-lag-grace; 0 = no limit", v1=False, check=at_least(0)),
     Flag("max-lag-grace", "30s", parse_duration, "how long a client may stay over a --max-lag-* limit without catching up before it is closed", v1=False, check=at_least(0)),
+    # Cluster mode (issue 14, jetstream/cluster/): several nodes share one NATS JetStream stream.
+    Flag("cluster", "", str, "comma-separated NATS server URLs (nats://h1:4222,nats://h2:4222,...); empty = single node with its own log", v1=False, check=Check("empty (single node) or comma-separated nats:// (or tls://, ws://) URLs", _is_nats_list)),
+    Flag("node-name", "", str, "this node's name in the cluster (lease holder, /healthz); empty = the host name", v1=False, check=Check("any name (empty = the host name)", lambda value: True)),
+    Flag("cluster-stream", "jetstream_events", str, "name of the NATS stream holding the cluster's events (its lease bucket is <name>_lease)", v1=False, check=Check("a NATS stream name (letters, digits, - and _)", _is_stream_name)),
+    Flag("cluster-replicas", 3, int, "replicas of the stream and the lease bucket (3 on a 3-server NATS cluster)", v1=False, check=at_least(1)),
+    Flag("lease-ttl", "10s", parse_duration, "ingest leader lease: a leader that cannot renew within this is replaced", v1=False, check=above(0)),
+    Flag("cluster-cursor-wait", "10s", parse_duration, "how long a subscriber whose cursor is ahead of this node's log waits for the node to catch up before a 1013 close", v1=False, check=at_least(0)),
     # Commit signature verification (issue 16). Off by default: v1 did not verify, and it costs
     # CPU per commit plus a DID document fetch per new author (README "Commit signatures").
     Flag("verify-signatures", False, parse_bool, "verify each #commit's signature with its author's current key from the DID document, and drop commits whose rev is not above the last one seen for the DID", v1=False),

@@ -67,7 +67,7 @@ async def open_connections(url: str, count: int, tally: Tally, timestamps: bool)
     connections, listeners = [], []
     for _ in range(count):
         stamps = [] if timestamps else None
-        transport, listener = await ws_connect(lambda: CountingListener(tally, stamps), url)
+        transport, listener = await ws_connect(lambda stamps=stamps: CountingListener(tally, stamps), url)
         connections.append(transport)
         listeners.append(listener)
     return connections, listeners

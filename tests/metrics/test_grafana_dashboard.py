@@ -13,7 +13,7 @@ from jetstream.log.store import EventLog
 from jetstream.server.app import SubscribeServer
 from jetstream.server.metrics import SERVER_METRICS, register_server
 
-DASHBOARD = Path(__file__).resolve().parents[1] / "contrib" / "grafana-dashboard.json"
+DASHBOARD = Path(__file__).resolve().parents[2] / "contrib" / "grafana-dashboard.json"
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
 PROMQL_WORDS = {"sum", "by", "rate", "increase", "topk", "max", "histogram_quantile", "le", "instance",
                 "label_values", "time", "reason", "kind", "event_type", "op_path", "outcome", "ip_address"}
