@@ -98,7 +98,8 @@ class Daemon:
         try:
             await self.server.start(host, port)
         except OSError as exc:  # taken since the start-up probe: still one clear line, naming the address
-            raise StartupError("listen-addr", cfg.listen_addr, f"cannot bind {host}:{port}: {exc.strerror or exc}") from None
+            raise StartupError("listen-addr", cfg.listen_addr,
+                               f"cannot bind {host}:{port}: {exc.strerror or exc}") from None
         if cfg.cluster:
             await self._start_cluster_node(ring, compressor, host, connect_relay)
             return

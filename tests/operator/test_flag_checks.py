@@ -6,8 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from jetstream.config import (RELAY_SIM_FLAGS, SERVE_FLAGS, ConfigError, describe_rule, parse_bool,
-                              parse_listen_addr, parse_serve_args)
+from jetstream.config import (
+    RELAY_SIM_FLAGS,
+    SERVE_FLAGS,
+    ConfigError,
+    describe_rule,
+    parse_bool,
+    parse_listen_addr,
+    parse_serve_args,
+)
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -16,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from corpus_events import event_from_line
 from jetstream.log.store import EventLog
+from tests.corpus_events import event_from_line
 
 pytestmark = pytest.mark.timeout(60)
 

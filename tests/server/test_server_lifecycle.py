@@ -14,8 +14,8 @@ import pytest
 from jetstream.client import Jetstream
 from jetstream.client.protocol import Backoff
 from jetstream.logfmt import message_of
-from server_helpers import Stack, settle
-from wsclient import connect
+from tests.server.server_helpers import Stack, settle
+from tests.wsclient import connect
 
 pytestmark = pytest.mark.timeout(60)
 
