@@ -27,12 +27,16 @@ def run_loop(coro) -> None:
 def cmd_serve(cfg) -> None:
     from jetstream.daemon import Daemon
     from jetstream.log.store import LogError
+    from jetstream.workers.supervisor import WorkersDaemon, WorkersError
 
+    # --workers N > 1: this process ingests and N processes serve the port (jetstream/workers/).
+    daemon = WorkersDaemon(cfg) if cfg.workers > 1 else Daemon(cfg)
     try:
-        run_loop(Daemon(cfg).run_until_signalled())
-    except LogError as exc:
+        run_loop(daemon.run_until_signalled())
+    except (LogError, WorkersError) as exc:
         # A foreign, corrupted or locked data dir is an operator error: say so, never re-create.
-        logging.getLogger("jetstream.cli").error("event=startup_failed reason=data_dir error=%r", str(exc))
+        reason = "data_dir" if isinstance(exc, LogError) else "workers"
+        logging.getLogger("jetstream.cli").error("event=startup_failed reason=%s error=%r", reason, str(exc))
         sys.exit(2)
 
 

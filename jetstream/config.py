@@ -52,6 +52,19 @@ def parse_bool(text: str) -> bool:
     raise ValueError(f"invalid boolean {text!r}")
 
 
+def parse_workers(text) -> int:
+    """`--workers`: a count >= 1, or "auto" for one per core this process may run on."""
+    if isinstance(text, int):
+        count = text
+    elif str(text).strip().lower() == "auto":
+        count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    else:
+        count = int(str(text).strip())
+    if count < 1:
+        raise ValueError(f"--workers must be >= 1 or auto, got {text!r}")
+    return count
+
+
 def parse_listen_addr(text: str) -> tuple[str, int]:
     """':6008' -> ('0.0.0.0', 6008); '127.0.0.1:0' -> ('127.0.0.1', 0); '[::1]:80' -> ('::1', 80)."""
     host, _, port = text.rpartition(":")
@@ -118,6 +131,8 @@ SERVE_FLAGS: tuple[Flag, ...] = (
     Flag("max-lag-events", 0, int, "close (1008, with a reason) a client whose socket holds it more than this many events behind, for --max-lag-grace; 0 = no limit", v1=False),
     Flag("max-lag-seconds", "0s", parse_duration, "close (1008, with a reason) a client whose socket holds it more than this far behind in time_us, for --max-lag-grace; 0 = no limit", v1=False),
     Flag("max-lag-grace", "30s", parse_duration, "how long a client may stay over a --max-lag-* limit without catching up before it is closed", v1=False),
+    # Serving on every core (issue 13): worker processes behind one port (jetstream/workers/).
+    Flag("workers", "1", parse_workers, "processes serving /subscribe on the listen port (SO_REUSEPORT, one client IP per worker); the main process ingests; 1 = one process; auto = one per core", v1=False),
 )
 
 RELAY_SIM_FLAGS: tuple[Flag, ...] = (

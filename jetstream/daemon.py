@@ -64,6 +64,22 @@ def watchdog_interval_s() -> float | None:
     return int(usec) / 2_000_000
 
 
+def subscribe_server_for(cfg: Config, event_log, ring, dictionary: bytes, health) -> SubscribeServer:
+    """The public server as configured (the single process's, and each --workers worker's)."""
+    server = SubscribeServer(
+        event_log, ring, max_sub_rate=cfg.max_sub_rate, per_ip_limit=cfg.per_ip_limit,
+        max_conns_per_ip=cfg.max_conns_per_ip, trust_proxy_headers=cfg.trust_proxy_headers,
+        max_client_message_bytes=cfg.max_client_message_bytes, ping_interval_s=cfg.ping_interval,
+        pong_timeout_s=cfg.pong_timeout, hello_timeout_s=cfg.hello_timeout,
+        handshake_timeout_s=cfg.handshake_timeout, max_request_bytes=cfg.max_request_bytes,
+        max_ip_metric_labels=cfg.max_ip_metric_labels, max_pending_request_bytes=cfg.max_pending_request_bytes,
+        zstd_dictionary=dictionary, zstd_dictionary_id=dictionary_id(dictionary), health=health,
+    )
+    # Read by each SubscriberListener at connect (subscriber.LagPolicy).
+    server.lag_limits = (cfg.max_lag_events, cfg.max_lag_seconds, cfg.max_lag_grace)
+    return server
+
+
 class Daemon:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -86,17 +102,7 @@ class Daemon:
         ring = LiveRing(cfg.ring_capacity, floor_time_us=hwm)
         dictionary = active_dictionary(cfg.zstd_dictionary_path)
         compressor = EventCompressor(dictionary)
-        self.server = SubscribeServer(
-            self.event_log, ring, max_sub_rate=cfg.max_sub_rate, per_ip_limit=cfg.per_ip_limit,
-            max_conns_per_ip=cfg.max_conns_per_ip, trust_proxy_headers=cfg.trust_proxy_headers,
-            max_client_message_bytes=cfg.max_client_message_bytes, ping_interval_s=cfg.ping_interval,
-            pong_timeout_s=cfg.pong_timeout, hello_timeout_s=cfg.hello_timeout,
-            handshake_timeout_s=cfg.handshake_timeout, max_request_bytes=cfg.max_request_bytes,
-            max_ip_metric_labels=cfg.max_ip_metric_labels, max_pending_request_bytes=cfg.max_pending_request_bytes,
-            zstd_dictionary=dictionary, zstd_dictionary_id=dictionary_id(dictionary), health=self.health,
-        )
-        # Read by each SubscriberListener at connect (subscriber.LagPolicy).
-        self.server.lag_limits = (cfg.max_lag_events, cfg.max_lag_seconds, cfg.max_lag_grace)
+        self.server = subscribe_server_for(cfg, self.event_log, ring, dictionary, self.health)
         host, port = parse_listen_addr(cfg.listen_addr)
         await self.server.start(host, port)
         self.pipeline = IngestPipeline(
