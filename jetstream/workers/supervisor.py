@@ -229,6 +229,7 @@ class WorkersDaemon(Daemon):
         self.sockets: list[socket.socket] = []
         self.supervisor: Supervisor | None = None
         self.tail: PublishedTail | None = None
+        self._port = 0
 
     async def start(self, *, connect_relay: bool = True) -> None:
         cfg = self.cfg
@@ -255,6 +256,7 @@ class WorkersDaemon(Daemon):
         # Behind a proxy every client shares the proxy's address: steering by it would put them
         # all on one worker, so the kernel spreads them and the per-IP limits hold per worker.
         self.sockets = bind_worker_sockets(host, port, cfg.workers, steer_by_ip=not cfg.trust_proxy_headers)
+        self._port = self.sockets[0].getsockname()[1]
         self.supervisor = Supervisor(cfg, self.sockets, self.status_report)
         self.supervisor.start()
         try:
@@ -286,7 +288,7 @@ class WorkersDaemon(Daemon):
 
     @property
     def port(self) -> int:
-        return self.sockets[0].getsockname()[1]
+        return self._port
 
     def _publish(self) -> None:
         """A batch is durable: every worker catches up to it."""
@@ -313,6 +315,9 @@ class WorkersDaemon(Daemon):
         self.ready = False
         sd_notify("STOPPING=1")
         log.info("event=daemon_stopping workers=%d", self.cfg.workers)
+        # Our copies of the listening sockets go first: each closes for good once its worker has
+        # closed its own, so no connection waits in a backlog nobody will serve.
+        self._close_sockets()
         if self.supervisor is not None:
             self.supervisor.broadcast_status()
             await self.supervisor.stop_all()
@@ -335,5 +340,4 @@ class WorkersDaemon(Daemon):
             self._metrics_collector = None
         if self.event_log is not None:
             self.event_log.close()
-        self._close_sockets()
         log.info("event=daemon_stopped")
