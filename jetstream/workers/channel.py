@@ -24,6 +24,7 @@ LISTENING = ord("L")
 METRICS = ord("M")
 
 _HEADER = struct.Struct(">IB")
+FORCE_CATCH_UP = (1 << 64) - 1  # a WAKE no ring holds: the worker catches up whatever its ring has
 _TIME_US = struct.Struct(">Q")
 # Beyond this many bytes queued for a worker, WAKEs are not queued (it catches up later anyway).
 MAX_QUEUED_BYTES = 1 << 20

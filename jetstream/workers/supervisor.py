@@ -32,7 +32,7 @@ from jetstream.log.store import EventLog
 from jetstream.log.ttl import TtlTrimmer, trim_interval_s
 from jetstream.server.metrics import MetricsListener
 from jetstream.workers import channel as messages
-from jetstream.workers.channel import Channel, ChannelClosed
+from jetstream.workers.channel import FORCE_CATCH_UP, Channel, ChannelClosed
 from jetstream.workers.metrics import WorkersMetricsCollector, retire_counters
 from jetstream.workers.sockets import bind_worker_sockets
 
@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 STARTUP_TIMEOUT_S = 60.0  # every worker listening, or the daemon does not start
 WORKER_STOP_TIMEOUT_S = 8.0  # inside the daemon's 15 s shutdown bound; then SIGKILL
 STATUS_INTERVAL_S = 0.5
+# How long the log's TTL compaction waits after the range delete, so every worker's view has
+# replayed the delete first (workers poll every worker.POLL_INTERVAL_S even without a wake-up).
+TOMBSTONE_GRACE_S = 1.0
 RESTART_DELAY_S = 0.1  # first restart of a worker that died; doubles while it keeps dying young
 RESTART_DELAY_MAX_S = 10.0
 STABLE_AFTER_S = 10.0  # a worker that lived this long restarts at the first delay again
@@ -64,6 +67,25 @@ class PublishedTail:
         self.newest_time_us = event.time_us
         self.events_emitted += 1
         self.bytes_emitted += len(event.json)
+
+
+class WorkersTtlTrimmer(TtlTrimmer):
+    """The log's TTL trim with the workers in mind: they see the range delete before it is compacted.
+
+    A RocksDB secondary learns of a delete by replaying it from the WAL. If the compaction that
+    follows erases both the delete and the rows before a worker caught up, that worker keeps
+    the rows it had replayed in its memtable, visible, until the next write reaches it.
+    So the compaction waits until every worker has been woken and has had time to catch up.
+    """
+
+    def __init__(self, *args, wake_workers, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._wake_workers = wake_workers
+
+    async def _compact_in_thread(self, trimmed) -> None:
+        self._wake_workers()
+        await asyncio.sleep(TOMBSTONE_GRACE_S)
+        await super()._compact_in_thread(trimmed)
 
 
 class WorkerHandle:
@@ -272,7 +294,8 @@ class WorkersDaemon(Daemon):
         REGISTRY.register(self._metrics_collector)
         if cfg.metrics_listen_addr:
             self.metrics_listener = MetricsListener(cfg.metrics_listen_addr)
-        self.trimmer = TtlTrimmer(self.event_log, cfg.event_ttl, trim_interval_s(cfg.event_ttl, cfg.ttl_trim_interval))
+        self.trimmer = WorkersTtlTrimmer(self.event_log, cfg.event_ttl, trim_interval_s(cfg.event_ttl, cfg.ttl_trim_interval),
+                                         wake_workers=lambda: self.supervisor.wake_all(FORCE_CATCH_UP))
         self._tasks = [asyncio.ensure_future(self.trimmer.run()), asyncio.ensure_future(self._status_forever())]
         # Ready: the log is open and every worker listens; the relay comes after.
         self.ready = True

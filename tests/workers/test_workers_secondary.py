@@ -103,3 +103,27 @@ def test_a_wake_up_the_ring_already_covers_costs_no_catch_up(logs):
     assert feeder.wake(BASE_US + 2) == 0 and feeder.wake(BASE_US + 3) == 0
     assert secondary.catch_ups == catch_ups
     assert feeder.wake(None) == 0 and secondary.catch_ups == catch_ups + 1, "a poll always catches up"
+
+
+def test_a_trim_compacted_before_the_secondary_caught_up_stays_visible_until_the_next_write(logs):
+    """Why the --workers TTL compaction waits for the workers (supervisor.WorkersTtlTrimmer).
+
+    The secondary learns of a range delete by replaying it from the WAL; compacted away
+    unseen, the rows it had replayed stay visible from its memtable until a later write.
+    Caught up between delete and compaction, it sees the trim at once.
+    """
+    primary, secondary = logs
+    primary.append(events(1, 10), relay_cursor=1)
+    secondary.catch_up()
+    primary.trim_older_than(BASE_US + 6)  # delete and compact with no catch-up in between
+    secondary.catch_up()
+    assert secondary.oldest_time_us() == BASE_US + 1, "RocksDB changed: the grace may no longer be needed"
+    primary.append(events(11, 1), relay_cursor=2)
+    secondary.catch_up()
+    assert secondary.oldest_time_us() == BASE_US + 6
+
+    trimmed = primary.delete_older_than(BASE_US + 8)
+    secondary.catch_up()  # what the grace gives every worker
+    primary.compact_trimmed(trimmed)
+    secondary.catch_up()
+    assert secondary.oldest_time_us() == BASE_US + 8
