@@ -38,6 +38,7 @@ import bench_core  # noqa: E402
 import bench_ingest_decode  # noqa: E402
 import bench_ingest_pipeline  # noqa: E402
 import bench_log  # noqa: E402
+import bench_workers  # noqa: E402
 from jetstream._core import record_json as cy_record_json  # noqa: E402
 from jetstream._py import record_json as py_record_json  # noqa: E402
 from jetstream.compression import EventCompressor  # noqa: E402
@@ -546,6 +547,8 @@ def stage_memory(table: Table, quick: bool) -> None:
 
 STAGES = {"ingest": stage_ingest, "filter": stage_filter, "fanout": stage_fanout, "replay": stage_replay,
           "latency": stage_latency, "memory": stage_memory}
+# --workers 1 vs 2 (bench_workers.py): daemon process trees, CPU per delivered event, shares, latency.
+STAGES["workers"] = bench_workers.stage_workers
 
 
 def check(results: dict, thresholds: dict) -> list[str]:
