@@ -5,7 +5,8 @@ and labels: gauges summed over the live workers, counters over the live workers 
 worker process that has exited, so a restart never makes a counter go backwards), the emitted
 counters (counted once, by the main process, not once per worker), and the worker families:
 `jetstream_workers_alive`, `jetstream_worker_restarts_total`, `jetstream_worker_catch_ups_total`,
-`jetstream_worker_catch_up_seconds_total`, `jetstream_worker_wakes_dropped_total`.
+`jetstream_worker_catch_up_seconds_total`, `jetstream_worker_catch_up_cpu_seconds_total`,
+`jetstream_worker_wakes_dropped_total`.
 Workers push their counters every second (worker.METRICS_PUSH_INTERVAL_S) and once more when
 they stop, so a scrape is at most that stale; a worker killed with SIGKILL loses at most its
 last second of counts.
@@ -22,7 +23,8 @@ WORKER_METRICS = {
     "jetstream_workers_alive": "Worker processes running now (--workers)",
     "jetstream_worker_restarts": "Worker processes restarted after they exited, by worker",
     "jetstream_worker_catch_ups": "Catch-ups of a worker's log view with the main process's log, by worker",
-    "jetstream_worker_catch_up_seconds": "Time spent in those catch-ups, by worker",
+    "jetstream_worker_catch_up_seconds": "Wall-clock time spent in those catch-ups, by worker",
+    "jetstream_worker_catch_up_cpu_seconds": "CPU time spent in those catch-ups, by worker",
     "jetstream_worker_wakes_dropped": "Wake-ups not sent because a worker's channel was backed up (it catches up by polling)",
 }
 _SUMMED = ("options_updates", "catch_ups", "catch_up_seconds")
@@ -109,6 +111,7 @@ class WorkersMetricsCollector:
             ("jetstream_worker_restarts", lambda handle: handle.restarts),
             ("jetstream_worker_catch_ups", lambda handle: handle.counters.get("catch_ups", 0)),
             ("jetstream_worker_catch_up_seconds", lambda handle: handle.counters.get("catch_up_seconds", 0.0)),
+            ("jetstream_worker_catch_up_cpu_seconds", lambda handle: handle.counters.get("catch_up_cpu_seconds", 0.0)),
         ]
         for name, value_of in per_worker:
             family = CounterMetricFamily(name, WORKER_METRICS[name], labels=["worker"])

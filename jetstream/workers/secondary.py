@@ -86,7 +86,8 @@ class SecondaryEventLog(EventLog):
         self._verify_format()
         self._refresh_meta()
         self.catch_ups = 0
-        self.catch_up_seconds = 0.0
+        self.catch_up_seconds = 0.0  # wall clock, preemption included
+        self.catch_up_cpu_seconds = 0.0  # this thread's CPU only
 
     def _refresh_meta(self) -> None:
         self._relay_cursor = self._read_meta_int(META_RELAY_CURSOR, _SIGNED)
@@ -96,11 +97,12 @@ class SecondaryEventLog(EventLog):
 
     def catch_up(self) -> int:
         """Make the primary's newest durable batches visible; the high-water mark after it."""
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.thread_time()
         self._db.try_catch_up_with_primary()
         self._refresh_meta()
         self.catch_ups += 1
         self.catch_up_seconds += time.perf_counter() - started
+        self.catch_up_cpu_seconds += time.thread_time() - started_cpu
         return self._hwm
 
     def append(self, events, relay_cursor) -> None:

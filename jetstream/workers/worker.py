@@ -50,6 +50,7 @@ def server_counters(server, feeder: RingFeeder, event_log: SecondaryEventLog) ->
         "options_updates": server.options_updates,
         "catch_ups": event_log.catch_ups,
         "catch_up_seconds": event_log.catch_up_seconds,
+        "catch_up_cpu_seconds": event_log.catch_up_cpu_seconds,
         "events_fed": feeder.events_fed,
         "ring_newest_time_us": server.ring.newest_time_us,
     }
