@@ -103,7 +103,7 @@ async def run_once(workers: int, seconds: float, subscribers: int = SUBSCRIBERS,
                            "--ws-url", f"ws://127.0.0.1:{relay_port}/xrpc/com.atproto.sync.subscribeRepos",
                            "--listen-addr", f"127.0.0.1:{port}", "--metrics-listen-addr", f"127.0.0.1:{metrics_port}",
                            "--data-dir", data_dir, "--max-sub-rate", "1000000000", "--log-level", "error",
-                           "--override-relay-cursor", "0", "--relay-backoff-initial", "0.2",
+                           "--relay-backoff-initial", "0.2",  # live from the first frame: no backlog burst
                            "--relay-backoff-max", "0.2")
             deadline = time.monotonic() + 60
             while not ((get_json(f"http://127.0.0.1:{port}/healthz") or {}).get("status") == "ok"):
