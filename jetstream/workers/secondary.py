@@ -19,10 +19,7 @@ from rocksdict import AccessType, Options, Rdict
 
 from jetstream.events import Event
 from jetstream.log.store import (
-    CF_EVENTS,
     CF_EVENTS_INDEX,
-    CF_EVENTS_ZSTD,
-    CF_META,
     META_HWM,
     META_INDEX_FROM,
     META_RELAY_CURSOR,
@@ -44,19 +41,23 @@ class SecondaryEventLog(EventLog):
     """An EventLog that follows another process's log: every read method, no writes.
 
     `catch_up()` makes the primary's newest durable batches visible and refreshes the
-    high-water mark, relay cursor and index start that the read methods use.
+    high-water mark, relay cursor and index start that the read methods use. Opening goes
+    through EventLog's own steps (location checks, column families, format check, meta),
+    with the database opened as a secondary and nothing written.
     """
 
-    def __init__(self, path: str, secondary_path: str) -> None:  # noqa: D107 - replaces EventLog's opener
-        self.path = str(path)
+    def __init__(self, path: str, secondary_path: str) -> None:
         self.secondary_path = str(secondary_path)
-        try:
-            present = set(Rdict.list_cf(self.path, Options(raw_mode=True)))
-        except Exception as exc:  # noqa: BLE001 - rocksdict raises bare Exception
-            raise LogError(f"no readable event log at {self.path}: {exc}") from exc
-        missing = [name for name in (*OUR_COLUMN_FAMILIES, CF_EVENTS_INDEX) if name not in present]
-        if missing:
-            raise LogError(f"{self.path} is not a jetstream event log (missing {', '.join(missing)})")
+        self.catch_ups = 0
+        self.catch_up_seconds = 0.0  # wall clock, preemption included
+        self.catch_up_cpu_seconds = 0.0  # this thread's CPU only
+        super().__init__(path, fsync=False, create=False)
+
+    def _open(self, fresh: bool, existing_column_families: set[str]) -> Rdict:
+        missing = [name for name in (*OUR_COLUMN_FAMILIES, CF_EVENTS_INDEX) if name not in existing_column_families]
+        if missing:  # the main process opens the log (adding these) before any worker starts
+            raise LogError(f"{self.path} is not a jetstream event log opened by this version "
+                           f"(missing {', '.join(missing)})")
         options = Options(raw_mode=True)
         # A secondary keeps every SST it has seen open: files the primary compacts away stay
         # readable to iterators in flight instead of vanishing under them.
@@ -65,29 +66,15 @@ class SecondaryEventLog(EventLog):
         # to this many threads, spawned per column family per catch-up: ~3 ms of thread starts
         # per column family where one thread takes ~15 µs (measured, 5 column families).
         options.set_max_file_opening_threads(1)
-        present.discard("default")
+        names = sorted(existing_column_families - {"default"})
         try:
-            self._db = Rdict(self.path, options,
-                             column_families={name: _column_family_options(name) for name in sorted(present)},
-                             access_type=AccessType.secondary(self.secondary_path))
-        except Exception as exc:  # noqa: BLE001
+            return Rdict(self.path, options, column_families={name: _column_family_options(name) for name in names},
+                         access_type=AccessType.secondary(self.secondary_path))
+        except Exception as exc:  # noqa: BLE001 - rocksdict raises bare Exception
             raise LogError(f"cannot open event log at {self.path} as a secondary: {exc}") from exc
-        self._events = self._db.get_column_family(CF_EVENTS)
-        self._events_zstd = self._db.get_column_family(CF_EVENTS_ZSTD)
-        self._meta = self._db.get_column_family(CF_META)
-        self._index = self._db.get_column_family(CF_EVENTS_INDEX)
-        self._events_handle = self._events_zstd_handle = self._meta_handle = self._index_handle = None
-        self.values_read = 0
-        self._write_options = None
-        self._closed = False
-        self._hwm = 0
-        self._relay_cursor = None
-        self._index_from = 0
-        self._verify_format()
-        self._refresh_meta()
-        self.catch_ups = 0
-        self.catch_up_seconds = 0.0  # wall clock, preemption included
-        self.catch_up_cpu_seconds = 0.0  # this thread's CPU only
+
+    def _start_index(self, index_from: int) -> None:
+        self._index_from = index_from  # the primary records it; a reader only needs the value
 
     def _refresh_meta(self) -> None:
         self._relay_cursor = self._read_meta_int(META_RELAY_CURSOR, _SIGNED)
@@ -105,10 +92,10 @@ class SecondaryEventLog(EventLog):
         self.catch_up_cpu_seconds += time.thread_time() - started_cpu
         return self._hwm
 
-    def append(self, events, relay_cursor) -> None:
+    def append(self, *args, **kwargs) -> None:
         raise LogError("a worker's view of the log is read-only")
 
-    def delete_older_than(self, cutoff_time_us: int):
+    def delete_older_than(self, *args, **kwargs):
         raise LogError("a worker's view of the log is read-only")
 
     def reopen(self) -> None:

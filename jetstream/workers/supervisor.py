@@ -23,6 +23,7 @@ import sys
 
 from jetstream.compression import EventCompressor
 from jetstream.config import Config, parse_listen_addr
+from jetstream.metrics import MetricsListener
 from jetstream.daemon import Daemon, sd_notify, watchdog_interval_s
 from jetstream.dictionary import active_dictionary
 from jetstream.ingest.pipeline import IngestPipeline
@@ -30,7 +31,6 @@ from jetstream.ingest.relay_client import RelayClient
 from jetstream.ingest.sequencer import Sequencer
 from jetstream.log.store import EventLog
 from jetstream.log.ttl import TtlTrimmer, trim_interval_s
-from jetstream.server.metrics import MetricsListener
 from jetstream.workers import channel as messages
 from jetstream.workers.channel import FORCE_CATCH_UP, Channel, ChannelClosed
 from jetstream.workers.metrics import WorkersMetricsCollector, retire_counters
@@ -265,13 +265,15 @@ class WorkersDaemon(Daemon):
             on_relay_error=lambda detail: self.relay and self.relay.reconnect("error_frame"),
             verify_mst=cfg.verify_mst,
         )
+        if cfg.verify_signatures:
+            self._start_signature_stage()
         if cfg.override_relay_cursor >= 0:
             log.info("event=relay_cursor_overridden stored=%s override=%d",
                      self.pipeline.last_accepted_seq, cfg.override_relay_cursor)
             self.pipeline.last_accepted_seq = cfg.override_relay_cursor
         self.relay = RelayClient(
             cfg.ws_url, self.pipeline.submit, lambda: self.pipeline.last_accepted_seq,
-            liveness_ttl_s=cfg.liveness_ttl, before_connect=self.pipeline.flush,
+            liveness_ttl_s=cfg.liveness_ttl, before_connect=self.pipeline.prepare_reconnect,
             backoff_initial_s=cfg.relay_backoff_initial, backoff_max_s=cfg.relay_backoff_max,
         )
         host, port = parse_listen_addr(cfg.listen_addr)
@@ -296,7 +298,7 @@ class WorkersDaemon(Daemon):
             self.metrics_listener = MetricsListener(cfg.metrics_listen_addr)
         self.trimmer = WorkersTtlTrimmer(self.event_log, cfg.event_ttl, trim_interval_s(cfg.event_ttl, cfg.ttl_trim_interval),
                                          wake_workers=lambda: self.supervisor.wake_all(FORCE_CATCH_UP))
-        self._tasks = [asyncio.ensure_future(self.trimmer.run()), asyncio.ensure_future(self._status_forever())]
+        self._tasks += [asyncio.ensure_future(self.trimmer.run()), asyncio.ensure_future(self._status_forever())]
         # Ready: the log is open and every worker listens; the relay comes after.
         self.ready = True
         self.supervisor.broadcast_status()
@@ -327,6 +329,14 @@ class WorkersDaemon(Daemon):
             await asyncio.sleep(STATUS_INTERVAL_S)
             self.supervisor.broadcast_status()
 
+    def _stop_listening(self) -> None:
+        for sock in self.sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._close_sockets()
+
     def _close_sockets(self) -> None:
         for sock in self.sockets:
             sock.close()
@@ -338,9 +348,10 @@ class WorkersDaemon(Daemon):
         self.ready = False
         sd_notify("STOPPING=1")
         log.info("event=daemon_stopping workers=%d", self.cfg.workers)
-        # Our copies of the listening sockets go first: each closes for good once its worker has
-        # closed its own, so no connection waits in a backlog nobody will serve.
-        self._close_sockets()
+        # Every worker stops accepting at the same moment: shutdown() acts on the socket every
+        # process shares, not on one descriptor. Otherwise the clients of the first worker to stop
+        # would reconnect to the port and reach a worker still listening, only to be closed again.
+        self._stop_listening()
         if self.supervisor is not None:
             self.supervisor.broadcast_status()
             await self.supervisor.stop_all()
@@ -354,6 +365,8 @@ class WorkersDaemon(Daemon):
             await self.trimmer.wait_idle()
         if self.pipeline is not None:
             self.pipeline.flush()
+            if self.pipeline.gate is not None:
+                await self.pipeline.gate.close()  # held frames were never acknowledged: re-read on restart
         if self.metrics_listener is not None:
             self.metrics_listener.close()
         if self._metrics_collector is not None:

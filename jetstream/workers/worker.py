@@ -23,10 +23,12 @@ import tempfile
 import time
 
 from jetstream.config import Config
-from jetstream.core import LiveRing
 from jetstream.dictionary import active_dictionary
+from jetstream.implementation import LiveRing
 from jetstream.log.ttl import trim_interval_s
 from jetstream.logfmt import setup_logging
+from jetstream.server.app import SHUTDOWN_REASON, SubscribeServer
+from jetstream.server.settings import ServerSettings
 from jetstream.workers import channel as messages
 from jetstream.workers.channel import Channel, ChannelClosed
 from jetstream.workers.secondary import RingFeeder, SecondaryEventLog
@@ -36,7 +38,6 @@ log = logging.getLogger("jetstream.workers.worker")  # not __main__ under -m
 # How often a worker catches up without being woken: only matters if WAKEs were dropped.
 POLL_INTERVAL_S = 0.5
 METRICS_PUSH_INTERVAL_S = 1.0
-SHUTDOWN_REASON = "server shutting down"
 
 
 def server_counters(server, feeder: RingFeeder, event_log: SecondaryEventLog) -> dict:
@@ -72,14 +73,13 @@ class Worker:
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
-        from jetstream.daemon import subscribe_server_for  # the single process's server, configured alike
-
         cfg = self.cfg
         self._secondary_dir = tempfile.mkdtemp(prefix=f"jetstream-worker{self.index}-")
         self.event_log = SecondaryEventLog(cfg.data_dir, self._secondary_dir)
         ring = LiveRing(cfg.ring_capacity, floor_time_us=self.event_log.hwm())
-        self.server = subscribe_server_for(cfg, self.event_log, ring, active_dictionary(cfg.zstd_dictionary_path),
-                                           self.health)
+        # The single process's server, configured from the same flags.
+        settings = ServerSettings.from_config(cfg, zstd_dictionary=active_dictionary(cfg.zstd_dictionary_path))
+        self.server = SubscribeServer(self.event_log, ring, settings, health=self.health)
         self.feeder = RingFeeder(self.event_log, ring, self.server.notify_new_events)
         await self.server.start("", 0, sock=self.listen_sock)
         self._tasks = [asyncio.ensure_future(coro) for coro in (
