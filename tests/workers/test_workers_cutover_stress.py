@@ -1,7 +1,7 @@
 """Replay -> live cutover under load with `--workers 2`: relay-sim -> main process -> two workers -> 40 clients.
 
-The process-tree twin of tests/cutover/test_cutover_stress.py. relay-sim streams synthetic
-frames at 1,500/s; after a few seconds of history, 40 clients connect at random moments from
+The process-tree twin of tests/cutover/test_cutover_stress.py. relay-sim plays the recorded
+corpus in a loop at 1,500 frames/s; after a few seconds of history, 40 clients connect at random moments from
 four loopback addresses (two per worker) with cursors up to HISTORY_S in the past: plain,
 filtered, compressed, sending an options_update during replay/cutover, reading slowly (a small
 receive buffer, paused most of the time), and hanging up early. Each worker's ring holds well
@@ -115,7 +115,7 @@ async def settled(clients: list, quiet_s: float = 1.5, timeout: float = 40.0) ->
     raise AssertionError("clients kept receiving: the streams did not settle")
 
 
-async def test_forty_clients_on_two_workers_cut_over_without_gaps_or_duplicates(tmp_path):
+async def test_forty_clients_on_two_workers_cut_over_without_gaps_or_duplicates(tmp_path, corpus_dir):
     rng = random.Random()
     seed = rng.randrange(2**32)
     rng.seed(seed)
@@ -123,7 +123,7 @@ async def test_forty_clients_on_two_workers_cut_over_without_gaps_or_duplicates(
     addresses.append(address_for_worker(0, 2, skip=tuple(addresses)))
     addresses.append(address_for_worker(1, 2))
     addresses.append(address_for_worker(1, 2, skip=tuple(addresses)))
-    run = WorkersRun(tmp_path, workers=2, rate=RATE)
+    run = WorkersRun(tmp_path, workers=2, rate=RATE, frames_file=corpus_dir / "frames.bin.zst")
     clients: list = []
     try:
         await run.start("--ring-capacity", str(RING_CAPACITY), "--per-ip-limit", "false",
@@ -145,7 +145,7 @@ async def test_forty_clients_on_two_workers_cut_over_without_gaps_or_duplicates(
 
     with EventLog(str(run.data_dir), create=False) as event_log:
         log = LogView.read(event_log)
-    # relay-sim generates frames as it goes; on a loaded 2-core machine it falls short of RATE.
+    # On a loaded 2-core machine relay-sim and ingest fall short of RATE; enough for the ring to turn over.
     assert len(log.rows) > 6 * RING_CAPACITY, f"ingest too slow (seed {seed})"
     problems = {}
     for plan, client in clients:

@@ -88,8 +88,10 @@ def metric_value(text: str, name_and_labels: str) -> float | None:
 class WorkersRun:
     """relay-sim (synthetic frames) + `jetstream serve --workers N`, each its own process."""
 
-    def __init__(self, tmp_path: Path, workers: int, *, rate: float = 1000, seed: int = 5, dids: int = 200) -> None:
+    def __init__(self, tmp_path: Path, workers: int, *, rate: float = 1000, seed: int = 5, dids: int = 200,
+                 frames_file: Path | None = None) -> None:
         self.tmp_path = tmp_path
+        self.frames_file = frames_file  # recorded frames instead of synthetic ones (cheaper to send)
         self.workers = workers
         self.rate, self.seed, self.dids = rate, seed, dids
         self.data_dir = tmp_path / "data"
@@ -99,12 +101,23 @@ class WorkersRun:
         self.daemon: asyncio.subprocess.Process | None = None
 
     async def start_relay(self) -> None:
-        self.relay = await spawn("relay-sim", "--synthetic", "true", "--rate", str(self.rate), "--seed", str(self.seed),
-                                 "--dids", str(self.dids), "--listen-addr", f"127.0.0.1:{self.relay_port}",
-                                 "--log-level", "warning", log_path=self.logs)
+        source = (["--frames-file", str(self.frames_file), "--loops", "0"] if self.frames_file else
+                  ["--synthetic", "true", "--seed", str(self.seed), "--dids", str(self.dids)])
+        self.relay = await spawn("relay-sim", *source, "--rate", str(self.rate),
+                                 "--listen-addr", f"127.0.0.1:{self.relay_port}", "--log-level", "warning",
+                                 log_path=self.logs)
+
+    @property
+    def first_cursor(self) -> int:
+        """The relay cursor just before relay-sim's first frame."""
+        if self.frames_file is None:
+            return 0
+        from jetstream.relaysim.filesource import FileSource
+
+        return FileSource(self.frames_file, loops=0).first_seq - 1
 
     async def start_daemon(self, *extra: str, first_start: bool = True) -> None:
-        first = ["--override-relay-cursor", "0"] if first_start else []
+        first = ["--override-relay-cursor", str(self.first_cursor)] if first_start else []
         self.daemon = await spawn(
             "serve", "--workers", str(self.workers), "--ws-url", f"ws://127.0.0.1:{self.relay_port}{SUBSCRIBE_REPOS_PATH}",
             "--listen-addr", f"127.0.0.1:{self.port}", "--metrics-listen-addr", f"127.0.0.1:{self.metrics_port}",
