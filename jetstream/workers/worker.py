@@ -165,7 +165,10 @@ class Worker:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.server is not None and self.feeder is not None:
             self._push_metrics()  # the last counters, so /metrics loses none of a clean stop
-            await asyncio.wait_for(self.channel.drain(), timeout=2)
+            try:
+                await asyncio.wait_for(self.channel.drain(), timeout=2)
+            except asyncio.TimeoutError:
+                log.warning("event=worker_last_metrics_not_sent worker=%d", self.index)
         self.channel.close()
         if self.event_log is not None:
             self.event_log.close()
