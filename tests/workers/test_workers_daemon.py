@@ -203,3 +203,56 @@ async def _metrics_after_push(run: WorkersRun) -> str:
         if metric_value(text, 'jetstream_server_refused_requests_total{reason="too_many_connections"}') == 8:
             return text
         await asyncio.sleep(0.2)
+
+
+async def test_systemd_hears_ready_from_the_main_process_once_every_worker_listens(tmp_path):
+    """NOTIFY_SOCKET: READY=1 comes once, from the main process, when both workers already answer."""
+    import socket
+    import struct
+
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    notify.setblocking(False)
+    run = WorkersRun(tmp_path, workers=2, rate=50)
+    messages: list[tuple[int, str]] = []
+    loop = asyncio.get_running_loop()
+
+    async def receive() -> tuple[int, str]:
+        while True:
+            try:
+                data, ancillary, _, _ = notify.recvmsg(4096, socket.CMSG_SPACE(12))
+            except BlockingIOError:
+                await asyncio.sleep(0.01)
+                continue
+            pid = next(struct.unpack("iII", payload)[0] for level, kind, payload in ancillary
+                       if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS)
+            return pid, data.decode()
+
+    os.environ["NOTIFY_SOCKET"] = str(tmp_path / "notify.sock")
+    try:
+        await run.start_relay()
+        start = asyncio.ensure_future(run.start_daemon())
+        messages.append(await asyncio.wait_for(receive(), 60))
+        # At READY both workers answer /healthz at once (each for its own IPs).
+        reports = [await healthz(run.port, address_for_worker(w, 2)) for w in (0, 1)]
+        await start
+        run.daemon.terminate()
+        while run.daemon.returncode is None or not any(text == "STOPPING=1" for _, text in messages):
+            try:
+                messages.append(await asyncio.wait_for(receive(), 0.5))
+            except asyncio.TimeoutError:
+                if run.daemon.returncode is None:
+                    await asyncio.wait_for(run.daemon.wait(), 20)
+                else:
+                    break
+    finally:
+        del os.environ["NOTIFY_SOCKET"]
+        notify.close()
+        await run.kill_all()
+    assert messages[0] == (run.daemon.pid, "READY=1")
+    assert [report["worker"] for report in reports] == [0, 1]
+    assert all(report["status"] == "ok" for report in reports)
+    assert {pid for pid, _ in messages} == {run.daemon.pid}, "workers never notify"
+    assert [text for _, text in messages].count("READY=1") == 1 and (run.daemon.pid, "STOPPING=1") in messages
+    assert run.daemon.returncode == 0
