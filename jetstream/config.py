@@ -80,6 +80,12 @@ def parse_listen_addr(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _parse_ingest_collections(text: str) -> tuple[str, ...]:
+    from jetstream.ingest.collection_filter import parse_ingest_collections
+
+    return parse_ingest_collections(text)
+
+
 @dataclass(frozen=True)
 class Flag:
     name: str  # without leading dashes
@@ -154,6 +160,9 @@ SERVE_FLAGS: tuple[Flag, ...] = (
     Flag("did-doc-max-bytes", 65_536, int, "--verify-signatures: larger DID documents are refused (the DID is unresolved)", v1=False),
     Flag("did-rev-cache-size", 200_000, int, "--verify-signatures: per-DID last commit revs held in memory; the rest are read from the log's did_revs column family", v1=False),
     Flag("did-rev-retention", "720h", parse_duration, "--verify-signatures: did_revs rows whose rev (a timestamp) is older than this are deleted by an hourly pass", v1=False),
+    # What users asked for beyond v1 (issue 15): store fewer collections, count what is stored.
+    Flag("ingest-collections", "", _parse_ingest_collections, "store only these commit collections (comma-separated NSIDs or prefix.*); identity/account/sync are always kept, other commits are dropped as not_ingested; empty = all", v1=False),
+    Flag("stats-max-collections", 1000, int, "collections /stats/collections counts by name; later ones are summed under \"other\"", v1=False),
     # Serving on every core (issue 13): worker processes behind one port (jetstream/workers/).
     Flag("workers", "1", parse_workers, "processes serving /subscribe on the listen port (SO_REUSEPORT, one client IP per worker); the main process ingests; 1 = one process; auto = one per core", v1=False),
 )

@@ -19,6 +19,8 @@ from jetstream.compression import EventCompressor
 from jetstream.dictionary import active_dictionary
 from jetstream.config import Config, parse_listen_addr
 from jetstream.implementation import LiveRing
+from jetstream.ingest.collection_filter import IngestCollections
+from jetstream.ingest.collection_stats import CollectionStats
 from jetstream.ingest.pipeline import IngestPipeline
 from jetstream.ingest.relay_client import RelayClient
 from jetstream.ingest.sequencer import Sequencer
@@ -97,7 +99,12 @@ class Daemon:
             on_write_failure=self._on_log_write_failure,
             on_relay_error=lambda detail: self.relay and self.relay.reconnect("error_frame"),
             verify_mst=cfg.verify_mst,
+            ingest_collections=IngestCollections(cfg.ingest_collections) if cfg.ingest_collections else None,
+            collection_stats=CollectionStats(cfg.event_ttl, cfg.stats_max_collections),
         )
+        self.server.collection_stats = self.pipeline.collection_stats
+        if cfg.ingest_collections:
+            log.info("event=ingest_collections_limited collections=%s", ",".join(cfg.ingest_collections))
         if cfg.verify_signatures:
             self._start_signature_stage()
         if cfg.override_relay_cursor >= 0:
@@ -152,6 +159,7 @@ class Daemon:
             "relay": {
                 "connected": bool(relay is not None and relay.connected),
                 "cursor": self.pipeline.last_accepted_seq if self.pipeline is not None else None,
+                "lag_seconds": self.pipeline.relay_lag_s if self.pipeline is not None else None,
             },
         }
         return self.ready, report

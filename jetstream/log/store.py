@@ -16,6 +16,7 @@ from __future__ import annotations
 import gc
 import logging
 import struct
+import uuid
 from pathlib import Path
 from typing import Callable, Iterable, NamedTuple, Sequence
 
@@ -64,6 +65,9 @@ META_FORMAT_VERSION = b"format_version"
 META_RELAY_CURSOR = b"relay_cursor"
 META_HWM = b"hwm_time_us"
 META_INDEX_FROM = b"index_from_time_us"  # every event with time_us >= this is indexed
+# This log's identity: created with the log (or at the first open of a log that predates it)
+# and never changed, so clients can tell a restart of the same instance from another one.
+META_INSTANCE_ID = b"instance_id"
 
 # A filter naming more than this many exact collections (or dids) reads faster by scanning:
 # each name costs one seek per index bucket.
@@ -166,6 +170,7 @@ class EventLog:
         self._index_from = self._read_meta_int(META_INDEX_FROM, _UNSIGNED)
         if self._index_from is None:
             self._start_index(0 if fresh else self._hwm + 1)
+        self._instance_id = self._read_or_create_instance_id()
         log.info("event=log_opened path=%s fresh=%s relay_cursor=%s hwm=%d fsync=%s",
                  self.path, fresh, self._relay_cursor, self._hwm, fsync)
 
@@ -232,6 +237,23 @@ class EventLog:
         sync.sync = True
         self._db.write(batch, sync)
         self._index_from = index_from
+
+    def _read_or_create_instance_id(self) -> str:
+        stored = self._meta.get(META_INSTANCE_ID)
+        if stored:
+            return stored.decode("ascii")
+        created = uuid.uuid4().hex
+        batch = WriteBatch(raw_mode=True)
+        batch.put(META_INSTANCE_ID, created.encode("ascii"), self._meta_handle)
+        sync = WriteOptions()
+        sync.sync = True
+        self._db.write(batch, sync)
+        log.info("event=log_instance_id_created path=%s instance=%s", self.path, created)
+        return created
+
+    def instance_id(self) -> str:
+        """The id this log was created with (32 hex digits), the same after every restart."""
+        return self._instance_id
 
     def _read_meta_int(self, key: bytes, layout: struct.Struct) -> int | None:
         value = self._meta.get(key)

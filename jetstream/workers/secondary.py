@@ -22,6 +22,7 @@ from jetstream.log.store import (
     CF_EVENTS_INDEX,
     META_HWM,
     META_INDEX_FROM,
+    META_INSTANCE_ID,
     META_RELAY_CURSOR,
     OUR_COLUMN_FAMILIES,
     EventLog,
@@ -72,6 +73,12 @@ class SecondaryEventLog(EventLog):
                          access_type=AccessType.secondary(self.secondary_path))
         except Exception as exc:  # noqa: BLE001 - rocksdict raises bare Exception
             raise LogError(f"cannot open event log at {self.path} as a secondary: {exc}") from exc
+
+    def _read_or_create_instance_id(self) -> str:
+        stored = self._meta.get(META_INSTANCE_ID)
+        if not stored:  # the primary creates it when it opens the log, before any worker starts
+            raise LogError(f"event log at {self.path} has no instance id yet")
+        return stored.decode("ascii")
 
     def _start_index(self, index_from: int) -> None:
         self._index_from = index_from  # the primary records it; a reader only needs the value

@@ -26,6 +26,8 @@ from jetstream.config import Config, parse_listen_addr
 from jetstream.metrics import MetricsListener
 from jetstream.daemon import Daemon, sd_notify, watchdog_interval_s
 from jetstream.dictionary import active_dictionary
+from jetstream.ingest.collection_filter import IngestCollections
+from jetstream.ingest.collection_stats import CollectionStats
 from jetstream.ingest.pipeline import IngestPipeline
 from jetstream.ingest.relay_client import RelayClient
 from jetstream.ingest.sequencer import Sequencer
@@ -264,7 +266,11 @@ class WorkersDaemon(Daemon):
             on_write_failure=self._on_log_write_failure,
             on_relay_error=lambda detail: self.relay and self.relay.reconnect("error_frame"),
             verify_mst=cfg.verify_mst,
+            ingest_collections=IngestCollections(cfg.ingest_collections) if cfg.ingest_collections else None,
+            collection_stats=CollectionStats(cfg.event_ttl, cfg.stats_max_collections),
         )
+        if cfg.ingest_collections:
+            log.info("event=ingest_collections_limited collections=%s", ",".join(cfg.ingest_collections))
         if cfg.verify_signatures:
             self._start_signature_stage()
         if cfg.override_relay_cursor >= 0:
@@ -320,8 +326,10 @@ class WorkersDaemon(Daemon):
         self.supervisor.wake_all(self.tail.newest_time_us)
 
     def status_report(self) -> dict:
+        """What every worker shows: /healthz's daemon fields, the workers, /stats/collections."""
         _, report = self.health()
         report["workers"] = [handle.describe() for handle in self.supervisor.handles]
+        report["collection_stats"] = self.pipeline.collection_stats.report()
         return report
 
     async def _status_forever(self) -> None:

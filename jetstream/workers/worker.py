@@ -57,6 +57,16 @@ def server_counters(server, feeder: RingFeeder, event_log: SecondaryEventLog) ->
     }
 
 
+class MainProcessStats:
+    """/stats/collections in a worker: the main process's counts of what it stored (sent with STATUS)."""
+
+    def __init__(self, worker: "Worker") -> None:
+        self._worker = worker
+
+    def report(self) -> dict:
+        return self._worker.status.get("collection_stats") or {}
+
+
 class Worker:
     def __init__(self, index: int, cfg: Config, channel: Channel, listen_sock: socket.socket) -> None:
         self.index = index
@@ -80,6 +90,7 @@ class Worker:
         # The single process's server, configured from the same flags.
         settings = ServerSettings.from_config(cfg, zstd_dictionary=active_dictionary(cfg.zstd_dictionary_path))
         self.server = SubscribeServer(self.event_log, ring, settings, health=self.health)
+        self.server.collection_stats = MainProcessStats(self)
         self.feeder = RingFeeder(self.event_log, ring, self.server.notify_new_events)
         await self.server.start("", 0, sock=self.listen_sock)
         self._tasks = [asyncio.ensure_future(coro) for coro in (

@@ -14,7 +14,7 @@ from picows import WSCloseCode, ws_connect
 
 from jetstream.log.store import EventLog
 from workers_helpers import (
-    ReconnectingClient, WorkersRun, address_for_worker, healthz, metric_value, metrics_text, until,
+    ReconnectingClient, WorkersRun, address_for_worker, healthz, http_get, metric_value, metrics_text, until,
 )
 from wsclient import CollectingListener
 
@@ -50,6 +50,7 @@ async def test_two_workers_serve_the_log_bytes_with_one_healthz_and_one_metrics(
         clients = [ReconnectingClient(run.port, ip, first_cursor=cursor) for ip in ips for cursor in (None, 1)]
         await asyncio.sleep(2.0)
         reports = [await healthz(run.port, ip) for ip in ips]
+        stats = [await http_get(run.port, "/stats/collections", ip) for ip in ips]
         metrics = await metrics_text(run.metrics_port)
         await run.stop_relay()
         await asyncio.sleep(1.5)  # the last batches reach every client
@@ -75,6 +76,8 @@ async def test_two_workers_serve_the_log_bytes_with_one_healthz_and_one_metrics(
         assert report["status"] == "ok" and report["relay"]["connected"] is True
         assert [(w["index"], w["alive"], w["listening"]) for w in report["workers"]] == [(0, True, True), (1, True, True)]
         assert len({w["pid"] for w in report["workers"]}) == 2
+    # /stats/collections: the main process's counts of what it stored, from either worker.
+    assert all(status == 200 and b"app.bsky.feed" in body for status, body in stats)
     # /metrics: one scrape for the whole daemon, v1 names, both workers' clients in it.
     assert metric_value(metrics, "jetstream_workers_alive") == 2
     for ip in ips:
