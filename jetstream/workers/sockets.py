@@ -110,7 +110,11 @@ def bind_worker_sockets(host: str, port: int, workers: int, *, steer_by_ip: bool
             sock.set_inheritable(True)
             address = sock.getsockname()  # the port picked by the first, for the others
         if steer_by_ip:
-            attach_steering(sockets[0], workers)
+            try:
+                attach_steering(sockets[0], workers)
+            except OSError as exc:  # a kernel or sandbox without reuseport BPF: serve anyway, say what is lost
+                steer_by_ip = False
+                log.warning("event=worker_steering_unavailable error=%r effect=per_ip_limits_hold_per_worker", str(exc))
     except BaseException:
         for sock in sockets:
             sock.close()
