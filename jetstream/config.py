@@ -145,6 +145,13 @@ SERVE_FLAGS: tuple[Flag, ...] = (
     Flag("max-lag-events", 0, int, "close (1008, with a reason) a client whose socket holds it more than this many events behind, for --max-lag-grace; 0 = no limit", v1=False),
     Flag("max-lag-seconds", "0s", parse_duration, "close (1008, with a reason) a client whose socket holds it more than this far behind in time_us, for --max-lag-grace; 0 = no limit", v1=False),
     Flag("max-lag-grace", "30s", parse_duration, "how long a client may stay over a --max-lag-* limit without catching up before it is closed", v1=False),
+    # Cluster mode (issue 14, jetstream/cluster/): several nodes share one NATS JetStream stream.
+    Flag("cluster", "", str, "comma-separated NATS server URLs (nats://h1:4222,nats://h2:4222,...); empty = single node with its own log", v1=False),
+    Flag("node-name", "", str, "this node's name in the cluster (lease holder, /healthz); empty = the host name", v1=False),
+    Flag("cluster-stream", "jetstream_events", str, "name of the NATS stream holding the cluster's events (its lease bucket is <name>_lease)", v1=False),
+    Flag("cluster-replicas", 3, int, "replicas of the stream and the lease bucket (3 on a 3-server NATS cluster)", v1=False),
+    Flag("lease-ttl", "10s", parse_duration, "ingest leader lease: a leader that cannot renew within this is replaced", v1=False),
+    Flag("cluster-cursor-wait", "10s", parse_duration, "how long a subscriber whose cursor is ahead of this node's log waits for the node to catch up before a 1013 close", v1=False),
     # Commit signature verification (issue 16). Off by default: v1 did not verify, and it costs
     # CPU per commit plus a DID document fetch per new author (README "Commit signatures").
     Flag("verify-signatures", False, parse_bool, "verify each #commit's signature with its author's current key from the DID document, and drop commits whose rev is not above the last one seen for the DID", v1=False),

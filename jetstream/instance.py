@@ -14,3 +14,15 @@ INSTANCE_HEADER = "Jetstream-Instance"
 def instance_id_of(event_log) -> str:
     """The id of the stream `event_log` holds."""
     return event_log.instance_id()
+
+
+def cluster_instance_id(stream_name: str, stream_created: str) -> str:
+    """Cluster mode: the id every node of one cluster answers (32 hex digits, like a log's).
+
+    Derived from the NATS stream's name and creation time, which every node reads alike,
+    so moving between nodes shows no switch; a stream deleted and made again is a new id.
+    """
+    import hashlib
+
+    return hashlib.sha256(f"{stream_name}\0{stream_created}".encode()).hexdigest()[:32]
+

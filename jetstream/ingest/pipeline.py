@@ -123,6 +123,7 @@ class IngestPipeline:
         on_write_failure: Callable[[], None] = lambda: None,
         on_relay_error: Callable[[str], None] = lambda detail: None,
         verify_mst: bool = False,
+        hand_off: Callable[[list, int | None], None] | None = None,
         ingest_collections=None,
         collection_stats=None,
     ) -> None:
@@ -136,6 +137,9 @@ class IngestPipeline:
         self.on_write_failure = on_write_failure
         self.on_relay_error = on_relay_error
         self.verify_mst = verify_mst  # v1's MST lookup per create/update (decode.py)
+        # Cluster mode (jetstream/cluster/): sequenced batches go to the replicated stream
+        # instead of the local log; every node, this one included, applies them from there.
+        self.hand_off = hand_off
         # --ingest-collections (collection_filter.IngestCollections) or None: store every collection.
         self.ingest_collections = ingest_collections
         # collection_stats.CollectionStats or None: counts of what each written batch stored.
@@ -218,6 +222,8 @@ class IngestPipeline:
         try:
             events = self.sequencer.sequence(pending_events, self.compressor)
             self._labels["EVENTS_SEQUENCED"].inc(len(events))
+            if self.hand_off is not None:
+                return self._hand_off(events, batch_cursor, newest_frame)
             self._write(events, batch_cursor)
         except Exception as exc:  # noqa: BLE001 - any storage failure must not lose data
             # repr(exc), not exc: a log record that keeps the exception keeps its traceback, whose
@@ -353,6 +359,14 @@ class IngestPipeline:
         metrics.BATCH_WRITE_SECONDS.observe(time.perf_counter() - started)
         metrics.BATCH_EVENTS.observe(len(events))
         self._labels["EVENTS_PERSISTED"].inc(len(events))
+
+    def _hand_off(self, events, batch_cursor, newest_frame) -> int:
+        """Cluster mode: the batch leaves for the stream; the ring and log get it when it is applied."""
+        if events or batch_cursor is not None:
+            self.hand_off(events, batch_cursor)
+        if newest_frame is not None:
+            self._observe_progress(newest_frame, batch_cursor)
+        return len(events)
 
     def _observe_progress(self, newest_frame: bytes, batch_cursor: int) -> None:
         """v1's progress gauges, once per batch (re-reading one frame's `time` is cheap at that rate)."""

@@ -92,6 +92,9 @@ class SubscribeServer:
         # gone first; past max_ip_metric_labels the oldest fold into OTHER_IPS_LABEL.
         self._delivered_gone: dict[str, list[int]] = {}
         self._delivered_other = [0, 0]
+        # Cluster mode: holds a subscriber whose cursor is ahead of this node's log until the node
+        # has caught up (jetstream/cluster/node.py: hold / cursor_reached). None: single node.
+        self.cursor_gate = None
         # Issue 15: the stream's identity (healthz, the 101's Jetstream-Instance header) and
         # the per-collection counters ingest keeps (the daemon sets them; None: no route data).
         self.instance_id = instance_id_of(event_log)

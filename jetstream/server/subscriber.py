@@ -290,6 +290,9 @@ class SubscriberListener(WSListener):
         self._index_query = _index_query_for(options.filters)
         self._require_hello = options.require_hello
         self._state = ReaderState.CONNECTING
+        # Cluster mode: no step runs while the cursor gate holds this reader (whatever its state)
+        # until this node has applied up to the cursor (cursor_reached).
+        self._awaiting_cursor = False
         self._include_sync = options.include_sync
         self._heartbeat_s = options.heartbeat_seconds  # 0: this client asked for none
         self._heartbeat: HeartbeatClock | None = None
@@ -344,6 +347,23 @@ class SubscriberListener(WSListener):
         self._server.register(self)  # after the state: it arms the hello deadline of AWAITING_HELLO
         log.debug("event=subscriber_connected ip=%s position=%d compress=%s hello=%s",
                   self.client_ip, self._position.value, self._compressed, self._require_hello)
+        gate = self._server.cursor_gate
+        if gate is not None and self._cursor is not None and self._cursor - 1 > self._position.value:
+            # Cluster mode: the client comes from a node further along. Starting live here would
+            # repeat what it already has; wait until this node has applied up to its cursor.
+            self._awaiting_cursor = True
+            gate.hold(self, self._cursor)
+            return
+        self._start_heartbeats()
+        if self._state is ReaderState.READING:
+            self.wake()
+
+    def cursor_reached(self) -> None:
+        """The cursor gate's answer: this node has caught up; start from the cursor as at connect."""
+        if self._state is ReaderState.CLOSED or not self._awaiting_cursor:
+            return
+        self._position = Position(initial_position(self._cursor, self._server.ring.newest_time_us))
+        self._awaiting_cursor = False
         self._start_heartbeats()
         if self._state is ReaderState.READING:
             self.wake()
@@ -432,7 +452,7 @@ class SubscriberListener(WSListener):
     def pump(self) -> None:
         """One reader step; then schedule the next, or wait (paused, caught up, out of tokens)."""
         self._wakeup = None
-        if self._state not in _STEPPABLE:
+        if self._state not in _STEPPABLE or self._awaiting_cursor:
             return
         granted = self._bucket.take(STEP_MAX_EVENTS)
         if granted == 0:

@@ -257,6 +257,8 @@ class WorkersDaemon(Daemon):
 
     async def start(self, *, connect_relay: bool = True) -> None:
         cfg = self.cfg
+        if getattr(cfg, "cluster", ""):
+            raise WorkersError("--workers > 1 is not supported with --cluster yet")
         self.event_log = EventLog(cfg.data_dir, fsync=cfg.fsync)
         hwm = self.event_log.hwm()
         self.tail = PublishedTail(hwm)
