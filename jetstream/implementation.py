@@ -32,8 +32,8 @@ def _load_cython():
     from jetstream._core.car import read_car
     from jetstream._core.commit import commit_events, is_rfc3339
     from jetstream._core.filter import EventFilter
+    from jetstream._core.frames import encode_frames
     from jetstream._core.mst import MstReader
-    from jetstream._core.pacing import encode_frames
     from jetstream._core.position import Position
     from jetstream._core.record_json import cid_to_string, go_json_string
     from jetstream._core.ring import LiveRing
@@ -46,8 +46,8 @@ def _load_python():
     from jetstream._py.car import read_car
     from jetstream._py.commit import commit_events, is_rfc3339
     from jetstream._py.filter import EventFilter
+    from jetstream._py.frames import encode_frames
     from jetstream._py.mst import MstReader
-    from jetstream._py.pacing import encode_frames
     from jetstream._py.position import Position
     from jetstream._py.record_json import cid_to_string, go_json_string
     from jetstream._py.ring import LiveRing

@@ -86,14 +86,16 @@ async def open_connections(url: str, count: int, tally: Tally, timestamps: bool,
             return await ws_connect(lambda: CountingListener(tally, stamps, ages), url,
                                     local_addr=(source_ips[index % len(source_ips)], 0))
         for start in range(0, count, 50):
-            for transport, listener in await asyncio.gather(*(connect(i) for i in range(start, min(count, start + 50)))):
+            batch = range(start, min(count, start + 50))
+            for transport, listener in await asyncio.gather(*(connect(i) for i in batch)):
                 connections.append(transport)
                 listeners.append(listener)
         return connections, listeners
     for index in range(count):
         stamps = [] if timestamps else None
         ages = [] if index < latency_sample else None
-        transport, listener = await ws_connect(lambda: CountingListener(tally, stamps, ages), url)
+        transport, listener = await ws_connect(lambda stamps=stamps, ages=ages: CountingListener(tally, stamps, ages),
+                                               url)
         connections.append(transport)
         listeners.append(listener)
     return connections, listeners

@@ -25,7 +25,8 @@ WORKER_METRICS = {
     "jetstream_worker_catch_ups": "Catch-ups of a worker's log view with the main process's log, by worker",
     "jetstream_worker_catch_up_seconds": "Wall-clock time spent in those catch-ups, by worker",
     "jetstream_worker_catch_up_cpu_seconds": "CPU time spent in those catch-ups, by worker",
-    "jetstream_worker_wakes_dropped": "Wake-ups not sent because a worker's channel was backed up (it catches up by polling)",
+    "jetstream_worker_wakes_dropped":
+        "Wake-ups not sent because a worker's channel was backed up (it catches up by polling)",
 }
 _SUMMED = ("options_updates", "catch_ups", "catch_up_seconds")
 _BY_REASON = ("disconnects", "refused_requests")

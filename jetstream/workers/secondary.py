@@ -19,6 +19,8 @@ from rocksdict import AccessType, Options, Rdict
 
 from jetstream.events import Event
 from jetstream.log.store import (
+    _SIGNED,
+    _UNSIGNED,
     CF_EVENTS_INDEX,
     META_HWM,
     META_INDEX_FROM,
@@ -27,8 +29,6 @@ from jetstream.log.store import (
     OUR_COLUMN_FAMILIES,
     EventLog,
     LogError,
-    _SIGNED,
-    _UNSIGNED,
     _column_family_options,
 )
 

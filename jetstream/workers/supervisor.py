@@ -23,7 +23,6 @@ import sys
 
 from jetstream.compression import EventCompressor
 from jetstream.config import Config, parse_listen_addr
-from jetstream.metrics import MetricsListener
 from jetstream.daemon import Daemon, sd_notify, watchdog_interval_s
 from jetstream.dictionary import active_dictionary
 from jetstream.ingest.collection_filter import IngestCollections
@@ -33,6 +32,7 @@ from jetstream.ingest.relay_client import RelayClient
 from jetstream.ingest.sequencer import Sequencer
 from jetstream.log.store import EventLog
 from jetstream.log.ttl import TtlTrimmer, trim_interval_s
+from jetstream.metrics import MetricsListener
 from jetstream.workers import channel as messages
 from jetstream.workers.channel import FORCE_CATCH_UP, Channel, ChannelClosed
 from jetstream.workers.metrics import WorkersMetricsCollector, retire_counters
@@ -304,7 +304,8 @@ class WorkersDaemon(Daemon):
         REGISTRY.register(self._metrics_collector)
         if cfg.metrics_listen_addr:
             self.metrics_listener = MetricsListener(cfg.metrics_listen_addr)
-        self.trimmer = WorkersTtlTrimmer(self.event_log, cfg.event_ttl, trim_interval_s(cfg.event_ttl, cfg.ttl_trim_interval),
+        self.trimmer = WorkersTtlTrimmer(self.event_log, cfg.event_ttl,
+                                         trim_interval_s(cfg.event_ttl, cfg.ttl_trim_interval),
                                          wake_workers=lambda: self.supervisor.wake_all(FORCE_CATCH_UP))
         self._tasks += [asyncio.ensure_future(self.trimmer.run()), asyncio.ensure_future(self._status_forever())]
         # Ready: the log is open and every worker listens; the relay comes after.

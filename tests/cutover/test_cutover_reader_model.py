@@ -27,8 +27,7 @@ from jetstream.log.store import EventLog
 from jetstream.log.ttl import TtlTrimmer
 from jetstream.server.subscriber import read_next_batch
 from jetstream.workers.secondary import RingFeeder, SecondaryEventLog
-
-from cutover_helpers import wanted
+from tests.cutover.cutover_helpers import wanted
 
 pytestmark = pytest.mark.timeout(120)
 

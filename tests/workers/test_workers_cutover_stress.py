@@ -14,18 +14,14 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from picows import ws_connect
 
 from jetstream.log.store import EventLog
-from workers_helpers import WorkersRun, address_for_worker
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cutover"))  # the cutover suite's checks
-from cutover_helpers import LogView, StreamClient, options_update, subscribe_query, violations_of  # noqa: E402
+from tests.cutover.cutover_helpers import LogView, StreamClient, options_update, subscribe_query, violations_of
+from tests.workers.workers_helpers import WorkersRun, address_for_worker
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 

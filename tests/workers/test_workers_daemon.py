@@ -13,10 +13,17 @@ import pytest
 from picows import WSCloseCode, ws_connect
 
 from jetstream.log.store import EventLog
-from workers_helpers import (
-    ReconnectingClient, WorkersRun, address_for_worker, healthz, http_get, metric_value, metrics_text, until,
+from tests.workers.workers_helpers import (
+    ReconnectingClient,
+    WorkersRun,
+    address_for_worker,
+    healthz,
+    http_get,
+    metric_value,
+    metrics_text,
+    until,
 )
-from wsclient import CollectingListener
+from tests.wsclient import CollectingListener
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -219,7 +226,6 @@ async def test_systemd_hears_ready_from_the_main_process_once_every_worker_liste
     notify.setblocking(False)
     run = WorkersRun(tmp_path, workers=2, rate=50)
     messages: list[tuple[int, str]] = []
-    loop = asyncio.get_running_loop()
 
     async def receive() -> tuple[int, str]:
         while True:

@@ -14,8 +14,8 @@ import pytest
 from picows import WSCloseCode, WSMsgType, ws_connect
 
 from jetstream.log.store import EventLog
-from workers_helpers import ReconnectingClient, WorkersRun, address_for_worker, metric_value, metrics_text
-from wsclient import CollectingListener
+from tests.workers.workers_helpers import ReconnectingClient, WorkersRun, address_for_worker, metric_value, metrics_text
+from tests.wsclient import CollectingListener
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 

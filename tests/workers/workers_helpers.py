@@ -189,7 +189,7 @@ class ReconnectingClient:
             try:
                 transport, _ = await ws_connect(lambda: _Listener(self), self._url(),
                                                 local_addr=(self.local_ip, 0))
-            except (OSError, asyncio.TimeoutError, Exception):  # daemon or worker (re)starting
+            except Exception:  # noqa: BLE001 - refused, reset or an upgrade error: the daemon or a worker (re)starting
                 await asyncio.sleep(0.05)
                 continue
             self.connections += 1

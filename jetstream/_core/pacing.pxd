@@ -1,3 +1,0 @@
-"""C-level surface of pacing.pyx: batch framing for the reader's writes."""
-
-cpdef bytes encode_frames(list payloads, bint binary)
