@@ -35,6 +35,7 @@ import bench_core  # noqa: E402
 import bench_ingest_decode  # noqa: E402
 import bench_ingest_pipeline  # noqa: E402
 import bench_log  # noqa: E402
+import bench_workers  # noqa: E402
 import uvloop  # noqa: E402
 from picows import WSListener, ws_create_server  # noqa: E402
 
@@ -566,6 +567,8 @@ def stage_verify(table: Table, quick: bool) -> None:
 STAGES = {"ingest": stage_ingest, "filter": stage_filter, "fanout": stage_fanout, "replay": stage_replay,
           "latency": stage_latency, "memory": stage_memory,
           "verify": stage_verify}
+# --workers 1 vs 2 (bench_workers.py): daemon process trees, CPU per delivered event, shares, latency.
+STAGES["workers"] = bench_workers.stage_workers
 
 
 def check(results: dict, thresholds: dict) -> list[str]:

@@ -28,16 +28,22 @@ def cmd_serve(cfg) -> None:
     from jetstream.daemon import Daemon
     from jetstream.log.store import LogError
     from jetstream.startup import EXIT_STARTUP_FAILED, StartupError, preflight, report_startup_failure
+    from jetstream.workers.supervisor import WorkersDaemon, WorkersError
 
+    # --workers N > 1: this process ingests and N processes serve the port (jetstream/workers/).
+    daemon = WorkersDaemon(cfg) if cfg.workers > 1 else Daemon(cfg)
     try:
         preflight(cfg)
-        run_loop(Daemon(cfg).run_until_signalled())
+        run_loop(daemon.run_until_signalled())
     except StartupError as exc:
         report_startup_failure(exc)
         sys.exit(EXIT_STARTUP_FAILED)
     except LogError as exc:
         # A foreign, corrupted or locked data dir is an operator error: say so, never re-create.
         report_startup_failure(StartupError("data-dir", cfg.data_dir, str(exc)))
+        sys.exit(EXIT_STARTUP_FAILED)
+    except WorkersError as exc:
+        report_startup_failure(StartupError("workers", cfg.workers, str(exc)))
         sys.exit(EXIT_STARTUP_FAILED)
 
 

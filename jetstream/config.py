@@ -63,6 +63,17 @@ def parse_unresolved_policy(text: str) -> str:
     return value
 
 
+def parse_workers(text) -> int:
+    """`--workers`: a count >= 1, or "auto" for one per core this process may run on."""
+    if isinstance(text, int):
+        count = text
+    elif str(text).strip().lower() == "auto":
+        count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    else:
+        count = int(str(text).strip())
+    return count
+
+
 def parse_listen_addr(text: str) -> tuple[str, int]:
     """':6008' -> ('0.0.0.0', 6008); '127.0.0.1:0' -> ('127.0.0.1', 0); '[::1]:80' -> ('::1', 80).
 
@@ -238,6 +249,8 @@ SERVE_FLAGS: tuple[Flag, ...] = (
     # What users asked for beyond v1 (issue 15): store fewer collections, count what is stored.
     Flag("ingest-collections", "", _parse_ingest_collections, "store only these commit collections (comma-separated NSIDs or prefix.*); identity/account/sync are always kept, other commits are dropped as not_ingested; empty = all", v1=False, check=Check("empty (all) or comma-separated NSIDs / prefix.* entries", lambda value: True)),
     Flag("stats-max-collections", 1000, int, "collections /stats/collections counts by name; later ones are summed under \"other\"", v1=False, check=at_least(0)),
+    # Serving on every core (issue 13): worker processes behind one port (jetstream/workers/).
+    Flag("workers", "1", parse_workers, "processes serving /subscribe on the listen port (SO_REUSEPORT, one client IP per worker); the main process ingests; 1 = one process; auto = one per core", v1=False, check=at_least(1)),
 )
 
 RELAY_SIM_FLAGS: tuple[Flag, ...] = (
@@ -285,6 +298,7 @@ _EXPECTS: dict[Callable[[str], Any], str] = {
     parse_bool: "true or false",
     parse_unresolved_policy: "a policy",
     _parse_ingest_collections: "a collection list",
+    parse_workers: "a count or auto",
 }
 _METAVARS: dict[Callable[[str], Any], str] = {int: "N", float: "X", parse_duration: "DURATION", parse_bool: "BOOL"}
 

@@ -10,12 +10,17 @@ With --expect 0 it holds the connections open until stdin closes or sends a line
 on stdin also ends a run with --expect early).
 With --timestamps it also reports, per connection, perf_counter() of each arrival
 (CLOCK_MONOTONIC is system-wide on Linux, so the server process can compare them).
+--source-ips A,B,... spreads the connections over those local addresses (round robin): a
+`--workers` daemon keeps one client IP on one worker. --latency-sample K: the first K
+connections report, per event, wall clock at arrival minus the event's time_us (ms), which
+is the time from sequencing in the daemon to the client, whatever process served it.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import re
 import resource
 import sys
 import time
@@ -42,9 +47,13 @@ class Tally:
         self.done = asyncio.get_running_loop().create_future()
 
 
+_TIME_US = re.compile(rb'"time_us":(\d+)')
+
+
 class CountingListener(WSListener):
-    def __init__(self, tally: Tally, stamps: list[float] | None) -> None:
+    def __init__(self, tally: Tally, stamps: list[float] | None, ages_ms: list[float] | None = None) -> None:
         self.tally, self.stamps, self.count = tally, stamps, 0
+        self.ages_ms = ages_ms
 
     def on_ws_frame(self, transport, frame) -> None:
         if frame.msg_type not in (WSMsgType.TEXT, WSMsgType.BINARY):
@@ -59,15 +68,34 @@ class CountingListener(WSListener):
         self.count += 1
         if self.stamps is not None:
             self.stamps.append(now)
+        if self.ages_ms is not None:
+            found = _TIME_US.search(frame.get_payload_as_bytes()[:200])
+            if found:
+                self.ages_ms.append(time.time() * 1e3 - int(found.group(1)) / 1e3)
         if tally.received >= tally.target and tally.target and not tally.done.done():
             tally.done.set_result(None)
 
 
-async def open_connections(url: str, count: int, tally: Tally, timestamps: bool) -> list:
+async def open_connections(url: str, count: int, tally: Tally, timestamps: bool,
+                           source_ips: list[str] | None = None, latency_sample: int = 0) -> list:
     connections, listeners = [], []
-    for _ in range(count):
+    if source_ips:  # many at once: one by one, 300 handshakes take tens of seconds behind a busy stream
+        async def connect(index: int):
+            ages = [] if index < latency_sample else None
+            stamps = [] if timestamps else None
+            return await ws_connect(lambda: CountingListener(tally, stamps, ages), url,
+                                    local_addr=(source_ips[index % len(source_ips)], 0))
+        for start in range(0, count, 50):
+            batch = range(start, min(count, start + 50))
+            for transport, listener in await asyncio.gather(*(connect(i) for i in batch)):
+                connections.append(transport)
+                listeners.append(listener)
+        return connections, listeners
+    for index in range(count):
         stamps = [] if timestamps else None
-        transport, listener = await ws_connect(lambda stamps=stamps: CountingListener(tally, stamps), url)
+        ages = [] if index < latency_sample else None
+        transport, listener = await ws_connect(lambda stamps=stamps, ages=ages: CountingListener(tally, stamps, ages),
+                                               url)
         connections.append(transport)
         listeners.append(listener)
     return connections, listeners
@@ -80,7 +108,9 @@ def emit(record: dict) -> None:
 
 async def run(args) -> None:
     tally = Tally(args.connections, args.expect)
-    transports, listeners = await open_connections(args.url, args.connections, tally, args.timestamps)
+    source_ips = [ip for ip in args.source_ips.split(",") if ip] if args.source_ips else None
+    transports, listeners = await open_connections(args.url, args.connections, tally, args.timestamps,
+                                                   source_ips, args.latency_sample)
     emit({"connected": len(transports), "at": time.perf_counter()})
     # Stop at: every message expected arrived, a line (or EOF) on stdin, or the timeout.
     stdin_line = asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
@@ -91,6 +121,8 @@ async def run(args) -> None:
               "per_connection_min": min((l.count for l in listeners), default=0)}
     if args.timestamps:
         report["stamps"] = [l.stamps for l in listeners]
+    if args.latency_sample:
+        report["ages_ms"] = [age for l in listeners if l.ages_ms for age in l.ages_ms]
     emit(report)
     for transport in transports:
         transport.disconnect()
@@ -103,6 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--expect", type=int, default=0, help="messages per connection; 0 = hold idle")
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--timestamps", action="store_true")
+    parser.add_argument("--source-ips", default="", help="comma-separated local addresses to connect from")
+    parser.add_argument("--latency-sample", type=int, default=0, help="connections reporting event age (ms)")
     args = parser.parse_args(argv)
     raise_nofile_limit()
     uvloop.run(run(args))
