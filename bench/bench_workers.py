@@ -117,7 +117,7 @@ async def run_once(workers: int, seconds: float, subscribers: int = SUBSCRIBERS,
             progress(f"--workers {workers}: {connected['connected']} subscribers connected")
             relay = spawn("jetstream.cli", "relay-sim", "--synthetic", "--seed", "3", "--prerender", "12000",
                           "--rate", str(EVENTS_PER_S / 1.05), "--listen-addr", f"127.0.0.1:{relay_port}",
-                          "--log-level", "warning")
+                          "--log-level", "warning", "--clock", "false")
             # CPU from here to the end, like the delivered count: every event delivered is in both.
             pids = [daemon.pid] + children_of(daemon.pid)
             cpu_before = {pid: process_cpu_s(pid) for pid in pids}

@@ -159,7 +159,7 @@ def latency_bench(base: Path, nats: NatsCluster, events_per_s: float, seconds: f
     relay_port = free_port()
     processes = [spawn(["relay-sim", "--synthetic", "--seed", "2", "--prerender", "12000",
                         "--rate", str(frames_per_s_for(events_per_s)), "--listen-addr", f"127.0.0.1:{relay_port}",
-                        "--log-level", "warning"], base / "relay.log")]
+                        "--log-level", "warning", "--clock", "false"], base / "relay.log")]
     relay_url = f"ws://127.0.0.1:{relay_port}{SUBSCRIBE_REPOS_PATH}"
     results = {}
     try:

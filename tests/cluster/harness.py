@@ -87,7 +87,7 @@ class ClusterRig:
     def start_relay(self, *args: str) -> None:
         self.relay_port = free_port()
         self.relay = self._spawn(["relay-sim", "--listen-addr", f"127.0.0.1:{self.relay_port}",
-                                  "--log-level", "warning", *args], self.base / "relay.log")
+                                  "--log-level", "warning", "--clock", "false", *args], self.base / "relay.log")
         wait_for(lambda: _port_open(self.relay_port), "relay-sim to listen")
 
     @property

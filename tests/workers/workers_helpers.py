@@ -105,7 +105,7 @@ class WorkersRun:
                   ["--synthetic", "true", "--seed", str(self.seed), "--dids", str(self.dids)])
         self.relay = await spawn("relay-sim", *source, "--rate", str(self.rate),
                                  "--listen-addr", f"127.0.0.1:{self.relay_port}", "--log-level", "warning",
-                                 log_path=self.logs)
+                                 "--clock", "false", log_path=self.logs)
 
     @property
     def first_cursor(self) -> int:
