@@ -94,6 +94,7 @@ class Daemon:
             handshake_timeout_s=cfg.handshake_timeout, max_request_bytes=cfg.max_request_bytes,
             max_ip_metric_labels=cfg.max_ip_metric_labels, max_pending_request_bytes=cfg.max_pending_request_bytes,
             zstd_dictionary=dictionary, zstd_dictionary_id=dictionary_id(dictionary), health=self.health,
+            live_fastpath=cfg.live_fastpath, live_coalesce_s=cfg.live_coalesce_ms / 1000.0,
         )
         # Read by each SubscriberListener at connect (subscriber.LagPolicy).
         self.server.lag_limits = (cfg.max_lag_events, cfg.max_lag_seconds, cfg.max_lag_grace)

@@ -22,6 +22,7 @@ from picows.api import _resolve_logger
 from picows.picows import WSProtocol
 
 from jetstream.server import http, params
+from jetstream.server.live import DEFAULT_COALESCE_MS, LiveFastPath
 from jetstream.server.front import (DEFAULT_MAX_PENDING_REQUEST_BYTES, DEFAULT_MAX_REQUEST_BYTES, FrontDoor,
                                     HeadBudget)
 from jetstream.server.ratelimit import RateLimiterRegistry
@@ -81,7 +82,8 @@ class SubscribeServer:
                  max_pending_request_bytes: int = DEFAULT_MAX_PENDING_REQUEST_BYTES,
                  max_ip_metric_labels: int = MAX_IP_METRIC_LABELS, zstd_dictionary: bytes = b"",
                  zstd_dictionary_id: int = 0, health: Callable[[], tuple[bool, dict]] | None = None,
-                 clock_us=_now_us) -> None:
+                 clock_us=_now_us, live_fastpath: bool | None = None,
+                 live_coalesce_s: float = DEFAULT_COALESCE_MS / 1000) -> None:
         self.event_log = event_log
         self.ring = ring
         self.rate_limiters = RateLimiterRegistry(max_sub_rate, per_ip=per_ip_limit)
@@ -101,6 +103,8 @@ class SubscribeServer:
         self._clock_us = clock_us
         self._subscribers: set[SubscriberListener] = set()
         self._waiting: set[SubscriberListener] = set()
+        # Caught-up readers served by one C pass per batch (None: JETSTREAM_LIVE_FASTPATH, default on).
+        self.live = LiveFastPath(ring, live_fastpath, live_coalesce_s)
         self._connections_by_ip: collections.Counter[str] = collections.Counter()
         self._hello_deadlines: dict[SubscriberListener, asyncio.TimerHandle] = {}
         self._server: asyncio.AbstractServer | None = None
@@ -173,6 +177,7 @@ class SubscribeServer:
             self.count_disconnect("shutdown")
             subscriber.close(WSCloseCode.GOING_AWAY, reason)
         self._waiting.clear()
+        self.live.close()
         deadline = asyncio.get_running_loop().time() + grace_s
         while self._subscribers and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.01)
@@ -195,6 +200,7 @@ class SubscribeServer:
     def notify_new_events(self) -> None:
         """New events are in the ring: count them once, let every caught-up reader take a step."""
         self._count_emitted()
+        self.live.on_new_events()
         if not self._waiting:
             return
         waiting, self._waiting = self._waiting, set()
@@ -276,7 +282,9 @@ class SubscribeServer:
             self._delivered_other[1] += oldest[1]
 
     def wait_for_events(self, subscriber: SubscriberListener) -> None:
-        self._waiting.add(subscriber)
+        """A caught-up reader: into the live fan-out when it is on, else the waiting set."""
+        if not self.live.join(subscriber.live_slot):
+            self._waiting.add(subscriber)
 
     def count_disconnect(self, reason: str) -> None:
         self.disconnects[reason] += 1
