@@ -10,6 +10,13 @@ With --expect 0 it holds the connections open until stdin closes or sends a line
 on stdin also ends a run with --expect early).
 With --timestamps it also reports, per connection, perf_counter() of each arrival
 (CLOCK_MONOTONIC is system-wide on Linux, so the server process can compare them).
+With --query, a line "?" on stdin is answered with `{"received": N, "at": t}` and the run
+goes on (any other line ends it): a live benchmark counts deliveries over a window.
+With --bytes-only, connections do the websocket upgrade by hand and then only count the
+bytes they read (no frame parsing, no Python call per message), so one process can absorb
+millions of messages per second; the server's own counters give the message counts.
+With --latency-connections K, the first K connections (uncompressed) also report, per
+event, wall-clock arrival minus the event's time_us in µs ("latency_us" in the report).
 """
 from __future__ import annotations
 
@@ -19,6 +26,8 @@ import json
 import resource
 import sys
 import time
+
+from urllib.parse import urlsplit
 
 import uvloop
 from picows import WSListener, WSMsgType, ws_connect
@@ -43,8 +52,8 @@ class Tally:
 
 
 class CountingListener(WSListener):
-    def __init__(self, tally: Tally, stamps: list[float] | None) -> None:
-        self.tally, self.stamps, self.count = tally, stamps, 0
+    def __init__(self, tally: Tally, stamps: list[float] | None, latencies: list[int] | None = None) -> None:
+        self.tally, self.stamps, self.count, self.latencies = tally, stamps, 0, latencies
 
     def on_ws_frame(self, transport, frame) -> None:
         if frame.msg_type not in (WSMsgType.TEXT, WSMsgType.BINARY):
@@ -59,15 +68,78 @@ class CountingListener(WSListener):
         self.count += 1
         if self.stamps is not None:
             self.stamps.append(now)
+        if self.latencies is not None:
+            self.latencies.append(latency_us(frame.get_payload_as_bytes()))
         if tally.received >= tally.target and tally.target and not tally.done.done():
             tally.done.set_result(None)
 
 
-async def open_connections(url: str, count: int, tally: Tally, timestamps: bool) -> list:
-    connections, listeners = [], []
+class ByteCounter(asyncio.BufferedProtocol):
+    """A websocket client that upgrades, then reads and counts bytes without parsing frames."""
+
+    def __init__(self, host: str, target: str, tally: Tally, opened: asyncio.Future) -> None:
+        self.host, self.target, self.tally, self.opened = host, target, tally, opened
+        self.buffer = bytearray(256 * 1024)
+        self.head = b""
+        self.transport = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.write((f"GET {self.target} HTTP/1.1\r\nHost: {self.host}\r\nUpgrade: websocket\r\n"
+                         "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                         "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+
+    def get_buffer(self, sizehint: int):
+        return self.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.opened.done():
+            self.tally.received_bytes += nbytes
+            return
+        self.head += bytes(self.buffer[:nbytes])
+        end = self.head.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        if not self.head.startswith(b"HTTP/1.1 101"):
+            self.opened.set_exception(ConnectionError(self.head[:end].decode(errors="replace")))
+            return
+        self.tally.received_bytes += len(self.head) - end - 4
+        self.opened.set_result(None)
+
+    def connection_lost(self, exc) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(ConnectionError("closed during the upgrade"))
+
+
+async def open_byte_counters(url: str, count: int, tally: Tally) -> list:
+    parts = urlsplit(url)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    loop = asyncio.get_running_loop()
+    transports = []
     for _ in range(count):
+        opened = loop.create_future()
+        transport, _ = await loop.create_connection(
+            lambda: ByteCounter(parts.netloc, target, tally, opened), parts.hostname, parts.port)
+        await opened
+        transports.append(transport)
+    return transports
+
+
+def latency_us(payload: bytes) -> int:
+    """Now (wall clock) minus the event's time_us: how long since the daemon sequenced it."""
+    start = payload.index(b'"time_us":') + 10
+    end = start
+    while 48 <= payload[end] <= 57:
+        end += 1
+    return time.time_ns() // 1000 - int(payload[start:end])
+
+
+async def open_connections(url: str, count: int, tally: Tally, timestamps: bool, latency_connections: int = 0):
+    connections, listeners = [], []
+    for index in range(count):
         stamps = [] if timestamps else None
-        transport, listener = await ws_connect(lambda: CountingListener(tally, stamps), url)
+        latencies = [] if index < latency_connections else None
+        transport, listener = await ws_connect(lambda: CountingListener(tally, stamps, latencies), url)
         connections.append(transport)
         listeners.append(listener)
     return connections, listeners
@@ -80,20 +152,31 @@ def emit(record: dict) -> None:
 
 async def run(args) -> None:
     tally = Tally(args.connections, args.expect)
-    transports, listeners = await open_connections(args.url, args.connections, tally, args.timestamps)
+    if args.bytes_only:
+        transports, listeners = await open_byte_counters(args.url, args.connections, tally), []
+    else:
+        transports, listeners = await open_connections(args.url, args.connections, tally, args.timestamps,
+                                                       args.latency_connections)
     emit({"connected": len(transports), "at": time.perf_counter()})
     # Stop at: every message expected arrived, a line (or EOF) on stdin, or the timeout.
-    stdin_line = asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-    waits = [stdin_line] if args.expect == 0 else [stdin_line, tally.done]
-    await asyncio.wait(waits, timeout=args.timeout, return_when=asyncio.FIRST_COMPLETED)
+    deadline = time.monotonic() + args.timeout
+    while True:
+        stdin_line = asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        waits = [stdin_line] if args.expect == 0 else [stdin_line, tally.done]
+        await asyncio.wait(waits, timeout=max(0.0, deadline - time.monotonic()), return_when=asyncio.FIRST_COMPLETED)
+        if not (args.query and stdin_line.done() and stdin_line.result().strip() == "?"):
+            break
+        emit({"received": tally.received, "bytes": tally.received_bytes, "at": time.perf_counter()})
     report = {"done": tally.received >= tally.target, "received": tally.received,
               "bytes": tally.received_bytes, "first": tally.first, "last": tally.last,
               "per_connection_min": min((l.count for l in listeners), default=0)}
     if args.timestamps:
         report["stamps"] = [l.stamps for l in listeners]
+    if args.latency_connections:
+        report["latency_us"] = [value for l in listeners if l.latencies for value in l.latencies]
     emit(report)
     for transport in transports:
-        transport.disconnect()
+        transport.close() if args.bytes_only else transport.disconnect()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -103,6 +186,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--expect", type=int, default=0, help="messages per connection; 0 = hold idle")
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--timestamps", action="store_true")
+    parser.add_argument("--bytes-only", action="store_true", help="count bytes, do not parse frames")
+    parser.add_argument("--query", action="store_true", help='answer "?" lines on stdin with the counts so far')
+    parser.add_argument("--latency-connections", type=int, default=0,
+                        help="connections that also record arrival minus time_us (uncompressed streams)")
     args = parser.parse_args(argv)
     raise_nofile_limit()
     uvloop.run(run(args))
