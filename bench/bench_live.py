@@ -3,7 +3,8 @@
 Owns: the live-load numbers (issue 13): a relay in its own process publishing the real
 corpus frames (tests/data/frames.bin.zst) at 2,000 frames/s, the daemon (`jetstream serve`,
 default flags except a rate limit high enough for one loopback IP to take the whole
-firehose on every connection) in its own process, subscribers in loadgen processes, and
+firehose on every connection, and pings off as the byte-counting clients cannot answer
+them) in its own process, subscribers in loadgen processes, and
 the daemon's CPU read from /proc over a window after warm-up, summed over its whole
 process tree (so it stays right once the daemon runs several processes). Beside it, in
 the same run: the daemon with `--live-fastpath=false` (every reader its own Python step,
@@ -153,6 +154,7 @@ class Server:
             args = [sys.executable, "-m", "jetstream.cli", "serve", "--ws-url", relay_url,
                     "--listen-addr", f"127.0.0.1:{self.port}", "--metrics-listen-addr", f"127.0.0.1:{self.metrics_port}",
                     "--data-dir", data_dir, "--max-sub-rate", MAX_SUB_RATE, "--log-level", "warning",
+                    "--ping-interval", "0",  # the byte-counting clients cannot answer pings
                     "--live-fastpath", "true" if kind == "fastpath" else "false"]
             env = {name: value for name, value in os.environ.items() if name != "JETSTREAM_LIVE_FASTPATH"}
             self.process = spawn(args, env=env)

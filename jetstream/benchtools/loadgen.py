@@ -15,6 +15,7 @@ goes on (any other line ends it): a live benchmark counts deliveries over a wind
 With --bytes-only, connections do the websocket upgrade by hand and then only count the
 bytes they read (no frame parsing, no Python call per message), so one process can absorb
 millions of messages per second; the server's own counters give the message counts.
+They never answer a ping, so the server under test should run with pings off.
 With --latency-connections K, the first K connections (uncompressed) also report, per
 event, wall-clock arrival minus the event's time_us in µs ("latency_us" in the report).
 """
@@ -115,13 +116,17 @@ async def open_byte_counters(url: str, count: int, tally: Tally) -> list:
     parts = urlsplit(url)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     loop = asyncio.get_running_loop()
-    transports = []
-    for _ in range(count):
+
+    async def open_one():
         opened = loop.create_future()
         transport, _ = await loop.create_connection(
             lambda: ByteCounter(parts.netloc, target, tally, opened), parts.hostname, parts.port)
         await opened
-        transports.append(transport)
+        return transport
+
+    transports = []
+    for start in range(0, count, 50):  # 50 upgrades in flight at a time
+        transports += await asyncio.gather(*(open_one() for _ in range(min(50, count - start))))
     return transports
 
 

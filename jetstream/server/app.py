@@ -3,7 +3,8 @@
 Owns: the picows server (with the socket peer known at routing time), request routing
 to HTTP answers or a SubscriberListener, the client IP rule, the per-IP connection cap,
 the registry of connected subscribers (for shutdown, counts and metrics), the set of
-readers that are caught up and waiting (woken by notify_new_events), the rate limiters,
+readers that are caught up and waiting (woken by notify_new_events) or, with the live
+fast path on, the live fan-out they join instead (server/live.py), the rate limiters,
 the requireHello deadline, and plain counters of refused requests and server-initiated
 disconnects by reason (server/metrics.py turns them into Prometheus families).
 It must never read or filter events for a subscriber (subscriber.py's reader does), and
