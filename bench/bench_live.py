@@ -185,16 +185,21 @@ class Clients:
         filtered = base + "?" + "&".join(f"wantedCollections={c}" for c in FILTERED_COLLECTIONS)
         urls = [(base, load.plain - LATENCY_CONNECTIONS), (filtered, load.filtered), (base + "?compress=true", load.compressed)]
         loadgen = [sys.executable, "-m", "jetstream.benchtools.loadgen", "--expect", "0", "--timeout", "600"]
-        self.bulk = [spawn(loadgen + ["--url", url, "--connections", str(count), "--bytes-only"],
-                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-                     for url, count in urls if count > 0]
         self.probe = spawn(loadgen + ["--url", base, "--connections", str(LATENCY_CONNECTIONS),
                                       "--latency-connections", str(LATENCY_CONNECTIONS)],
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        for process in self.bulk + [self.probe]:
-            line = process.stdout.readline()
-            if not line:
-                raise RuntimeError("loadgen exited before connecting")
+        self.bulk = []
+        self._connected(self.probe)  # the probe first, while the daemon has no subscriber to feed
+        self.bulk = [spawn(loadgen + ["--url", url, "--connections", str(count), "--bytes-only"],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                     for url, count in urls if count > 0]
+        for process in self.bulk:
+            self._connected(process)
+
+    def _connected(self, process: subprocess.Popen) -> None:
+        if not process.stdout.readline():
+            self.finish()
+            raise RuntimeError("loadgen exited before connecting")
 
     def finish(self) -> list[int]:
         """Close every connection; the probe's latencies (µs)."""

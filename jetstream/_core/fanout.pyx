@@ -127,25 +127,35 @@ cdef class LiveFanout:
         cdef list handed_back = []
         cdef LiveSlot slot
         cdef Outcome outcome
+        cdef Py_ssize_t index = 0, count = len(slots)
         self._slots = []  # slots joining during the pass (a write's callback) land here
         self.passes += 1
-        for entry in slots:
-            slot = <LiveSlot>entry
-            if not slot.live:
-                continue
-            outcome = self._serve(ring, slot)
-            if outcome == STAY and slot.live:
-                kept.append(slot)
-            elif outcome == HAND_BACK:
-                slot.live = False
-                handed_back.append(slot.owner)
-            else:
-                slot.live = False
-        for entry in self._slots:  # joined during the pass, not already kept
-            if not any(listed is entry for listed in kept):
+        try:
+            while index < count:
+                slot = <LiveSlot>slots[index]
+                if slot.live:
+                    outcome = self._serve(ring, slot)
+                    if outcome == STAY and slot.live:
+                        kept.append(slot)
+                    elif outcome == HAND_BACK:
+                        slot.live = False
+                        handed_back.append(slot)
+                    else:
+                        slot.live = False
+                index += 1  # after the turn: a turn that raised leaves its slot listed
+        except BaseException:
+            for entry in handed_back:  # not woken: keep them listed, the next pass hands them back again
+                (<LiveSlot>entry).live = True
                 kept.append(entry)
-        self._slots = kept
-        return handed_back
+            raise
+        finally:
+            # If a turn raised, that slot and those after it stay listed: none is forgotten.
+            kept.extend(slots[index:])
+            for entry in self._slots:  # joined during the pass, not already kept
+                if not any(listed is entry for listed in kept):
+                    kept.append(entry)
+            self._slots = kept
+        return [(<LiveSlot>entry).owner for entry in handed_back]
 
     cdef Outcome _serve(self, LiveRing ring, LiveSlot slot) except *:
         cdef WSTransport transport = slot._transport

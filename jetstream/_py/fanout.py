@@ -94,20 +94,31 @@ class LiveFanout:
         slots, self._slots = self._slots, []  # slots joining during the pass (a write's callback) land here
         kept, handed_back = [], []
         self.passes += 1
-        for slot in slots:
-            if not slot.live:
-                continue
-            outcome = self._serve(ring, slot)
-            if outcome == STAY and slot.live:
+        index = 0
+        try:
+            while index < len(slots):
+                slot = slots[index]
+                if slot.live:
+                    outcome = self._serve(ring, slot)
+                    if outcome == STAY and slot.live:
+                        kept.append(slot)
+                    elif outcome == HAND_BACK:
+                        slot.live = False
+                        handed_back.append(slot)
+                    else:
+                        slot.live = False
+                index += 1  # after the turn: a turn that raised leaves its slot listed
+        except BaseException:
+            for slot in handed_back:  # not woken: keep them listed, the next pass hands them back again
+                slot.live = True
                 kept.append(slot)
-            elif outcome == HAND_BACK:
-                slot.live = False
-                handed_back.append(slot.owner)
-            else:
-                slot.live = False
-        kept += [slot for slot in self._slots if not any(listed is slot for listed in kept)]
-        self._slots = kept
-        return handed_back
+            raise
+        finally:
+            # If a turn raised, that slot and those after it stay listed: none is forgotten.
+            kept += slots[index:]
+            kept += [slot for slot in self._slots if not any(listed is slot for listed in kept)]
+            self._slots = kept
+        return [slot.owner for slot in handed_back]
 
     def _serve(self, ring, slot: LiveSlot) -> int:
         transport = slot._transport

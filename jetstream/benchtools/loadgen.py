@@ -144,7 +144,8 @@ async def open_connections(url: str, count: int, tally: Tally, timestamps: bool,
     for index in range(count):
         stamps = [] if timestamps else None
         latencies = [] if index < latency_connections else None
-        transport, listener = await ws_connect(lambda: CountingListener(tally, stamps, latencies), url)
+        transport, listener = await ws_connect(lambda: CountingListener(tally, stamps, latencies), url,
+                                               websocket_handshake_timeout=60)  # a loaded server may answer late
         connections.append(transport)
         listeners.append(listener)
     return connections, listeners

@@ -241,3 +241,33 @@ def test_a_sink_that_is_neither_a_transport_nor_callable_is_refused():
         with pytest.raises(TypeError):
             fanout.LiveSlot(Owner(0), py_position.Position(0) if fanout is py_fanout else cy_position.Position(0),
                             b"not a sink")
+
+
+@pytest.mark.parametrize("twin", [PY, pytest.param(CY, marks=needs_cython)], ids=["py", "cy"])
+def test_a_turn_that_raises_forgets_no_slot_and_the_next_pass_serves_them_all(twin):
+    fanout, filters, positions, rings = twin
+    ring = rings.LiveRing(10, floor_time_us=0)
+    ring.append(Event(1, "did:plc:aaaa", KIND_COMMIT, "app.x", b"{}", b"z"))
+    written: list[list[bytes]] = [[], [], []]
+    failures = [1]
+
+    def failing_once(data: bytes) -> None:
+        if failures:
+            failures.pop()
+            raise OSError("socket went away mid-write")
+        written[1].append(data)
+
+    out_of_tokens = Owner(0)
+    slots = [fanout.LiveSlot(out_of_tokens, positions.Position(0), written[0].append, TokenBucket(1, 1, Clock())),
+             fanout.LiveSlot(Owner(1), positions.Position(0), failing_once),
+             fanout.LiveSlot(Owner(2), positions.Position(0), written[2].append)]
+    ring.append(Event(2, "did:plc:aaaa", KIND_COMMIT, "app.x", b"{}", b"z"))  # two events: one token is short
+    fan = fanout.LiveFanout()
+    for slot in slots:
+        fan.join(slot)
+    with pytest.raises(OSError):
+        fan.step(ring)
+    assert fan.listed == 3 and all(slot.live for slot in slots)
+    assert fan.step(ring) == [out_of_tokens]
+    assert [slot.position for slot in slots] == [1, 2, 2]
+    assert [len(chunks) for chunks in written] == [1, 1, 1]
