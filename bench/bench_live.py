@@ -263,6 +263,93 @@ def run_loads(load_keys: list[str], quick: bool, servers=SERVERS) -> list[dict]:
     return results
 
 
+# --- in-process A/B (--inproc) ------------------------------------------------------------------
+
+def corpus_events(count: int):
+    """`count` sequenced Events cycling over the corpus frames (real v1 JSON and zstd payloads)."""
+    from jetstream.compression import EventCompressor
+    from jetstream.dictionary import active_dictionary
+    from jetstream.framefile import read_frames
+    from jetstream.ingest.decode import decode_frame
+    from jetstream.ingest.sequencer import Sequencer
+
+    pending = [event for frame in read_frames(CORPUS_FRAMES) for event in decode_frame(frame).events]
+    clock = iter(range(1_800_000_000_000_000, 1_800_000_000_000_000 + 10 * count))
+    sequencer = Sequencer(0, lambda: next(clock))
+    return sequencer.sequence([pending[i % len(pending)] for i in range(count)], EventCompressor(active_dictionary("")))
+
+
+async def inproc_once(events, load: Load, fastpath: bool, batch: int, interval_s: float) -> dict:
+    """The SubscribeServer in this process, fed `batch` events every `interval_s` (a live
+    cadence without relay or ingest); byte-counting clients in a loadgen process. CPU is
+    this process's (getrusage), so it is the fan-out's cost plus the feeding loop."""
+    import resource
+
+    from jetstream.core import LiveRing
+    from jetstream.log.store import EventLog
+    from jetstream.server.app import SubscribeServer
+
+    def cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    loop = asyncio.get_running_loop()
+    with tempfile.TemporaryDirectory() as directory:
+        event_log = EventLog(directory)
+        ring = LiveRing(len(events) + 1, floor_time_us=events[0].time_us - 1)
+        server = SubscribeServer(event_log, ring, max_sub_rate=1e9, ping_interval_s=0, live_fastpath=fastpath)
+        await server.start("127.0.0.1", 0)
+        base = f"ws://127.0.0.1:{server.port}/subscribe"
+        filtered = base + "?" + "&".join(f"wantedCollections={c}" for c in FILTERED_COLLECTIONS)
+        loadgen = [sys.executable, "-m", "jetstream.benchtools.loadgen", "--expect", "0", "--timeout", "600", "--bytes-only"]
+        clients = [spawn(loadgen + ["--url", url, "--connections", str(count)], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+                   for url, count in ((base, load.plain), (filtered, load.filtered), (base + "?compress=true", load.compressed))
+                   if count]
+        try:
+            for client in clients:
+                await loop.run_in_executor(None, client.stdout.readline)
+            while server.connected_count < load.total:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.3)
+            sent0 = sum(s.sent_events for s in server.subscribers)
+            cpu0, at0 = cpu(), time.monotonic()
+            for start in range(0, len(events), batch):
+                for event in events[start:start + batch]:
+                    ring.append(event)
+                server.notify_new_events()
+                await asyncio.sleep(interval_s)
+            await asyncio.sleep(0.05)
+            cpu1, at1 = cpu(), time.monotonic()
+            sent1 = sum(s.sent_events for s in server.subscribers)
+        finally:
+            for client in clients:
+                client.stdin.close()
+                stop(client)
+            await server.close(grace_s=0.2)
+            event_log.close()
+    deliveries = sent1 - sent0
+    return {"load": load.key, "server": "fastpath" if fastpath else "python_path", "deliveries": deliveries,
+            "deliveries_per_s": deliveries / (at1 - at0), "cpu_cores": (cpu1 - cpu0) / (at1 - at0),
+            "us_per_event": (cpu1 - cpu0) / max(deliveries, 1) * 1e6, "passes": server.live.passes}
+
+
+def run_inproc(load_keys: list[str], seconds: float, rounds: int, batch: int = 4, interval_s: float = 0.002) -> list[dict]:
+    """Fast path on and off, interleaved `rounds` times per load (a shared machine drifts)."""
+    import uvloop
+
+    events = corpus_events(int(seconds * batch / interval_s))
+    results = []
+    for key in load_keys:
+        for _ in range(rounds):
+            for fastpath in (True, False):
+                result = uvloop.run(inproc_once(events, LOADS[key], fastpath, batch, interval_s))
+                print(f"    inproc {key:<10} {result['server']:<12} {result['deliveries_per_s']:>10,.0f} deliveries/s "
+                      f"{result['cpu_cores']:.2f} cores {result['us_per_event']:.2f} µs/event", flush=True)
+                results.append(result)
+    return results
+
+
 # --- the raw broadcaster (--raw-serve) -----------------------------------------------------------
 
 def payload_table():
@@ -350,6 +437,9 @@ def main() -> None:
     parser.add_argument("--loads", nargs="*", choices=sorted(LOADS), default=["200mixed", "100plain", "400plain", "1000plain"])
     parser.add_argument("--servers", nargs="*", choices=SERVERS, default=list(SERVERS))
     parser.add_argument("--output", help="write the results as JSON here")
+    parser.add_argument("--inproc", action="store_true",
+                        help="the in-process A/B instead: fast path on/off interleaved, no relay or ingest")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--raw-serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--relay", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -358,7 +448,10 @@ def main() -> None:
         import uvloop
         uvloop.run(raw_serve(args.relay, args.port))
         return
-    results = run_loads(args.loads, args.quick, args.servers)
+    if args.inproc:
+        results = run_inproc(args.loads, 3.0 if args.quick else 8.0, args.rounds)
+    else:
+        results = run_loads(args.loads, args.quick, args.servers)
     if args.output:
         Path(args.output).write_text(json.dumps(results, indent=1))
 
