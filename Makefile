@@ -41,7 +41,7 @@ bench-check: build
 # Long atheris runs (fuzz/README.md): FUZZ_SECONDS per target; not part of `make test`,
 # which runs bounded hypothesis versions of the same properties (tests/fuzz/).
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS ?= decode_frame car record_json params http_upgrade
+FUZZ_TARGETS ?= decode_frame car record_json params http_upgrade signatures
 fuzz: build
 	$(PY) -m pip install --quiet atheris || { echo "atheris did not install (it needs a wheel or clang with libFuzzer)"; exit 1; }
 	$(PY) fuzz/seeds.py build/fuzz

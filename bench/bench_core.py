@@ -1,6 +1,6 @@
 """Benchmark: filtered ring scans, ns per scanned event, Cython core vs its _py twin.
 
-Owns: the numbers behind DESIGN §4's "a filtered subscriber scanning 10k events costs
+Owns: the numbers behind docs/architecture.md §4.7's "a filtered subscriber scanning 10k events costs
 microseconds". Run: `.venv/bin/python bench/bench_core.py [--events N] [--repeats R]`.
 It must never be part of the test suite's pass/fail; it only prints.
 

@@ -29,10 +29,11 @@ import uvloop
 from picows import WSListener, WSMsgType, ws_create_server
 
 from jetstream.compression import EventCompressor
-from jetstream.core import LiveRing, encode_frames
+from jetstream.implementation import LiveRing, encode_frames
 from jetstream.events import KIND_COMMIT, Event
 from jetstream.log.store import EventLog
 from jetstream.server.app import SubscribeServer
+from jetstream.server.settings import ServerSettings
 
 CORPUS = Path(__file__).resolve().parents[1] / "tests" / "data" / "expected_v1.jsonl"
 BATCH = 512
@@ -143,8 +144,8 @@ def build_log(path: str, lines: list[bytes], count: int) -> EventLog:
 
 
 async def replay(event_log: EventLog, count: int) -> float:
-    server = SubscribeServer(event_log, LiveRing(1024, floor_time_us=event_log.hwm()), max_sub_rate=1e9,
-                             ping_interval_s=0)
+    server = SubscribeServer(event_log, LiveRing(1024, floor_time_us=event_log.hwm()),
+                             ServerSettings(max_sub_rate=1e9, ping_interval_s=0))
     await server.start("127.0.0.1", 0)
     client = spawn_client(f"ws://127.0.0.1:{server.port}/subscribe?cursor=0", 1, count)
     await read_line(client)
@@ -157,8 +158,8 @@ async def replay(event_log: EventLog, count: int) -> float:
 # --- 3. idle memory -------------------------------------------------------------------------
 
 async def idle_memory(event_log: EventLog, subscribers: int) -> float:
-    server = SubscribeServer(event_log, LiveRing(1024, floor_time_us=event_log.hwm()), max_sub_rate=5000,
-                             ping_interval_s=0)
+    server = SubscribeServer(event_log, LiveRing(1024, floor_time_us=event_log.hwm()),
+                             ServerSettings(max_sub_rate=5000, ping_interval_s=0))
     await server.start("127.0.0.1", 0)
     await asyncio.sleep(0.2)
     before = rss_kib()

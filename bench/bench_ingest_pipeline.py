@@ -24,7 +24,7 @@ from picows import WSListener, WSMsgType, ws_connect
 
 from jetstream.compression import EventCompressor
 from jetstream.config import parse_serve_args
-from jetstream.core import LiveRing
+from jetstream.implementation import LiveRing
 from jetstream.daemon import Daemon
 from jetstream.dictionary import active_dictionary
 from jetstream.framefile import read_frames

@@ -285,9 +285,10 @@ async def inproc_once(events, load: Load, fastpath: bool, batch: int, interval_s
     this process's (getrusage), so it is the fan-out's cost plus the feeding loop."""
     import resource
 
-    from jetstream.core import LiveRing
+    from jetstream.implementation import LiveRing
     from jetstream.log.store import EventLog
     from jetstream.server.app import SubscribeServer
+    from jetstream.server.settings import ServerSettings
 
     def cpu() -> float:
         usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -297,7 +298,8 @@ async def inproc_once(events, load: Load, fastpath: bool, batch: int, interval_s
     with tempfile.TemporaryDirectory() as directory:
         event_log = EventLog(directory)
         ring = LiveRing(len(events) + 1, floor_time_us=events[0].time_us - 1)
-        server = SubscribeServer(event_log, ring, max_sub_rate=1e9, ping_interval_s=0, live_fastpath=fastpath)
+        settings = ServerSettings(max_sub_rate=1e9, ping_interval_s=0, live_fastpath=fastpath)
+        server = SubscribeServer(event_log, ring, settings)
         await server.start("127.0.0.1", 0)
         base = f"ws://127.0.0.1:{server.port}/subscribe"
         filtered = base + "?" + "&".join(f"wantedCollections={c}" for c in FILTERED_COLLECTIONS)
@@ -355,7 +357,7 @@ def run_inproc(load_keys: list[str], seconds: float, rounds: int, batch: int = 4
 def payload_table():
     """Per corpus frame (by seq offset): its events' JSON, filtered JSON and zstd payloads."""
     from jetstream.compression import EventCompressor
-    from jetstream.core import EventFilter
+    from jetstream.implementation import EventFilter
     from jetstream.dictionary import active_dictionary
     from jetstream.framefile import read_frames
     from jetstream.ingest.decode import decode_frame
@@ -377,7 +379,7 @@ async def raw_serve(relay_url: str, port: int) -> None:
     """A minimal picows broadcaster: relay frames in, group-committed batches out to every client."""
     from picows import WSListener, ws_connect, ws_create_server
 
-    from jetstream.core import encode_frames
+    from jetstream.implementation import encode_frames
     from jetstream.relaysim.seqpatch import find_seq_slot
 
     first_seq, table = payload_table()

@@ -43,7 +43,7 @@ from jetstream._core import record_json as cy_record_json  # noqa: E402
 from jetstream._py import record_json as py_record_json  # noqa: E402
 from jetstream.compression import EventCompressor  # noqa: E402
 from jetstream.config import parse_serve_args  # noqa: E402
-from jetstream.core import EventFilter, LiveRing, encode_frames  # noqa: E402
+from jetstream.implementation import EventFilter, LiveRing, encode_frames  # noqa: E402
 from jetstream.daemon import Daemon  # noqa: E402
 from jetstream.events import KIND_COMMIT, PendingEvent  # noqa: E402
 from jetstream.framefile import read_frames  # noqa: E402
@@ -55,6 +55,7 @@ from jetstream.relaysim.filesource import FileSource  # noqa: E402
 from jetstream.relaysim.server import SUBSCRIBE_REPOS_PATH  # noqa: E402
 from jetstream.relaysim.synthetic import SyntheticSource  # noqa: E402
 from jetstream.server.app import SubscribeServer  # noqa: E402
+from jetstream.server.settings import ServerSettings  # noqa: E402
 
 RESULTS_DIR = BENCH_DIR / "results"
 THRESHOLDS = BENCH_DIR / "thresholds.json"
@@ -82,7 +83,7 @@ class Table:
               f"{'' if ratio is None else f'{ratio:.2f}x':>7}  {baseline_name}", flush=True)
 
     def markdown(self) -> str:
-        lines = ["| stage | metric | ours | baseline (same run) | ratio | DESIGN §5 target |",
+        lines = ["| stage | metric | ours | baseline (same run) | ratio | target (docs/architecture.md §10) |",
                  "|---|---|---:|---:|---:|---|"]
         for row in self.rows:
             baseline = f"{fmt(row['baseline'])} ({row['baseline_name']})" if row["baseline"] else "—"
@@ -286,7 +287,8 @@ async def fanout_once(events, subscribers: int, mode: str, raw: bool) -> tuple[f
             connected = lambda: len(hub.listeners)  # noqa: E731
         else:
             ring = LiveRing(len(events) + CHUNK, floor_time_us=events[0].time_us - 1)
-            server = SubscribeServer(event_log, ring, max_sub_rate=1e12, per_ip_limit=False, ping_interval_s=0)
+            server = SubscribeServer(event_log, ring,
+                                     ServerSettings(max_sub_rate=1e12, per_ip_limit=False, ping_interval_s=0))
             await server.start("127.0.0.1", 0)
             query = "&".join([f"wantedCollections={c}" for c in collections] + (["compress=true"] if compressed else []))
             url = f"ws://127.0.0.1:{server.port}/subscribe?{query}"
@@ -370,8 +372,8 @@ def ensure_replay_log(count: int) -> Path:
 
 
 async def replay_once(event_log, clients: int, expect: int, query: str = "") -> tuple[float, dict]:
-    server = SubscribeServer(event_log, LiveRing(1024, floor_time_us=event_log.hwm()), max_sub_rate=1e12,
-                             per_ip_limit=False, ping_interval_s=0)
+    server = SubscribeServer(event_log, LiveRing(1024, floor_time_us=event_log.hwm()),
+                             ServerSettings(max_sub_rate=1e12, per_ip_limit=False, ping_interval_s=0))
     await server.start("127.0.0.1", 0)
     loadgen = LoadGen(f"ws://127.0.0.1:{server.port}/subscribe?cursor=0{query}", clients, expect, timeout=300)
     try:
@@ -521,7 +523,8 @@ def stage_latency(table: Table, quick: bool) -> None:
 
 async def idle_rss_per_subscriber(subscribers: int) -> float:
     with tempfile.TemporaryDirectory() as directory, EventLog(directory) as event_log:
-        server = SubscribeServer(event_log, LiveRing(1024), max_sub_rate=5000, per_ip_limit=False, ping_interval_s=0)
+        server = SubscribeServer(event_log, LiveRing(1024),
+                                 ServerSettings(max_sub_rate=5000, per_ip_limit=False, ping_interval_s=0))
         await server.start("127.0.0.1", 0)
         await asyncio.sleep(0.2)
         before = rss_kib()
@@ -568,10 +571,23 @@ def stage_live(table: Table, quick: bool) -> None:
             table.add("live", f"{label}: p99 sequenced → client", ours["p99_ms"], "ms", target="p99 < 10 ms")
 
 
+# --- stage: verify (--verify-signatures) ------------------------------------------------------------
+
+def stage_verify(table: Table, quick: bool) -> None:
+    import bench_verify
+
+    result = bench_verify.measure(rounds=5 if quick else 20)
+    table.add("verify", "check_commit per corpus commit (K-256)", result["us_per_verified_commit"], "µs/commit")
+    table.add("verify", "corpus pass, ingest with --verify-signatures", result["frames_per_s_on"], "frames/s",
+              result["frames_per_s_off"], "verification off", "verify_on_vs_off", target="≥ 0.7x of off")
+    table.add("verify", "DID cache hit rate, relay-sim corpus loop", result["cache"]["hit_rate"] * 100, "%")
+
+
 # --- gate and main -------------------------------------------------------------------------------------
 
 STAGES = {"ingest": stage_ingest, "filter": stage_filter, "fanout": stage_fanout, "replay": stage_replay,
-          "latency": stage_latency, "memory": stage_memory, "live": stage_live}
+          "latency": stage_latency, "memory": stage_memory,
+          "verify": stage_verify, "live": stage_live}
 
 
 def check(results: dict, thresholds: dict) -> list[str]:

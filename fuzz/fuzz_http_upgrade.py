@@ -14,7 +14,7 @@ import atheris
 with atheris.instrument_imports(include=["jetstream"]):
     import uvloop
 
-    from jetstream.core import LiveRing
+    from jetstream.implementation import LiveRing
     from jetstream.log.store import EventLog
     from jetstream.server.app import SubscribeServer
 

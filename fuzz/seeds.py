@@ -85,6 +85,25 @@ def main(out_dir: Path) -> None:
     # fuzz_params splits on its first byte: even -> query string, odd -> client message.
     write_seeds(out_dir, "params", [b"\x00" + q for q in QUERIES] + [b"\x01" + m for m in MESSAGES])
     write_seeds(out_dir, "http_upgrade", REQUESTS)
+    write_seeds(out_dir, "signatures", signature_inputs(frames))
+
+
+def signature_inputs(frames: list[bytes]) -> list[bytes]:
+    """fuzz_signatures: multikeys (0), DID documents (1) and signed commit blocks (2) from tests/data."""
+    import json
+
+    import zstandard
+
+    raw = (REPO_ROOT / "tests" / "data" / "did_docs.json.zst").read_bytes()
+    docs = json.loads(zstandard.ZstdDecompressor().decompress(raw, max_output_size=1 << 26))
+    inputs = []
+    for document in list(docs.values())[:20]:
+        inputs.append(b"\x01" + json.dumps(document).encode())
+        inputs.append(b"\x00" + document["verificationMethod"][0]["publicKeyMultibase"].encode())
+    for car_bytes in cars_and_records(frames)[0][:20]:
+        car = read_car(car_bytes)
+        inputs.append(b"\x02" + bytes(car.blocks[car.roots[0]]))
+    return inputs
 
 
 if __name__ == "__main__":

@@ -128,6 +128,9 @@ def build_parser(environ: dict[str, str]) -> tuple[argparse.ArgumentParser, dict
         add_flags(p, flags, environ)
         p.set_defaults(handler=handler)
         flag_sets[name] = flags
+    # The demo keeps its log in a throwaway temp dir unless --data-dir is on its command line
+    # (JETSTREAM_DATA_DIR names a real daemon's log), and prints events, not daemon logs.
+    sub.choices["demo"].set_defaults(data_dir="", log_level="warning")
     add_train_dictionary_parser(sub)
     add_tail_parser(sub)
     add_inspect_parser(sub)

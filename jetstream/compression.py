@@ -1,4 +1,4 @@
-"""zstd compression of events, the way Jetstream v1 frames them (V1-REFERENCE §9).
+"""zstd compression of events, the way Jetstream v1 frames them (docs/protocol.md §7).
 
 Owns: the encoder settings every compressed event is made with, and a small
 decode helper for tests and clients. Each event becomes ONE independent zstd

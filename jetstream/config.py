@@ -2,7 +2,7 @@
 
 Owns: every tunable of the daemon, its default and its parsing. Each flag can be
 given on the command line or in the environment (`--event-ttl` <-> JETSTREAM_EVENT_TTL);
-the command line wins. Names and defaults follow Jetstream v1 (V1-REFERENCE §1)
+the command line wins. Names and defaults follow Jetstream v1 (README.md, Configuration)
 where v1 has the flag; new flags say so in their help text.
 It must never start anything: it only turns argv + environ into a Config.
 """
@@ -50,6 +50,14 @@ def parse_bool(text: str) -> bool:
     if lowered in ("0", "f", "false", "no", "off"):
         return False
     raise ValueError(f"invalid boolean {text!r}")
+
+
+def parse_unresolved_policy(text: str) -> str:
+    """--unresolved-did: "pass" or "drop"."""
+    value = text.strip().lower()
+    if value not in ("pass", "drop"):
+        raise ValueError(f"invalid policy {text!r} (pass or drop)")
+    return value
 
 
 def parse_listen_addr(text: str) -> tuple[str, int]:
@@ -121,6 +129,21 @@ SERVE_FLAGS: tuple[Flag, ...] = (
     # Live fast path (issue 13): caught-up readers are served by one C pass per batch.
     Flag("live-fastpath", True, parse_bool, "serve caught-up readers with one C fan-out pass per batch instead of one Python step each; false = every reader steps on its own", v1=False),
     Flag("live-coalesce-ms", 2.0, float, "with 32+ caught-up readers, run live fan-out passes at most this often (ms): fuller, cheaper writes for at most this much added latency; 0 = a pass per batch", v1=False),
+    # Commit signature verification (issue 16). Off by default: v1 did not verify, and it costs
+    # CPU per commit plus a DID document fetch per new author (README "Commit signatures").
+    Flag("verify-signatures", False, parse_bool, "verify each #commit's signature with its author's current key from the DID document, and drop commits whose rev is not above the last one seen for the DID", v1=False),
+    Flag("plc-url", "https://plc.directory", str, "did:plc directory for --verify-signatures (GET <plc-url>/<did>)", v1=False),
+    Flag("unresolved-did", "pass", parse_unresolved_policy, "--verify-signatures: what happens to a commit whose author's DID document cannot be had in time: pass (unverified, counted) or drop", v1=False),
+    Flag("unresolved-did-wait", "10s", parse_duration, "--verify-signatures: how long a commit, and every frame after it (relay order is kept), waits for its author's DID document before --unresolved-did applies", v1=False),
+    Flag("verify-max-held", 10_000, int, "--verify-signatures: frames held in relay order behind unresolved DIDs; beyond this the oldest gets --unresolved-did at once", v1=False),
+    Flag("did-cache-size", 100_000, int, "--verify-signatures: DIDs whose signing key (or failure) is cached, least recently used evicted", v1=False),
+    Flag("did-cache-ttl", "1h", parse_duration, "--verify-signatures: how long a resolved signing key is trusted before its DID document is fetched again (an #identity event forgets it at once)", v1=False),
+    Flag("did-negative-ttl", "1m", parse_duration, "--verify-signatures: how long a failed DID resolution is remembered before trying again", v1=False),
+    Flag("did-resolve-timeout", "5s", parse_duration, "--verify-signatures: time limit of one DID document fetch", v1=False),
+    Flag("did-resolve-concurrency", 32, int, "--verify-signatures: DID document fetches in flight at once", v1=False),
+    Flag("did-doc-max-bytes", 65_536, int, "--verify-signatures: larger DID documents are refused (the DID is unresolved)", v1=False),
+    Flag("did-rev-cache-size", 200_000, int, "--verify-signatures: per-DID last commit revs held in memory; the rest are read from the log's did_revs column family", v1=False),
+    Flag("did-rev-retention", "720h", parse_duration, "--verify-signatures: did_revs rows whose rev (a timestamp) is older than this are deleted by an hourly pass", v1=False),
 )
 
 RELAY_SIM_FLAGS: tuple[Flag, ...] = (

@@ -16,16 +16,17 @@ import socket
 
 from jetstream import metrics
 from jetstream.compression import EventCompressor
-from jetstream.dictionary import active_dictionary, dictionary_id
+from jetstream.dictionary import active_dictionary
 from jetstream.config import Config, parse_listen_addr
-from jetstream.core import LiveRing
+from jetstream.implementation import LiveRing
 from jetstream.ingest.pipeline import IngestPipeline
 from jetstream.ingest.relay_client import RelayClient
 from jetstream.ingest.sequencer import Sequencer
 from jetstream.log.store import EventLog
 from jetstream.log.ttl import TtlTrimmer, trim_interval_s
-from jetstream.server.app import SubscribeServer
-from jetstream.server.metrics import MetricsListener, register_server
+from jetstream.server.app import SHUTDOWN_REASON, SubscribeServer
+from jetstream.server.metrics import register_server, unregister_server
+from jetstream.server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class Daemon:
         self.relay: RelayClient | None = None
         self.pipeline: IngestPipeline | None = None
         self.trimmer: TtlTrimmer | None = None
-        self.metrics_listener: MetricsListener | None = None
+        self.metrics_listener: metrics.MetricsListener | None = None
         self._metrics_collector = None
         self._tasks: list[asyncio.Task] = []
         self._stopped = asyncio.Event()
@@ -86,18 +87,8 @@ class Daemon:
         ring = LiveRing(cfg.ring_capacity, floor_time_us=hwm)
         dictionary = active_dictionary(cfg.zstd_dictionary_path)
         compressor = EventCompressor(dictionary)
-        self.server = SubscribeServer(
-            self.event_log, ring, max_sub_rate=cfg.max_sub_rate, per_ip_limit=cfg.per_ip_limit,
-            max_conns_per_ip=cfg.max_conns_per_ip, trust_proxy_headers=cfg.trust_proxy_headers,
-            max_client_message_bytes=cfg.max_client_message_bytes, ping_interval_s=cfg.ping_interval,
-            pong_timeout_s=cfg.pong_timeout, hello_timeout_s=cfg.hello_timeout,
-            handshake_timeout_s=cfg.handshake_timeout, max_request_bytes=cfg.max_request_bytes,
-            max_ip_metric_labels=cfg.max_ip_metric_labels, max_pending_request_bytes=cfg.max_pending_request_bytes,
-            zstd_dictionary=dictionary, zstd_dictionary_id=dictionary_id(dictionary), health=self.health,
-            live_fastpath=cfg.live_fastpath, live_coalesce_s=cfg.live_coalesce_ms / 1000.0,
-        )
-        # Read by each SubscriberListener at connect (subscriber.LagPolicy).
-        self.server.lag_limits = (cfg.max_lag_events, cfg.max_lag_seconds, cfg.max_lag_grace)
+        settings = ServerSettings.from_config(cfg, zstd_dictionary=dictionary)
+        self.server = SubscribeServer(self.event_log, ring, settings, health=self.health)
         host, port = parse_listen_addr(cfg.listen_addr)
         await self.server.start(host, port)
         self.pipeline = IngestPipeline(
@@ -107,21 +98,23 @@ class Daemon:
             on_relay_error=lambda detail: self.relay and self.relay.reconnect("error_frame"),
             verify_mst=cfg.verify_mst,
         )
+        if cfg.verify_signatures:
+            self._start_signature_stage()
         if cfg.override_relay_cursor >= 0:
             log.info("event=relay_cursor_overridden stored=%s override=%d",
                      self.pipeline.last_accepted_seq, cfg.override_relay_cursor)
             self.pipeline.last_accepted_seq = cfg.override_relay_cursor
         self.relay = RelayClient(
             cfg.ws_url, self.pipeline.submit, lambda: self.pipeline.last_accepted_seq,
-            liveness_ttl_s=cfg.liveness_ttl, before_connect=self.pipeline.flush,
+            liveness_ttl_s=cfg.liveness_ttl, before_connect=self.pipeline.prepare_reconnect,
             backoff_initial_s=cfg.relay_backoff_initial, backoff_max_s=cfg.relay_backoff_max,
         )
         self._metrics_collector = register_server(self.server)
         if cfg.metrics_listen_addr:
-            self.metrics_listener = MetricsListener(cfg.metrics_listen_addr)
+            self.metrics_listener = metrics.MetricsListener(cfg.metrics_listen_addr)
         self.trimmer = TtlTrimmer(self.event_log, cfg.event_ttl,
                                   trim_interval_s(cfg.event_ttl, cfg.ttl_trim_interval), ring=ring)
-        self._tasks = [asyncio.ensure_future(self.trimmer.run())]
+        self._tasks.append(asyncio.ensure_future(self.trimmer.run()))
         # Ready: the log is open and both listeners are bound; the relay comes after.
         self.ready = True
         sd_notify("READY=1")
@@ -132,6 +125,15 @@ class Daemon:
             self.connect_relay()
         log.info("event=daemon_started listen=%s:%d data_dir=%s relay=%s relay_cursor=%s hwm=%d",
                  host, self.server.port, cfg.data_dir, cfg.ws_url, self.pipeline.last_accepted_seq, hwm)
+
+    def _start_signature_stage(self) -> None:
+        """--verify-signatures: commits pass a signature check before the pipeline (ingest/sigcheck.py)."""
+        from jetstream.ingest.sigcheck import build_signature_gate, trim_did_revs_forever
+
+        self.pipeline.attach_gate(build_signature_gate(self.cfg, self.event_log, self.pipeline))
+        self._tasks.append(asyncio.ensure_future(trim_did_revs_forever(self.event_log, self.cfg.did_rev_retention)))
+        log.info("event=signature_verification_on plc_url=%s unresolved_did=%s",
+                 self.cfg.plc_url, self.cfg.unresolved_did)
 
     def connect_relay(self) -> None:
         """Start reading the relay (tests call this after their subscribers are connected)."""
@@ -220,14 +222,14 @@ class Daemon:
             await self.trimmer.wait_idle()  # a compaction thread may still be inside RocksDB
         if self.pipeline is not None:
             self.pipeline.flush()
+            if self.pipeline.gate is not None:
+                await self.pipeline.gate.close()  # held frames were never acknowledged: re-read on restart
         if self.server is not None:
-            await self.server.close("server shutting down")
+            await self.server.close(SHUTDOWN_REASON)
         if self.metrics_listener is not None:
             self.metrics_listener.close()
         if self._metrics_collector is not None:
-            from prometheus_client import REGISTRY
-
-            REGISTRY.unregister(self._metrics_collector)
+            unregister_server(self._metrics_collector)
             self._metrics_collector = None
         if self.event_log is not None:
             self.event_log.close()
@@ -241,7 +243,7 @@ class Daemon:
         def on_signal(signum: int) -> None:
             if stop_requested.is_set():
                 # The operator insists: leave now. RocksDB's WAL already holds every batch
-                # a client saw, so nothing acknowledged is lost (DESIGN invariant 3).
+                # a client saw, so nothing acknowledged is lost (docs/architecture.md §2, invariant 3).
                 log.error("event=forced_exit signal=%d", signum)
                 logging.shutdown()
                 os._exit(1)

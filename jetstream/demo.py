@@ -2,9 +2,11 @@
 
 Owns: starting a synthetic fake relay, the real daemon pointed at it, and a small
 subscriber that prints one line per event it receives from the daemon's /subscribe.
-Anyone can connect more clients to the printed URL while it runs.
+Anyone can connect more clients to the printed URL while it runs. Its log lives in a
+temporary directory removed at exit, unless `--data-dir` names one on its command line.
 It must never take shortcuts around the daemon: the printed events went through
-relay websocket -> ingest -> RocksDB -> ring -> /subscribe like in production.
+relay websocket -> ingest -> RocksDB -> ring -> /subscribe like in production. It must
+never write into `./data` or the directory `JETSTREAM_DATA_DIR` names (a real daemon's log).
 """
 from __future__ import annotations
 
@@ -12,6 +14,9 @@ import asyncio
 import json
 import os
 import signal
+import tempfile
+from contextlib import contextmanager
+from typing import Iterator
 
 from picows import WSListener, WSMsgType, ws_connect
 
@@ -19,6 +24,30 @@ from jetstream.daemon import Daemon
 from jetstream.relaysim.server import RelaySim, SyntheticSource
 
 DEMO_RELAY_RATE = 20.0  # frames per second: readable in a terminal
+# Set to a number of seconds to stop the demo by itself (tests, `JETSTREAM_DEMO_SECONDS=6 make demo`).
+DEMO_SECONDS_ENV = "JETSTREAM_DEMO_SECONDS"
+
+
+@contextmanager
+def demo_data_dir(named: str) -> Iterator[tuple[str, bool]]:
+    """(directory, is_throwaway): the one the user named, else a temp dir removed on exit."""
+    if named:
+        yield named, False
+        return
+    with tempfile.TemporaryDirectory(prefix="jetstream-demo-") as throwaway:
+        yield throwaway, True
+
+
+def header_lines(relay_url: str, subscribe_url: str, data_dir: str, throwaway: bool, seconds: float) -> list[str]:
+    """The few lines printed before the events: what runs where, and how it ends."""
+    ends = f"stops after {seconds:g} s" if seconds > 0 else "Ctrl-C to stop"
+    kept = "removed at exit" if throwaway else "kept"
+    return [
+        f"demo: synthetic relay -> jetstream -> this client ({ends})",
+        f"demo: fake relay at {relay_url}",
+        f"demo: jetstream serving {subscribe_url} (try ?wantedCollections=app.bsky.feed.post)",
+        f"demo: event log in {data_dir} ({kept})",
+    ]
 
 
 def summarize(event: dict) -> str:
@@ -44,25 +73,36 @@ class _PrintingListener(WSListener):
 
 
 async def run_demo(cfg) -> None:
+    with demo_data_dir(cfg.data_dir) as (data_dir, throwaway):
+        cfg.values["data_dir"] = data_dir
+        await _run_demo_in(cfg, throwaway)
+
+
+async def _run_demo_in(cfg, throwaway: bool) -> None:
     relay = RelaySim(SyntheticSource(seed=1, dids=200), rate=DEMO_RELAY_RATE)
     await relay.start("127.0.0.1", 0)
     cfg.values["ws_url"] = relay.url
     daemon = Daemon(cfg)
-    await daemon.start()
-    url = f"ws://127.0.0.1:{daemon.port}/subscribe"
-    print(f"demo: fake relay at {relay.url}", flush=True)
-    print(f"demo: jetstream serving {url} (try ?wantedCollections=app.bsky.feed.post)", flush=True)
-    transport, printer = await ws_connect(_PrintingListener, url)
+    try:
+        await daemon.start()
+        url = f"ws://127.0.0.1:{daemon.port}/subscribe"
+        seconds = float(os.environ.get(DEMO_SECONDS_ENV, "0") or 0)
+        for line in header_lines(relay.url, url, cfg.data_dir, throwaway, seconds):
+            print(line, flush=True)
+        transport, printer = await ws_connect(_PrintingListener, url)
+        await _wait_for_stop(seconds)
+        transport.disconnect()
+    finally:
+        await daemon.stop()
+        await relay.close()
+    print(f"demo: received {printer.count} events", flush=True)
 
+
+async def _wait_for_stop(seconds: float) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    seconds = float(os.environ.get("JETSTREAM_DEMO_SECONDS", "0"))
     if seconds > 0:
         loop.call_later(seconds, stop.set)
     await stop.wait()
-    transport.disconnect()
-    await daemon.stop()
-    await relay.close()
-    print(f"demo: received {printer.count} events", flush=True)

@@ -20,7 +20,7 @@ import zstandard
 log = logging.getLogger(__name__)
 
 SHIPPED_DICTIONARY_PATH = Path(__file__).parent / "data" / "jetstream.zdict"
-DEFAULT_DICTIONARY_SIZE = 112_640  # v1's size (V1-REFERENCE §9)
+DEFAULT_DICTIONARY_SIZE = 112_640  # v1's size (docs/protocol.md §7.2)
 DEFAULT_SYNTHETIC_SAMPLES = 40_000
 # Dictionary ids 0..32767 are reserved for a registrar and >= 2**31 by the format; ours
 # sit between, spelled "JSPY" so a hex dump names them.

@@ -1,4 +1,4 @@
-"""EventCompressor: v1-compatible zstd frames (V1-REFERENCE §9), checked from the frame bytes.
+"""EventCompressor: v1-compatible zstd frames (docs/protocol.md §7), checked from the frame bytes.
 
 The legacy dictionary is read in place from the corpus (never copied).
 """
@@ -65,7 +65,7 @@ def test_frames_with_legacy_dictionary_name_it_and_decode_with_a_plain_dictionar
     compressor = EventCompressor(legacy_dictionary)
     assert compressor.dictionary_id == LEGACY_DICTIONARY_ID
     assert compressor.dictionary_bytes == legacy_dictionary
-    # What V1-REFERENCE §9 tells a Python client to do: load the dictionary, one-shot decompress.
+    # What docs/protocol.md §7.3 tells a Python client to do: load the dictionary, one-shot decompress.
     client = zstandard.ZstdDecompressor(dict_data=zstandard.ZstdCompressionDict(legacy_dictionary),
                                         max_window_size=MAX_WINDOW)
     for line in expected_v1_lines:

@@ -1,4 +1,4 @@
-"""kill -9 never loses or duplicates (DESIGN invariants 2 and 3).
+"""kill -9 never loses or duplicates (docs/architecture.md §2, invariants 2 and 3).
 
 A relay-sim process streams synthetic frames as fast as the daemon reads; the daemon runs
 as its own `jetstream serve` process and is killed with SIGKILL at 20 random moments

@@ -8,7 +8,7 @@ from pathlib import Path
 from prometheus_client import REGISTRY, CollectorRegistry
 
 import jetstream.metrics  # noqa: F401 - registers the ingest metrics on the default registry
-from jetstream.core import LiveRing
+from jetstream.implementation import LiveRing
 from jetstream.log.store import EventLog
 from jetstream.server.app import SubscribeServer
 from jetstream.server.metrics import SERVER_METRICS, register_server

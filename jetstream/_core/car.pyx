@@ -15,7 +15,8 @@ from libc.stdint cimport uint8_t, uint64_t
 from libc.string cimport memcmp
 
 from jetstream._py import car as _ref
-from jetstream._py.car import CarError, CarFile
+from jetstream._py.car import CarFile
+from jetstream.errors import CarError
 
 cdef uint64_t MAX_SECTION_BYTES = _ref.MAX_SECTION_BYTES
 cdef uint64_t SATURATED = 0xFFFFFFFFFFFFFFFF

@@ -15,12 +15,10 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.stdint cimport uint8_t
 
 from jetstream.events import KIND_COMMIT, PendingEvent
-from jetstream.ingest.frames import FrameError
+from jetstream.errors import FrameError, MstError, RecordError
 from jetstream._py.car import verify_block as _verify_block
-from jetstream._py.record_json import RecordError
 from jetstream._core.record_json import cid_to_string, go_json_string, record_to_json
 from jetstream._core.mst cimport MstReader, mst_key_ascii
-from jetstream._py.mst import MstError
 
 cdef int DAYS_IN_MONTH[12]
 DAYS_IN_MONTH[:] = [31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]

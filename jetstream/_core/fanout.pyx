@@ -31,7 +31,7 @@ from jetstream._core.position cimport Position
 from jetstream._core.ring cimport LiveRing
 
 from jetstream._py.fanout import STEP_MAX_BYTES, STEP_MAX_EVENTS
-from jetstream._py.position import PositionConflict
+from jetstream.errors import PositionConflict
 
 cdef Py_ssize_t _INITIAL_BUFFER = 64 * 1024
 cdef uint8_t _FIRST_TEXT = 0x81

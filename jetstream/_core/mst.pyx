@@ -18,7 +18,8 @@ from libc.stdint cimport uint8_t
 from libc.string cimport memcmp, memcpy
 
 from jetstream._py import mst as _ref
-from jetstream._py.mst import MstError, MstNode as _MstNode
+from jetstream._py.mst import MstNode as _MstNode
+from jetstream.errors import MstError
 
 cdef enum:
     KEY_BUFFER = 256  # == MST_KEY_MAX: a longer rebuilt key is invalid before it is copied

@@ -1,14 +1,14 @@
 # cython: language_level=3
 """A reader's delivered position, moved only by compare-and-set: fast twin of _py/position.py.
 
-Owns: the CAS rule of DESIGN §4 (a step advances the position from the value it started
-with; a stale expected value or a backwards move raises PositionConflict, the same class
-the _py twin defines, so callers catch one type whichever twin is loaded).
+Owns: the CAS rule of docs/architecture.md §4.1 (a step advances the position from the value it started
+with; a stale expected value or a backwards move raises PositionConflict (jetstream/errors.py), the class
+the _py twin raises too, so callers catch one type whichever twin is loaded).
 It must never clamp, retry or repair a conflicting advance.
 """
 from libc.stdint cimport int64_t
 
-from jetstream._py.position import PositionConflict
+from jetstream.errors import PositionConflict
 
 
 cdef class Position:

@@ -18,7 +18,7 @@ from libc.stdlib cimport free, malloc, qsort, realloc
 from libc.string cimport memcmp, memcpy
 
 from jetstream._py import record_json as _ref
-from jetstream._py.record_json import RecordError
+from jetstream.errors import RecordError
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object unicode, Py_ssize_t* size) except NULL

@@ -6,7 +6,7 @@ each event's did and collection interned to u64 ids once, at append (filter.pyx 
 the ids), and `read_after`, the one read primitive: binary search to the reader's
 position, then a C loop over parallel arrays (time_us, did id, collection id) that
 touches a Python object only for the events it returns. Readers own their positions; the
-ring keeps no per-reader state (DESIGN §4).
+ring keeps no per-reader state (docs/architecture.md §4).
 It must never block, never copy or re-encode payloads (the same bytes objects go to every
 subscriber), and never scan more than `scan_limit` entries in one call, so one reader
 cannot stall the event loop however sparse its filter.

@@ -16,6 +16,7 @@ from typing import Mapping, NamedTuple
 import libipld
 
 from jetstream._py.record_json import cid_length
+from jetstream.errors import CarError
 
 MAX_SECTION_BYTES = 32 << 20  # go-car MaxAllowedSectionSize
 CODEC_DAG_CBOR = 0x71
@@ -27,14 +28,6 @@ HASH_SHA2_256 = 0x12
 HEADER_ONE_ROOT_PREFIX = b"\xa2eroots\x81\xd8\x2a\x58\x25\x00"
 HEADER_ONE_ROOT_SUFFIX = b"gversion\x01"
 HEADER_ONE_ROOT_SIZE = len(HEADER_ONE_ROOT_PREFIX) + 36 + len(HEADER_ONE_ROOT_SUFFIX)
-
-
-class CarError(ValueError):
-    """The CAR is malformed; v1 dropped the whole commit. `reason` is a short token."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class CarFile(NamedTuple):

@@ -1,10 +1,10 @@
 """A #commit's ops -> v1 commit events: reference twin of `jetstream._core.commit`.
 
-Owns: v1's per-op rules (V1-REFERENCE §5.3) once the frame is decoded and its CAR read:
+Owns: v1's per-op rules (docs/architecture.md §3.1) once the frame is decoded and its CAR read:
 which op is dropped and why (bad path, unknown action, missing cid or block, hash
 mismatch, bad record, and given an MstReader v1's MST lookup: mst_missing_node,
 mst_bad_node, mst_not_found, mst_cid_mismatch), the path split, the exact bytes of
-each commit event (struct field order and omitempty of §4.1), and Go's RFC 3339 check
+each commit event (struct field order and omitempty, docs/protocol.md §4.2), and Go's RFC 3339 check
 for the frame `time`.
 The Cython twin must give the same events and drops for every input
 (tests/ingest/test_ingest_commit_fast.py compares them); jetstream/ingest/decode.py
@@ -17,10 +17,10 @@ from __future__ import annotations
 import re
 
 from jetstream.events import KIND_COMMIT, PendingEvent
-from jetstream.ingest.frames import FrameError
 from jetstream._py.car import verify_block
-from jetstream._py.mst import MstError, is_mst_key
-from jetstream._py.record_json import RecordError, cid_to_string, go_json_string, record_to_json
+from jetstream._py.mst import is_mst_key
+from jetstream._py.record_json import cid_to_string, go_json_string, record_to_json
+from jetstream.errors import FrameError, MstError, RecordError
 
 # Go time.Parse(time.RFC3339): fraction optional ('.' or ','), zone 'Z' or ±hh:mm.
 _RFC3339 = re.compile(

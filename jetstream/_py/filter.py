@@ -1,6 +1,6 @@
 """Pure-Python twin of jetstream/_core/filter.pyx: the subscriber's event filter.
 
-Owns: the v1 wantedCollections / wantedDids matching rules (V1-REFERENCE §3.2-3.3):
+Owns: the v1 wantedCollections / wantedDids matching rules (docs/protocol.md §3.2, §3.3):
 entries ending in ".*" are prefixes (the trailing "*" is dropped and the rest matched
 with startswith, in any order since the result is a plain OR); other entries are exact,
 case-sensitive names; identity and account events carry collection "" and bypass the

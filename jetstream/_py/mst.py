@@ -1,14 +1,14 @@
 """MST path lookup in a commit's CAR: reference twin of `jetstream._core.mst`.
 
-Owns: v1's `rr.GetRecordBytes(path)` walk (V1-REFERENCE §5.3) over the repo MST that a
+Owns: v1's `rr.GetRecordBytes(path)` walk (docs/architecture.md §3.1) over the repo MST that a
 relay #commit carries: from the signed commit's `data` root, decode each node
 ({"l": CID|null, "e": [{"p", "k", "v", "t"}]}), rebuild its prefix-compressed keys, and
 descend into "l" or the previous entry's "t" where the path would sit, as indigo's
 findGtOrEqualLeafIndex does (first entry whose key >= path). It answers the leaf CID,
 or an MstError whose reason says why not: `missing_node` (a node on the way is not in
 the CAR), `bad_node` (a node on the way is not a valid node, or holds an invalid key:
-indigo validated every key of a node it loaded, which is how jl#54 broke neighbours of
-a bad key) or `not_found` (the tree has no such key). It also owns the MST key rule.
+indigo validated every key of a node it loaded, which is how a bad key broke its neighbours in
+v1, https://github.com/bluesky-social/jetstream-legacy/issues/54) or `not_found` (the tree has no such key). It also owns the MST key rule.
 Node bytes are not hashed here: block integrity stays the CAR reader's rule (record
 blocks always, every block with verify_all_blocks, as v1 did), and a relay able to
 corrupt a node could as well send a consistent one, since v1 never checked signatures.
@@ -22,6 +22,8 @@ from __future__ import annotations
 import re
 
 import libipld
+
+from jetstream.errors import MstError
 
 # MST key (the repo path) rules v1's MST lookup enforced, '~' included (indigo 20524de).
 _MST_KEY = re.compile(r"[A-Za-z0-9_:.~-]+/[A-Za-z0-9_:.~-]+", re.ASCII)
@@ -38,14 +40,6 @@ NOT_FOUND = "not_found"
 def is_mst_key(path: str) -> bool:
     """v1's MST key rule for create/update paths: collection/rkey of [A-Za-z0-9_:.~-], <= 256."""
     return len(path) <= MST_KEY_MAX and _MST_KEY.fullmatch(path) is not None
-
-
-class MstError(ValueError):
-    """The path has no verified leaf in this CAR; `reason` is a short token."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class MstNode(tuple):

@@ -1,16 +1,14 @@
 """Pure-Python twin of jetstream/_core/position.pyx: a reader's delivered position.
 
-Owns: PositionConflict (the one exception class both twins raise) and the rule that a
+Owns: the rule that a
 position moves only by compare-and-set, from the value the step started with, never
-backwards (DESIGN §4): if a second writer ever appears it fails loudly instead of
+backwards (docs/architecture.md §4.1): if a second writer ever appears it fails loudly instead of
 silently reordering or skipping events.
 It must never clamp, retry or "fix up" a conflicting advance: the conflict is the signal.
 """
 from __future__ import annotations
 
-
-class PositionConflict(RuntimeError):
-    """A compare-and-set on a Position failed: stale expected value, or a backwards move."""
+from jetstream.errors import PositionConflict
 
 
 class Position:

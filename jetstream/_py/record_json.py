@@ -27,6 +27,8 @@ import math
 import re
 import struct
 
+from jetstream.errors import RecordError
+
 MAX_RECORD_BYTES = 1024 * 1024  # atdata MAX_CBOR_RECORD_SIZE
 MAX_STRING_BYTES = 1024 * 1024  # atdata MAX_RECORD_STRING_LEN
 MAX_CONTAINER_LEN = 128 * 1024  # atdata MAX_CBOR_CONTAINER_LEN (elements, or map entries)
@@ -37,14 +39,6 @@ MAX_DEPTH = 2048
 
 _INT64_MIN = -(1 << 63)
 _UINT64 = 1 << 64
-
-
-class RecordError(ValueError):
-    """The record is not valid atproto data; v1 dropped the op. `reason` is a short token."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 # ---------------------------------------------------------------------------

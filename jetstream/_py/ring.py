@@ -3,7 +3,7 @@
 Owns: a bounded, time_us-ordered window of sequenced events shared by every reader, and
 the one read primitive readers use on it (`read_after`). Readers own their positions;
 the ring keeps no per-reader state, so a reader that falls behind costs the ring nothing
-(it simply stops being covered and reads the log instead, DESIGN §4).
+(it simply stops being covered and reads the log instead, docs/architecture.md §4).
 It must never block, never copy or re-encode payloads (the same bytes objects go to every
 subscriber), and never scan more than `scan_limit` entries in one call.
 """

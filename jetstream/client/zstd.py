@@ -2,7 +2,7 @@
 
 Owns: resolving the `dictionary=` argument (bytes, a path, or None meaning "ask the
 server's GET /zstd-dictionary, else go without"), and ZstdFrameDecoder, which turns one
-binary websocket message (one standalone zstd frame, V1-REFERENCE §9) into JSON bytes
+binary websocket message (one standalone zstd frame, docs/protocol.md §7) into JSON bytes
 and says clearly which dictionary id a frame needs when it cannot decode it.
 It must never guess a dictionary: a frame naming a dictionary we do not hold is an
 error that tells the user to pass `dictionary=path`.

@@ -1,8 +1,8 @@
 """Relay frame -> the v1 events it yields (PendingEvent, JSON waiting for time_us).
 
-Owns: v1's per-frame behaviour (V1-REFERENCE §5.2-5.3): which frame types yield events,
+Owns: v1's per-frame behaviour (docs/architecture.md §3.1): which frame types yield events,
 what is dropped and why, and the exact envelope bytes (struct field order and omitempty
-of §4.1); the per-op loop of a commit lives in jetstream/_py/commit.py and its Cython
+in docs/protocol.md §4); the per-op loop of a commit lives in jetstream/_py/commit.py and its Cython
 twin jetstream/_core/commit.pyx. Pure: bytes in, values out.
 It must never do I/O, assign time_us, or raise for bad *content*: a bad op, record or
 timestamp becomes a (reason, detail) drop and its neighbours still come out. Only a
@@ -26,27 +26,14 @@ from __future__ import annotations
 import logging
 from typing import NamedTuple
 
+import libipld
+
+from jetstream.errors import CarError, FrameError
 from jetstream.events import KIND_ACCOUNT, KIND_IDENTITY, PendingEvent
-from jetstream.ingest.car import CarError, read_car
-from jetstream.ingest.frames import FrameError, split_frame
+from jetstream.implementation import MstReader, commit_events, go_json_string, is_rfc3339, read_car
+from jetstream.ingest.frames import split_frame
 
 log = logging.getLogger(__name__)
-
-try:
-    from jetstream._core.commit import commit_events, is_rfc3339
-    from jetstream._core.mst import MstReader
-    from jetstream._core.record_json import go_json_string
-
-    RECORD_EMITTER = "cython"
-except ImportError:  # an unbuilt checkout still works, just slower
-    from jetstream._py.commit import commit_events, is_rfc3339
-    from jetstream._py.mst import MstReader
-    from jetstream._py.record_json import go_json_string
-
-    RECORD_EMITTER = "python"
-    log.warning("event=record_emitter_fallback impl=python reason=cython_module_not_built")
-
-import libipld  # noqa: E402  (after the emitter choice so its log line comes first)
 
 
 class DecodedFrame(NamedTuple):

@@ -1,7 +1,7 @@
 """Relay websocket frame -> (header, body).
 
 Owns: the one call that decodes a subscribeRepos frame (two concatenated DAG-CBOR
-objects) with libipld, and the FrameError raised when that is impossible.
+objects) with libipld, raising FrameError (jetstream/errors.py) when that is impossible.
 It must never interpret the body (decode.py does) and never let a libipld error
 escape as anything but FrameError: the daemon counts and skips those frames.
 """
@@ -9,14 +9,7 @@ from __future__ import annotations
 
 import libipld
 
-
-class FrameError(ValueError):
-    """The frame cannot be used at all. `reason` is a short token; str(err) adds detail."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
+from jetstream.errors import FrameError
 
 
 def split_frame(frame: bytes) -> tuple[dict, dict]:

@@ -1,7 +1,7 @@
 """From relay frame to visible event: decode, sequence, write, publish.
 
 Owns: the order of the four steps, the group commit, the relay cursor of accepted
-frames, and the accounting of every frame (DESIGN invariants 3 and 4). Frames that
+frames, and the accounting of every frame (docs/architecture.md §2, invariants 3 and 4). Frames that
 arrive close together (within `group_commit_s`) share one RocksDB write batch that also
 carries the relay cursor and the time_us high-water mark, so a crash can never separate
 an event from the cursor that produced it. Events reach the live ring — and therefore
@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from bisect import bisect_left
 from datetime import datetime
 from typing import Callable
 
@@ -72,26 +71,17 @@ def relay_time_s(frame: bytes) -> float | None:
         return None
 
 
-def observe_many(histogram, amounts: list[float]) -> None:
-    """histogram.observe(a) for each amount, taking each bucket's lock once per batch.
+class GateDrop(bytes):
+    """A frame the signature stage dropped (jetstream/ingest/sigcheck.py): its bytes, for its seq, and why."""
 
-    Why: observe() per frame was ~1.3 µs of a ~20 µs frame. Uses prometheus_client's
-    Histogram internals (_upper_bounds, _buckets, _sum) when present, observe() otherwise.
-    """
-    bounds = getattr(histogram, "_upper_bounds", None)
-    buckets = getattr(histogram, "_buckets", None)
-    total = getattr(histogram, "_sum", None)
-    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
-        for amount in amounts:
-            histogram.observe(amount)
-        return
-    counts: dict[int, int] = {}
-    for amount in amounts:
-        index = bisect_left(bounds, amount)  # observe(): the first bound >= amount (the last is +Inf)
-        counts[index] = counts.get(index, 0) + 1
-    total.inc(sum(amounts))
-    for index, count in counts.items():
-        buckets[index].inc(count)
+    reason: str
+    detail: str
+
+    @classmethod
+    def of(cls, frame: bytes, reason: str, detail: str) -> "GateDrop":
+        dropped = cls(frame)
+        dropped.reason, dropped.detail = reason, detail
+        return dropped
 
 
 class _BatchTally:
@@ -143,6 +133,8 @@ class IngestPipeline:
                                      "EVENT_PROCESSING_SECONDS", "LAST_EVT_PROCESSED_AT",
                                      "LAST_EVT_CREATED_AT", "LAST_EVT_GAP")}
         self._processed = {}  # event_type label -> bound counter (labels() costs a lock + dict)
+        # --verify-signatures: the stage in front of submit (sigcheck.SignatureGate), else None.
+        self.gate = None
 
     # -- intake ---------------------------------------------------------------------------------
     def submit(self, frame: bytes) -> None:
@@ -161,6 +153,29 @@ class IngestPipeline:
         """Forget pending frames and resume from what the log holds (before a reconnect)."""
         self._pending.clear()
         self.last_accepted_seq = self.event_log.relay_cursor()
+        if self.gate is not None:
+            self.gate.reset()
+
+    # -- the signature stage (--verify-signatures) ----------------------------------------------
+    def attach_gate(self, gate) -> None:
+        """Route relay frames through `gate` (it calls submit_verified / submit_dropped in relay order)."""
+        self.gate = gate
+        self.submit = gate.admit  # an instance attribute: with no gate, submit stays the plain method
+
+    def submit_verified(self, frame: bytes) -> None:
+        """A frame the signature stage let through."""
+        IngestPipeline.submit(self, frame)
+
+    def submit_dropped(self, frame: bytes, reason: str, detail: str) -> None:
+        """A commit the signature stage dropped: no events, but its seq is accepted in order."""
+        IngestPipeline.submit(self, GateDrop.of(frame, reason, detail))
+
+    def prepare_reconnect(self) -> None:
+        """Before re-dialling the relay: write what is pending; frames still held for a DID are
+        forgotten, the relay sends them again from the cursor."""
+        self.flush()
+        if self.gate is not None:
+            self.gate.discard_held()
 
     # -- the four steps -------------------------------------------------------------------------
     def flush(self) -> None:
@@ -225,6 +240,8 @@ class IngestPipeline:
 
     def _decode_one(self, frame: bytes, tally: "_BatchTally") -> DecodedFrame | None:
         """The decoded frame, or None after counting an unusable one (its seq, if readable, is accepted)."""
+        if type(frame) is GateDrop:
+            return DecodedFrame(readable_seq(frame), "#commit", [], [(frame.reason, frame.detail)])
         started = time.perf_counter()
         try:
             decoded = decode_frame(frame, verify_mst=self.verify_mst)
@@ -270,7 +287,7 @@ class IngestPipeline:
     def _publish_tally(self, tally: "_BatchTally") -> None:
         # Once per batch and label, not per frame: each prometheus inc() takes a lock.
         if tally.commit_seconds:
-            observe_many(self._labels["EVENT_PROCESSING_SECONDS"], tally.commit_seconds)
+            self._labels["EVENT_PROCESSING_SECONDS"].observe_many(tally.commit_seconds)
         for frame_type, count in tally.processed.items():
             label = event_type_label(frame_type)
             counter = self._processed.get(label)
@@ -290,7 +307,11 @@ class IngestPipeline:
         if not events and batch_cursor is None:
             return
         started = time.perf_counter()
-        self.event_log.append(events, batch_cursor)
+        did_revs = self.gate.take_dirty_revs() if self.gate is not None else None
+        if did_revs:
+            self.event_log.append(events, batch_cursor, did_revs)
+        else:
+            self.event_log.append(events, batch_cursor)
         metrics.BATCH_WRITE_SECONDS.observe(time.perf_counter() - started)
         metrics.BATCH_EVENTS.observe(len(events))
         self._labels["EVENTS_PERSISTED"].inc(len(events))

@@ -91,6 +91,7 @@ class RelayClient:
         self._saw_frames = False
         self.error_frame_seen = False  # on the current connection
         self.attempt = 0  # consecutive failed attempts; the next backoff step
+        self.unreachable_reported = False  # the plain-words outage line went out; reset on connect
 
     async def run(self) -> None:
         """Connect, read until the connection ends, back off, repeat until stop()."""
@@ -108,6 +109,7 @@ class RelayClient:
                 metrics.RELAY_CONNECTS.labels("error").inc()
                 metrics.RELAY_DISCONNECTS.labels("dial_failed").inc()
                 log.warning("event=relay_connect_failed url=%s attempt=%d error=%r", url, self.attempt, exc)
+                self._report_unreachable_once(url)
             if self._stopping:
                 break
             delay = backoff_delay(max(self.attempt, 1), self.backoff_initial_s, self.backoff_max_s, self._rng)
@@ -124,6 +126,7 @@ class RelayClient:
         metrics.RELAY_CONNECTS.labels("ok").inc()
         metrics.RELAY_CONNECTED.set(1)
         self.connected = True
+        self.unreachable_reported = False
         self._transport = transport
         self.last_frame_at = time.monotonic()
         log.info("event=relay_connected url=%s", url)
@@ -139,6 +142,16 @@ class RelayClient:
             self._saw_frames = self.last_frame_at > start_frames_at
             metrics.RELAY_DISCONNECTS.labels(self._disconnect_reason).inc()
             log.info("event=relay_disconnected url=%s reason=%s", url, self._disconnect_reason)
+
+    def _report_unreachable_once(self, url: str) -> None:
+        """One plain-words line per outage (not per attempt): an operator starting the daemon
+        offline should read that it is fine to wait, among the per-attempt warnings."""
+        if self.unreachable_reported:
+            return
+        self.unreachable_reported = True
+        log.warning('event=relay_unreachable url=%s retry_max_delay_s=%g msg="cannot reach the relay; '
+                    'retrying with backoff until it answers; subscribers are still served from the log"',
+                    url, self.backoff_max_s)
 
     async def _liveness_watchdog(self, transport: WSTransport) -> None:
         period = max(0.05, self.liveness_ttl_s / 4)

@@ -3,8 +3,8 @@
 Owns: the one total order of events in this instance. time_us is
 max(wall clock in µs, previous + 1), starting above the log's persisted
 high-water mark, so it is unique and strictly increasing even when the wall
-clock repeats or jumps back, and across restarts (DESIGN invariant 2; v1's
-monotonic clock did the same within one process only, V1-REFERENCE §5.4).
+clock repeats or jumps back, and across restarts (docs/architecture.md §3.2; v1's
+monotonic clock did the same within one process only).
 Each event is rendered and compressed exactly once, here.
 It must never write to the log or publish events: the pipeline does that, after
 the write batch is durable.

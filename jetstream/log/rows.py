@@ -1,7 +1,7 @@
 """The byte layout of one event in the log: its key and its value.
 
 Owns: key encoding (time_us as 8-byte big-endian unsigned, so numeric order is
-byte order: v1's decimal keys sorted lexicographically, V1-REFERENCE §5.6) and
+byte order: v1's decimal keys sorted lexicographically, docs/architecture.md §5.2) and
 value encoding (a small header carrying kind, did and collection before the
 payload, so replay can filter without parsing JSON).
 It must never touch RocksDB or interpret the payload.

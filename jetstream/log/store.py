@@ -1,9 +1,9 @@
-"""The durable event log: RocksDB column families `events`, `events_zstd`, `events_index`, `meta`.
+"""The durable event log: RocksDB column families `events`, `events_zstd`, `events_index`, `meta`, `did_revs`.
 
 Owns: the on-disk log and its atomicity. One `append` is one WriteBatch holding
 every event (JSON row and zstd row), the relay cursor that produced them and
 the time_us high-water mark, so a crash can never separate an event from its
-cursor (DESIGN invariant 3), and the high-water mark survives trimming so
+cursor (docs/architecture.md §2, invariant 3), and the high-water mark survives trimming so
 time_us keeps increasing across restarts (invariant 2). Rows are laid out by
 `jetstream.log.rows`. The same batch writes each event's secondary index keys (by
 collection and by did), so a narrow filtered replay (`read_matching_after`) reads
@@ -17,7 +17,7 @@ import gc
 import logging
 import struct
 from pathlib import Path
-from typing import Iterable, NamedTuple, Sequence
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 from rocksdict import DBCompressionType, Options, Rdict, WriteBatch, WriteOptions
 
@@ -55,6 +55,9 @@ OUR_COLUMN_FAMILIES = (CF_EVENTS, CF_EVENTS_ZSTD, CF_META)
 # Not required at open: a log written before the index existed gets it added, complete
 # from META_INDEX_FROM on (older events are read by scanning, as before).
 CF_EVENTS_INDEX = "events_index"
+# Not required at open either: the last commit rev seen per DID (--verify-signatures' stale-rev
+# check), key = DID, value = rev. Written in the same batch as the events it let through.
+CF_DID_REVS = "did_revs"
 
 META_FORMAT_NAME = b"format_name"
 META_FORMAT_VERSION = b"format_version"
@@ -128,7 +131,12 @@ class EventLog:
 
     def __init__(self, path: str, *, fsync: bool = False, create: bool = True) -> None:
         self.path = str(path)
-        fresh, existing_column_families = self._inspect_location(Path(path), create)
+        self.values_read = 0  # event rows read by read_after / read_matching_after (for measurements)
+        self._connect(fsync, create)
+
+    def _connect(self, fsync: bool, create: bool) -> None:
+        """Open (or, from reopen, open again) the database at self.path and load its meta state."""
+        fresh, existing_column_families = self._inspect_location(Path(self.path), create)
         self._db = self._open(fresh, existing_column_families)
         self._events = self._db.get_column_family(CF_EVENTS)
         self._events_zstd = self._db.get_column_family(CF_EVENTS_ZSTD)
@@ -138,7 +146,8 @@ class EventLog:
         self._meta_handle = self._db.get_column_family_handle(CF_META)
         self._index = self._db.get_column_family(CF_EVENTS_INDEX)
         self._index_handle = self._db.get_column_family_handle(CF_EVENTS_INDEX)
-        self.values_read = 0  # event rows read by read_after / read_matching_after (for measurements)
+        self._did_revs = self._db.get_column_family(CF_DID_REVS)
+        self._did_revs_handle = self._db.get_column_family_handle(CF_DID_REVS)
         self._write_options = WriteOptions()
         self._write_options.sync = fsync  # WAL is always on; fsync only decides sync-to-disk.
         self._closed = False
@@ -190,7 +199,7 @@ class EventLog:
         # Fresh: all of ours; existing: at most the index, added to a log that predates it.
         options.create_missing_column_families(True)
         # RocksDB must open every column family a database has, ours or not.
-        names = set(OUR_COLUMN_FAMILIES) | {CF_EVENTS_INDEX} | existing_column_families
+        names = set(OUR_COLUMN_FAMILIES) | {CF_EVENTS_INDEX, CF_DID_REVS} | existing_column_families
         names.discard("default")
         try:
             return Rdict(self.path, options,
@@ -229,13 +238,15 @@ class EventLog:
         return None if value is None else layout.unpack(value)[0]
 
     # -- writing --------------------------------------------------------------------------------
-    def append(self, events: Sequence[Event], relay_cursor: int | None) -> None:
+    def append(self, events: Sequence[Event], relay_cursor: int | None,
+               did_revs: dict[str, str] | None = None) -> None:
         """Write `events` and `relay_cursor` atomically; durable in the WAL on return.
 
         Events must carry strictly increasing time_us above the high-water mark.
         `append([], cursor)` only moves the cursor (frames that produce no events).
+        `did_revs` (DID -> newest commit rev) goes into the same batch (--verify-signatures).
         """
-        if not events and relay_cursor is None:
+        if not events and relay_cursor is None and not did_revs:
             return
         newest = self._check_increasing(events)
         batch = WriteBatch(raw_mode=True)
@@ -250,6 +261,9 @@ class EventLog:
             batch.put(META_RELAY_CURSOR, _SIGNED.pack(relay_cursor), self._meta_handle)
         if events:
             batch.put(META_HWM, _UNSIGNED.pack(newest), self._meta_handle)
+        if did_revs:
+            for did, rev in did_revs.items():
+                batch.put(did.encode(), rev.encode(), self._did_revs_handle)
         self._db.write(batch, self._write_options)
         self._hwm = newest
         if relay_cursor is not None:
@@ -318,6 +332,36 @@ class EventLog:
         below = index_bucket(min(cutoff_time_us, MAX_TIME_US))
         return [(encode_bucket_start(tag, 0), encode_bucket_start(tag, below))
                 for tag in (INDEX_TAG_COLLECTION, INDEX_TAG_DID)]
+
+    # -- per-DID commit revs (--verify-signatures) -------------------------------------------------
+    def last_rev(self, did: str) -> str | None:
+        """The newest commit rev stored for `did`, or None."""
+        value = self._did_revs.get(did.encode())
+        return None if value is None else value.decode("ascii", "replace")
+
+    def trim_did_revs(self, keep: Callable[[str], bool], start: bytes = b"", limit: int = 10_000) -> bytes | None:
+        """Delete up to `limit` scanned did_revs rows whose rev `keep` rejects, from key `start` on.
+
+        Returns the key to continue from, or None when the scan reached the end (a caller walks
+        the column family in slices so the event loop is never held for long).
+        """
+        batch = WriteBatch(raw_mode=True)
+        deleted = scanned = 0
+        for key, value in self._did_revs.items(from_key=start):
+            if scanned >= limit:
+                if deleted:
+                    self._db.write(batch, self._write_options)
+                return key
+            scanned += 1
+            if not keep(value.decode("ascii", "replace")):
+                batch.delete(key, self._did_revs_handle)
+                deleted += 1
+        if deleted:
+            self._db.write(batch, self._write_options)
+        return None
+
+    def did_rev_count_estimate(self) -> int:
+        return self._did_revs.property_int_value("rocksdb.estimate-num-keys") or 0
 
     # -- reading --------------------------------------------------------------------------------
     def relay_cursor(self) -> int | None:
@@ -454,13 +498,14 @@ class EventLog:
         # rocksdict, so all of them are closed or dropped before the database itself. After a
         # failed WAL write (disk full) every close raises "Writer has previous error": the
         # references are dropped anyway, which is what releases the LOCK.
-        for column_family in (self._events, self._events_zstd, self._index, self._meta, self._db):
+        for column_family in (self._events, self._events_zstd, self._index, self._did_revs, self._meta, self._db):
             try:
                 column_family.close()
             except Exception as exc:  # noqa: BLE001 - rocksdict raises bare Exception
                 log.warning("event=log_close_error path=%s error=%r", self.path, str(exc))
-        self._events = self._events_zstd = self._index = self._meta = None
+        self._events = self._events_zstd = self._index = self._meta = self._did_revs = None
         self._events_handle = self._events_zstd_handle = self._index_handle = self._meta_handle = None
+        self._did_revs_handle = None
         self._db = None
         log.info("event=log_closed path=%s hwm=%d relay_cursor=%s", self.path, self._hwm, self._relay_cursor)
 
@@ -473,7 +518,7 @@ class EventLog:
         fsync = self._write_options.sync
         self.close()
         gc.collect()  # rocksdict releases the LOCK when its last Python reference goes
-        self.__init__(self.path, fsync=fsync, create=False)
+        self._connect(fsync, create=False)
         try:
             probe = WriteBatch(raw_mode=True)
             probe.put(META_FORMAT_NAME, FORMAT_NAME, self._meta_handle)

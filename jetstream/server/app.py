@@ -23,24 +23,16 @@ from picows.api import _resolve_logger
 from picows.picows import WSProtocol
 
 from jetstream.server import http, params
-from jetstream.server.live import DEFAULT_COALESCE_MS, LiveFastPath
-from jetstream.server.front import (DEFAULT_MAX_PENDING_REQUEST_BYTES, DEFAULT_MAX_REQUEST_BYTES, FrontDoor,
-                                    HeadBudget)
+from jetstream.server.front import FrontDoor
+from jetstream.server.live import LiveFastPath
 from jetstream.server.ratelimit import RateLimiterRegistry
+from jetstream.server.request_head import HeadBudget
+from jetstream.server.settings import ServerSettings
 from jetstream.server.subscriber import SubscriberListener
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_REASON = "server shutting down"
-PING_INTERVAL_S = 30.0  # v1 (since f4da85b) pings every 30 s
-PONG_TIMEOUT_S = 30.0
-HELLO_TIMEOUT_S = 60.0
-# v1 read inbound messages of any size and ignored those over 10,000,000 bytes; we refuse
-# them at that size without reading them (picows closes with 1009 as soon as the frame
-# header announces more).
-MAX_CLIENT_MESSAGE_BYTES = 10_000_000
-HANDSHAKE_TIMEOUT_S = 5.0
-MAX_IP_METRIC_LABELS = 10_000
 OTHER_IPS_LABEL = "other"
 READ_BUFFER_INIT_SIZE = 1024
 # What picows' own closes say (auto-ping and frame-size checks), to count them by reason.
@@ -74,38 +66,20 @@ class _PeerAwareProtocol(WSProtocol):
 class SubscribeServer:
     """Serves Jetstream v1's public HTTP/websocket surface from an EventLog and a LiveRing."""
 
-    def __init__(self, event_log, ring, *, max_sub_rate: float = 5000.0, per_ip_limit: bool = True,
-                 max_conns_per_ip: int = 0, trust_proxy_headers: bool = False,
-                 max_client_message_bytes: int = MAX_CLIENT_MESSAGE_BYTES,
-                 ping_interval_s: float = PING_INTERVAL_S, pong_timeout_s: float = PONG_TIMEOUT_S,
-                 hello_timeout_s: float = HELLO_TIMEOUT_S, handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
-                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-                 max_pending_request_bytes: int = DEFAULT_MAX_PENDING_REQUEST_BYTES,
-                 max_ip_metric_labels: int = MAX_IP_METRIC_LABELS, zstd_dictionary: bytes = b"",
-                 zstd_dictionary_id: int = 0, health: Callable[[], tuple[bool, dict]] | None = None,
-                 clock_us=_now_us, live_fastpath: bool | None = None,
-                 live_coalesce_s: float = DEFAULT_COALESCE_MS / 1000) -> None:
+    def __init__(self, event_log, ring, settings: ServerSettings = ServerSettings(), *,
+                 health: Callable[[], tuple[bool, dict]] | None = None, clock_us=_now_us) -> None:
         self.event_log = event_log
         self.ring = ring
-        self.rate_limiters = RateLimiterRegistry(max_sub_rate, per_ip=per_ip_limit)
-        self.max_conns_per_ip = max_conns_per_ip
-        self.trust_proxy_headers = trust_proxy_headers
-        self.max_client_message_bytes = max_client_message_bytes
-        self.hello_timeout_s = hello_timeout_s
-        self.handshake_timeout_s = handshake_timeout_s
-        self.max_request_bytes = max_request_bytes
-        self.pending_heads = HeadBudget(max_pending_request_bytes)
-        self._ping_interval_s = ping_interval_s
-        # picows requires the pong wait to fit inside the ping interval.
-        self._pong_timeout_s = min(pong_timeout_s, ping_interval_s) if ping_interval_s > 0 else pong_timeout_s
-        self.zstd_dictionary = zstd_dictionary
-        self.zstd_dictionary_id = zstd_dictionary_id
+        self.settings = settings
+        self.rate_limiters = RateLimiterRegistry(settings.max_sub_rate, per_ip=settings.per_ip_limit)
+        self.pending_heads = HeadBudget(settings.max_pending_request_bytes)
+        self._zstd_dictionary_id = settings.zstd_dictionary_id
         self._health = health
         self._clock_us = clock_us
         self._subscribers: set[SubscriberListener] = set()
         self._waiting: set[SubscriberListener] = set()
-        # Caught-up readers served by one C pass per batch (None: JETSTREAM_LIVE_FASTPATH, default on).
-        self.live = LiveFastPath(ring, live_fastpath, live_coalesce_s)
+        # Caught-up readers served by one C pass per batch (settings.live_fastpath None: the env's choice).
+        self.live = LiveFastPath(ring, settings.live_fastpath, settings.live_coalesce_s)
         self._connections_by_ip: collections.Counter[str] = collections.Counter()
         self._hello_deadlines: dict[SubscriberListener, asyncio.TimerHandle] = {}
         self._server: asyncio.AbstractServer | None = None
@@ -121,7 +95,6 @@ class SubscribeServer:
         # gone first; past max_ip_metric_labels the oldest fold into OTHER_IPS_LABEL.
         self._delivered_gone: dict[str, list[int]] = {}
         self._delivered_other = [0, 0]
-        self.max_ip_metric_labels = max_ip_metric_labels
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -133,7 +106,7 @@ class SubscribeServer:
         log.info("event=subscribe_server_listening host=%s port=%d", host, self.port)
 
     def _new_front_door(self) -> FrontDoor:
-        return FrontDoor(self._new_protocol, self.max_request_bytes, self.handshake_timeout_s,
+        return FrontDoor(self._new_protocol, self.settings.max_request_bytes, self.settings.handshake_timeout_s,
                          self.pending_heads, self._count_front_door_answer)
 
     def _count_front_door_answer(self, reason: str) -> None:
@@ -146,7 +119,8 @@ class SubscribeServer:
         client. A subscriber that is busy draining our stream proves it is alive through
         resume_writing (see SubscriberListener), so no ping has to race megabytes of events.
         """
-        ping = self._ping_interval_s > 0
+        settings = self.settings
+        ping = settings.ping_interval_s > 0
         protocol: _PeerAwareProtocol | None = None
 
         def route(request: WSUpgradeRequest):
@@ -155,11 +129,11 @@ class SubscribeServer:
         protocol = _PeerAwareProtocol(
             None, None, False, route, _resolve_logger("server.subscribe", "server"),
             True,  # disconnect_on_exception
-            self.handshake_timeout_s,
-            ping, self._ping_interval_s if ping else 20, self._pong_timeout_s if ping else 20,
+            settings.handshake_timeout_s,
+            ping, settings.ping_interval_s if ping else 20, settings.effective_pong_timeout_s if ping else 20,
             WSAutoPingStrategy.PING_WHEN_IDLE,
             True,  # enable_auto_pong: answer client pings like gorilla's default handler
-            self.max_client_message_bytes,
+            settings.max_client_message_bytes,
             None,  # extra_headers
             READ_BUFFER_INIT_SIZE,
         )
@@ -247,9 +221,10 @@ class SubscribeServer:
     def register(self, subscriber: SubscriberListener) -> None:
         self._subscribers.add(subscriber)
         self._connections_by_ip[subscriber.client_ip] += 1
-        if subscriber.awaiting_hello and self.hello_timeout_s > 0:
+        hello_timeout_s = self.settings.hello_timeout_s
+        if subscriber.awaiting_hello and hello_timeout_s > 0:
             self._hello_deadlines[subscriber] = asyncio.get_running_loop().call_later(
-                self.hello_timeout_s, self._hello_deadline_passed, subscriber)
+                hello_timeout_s, self._hello_deadline_passed, subscriber)
 
     def unregister(self, subscriber: SubscriberListener) -> None:
         if subscriber not in self._subscribers:
@@ -277,7 +252,7 @@ class SubscribeServer:
         gone[0] += events
         gone[1] += sent_bytes
         self._delivered_gone[ip] = gone  # most recently gone last
-        while 0 < self.max_ip_metric_labels < len(self._delivered_gone):
+        while 0 < self.settings.max_ip_metric_labels < len(self._delivered_gone):
             oldest = self._delivered_gone.pop(next(iter(self._delivered_gone)))
             self._delivered_other[0] += oldest[0]
             self._delivered_other[1] += oldest[1]
@@ -306,7 +281,7 @@ class SubscribeServer:
         if subscriber in self._subscribers and subscriber.awaiting_hello:
             self.count_disconnect("hello_timeout")
             log.info("event=subscriber_closed reason=hello_timeout ip=%s", subscriber.client_ip)
-            subscriber.close(WSCloseCode.POLICY_VIOLATION, hello_timeout_reason(self.hello_timeout_s))
+            subscriber.close(WSCloseCode.POLICY_VIOLATION, hello_timeout_reason(self.settings.hello_timeout_s))
 
     # --- routing -----------------------------------------------------------------------------
 
@@ -322,7 +297,7 @@ class SubscribeServer:
             ready, report = self.health_report()
             return http.healthz_response(ready, report, headers)
         if route is http.Route.ZSTD_DICTIONARY:
-            return http.zstd_dictionary_response(self.zstd_dictionary, self.zstd_dictionary_id, headers)
+            return http.zstd_dictionary_response(self.settings.zstd_dictionary, self._zstd_dictionary_id, headers)
         return http.not_found_response(headers)
 
     def health_report(self) -> tuple[bool, dict]:
@@ -341,11 +316,12 @@ class SubscribeServer:
         if not http.is_websocket_handshake(headers):
             self.refused_requests["not_websocket"] += 1
             return http.handshake_error_response(headers)
-        ip = http.client_ip(headers, peer_ip, self.trust_proxy_headers)
-        if 0 < self.max_conns_per_ip <= self._connections_by_ip.get(ip, 0):
+        ip = http.client_ip(headers, peer_ip, self.settings.trust_proxy_headers)
+        max_conns = self.settings.max_conns_per_ip
+        if 0 < max_conns <= self._connections_by_ip.get(ip, 0):
             self.refused_requests["too_many_connections"] += 1
-            log.info("event=subscribe_refused reason=too_many_connections ip=%s limit=%d", ip, self.max_conns_per_ip)
-            return http.too_many_connections_response(ip, self.max_conns_per_ip, headers)
+            log.info("event=subscribe_refused reason=too_many_connections ip=%s limit=%d", ip, max_conns)
+            return http.too_many_connections_response(ip, max_conns, headers)
         listener = SubscriberListener(self, options)
         listener.client_ip = ip
         return listener

@@ -3,7 +3,7 @@
 Owns: turning a client's text frame into the values Go's `json.Unmarshal` would
 produce for v1's `SubscriberSourcedMessage` and `SubscriberOptionsUpdatePayload`,
 and the exact error texts Go would return (they reach clients as close reasons,
-V1-REFERENCE §3.7). Syntax is checked first over the whole input, as Go's
+docs/protocol.md §5.3). Syntax is checked first over the whole input, as Go's
 `checkValid` does, so a syntax error always wins over a type error; after that
 the first type mismatch is reported, as Go's `saveError` keeps the first.
 It must never do I/O or validate NSIDs/DIDs (params.py does that).

@@ -2,12 +2,12 @@
 
 Owns: which route a request target names, the exact bytes v1 (echo v4.11 + gorilla
 websocket 1.5) answered for `/`, unknown paths, 400s and broken websocket handshakes
-(V1-REFERENCE §2.1, §2.3), echo's CORS middleware headers, the client IP rule
+(docs/protocol.md §2, §3.8), echo's CORS middleware headers, the client IP rule
 (socket peer, or echo's RealIP when proxy headers are trusted), and the answers v1
 did not have: `/healthz`, `/zstd-dictionary` and the per-IP connection-limit refusal.
 It must never parse subscriber options (params.py) or hold connection state.
 
-Requests with other methods never reach picows: front.py answers them with the bytes
+Requests with other methods never reach picows: request_head.py answers them with the bytes
 built here (`raw_response`: echo's 405, its CORS preflight, 404).
 """
 from __future__ import annotations

@@ -26,7 +26,7 @@ import logging
 import os
 
 from jetstream.config import parse_bool
-from jetstream.core import LiveFanout, LiveSlot
+from jetstream.implementation import LiveFanout, LiveSlot
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +36,9 @@ DEFAULT_COALESCE_MS = 2.0
 COALESCE_MIN_READERS = 32
 
 
-def fastpath_from_env(environ=os.environ) -> bool:
-    """The default when a SubscribeServer is built without the daemon's flags (tests, benches)."""
-    return parse_bool(environ.get(FASTPATH_ENV, "true"))
+def fastpath_from_env(environ=None) -> bool:
+    """ServerSettings' default, so a server built without the daemon's flags (tests, benches) follows it."""
+    return parse_bool((os.environ if environ is None else environ).get(FASTPATH_ENV, "true"))
 
 
 class LiveFastPath:

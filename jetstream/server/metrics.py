@@ -1,7 +1,7 @@
-"""The server's Prometheus metrics: v1's names (V1-REFERENCE §7.1) plus what v1 lacked.
+"""The server's Prometheus metrics: v1's names (docs/protocol.md §2.7) plus what v1 lacked.
 
 Owns: turning a SubscribeServer's plain counters into metric families at scrape time
-(a custom collector), and the metrics HTTP listener. v1's names and labels are kept:
+(a custom collector) and registering it; the HTTP listener is jetstream/metrics.py's. v1's names and labels are kept:
 `jetstream_subscribers_connected{ip_address}`, `jetstream_events_emitted_total`,
 `jetstream_bytes_emitted_total`, `jetstream_events_delivered_total{ip_address}`,
 `jetstream_bytes_delivered_total{ip_address}`. New: disconnects the server initiated
@@ -12,14 +12,10 @@ this module reads them only when Prometheus scrapes, so a send costs no metric c
 from __future__ import annotations
 
 import logging
-import threading
-from http.server import HTTPServer
 from typing import TYPE_CHECKING
 
-from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-from jetstream.config import parse_listen_addr
 
 if TYPE_CHECKING:
     from jetstream.server.app import SubscribeServer
@@ -83,19 +79,5 @@ def register_server(server: SubscribeServer, registry: CollectorRegistry = REGIS
     return collector
 
 
-class MetricsListener:
-    """`GET /metrics` on its own address (v1's --metrics-listen-addr), in a daemon thread."""
-
-    def __init__(self, listen_addr: str, registry: CollectorRegistry = REGISTRY) -> None:
-        host, port = parse_listen_addr(listen_addr)
-        self._httpd: HTTPServer
-        self._thread: threading.Thread
-        self._httpd, self._thread = start_http_server(port, addr=host, registry=registry)
-        self.host = host
-        self.port = self._httpd.server_address[1]
-        log.info("event=metrics_listening addr=%s:%d", host, self.port)
-
-    def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
+def unregister_server(collector: ServerMetricsCollector, registry: CollectorRegistry = REGISTRY) -> None:
+    registry.unregister(collector)

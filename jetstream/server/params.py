@@ -1,7 +1,7 @@
 """Subscriber options: the `/subscribe` query string and `options_update` messages.
 
 Owns: every rule that turns client input into a SubscriberOptions value, with
-Jetstream v1's exact check order and error texts (V1-REFERENCE §2.3, §3.1-3.7):
+Jetstream v1's exact check order and error texts (docs/protocol.md §3, §5):
 Go `url.Values` query parsing, NSID/DID syntax (indigo's regexes), prefix rules,
 count caps, Go `ParseInt` cursors, `maxMessageSizeBytes` coercions, and the
 close reasons for bad client messages.
@@ -221,7 +221,7 @@ def parse_cursor(text: str, now_us: int) -> int | None:
 
 class OptionsUpdate(NamedTuple):
     filters: SubscriberFilters
-    max_message_size_bytes: int  # honoured, unlike v1 (a deliberate fix, DESIGN §1)
+    max_message_size_bytes: int  # honoured, unlike v1 (a deliberate fix, docs/protocol.md §9)
 
 
 class CloseConnection(NamedTuple):
@@ -234,7 +234,7 @@ def truncate_close_reason(reason: str) -> str:
     """Cut to 123 UTF-8 bytes on a character boundary.
 
     v1 silently failed to send reasons over 123 bytes (the client saw 1006); we send
-    the start of the text instead (a deliberate fix, DESIGN §1).
+    the start of the text instead (a deliberate fix, docs/protocol.md §9).
     """
     encoded = reason.encode("utf-8", "replace")
     if len(encoded) <= MAX_CLOSE_REASON_BYTES:

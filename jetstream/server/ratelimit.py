@@ -1,9 +1,10 @@
 """Pacing of deliveries: a token bucket per client IP, shared by its connections.
 
 Owns: v1's per-IP limiter (`rate.NewLimiter(maxSubRate, burst=int(maxSubRate))`,
-V1-REFERENCE §6.1, §6.5) as a token bucket that readers draw from per batch, and
+docs/protocol.md §8.1) as a token bucket that readers draw from per batch, and
 the registry that hands each connection its IP's bucket (or, with
-`--per-ip-limit=false`, as proposed in v1 PR #45, a bucket of its own).
+`--per-ip-limit=false`, a bucket of its own, as proposed in v1's PR 45:
+https://github.com/bluesky-social/jetstream-legacy/pull/45).
 It must never sleep or schedule anything: a reader asks how many events it may
 send now and, if none, how long until the next one; the reader does the waiting.
 """

@@ -1,7 +1,7 @@
 """One subscriber connection: its single reader (position -> ring | log -> filter -> pace -> send).
 
 Owns: the per-connection state (position, filter, hello gate, token bucket share,
-backpressure, lag policy) and DESIGN §4's single reader. A newcomer can follow it as:
+backpressure, lag policy) and the single reader of docs/architecture.md §4. A newcomer can follow it as:
 
 1. Position. `position` is the time_us of the last event this connection has *scanned*
    (sent, or skipped by its filter). It starts from the cursor (`initial_position`):
@@ -21,15 +21,18 @@ backpressure, lag policy) and DESIGN §4's single reader. A newcomer can follow 
 3. Cutover. Replay ends when the position is inside the ring: the next step simply reads
    the ring. There is no second writer, no live queue filled in parallel, no overlap
    window and no dedupe guard: every event is read exactly once, in time_us order, by
-   the one reader that owns the position (v1's jl#42/#43 races and jl#27/#31 cutover
-   drops have no place to happen).
+   the one reader that owns the position (the races and cutover drops of v1 issues 42,
+   43, 27 and 31, docs/protocol.md §9, have no place to happen).
 
 4. Waiting. A step ends the reader's turn when (a) nothing follows the position: the
    reader parks in the server's waiting set and `notify_new_events` wakes it; (b) the
    transport passed its high-water mark (`pause_writing`): it waits for
    `resume_writing`; (c) the bucket is empty: it sleeps until the next token. Otherwise
    it yields to the loop (`call_soon`) so one replaying reader cannot starve the others.
-   Nothing is queued per subscriber: a waiting reader holds only its position.
+   Nothing is queued per subscriber: a waiting reader holds only its position. Which of
+   these the reader is in is its one `ReaderState` (READING, LIVE, PAUSED, RATE_LIMITED,
+   plus AWAITING_HELLO and CLOSED), changed only by `_enter`, which logs each transition
+   at debug level.
 
 5. Slow clients. A client that reads slower than events arrive fills its socket, the
    reader stops (4b), the ring moves on, and when the reader resumes it reads the log
@@ -42,17 +45,18 @@ backpressure, lag policy) and DESIGN §4's single reader. A newcomer can follow 
    "try again later" would blame the server) and a reason saying how far behind it was,
    counted in `SubscribeServer.disconnects` as `lag_events` / `lag_seconds`. Lag caused
    by the server's own pacing (an empty token bucket) never counts: a replay slowed by
-   `--max-sub-rate` is the v1 failure (jl#27) we must not repeat.
+   `--max-sub-rate` is the v1 failure we must not repeat (v1 issue 27,
+   https://github.com/bluesky-social/jetstream-legacy/issues/27).
 
 6. options_update. Steps run to completion on the loop thread, so a new filter lands
    between two steps, i.e. at an event boundary; the position is untouched, so no event
    is re-read or skipped whether the reader is replaying, cutting over or live.
 
-7. The live fast path (server/live.py). A reader that is caught up hands its slot (its
-   position, socket, bucket, filter) to the server's live fan-out instead of waiting:
-   new batches are then delivered by one C pass over every such reader. The pass hands
-   the reader back (`wake`) when it cannot finish a step, and `pause_writing` or a close
-   takes the slot out; only then does this reader step again. The slot shares the
+7. The live fast path (server/live.py). A reader that is caught up (LIVE) hands its slot
+   (its position, socket, bucket, filter) to the server's live fan-out instead of the
+   waiting set: new batches are then delivered by one C pass over every such reader. The
+   pass hands the reader back (`wake`) when it cannot finish a step, and `pause_writing` or
+   a close takes the slot out; only then does this reader step again. The slot shares the
    Position object, so the compare-and-set still guards every advance.
 
 It must never queue events per subscriber, block the loop on a socket, deliver an event
@@ -61,13 +65,14 @@ whose time_us is not above the position, or let anything but the reader move the
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
 from typing import TYPE_CHECKING, NamedTuple
 
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
-from jetstream.core import EventFilter, Position, PositionConflict, encode_frames
+from jetstream.implementation import EventFilter, Position, PositionConflict, encode_frames
 from jetstream.log.store import index_query_for
 from jetstream.server import params
 
@@ -87,7 +92,6 @@ LOG_CHUNK_ROWS = 512
 # A reader out of tokens sleeps until this much of its rate has accrued, so a rate-limited
 # reader takes steps of ~rate/50 events, not one step (and one log read) per token.
 TOKEN_WAIT_S = 0.02
-MAX_CLIENT_MESSAGE_BYTES = 10_000_000  # v1 ignores larger messages (V1-REFERENCE §6.1)
 
 REASON_REPLAY_FAILED = "failed to replay events"  # v1's close reason for a log read error
 REASON_INTERNAL = "internal error"
@@ -113,7 +117,7 @@ def initial_position(cursor: int | None, newest_time_us: int) -> int:
     No cursor: live, from the newest event. A cursor is inclusive, so the event at
     exactly `cursor` is sent again; cursor <= 0 replays everything retained; a cursor
     above the newest event starts live (v1 replayed the whole log for a cursor between
-    the newest logged event and now, V1-REFERENCE §6.6).
+    the newest logged event and now, docs/protocol.md §3.4).
     """
     if cursor is None:
         return newest_time_us
@@ -243,6 +247,33 @@ def lag_close_reason(reason: str, lag_events: int, lag_seconds: float, grace_s: 
             f"for {grace_s:g}s ({reason}); resume with a cursor")
 
 
+class ReaderState(enum.IntEnum):
+    """Where one connection's reader is in its life; exactly one at a time.
+
+    CONNECTING -> AWAITING_HELLO (requireHello=true) or READING; a valid options_update
+    takes AWAITING_HELLO to READING. A step runs in READING and ends in READING (the next
+    step is scheduled with call_soon), LIVE (nothing follows the position: parked in the
+    server's waiting set until notify_new_events), RATE_LIMITED (the token bucket is empty:
+    a timer runs the next step) or PAUSED (the transport passed its high-water mark during
+    the step's write: resume_writing continues). Any state -> CLOSED, which is final.
+    Integer values, so a C-level step can switch on them.
+    """
+
+    CONNECTING = 0
+    AWAITING_HELLO = 1
+    READING = 2
+    LIVE = 3
+    RATE_LIMITED = 4
+    PAUSED = 5
+    CLOSED = 6
+
+
+# The states from which a wake-up (notify_new_events, the token timer, call_soon) runs a step.
+_STEPPABLE = frozenset((ReaderState.READING, ReaderState.LIVE, ReaderState.RATE_LIMITED))
+# The states a full transport buffer interrupts (before a hello nothing has been sent).
+_PAUSABLE = _STEPPABLE
+
+
 class SubscriberListener(WSListener):
     """picows callbacks for one `/subscribe` connection, and the reader that feeds it."""
 
@@ -253,16 +284,17 @@ class SubscriberListener(WSListener):
         self._max_message_size = options.max_message_size_bytes
         self._event_filter = _event_filter_for(options.filters)
         self._index_query = _index_query_for(options.filters)
-        self._awaiting_hello = options.require_hello
+        self._require_hello = options.require_hello
+        self._state = ReaderState.CONNECTING
         self._transport: WSTransport | None = None
         self._write = None  # the underlying transport's write: one call per step
         self._position: Position | None = None
         self._bucket: TokenBucket | None = None
         self._lag_policy: LagPolicy | None = _lag_policy_of(server)
         self.client_ip = ""  # the router sets it (socket peer, or proxy headers when trusted)
-        self._paused = False
-        self._pushed_back = False  # the socket paused us since we were last caught up / rate-bound
-        self._closed = False
+        # Not life-cycle state but history the lag policy reads: the socket paused us since we
+        # were last caught up or rate-bound (so lag is the client's doing, not the server's).
+        self._pushed_back = False
         self._wakeup: asyncio.Handle | None = None
         self._lag_check: asyncio.TimerHandle | None = None
         self._abort_after_close: asyncio.TimerHandle | None = None
@@ -271,7 +303,22 @@ class SubscriberListener(WSListener):
         self.log_steps = 0  # steps served from RocksDB (replay, or a slow client below the ring)
         self._ring_steps = 0
         self.fell_behind = 0  # times a reader that had reached the ring had to go back to the log
-        self._on_ring = False
+        self._on_ring = False  # the last step read the ring (for fell_behind; not life-cycle state)
+
+    # --- state -------------------------------------------------------------------------
+
+    @property
+    def state(self) -> ReaderState:
+        return self._state
+
+    def _enter(self, state: ReaderState) -> None:
+        """The one place the reader's state changes; CLOSED is final."""
+        previous = self._state
+        if previous is state or previous is ReaderState.CLOSED:
+            return
+        self._state = state
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("event=reader_state ip=%s from=%s to=%s", self.client_ip, previous.name, state.name)
 
     # --- picows callbacks --------------------------------------------------------------
 
@@ -285,14 +332,15 @@ class SubscriberListener(WSListener):
         self._position = Position(initial_position(self._cursor, self._server.ring.newest_time_us))
         self._live = self._server.live.new_slot(self, self._position, transport, self._bucket, self._compressed)
         self._live.set_options(self._event_filter, self._max_message_size)
-        self._server.register(self)
+        self._enter(ReaderState.AWAITING_HELLO if self._require_hello else ReaderState.READING)
+        self._server.register(self)  # after the state: it arms the hello deadline of AWAITING_HELLO
         log.debug("event=subscriber_connected ip=%s position=%d compress=%s hello=%s",
-                  self.client_ip, self._position.value, self._compressed, self._awaiting_hello)
-        if not self._awaiting_hello:
+                  self.client_ip, self._position.value, self._compressed, self._require_hello)
+        if self._state is ReaderState.READING:
             self.wake()
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
-        self._closed = True
+        self._enter(ReaderState.CLOSED)
         self._cancel_timers()
         if self._bucket is not None:
             self._server.rate_limiters.release(self.client_ip)
@@ -307,7 +355,7 @@ class SubscriberListener(WSListener):
             # gorilla's default close handler: echo the code, no reason, then hang up. A code
             # that may not be sent on the wire (1004-1006, 1015) gets gorilla's protocol error
             # instead; picows itself already answers codes outside 1000-4999.
-            self._closed = True
+            self._enter(ReaderState.CLOSED)
             code = frame.get_close_code()
             if frame.payload_size >= 2 and int(code) in _UNSENDABLE_CLOSE_CODES:  # empty close: fine
                 transport.send_close(WSCloseCode.PROTOCOL_ERROR, b"bad close code %d" % int(code))
@@ -318,15 +366,17 @@ class SubscriberListener(WSListener):
             log.debug("event=client_message_ignored reason=not_text ip=%s", self.client_ip)
 
     def pause_writing(self) -> None:
-        self._paused = True
         if self._live is not None:
             self._live.leave()  # resume_writing wakes this reader; it rejoins once caught up
+        if self._state in _PAUSABLE:
+            self._enter(ReaderState.PAUSED)
         self._pushed_back = True
         self.pauses += 1
         self._arm_lag_check()
 
     def resume_writing(self) -> None:
-        self._paused = False
+        if self._state is ReaderState.PAUSED:
+            self._enter(ReaderState.READING)
         # The peer drained our buffer, so it is alive: this stands in for a pong, so an idle
         # ping stuck behind queued events does not get a reading client closed.
         if self._transport is not None:
@@ -336,7 +386,9 @@ class SubscriberListener(WSListener):
     # --- client messages ---------------------------------------------------------------
 
     def _on_text(self, frame: WSFrame) -> None:
-        if not frame.fin or frame.payload_size > MAX_CLIENT_MESSAGE_BYTES:
+        # picows closes (1009) on a frame over --max-client-message-bytes before we see it;
+        # fragmented messages are not reassembled (v1 clients send one frame per message).
+        if not frame.fin or frame.payload_size > self._server.settings.max_client_message_bytes:
             log.info("event=client_message_ignored reason=too_large_or_fragmented ip=%s size=%d",
                      self.client_ip, frame.payload_size)
             return
@@ -358,8 +410,8 @@ class SubscriberListener(WSListener):
         if self._live is not None:
             self._live.set_options(self._event_filter, self._max_message_size)
         self._server.options_updates += 1
-        if self._awaiting_hello:
-            self._awaiting_hello = False
+        if self._state is ReaderState.AWAITING_HELLO:
+            self._enter(ReaderState.READING)
             self.wake()
 
     # --- the reader --------------------------------------------------------------------
@@ -375,14 +427,16 @@ class SubscriberListener(WSListener):
     def pump(self) -> None:
         """One reader step; then schedule the next, or wait (paused, caught up, out of tokens)."""
         self._wakeup = None
-        if self._closed or self._paused or self._awaiting_hello or self._transport is None:
+        if self._state not in _STEPPABLE:
             return
         granted = self._bucket.take(STEP_MAX_EVENTS)
         if granted == 0:
             self._held_by_server()
+            self._enter(ReaderState.RATE_LIMITED)
             delay = self._bucket.seconds_until_available(_step_tokens(self._bucket))
             self._wakeup = asyncio.get_running_loop().call_later(delay, self.pump)
             return
+        self._enter(ReaderState.READING)
         start = self._position.value
         try:
             batch = read_next_batch(start, self._server.ring, self._server.event_log, self._event_filter,
@@ -399,11 +453,13 @@ class SubscriberListener(WSListener):
             return
         if batch.caught_up:
             self._held_by_server()
-            self._server.wait_for_events(self)
+            if self._state is ReaderState.READING:  # a paused reader is woken by resume_writing
+                self._enter(ReaderState.LIVE)
+                self._server.wait_for_events(self)
             return
         if self._lag_policy is not None and self._check_lag():
             return
-        if not self._paused and not self._closed:
+        if self._state is ReaderState.READING:
             # Yield to the loop between steps so one reader cannot starve the others.
             self._wakeup = asyncio.get_running_loop().call_soon(self.pump)
 
@@ -447,14 +503,14 @@ class SubscriberListener(WSListener):
 
     def _arm_lag_check(self) -> None:
         # A paused reader runs no steps, so a timer keeps the policy's clock honest.
-        if self._lag_policy is None or self._lag_check is not None or self._closed:
+        if self._lag_policy is None or self._lag_check is not None or self._state is ReaderState.CLOSED:
             return
         interval = max(0.05, min(1.0, self._lag_policy.grace_s / 2))
         self._lag_check = asyncio.get_running_loop().call_later(interval, self._lag_check_while_paused)
 
     def _lag_check_while_paused(self) -> None:
         self._lag_check = None
-        if self._closed or not self._paused:
+        if self._state is not ReaderState.PAUSED:
             return
         if not self._check_lag():
             self._arm_lag_check()
@@ -499,7 +555,7 @@ class SubscriberListener(WSListener):
 
     def abort(self) -> None:
         """Drop the connection without waiting for buffered bytes (a stuck peer at shutdown)."""
-        self._closed = True
+        self._enter(ReaderState.CLOSED)
         self._cancel_timers()
         if self._transport is not None:
             self._transport.underlying_transport.abort()
@@ -507,7 +563,7 @@ class SubscriberListener(WSListener):
     @property
     def awaiting_hello(self) -> bool:
         """requireHello=true and no valid options_update yet."""
-        return self._awaiting_hello
+        return self._state is ReaderState.AWAITING_HELLO
 
     @property
     def position(self) -> int:
@@ -515,9 +571,9 @@ class SubscriberListener(WSListener):
 
     def close(self, code: WSCloseCode, reason: str) -> None:
         """Send a close frame with `reason` (cut to 123 bytes) and hang up."""
-        if self._closed or self._transport is None:
+        if self._state is ReaderState.CLOSED or self._transport is None:
             return
-        self._closed = True
+        self._enter(ReaderState.CLOSED)
         self._cancel_timers()
         self._transport.send_close(code, params.truncate_close_reason(reason).encode())
         self._transport.disconnect()
@@ -545,9 +601,6 @@ def _index_query_for(filters: params.SubscriberFilters):
 
 
 def _lag_policy_of(server) -> LagPolicy | None:
-    """The connection's own LagPolicy (it holds a clock), or None when the server has none."""
-    limits = getattr(server, "lag_limits", None)
-    if limits is None:
-        return None
-    policy = LagPolicy(*limits)
+    """The connection's own LagPolicy (it holds a clock), or None when the limits are off."""
+    policy = LagPolicy(*server.settings.lag_limits)
     return policy if policy.enabled else None

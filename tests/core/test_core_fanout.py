@@ -17,7 +17,7 @@ from jetstream._py import fanout as py_fanout
 from jetstream._py import filter as py_filter
 from jetstream._py import position as py_position
 from jetstream._py import ring as py_ring
-from jetstream._py.position import PositionConflict
+from jetstream.errors import PositionConflict
 from jetstream.events import KIND_ACCOUNT, KIND_COMMIT, Event
 from jetstream.server.ratelimit import TokenBucket
 

@@ -1,4 +1,4 @@
-"""EventFilter: v1 wantedCollections / wantedDids rules (V1-REFERENCE §3.2-3.3), both twins."""
+"""EventFilter: v1 wantedCollections / wantedDids rules (docs/protocol.md §3.2, §3.3), both twins."""
 from __future__ import annotations
 
 import pytest

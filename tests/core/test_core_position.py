@@ -1,4 +1,4 @@
-"""Position: the reader's delivered time_us moves only by compare-and-set (DESIGN §4)."""
+"""Position: the reader's delivered time_us moves only by compare-and-set (docs/architecture.md §4.1)."""
 from __future__ import annotations
 
 import pytest
@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from jetstream._py import position as py_position
-from jetstream.core import PositionConflict
+from jetstream.implementation import PositionConflict
 
 try:
     from jetstream._core import position as cy_position

@@ -1,6 +1,6 @@
 """LiveRing: bounded window of the newest events and the readers' read_after step, both twins.
 
-The property tests drive a reader the way DESIGN §4 describes (position -> ring if it covers
+The property tests drive a reader the way docs/architecture.md §4 describes (position -> ring if it covers
 the position, else a log read -> advance by compare-and-set) and check the concatenation of
 everything delivered against a longhand model of the filtered event list.
 """
@@ -368,7 +368,7 @@ class ModelLog:
 def test_reader_interleaved_with_appends_and_trims_delivers_each_wanted_event_once_in_order_and_twins_agree(
     operations, capacity, scan_limit, wanted, dids, compressed
 ):
-    """DESIGN §4 loop, Cython and _py in lockstep: ring when it covers, else log; CAS advance.
+    """docs/architecture.md §4 loop, Cython and _py in lockstep: ring when it covers, else log; CAS advance.
 
     A trim is the TTL trimmer's pass: log first, then ring.drop_before at the same cutoff.
     Events it removes before the reader reached them are legitimately gone; every other

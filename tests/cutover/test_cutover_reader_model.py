@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import jetstream.core as core
+import jetstream.implementation as core
 from jetstream._py.filter import EventFilter as PyEventFilter
 from jetstream._py.ring import LiveRing as PyLiveRing
 from jetstream.events import KIND_COMMIT, KIND_IDENTITY, Event

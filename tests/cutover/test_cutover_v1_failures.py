@@ -1,9 +1,10 @@
 """Jetstream v1's cutover failures, reproduced as named scenarios against the real daemon.
 
-- jl#27/#31: a client replaying with a rate limit below the ingest rate was dropped (1006)
-  right at cutover, because replay had filled its outbox and live sends then overflowed it.
-- §6.6's empty-pass quirk: a cursor between the newest logged event and now replayed the
-  whole log.
+- v1 issues 27 and 31 (https://github.com/bluesky-social/jetstream-legacy/issues/27, /31):
+  a client replaying with a rate limit below the ingest rate was dropped (1006) right at
+  cutover, because replay had filled its outbox and live sends then overflowed it.
+- v1's empty-pass quirk (docs/protocol.md §9, item 1): a cursor between the newest logged
+  event and now replayed the whole log.
 - Slow clients were dropped without a close frame; here only the lag policy closes them,
   with 1008 and a reason, and what they received up to then has no gap.
 Scaled down from the issue's 60 s of history to a few seconds (same mechanics).

@@ -19,10 +19,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from jetstream.compression import EventCompressor
-from jetstream.core import LiveRing
+from jetstream.implementation import LiveRing
 from jetstream.events import KIND_COMMIT, Event
 from jetstream.log.store import EventLog
 from jetstream.server.app import SubscribeServer
+from jetstream.server.settings import ServerSettings
 from test_fuzz_strategies import fuzz_settings
 from wsclient import connect
 
@@ -38,7 +39,7 @@ class ServerThread:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.event_log = EventLog(str(data_dir))
         self.ring = LiveRing(1000, floor_time_us=self.event_log.hwm())
-        self.server = SubscribeServer(self.event_log, self.ring, max_sub_rate=1_000_000.0)
+        self.server = SubscribeServer(self.event_log, self.ring, ServerSettings(max_sub_rate=1_000_000.0))
 
     def run(self, coroutine, timeout: float = ANSWER_TIMEOUT_S):
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)

@@ -17,10 +17,10 @@ import pytest
 from picows import WSCloseCode, WSMsgType
 
 from jetstream.config import parse_serve_args
-from jetstream.core import LiveRing
+from jetstream.implementation import LiveRing
 from jetstream.log.store import EventLog
-from jetstream.server import app as server_app
 from jetstream.server.app import SubscribeServer
+from jetstream.server.settings import ServerSettings
 from corpus_events import event_from_line, time_us_of
 from wsclient import connect
 
@@ -47,7 +47,7 @@ class Witnessed:
         self.event_log = EventLog(str(tmp_path / "log"))
         self.ring = LiveRing(100_000, floor_time_us=self.event_log.hwm())
         settings.setdefault("max_sub_rate", 1_000_000.0)
-        self.server = SubscribeServer(self.event_log, self.ring, **settings)
+        self.server = SubscribeServer(self.event_log, self.ring, ServerSettings(**settings))
         self.lines = lines
         self.published: list[int] = []
         self.next_time_us = 1_700_000_000_000_000
@@ -161,7 +161,7 @@ async def test_thousands_of_attempts_from_one_ip_hold_the_cap_and_others_are_ser
 
 
 async def test_half_open_and_slowloris_handshakes_are_closed_by_the_handshake_timeout(tmp_path, expected_v1_lines):
-    assert server_app.HANDSHAKE_TIMEOUT_S == 5.0  # what picows' websocket_handshake_timeout is given
+    assert ServerSettings().handshake_timeout_s == 5.0  # what picows' websocket_handshake_timeout is given
     async with Witnessed(tmp_path, expected_v1_lines) as served:
         port = served.server.port
         loop = asyncio.get_running_loop()
@@ -241,8 +241,8 @@ async def test_long_request_heads_are_read_up_to_go_limit_and_refused_beyond_it(
 
 
 async def test_client_that_never_reads_is_bounded_and_dropped_with_a_reason(tmp_path, expected_v1_lines):
-    async with Witnessed(tmp_path, expected_v1_lines) as served:
-        served.server.lag_limits = (2_000, 0.0, 0.5)  # what the daemon sets from --max-lag-*
+    # what the daemon sets from --max-lag-events 2000 --max-lag-grace 0.5s
+    async with Witnessed(tmp_path, expected_v1_lines, max_lag_events=2_000, max_lag_grace_s=0.5) as served:
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.setblocking(False)
@@ -357,7 +357,7 @@ async def test_deeply_nested_and_huge_options_updates_are_refused_with_a_reason(
         assert "exceeded max depth" in outcomes["nested_100k"][1]
         assert outcomes["nested_in_a_field"][0] == WSCloseCode.OK
         assert outcomes["dids_10001"] == (WSCloseCode.OK, "failed to parse subscriber options: invalid subscriber options: "
-                                                    "too many wanted DIDs")  # V1-REFERENCE §6
+                                                    "too many wanted DIDs")  # docs/protocol.md §3.8
         # Found by this test: int() raised on numbers over 4300 digits (fixed in gojson._go_int).
         assert outcomes["number_of_5000_digits"][0] == WSCloseCode.OK
         assert outcomes["number_of_5000_digits"][1].startswith("failed to unmarshal subscriber options update: json: "

@@ -1,5 +1,5 @@
 """A hostile relay: records and frames built to exhaust CPU or memory, or to confuse the
-decoder, are handled per V1-REFERENCE §4.3 / §5.3 and DESIGN invariant 4.
+decoder, are handled per docs/architecture.md §3.1 and §2 (invariant 4).
 
 Each hostile record rides in the middle of a three-create commit: the bad op is dropped
 (counted under its reason), its two neighbours come out. Hostile *frames* (duplicate or

@@ -1,5 +1,5 @@
 """Frame-level decoding: frame types, error frames, unusable frames, identity/account
-envelopes (§4.4 literals), delete envelopes, and Go RFC3339 time acceptance."""
+envelopes (docs/protocol.md §4.3, §4.4), delete envelopes, and Go RFC3339 time acceptance."""
 from __future__ import annotations
 
 import pytest

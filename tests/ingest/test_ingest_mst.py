@@ -134,7 +134,8 @@ def test_node_bytes_are_read_as_they_are_block_hashes_are_the_car_readers_rule(m
 
 @TWINS
 def test_an_invalid_key_in_a_node_breaks_every_lookup_through_that_node(module):
-    """indigo validated every key of a node it loaded (jl#54: a bad rkey broke its neighbours)."""
+    """indigo validated every key of a node it loaded: a bad rkey broke its neighbours in v1,
+    https://github.com/bluesky-social/jetstream-legacy/issues/54."""
     record = bytes(cid_for(b"r"))
     node = mst_node([(b"app.bsky.feed.like/a", record, None), (b"app.bsky.feed.like/b b", record, None),
                      (b"app.bsky.feed.like/c", record, None)])

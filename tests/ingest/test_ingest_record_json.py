@@ -1,5 +1,5 @@
 """The record emitter: Cython and Python twins give the same bytes or the same
-RecordError reason, and both follow v1's rules (V1-REFERENCE §4.2-4.3)."""
+RecordError reason, and both follow v1's rules (docs/protocol.md §4.5)."""
 from __future__ import annotations
 
 import json

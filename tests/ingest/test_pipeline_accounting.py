@@ -9,7 +9,7 @@ from collections import Counter
 from prometheus_client import REGISTRY
 
 from jetstream.compression import EventCompressor
-from jetstream.core import LiveRing
+from jetstream.implementation import LiveRing
 from jetstream.ingest.pipeline import IngestPipeline, event_type_label, operation_of
 from jetstream.ingest.sequencer import Sequencer
 from jetstream.log.store import EventLog

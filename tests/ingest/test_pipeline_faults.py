@@ -1,4 +1,4 @@
-"""Bad input is survived (DESIGN invariant 4) and every frame is accounted for, through a
+"""Bad input is survived (docs/architecture.md §2, invariant 4) and every frame is accounted for, through a
 real relay socket -> Daemon -> RocksDB.
 
 Every kind of bad frame, commit and op is spliced between the 150 real corpus frames:

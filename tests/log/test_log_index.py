@@ -9,7 +9,7 @@ import pytest
 from rocksdict import Options, Rdict
 
 from jetstream.compression import EventCompressor
-from jetstream.core import EventFilter
+from jetstream.implementation import EventFilter
 from jetstream.ingest.decode import decode_frame
 from jetstream.ingest.sequencer import Sequencer
 from jetstream.log.rows import INDEX_BUCKET_SHIFT, decode_index_time_us, index_bucket

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 
 from jetstream.compression import EventCompressor
-from jetstream.core import EventFilter, LiveRing
+from jetstream.implementation import EventFilter, LiveRing
 from jetstream.ingest.decode import decode_frame
 from jetstream.ingest.sequencer import Sequencer
 from jetstream.log.store import EventLog, index_query_for

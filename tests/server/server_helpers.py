@@ -7,20 +7,22 @@ from __future__ import annotations
 
 import asyncio
 
-from jetstream.core import LiveRing
+from jetstream.implementation import LiveRing
 from jetstream.events import Event
 from jetstream.log.store import EventLog
 from jetstream.server.app import SubscribeServer
+from jetstream.server.settings import ServerSettings
 
 from corpus_events import event_from_line, time_us_of  # noqa: F401 - the server tests import them from here
 
 class Stack:
     """Log, ring and server wired the way the daemon wires them (log -> ring -> notify)."""
 
-    def __init__(self, tmp_path, *, ring_capacity: int = 10_000, max_sub_rate: float = 1_000_000.0) -> None:
+    def __init__(self, tmp_path, *, ring_capacity: int = 10_000, max_sub_rate: float = 1_000_000.0,
+                 **settings) -> None:
         self.event_log = EventLog(str(tmp_path / "log"))
         self.ring = LiveRing(ring_capacity, floor_time_us=self.event_log.hwm())
-        self.server = SubscribeServer(self.event_log, self.ring, max_sub_rate=max_sub_rate)
+        self.server = SubscribeServer(self.event_log, self.ring, ServerSettings(max_sub_rate=max_sub_rate, **settings))
         self.next_time_us = 1_700_000_000_000_000
 
     async def start(self) -> "Stack":

@@ -8,10 +8,11 @@ import time
 import pytest
 from picows import WSCloseCode, WSMsgType
 
-from jetstream.core import LiveRing
+from jetstream.implementation import LiveRing
 from jetstream.log.store import EventLog
 from jetstream.server import http
 from jetstream.server.app import SubscribeServer, hello_timeout_reason
+from jetstream.server.settings import ServerSettings
 from server_helpers import event_from_line, http_get, settle
 from wsclient import connect
 
@@ -32,7 +33,7 @@ class Served:
         self.event_log = EventLog(str(tmp_path / "log"))
         self.ring = LiveRing(100_000, floor_time_us=self.event_log.hwm())
         settings.setdefault("max_sub_rate", 1_000_000.0)
-        self.server = SubscribeServer(self.event_log, self.ring, **settings)
+        self.server = SubscribeServer(self.event_log, self.ring, ServerSettings(**settings))
         self.next_time_us = 1_700_000_000_000_000
 
     async def __aenter__(self) -> "Served":

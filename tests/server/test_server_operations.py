@@ -13,7 +13,7 @@ import zstandard
 from picows import WSMsgType
 
 from jetstream.config import parse_serve_args
-from jetstream.core import LiveRing
+from jetstream.implementation import LiveRing
 from jetstream.daemon import Daemon
 from jetstream.dictionary import SHIPPED_DICTIONARY_ID, SHIPPED_DICTIONARY_PATH
 from jetstream.log.store import EventLog
@@ -25,7 +25,7 @@ from wsclient import connect
 
 pytestmark = pytest.mark.timeout(60)
 
-LEGACY_DICTIONARY_ID = 1612007021  # V1-REFERENCE §9
+LEGACY_DICTIONARY_ID = 1612007021  # docs/protocol.md §7.2
 
 
 def first_seq(frames: list[bytes]) -> int:
@@ -182,8 +182,7 @@ async def test_client_holding_v1_dictionary_decodes_every_frame_to_the_uncompres
 
 async def test_delivery_counters_of_gone_ips_fold_into_other_beyond_the_label_budget(tmp_path, expected_v1_lines):
     """v1 kept one series per client IP forever; a public endpoint sees millions of them."""
-    stack = await Stack(tmp_path).start()
-    stack.server.max_ip_metric_labels = 2
+    stack = await Stack(tmp_path, max_ip_metric_labels=2).start()
     try:
         stack.publish(expected_v1_lines[:10])
         for host in ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"):

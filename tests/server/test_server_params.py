@@ -1,4 +1,4 @@
-"""Subscriber options rules, pinned to V1-REFERENCE §2.3 and §3 (texts copied from the spec)."""
+"""Subscriber options rules, pinned to docs/protocol.md §3 (texts as v1 sent them)."""
 from __future__ import annotations
 
 import pytest

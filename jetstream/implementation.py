@@ -1,0 +1,82 @@
+"""The one place that picks the Cython core or its pure-Python twins, for the whole process.
+
+Owns: the choice (the `jetstream._core` extensions when they are built, else the
+`jetstream._py` twins; `JETSTREAM_PURE_PYTHON=1` forces the twins, for tests and
+debugging), and the names every caller imports the chosen routines by: the reader's
+LiveRing, EventFilter, Position and encode_frames; the live fan-out's LiveFanout and LiveSlot; ingest's read_car, commit_events,
+is_rfc3339, MstReader, go_json_string and cid_to_string. IMPLEMENTATION ("cython" or
+"python") and USING_CYTHON say which side was loaded.
+It must never mix the sides: the Cython LiveRing reads the Cython EventFilter's interned-id
+tables directly, and the Cython commit loop cimports the Cython MST reader, so either
+every extension loads or none is used. No other module may import `jetstream._core`
+or `jetstream._py` to choose for itself (the twins' own tests import both on purpose).
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+from jetstream.errors import PositionConflict
+
+log = logging.getLogger(__name__)
+
+PURE_PYTHON_ENV = "JETSTREAM_PURE_PYTHON"
+
+
+def pure_python_requested(environ=os.environ) -> bool:
+    """True when the environment asks for the pure-Python twins (1/true/yes/on)."""
+    return environ.get(PURE_PYTHON_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _load_cython():
+    from jetstream._core.car import read_car
+    from jetstream._core.commit import commit_events, is_rfc3339
+    from jetstream._core.fanout import LiveFanout, LiveSlot
+    from jetstream._core.filter import EventFilter
+    from jetstream._core.mst import MstReader
+    from jetstream._core.pacing import encode_frames
+    from jetstream._core.position import Position
+    from jetstream._core.record_json import cid_to_string, go_json_string
+    from jetstream._core.ring import LiveRing
+
+    return (LiveRing, EventFilter, Position, encode_frames, LiveFanout, LiveSlot,
+            read_car, commit_events, is_rfc3339, MstReader, go_json_string, cid_to_string)
+
+
+def _load_python():
+    from jetstream._py.car import read_car
+    from jetstream._py.commit import commit_events, is_rfc3339
+    from jetstream._py.fanout import LiveFanout, LiveSlot
+    from jetstream._py.filter import EventFilter
+    from jetstream._py.mst import MstReader
+    from jetstream._py.pacing import encode_frames
+    from jetstream._py.position import Position
+    from jetstream._py.record_json import cid_to_string, go_json_string
+    from jetstream._py.ring import LiveRing
+
+    return (LiveRing, EventFilter, Position, encode_frames, LiveFanout, LiveSlot,
+            read_car, commit_events, is_rfc3339, MstReader, go_json_string, cid_to_string)
+
+
+def _choose():
+    if pure_python_requested():
+        log.info("event=implementation impl=python reason=%s", PURE_PYTHON_ENV)
+        return "python", _load_python()
+    try:
+        return "cython", _load_cython()
+    except ImportError as exc:  # not built (e.g. a source checkout before build_ext)
+        log.warning("event=implementation_fallback impl=python reason=%s", exc)
+        return "python", _load_python()
+
+
+IMPLEMENTATION, _chosen = _choose()
+USING_CYTHON = IMPLEMENTATION == "cython"
+(LiveRing, EventFilter, Position, encode_frames, LiveFanout, LiveSlot,
+ read_car, commit_events, is_rfc3339, MstReader, go_json_string, cid_to_string) = _chosen
+del _chosen
+
+__all__ = [
+    "IMPLEMENTATION", "PURE_PYTHON_ENV", "USING_CYTHON",
+    "EventFilter", "LiveFanout", "LiveRing", "LiveSlot", "MstReader", "Position", "PositionConflict",
+    "cid_to_string", "commit_events", "encode_frames", "go_json_string", "is_rfc3339", "read_car",
+]
