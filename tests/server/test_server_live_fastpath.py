@@ -4,7 +4,8 @@ readers that are rate-limited, paused by backpressure, filtered, zstd or size-ca
 Each connection's stream is checked against the expected events computed here from the
 corpus lines (json-parsed, not through the server's filter): in order, nothing missing,
 nothing twice, whichever path (its own step or the fan-out pass) delivered each event.
-Both fan-out twins run through the real SubscribeServer.
+Both fan-out twins run through the real SubscribeServer, with the fast path on whatever
+JETSTREAM_LIVE_FASTPATH says (the other suites run under both settings).
 """
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ async def publish_in_batches(stack: Stack, lines: list[bytes], batch: int, pause
 
 
 async def test_caught_up_readers_are_served_by_the_pass_with_exact_streams(tmp_path, expected_v1_lines, fanout_twin):
-    stack = await Stack(tmp_path).start()
+    stack = await Stack(tmp_path, live_fastpath=True).start()
     try:
         clients = {}
         for name, query in [("plain", ""), ("posts", f"wantedCollections={POSTS}"), ("zstd", "compress=true"),
@@ -118,7 +119,7 @@ async def test_rate_limited_readers_leave_the_pass_and_rejoin_with_every_event_o
         tmp_path, expected_v1_lines, fanout_twin):
     # 2,000 events/s shared by the IP's four connections: the bucket runs dry mid-stream, so
     # readers are handed back to their own step, wait for tokens, and rejoin when caught up.
-    stack = await Stack(tmp_path, max_sub_rate=2_000).start()
+    stack = await Stack(tmp_path, max_sub_rate=2_000, live_fastpath=True).start()
     try:
         clients = {}
         for name, query in [("plain", ""), ("posts", f"wantedCollections={POSTS}"), ("zstd", "compress=true"),
@@ -144,7 +145,7 @@ async def test_rate_limited_readers_leave_the_pass_and_rejoin_with_every_event_o
 
 async def test_a_paused_reader_leaves_the_pass_catches_up_on_its_own_and_rejoins(
         tmp_path, expected_v1_lines, fanout_twin):
-    stack = await Stack(tmp_path, ring_capacity=500).start()
+    stack = await Stack(tmp_path, ring_capacity=500, live_fastpath=True).start()
     try:
         slow_transport, slow = await subscribe(stack)
         slow_reader = next(iter(stack.server.subscribers))
@@ -187,7 +188,7 @@ async def test_a_paused_reader_leaves_the_pass_catches_up_on_its_own_and_rejoins
 
 
 async def test_options_update_while_in_the_fan_out_applies_from_the_next_event(tmp_path, expected_v1_lines, fanout_twin):
-    stack = await Stack(tmp_path).start()
+    stack = await Stack(tmp_path, live_fastpath=True).start()
     try:
         transport, client = await subscribe(stack)
         await asyncio.sleep(0.05)
@@ -209,9 +210,7 @@ async def test_options_update_while_in_the_fan_out_applies_from_the_next_event(t
 
 
 async def test_with_the_fast_path_off_readers_wait_in_the_server_set(tmp_path, expected_v1_lines):
-    stack = Stack(tmp_path)
-    stack.server.live.enabled = False
-    await stack.start()
+    stack = await Stack(tmp_path, live_fastpath=False).start()
     try:
         _, client = await subscribe(stack)
         await asyncio.sleep(0.05)
