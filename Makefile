@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run demo test build bench bench-check fuzz soak clean
+.PHONY: run demo cluster-demo test build bench bench-check fuzz soak clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ run: build
 
 demo: build
 	$(VENV)/bin/jetstream demo
+
+# 3 NATS servers + 3 `jetstream serve --cluster` nodes + relay-sim on loopback; prints each
+# node's URL and a status line per node every 5 s; Ctrl-C stops them all.
+cluster-demo: build
+	$(PY) -m jetstream.cluster.demo
 
 test: build
 	$(PY) -m pytest

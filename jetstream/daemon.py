@@ -19,6 +19,8 @@ from jetstream.compression import EventCompressor
 from jetstream.dictionary import active_dictionary
 from jetstream.config import Config, parse_listen_addr
 from jetstream.implementation import LiveRing
+from jetstream.ingest.collection_filter import IngestCollections
+from jetstream.ingest.collection_stats import CollectionStats
 from jetstream.ingest.pipeline import IngestPipeline
 from jetstream.ingest.relay_client import RelayClient
 from jetstream.ingest.sequencer import Sequencer
@@ -75,6 +77,7 @@ class Daemon:
         self.trimmer: TtlTrimmer | None = None
         self.metrics_listener: metrics.MetricsListener | None = None
         self._metrics_collector = None
+        self.cluster = None  # jetstream.cluster.node.ClusterNode with --cluster
         self._tasks: list[asyncio.Task] = []
         self._stopped = asyncio.Event()
         self.ready = False
@@ -91,13 +94,21 @@ class Daemon:
         self.server = SubscribeServer(self.event_log, ring, settings, health=self.health)
         host, port = parse_listen_addr(cfg.listen_addr)
         await self.server.start(host, port)
+        if cfg.cluster:
+            await self._start_cluster_node(ring, compressor, host, connect_relay)
+            return
         self.pipeline = IngestPipeline(
             self.event_log, ring, Sequencer(hwm), compressor, self.server.notify_new_events,
             socket_url=cfg.ws_url, group_commit_s=cfg.group_commit_ms / 1000.0,
             on_write_failure=self._on_log_write_failure,
             on_relay_error=lambda detail: self.relay and self.relay.reconnect("error_frame"),
             verify_mst=cfg.verify_mst,
+            ingest_collections=IngestCollections(cfg.ingest_collections) if cfg.ingest_collections else None,
+            collection_stats=CollectionStats(cfg.event_ttl, cfg.stats_max_collections),
         )
+        self.server.collection_stats = self.pipeline.collection_stats
+        if cfg.ingest_collections:
+            log.info("event=ingest_collections_limited collections=%s", ",".join(cfg.ingest_collections))
         if cfg.verify_signatures:
             self._start_signature_stage()
         if cfg.override_relay_cursor >= 0:
@@ -126,6 +137,48 @@ class Daemon:
         log.info("event=daemon_started listen=%s:%d data_dir=%s relay=%s relay_cursor=%s hwm=%d",
                  host, self.server.port, cfg.data_dir, cfg.ws_url, self.pipeline.last_accepted_seq, hwm)
 
+    async def _start_cluster_node(self, ring, compressor, host: str, join: bool) -> None:
+        """--cluster: the node applies the shared stream and ingests only while it holds the lease.
+
+        The same log, ring and new-events notification as a single node; only the node's
+        applier writes the log (jetstream/cluster/). Ready at once: the local log is served
+        while the node joins.
+        """
+        from jetstream.cluster.node import ClusterNode
+
+        if getattr(self.cfg, "verify_signatures", False):
+            # The per-DID revs it keeps live in one node's log; nothing replicates them yet.
+            raise ValueError("--verify-signatures is not supported with --cluster yet")
+        cfg = self.cfg
+        # What the single-node pipeline is given, for the pipeline of each leadership term. The
+        # collection counts are of what this node ingested while it led (followers count none).
+        pipeline_options = {
+            "ingest_collections": IngestCollections(cfg.ingest_collections) if cfg.ingest_collections else None,
+            "collection_stats": CollectionStats(cfg.event_ttl, cfg.stats_max_collections),
+        }
+        self.server.collection_stats = pipeline_options["collection_stats"]
+        self.cluster = ClusterNode(cfg, self.event_log, ring, compressor, self.server.notify_new_events,
+                                   pipeline_options)
+        self.server.cursor_gate = self.cluster
+        # Clients see the cluster's id, not this node's log's, so moving between nodes is no switch.
+        self.cluster.on_joined = lambda cluster_id: setattr(self.server, "instance_id", cluster_id)
+        self._metrics_collector = register_server(self.server)
+        if self.cfg.metrics_listen_addr:
+            self.metrics_listener = metrics.MetricsListener(self.cfg.metrics_listen_addr)
+        self.trimmer = TtlTrimmer(self.event_log, self.cfg.event_ttl,
+                                  trim_interval_s(self.cfg.event_ttl, self.cfg.ttl_trim_interval), ring=ring)
+        self._tasks = [asyncio.ensure_future(self.trimmer.run())]
+        self.ready = True
+        sd_notify("READY=1")
+        watchdog_s = watchdog_interval_s()
+        if watchdog_s is not None:
+            self._tasks.append(asyncio.ensure_future(self._watchdog_forever(watchdog_s)))
+        if join:
+            self.cluster.start()
+        log.info("event=daemon_started mode=cluster node=%s listen=%s:%d data_dir=%s cluster=%s applied_seq=%d hwm=%d",
+                 self.cluster.node_name, host, self.server.port, self.cfg.data_dir, self.cfg.cluster,
+                 self.event_log.stream_seq(), self.event_log.hwm())
+
     def _start_signature_stage(self) -> None:
         """--verify-signatures: commits pass a signature check before the pipeline (ingest/sigcheck.py)."""
         from jetstream.ingest.sigcheck import build_signature_gate, trim_did_revs_forever
@@ -137,6 +190,9 @@ class Daemon:
 
     def connect_relay(self) -> None:
         """Start reading the relay (tests call this after their subscribers are connected)."""
+        if self.cluster is not None:
+            self.cluster.start()  # joining the cluster is what may lead to reading the relay
+            return
         self._tasks.append(asyncio.ensure_future(self.relay.run()))
 
     @property
@@ -145,15 +201,21 @@ class Daemon:
 
     def health(self) -> tuple[bool, dict]:
         """(ready, report) for /healthz: ready once started and until stopping."""
-        relay = self.relay
+        relay = self.relay if self.cluster is None else self.cluster.relay
+        pipeline = self.pipeline if self.cluster is None or self.cluster.term is None else self.cluster.term.pipeline
         report = {
             "status": "ok" if self.ready else ("stopping" if self._stopped.is_set() else "starting"),
             "log_open": self.event_log is not None and not self._stopped.is_set(),
             "relay": {
                 "connected": bool(relay is not None and relay.connected),
-                "cursor": self.pipeline.last_accepted_seq if self.pipeline is not None else None,
+                "cursor": pipeline.last_accepted_seq if pipeline is not None else None,
+                "lag_seconds": pipeline.relay_lag_s if pipeline is not None else None,
             },
         }
+        if self.cluster is not None:
+            report["cluster"] = self.cluster.report()
+            if pipeline is None:  # a follower: the relay cursor its log holds from the stream
+                report["relay"]["cursor"] = self.event_log.relay_cursor() if self.event_log is not None else None
         return self.ready, report
 
     def _on_log_write_failure(self) -> None:
@@ -215,6 +277,8 @@ class Daemon:
         log.info("event=daemon_stopping")
         if self.relay is not None:
             self.relay.stop()
+        if self.cluster is not None:
+            await self.cluster.stop()  # stops ingest (unpublished batches are re-read by the next leader)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -13,7 +13,10 @@ from typing import NamedTuple
 KIND_COMMIT = 0
 KIND_IDENTITY = 1
 KIND_ACCOUNT = 2
-KIND_NAMES = ("commit", "identity", "account")
+# Stored for clients that ask with includeSync=true; every reader skips it otherwise, so a
+# v1 client never sees one (it is not a v1 kind).
+KIND_SYNC = 3
+KIND_NAMES = ("commit", "identity", "account", "sync")
 
 
 class PendingEvent(NamedTuple):
@@ -25,7 +28,7 @@ class PendingEvent(NamedTuple):
 
     did: str
     kind: int
-    collection: str  # "" for identity/account: they bypass collection filters (v1 d420dfe)
+    collection: str  # "" for identity/account/sync: they bypass collection filters (v1 d420dfe)
     json_head: bytes  # b'{"did":"did:plc:...","time_us":'
     json_tail: bytes  # b',"kind":"commit","commit":{...}}'
 

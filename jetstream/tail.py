@@ -3,7 +3,8 @@
 Owns: the tail command's arguments, the cursor syntax (µs, or a duration ago such as
 -5m), the two output formats (JSON lines, exactly the bytes received; or one human line
 per event), the --stats display (a status line redrawn on stderr when stderr is a
-terminal, plain key=value lines otherwise) and a clean exit (code 0) on Ctrl-C/SIGTERM
+terminal, plain key=value lines otherwise; with --heartbeat N it counts the server's
+cursor heartbeats, which are not events and never go to stdout) and a clean exit (code 0) on Ctrl-C/SIGTERM
 or a closed pipe.
 It must never alter an event's bytes in JSON-lines mode, and never write anything but
 events to stdout (stats and logs go to stderr).
@@ -19,7 +20,7 @@ import sys
 import time
 from datetime import datetime, timezone
 
-from jetstream.client import CommitEvent, IdentityEvent, AccountEvent, Jetstream, JetstreamError
+from jetstream.client import AccountEvent, CommitEvent, HeartbeatEvent, IdentityEvent, Jetstream, JetstreamError
 from jetstream.config import parse_duration
 
 FLUSH_BYTES = 64 * 1024
@@ -71,20 +72,31 @@ class TailStats:
         self._window_count = 0
         self._window_start_s = now_s
         self.last_time_us: int | None = None
+        self.heartbeats = 0
+        self.last_heartbeat_us: int | None = None
 
     def record(self, time_us: int) -> None:
         self.total += 1
         self._window_count += 1
         self.last_time_us = time_us
 
+    def record_heartbeat(self, time_us: int) -> None:
+        self.heartbeats += 1
+        self.last_heartbeat_us = time_us
+
     def take_line(self, now_s: float, client: Jetstream) -> str:
         """The status text for the interval ending now (starts the next interval)."""
         elapsed = max(now_s - self._window_start_s, 1e-9)
         rate = self._window_count / elapsed
         self._window_count, self._window_start_s = 0, now_s
-        lag = "-" if self.last_time_us is None else f"{now_s - self.last_time_us / 1_000_000:.2f}"
-        return (f"events={self.total} rate_per_s={rate:.1f} lag_s={lag} "
+        # A heartbeat says the reader has passed its time_us: the lag of a sparse filter is that.
+        newest = max((t for t in (self.last_time_us, self.last_heartbeat_us) if t is not None), default=None)
+        lag = "-" if newest is None else f"{now_s - newest / 1_000_000:.2f}"
+        line = (f"events={self.total} rate_per_s={rate:.1f} lag_s={lag} "
                 f"connections={client.connections} duplicates_dropped={client.duplicates_dropped}")
+        if self.heartbeats:
+            line += f" heartbeats={self.heartbeats} heartbeat_time_us={self.last_heartbeat_us}"
+        return line
 
 
 class StatsDisplay:
@@ -161,6 +173,9 @@ def add_tail_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("json", "human"), default="json",
                         help="json: the exact bytes received, one per line; human: one summary line per event")
     parser.add_argument("--stats", action="store_true", help="rate and lag on stderr")
+    parser.add_argument("--heartbeat", type=_heartbeat_seconds, default=0, metavar="N",
+                        help="ask the server for a cursor heartbeat after N s without a message (1-3600; "
+                             "this project's servers); counted in --stats, never printed")
     parser.add_argument("--limit", type=int, default=0, help="exit after this many events (0: never)")
     parser.add_argument("--log-level", default="warning", help="debug | info | warning | error")
 
@@ -170,7 +185,8 @@ async def run_tail(args, out=None, err=None) -> int:
     err = err if err is not None else sys.stderr
     cursor = parse_cursor(args.cursor, time.time_ns() // 1000) if args.cursor is not None else None
     client = Jetstream(args.url, collections=args.collections, dids=args.dids, cursor=cursor,
-                       compress=args.compress, dictionary=args.zstd_dictionary)
+                       compress=args.compress, dictionary=args.zstd_dictionary,
+                       heartbeat_seconds=getattr(args, "heartbeat", 0))
     display = StatsDisplay(err, client, redraw=err.isatty()) if args.stats else None
     share_terminal = display is not None and display.redraw and sys.stdout.isatty()
     writer = EventWriter(out, args.format == "human", display, share_terminal)
@@ -207,12 +223,26 @@ async def run_tail(args, out=None, err=None) -> int:
 async def _consume(client: Jetstream, writer: EventWriter, display: StatsDisplay | None, limit: int) -> None:
     seen = 0
     async for event in client:
+        if isinstance(event, HeartbeatEvent):
+            if display:
+                display.stats.record_heartbeat(event.time_us)
+            continue
         writer.write(event, more_queued=client.buffered > 0)
         if display:
             display.stats.record(event.time_us)
         seen += 1
         if limit and seen >= limit:
             return
+
+
+def _heartbeat_seconds(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"invalid heartbeat {text!r}: give whole seconds, 1 to 3600")
+    return value
 
 
 def _silence_stdout() -> None:

@@ -9,10 +9,10 @@ import json
 import re
 
 from jetstream.compression import EventCompressor
-from jetstream.events import KIND_ACCOUNT, KIND_COMMIT, KIND_IDENTITY, Event
+from jetstream.events import KIND_ACCOUNT, KIND_COMMIT, KIND_IDENTITY, KIND_SYNC, Event
 
 _TIME_US = re.compile(rb'"time_us":\d+')
-_KINDS = {"commit": KIND_COMMIT, "identity": KIND_IDENTITY, "account": KIND_ACCOUNT}
+_KINDS = {"commit": KIND_COMMIT, "identity": KIND_IDENTITY, "account": KIND_ACCOUNT, "sync": KIND_SYNC}
 _COMPRESSOR = EventCompressor()
 
 

@@ -138,3 +138,39 @@ def test_stats_line_reports_count_rate_and_lag():
     line = stats.take_line(102.0, Jetstream("ws://127.0.0.1:1"))
     assert line.startswith("events=4 rate_per_s=2.0 lag_s=2.40 ")
     assert stats.take_line(104.0, Jetstream("ws://127.0.0.1:1")).startswith("events=4 rate_per_s=0.0 ")
+
+
+async def test_tail_heartbeat_counts_heartbeats_in_stats_and_prints_only_events(tmp_path, corpus_dir, corpus_frames):
+    relay, daemon = await ingested_daemon(tmp_path, corpus_dir, corpus_frames)
+    stored = [p for p in logged_payloads(daemon) if json.loads(p)["kind"] != "commit"]  # identity, account
+    newest = json.loads(logged_payloads(daemon)[-1])["time_us"]
+    try:
+        process = await start_tail(f"ws://127.0.0.1:{daemon.port}", "--cursor", "0", "--heartbeat", "1",
+                                   "--collection", "app.none.at.all", "--stats")
+        lines = await read_lines(process.stdout, len(stored))
+
+        async def _stats_with_heartbeat() -> bytes:
+            while True:  # piped stderr: an event=tail_stats line every 5 s
+                line = await process.stderr.readline()
+                if b"heartbeats=" in line or not line:
+                    return line
+        stats_line = await asyncio.wait_for(_stats_with_heartbeat(), 30)
+        process.send_signal(signal.SIGTERM)
+        returncode = await asyncio.wait_for(process.wait(), 20)
+        rest = await process.stdout.read()
+    finally:
+        await daemon.stop()
+        await relay.close()
+    assert lines == stored and rest == b""  # heartbeats are never printed
+    assert returncode == 0
+    assert stats_line.startswith(b"event=tail_stats events=2 ")
+    assert b" heartbeat_time_us=%d" % newest in stats_line  # the reader passed every stored event
+
+
+def test_tail_heartbeat_refuses_values_outside_1_to_3600():
+    from jetstream.tail import _heartbeat_seconds
+
+    assert _heartbeat_seconds("30") == 30
+    for bad in ("0", "3601", "x", "1.5"):
+        with pytest.raises(Exception, match="invalid heartbeat"):
+            _heartbeat_seconds(bad)

@@ -26,6 +26,7 @@ cdef class LiveSlot:
     cdef EventFilter _filter            # None: every event
     cdef readonly bint compressed
     cdef readonly Py_ssize_t max_message_size
+    cdef readonly bint include_sync     # sync events (kind 3) are sent, not only scanned past
     cdef readonly bint live             # in a LiveFanout's list right now
     cdef public long long sent_events
     cdef public long long sent_bytes

@@ -34,6 +34,7 @@ from jetstream._py.fanout import STEP_MAX_BYTES, STEP_MAX_EVENTS
 from jetstream.errors import PositionConflict
 
 cdef Py_ssize_t _INITIAL_BUFFER = 64 * 1024
+cdef int _KIND_SYNC = 3  # jetstream.events.KIND_SYNC, as ring.pyx skips it
 cdef uint8_t _FIRST_TEXT = 0x81
 cdef uint8_t _FIRST_BINARY = 0x82
 
@@ -56,12 +57,14 @@ cdef class LiveSlot:
         self.compressed = compressed
         self._filter = None
         self.max_message_size = 0
+        self.include_sync = False
         self.live = False
 
-    def set_options(self, EventFilter event_filter, Py_ssize_t max_message_size):
-        """The owner's current filter and message size cap (an options_update lands between passes)."""
+    def set_options(self, EventFilter event_filter, Py_ssize_t max_message_size, bint include_sync=False):
+        """The owner's current filter, message size cap and includeSync (an options_update lands between passes)."""
         self._filter = None if event_filter is None or event_filter.wants_all else event_filter
         self.max_message_size = max_message_size
+        self.include_sync = include_sync
 
     def leave(self):
         """Stop being served by the fan-out (paused, closed, or the owner reads on its own)."""
@@ -209,6 +212,8 @@ cdef class LiveFanout:
             ring_slot = ring._slot(index)
             index += 1
             self._scanned_to = ring._times[ring_slot]
+            if not slot.include_sync and ring._kinds[ring_slot] == _KIND_SYNC:
+                continue  # scanned past, like a filtered event
             if event_filter is not None:
                 verdict = event_filter.match_ids(ring._did_ids[ring_slot], ring._collection_ids[ring_slot])
                 if verdict == MATCH_UNKNOWN:  # first sight of this collection by this filter

@@ -32,6 +32,8 @@ cdef Py_ssize_t _ZSTD_FIELD = 5
 # Collections repeat constantly (a few dozen NSIDs carry almost all traffic): caching their
 # ids saves an encode + hash per append. Bounded so invented names cannot grow it forever.
 cdef Py_ssize_t _COLLECTION_CACHE_MAX = 4096
+# jetstream.events.KIND_SYNC: held for includeSync=true readers, skipped for every other one.
+cdef int _KIND_SYNC = 3
 
 
 cdef class LiveRing:
@@ -220,11 +222,13 @@ cdef class LiveRing:
         Py_ssize_t max_events,
         Py_ssize_t max_bytes,
         Py_ssize_t max_message_size=0,
+        bint include_sync=False,
     ):
         """Payloads of the wanted events after `after_time_us`, and the position they reach.
 
         The position is the time_us of the last entry scanned, matched or not, so the
         caller never rescans what was filtered out and never skips what was not reached.
+        Sync events (kind 3) are skipped unless `include_sync`.
         """
         if after_time_us < self._floor_time_us:
             raise LookupError(f"ring floor {self._floor_time_us} is above position {after_time_us}")
@@ -243,6 +247,8 @@ cdef class LiveRing:
         for index in range(start, stop):
             slot = self._slot(index)
             position = self._times[slot]
+            if not include_sync and self._kinds[slot] == _KIND_SYNC:
+                continue
             if event_filter is not None:
                 verdict = event_filter.match_ids(self._did_ids[slot], self._collection_ids[slot])
                 if verdict == MATCH_UNKNOWN:  # first sight of this collection by this filter

@@ -29,7 +29,7 @@ class LiveSlot:
     """What the fan-out step needs of one reader; the owner keeps everything else."""
 
     __slots__ = ("owner", "_position", "_transport", "_write", "_bucket", "compressed", "_filter",
-                 "max_message_size", "live", "sent_events", "sent_bytes", "steps")
+                 "max_message_size", "include_sync", "live", "sent_events", "sent_bytes", "steps")
 
     def __init__(self, owner, position, sink, bucket=None, compressed: bool = False) -> None:
         self.owner = owner
@@ -44,13 +44,15 @@ class LiveSlot:
         self.compressed = bool(compressed)
         self._filter = None
         self.max_message_size = 0
+        self.include_sync = False
         self.live = False
         self.sent_events = self.sent_bytes = self.steps = 0
 
-    def set_options(self, event_filter, max_message_size: int) -> None:
-        """The owner's current filter and message size cap (an options_update lands between passes)."""
+    def set_options(self, event_filter, max_message_size: int, include_sync: bool = False) -> None:
+        """The owner's current filter, message size cap and includeSync (an options_update lands between passes)."""
         self._filter = None if event_filter is None or event_filter.wants_all else event_filter
         self.max_message_size = int(max_message_size)
+        self.include_sync = bool(include_sync)
 
     def leave(self) -> None:
         """Stop being served by the fan-out (paused, closed, or the owner reads on its own)."""
@@ -153,4 +155,4 @@ class LiveFanout:
 
     def _read(self, ring, slot: LiveSlot, start: int, max_events: int):
         return ring.read_after(start, slot._filter, slot.compressed, max_events, self._max_bytes,
-                               slot.max_message_size)
+                               slot.max_message_size, slot.include_sync)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from jetstream.events import Event
+from jetstream.events import KIND_SYNC, Event
 
 DEFAULT_SCAN_LIMIT = 65_536  # entries per read_after call; bounds one call's CPU time
 JSON_FIELD = 4  # Event.json
@@ -133,11 +133,13 @@ class LiveRing:
         max_events: int,
         max_bytes: int,
         max_message_size: int = 0,
+        include_sync: bool = False,
     ) -> tuple[list[bytes], int]:
         """Payloads of the wanted events after `after_time_us`, and the position they reach.
 
         The position is the time_us of the last entry scanned, matched or not, so the
         caller never rescans what was filtered out and never skips what was not reached.
+        Sync events (KIND_SYNC) are skipped unless `include_sync`.
         """
         if not self.covers(after_time_us):
             raise LookupError(f"ring floor {self._floor_time_us} is above position {after_time_us}")
@@ -154,6 +156,8 @@ class LiveRing:
         for index in range(start, stop):
             event = self._slots[self._slot(index)]
             position = event[0]
+            if event[2] == KIND_SYNC and not include_sync:
+                continue
             if event_filter is not None and not event_filter.matches(event[1], event[3]):
                 continue
             payload = event[field]

@@ -9,7 +9,7 @@ zstd.py and stream.py. It must never import server or ingest code: the client ha
 work standalone against any Jetstream v1 endpoint.
 """
 from jetstream.client.events import (
-    AccountEvent, CommitEvent, Event, EventDecodeError, IdentityEvent, UnknownEvent, parse_event,
+    AccountEvent, CommitEvent, Event, EventDecodeError, HeartbeatEvent, IdentityEvent, UnknownEvent, parse_event,
 )
 from jetstream.client.protocol import DEFAULT_REWIND_US, Backoff, ResumeState, SubscribeOptions, normalize_url
 from jetstream.client.stream import ConnectionLost, Jetstream, JetstreamError
@@ -17,6 +17,6 @@ from jetstream.client.zstd import DictionaryMismatch, ZstdFrameDecoder
 
 __all__ = [
     "AccountEvent", "Backoff", "CommitEvent", "ConnectionLost", "DEFAULT_REWIND_US", "DictionaryMismatch",
-    "Event", "EventDecodeError", "IdentityEvent", "Jetstream", "JetstreamError", "ResumeState",
+    "Event", "EventDecodeError", "HeartbeatEvent", "IdentityEvent", "Jetstream", "JetstreamError", "ResumeState",
     "SubscribeOptions", "UnknownEvent", "ZstdFrameDecoder", "normalize_url", "parse_event",
 ]

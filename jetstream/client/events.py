@@ -88,7 +88,20 @@ class UnknownEvent:
     raw: bytes = field(repr=False, compare=False)
 
 
-Event = Union[CommitEvent, IdentityEvent, AccountEvent, UnknownEvent]
+@dataclass(slots=True, frozen=True)
+class HeartbeatEvent:
+    """A cursor heartbeat (asked for with heartbeat_seconds; not a v1 message).
+
+    Every event at or below `time_us` that the subscription's filters want has already been
+    received, so `time_us + 1` is a safe cursor even when no event matched for a long time.
+    """
+
+    kind: ClassVar[str] = "heartbeat"
+    time_us: int
+    raw: bytes = field(repr=False, compare=False)
+
+
+Event = Union[CommitEvent, IdentityEvent, AccountEvent, UnknownEvent, HeartbeatEvent]
 
 
 def decode_json(raw: bytes) -> dict[str, Any]:
@@ -105,6 +118,8 @@ def parse_event(raw: bytes) -> Event:
     """The typed event for one message's JSON bytes; EventDecodeError if it is not one."""
     data = decode_json(raw)
     did, time_us, kind = data.get("did"), data.get("time_us"), data.get("kind")
+    if kind == "heartbeat" and isinstance(time_us, int) and not isinstance(time_us, bool):
+        return HeartbeatEvent(time_us, raw)
     if not isinstance(did, str) or not isinstance(time_us, int) or isinstance(time_us, bool):
         raise EventDecodeError("event lacks a string did or an integer time_us")
     try:

@@ -57,6 +57,7 @@ class SubscribeOptions:
     compress: bool = False
     max_message_size: int = 0
     require_hello: bool = False
+    heartbeat_seconds: int = 0  # not v1: ask for cursor heartbeats (this project's servers)
 
     def query(self, cursor: int | None) -> str:
         """The /subscribe query string, parameter names and repetition exactly as v1 reads them."""
@@ -71,6 +72,8 @@ class SubscribeOptions:
             pairs.append(("maxMessageSizeBytes", str(self.max_message_size)))
         if self.require_hello:
             pairs.append(("requireHello", "true"))
+        if self.heartbeat_seconds > 0:
+            pairs.append(("heartbeatSeconds", str(self.heartbeat_seconds)))
         return urlencode(pairs)
 
     def options_update(self) -> bytes:
@@ -117,6 +120,15 @@ class ResumeState:
             return False
         self.last_time_us = time_us
         return True
+
+    def heartbeat(self, time_us: int) -> None:
+        """A server heartbeat: every wanted event <= time_us has arrived, so resume after it."""
+        if self.last_time_us is None or time_us > self.last_time_us:
+            self.last_time_us = time_us
+
+    def restart_at(self, cursor: int) -> None:
+        """On another instance (its own time_us): accept everything from `cursor` on."""
+        self.last_time_us = cursor - 1
 
     def cursor_for_next_connection(self) -> int | None:
         if self.last_time_us is not None:

@@ -3,7 +3,8 @@
 Owns: the websocket connection (picows, so it runs on uvloop), reassembling fragmented
 messages, a bounded receive buffer that pauses reading when the consumer is slower than
 the stream, zstd decoding, the requireHello handshake, options updates, and reconnecting
-with backoff while resuming without gaps or duplicates (protocol.ResumeState).
+with backoff while resuming without gaps or duplicates (protocol.ResumeState), also when
+a reconnect lands on another instance (instance.InstanceTracker), and cursor heartbeats.
 It must never reorder or invent events, never deliver an event twice, and never retry a
 request the server rejected (a 4xx, or a close saying our options are invalid).
 """
@@ -19,7 +20,8 @@ from typing import Iterable
 import zstandard
 from picows import WSCloseCode, WSError, WSInvalidStatusError, WSListener, WSMsgType, ws_connect
 
-from jetstream.client.events import Event, EventDecodeError, parse_event
+from jetstream.client.events import Event, EventDecodeError, HeartbeatEvent, parse_event
+from jetstream.client.instance import DEFAULT_SWITCH_REWIND_US, INSTANCE_HEADER, InstanceTracker
 from jetstream.client.protocol import (
     DEFAULT_REWIND_US, Backoff, ResumeState, SubscribeOptions, dictionary_url, is_fatal_close, normalize_url,
     subscribe_url,
@@ -145,6 +147,11 @@ class Jetstream:
     server's GET /zstd-dictionary (falling back to no dictionary when it 404s).
     require_hello: connect with requireHello=true and send the filters as the hello.
     max_message_size: v1's maxMessageSizeBytes (0 = no limit).
+    heartbeat_seconds: ask for a HeartbeatEvent after that many seconds without a message
+    (not v1; servers that do not know it ignore it); its time_us advances the resume point.
+    switch_rewind_us: when a reconnect lands on another instance (its Jetstream-Instance
+    header differs), resume this far before the last event and drop the events already
+    delivered (by content); 0 turns that off.
     """
 
     def __init__(self, url: str, collections: Iterable[str] | None = None, dids: Iterable[str] | None = None,
@@ -152,13 +159,17 @@ class Jetstream:
                  dictionary: bytes | str | os.PathLike | None = None, require_hello: bool = False,
                  max_message_size: int = 0, *, reconnect: bool = True, rewind_us: int = DEFAULT_REWIND_US,
                  backoff: Backoff | None = None, max_reconnect_attempts: int | None = None,
-                 buffer_high_water: int = BUFFER_HIGH_WATER, handshake_timeout_s: float = 10.0) -> None:
+                 buffer_high_water: int = BUFFER_HIGH_WATER, handshake_timeout_s: float = 10.0,
+                 heartbeat_seconds: int = 0, switch_rewind_us: int = DEFAULT_SWITCH_REWIND_US) -> None:
         self.url = normalize_url(url)
         self.options = SubscribeOptions(
             list(collections) if collections is not None else None,
             list(dids) if dids is not None else None,
             compress, max_message_size, require_hello,
         )
+        self.options.heartbeat_seconds = heartbeat_seconds
+        self.instances = InstanceTracker(switch_rewind_us)
+        self._switch_cursor: int | None = None
         self._dictionary_argument = dictionary
         self._decoder: ZstdFrameDecoder | None = None
         self._dictionary_fetched = False
@@ -181,7 +192,12 @@ class Jetstream:
 
     @property
     def duplicates_dropped(self) -> int:
-        return self.resume.duplicates_dropped
+        return self.resume.duplicates_dropped + self.instances.duplicates_dropped
+
+    @property
+    def instance(self) -> str | None:
+        """The Jetstream-Instance the server announced (None: it announced none, e.g. Go v1)."""
+        return self.instances.instance
 
     @property
     def buffered(self) -> int:
@@ -252,7 +268,10 @@ class Jetstream:
             self.undecodable_messages += 1
             log.warning("event=message_skipped reason=%s bytes=%d", exc, len(payload))
             return None
-        if not self.resume.accept(event.time_us):
+        if isinstance(event, HeartbeatEvent):
+            self.resume.heartbeat(event.time_us)
+            return event
+        if not self.resume.accept(event.time_us) or not self.instances.deliver(event.time_us, payload):
             return None
         if self.connections and self.backoff.attempt:
             self.backoff.reset()  # this connection works: the next outage starts from a short delay
@@ -300,15 +319,29 @@ class Jetstream:
 
     async def _connect_once(self) -> None:
         await self._prepare_decoder()
-        cursor = self.resume.cursor_for_next_connection()
+        switching = self._switch_cursor is not None
+        cursor = self._switch_cursor if switching else self.resume.cursor_for_next_connection()
         url = subscribe_url(self.url, self.options, cursor)
         high_water = self._buffer_high_water
-        _, listener = await ws_connect(
+        transport, listener = await ws_connect(
             lambda: _MessageListener(high_water), url,
             extra_headers={"User-Agent": USER_AGENT},
             websocket_handshake_timeout=self._handshake_timeout_s,
             logger_name="client.jetstream",
         )
+        announced = transport.response.headers.get(INSTANCE_HEADER) if transport.response is not None else None
+        if not switching and self.resume.last_time_us is not None and self.instances.is_switch(announced):
+            # Another instance numbers the same events with its own time_us: start over a margin
+            # earlier, on a new connection, and drop by content what we delivered already.
+            self._switch_cursor = self.instances.switch_cursor(self.resume.last_time_us)
+            log.warning("event=jetstream_instance_changed from=%s to=%s last_time_us=%d resume_cursor=%d",
+                        self.instances.instance, announced, self.resume.last_time_us, self._switch_cursor)
+            listener.disconnect()
+            return await self._connect_once()
+        if switching:
+            self.resume.restart_at(cursor)
+            self._switch_cursor = None
+        self.instances.connected(announced, switching)
         self._listener = listener
         self.connections += 1
         if self.resume.first_connected_us is None:

@@ -9,6 +9,9 @@ timestamp becomes a (reason, detail) drop and its neighbours still come out. Onl
 frame that cannot be decoded at all, or whose fields have the wrong types (v1's
 decoder would have failed and ended the stream), raises FrameError.
 
+One addition: a #sync frame (Sync 1.1; v1 emitted nothing) yields a `kind: "sync"` event,
+which readers send only to clients that asked with includeSync=true.
+
 Deliberate differences from v1, all on inputs a conforming relay never sends:
 - By default the record block is found by op.cid in the CAR and its hash verified,
   instead of walking the MST to the path (v1 dropped an op whose MST leaf CID != op.cid):
@@ -29,7 +32,7 @@ from typing import NamedTuple
 import libipld
 
 from jetstream.errors import CarError, FrameError
-from jetstream.events import KIND_ACCOUNT, KIND_IDENTITY, PendingEvent
+from jetstream.events import KIND_ACCOUNT, KIND_IDENTITY, KIND_SYNC, PendingEvent
 from jetstream.implementation import MstReader, commit_events, go_json_string, is_rfc3339, read_car
 from jetstream.ingest.frames import split_frame
 
@@ -67,7 +70,9 @@ def decode_frame(frame: bytes, *, verify_all_blocks: bool = False, verify_mst: b
         return _identity_frame(body, seq)
     if frame_type == "#account":
         return _account_frame(body, seq)
-    # #sync, #info, #labels and anything unknown: v1 emitted nothing.
+    if frame_type == "#sync":
+        return _sync_frame(body, seq)
+    # #info, #labels and anything unknown: v1 emitted nothing.
     return DecodedFrame(seq, frame_type, [], [])
 
 
@@ -123,6 +128,25 @@ def _account_frame(body: dict, seq: int | None) -> DecodedFrame:
     tail = b',"kind":"account","account":' + b"".join(parts)
     event = PendingEvent(did, KIND_ACCOUNT, "", b'{"did":' + did_json + b',"time_us":', tail)
     return DecodedFrame(seq, "#account", [event], [])
+
+
+def _sync_frame(body: dict, seq: int | None) -> DecodedFrame:
+    """A #sync (Sync 1.1) as a `kind: "sync"` event, for clients that ask with includeSync=true.
+
+    v1 emitted nothing for it. The shape follows jetstream-legacy PR #79 (indigo's
+    SyncSubscribeRepos_Sync without its `blocks`): did, rev, seq, time; the CAR is not read.
+    """
+    did = _require(body, "did", str, "#sync")
+    seq = _require(body, "seq", int, "#sync")
+    rev = _require(body, "rev", str, "#sync")
+    time = _require(body, "time", str, "#sync")
+    if not is_rfc3339(time):
+        return DecodedFrame(seq, "#sync", [], [("bad_time", f"did={did} time={time!r}")])
+    did_json = go_json_string(did)
+    tail = b"".join((b',"kind":"sync","sync":{"did":', did_json, b',"rev":', go_json_string(rev),
+                     b',"seq":%d,"time":' % seq, go_json_string(time), b"}}"))
+    event = PendingEvent(did, KIND_SYNC, "", b'{"did":' + did_json + b',"time_us":', tail)
+    return DecodedFrame(seq, "#sync", [event], [])
 
 
 # ---------------------------------------------------------------------------

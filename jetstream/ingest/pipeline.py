@@ -8,9 +8,12 @@ an event from the cursor that produced it. Events reach the live ring — and th
 subscribers — only after that batch is written.
 
 Every frame ends in exactly one of: events written, counted drop (`jetstream_ingest_drops_total`
-by reason), or counted no-op kind (#sync, #info, unknown `t`: `consumer_events_processed_total`).
+by reason), or counted no-op kind (#info, unknown `t`: `consumer_events_processed_total`; a #sync is
+stored as a sync event, see decode.py).
 The cursor advances past each handled frame that carries a seq, skipped kinds and
 undecodable-but-seq-bearing frames included, so a restart never reads them again.
+With --ingest-collections, commits of other collections are dropped after decoding (counted
+`not_ingested`); the counts of each written batch go to CollectionStats (/stats/collections).
 It must never talk to sockets: the relay client feeds it, the server is woken by
 the `publish` callback, and a relay error frame is reported through `on_relay_error`.
 """
@@ -23,6 +26,7 @@ from datetime import datetime
 from typing import Callable
 
 from jetstream import metrics
+from jetstream.events import KIND_NAMES
 from jetstream.ingest.decode import DecodedFrame, FrameError, decode_frame
 from jetstream.ingest.frames import split_frame
 
@@ -87,12 +91,22 @@ class GateDrop(bytes):
 class _BatchTally:
     """Counts of one batch, published to prometheus once per batch."""
 
-    __slots__ = ("processed", "ops", "commit_seconds")
+    __slots__ = ("processed", "ops", "kinds", "not_ingested", "commit_seconds")
 
     def __init__(self) -> None:
         self.processed: dict[str, int] = {}  # frame type -> frames
         self.ops: dict[tuple[str, str], int] = {}  # (operation, collection) -> ops
+        self.kinds: dict[int, int] = {}  # kind -> events without a collection (identity, account, sync)
+        self.not_ingested = 0  # commit events outside --ingest-collections
         self.commit_seconds: list[float] = []  # decode time of each #commit frame
+
+
+def _stats_counts(tally: _BatchTally) -> dict[tuple[str, str], int]:
+    """A written batch's counts as CollectionStats takes them: (collection, operation) or ("", kind)."""
+    counts = {(collection, operation): count for (operation, collection), count in tally.ops.items()}
+    for kind, count in tally.kinds.items():
+        counts[("", KIND_NAMES[kind] if 0 <= kind < len(KIND_NAMES) else "other")] = count
+    return counts
 
 
 class IngestPipeline:
@@ -109,6 +123,9 @@ class IngestPipeline:
         on_write_failure: Callable[[], None] = lambda: None,
         on_relay_error: Callable[[str], None] = lambda detail: None,
         verify_mst: bool = False,
+        hand_off: Callable[[list, int | None], None] | None = None,
+        ingest_collections=None,
+        collection_stats=None,
     ) -> None:
         self.event_log = event_log
         self.ring = ring
@@ -120,6 +137,14 @@ class IngestPipeline:
         self.on_write_failure = on_write_failure
         self.on_relay_error = on_relay_error
         self.verify_mst = verify_mst  # v1's MST lookup per create/update (decode.py)
+        # Cluster mode (jetstream/cluster/): sequenced batches go to the replicated stream
+        # instead of the local log; every node, this one included, applies them from there.
+        self.hand_off = hand_off
+        # --ingest-collections (collection_filter.IngestCollections) or None: store every collection.
+        self.ingest_collections = ingest_collections
+        # collection_stats.CollectionStats or None: counts of what each written batch stored.
+        self.collection_stats = collection_stats
+        self.relay_lag_s: float | None = None  # now - the newest written frame's `time` (/healthz, /status)
         # The highest relay seq accepted into the pipeline (written or pending). Reconnects
         # resume from here; frames at or below it are duplicates and are skipped.
         self.last_accepted_seq: int | None = event_log.relay_cursor()
@@ -193,10 +218,12 @@ class IngestPipeline:
         Never raises for input. If storing fails, nothing of the batch is published and the
         cursor falls back to the durable one, so the relay resends the batch after a reconnect.
         """
-        pending_events, batch_cursor, newest_frame = self._decode(frames)
+        pending_events, batch_cursor, newest_frame, tally = self._decode(frames)
         try:
             events = self.sequencer.sequence(pending_events, self.compressor)
             self._labels["EVENTS_SEQUENCED"].inc(len(events))
+            if self.hand_off is not None:
+                return self._hand_off(events, batch_cursor, newest_frame)
             self._write(events, batch_cursor)
         except Exception as exc:  # noqa: BLE001 - any storage failure must not lose data
             # repr(exc), not exc: a log record that keeps the exception keeps its traceback, whose
@@ -208,6 +235,8 @@ class IngestPipeline:
             self.reset_to_durable_cursor()
             self.on_write_failure()
             return 0
+        if self.collection_stats is not None:
+            self.collection_stats.record(_stats_counts(tally))
         for event in events:
             self.ring.append(event)
         self._labels["EVENTS_EMITTED"].inc(len(events))
@@ -233,10 +262,21 @@ class IngestPipeline:
                     continue
                 self.last_accepted_seq = batch_cursor = seq
                 newest_frame = frame
+            if self.ingest_collections is not None and decoded.events:
+                decoded = self._only_ingested(decoded, tally)
             self._account(decoded, tally)
             pending_events.extend(decoded.events)
         self._publish_tally(tally)
-        return pending_events, batch_cursor, newest_frame
+        return pending_events, batch_cursor, newest_frame, tally
+
+    def _only_ingested(self, decoded: DecodedFrame, tally: "_BatchTally") -> DecodedFrame:
+        """The frame without the commit events --ingest-collections does not store (counted)."""
+        keeps = self.ingest_collections.keeps
+        kept = [event for event in decoded.events if keeps(event.collection)]
+        if len(kept) == len(decoded.events):
+            return decoded
+        tally.not_ingested += len(decoded.events) - len(kept)
+        return decoded._replace(events=kept)
 
     def _decode_one(self, frame: bytes, tally: "_BatchTally") -> DecodedFrame | None:
         """The decoded frame, or None after counting an unusable one (its seq, if readable, is accepted)."""
@@ -278,11 +318,13 @@ class IngestPipeline:
                 continue
             metrics.INGEST_DROPS.labels(reason).inc()
             log.warning("event=ingest_drop reason=%s seq=%s detail=%s", reason, decoded.seq, detail)
-        ops = tally.ops
+        ops, kinds = tally.ops, tally.kinds
         for pending in decoded.events:
             if pending.collection:
                 key = (operation_of(pending.json_tail), pending.collection)
                 ops[key] = ops.get(key, 0) + 1
+            else:
+                kinds[pending.kind] = kinds.get(pending.kind, 0) + 1
 
     def _publish_tally(self, tally: "_BatchTally") -> None:
         # Once per batch and label, not per frame: each prometheus inc() takes a lock.
@@ -296,6 +338,8 @@ class IngestPipeline:
             counter.inc(count)
         for (operation, collection), count in tally.ops.items():
             metrics.OPS_PROCESSED.labels(operation, collection, self.socket_url).inc(count)
+        if tally.not_ingested:
+            metrics.INGEST_DROPS.labels("not_ingested").inc(tally.not_ingested)
 
     def _relay_error(self, detail: str) -> None:
         # v1 only logged it; the relay closes after an error frame anyway, so re-dial at once
@@ -316,6 +360,14 @@ class IngestPipeline:
         metrics.BATCH_EVENTS.observe(len(events))
         self._labels["EVENTS_PERSISTED"].inc(len(events))
 
+    def _hand_off(self, events, batch_cursor, newest_frame) -> int:
+        """Cluster mode: the batch leaves for the stream; the ring and log get it when it is applied."""
+        if events or batch_cursor is not None:
+            self.hand_off(events, batch_cursor)
+        if newest_frame is not None:
+            self._observe_progress(newest_frame, batch_cursor)
+        return len(events)
+
     def _observe_progress(self, newest_frame: bytes, batch_cursor: int) -> None:
         """v1's progress gauges, once per batch (re-reading one frame's `time` is cheap at that rate)."""
         now = time.time()
@@ -326,3 +378,4 @@ class IngestPipeline:
             self._labels["LAST_EVT_CREATED_AT"].set(int(created * 1e9))
             self._labels["LAST_EVT_GAP"].set(now - created)
             metrics.RELAY_LAG_SECONDS.set(now - created)
+            self.relay_lag_s = now - created

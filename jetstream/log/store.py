@@ -16,6 +16,7 @@ from __future__ import annotations
 import gc
 import logging
 import struct
+import uuid
 from pathlib import Path
 from typing import Callable, Iterable, NamedTuple, Sequence
 
@@ -64,6 +65,11 @@ META_FORMAT_VERSION = b"format_version"
 META_RELAY_CURSOR = b"relay_cursor"
 META_HWM = b"hwm_time_us"
 META_INDEX_FROM = b"index_from_time_us"  # every event with time_us >= this is indexed
+# Cluster mode: the sequence of the last stream message applied (jetstream/cluster/applier.py).
+META_STREAM_SEQ = b"cluster_stream_seq"
+# This log's identity: created with the log (or at the first open of a log that predates it)
+# and never changed, so clients can tell a restart of the same instance from another one.
+META_INSTANCE_ID = b"instance_id"
 
 # A filter naming more than this many exact collections (or dids) reads faster by scanning:
 # each name costs one seek per index bucket.
@@ -164,8 +170,10 @@ class EventLog:
         self._relay_cursor = self._read_meta_int(META_RELAY_CURSOR, _SIGNED)
         self._hwm = self._read_meta_int(META_HWM, _UNSIGNED) or 0
         self._index_from = self._read_meta_int(META_INDEX_FROM, _UNSIGNED)
+        self._stream_seq = self._read_meta_int(META_STREAM_SEQ, _UNSIGNED) or 0
         if self._index_from is None:
             self._start_index(0 if fresh else self._hwm + 1)
+        self._instance_id = self._read_or_create_instance_id()
         log.info("event=log_opened path=%s fresh=%s relay_cursor=%s hwm=%d fsync=%s",
                  self.path, fresh, self._relay_cursor, self._hwm, fsync)
 
@@ -233,20 +241,39 @@ class EventLog:
         self._db.write(batch, sync)
         self._index_from = index_from
 
+    def _read_or_create_instance_id(self) -> str:
+        stored = self._meta.get(META_INSTANCE_ID)
+        if stored:
+            return stored.decode("ascii")
+        created = uuid.uuid4().hex
+        batch = WriteBatch(raw_mode=True)
+        batch.put(META_INSTANCE_ID, created.encode("ascii"), self._meta_handle)
+        sync = WriteOptions()
+        sync.sync = True
+        self._db.write(batch, sync)
+        log.info("event=log_instance_id_created path=%s instance=%s", self.path, created)
+        return created
+
+    def instance_id(self) -> str:
+        """The id this log was created with (32 hex digits), the same after every restart."""
+        return self._instance_id
+
     def _read_meta_int(self, key: bytes, layout: struct.Struct) -> int | None:
         value = self._meta.get(key)
         return None if value is None else layout.unpack(value)[0]
 
     # -- writing --------------------------------------------------------------------------------
     def append(self, events: Sequence[Event], relay_cursor: int | None,
-               did_revs: dict[str, str] | None = None) -> None:
+               did_revs: dict[str, str] | None = None, *, stream_seq: int | None = None) -> None:
         """Write `events` and `relay_cursor` atomically; durable in the WAL on return.
 
         Events must carry strictly increasing time_us above the high-water mark.
         `append([], cursor)` only moves the cursor (frames that produce no events).
         `did_revs` (DID -> newest commit rev) goes into the same batch (--verify-signatures).
+        `stream_seq` (cluster mode) is the stream message these events came from, stored in
+        the same batch so a restarted node resumes applying right after it.
         """
-        if not events and relay_cursor is None and not did_revs:
+        if not events and relay_cursor is None and not did_revs and stream_seq is None:
             return
         newest = self._check_increasing(events)
         batch = WriteBatch(raw_mode=True)
@@ -261,6 +288,8 @@ class EventLog:
             batch.put(META_RELAY_CURSOR, _SIGNED.pack(relay_cursor), self._meta_handle)
         if events:
             batch.put(META_HWM, _UNSIGNED.pack(newest), self._meta_handle)
+        if stream_seq is not None:
+            batch.put(META_STREAM_SEQ, _UNSIGNED.pack(stream_seq), self._meta_handle)
         if did_revs:
             for did, rev in did_revs.items():
                 batch.put(did.encode(), rev.encode(), self._did_revs_handle)
@@ -268,6 +297,8 @@ class EventLog:
         self._hwm = newest
         if relay_cursor is not None:
             self._relay_cursor = relay_cursor
+        if stream_seq is not None:
+            self._stream_seq = stream_seq
 
     def _check_increasing(self, events: Sequence[Event]) -> int:
         previous = self._hwm
@@ -367,6 +398,10 @@ class EventLog:
     def relay_cursor(self) -> int | None:
         """The relay seq stored with the last append that carried one; None if never."""
         return self._relay_cursor
+
+    def stream_seq(self) -> int:
+        """Cluster mode: the last stream message applied (0: none; never set in single-node mode)."""
+        return self._stream_seq
 
     def hwm(self) -> int:
         """The largest time_us ever written (kept through trims); 0 for a new log."""

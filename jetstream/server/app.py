@@ -22,7 +22,8 @@ from picows import WSAutoPingStrategy, WSCloseCode, WSUpgradeRequest
 from picows.api import _resolve_logger
 from picows.picows import WSProtocol
 
-from jetstream.server import http, params
+from jetstream.instance import INSTANCE_HEADER, instance_id_of
+from jetstream.server import http, params, status_page
 from jetstream.server.front import FrontDoor
 from jetstream.server.live import LiveFastPath
 from jetstream.server.ratelimit import RateLimiterRegistry
@@ -95,6 +96,13 @@ class SubscribeServer:
         # gone first; past max_ip_metric_labels the oldest fold into OTHER_IPS_LABEL.
         self._delivered_gone: dict[str, list[int]] = {}
         self._delivered_other = [0, 0]
+        # Cluster mode: holds a subscriber whose cursor is ahead of this node's log until the node
+        # has caught up (jetstream/cluster/node.py: hold / cursor_reached). None: single node.
+        self.cursor_gate = None
+        # Issue 15: the stream's identity (healthz, the 101's Jetstream-Instance header) and
+        # the per-collection counters ingest keeps (the daemon sets them; None: no route data).
+        self.instance_id = instance_id_of(event_log)
+        self.collection_stats = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -259,7 +267,8 @@ class SubscribeServer:
 
     def wait_for_events(self, subscriber: SubscriberListener) -> None:
         """A caught-up reader: into the live fan-out when it is on, else the waiting set."""
-        if not self.live.join(subscriber.live_slot):
+        slot = subscriber.live_slot
+        if slot is None or not self.live.join(slot):
             self._waiting.add(subscriber)
 
     def count_disconnect(self, reason: str) -> None:
@@ -298,13 +307,26 @@ class SubscribeServer:
             return http.healthz_response(ready, report, headers)
         if route is http.Route.ZSTD_DICTIONARY:
             return http.zstd_dictionary_response(self.settings.zstd_dictionary, self._zstd_dictionary_id, headers)
+        if route is http.Route.STATS_COLLECTIONS:
+            return http.json_response(status_page.collection_stats_report(self.collection_stats), headers)
+        if route is http.Route.STATUS:
+            return http.html_response(status_page.page_bytes(), headers)
         return http.not_found_response(headers)
 
     def health_report(self) -> tuple[bool, dict]:
         """(ready, report): the daemon's view when it gave one, else the server's own."""
         ready, report = self._health() if self._health is not None else (True, {})
-        report = dict(report, listening=self.is_listening, subscribers=self.connected_count)
+        report = dict(report, listening=self.is_listening, subscribers=self.connected_count,
+                      instance=self.instance_id, **self._retention_range())
         return ready and self.is_listening, report
+
+    def _retention_range(self) -> dict:
+        """The oldest and newest time_us a cursor can replay from (None while the log is empty)."""
+        try:
+            oldest = self.event_log.oldest_time_us()
+        except Exception:  # noqa: BLE001 - a closed or failed log: health still answers
+            oldest = None
+        return {"oldest_time_us": oldest, "newest_time_us": self.ring.newest_time_us if oldest is not None else None}
 
     def _subscribe(self, raw_query: bytes, headers, peer_ip: str):
         try:
@@ -324,4 +346,4 @@ class SubscribeServer:
             return http.too_many_connections_response(ip, max_conns, headers)
         listener = SubscriberListener(self, options)
         listener.client_ip = ip
-        return listener
+        return http.upgrade_response(listener, [(INSTANCE_HEADER, self.instance_id)])

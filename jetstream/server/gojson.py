@@ -314,6 +314,7 @@ class OptionsUpdatePayload:
     wanted_collections: list[str] | None
     wanted_dids: list[str] | None
     max_message_size_bytes: int
+    heartbeat_seconds: int | None = None  # not v1: absent or null -> None (unchanged)
 
 
 _PAYLOAD_STRUCT = "SubscriberOptionsUpdatePayload"
@@ -359,10 +360,10 @@ def unmarshal_options_update(payload: bytes) -> OptionsUpdatePayload:
         return OptionsUpdatePayload(None, None, 0)
     if document.kind != "object":
         raise _top_level_type_error(document, "server." + _PAYLOAD_STRUCT)
-    names = ("wantedCollections", "wantedDids", "maxMessageSizeBytes")
+    names = ("wantedCollections", "wantedDids", "maxMessageSizeBytes", "heartbeatSeconds")
     errors: list[str] = []
     decoded: dict[str, Any] = {}
-    decoders = {names[0]: _string_list, names[1]: _string_list, names[2]: _go_int}
+    decoders = {names[0]: _string_list, names[1]: _string_list, names[2]: _go_int, names[3]: _optional_go_int}
     # Go decodes members in document order, so the first error is the first member's.
     for key, value in document.value:
         field = _field_for(key, names)
@@ -370,4 +371,12 @@ def unmarshal_options_update(payload: bytes) -> OptionsUpdatePayload:
             decoded[field] = decoders[field](value, field, errors)
     if errors:
         raise GoJSONError(errors[0])
-    return OptionsUpdatePayload(decoded.get(names[0]), decoded.get(names[1]), decoded.get(names[2], 0))
+    return OptionsUpdatePayload(decoded.get(names[0]), decoded.get(names[1]), decoded.get(names[2], 0),
+                                decoded.get(names[3]))
+
+
+def _optional_go_int(value: JSONValue | None, field: str, errors: list[str]) -> int | None:
+    """An int field that is not v1's (heartbeatSeconds): null stays None, i.e. "unchanged"."""
+    if value is None or value.kind == "null":
+        return None
+    return _go_int(value, field, errors)

@@ -48,6 +48,8 @@ class Route(Enum):
     SUBSCRIBE = "/subscribe"
     HEALTHZ = "/healthz"
     ZSTD_DICTIONARY = "/zstd-dictionary"
+    STATS_COLLECTIONS = "/stats/collections"
+    STATUS = "/status"
     NOT_FOUND = ""
 
 
@@ -173,6 +175,21 @@ def healthz_response(ready: bool, report: dict, request_headers: Mapping[str, st
     status = HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE
     body = json.dumps(report, separators=(",", ":"), sort_keys=True).encode()
     return _respond(status, body, JSON_TYPE, request_headers, [("Cache-Control", "no-store")])
+
+
+def json_response(document: dict, request_headers: Mapping[str, str]) -> WSUpgradeResponseWithListener:
+    """200 with `document` as compact JSON, never cached (figures that change every second)."""
+    body = json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
+    return _respond(HTTPStatus.OK, body, JSON_TYPE, request_headers, [("Cache-Control", "no-store")])
+
+
+def html_response(body: bytes, request_headers: Mapping[str, str]) -> WSUpgradeResponseWithListener:
+    return _respond(HTTPStatus.OK, body, "text/html; charset=utf-8", request_headers, [("Cache-Control", "no-cache")])
+
+
+def upgrade_response(listener, extra_headers: list[tuple[str, str]]) -> WSUpgradeResponseWithListener:
+    """The 101 for a subscriber, with headers of ours (picows adds the handshake's own)."""
+    return WSUpgradeResponseWithListener(WSUpgradeResponse.create_101_response(extra_headers), listener)
 
 
 def zstd_dictionary_response(dictionary: bytes, dictionary_id: int, request_headers: Mapping[str, str]

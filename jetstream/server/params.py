@@ -67,6 +67,9 @@ class SubscriberOptions:
     compress: bool
     require_hello: bool
     cursor: int | None  # None = live tail (absent, or later than now)
+    # Additions v1 did not have; a client that does not ask gets v1's stream unchanged.
+    heartbeat_seconds: int = 0  # 0 = no heartbeats
+    include_sync: bool = False  # deliver kind "sync" events
 
 
 # --- syntax ---------------------------------------------------------------------------------
@@ -204,7 +207,25 @@ def parse_subscribe_query(raw_query: bytes, socket_encoding: str, now_us: int) -
         filters = parse_filters(params.get("wantedCollections"), params.get("wantedDids"))
     except InvalidSubscriberOptions as exc:
         raise BadRequest(str(exc)) from None
-    return SubscriberOptions(filters, max_message_size, compress, require_hello, cursor)
+    # After v1's checks, so a request v1 refused is refused with v1's text.
+    heartbeat_text = _first(params, "heartbeatSeconds")
+    heartbeat_seconds = parse_heartbeat_seconds(heartbeat_text) if heartbeat_text else 0
+    if heartbeat_seconds is None:
+        raise BadRequest(f"invalid heartbeatSeconds: {heartbeat_text}")
+    include_sync = _first(params, "includeSync") == "true"
+    return SubscriberOptions(filters, max_message_size, compress, require_hello, cursor,
+                             heartbeat_seconds, include_sync)
+
+
+HEARTBEAT_MIN_SECONDS, HEARTBEAT_MAX_SECONDS = 1, 3600
+
+
+def parse_heartbeat_seconds(text: str) -> int | None:
+    """heartbeatSeconds: a decimal integer 1..3600, else None (the caller refuses it)."""
+    value = parse_go_int64(text)
+    if value is None or not HEARTBEAT_MIN_SECONDS <= value <= HEARTBEAT_MAX_SECONDS:
+        return None
+    return value
 
 
 def parse_cursor(text: str, now_us: int) -> int | None:
@@ -222,6 +243,7 @@ def parse_cursor(text: str, now_us: int) -> int | None:
 class OptionsUpdate(NamedTuple):
     filters: SubscriberFilters
     max_message_size_bytes: int  # honoured, unlike v1 (a deliberate fix, docs/protocol.md §9)
+    heartbeat_seconds: int | None = None  # None: unchanged; 0: off; else 1..3600
 
 
 class CloseConnection(NamedTuple):
@@ -262,4 +284,7 @@ def interpret_client_message(data: bytes) -> OptionsUpdate | CloseConnection | N
         filters = parse_filters(payload.wanted_collections, payload.wanted_dids)
     except InvalidSubscriberOptions as exc:
         return _close(f"failed to parse subscriber options: {exc}")
-    return OptionsUpdate(filters, coerce_max_message_size(payload.max_message_size_bytes))
+    heartbeat = payload.heartbeat_seconds
+    if heartbeat is not None and heartbeat != 0 and parse_heartbeat_seconds(str(heartbeat)) is None:
+        return _close(f"failed to parse subscriber options: invalid heartbeatSeconds: {heartbeat}")
+    return OptionsUpdate(filters, coerce_max_message_size(payload.max_message_size_bytes), heartbeat)

@@ -52,7 +52,13 @@ backpressure, lag policy) and the single reader of docs/architecture.md §4. A n
    between two steps, i.e. at an event boundary; the position is untouched, so no event
    is re-read or skipped whether the reader is replaying, cutting over or live.
 
-7. The live fast path (server/live.py). A reader that is caught up (LIVE) hands its slot
+7. Heartbeats (heartbeatSeconds=N, server/heartbeat.py). A timer per connection that asked:
+   after N seconds without a send it writes `{"kind":"heartbeat","time_us":position}` through
+   the same write as events (zstd for compressed clients). It runs between two steps, so the
+   position is an event boundary, and it never moves the position. Sync events (kind 3) are
+   scanned past like filtered events unless the client asked with includeSync=true.
+
+8. The live fast path (server/live.py). A reader that is caught up (LIVE) hands its slot
    (its position, socket, bucket, filter) to the server's live fan-out instead of the
    waiting set: new batches are then delivered by one C pass over every such reader. The
    pass hands the reader back (`wake`) when it cannot finish a step, and `pause_writing` or
@@ -72,9 +78,11 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
+from jetstream.events import KIND_SYNC
 from jetstream.implementation import EventFilter, Position, PositionConflict, encode_frames
 from jetstream.log.store import index_query_for
 from jetstream.server import params
+from jetstream.server.heartbeat import HeartbeatClock, heartbeat_payload
 
 if TYPE_CHECKING:
     from jetstream.server.app import SubscribeServer
@@ -125,22 +133,23 @@ def initial_position(cursor: int | None, newest_time_us: int) -> int:
 
 
 def read_next_batch(start: int, ring, event_log, event_filter, compressed: bool,
-                    max_events: int, max_message_size: int, index_query=None) -> Batch:
+                    max_events: int, max_message_size: int, index_query=None, include_sync: bool = False) -> Batch:
     """The next batch after `start`, from the ring when it covers `start`, else from the log.
 
     The reader's whole decision: pure given (ring, log) contents, so tests drive it
-    directly against a model (tests/cutover/test_cutover_reader_model.py).
+    directly against a model (tests/cutover/test_cutover_reader_model.py). Sync events
+    are scanned past (the position moves) but sent only with `include_sync`.
     """
     if ring.covers(start):
         payloads, position = ring.read_after(start, event_filter, compressed, max_events,
-                                             STEP_MAX_BYTES, max_message_size)
+                                             STEP_MAX_BYTES, max_message_size, include_sync)
         return Batch(payloads, position, position == start)
     return _read_log_batch(start, ring, event_log, event_filter, compressed, max_events, max_message_size,
-                           index_query)
+                           index_query, include_sync)
 
 
 def _read_log_batch(start: int, ring, event_log, event_filter, compressed: bool,
-                    max_events: int, max_message_size: int, index_query=None) -> Batch:
+                    max_events: int, max_message_size: int, index_query=None, include_sync: bool = False) -> Batch:
     # Unfiltered, every row read is sent: read no more than the step may send.
     limit = min(LOG_CHUNK_ROWS, max_events) if event_filter.wants_all else LOG_CHUNK_ROWS
     # A narrow filter reads only the rows its log index points at (None: range predates the index).
@@ -157,6 +166,8 @@ def _read_log_batch(start: int, ring, event_log, event_filter, compressed: bool,
     position = start
     for row in rows:
         position = row.time_us
+        if row.kind == KIND_SYNC and not include_sync:
+            continue
         if not event_filter.matches(row.did, row.collection):
             continue
         if 0 < max_message_size < len(row.payload):
@@ -286,6 +297,14 @@ class SubscriberListener(WSListener):
         self._index_query = _index_query_for(options.filters)
         self._require_hello = options.require_hello
         self._state = ReaderState.CONNECTING
+        # Cluster mode: no step runs while the cursor gate holds this reader (whatever its state)
+        # until this node has applied up to the cursor (cursor_reached).
+        self._awaiting_cursor = False
+        self._include_sync = options.include_sync
+        self._heartbeat_s = options.heartbeat_seconds  # 0: this client asked for none
+        self._heartbeat: HeartbeatClock | None = None
+        self._heartbeat_timer: asyncio.TimerHandle | None = None
+        self.heartbeats_sent = 0
         self._transport: WSTransport | None = None
         self._write = None  # the underlying transport's write: one call per step
         self._position: Position | None = None
@@ -331,11 +350,29 @@ class SubscriberListener(WSListener):
         self._bucket = self._server.rate_limiters.acquire(self.client_ip)
         self._position = Position(initial_position(self._cursor, self._server.ring.newest_time_us))
         self._live = self._server.live.new_slot(self, self._position, transport, self._bucket, self._compressed)
-        self._live.set_options(self._event_filter, self._max_message_size)
+        self._live.set_options(self._event_filter, self._max_message_size, self._include_sync)
         self._enter(ReaderState.AWAITING_HELLO if self._require_hello else ReaderState.READING)
         self._server.register(self)  # after the state: it arms the hello deadline of AWAITING_HELLO
         log.debug("event=subscriber_connected ip=%s position=%d compress=%s hello=%s",
                   self.client_ip, self._position.value, self._compressed, self._require_hello)
+        gate = self._server.cursor_gate
+        if gate is not None and self._cursor is not None and self._cursor - 1 > self._position.value:
+            # Cluster mode: the client comes from a node further along. Starting live here would
+            # repeat what it already has; wait until this node has applied up to its cursor.
+            self._awaiting_cursor = True
+            gate.hold(self, self._cursor)
+            return
+        self._start_heartbeats()
+        if self._state is ReaderState.READING:
+            self.wake()
+
+    def cursor_reached(self) -> None:
+        """The cursor gate's answer: this node has caught up; start from the cursor as at connect."""
+        if self._state is ReaderState.CLOSED or not self._awaiting_cursor:
+            return
+        self._position = Position(initial_position(self._cursor, self._server.ring.newest_time_us))
+        self._awaiting_cursor = False
+        self._start_heartbeats()
         if self._state is ReaderState.READING:
             self.wake()
 
@@ -408,7 +445,10 @@ class SubscriberListener(WSListener):
         self._index_query = _index_query_for(update.filters)
         self._max_message_size = update.max_message_size_bytes
         if self._live is not None:
-            self._live.set_options(self._event_filter, self._max_message_size)
+            self._live.set_options(self._event_filter, self._max_message_size, self._include_sync)
+        if update.heartbeat_seconds is not None:
+            self._heartbeat_s = update.heartbeat_seconds
+            self._start_heartbeats()
         self._server.options_updates += 1
         if self._state is ReaderState.AWAITING_HELLO:
             self._enter(ReaderState.READING)
@@ -427,7 +467,7 @@ class SubscriberListener(WSListener):
     def pump(self) -> None:
         """One reader step; then schedule the next, or wait (paused, caught up, out of tokens)."""
         self._wakeup = None
-        if self._state not in _STEPPABLE:
+        if self._state not in _STEPPABLE or self._awaiting_cursor:
             return
         granted = self._bucket.take(STEP_MAX_EVENTS)
         if granted == 0:
@@ -440,7 +480,8 @@ class SubscriberListener(WSListener):
         start = self._position.value
         try:
             batch = read_next_batch(start, self._server.ring, self._server.event_log, self._event_filter,
-                                    self._compressed, granted, self._max_message_size, self._index_query)
+                                    self._compressed, granted, self._max_message_size, self._index_query,
+                                    self._include_sync)
         except Exception:
             log.exception("event=reader_failed ip=%s position=%d", self.client_ip, start)
             self._server.count_disconnect("replay_failed")
@@ -478,6 +519,51 @@ class SubscriberListener(WSListener):
         self._write(encode_frames(payloads, self._compressed))
         self._live.sent_events += len(payloads)
         self._live.sent_bytes += sum(map(len, payloads))
+        if self._heartbeat is not None:
+            self._heartbeat.sent(time.monotonic())
+
+    # --- heartbeats (heartbeatSeconds=N) -----------------------------------------------
+
+    def _start_heartbeats(self) -> None:
+        """(Re)start the heartbeat timer for the current interval; 0 stops it."""
+        if self._heartbeat_timer is not None:
+            self._heartbeat_timer.cancel()
+            self._heartbeat_timer = None
+        if self._heartbeat_s <= 0 or self._state is ReaderState.CLOSED:
+            self._heartbeat = None
+            return
+        self._heartbeat = HeartbeatClock(self._heartbeat_s, time.monotonic())
+        if self._live is not None and self._live.live:
+            # Out of the live fan-out (it does not tell the heartbeat clock about its sends):
+            # back to the server's waiting set, still LIVE and caught up.
+            self._live.leave()
+            self._server.wait_for_events(self)
+        self._arm_heartbeat()
+
+    def _arm_heartbeat(self) -> None:
+        delay = self._heartbeat.seconds_until_due(time.monotonic())
+        self._heartbeat_timer = asyncio.get_running_loop().call_later(delay, self._heartbeat_due)
+
+    def _heartbeat_due(self) -> None:
+        # A timer callback runs between two reader steps, so the position is a step boundary.
+        self._heartbeat_timer = None
+        if self._state is ReaderState.CLOSED or self._heartbeat is None:
+            return
+        now = time.monotonic()
+        if self._heartbeat.seconds_until_due(now) > 0:
+            self._arm_heartbeat()
+            return
+        if self._state in (ReaderState.PAUSED, ReaderState.AWAITING_HELLO):
+            # A paused socket still holds unsent events (and before the hello nothing is sent):
+            # look again shortly rather than queue a heartbeat behind them.
+            self._heartbeat_timer = asyncio.get_running_loop().call_later(
+                min(1.0, self._heartbeat.interval_s), self._heartbeat_due)
+            return
+        payload = heartbeat_payload(self._position.value, self._compressed, self._server.settings.zstd_dictionary)
+        self._write(encode_frames([payload], self._compressed))
+        self.heartbeats_sent += 1
+        self._heartbeat.sent(now)
+        self._arm_heartbeat()
 
     def _advance(self, start: int, new_position: int) -> bool:
         try:
@@ -537,8 +623,9 @@ class SubscriberListener(WSListener):
 
     @property
     def live_slot(self):
-        """This reader's LiveSlot (None before connect): what the live fan-out serves."""
-        return self._live
+        """This reader's LiveSlot for the live fan-out; None before connect, and while it asked
+        for heartbeats (the heartbeat timer must see every send, so it keeps its own steps)."""
+        return self._live if self._heartbeat is None else None
 
     @property
     def sent_events(self) -> int:
@@ -581,7 +668,7 @@ class SubscriberListener(WSListener):
     def _cancel_timers(self) -> None:
         if self._live is not None:
             self._live.leave()  # closing: the live fan-out must not write to it either
-        for name in ("_wakeup", "_lag_check", "_abort_after_close"):
+        for name in ("_wakeup", "_lag_check", "_abort_after_close", "_heartbeat_timer"):
             handle = getattr(self, name)
             if handle is not None:
                 handle.cancel()

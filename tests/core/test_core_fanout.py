@@ -18,7 +18,7 @@ from jetstream._py import filter as py_filter
 from jetstream._py import position as py_position
 from jetstream._py import ring as py_ring
 from jetstream.errors import PositionConflict
-from jetstream.events import KIND_ACCOUNT, KIND_COMMIT, Event
+from jetstream.events import KIND_ACCOUNT, KIND_COMMIT, KIND_SYNC, Event
 from jetstream.server.ratelimit import TokenBucket
 
 from test_core_filter import COLLECTIONS, DIDS, model_wants
@@ -67,7 +67,7 @@ def make_events(rng: random.Random, first_time_us: int, count: int) -> list[Even
     events, time_us = [], first_time_us
     for _ in range(count):
         time_us += rng.randint(1, 5)
-        kind = rng.choice((KIND_COMMIT, KIND_COMMIT, KIND_COMMIT, KIND_ACCOUNT))
+        kind = rng.choice((KIND_COMMIT, KIND_COMMIT, KIND_COMMIT, KIND_ACCOUNT, KIND_SYNC))
         collection = rng.choice(COLLECTIONS[:-3]) if kind == KIND_COMMIT else ""
         size = rng.choice((5, 40, 130, 300, 70_000)) if rng.random() < 0.05 else rng.randint(5, 200)
         json = b'{"t":%d,"pad":"%s"}' % (time_us, b"x" * size)
@@ -85,6 +85,7 @@ def slot_configs(rng: random.Random, count: int) -> list[dict]:
             max_message_size=rng.choice([0, 0, 0, 100, 250]),
             rate=rng.choice([None, None, 50.0, 400.0]),
             start=rng.choice(["newest", "behind", "floor"]),
+            include_sync=rng.random() < 0.3,
         ))
     return configs
 
@@ -121,7 +122,7 @@ class Side:
                 config["compressed"])
             wants_filter = config["wanted"] or config["dids"]
             slot.set_options(self.filters.EventFilter(config["wanted"], config["dids"]) if wants_filter else None,
-                             config["max_message_size"])
+                             config["max_message_size"], config["include_sync"])
             self.slots.append(slot)
             self.fanout.join(slot)
 
@@ -186,7 +187,8 @@ def test_each_slot_gets_its_filtered_events_in_order_without_gap_or_duplicate(tw
         expected = [event[field] for event in side.events
                     if side.starts[index] < event.time_us <= slot.position
                     and model_wants(config["wanted"], config["dids"], event.did, event.collection)
-                    and not (0 < config["max_message_size"] < len(event[field]))]
+                    and not (0 < config["max_message_size"] < len(event[field]))
+                    and (event.kind != KIND_SYNC or config["include_sync"])]
         assert got == expected, f"slot {index} {config}"
 
 

@@ -517,3 +517,26 @@ def test_cython_ring_releases_payloads_on_eviction_drop_and_dealloc():
 def test_cython_ring_refuses_fields_it_could_not_hold_untracked(bad):
     with pytest.raises(TypeError):
         cy_ring.LiveRing(4).append(bad)
+
+
+# ---- sync events (includeSync) -------------------------------------------------------
+
+def test_sync_events_are_scanned_past_but_returned_only_with_include_sync(twin):
+    from jetstream.events import KIND_SYNC
+
+    LiveRing, EventFilter, _ = twin
+    ring = LiveRing(16)
+    kinds = [KIND_COMMIT, KIND_SYNC, KIND_IDENTITY, KIND_SYNC, KIND_COMMIT]
+    for index, kind in enumerate(kinds):
+        collection = "app.bsky.feed.post" if kind == KIND_COMMIT else ""
+        ring.append(Event(10 + index, "did:plc:aaaa", kind, collection, b"e%d" % index, b"z%d" % index))
+    for event_filter in (None, EventFilter(None, frozenset()), EventFilter(("app.bsky.feed.like",), frozenset())):
+        hidden, position = ring.read_after(9, event_filter, False, 100, 1 << 20)
+        shown, shown_position = ring.read_after(9, event_filter, False, 100, 1 << 20, 0, True)
+        assert position == shown_position == 14  # sync events move the position either way
+        want_commits = event_filter is None or event_filter.wants_all
+        assert hidden == ([b"e0", b"e2", b"e4"] if want_commits else [b"e2"])
+        assert shown == ([b"e0", b"e1", b"e2", b"e3", b"e4"] if want_commits else [b"e1", b"e2", b"e3"])
+    # a batch of only sync events, hidden: nothing sent, the position still reaches them
+    assert ring.read_after(10, None, True, 100, 1 << 20) == ([b"z2", b"z4"], 14)
+    assert ring.read_after(10, None, False, 1, 1 << 20) == ([b"e2"], 12)

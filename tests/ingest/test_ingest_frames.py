@@ -70,7 +70,7 @@ def test_commit_strings_are_go_escaped_and_empty_rev_is_omitted():
         b'"collection":"app.x","rkey":"k~1"}}')
 
 
-@pytest.mark.parametrize("frame_type", ["#sync", "#info", "#labels", "#handle", "#somethingnew"])
+@pytest.mark.parametrize("frame_type", ["#info", "#labels", "#handle", "#somethingnew"])  # #sync: tests/ingest/test_ingest_sync.py
 def test_frame_types_v1_ignored_yield_no_events_but_report_their_type(frame_type):
     decoded = decode_frame(frame(frame_type, {"seq": 42, "did": "did:plc:a", "name": "OutdatedCursor"}))
     assert (decoded.frame_type, decoded.seq, decoded.events, decoded.drops) == (frame_type, 42, [], [])

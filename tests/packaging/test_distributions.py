@@ -76,6 +76,7 @@ def test_wheel_holds_a_compiled_extension_per_pyx_and_the_shipped_dictionary(dis
                 if n.startswith("jetstream/_core/") and n.endswith(".so")}
     assert compiled == set(CORE_MODULES)
     assert SHIPPED_DICTIONARY in names
+    assert "jetstream/server/static/status.html" in names  # GET /status serves it from the package
     assert not [n for n in names if n.startswith("tests/") or n.endswith((".c", LEGACY_DICTIONARY))]
 
 

@@ -1,0 +1,188 @@
+"""Every node's side of the stream: apply its messages, in order, to the local log.
+
+Owns: the ordered consumer that reads the stream from the message after the one the
+local log last applied, and the apply step: one RocksDB write batch per message
+(its events, its relay cursor and its stream sequence together), then the live ring,
+then the same new-events notification the single-node pipeline gives (which wakes
+subscribers). So every node stores the same time_us and the same bytes, and a restarted
+node resumes right after its applied sequence. A node whose next message has already
+expired from the stream (stopped longer than --event-ttl) skips ahead, logged: those
+events are past their retention everywhere.
+It must never sequence, re-render or reorder events, and never apply a message twice.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Callable
+
+from jetstream.cluster import metrics as cluster_metrics
+from jetstream.cluster.wire import WireError, decode_batch
+
+log = logging.getLogger(__name__)
+
+RESTART_DELAY_S = 1.0
+
+
+class ApplyGap(RuntimeError):
+    """A message arrived out of order: resubscribe from the last applied one."""
+
+
+class StreamApplier:
+    def __init__(self, js, subject: str, stream: str, event_log, ring, notify: Callable[[], None]) -> None:
+        self._js = js
+        self.subject = subject
+        self.stream = stream
+        self.event_log = event_log
+        self.ring = ring
+        self.notify = notify
+        self.applied_seq = event_log.stream_seq()
+        self.stream_last_seq = self.applied_seq  # as last seen in a message's metadata or stream info
+        self.applied_messages = 0
+        self.applied_events = 0
+        self._waiters: list[tuple[int, asyncio.Future]] = []
+        # Messages below this were gone from the stream when we subscribed (max_age): a jump
+        # over them is expected, any other jump is a delivery gap and we resubscribe.
+        self._expired_below = 0
+        self._task: asyncio.Task | None = None
+        self._stopping = False
+        self.failed_reason: str | None = None
+
+    # -- lifetime ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        """Subscribe from applied_seq + 1 and apply; on any subscription failure, start again."""
+        while not self._stopping:
+            try:
+                await self._consume()
+            except asyncio.CancelledError:
+                raise
+            except ApplyGap as exc:
+                cluster_metrics.APPLY_ERRORS.labels("gap").inc()
+                log.warning("event=cluster_apply_resubscribe applied_seq=%d reason=%s", self.applied_seq, exc)
+            except Exception as exc:  # noqa: BLE001 - NATS gone, consumer lost: resubscribe from what we applied
+                cluster_metrics.APPLY_ERRORS.labels("subscription").inc()
+                log.warning("event=cluster_apply_restart applied_seq=%d error=%r", self.applied_seq, str(exc)[:200])
+                await asyncio.sleep(RESTART_DELAY_S)
+
+    async def _consume(self) -> None:
+        from nats.js.api import ConsumerConfig, DeliverPolicy
+
+        info = await asyncio.wait_for(self._js.stream_info(self.stream), 5.0)
+        self.stream_last_seq = max(self.stream_last_seq, info.state.last_seq)
+        self._expired_below = info.state.first_seq
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.applied_seq + 1)
+        failed = asyncio.get_running_loop().create_future()
+
+        async def on_message(msg) -> None:
+            # A callback, not next_msg(): nats-py makes a task per next_msg() call, which cost
+            # more than the apply itself. An error must end this subscription, not reach
+            # nats-py's error callback, so it is handed to the waiting coroutine instead.
+            if failed.done():
+                return
+            try:
+                self.apply_message(msg)
+            except Exception as exc:  # noqa: BLE001 - re-raised below, in _consume
+                failed.set_exception(exc)
+
+        sub = await self._js.subscribe(self.subject, stream=self.stream, ordered_consumer=True, config=config,
+                                       cb=on_message, idle_heartbeat=1.0, pending_msgs_limit=4096,
+                                       pending_bytes_limit=256 * 1024 * 1024)
+        log.info("event=cluster_apply_subscribed from_seq=%d", self.applied_seq + 1)
+        try:
+            await failed
+        finally:
+            try:
+                await sub.unsubscribe()
+            except Exception:  # noqa: BLE001 - the connection may already be gone
+                pass
+
+    # -- the apply step ---------------------------------------------------------------------------
+    def apply_message(self, msg) -> None:
+        meta = msg.metadata
+        seq = meta.sequence.stream
+        self.stream_last_seq = max(self.stream_last_seq, seq + (meta.num_pending or 0))
+        self.apply(seq, msg.data)
+
+    def apply(self, seq: int, data: bytes) -> None:
+        """Apply stream message `seq`: log (events + cursor + seq in one batch), ring, notify."""
+        if seq <= self.applied_seq:
+            return  # redelivered after a consumer reset: already in the log
+        if seq != self.applied_seq + 1:
+            if seq > self._expired_below:
+                raise ApplyGap(f"message {seq} arrived after {self.applied_seq}")
+            cluster_metrics.APPLY_ERRORS.labels("expired_gap").inc()
+            log.warning("event=cluster_apply_gap applied_seq=%d next_seq=%d (older messages expired from the stream)",
+                        self.applied_seq, seq)
+        try:
+            batch = decode_batch(data)
+        except WireError as exc:
+            # Only our leaders publish to the subject; count it, keep the stream position moving.
+            cluster_metrics.APPLY_ERRORS.labels("bad_message").inc()
+            log.error("event=cluster_apply_bad_message seq=%d size=%d error=%s", seq, len(data), exc)
+            self.event_log.append([], None, stream_seq=seq)
+            self._advance(seq, 0)
+            return
+        events = batch.events
+        self.event_log.append(events, batch.relay_cursor, stream_seq=seq)
+        ring_append = self.ring.append
+        for event in events:
+            ring_append(event)
+        self._advance(seq, len(events))
+        if events:
+            self.notify()
+
+    def _advance(self, seq: int, events: int) -> None:
+        self.applied_seq = seq
+        self.applied_messages += 1
+        self.applied_events += events
+        cluster_metrics.APPLIED_EVENTS.inc(events)
+        cluster_metrics.APPLIED_SEQ.set(seq)
+        if self._waiters:
+            still = []
+            for wanted, future in self._waiters:
+                if wanted <= seq:
+                    if not future.done():
+                        future.set_result(True)
+                else:
+                    still.append((wanted, future))
+            self._waiters = still
+
+    async def wait_applied(self, seq: int, timeout_s: float | None = None) -> bool:
+        """Wait until the message `seq` is applied; False on timeout."""
+        if self.applied_seq >= seq:
+            return True
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.append((seq, future))
+        try:
+            await asyncio.wait_for(asyncio.shield(future), timeout_s)
+            return True
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            self._waiters = [(w, f) for w, f in self._waiters if f is not future]
+
+    async def refresh_stream_last_seq(self, timeout_s: float = 2.0) -> int:
+        """Ask the stream for its last sequence (what this node must apply to be current)."""
+        info = await asyncio.wait_for(self._js.stream_info(self.stream), timeout_s)
+        self.stream_last_seq = max(self.stream_last_seq, info.state.last_seq)
+        return info.state.last_seq
+
+    @property
+    def lag_messages(self) -> int:
+        return max(0, self.stream_last_seq - self.applied_seq)
+
+    def lag_seconds(self) -> float:
+        if self.lag_messages == 0:
+            return 0.0
+        newest = self.event_log.hwm()
+        return max(0.0, time.time() - newest / 1e6) if newest else 0.0

@@ -1,0 +1,138 @@
+"""The leader's side of the stream: publish each ingest batch, fenced by sequence.
+
+Owns: turning the pipeline's sequenced batches into stream messages, in order, one
+publish in flight at a time, each carrying `Nats-Expected-Last-Sequence` = the sequence
+of the message before it. When another leader has written in between (or NATS did not
+answer), the publish fails and the publisher gives up for good: it drops what it still
+holds and reports the failure, and the node steps down. Batches waiting while a publish
+is in flight are merged into the next message (whole batches only, so a message's relay
+cursor always covers exactly its events) up to MAX_MESSAGE_BYTES.
+It must never retry a failed publish or publish after a failure: a new leadership term
+re-reads the stream's last message and the relay from its cursor instead.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import Callable, Sequence
+
+from jetstream.cluster import metrics as cluster_metrics
+from jetstream.cluster.wire import encode_batch, encoded_size
+from jetstream.events import Event
+
+log = logging.getLogger(__name__)
+
+# Below the 1 MiB nats-server default max_payload, so a stock server takes every message.
+MAX_MESSAGE_BYTES = 900 * 1024
+EXPECTED_LAST_SEQUENCE = "Nats-Expected-Last-Sequence"
+
+
+class FencedPublisher:
+    def __init__(self, js, subject: str, stream: str, expected_last_seq: int,
+                 on_failure: Callable[[str], None], *, publish_timeout_s: float = 5.0,
+                 max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+        self._js = js
+        self.subject = subject
+        self.stream = stream
+        self.expected_last_seq = expected_last_seq
+        self._on_failure = on_failure
+        self.publish_timeout_s = publish_timeout_s
+        self.max_message_bytes = max_message_bytes
+        self._queue: deque[tuple[list[Event], int | None, int]] = deque()  # (events, cursor, size)
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self.failed = False
+        self.published_messages = 0
+        self.published_events = 0
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    def submit(self, events: Sequence[Event], relay_cursor: int | None) -> None:
+        """The pipeline's hand-off: one sequenced batch, published after those before it."""
+        if self.failed:
+            return
+        if not events and relay_cursor is None:
+            return
+        size = encoded_size(events)
+        if size <= self.max_message_bytes:
+            self._queue.append((list(events), relay_cursor, size))
+        else:
+            self._queue.extend(self._split(list(events), relay_cursor))
+        self._ready.set()
+
+    def _split(self, events: list[Event], relay_cursor: int | None) -> list[tuple[list[Event], int | None, int]]:
+        """One batch too big for a message, as several; only the last carries the relay cursor.
+
+        Rare (one group commit of several hundred KiB). If leadership changes between the
+        parts, the next leader re-reads those frames from the previous cursor, so the events
+        of parts already published appear twice (with new time_us): logged, and bounded by one batch.
+        """
+        parts, current, size = [], [], 0
+        for event in events:
+            event_size = encoded_size((event,))
+            if current and size + event_size > self.max_message_bytes:
+                parts.append((current, None, size))
+                current, size = [], 0
+            current.append(event)
+            size += event_size
+        parts.append((current, relay_cursor, size))
+        log.warning("event=cluster_batch_split events=%d messages=%d", len(events), len(parts))
+        return parts
+
+    @property
+    def queued_batches(self) -> int:
+        return len(self._queue)
+
+    def _next_message(self) -> tuple[list[Event], int | None]:
+        events, cursor, size = self._queue.popleft()
+        while self._queue and size + self._queue[0][2] <= self.max_message_bytes:
+            more, more_cursor, more_size = self._queue.popleft()
+            events += more
+            size += more_size
+            if more_cursor is not None:
+                cursor = more_cursor
+        return events, cursor
+
+    async def _run(self) -> None:
+        while not self.failed:
+            await self._ready.wait()
+            self._ready.clear()
+            while self._queue and not self.failed:
+                events, cursor = self._next_message()
+                await self._publish(events, cursor)
+
+    async def _publish(self, events: list[Event], cursor: int | None) -> None:
+        payload = encode_batch(events, cursor)
+        started = time.perf_counter()
+        try:
+            ack = await self._js.publish(
+                self.subject, payload, timeout=self.publish_timeout_s, stream=self.stream,
+                headers={EXPECTED_LAST_SEQUENCE: str(self.expected_last_seq)})
+        except Exception as exc:  # noqa: BLE001 - fenced (another leader wrote), timeout, no NATS
+            self._fail(exc, len(events))
+            return
+        cluster_metrics.PUBLISH_SECONDS.observe(time.perf_counter() - started)
+        self.expected_last_seq = ack.seq
+        self.published_messages += 1
+        self.published_events += len(events)
+        cluster_metrics.PUBLISHED_EVENTS.inc(len(events))
+
+    def _fail(self, exc: Exception, events: int) -> None:
+        fenced = getattr(exc, "err_code", None) == 10071  # JSStreamWrongLastSequenceErrF
+        reason = "fenced" if fenced else "publish_failed"
+        cluster_metrics.PUBLISH_FAILURES.labels(reason).inc()
+        log.warning("event=cluster_publish_failed reason=%s expected_last_seq=%d events=%d dropped_batches=%d "
+                    "error=%r", reason, self.expected_last_seq, events, len(self._queue), str(exc)[:200])
+        self.stop()
+        self._on_failure(reason)
+
+    def stop(self) -> None:
+        """Publish nothing more; what is queued is dropped (the relay is re-read from the stream's cursor)."""
+        self.failed = True
+        self._queue.clear()
+        self._ready.set()
+        if self._task is not None and self._task is not asyncio.current_task():
+            self._task.cancel()
