@@ -38,10 +38,13 @@ test: build
 bench: build
 	$(PY) bench/suite.py
 
-# Same-run ratios (Cython vs Python, ours vs raw broadcast, ...) against bench/thresholds.json;
-# fails on a regression. Not part of `make test`.
+# The perf gates under pytest-benchmark (bench/bench_gates.py, one test per stage): same-run
+# ratios (Cython vs Python, ours vs raw broadcast, ...) against bench/thresholds.json, and the
+# stage times against this machine's last saved run (--benchmark-compare-fail); one table at
+# the end, from the saved JSON. Not part of `make test`. BENCH_ARGS="--quick" etc.
+BENCH_ARGS ?=
 bench-check: build
-	$(PY) bench/suite.py --check
+	$(PY) bench/check.py $(BENCH_ARGS)
 
 # Long atheris runs (fuzz/README.md): FUZZ_SECONDS per target; not part of `make test`,
 # which runs bounded hypothesis versions of the same properties (tests/fuzz/).

@@ -34,7 +34,8 @@ def synthetic_events(count: int, seed: int = 1) -> tuple[list[Event], list[str]]
     collections = rng.choices(names, weights, k=count)
     payload = b"x" * 300
     events = [
-        Event(1_700_000_000_000_000 + i, rng.choice(dids), KIND_COMMIT if c else KIND_IDENTITY, c, payload, payload[:120])
+        Event(1_700_000_000_000_000 + i, rng.choice(dids), KIND_COMMIT if c else KIND_IDENTITY, c, payload,
+              payload[:120])
         for i, c in enumerate(collections)
     ]
     return events, dids
@@ -97,7 +98,8 @@ def main() -> None:
             results[name] = drain_ns_per_event(rings[name], event_filter, args.repeats)
         (cy_ns, cy_count), (py_ns, py_count) = results["cython"], results["py"]
         assert cy_count == py_count, (label, cy_count, py_count)
-        print(f"{label:<28}{cy_ns:>10.1f}{py_ns:>10.1f}{py_ns / cy_ns:>8.1f}{cy_count:>11,}{cy_ns * 10_000 / 1000:>18.1f}")
+        print(f"{label:<28}{cy_ns:>10.1f}{py_ns:>10.1f}{py_ns / cy_ns:>8.1f}{cy_count:>11,}"
+              f"{cy_ns * 10_000 / 1000:>18.1f}")
     cy_append = append_ns_per_event(twins["cython"][0], events, 3)
     py_append = append_ns_per_event(twins["py"][0], events, 3)
     print(f"{'append (per event)':<28}{cy_append:>10.1f}{py_append:>10.1f}{py_append / cy_append:>8.1f}")

@@ -29,8 +29,8 @@ import uvloop
 from picows import WSListener, WSMsgType, ws_create_server
 
 from jetstream.compression import EventCompressor
-from jetstream.implementation import LiveRing, encode_frames
 from jetstream.events import KIND_COMMIT, Event
+from jetstream.implementation import LiveRing, encode_frames
 from jetstream.log.store import EventLog
 from jetstream.server.app import SubscribeServer
 from jetstream.server.settings import ServerSettings

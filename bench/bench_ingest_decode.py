@@ -95,5 +95,6 @@ def test_report_ratios(frames, records):
         f"\n  decode_frame verify_all {n / verify_s:>9,.0f} frames/s"
         f"\n  libipld split baseline {n / split_s:>10,.0f} frames/s  (decode costs {decode_s / split_s:.1f}x the split)"
         f"\n  emitter cython         {cy_s / len(records) * 1e6:>10.2f} us/record"
-        f"\n  emitter python         {py_s / len(records) * 1e6:>10.2f} us/record  (cython is {py_s / cy_s:.0f}x faster)"
+        f"\n  emitter python         {py_s / len(records) * 1e6:>10.2f} us/record"
+        f"  (cython is {py_s / cy_s:.0f}x faster)"
     )

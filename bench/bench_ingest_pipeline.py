@@ -24,10 +24,10 @@ from picows import WSListener, WSMsgType, ws_connect
 
 from jetstream.compression import EventCompressor
 from jetstream.config import parse_serve_args
-from jetstream.implementation import LiveRing
 from jetstream.daemon import Daemon
 from jetstream.dictionary import active_dictionary
 from jetstream.framefile import read_frames
+from jetstream.implementation import LiveRing
 from jetstream.ingest.decode import decode_frame
 from jetstream.ingest.pipeline import IngestPipeline
 from jetstream.ingest.sequencer import Sequencer

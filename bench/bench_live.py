@@ -102,7 +102,7 @@ def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 60.0) -
             return
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"process {process.args[:4]} did not listen on {port}")
+                raise RuntimeError(f"process {process.args[:4]} did not listen on {port}") from None
             time.sleep(0.1)
 
 
@@ -152,7 +152,8 @@ class Server:
         else:
             self.metrics_port = free_port()
             args = [sys.executable, "-m", "jetstream.cli", "serve", "--ws-url", relay_url,
-                    "--listen-addr", f"127.0.0.1:{self.port}", "--metrics-listen-addr", f"127.0.0.1:{self.metrics_port}",
+                    "--listen-addr", f"127.0.0.1:{self.port}",
+                    "--metrics-listen-addr", f"127.0.0.1:{self.metrics_port}",
                     "--data-dir", data_dir, "--max-sub-rate", MAX_SUB_RATE, "--log-level", "warning",
                     "--ping-interval", "0",  # the byte-counting clients cannot answer pings
                     "--live-fastpath", "true" if kind == "fastpath" else "false"]
@@ -183,7 +184,8 @@ class Clients:
     def __init__(self, port: int, load: Load) -> None:
         base = f"ws://127.0.0.1:{port}/subscribe"
         filtered = base + "?" + "&".join(f"wantedCollections={c}" for c in FILTERED_COLLECTIONS)
-        urls = [(base, load.plain - LATENCY_CONNECTIONS), (filtered, load.filtered), (base + "?compress=true", load.compressed)]
+        urls = [(base, load.plain - LATENCY_CONNECTIONS), (filtered, load.filtered),
+                (base + "?compress=true", load.compressed)]
         loadgen = [sys.executable, "-m", "jetstream.benchtools.loadgen", "--expect", "0", "--timeout", "600"]
         self.probe = spawn(loadgen + ["--url", base, "--connections", str(LATENCY_CONNECTIONS),
                                       "--latency-connections", str(LATENCY_CONNECTIONS)],
@@ -303,10 +305,12 @@ async def inproc_once(events, load: Load, fastpath: bool, batch: int, interval_s
         await server.start("127.0.0.1", 0)
         base = f"ws://127.0.0.1:{server.port}/subscribe"
         filtered = base + "?" + "&".join(f"wantedCollections={c}" for c in FILTERED_COLLECTIONS)
-        loadgen = [sys.executable, "-m", "jetstream.benchtools.loadgen", "--expect", "0", "--timeout", "600", "--bytes-only"]
+        loadgen = [sys.executable, "-m", "jetstream.benchtools.loadgen", "--expect", "0", "--timeout", "600",
+                   "--bytes-only"]
         clients = [spawn(loadgen + ["--url", url, "--connections", str(count)], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, text=True)
-                   for url, count in ((base, load.plain), (filtered, load.filtered), (base + "?compress=true", load.compressed))
+                   for url, count in ((base, load.plain), (filtered, load.filtered),
+                                      (base + "?compress=true", load.compressed))
                    if count]
         try:
             for client in clients:
@@ -336,7 +340,8 @@ async def inproc_once(events, load: Load, fastpath: bool, batch: int, interval_s
             "us_per_event": (cpu1 - cpu0) / max(deliveries, 1) * 1e6, "passes": server.live.passes}
 
 
-def run_inproc(load_keys: list[str], seconds: float, rounds: int, batch: int = 4, interval_s: float = 0.002) -> list[dict]:
+def run_inproc(load_keys: list[str], seconds: float, rounds: int, batch: int = 4,
+               interval_s: float = 0.002) -> list[dict]:
     """Fast path on and off, interleaved `rounds` times per load (a shared machine drifts)."""
     import uvloop
 
@@ -357,9 +362,9 @@ def run_inproc(load_keys: list[str], seconds: float, rounds: int, batch: int = 4
 def payload_table():
     """Per corpus frame (by seq offset): its events' JSON, filtered JSON and zstd payloads."""
     from jetstream.compression import EventCompressor
-    from jetstream.implementation import EventFilter
     from jetstream.dictionary import active_dictionary
     from jetstream.framefile import read_frames
+    from jetstream.implementation import EventFilter
     from jetstream.ingest.decode import decode_frame
     from jetstream.ingest.sequencer import Sequencer
     from jetstream.relaysim.filesource import FileSource
@@ -436,7 +441,8 @@ async def raw_serve(relay_url: str, port: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--loads", nargs="*", choices=sorted(LOADS), default=["200mixed", "100plain", "400plain", "1000plain"])
+    parser.add_argument("--loads", nargs="*", choices=sorted(LOADS),
+                        default=["200mixed", "100plain", "400plain", "1000plain"])
     parser.add_argument("--servers", nargs="*", choices=SERVERS, default=list(SERVERS))
     parser.add_argument("--output", help="write the results as JSON here")
     parser.add_argument("--inproc", action="store_true",

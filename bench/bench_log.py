@@ -55,8 +55,8 @@ def corpus_pending(corpus_lines) -> list[PendingEvent]:
     for line in corpus_lines:
         head, did, tail, kind = _V1_LINE.match(line).groups()
         collection = _COLLECTION.search(tail)
-        pending.append(PendingEvent(did.decode(), _KINDS[kind], collection.group(1).decode() if kind == b"commit" else "",
-                                    head, tail))
+        collection_name = collection.group(1).decode() if kind == b"commit" else ""
+        pending.append(PendingEvent(did.decode(), _KINDS[kind], collection_name, head, tail))
     return pending
 
 

@@ -31,8 +31,8 @@ from jetstream.cluster.applier import StreamApplier  # noqa: E402
 from jetstream.cluster.natsserver import NatsCluster, free_port  # noqa: E402
 from jetstream.cluster.wire import encode_batch  # noqa: E402
 from jetstream.compression import EventCompressor  # noqa: E402
-from jetstream.implementation import LiveRing  # noqa: E402
 from jetstream.dictionary import active_dictionary  # noqa: E402
+from jetstream.implementation import LiveRing  # noqa: E402
 from jetstream.ingest.decode import decode_frame  # noqa: E402
 from jetstream.ingest.sequencer import Sequencer  # noqa: E402
 from jetstream.log.store import EventLog  # noqa: E402
@@ -64,7 +64,8 @@ async def apply_bench(urls: list[str], messages: int) -> dict:
     batches = synthetic_batches(messages)
     nc = await nats.connect(servers=urls)
     js = nc.jetstream()
-    await js.add_stream(StreamConfig(name="bench", subjects=["bench.batches"], storage=StorageType.FILE, num_replicas=3))
+    await js.add_stream(StreamConfig(name="bench", subjects=["bench.batches"], storage=StorageType.FILE,
+                                     num_replicas=3))
     started = time.perf_counter()
     for index in range(0, len(batches), 256):
         for data in batches[index:index + 256]:
@@ -83,7 +84,8 @@ async def apply_bench(urls: list[str], messages: int) -> dict:
 
     with tempfile.TemporaryDirectory() as directory:
         event_log = EventLog(directory)
-        applier = StreamApplier(js, "bench.batches", "bench", event_log, LiveRing(200_000, floor_time_us=0), lambda: None)
+        applier = StreamApplier(js, "bench.batches", "bench", event_log, LiveRing(200_000, floor_time_us=0),
+                                lambda: None)
         started = time.perf_counter()
         applier.start()
         await applier.wait_applied(messages, 600)
@@ -162,10 +164,11 @@ def latency_bench(base: Path, nats: NatsCluster, events_per_s: float, seconds: f
     results = {}
     try:
         time.sleep(1.0)
-        common = ["--ws-url", relay_url, "--metrics-listen-addr", "", "--max-sub-rate", "1000000", "--log-level", "warning"]
+        common = ["--ws-url", relay_url, "--metrics-listen-addr", "", "--max-sub-rate", "1000000",
+                  "--log-level", "warning"]
         single_port = free_port()
-        single = spawn(["serve", *common, "--listen-addr", f"127.0.0.1:{single_port}", "--data-dir", str(base / "single")],
-                       base / "single.log")
+        single = spawn(["serve", *common, "--listen-addr", f"127.0.0.1:{single_port}",
+                        "--data-dir", str(base / "single")], base / "single.log")
         processes.append(single)
         wait_for(lambda: healthz(single_port).get("relay", {}).get("connected"))
         results["single_node"] = percentiles(asyncio.run(

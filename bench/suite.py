@@ -31,22 +31,22 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 sys.path[:0] = [str(REPO_ROOT), str(BENCH_DIR)]
 
-import uvloop  # noqa: E402
-from picows import WSListener, ws_create_server  # noqa: E402
-
 import bench_core  # noqa: E402
 import bench_ingest_decode  # noqa: E402
 import bench_ingest_pipeline  # noqa: E402
 import bench_live  # noqa: E402
 import bench_log  # noqa: E402
+import uvloop  # noqa: E402
+from picows import WSListener, ws_create_server  # noqa: E402
+
 from jetstream._core import record_json as cy_record_json  # noqa: E402
 from jetstream._py import record_json as py_record_json  # noqa: E402
 from jetstream.compression import EventCompressor  # noqa: E402
 from jetstream.config import parse_serve_args  # noqa: E402
-from jetstream.implementation import EventFilter, LiveRing, encode_frames  # noqa: E402
 from jetstream.daemon import Daemon  # noqa: E402
 from jetstream.events import KIND_COMMIT, PendingEvent  # noqa: E402
 from jetstream.framefile import read_frames  # noqa: E402
+from jetstream.implementation import EventFilter, LiveRing, encode_frames  # noqa: E402
 from jetstream.ingest.decode import decode_frame  # noqa: E402
 from jetstream.ingest.sequencer import Sequencer  # noqa: E402
 from jetstream.log.rows import encode_key  # noqa: E402
@@ -290,7 +290,8 @@ async def fanout_once(events, subscribers: int, mode: str, raw: bool) -> tuple[f
             server = SubscribeServer(event_log, ring,
                                      ServerSettings(max_sub_rate=1e12, per_ip_limit=False, ping_interval_s=0))
             await server.start("127.0.0.1", 0)
-            query = "&".join([f"wantedCollections={c}" for c in collections] + (["compress=true"] if compressed else []))
+            options = [f"wantedCollections={c}" for c in collections] + (["compress=true"] if compressed else [])
+            query = "&".join(options)
             url = f"ws://127.0.0.1:{server.port}/subscribe?{query}"
             connected = lambda: server.connected_count  # noqa: E731
 
@@ -360,7 +361,8 @@ def ensure_replay_log(count: int) -> Path:
     rare_filter_matches = 0  # rare commits plus identity/account events, which bypass collection filters
     with EventLog(str(REPLAY_LOG_DIR)) as event_log:
         for start in range(0, count, 20_000):
-            chunk = [rare if i % 1000 == 999 else pending[i % len(pending)] for i in range(start, min(count, start + 20_000))]
+            chunk = [rare if i % 1000 == 999 else pending[i % len(pending)]
+                     for i in range(start, min(count, start + 20_000))]
             events = sequencer.sequence(chunk, compressor)
             rare_filter_matches += matching(events, [RARE_COLLECTION])
             for i in range(0, len(events), 2000):
@@ -409,7 +411,8 @@ def stage_replay(table: Table, quick: bool) -> None:
         table.add("replay", f"10 clients, {per_client:,} each (aggregate)", ten, "events/s", scan,
                   "raw RocksDB iteration", "replay_10_vs_scan")
         values_before = event_log.values_read  # every value the log hands out, index or scan
-        rate, report = uvloop.run(replay_once(event_log, 1, rare_filter_matches, f"&wantedCollections={RARE_COLLECTION}"))
+        rate, report = uvloop.run(replay_once(event_log, 1, rare_filter_matches,
+                                              f"&wantedCollections={RARE_COLLECTION}"))
         values_read = event_log.values_read - values_before
         table.add("replay", f"filtered 0.1% collection (+identity/account): delivered of {rare_filter_matches:,}",
                   report["received"], "events")
@@ -443,7 +446,7 @@ class RelaySimProcess:
                 return
             except OSError:
                 if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise RuntimeError("relay-sim did not start")
+                    raise RuntimeError("relay-sim did not start") from None
                 await asyncio.sleep(0.1)
 
     def stop(self) -> None:
@@ -511,7 +514,7 @@ def stage_latency(table: Table, quick: bool) -> None:
         if not latencies:
             raise RuntimeError("no events delivered")
 
-        def pct(fraction: float) -> float:
+        def pct(fraction: float, latencies: list[float] = latencies) -> float:
             return latencies[min(len(latencies) - 1, int(fraction * len(latencies)))] * 1e3
         setting = f"group commit {group_commit_ms} ms" + (" (default)" if group_commit_ms == 2 else "")
         table.add("latency", f"p50, 100 subs @ 2k ev/s, {setting} (n={len(latencies):,})", pct(0.5), "ms")
@@ -603,7 +606,8 @@ def check(results: dict, thresholds: dict) -> list[str]:
 
 
 def machine() -> dict:
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    with open("/proc/cpuinfo") as cpuinfo:
+        model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "?")
     with open("/proc/meminfo") as meminfo:
         mem_kib = int(meminfo.readline().split()[1])
     return {"nproc": os.cpu_count(), "cpu": model, "mem_gib": round(mem_kib / 2**20, 1),
@@ -656,7 +660,7 @@ def main() -> int:
         else:
             try:
                 STAGES[name](table, args.quick)
-            except Exception as exc:  # one broken stage must not hide the others' numbers
+            except Exception as exc:  # noqa: BLE001 - one broken stage must not hide the others' numbers
                 errors[name] = repr(exc)
                 print(f"  {name:<9} FAILED: {exc!r}", flush=True)
         print(f"  ({name} took {time.perf_counter() - stage_started:.0f}s)", flush=True)

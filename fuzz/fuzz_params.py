@@ -7,8 +7,13 @@ import sys
 import atheris
 
 with atheris.instrument_imports(include=["jetstream"]):
-    from jetstream.server.params import (MAX_CLOSE_REASON_BYTES, BadRequest, CloseConnection,
-                                         interpret_client_message, parse_subscribe_query)
+    from jetstream.server.params import (
+        MAX_CLOSE_REASON_BYTES,
+        BadRequest,
+        CloseConnection,
+        interpret_client_message,
+        parse_subscribe_query,
+    )
 
 
 def test_one_input(data: bytes) -> None:

@@ -11,8 +11,8 @@ import logging
 import os
 import sys
 
-from jetstream.logfmt import setup_logging
 from jetstream.config import RELAY_SIM_FLAGS, SERVE_FLAGS, add_flags, to_config
+from jetstream.logfmt import setup_logging
 
 
 def run_loop(coro) -> None:

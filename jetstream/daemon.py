@@ -16,8 +16,8 @@ import socket
 
 from jetstream import metrics
 from jetstream.compression import EventCompressor
-from jetstream.dictionary import active_dictionary
 from jetstream.config import Config, parse_listen_addr
+from jetstream.dictionary import active_dictionary
 from jetstream.implementation import LiveRing
 from jetstream.ingest.collection_filter import IngestCollections
 from jetstream.ingest.collection_stats import CollectionStats

@@ -3,8 +3,9 @@
 Owns: the choice (the `jetstream._core` extensions when they are built, else the
 `jetstream._py` twins; `JETSTREAM_PURE_PYTHON=1` forces the twins, for tests and
 debugging), and the names every caller imports the chosen routines by: the reader's
-LiveRing, EventFilter, Position and encode_frames; the live fan-out's LiveFanout and LiveSlot; ingest's read_car, commit_events,
-is_rfc3339, MstReader, go_json_string and cid_to_string. IMPLEMENTATION ("cython" or
+LiveRing, EventFilter, Position and encode_frames; the live fan-out's LiveFanout and
+LiveSlot; ingest's read_car, commit_events, is_rfc3339, MstReader, go_json_string and
+cid_to_string. IMPLEMENTATION ("cython" or
 "python") and USING_CYTHON say which side was loaded.
 It must never mix the sides: the Cython LiveRing reads the Cython EventFilter's interned-id
 tables directly, and the Cython commit loop cimports the Cython MST reader, so either
@@ -33,8 +34,8 @@ def _load_cython():
     from jetstream._core.commit import commit_events, is_rfc3339
     from jetstream._core.fanout import LiveFanout, LiveSlot
     from jetstream._core.filter import EventFilter
+    from jetstream._core.frames import encode_frames
     from jetstream._core.mst import MstReader
-    from jetstream._core.pacing import encode_frames
     from jetstream._core.position import Position
     from jetstream._core.record_json import cid_to_string, go_json_string
     from jetstream._core.ring import LiveRing
@@ -48,8 +49,8 @@ def _load_python():
     from jetstream._py.commit import commit_events, is_rfc3339
     from jetstream._py.fanout import LiveFanout, LiveSlot
     from jetstream._py.filter import EventFilter
+    from jetstream._py.frames import encode_frames
     from jetstream._py.mst import MstReader
-    from jetstream._py.pacing import encode_frames
     from jetstream._py.position import Position
     from jetstream._py.record_json import cid_to_string, go_json_string
     from jetstream._py.ring import LiveRing

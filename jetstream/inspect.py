@@ -21,11 +21,20 @@ from pathlib import Path
 from rocksdict import AccessType, Options, Rdict
 
 from jetstream.log.rows import decode_key, decode_row
+
 # The meta value layouts are the store's (signed relay cursor, unsigned hwm); importing them
 # keeps one definition, and tests check our numbers against EventLog's own accessors.
 from jetstream.log.store import (
-    _SIGNED, _UNSIGNED, CF_EVENTS, CF_EVENTS_ZSTD, CF_META, META_FORMAT_NAME, META_FORMAT_VERSION, META_HWM,
-    META_RELAY_CURSOR, OUR_COLUMN_FAMILIES,
+    _SIGNED,
+    _UNSIGNED,
+    CF_EVENTS,
+    CF_EVENTS_ZSTD,
+    CF_META,
+    META_FORMAT_NAME,
+    META_FORMAT_VERSION,
+    META_HWM,
+    META_RELAY_CURSOR,
+    OUR_COLUMN_FAMILIES,
 )
 
 

@@ -144,7 +144,8 @@ RELAY_LAG_SECONDS = Gauge(
     "jetstream_relay_lag_seconds", "Wall clock minus the relay `time` of the newest frame written"
 )
 LOG_WRITE_FAILURES = Counter(
-    "jetstream_log_write_failures", "Write batches RocksDB refused (disk full, I/O error); nothing of them was published"
+    "jetstream_log_write_failures",
+    "Write batches RocksDB refused (disk full, I/O error); nothing of them was published",
 )
 INGEST_PAUSED = Gauge(
     "jetstream_ingest_paused", "1 while ingest is paused because the log refuses writes (subscribers are still served)"

@@ -26,7 +26,7 @@ from libc.string cimport memcpy
 from picows.picows cimport WSTransport
 
 from jetstream._core.filter cimport MATCH_NO, MATCH_UNKNOWN, EventFilter
-from jetstream._core.pacing cimport frame_header_size, write_frame_header
+from jetstream._core.frames cimport frame_header_size, write_frame_header
 from jetstream._core.position cimport Position
 from jetstream._core.ring cimport LiveRing
 
@@ -182,7 +182,7 @@ cdef class LiveFanout:
             self._send(slot, sent)
         if position != start:
             try:
-                slot._position.advance_c(start, position)
+                slot._position.advance(start, position)
             except PositionConflict:
                 slot.owner.position_conflict(start, position)
                 return GONE

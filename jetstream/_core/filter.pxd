@@ -19,8 +19,8 @@ cdef enum:
     MATCH_UNKNOWN = -1
 
 
-cdef uint64_t did_id(str did) except? 0
-cdef uint64_t collection_id(str collection) except? 0
+cpdef uint64_t did_id(str did) except? 0
+cpdef uint64_t collection_id(str collection) except? 0
 
 
 # final: no subclass can override the cdef methods, so same-module calls skip the vtable

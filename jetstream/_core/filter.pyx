@@ -38,28 +38,18 @@ cdef inline uint64_t _string_hash(str text) except? 0:
     return xxh3_64_intdigest(text.encode("utf-8", "surrogatepass"))
 
 
-cdef uint64_t did_id(str did) except? 0:
+cpdef uint64_t did_id(str did) except? 0:
     """Interned id of a DID: never 0 (0 marks an empty table slot)."""
     cdef uint64_t h = _string_hash(did)
     return h if h != 0 else 1
 
 
-cdef uint64_t collection_id(str collection) except? 0:
+cpdef uint64_t collection_id(str collection) except? 0:
     """Interned id of a collection; 0 exactly for "" (identity/account events)."""
     if not collection:
         return 0
     cdef uint64_t h = _string_hash(collection)
     return h if h != 0 else 1
-
-
-def py_did_id(str did):
-    """did_id for tests and tools."""
-    return did_id(did)
-
-
-def py_collection_id(str collection):
-    """collection_id for tests and tools."""
-    return collection_id(collection)
 
 
 # ---- IdTable: u64 open addressing, linear probing, load <= 1/2 ------------------------

@@ -217,8 +217,8 @@ cdef class MstReader:
 
     cdef bytes leaf(self, bytes key):
         cdef bytes link = self.root
-        cdef int result, level
-        for level in range(MAX_DEPTH):
+        cdef int result, _level
+        for _level in range(MAX_DEPTH):
             node = self.nodes.get(link)
             if node is None:
                 node = self._fetch(link)

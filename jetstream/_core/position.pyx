@@ -21,11 +21,8 @@ cdef class Position:
     def value(self):
         return self._value
 
-    def advance(self, int64_t expected, int64_t new):
+    cpdef int advance(self, int64_t expected, int64_t new) except -1:
         """Set the value to `new` iff it is still `expected` and `new >= expected`; else raise."""
-        self.advance_c(expected, new)
-
-    cdef int advance_c(self, int64_t expected, int64_t new) except -1:
         if self._value != expected:
             raise PositionConflict(f"position is {self._value}, step expected {expected} (second writer?)")
         if new < expected:

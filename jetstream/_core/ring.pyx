@@ -14,7 +14,7 @@ cannot stall the event loop however sparse its filter.
 from cpython.bytes cimport PyBytes_CheckExact, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
-from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF
+from cpython.ref cimport Py_INCREF, Py_XDECREF
 from cpython.tuple cimport PyTuple_Check, PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cpython.unicode cimport PyUnicode_CheckExact
 from libc.stdint cimport int64_t, uint64_t
@@ -118,7 +118,8 @@ cdef class LiveRing:
         json, zstd = <object>PyTuple_GET_ITEM(event, _JSON_FIELD), <object>PyTuple_GET_ITEM(event, _ZSTD_FIELD)
         if not PyBytes_CheckExact(json) or not PyBytes_CheckExact(zstd):
             raise TypeError("event json and zstd payloads must be bytes")
-        did, collection = <object>PyTuple_GET_ITEM(event, _DID_FIELD), <object>PyTuple_GET_ITEM(event, _COLLECTION_FIELD)
+        did = <object>PyTuple_GET_ITEM(event, _DID_FIELD)
+        collection = <object>PyTuple_GET_ITEM(event, _COLLECTION_FIELD)
         if not PyUnicode_CheckExact(did) or not PyUnicode_CheckExact(collection):
             raise TypeError("event did and collection must be str")
         cdef int kind = <object>PyTuple_GET_ITEM(event, _KIND_FIELD)

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import re
 
-from jetstream.events import KIND_COMMIT, PendingEvent
 from jetstream._py.car import verify_block
 from jetstream._py.mst import is_mst_key
 from jetstream._py.record_json import cid_to_string, go_json_string, record_to_json
 from jetstream.errors import FrameError, MstError, RecordError
+from jetstream.events import KIND_COMMIT, PendingEvent
 
 # Go time.Parse(time.RFC3339): fraction optional ('.' or ','), zone 'Z' or ±hh:mm.
 _RFC3339 = re.compile(

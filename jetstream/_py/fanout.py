@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from picows import WSTransport
 
-from jetstream._py.pacing import encode_frames
+from jetstream._py.frames import encode_frames
 from jetstream.errors import PositionConflict
 
 # One step's bounds, the same as a reader's own step (server/subscriber.py).

@@ -8,7 +8,8 @@ findGtOrEqualLeafIndex does (first entry whose key >= path). It answers the leaf
 or an MstError whose reason says why not: `missing_node` (a node on the way is not in
 the CAR), `bad_node` (a node on the way is not a valid node, or holds an invalid key:
 indigo validated every key of a node it loaded, which is how a bad key broke its neighbours in
-v1, https://github.com/bluesky-social/jetstream-legacy/issues/54) or `not_found` (the tree has no such key). It also owns the MST key rule.
+v1, https://github.com/bluesky-social/jetstream-legacy/issues/54) or `not_found` (the tree has no
+such key). It also owns the MST key rule.
 Node bytes are not hashed here: block integrity stays the CAR reader's rule (record
 blocks always, every block with verify_all_blocks, as v1 did), and a relay able to
 corrupt a node could as well send a consistent one, since v1 never checked signatures.

@@ -27,7 +27,6 @@ import json
 import resource
 import sys
 import time
-
 from urllib.parse import urlsplit
 
 import uvloop
@@ -144,8 +143,9 @@ async def open_connections(url: str, count: int, tally: Tally, timestamps: bool,
     for index in range(count):
         stamps = [] if timestamps else None
         latencies = [] if index < latency_connections else None
-        transport, listener = await ws_connect(lambda: CountingListener(tally, stamps, latencies), url,
-                                               websocket_handshake_timeout=60)  # a loaded server may answer late
+        transport, listener = await ws_connect(
+            lambda stamps=stamps, latencies=latencies: CountingListener(tally, stamps, latencies), url,
+            websocket_handshake_timeout=60)  # a loaded server may answer late
         connections.append(transport)
         listeners.append(listener)
     return connections, listeners

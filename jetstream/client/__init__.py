@@ -9,7 +9,14 @@ zstd.py and stream.py. It must never import server or ingest code: the client ha
 work standalone against any Jetstream v1 endpoint.
 """
 from jetstream.client.events import (
-    AccountEvent, CommitEvent, Event, EventDecodeError, HeartbeatEvent, IdentityEvent, UnknownEvent, parse_event,
+    AccountEvent,
+    CommitEvent,
+    Event,
+    EventDecodeError,
+    HeartbeatEvent,
+    IdentityEvent,
+    UnknownEvent,
+    parse_event,
 )
 from jetstream.client.protocol import DEFAULT_REWIND_US, Backoff, ResumeState, SubscribeOptions, normalize_url
 from jetstream.client.stream import ConnectionLost, Jetstream, JetstreamError

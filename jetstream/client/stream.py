@@ -23,11 +23,21 @@ from picows import WSCloseCode, WSError, WSInvalidStatusError, WSListener, WSMsg
 from jetstream.client.events import Event, EventDecodeError, HeartbeatEvent, parse_event
 from jetstream.client.instance import DEFAULT_SWITCH_REWIND_US, INSTANCE_HEADER, InstanceTracker
 from jetstream.client.protocol import (
-    DEFAULT_REWIND_US, Backoff, ResumeState, SubscribeOptions, dictionary_url, is_fatal_close, normalize_url,
+    DEFAULT_REWIND_US,
+    Backoff,
+    ResumeState,
+    SubscribeOptions,
+    dictionary_url,
+    is_fatal_close,
+    normalize_url,
     subscribe_url,
 )
 from jetstream.client.zstd import (
-    USER_AGENT, DictionaryMismatch, ZstdFrameDecoder, fetch_dictionary, read_dictionary_argument,
+    USER_AGENT,
+    DictionaryMismatch,
+    ZstdFrameDecoder,
+    fetch_dictionary,
+    read_dictionary_argument,
 )
 
 log = logging.getLogger(__name__)

@@ -70,7 +70,7 @@ def read_dictionary_argument(dictionary: bytes | str | os.PathLike | None) -> by
 
 
 def _http_get(url: str, timeout_s: float) -> bytes | None:
-    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})  # noqa: S310 - http(s) only
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 - http(s) only
             return response.read()

@@ -11,7 +11,8 @@ from prometheus_client import Counter, Gauge, Histogram
 ROLE_LEADER = Gauge("jetstream_cluster_leader", "1 while this node holds the ingest lease and ingests")
 LEADER_CHANGES = Counter("jetstream_cluster_leadership_changes_total",
                          "times this node became leader or stepped down", ["change"])
-APPLIED_SEQ = Gauge("jetstream_cluster_applied_stream_seq", "stream sequence of the last message applied to the local log")
+APPLIED_SEQ = Gauge("jetstream_cluster_applied_stream_seq",
+                    "stream sequence of the last message applied to the local log")
 APPLIED_TIME_US = Gauge("jetstream_cluster_applied_time_us", "time_us of the newest event applied to the local log")
 STREAM_LAST_SEQ = Gauge("jetstream_cluster_stream_last_seq", "last sequence of the stream, as last seen")
 LAG_MESSAGES = Gauge("jetstream_cluster_replication_lag_messages", "stream messages not yet applied locally")

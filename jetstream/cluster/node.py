@@ -330,7 +330,8 @@ class ClusterNode:
         log.info("event=cluster_cursor_wait_timeout cursor=%d applied_time_us=%d", cursor, self.event_log.hwm())
         from picows import WSCloseCode
 
-        subscriber.close(WSCloseCode(CURSOR_TOO_FAR_CODE), cursor_wait_reason(cursor, self.event_log.hwm(), self.cursor_wait_s))
+        subscriber.close(WSCloseCode(CURSOR_TOO_FAR_CODE),
+                         cursor_wait_reason(cursor, self.event_log.hwm(), self.cursor_wait_s))
 
     # -- reporting --------------------------------------------------------------------------------
     def _update_gauges(self) -> None:

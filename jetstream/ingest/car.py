@@ -20,5 +20,6 @@ from jetstream._py.car import (  # noqa: F401  (re-exported: the public names of
     CarFile,
     verify_block,
 )
+
 # cid_to_string: go-cid String(), multibase base32 lower ('b…') for CIDv1, base58btc for CIDv0.
 from jetstream.implementation import cid_to_string, read_car  # noqa: F401  (re-exported)

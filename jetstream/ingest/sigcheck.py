@@ -354,7 +354,7 @@ async def trim_did_revs_forever(event_log, retention_s: float, interval_s: float
         await asyncio.sleep(interval_s)
         cutoff_us = int((time.time() - retention_s) * 1e6)
 
-        def keep(rev: str) -> bool:
+        def keep(rev: str, cutoff_us: int = cutoff_us) -> bool:
             written_us = tid_time_us(rev)
             return written_us is None or written_us >= cutoff_us
 

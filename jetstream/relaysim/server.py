@@ -15,8 +15,16 @@ import logging
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from picows import (WSCloseCode, WSListener, WSMsgType, WSTransport, WSUpgradeRequest,
-                    WSUpgradeResponse, WSUpgradeResponseWithListener, ws_create_server)
+from picows import (
+    WSCloseCode,
+    WSListener,
+    WSMsgType,
+    WSTransport,
+    WSUpgradeRequest,
+    WSUpgradeResponse,
+    WSUpgradeResponseWithListener,
+    ws_create_server,
+)
 
 from jetstream.config import parse_listen_addr
 from jetstream.framefile import read_frames

@@ -18,14 +18,13 @@ import logging
 import time
 from typing import Callable
 
-from picows import WSAutoPingStrategy, WSCloseCode, WSUpgradeRequest
-from picows.api import _resolve_logger
-from picows.picows import WSProtocol
+from picows import WSCloseCode, WSUpgradeRequest
 
 from jetstream.instance import INSTANCE_HEADER, instance_id_of
 from jetstream.server import http, params, status_page
 from jetstream.server.front import FrontDoor
 from jetstream.server.live import LiveFastPath
+from jetstream.server.picows_adapter import PeerAwareProtocol, close_sent_by_picows, server_protocol
 from jetstream.server.ratelimit import RateLimiterRegistry
 from jetstream.server.request_head import HeadBudget
 from jetstream.server.settings import ServerSettings
@@ -36,8 +35,6 @@ log = logging.getLogger(__name__)
 SHUTDOWN_REASON = "server shutting down"
 OTHER_IPS_LABEL = "other"
 READ_BUFFER_INIT_SIZE = 1024
-# What picows' own closes say (auto-ping and frame-size checks), to count them by reason.
-_PICOWS_PING_TIMEOUT_PREFIX = "peer has not replied to ping"
 
 
 def _now_us() -> int:
@@ -46,22 +43,6 @@ def _now_us() -> int:
 
 def hello_timeout_reason(timeout_s: float) -> str:
     return f"no options_update received within {timeout_s:g}s of connecting with requireHello=true"
-
-
-class _PeerAwareProtocol(WSProtocol):
-    """picows' server protocol that remembers the socket peer before the request is routed.
-
-    picows hands the router only the HTTP request; the per-IP connection cap must refuse
-    before the upgrade, so the peer address is captured when the TCP connection is made.
-    """
-
-    peer_ip = ""
-    full_target: bytes | None = None  # the request target, when picows was handed it without its query
-
-    def connection_made(self, transport) -> None:
-        peer = transport.get_extra_info("peername")
-        self.peer_ip = peer[0] if peer else ""
-        super().connection_made(transport)
 
 
 class SubscribeServer:
@@ -120,31 +101,23 @@ class SubscribeServer:
     def _count_front_door_answer(self, reason: str) -> None:
         self.refused_requests[reason] += 1
 
-    def _new_protocol(self, full_target: bytes | None = None) -> _PeerAwareProtocol:
-        """What picows' ws_create_server builds (2.3 argument order), with the peer captured.
+    def _new_protocol(self, full_target: bytes | None = None) -> PeerAwareProtocol:
+        """picows' protocol for one connection, routed by _route.
 
-        PING_WHEN_IDLE: a ping goes out only after ping_interval_s without anything from the
-        client. A subscriber that is busy draining our stream proves it is alive through
+        Pings go out only after ping_interval_s without anything from the client. A
+        subscriber that is busy draining our stream proves it is alive through
         resume_writing (see SubscriberListener), so no ping has to race megabytes of events.
         """
         settings = self.settings
-        ping = settings.ping_interval_s > 0
-        protocol: _PeerAwareProtocol | None = None
+        protocol: PeerAwareProtocol | None = None
 
         def route(request: WSUpgradeRequest):
             return self._route(request, protocol.full_target or request.path, protocol.peer_ip)
 
-        protocol = _PeerAwareProtocol(
-            None, None, False, route, _resolve_logger("server.subscribe", "server"),
-            True,  # disconnect_on_exception
-            settings.handshake_timeout_s,
-            ping, settings.ping_interval_s if ping else 20, settings.effective_pong_timeout_s if ping else 20,
-            WSAutoPingStrategy.PING_WHEN_IDLE,
-            True,  # enable_auto_pong: answer client pings like gorilla's default handler
-            settings.max_client_message_bytes,
-            None,  # extra_headers
-            READ_BUFFER_INIT_SIZE,
-        )
+        protocol = server_protocol(
+            route, logger_name="server.subscribe", handshake_timeout_s=settings.handshake_timeout_s,
+            ping_interval_s=settings.ping_interval_s, pong_timeout_s=settings.effective_pong_timeout_s,
+            max_frame_size=settings.max_client_message_bytes, read_buffer_init_size=READ_BUFFER_INIT_SIZE)
         protocol.full_target = full_target
         return protocol
 
@@ -276,14 +249,9 @@ class SubscribeServer:
 
     def _count_picows_close(self, subscriber: SubscriberListener) -> None:
         """Closes picows sends on its own (no pong, oversize client frame) are ours too: count them."""
-        transport = subscriber.transport
-        handshake = transport.close_handshake if transport is not None else None
-        if handshake is None or handshake.sent is None or handshake.recv_then_sent:
-            return
-        if handshake.sent.code == WSCloseCode.MESSAGE_TOO_BIG:
-            self.count_disconnect("client_message_too_big")
-        elif handshake.sent.reason.startswith(_PICOWS_PING_TIMEOUT_PREFIX):
-            self.count_disconnect("pong_timeout")
+        reason = close_sent_by_picows(subscriber.transport)
+        if reason is not None:
+            self.count_disconnect(reason)
 
     def _hello_deadline_passed(self, subscriber: SubscriberListener) -> None:
         self._hello_deadlines.pop(subscriber, None)

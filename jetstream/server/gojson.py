@@ -348,7 +348,8 @@ def _go_int(value: JSONValue | None, field: str, errors: list[str]) -> int:
     text = value.value
     # The length check first: int() refuses strings over 4300 digits (a ValueError, not an answer).
     if any(c in text for c in ".eE") or len(text.lstrip("-")) > 19 or not _INT64_MIN <= int(text) <= _INT64_MAX:
-        errors.append(f"json: cannot unmarshal number {text} into Go struct field {_PAYLOAD_STRUCT}.{field} of type int")
+        errors.append(f"json: cannot unmarshal number {text} into Go struct field "
+                      f"{_PAYLOAD_STRUCT}.{field} of type int")
         return 0
     return int(text)
 

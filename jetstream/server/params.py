@@ -76,14 +76,16 @@ class SubscriberOptions:
 
 def is_valid_nsid(text: str) -> bool:
     """indigo syntax.ParseNSID."""
-    return 0 < len(text.encode("utf-8", "surrogateescape")) <= NSID_MAX_LENGTH and NSID_PATTERN.fullmatch(text) is not None
+    size = len(text.encode("utf-8", "surrogateescape"))
+    return 0 < size <= NSID_MAX_LENGTH and NSID_PATTERN.fullmatch(text) is not None
 
 
 def is_valid_did(text: str) -> bool:
     """indigo syntax.ParseDID, including its did:plc fast path (which never falls back to the regex)."""
     if len(text) == 32 and text.startswith("did:plc:"):
         return _PLC_FAST_PATH_SUFFIX.fullmatch(text, 8) is not None
-    return 0 < len(text.encode("utf-8", "surrogateescape")) <= DID_MAX_LENGTH and DID_PATTERN.fullmatch(text) is not None
+    size = len(text.encode("utf-8", "surrogateescape"))
+    return 0 < size <= DID_MAX_LENGTH and DID_PATTERN.fullmatch(text) is not None
 
 
 def parse_go_int64(text: str) -> int | None:

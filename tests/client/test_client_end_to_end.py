@@ -7,17 +7,28 @@ import json
 
 import pytest
 
-from test_client_kit import (
-    corpus_seqs, daemon_config, ingested_daemon, logged_payloads, start_corpus_relay, time_us_of, wait_until,
-    without_time_us,
-)
 from jetstream.client import (
-    AccountEvent, Backoff, CommitEvent, IdentityEvent, Jetstream, JetstreamError,
+    AccountEvent,
+    Backoff,
+    CommitEvent,
+    IdentityEvent,
+    Jetstream,
+    JetstreamError,
 )
 from jetstream.client.protocol import dictionary_url
 from jetstream.client.zstd import fetch_dictionary
 from jetstream.daemon import Daemon
 from jetstream.dictionary import active_dictionary, dictionary_id
+from tests.client.test_client_kit import (
+    corpus_seqs,
+    daemon_config,
+    ingested_daemon,
+    logged_payloads,
+    start_corpus_relay,
+    time_us_of,
+    wait_until,
+    without_time_us,
+)
 
 pytestmark = pytest.mark.timeout(90)
 LEGACY_DICTIONARY_ID = 1612007021

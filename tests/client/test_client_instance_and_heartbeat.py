@@ -10,16 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sys
-from pathlib import Path
 
 import pytest
 
 from jetstream.client import Backoff, HeartbeatEvent, Jetstream
 from jetstream.client.instance import InstanceTracker, content_key
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
-from server_helpers import Stack, settle  # noqa: E402
+from tests.server.server_helpers import Stack, settle
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -10,8 +10,18 @@ import pytest
 import zstandard
 
 from jetstream.client import (
-    AccountEvent, Backoff, CommitEvent, DictionaryMismatch, EventDecodeError, IdentityEvent, ResumeState,
-    SubscribeOptions, UnknownEvent, ZstdFrameDecoder, normalize_url, parse_event,
+    AccountEvent,
+    Backoff,
+    CommitEvent,
+    DictionaryMismatch,
+    EventDecodeError,
+    IdentityEvent,
+    ResumeState,
+    SubscribeOptions,
+    UnknownEvent,
+    ZstdFrameDecoder,
+    normalize_url,
+    parse_event,
 )
 from jetstream.client.protocol import dictionary_url, is_fatal_close, subscribe_url
 from jetstream.compression import EventCompressor

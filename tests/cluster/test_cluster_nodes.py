@@ -16,10 +16,10 @@ import signal
 import time
 
 import pytest
-from harness import ClusterRig, CuttableProxy, read_log, wait_for
-from synthetic_expected import expected_lines
 
-from wsclient import connect
+from tests.cluster.harness import ClusterRig, CuttableProxy, read_log, wait_for
+from tests.synthetic_expected import expected_lines
+from tests.wsclient import connect
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -154,7 +154,7 @@ def test_killing_the_leader_hands_ingest_to_another_node_losing_and_doubling_not
     for node in (b, c):
         rig.stop_node(node)
     logs = {node.name: stopped_log(node) for node in (a, b, c)}
-    for name, (rows, cursor) in logs.items():
+    for rows, cursor in logs.values():
         check_log_is_the_relay_exactly_once(rows, cursor)
     shortest = min(len(rows) for rows, _ in logs.values())
     assert logs["a"][0][:shortest] == logs["b"][0][:shortest] == logs["c"][0][:shortest], "identical logs"

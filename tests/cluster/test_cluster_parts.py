@@ -6,7 +6,6 @@ import asyncio
 import time
 
 import pytest
-from corpus_events import event_from_line
 
 from jetstream.cluster.applier import ApplyGap, StreamApplier
 from jetstream.cluster.lease import Lease
@@ -15,6 +14,7 @@ from jetstream.cluster.publisher import FencedPublisher
 from jetstream.cluster.wire import WireError, decode_batch, encode_batch, encoded_size
 from jetstream.implementation import LiveRing
 from jetstream.log.store import EventLog
+from tests.corpus_events import event_from_line
 
 BASE_TIME_US = 1_795_000_000_000_000
 

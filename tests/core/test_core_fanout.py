@@ -17,12 +17,10 @@ from jetstream._py import fanout as py_fanout
 from jetstream._py import filter as py_filter
 from jetstream._py import position as py_position
 from jetstream._py import ring as py_ring
-from jetstream.errors import PositionConflict
 from jetstream.events import KIND_ACCOUNT, KIND_COMMIT, KIND_SYNC, Event
 from jetstream.server.ratelimit import TokenBucket
-
-from test_core_filter import COLLECTIONS, DIDS, model_wants
-from test_core_pacing import parse_frames
+from tests.core.test_core_filter import COLLECTIONS, DIDS, model_wants
+from tests.core.test_core_frames import parse_frames
 
 try:
     from jetstream._core import fanout as cy_fanout

@@ -147,7 +147,7 @@ def test_ten_thousand_wanted_dids_match_exactly_those():
 def test_interned_ids_reserve_zero_for_the_empty_collection_only():
     if cy_filter is None:
         pytest.skip("Cython core not built")
-    assert cy_filter.py_collection_id("") == 0
-    assert cy_filter.py_did_id("") != 0
-    assert cy_filter.py_collection_id("app.bsky.feed.post") != 0
-    assert cy_filter.py_collection_id("\ud800lone-surrogate") != 0  # never raises on odd strings
+    assert cy_filter.collection_id("") == 0
+    assert cy_filter.did_id("") != 0
+    assert cy_filter.collection_id("app.bsky.feed.post") != 0
+    assert cy_filter.collection_id("\ud800lone-surrogate") != 0  # never raises on odd strings

@@ -18,8 +18,7 @@ from jetstream._py import filter as py_filter
 from jetstream._py import position as py_position
 from jetstream._py import ring as py_ring
 from jetstream.events import KIND_ACCOUNT, KIND_COMMIT, KIND_IDENTITY, KIND_NAMES, Event
-
-from test_core_filter import COLLECTIONS, DIDS, model_wants, wanted_strategy, dids_strategy
+from tests.core.test_core_filter import COLLECTIONS, DIDS, dids_strategy, model_wants, wanted_strategy
 
 try:
     from jetstream._core import filter as cy_filter

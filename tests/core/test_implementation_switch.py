@@ -30,7 +30,7 @@ sys.meta_path.insert(0, BlockRing())
 """ + REPORT_CHOICE
 
 PYTHON_SIDE = ["python", "False", "jetstream._py.ring", "jetstream._py.filter", "jetstream._py.position",
-               "jetstream._py.pacing", "jetstream._py.car", "jetstream._py.commit", "jetstream._py.mst"]
+               "jetstream._py.frames", "jetstream._py.car", "jetstream._py.commit", "jetstream._py.mst"]
 
 
 def _run(code: str, **env: str) -> subprocess.CompletedProcess:
@@ -41,7 +41,7 @@ def _run(code: str, **env: str) -> subprocess.CompletedProcess:
 
 def test_the_cython_side_is_chosen_when_every_extension_is_built():
     try:
-        from jetstream._core import filter, pacing, position, ring
+        from jetstream._core import filter, frames, position, ring
     except ImportError:
         assert implementation.USING_CYTHON is False
         return
@@ -52,7 +52,7 @@ def test_the_cython_side_is_chosen_when_every_extension_is_built():
     assert implementation.LiveRing is ring.LiveRing
     assert implementation.EventFilter is filter.EventFilter
     assert implementation.Position is position.Position
-    assert implementation.encode_frames is pacing.encode_frames
+    assert implementation.encode_frames is frames.encode_frames
     assert implementation.PositionConflict is PositionConflict
 
 
@@ -63,7 +63,7 @@ def test_without_the_switch_a_built_tree_loads_every_cython_twin():
         assert "event=implementation_fallback" in result.stderr
         return
     assert words == ["cython", "True", "jetstream._core.ring", "jetstream._core.filter",
-                     "jetstream._core.position", "jetstream._core.pacing", "jetstream._core.car",
+                     "jetstream._core.position", "jetstream._core.frames", "jetstream._core.car",
                      "jetstream._core.commit", "jetstream._core.mst"]
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from jetstream.implementation import LiveRing
 from jetstream.events import KIND_COMMIT, Event
+from jetstream.implementation import LiveRing
 from jetstream.server.subscriber import LagPolicy, initial_position, lag_close_reason, lag_of
 
 

@@ -24,8 +24,7 @@ from jetstream.events import KIND_COMMIT, KIND_IDENTITY, Event
 from jetstream.log.store import EventLog
 from jetstream.log.ttl import TtlTrimmer
 from jetstream.server.subscriber import read_next_batch
-
-from cutover_helpers import wanted
+from tests.cutover.cutover_helpers import wanted
 
 pytestmark = pytest.mark.timeout(120)
 

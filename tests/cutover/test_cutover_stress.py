@@ -20,9 +20,16 @@ import time
 
 import pytest
 
-from cutover_helpers import (
-    LogView, connect_client, daemon_for, options_update, start_relay, stop_ingest, subscribe_query,
-    violations_of, wait_all_delivered,
+from tests.cutover.cutover_helpers import (
+    LogView,
+    connect_client,
+    daemon_for,
+    options_update,
+    start_relay,
+    stop_ingest,
+    subscribe_query,
+    violations_of,
+    wait_all_delivered,
 )
 
 pytestmark = pytest.mark.timeout(120)

@@ -16,8 +16,14 @@ import time
 
 import pytest
 
-from cutover_helpers import (
-    LogView, connect_client, daemon_for, start_relay, stop_ingest, violations_of, wait_all_delivered,
+from tests.cutover.cutover_helpers import (
+    LogView,
+    connect_client,
+    daemon_for,
+    start_relay,
+    stop_ingest,
+    violations_of,
+    wait_all_delivered,
 )
 
 pytestmark = pytest.mark.timeout(60)

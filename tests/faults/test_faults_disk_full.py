@@ -22,8 +22,8 @@ from jetstream.config import parse_serve_args
 from jetstream.daemon import Daemon
 from jetstream.relaysim.server import RelaySim
 from jetstream.relaysim.synthetic import SyntheticSource
-from synthetic_expected import expected_lines
-from wsclient import connect
+from tests.synthetic_expected import expected_lines
+from tests.wsclient import connect
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -13,7 +13,6 @@ and two that start by replaying the whole log (one of them filtered). Afterwards
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import re
@@ -23,11 +22,11 @@ import time
 from pathlib import Path
 
 import pytest
-from synthetic_expected import expected_lines
 from picows import WSListener, WSMsgType, ws_connect
 
 from jetstream.log.store import EventLog
 from jetstream.relaysim.server import SUBSCRIBE_REPOS_PATH
+from tests.synthetic_expected import expected_lines
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -108,7 +107,7 @@ class ReconnectingClient:
         while True:
             try:
                 transport, _ = await ws_connect(lambda: _Listener(self), self._url())
-            except (OSError, asyncio.TimeoutError, Exception):  # daemon down or starting
+            except Exception:  # noqa: BLE001 - daemon down or starting: any failure to connect is retried
                 await asyncio.sleep(0.05)
                 continue
             self.connections += 1

@@ -21,8 +21,8 @@ from jetstream.daemon import Daemon
 from jetstream.relaysim.faults import Faults
 from jetstream.relaysim.server import RelaySim
 from jetstream.relaysim.synthetic import SyntheticSource
-from synthetic_expected import expected_lines
-from wsclient import connect
+from tests.synthetic_expected import expected_lines
+from tests.wsclient import connect
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from jetstream.ingest.car import CarError, read_car, verify_block
 from jetstream.relaysim.cbor import Link, encode
-from test_fuzz_strategies import car_of, fuzz_settings, mutated, synthetic_frames
+from tests.fuzz.test_fuzz_strategies import car_of, fuzz_settings, mutated, synthetic_frames
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -19,8 +19,14 @@ from jetstream.events import render_json
 from jetstream.ingest.decode import DecodedFrame, decode_frame
 from jetstream.ingest.frames import FrameError
 from jetstream.relaysim.cbor import Link, encode
-from test_fuzz_strategies import (fuzz_settings, commit_frames_with_records, mutated, record_blocks,
-                                  seed_frames, with_record_block)
+from tests.fuzz.test_fuzz_strategies import (
+    commit_frames_with_records,
+    fuzz_settings,
+    mutated,
+    record_blocks,
+    seed_frames,
+    with_record_block,
+)
 
 pytestmark = pytest.mark.timeout(120)
 

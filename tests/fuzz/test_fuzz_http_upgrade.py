@@ -19,13 +19,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from jetstream.compression import EventCompressor
-from jetstream.implementation import LiveRing
 from jetstream.events import KIND_COMMIT, Event
+from jetstream.implementation import LiveRing
 from jetstream.log.store import EventLog
 from jetstream.server.app import SubscribeServer
 from jetstream.server.settings import ServerSettings
-from test_fuzz_strategies import fuzz_settings
-from wsclient import connect
+from tests.fuzz.test_fuzz_strategies import fuzz_settings
+from tests.wsclient import connect
 
 pytestmark = pytest.mark.timeout(180)
 ANSWER_TIMEOUT_S = 15.0  # generous: the machine is shared; a hang fails, slowness does not
@@ -85,7 +85,7 @@ def exchange(port: int, request: bytes) -> bytes:
             except ConnectionResetError:
                 break
             except socket.timeout:
-                raise AssertionError(f"no answer and no close within {ANSWER_TIMEOUT_S}s for {request[:200]!r}")
+                raise AssertionError(f"no answer and no close within {ANSWER_TIMEOUT_S}s for {request[:200]!r}") from None
             if not chunk:
                 break
             chunks.append(chunk)

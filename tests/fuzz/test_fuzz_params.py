@@ -17,10 +17,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jetstream.server.params import (MAX_CLOSE_REASON_BYTES, BadRequest, CloseConnection, OptionsUpdate,
-                                     SubscriberOptions, interpret_client_message, is_valid_did,
-                                     is_valid_nsid, parse_query, parse_subscribe_query)
-from test_fuzz_strategies import fuzz_settings
+from jetstream.server.params import (
+    MAX_CLOSE_REASON_BYTES,
+    BadRequest,
+    CloseConnection,
+    OptionsUpdate,
+    SubscriberOptions,
+    interpret_client_message,
+    is_valid_did,
+    is_valid_nsid,
+    parse_query,
+    parse_subscribe_query,
+)
+from tests.fuzz.test_fuzz_strategies import fuzz_settings
 
 pytestmark = pytest.mark.timeout(120)
 NOW_US = 1_700_000_000_000_000

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from jetstream._core import record_json as cython_twin
 from jetstream._py import record_json as python_twin
-from test_fuzz_strategies import fuzz_settings, mutated, record_blocks, synthetic_frames
+from tests.fuzz.test_fuzz_strategies import fuzz_settings, mutated, record_blocks, synthetic_frames
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -21,8 +21,8 @@ from jetstream.implementation import LiveRing
 from jetstream.log.store import EventLog
 from jetstream.server.app import SubscribeServer
 from jetstream.server.settings import ServerSettings
-from corpus_events import event_from_line, time_us_of
-from wsclient import connect
+from tests.corpus_events import event_from_line, time_us_of
+from tests.wsclient import connect
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -81,7 +81,7 @@ class Witnessed:
     async def witness_saw_everything(self, more: int = 20) -> None:
         """Publish `more` events, then the witness must hold exactly all published, in order."""
         self.publish(more)
-        received = await self.witness.wait_for_count(len(self.published), timeout=30)
+        await self.witness.wait_for_count(len(self.published), timeout=30)
         await asyncio.sleep(0.05)
         assert [time_us_of(m) for m in self.witness.payloads] == self.published
         assert self.witness.close_code is None

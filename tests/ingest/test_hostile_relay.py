@@ -26,8 +26,8 @@ import pytest
 from jetstream.daemon import Daemon
 from jetstream.ingest.decode import decode_frame
 from jetstream.ingest.frames import FrameError
-from test_ingest_helpers import CID, Raw, car_bytes, cid_for, commit_block, dag_cbor, frame
-from test_relay_client_reconnect import ScriptedRelay, counter, serve_config, wait_until
+from tests.ingest.test_ingest_helpers import CID, Raw, car_bytes, cid_for, commit_block, dag_cbor, frame
+from tests.ingest.test_relay_client_reconnect import ScriptedRelay, counter, serve_config, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 

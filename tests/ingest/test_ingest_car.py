@@ -5,8 +5,8 @@ import libipld
 import pytest
 
 from jetstream.ingest.car import CarError, cid_to_string, read_car, verify_block
-from test_ingest_helpers import CID, car_bytes, cid_for, dag_cbor
-from test_ingest_helpers import _uvarint as uvarint
+from tests.ingest.test_ingest_helpers import CID, car_bytes, cid_for, dag_cbor
+from tests.ingest.test_ingest_helpers import _uvarint as uvarint
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from jetstream._core import record_json as cy
 from jetstream._py import record_json as py
 from jetstream.events import KIND_NAMES, render_json
 from jetstream.ingest.decode import decode_frame
-from test_ingest_helpers import cid_for, cid_from_string, commit_frame, dag_cbor, frame, from_record_json
+from tests.ingest.test_ingest_helpers import cid_for, cid_from_string, commit_frame, dag_cbor, frame, from_record_json
 
 
 def decode_all(frames, **options):

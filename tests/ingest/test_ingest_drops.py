@@ -10,7 +10,16 @@ import pytest
 
 from jetstream.events import render_json
 from jetstream.ingest.decode import decode_frame
-from test_ingest_helpers import CID, car_bytes, cid_for, dag_cbor, decode_commit_frame, mutate_commit, reencode, split_car
+from tests.ingest.test_ingest_helpers import (
+    CID,
+    car_bytes,
+    cid_for,
+    dag_cbor,
+    decode_commit_frame,
+    mutate_commit,
+    reencode,
+    split_car,
+)
 
 
 @pytest.fixture(scope="module")

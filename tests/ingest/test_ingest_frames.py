@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from jetstream.events import KIND_ACCOUNT, KIND_IDENTITY, render_json
 from jetstream.ingest.decode import decode_frame, is_rfc3339
 from jetstream.ingest.frames import FrameError, split_frame
-from test_ingest_helpers import commit_frame, dag_cbor, frame
+from tests.ingest.test_ingest_helpers import commit_frame, dag_cbor, frame
 
 
 def test_identity_with_handle_matches_the_v1_readme_line():

@@ -17,7 +17,7 @@ from jetstream.ingest.car import read_car
 from jetstream.ingest.decode import decode_frame
 from jetstream.ingest.frames import split_frame
 from jetstream.relaysim.synthetic import SyntheticSource
-from test_ingest_helpers import CID, build_mst, cid_for, cid_from_string, dag_cbor, mst_node
+from tests.ingest.test_ingest_helpers import CID, build_mst, cid_for, cid_from_string, dag_cbor, mst_node
 
 pytestmark = pytest.mark.timeout(120)
 TWINS = pytest.mark.parametrize("module", [ref, fast], ids=["reference", "cython"])
@@ -288,7 +288,7 @@ def test_synthetic_frames_pass_verify_mst_with_no_drops():
 
 
 def test_a_commit_whose_signed_commit_has_no_data_link_is_a_bad_car_only_with_verify_mst():
-    from test_ingest_helpers import car_bytes, frame
+    from tests.ingest.test_ingest_helpers import car_bytes, frame
 
     record = dag_cbor({"$type": "app.bsky.feed.like", "createdAt": "2026-01-01T00:00:00Z"})
     signed = dag_cbor({"did": "did:plc:x", "version": 3, "rev": "r", "prev": None, "sig": b"\0" * 64, "data": "no"})

@@ -2,8 +2,8 @@
 RecordError reason, and both follow v1's rules (docs/protocol.md §4.5)."""
 from __future__ import annotations
 
-import json
 import base64
+import json
 import math
 import threading
 
@@ -16,7 +16,7 @@ from jetstream._core import record_json as cy
 from jetstream._py import record_json as py
 from jetstream._py.record_json import RecordError
 from jetstream.ingest.car import read_car
-from test_ingest_helpers import CID, Raw, cid_for, dag_cbor
+from tests.ingest.test_ingest_helpers import CID, Raw, cid_for, dag_cbor
 
 IMPLEMENTATIONS = [pytest.param(py, id="python"), pytest.param(cy, id="cython")]
 

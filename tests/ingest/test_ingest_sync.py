@@ -17,9 +17,9 @@ from jetstream.config import parse_serve_args
 from jetstream.daemon import Daemon
 from jetstream.events import KIND_SYNC, render_json
 from jetstream.ingest.decode import decode_frame
+from jetstream.relaysim.cbor import encode
 from jetstream.relaysim.faults import Faults, sync_frame
 from jetstream.relaysim.server import FileSource, RelaySim
-from jetstream.relaysim.cbor import encode
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -47,7 +47,7 @@ def test_sync_frame_with_a_bad_time_is_dropped_and_one_without_rev_is_a_bad_body
 
 
 async def _collect(url: str, count: int) -> list[bytes]:
-    from wsclient import connect  # noqa: PLC0415 - tests/ is on the path when pytest runs
+    from tests.wsclient import connect  # noqa: PLC0415 - tests/ is on the path when pytest runs
 
     _, client = await connect(url)
     return await client.wait_for_count(count, timeout=30)

@@ -13,7 +13,7 @@ from jetstream.implementation import LiveRing
 from jetstream.ingest.pipeline import IngestPipeline, event_type_label, operation_of
 from jetstream.ingest.sequencer import Sequencer
 from jetstream.log.store import EventLog
-from test_relay_client_reconnect import seq_of
+from tests.ingest.test_relay_client_reconnect import seq_of
 
 
 def make_pipeline(event_log, socket_url: str, **callbacks):

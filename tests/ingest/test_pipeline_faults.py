@@ -17,9 +17,9 @@ import pytest
 
 from jetstream.daemon import Daemon
 from jetstream.ingest.decode import decode_frame
-from test_ingest_helpers import car_bytes, cid_for, commit_block, dag_cbor, frame
 from jetstream.relaysim.seqpatch import patch_seq
-from test_relay_client_reconnect import ScriptedRelay, counter, seq_of, serve_config, wait_until
+from tests.ingest.test_ingest_helpers import car_bytes, cid_for, commit_block, dag_cbor, frame
+from tests.ingest.test_relay_client_reconnect import ScriptedRelay, counter, seq_of, serve_config, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 

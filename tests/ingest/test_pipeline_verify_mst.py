@@ -13,10 +13,19 @@ from jetstream.daemon import Daemon
 from jetstream.events import render_json
 from jetstream.ingest.decode import decode_frame
 from jetstream.relaysim.seqpatch import patch_seq
-from test_ingest_helpers import CID, car_bytes, cid_for, dag_cbor, frame, mst_node
-from test_pipeline_faults import (FAULT_DID, FIRST_SEQ, NOW, create, good_seq, log_lines, record, renumber_seq,
-                                  without_time_us)
-from test_relay_client_reconnect import ScriptedRelay, counter, serve_config, wait_until
+from tests.ingest.test_ingest_helpers import CID, car_bytes, cid_for, dag_cbor, frame, mst_node
+from tests.ingest.test_pipeline_faults import (
+    FAULT_DID,
+    FIRST_SEQ,
+    NOW,
+    create,
+    good_seq,
+    log_lines,
+    record,
+    renumber_seq,
+    without_time_us,
+)
+from tests.ingest.test_relay_client_reconnect import ScriptedRelay, counter, serve_config, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 PREFIX = "app.bsky.feed.post/"

@@ -211,7 +211,7 @@ async def test_refused_dials_are_retried_with_growing_backoff_until_stopped():
 
 
 async def test_an_error_frame_does_not_reset_the_backoff(corpus_frames):
-    from test_pipeline_faults import error_frame
+    from tests.ingest.test_pipeline_faults import error_frame
 
     relay = await ScriptedRelay([[error_frame("FutureCursor", "nope")]], close_after_script=True).start()
     client = RelayClient(relay.url, lambda frame: None, lambda: None, backoff_initial_s=0.005, backoff_max_s=0.02)
@@ -257,7 +257,7 @@ async def test_daemon_resumes_from_the_stored_cursor_and_override_wins_when_give
 
 
 async def test_daemon_logs_an_error_frame_and_redials_from_the_stored_cursor(tmp_path, corpus_frames, caplog):
-    from test_pipeline_faults import error_frame
+    from tests.ingest.test_pipeline_faults import error_frame
 
     frames = renumbered(corpus_frames[:4], 2000)
     # The relay does not close after the error frame: the daemon must leave by itself.

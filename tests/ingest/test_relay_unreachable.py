@@ -15,14 +15,12 @@ import time
 from pathlib import Path
 
 import pytest
-
 from picows import WSListener, ws_create_server
 
 from jetstream.ingest.relay_client import RelayClient
 from jetstream.log.store import EventLog
-
-from corpus_events import event_from_line, time_us_of
-from wsclient import connect
+from tests.corpus_events import event_from_line, time_us_of
+from tests.wsclient import connect
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 

@@ -30,7 +30,7 @@ from jetstream.ingest.verify import (
     signing_key_of,
     split_signed_commit,
 )
-from did_fixtures import (
+from tests.ingest.did_fixtures import (
     FakeDidDirectory,
     GatedPipeline,
     Signer,

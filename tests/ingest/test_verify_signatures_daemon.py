@@ -12,8 +12,8 @@ from jetstream import metrics
 from jetstream.config import parse_serve_args
 from jetstream.daemon import Daemon
 from jetstream.relaysim.server import FileSource, RelaySim
-from did_fixtures import FakeDidDirectory, load_corpus_did_docs
-from wsclient import connect
+from tests.ingest.did_fixtures import FakeDidDirectory, load_corpus_did_docs
+from tests.wsclient import connect
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -6,7 +6,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from jetstream.log.rows import (
-    MAX_TIME_US, LogRow, RowError, decode_header, decode_key, decode_row, decode_rows, encode_key, encode_value,
+    MAX_TIME_US,
+    LogRow,
+    RowError,
+    decode_header,
+    decode_key,
+    decode_row,
+    decode_rows,
+    encode_key,
+    encode_value,
 )
 
 time_us_values = st.integers(0, MAX_TIME_US)

@@ -13,7 +13,7 @@ from jetstream.ingest.frames import FrameError
 from jetstream.relaysim.faults import FaultInjector, Faults
 from jetstream.relaysim.server import RelaySim
 from jetstream.relaysim.synthetic import SyntheticSource
-from wsclient import connect
+from tests.wsclient import connect
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -15,7 +15,7 @@ from picows import WSListener, WSMsgType, ws_connect
 from jetstream.relaysim.server import RelaySim
 from jetstream.relaysim.synthetic import SyntheticSource, prerendered
 from jetstream.relaysim.timeline import Timeline
-from wsclient import connect
+from tests.wsclient import connect
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -9,9 +9,8 @@ from picows import WSCloseCode, WSHandshakeError, ws_connect
 
 from jetstream.config import RELAY_SIM_FLAGS, Config
 from jetstream.relaysim.seqpatch import patch_seq
-from jetstream.relaysim.server import (WRITE_BUFFER_HIGH, FileSource, RelaySim, SyntheticSource,
-                                       run_from_config)
-from wsclient import CollectingListener, connect
+from jetstream.relaysim.server import WRITE_BUFFER_HIGH, FileSource, RelaySim, SyntheticSource, run_from_config
+from tests.wsclient import CollectingListener, connect
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import asyncio
 
-from jetstream.implementation import LiveRing
 from jetstream.events import Event
+from jetstream.implementation import LiveRing
 from jetstream.log.store import EventLog
 from jetstream.server.app import SubscribeServer
 from jetstream.server.settings import ServerSettings
+from tests.corpus_events import event_from_line, time_us_of  # noqa: F401 - the server tests import them from here
 
-from corpus_events import event_from_line, time_us_of  # noqa: F401 - the server tests import them from here
 
 class Stack:
     """Log, ring and server wired the way the daemon wires them (log -> ring -> notify)."""

@@ -5,8 +5,16 @@ drive it over loopback); here each rule is pinned by feeding bytes and reading t
 """
 from __future__ import annotations
 
-from jetstream.server.request_head import (BUSY_RESPONSE, NEED_MORE, PICOWS_MAX_HEAD_BYTES, TOO_LARGE_RESPONSE,
-                                           Answer, HandOver, HeadBudget, HeadReader)
+from jetstream.server.request_head import (
+    BUSY_RESPONSE,
+    NEED_MORE,
+    PICOWS_MAX_HEAD_BYTES,
+    TOO_LARGE_RESPONSE,
+    Answer,
+    HandOver,
+    HeadBudget,
+    HeadReader,
+)
 
 GET = b"GET /subscribe?wantedCollections=app.bsky.feed.post HTTP/1.1\r\nHost: x\r\n\r\n"
 

@@ -17,8 +17,8 @@ from jetstream.compression import decompress
 from jetstream.events import render_json
 from jetstream.ingest.decode import decode_frame
 from jetstream.relaysim.faults import sync_frame
-from server_helpers import Stack, http_get, settle
-from wsclient import connect
+from tests.server.server_helpers import Stack, http_get, settle
+from tests.wsclient import connect
 
 pytestmark = pytest.mark.timeout(60)
 

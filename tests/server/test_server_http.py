@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from server_helpers import Stack, http_get, settle
-from wsclient import connect
+from tests.server.server_helpers import Stack, http_get, settle
+from tests.wsclient import connect
 
 pytestmark = pytest.mark.timeout(30)
 

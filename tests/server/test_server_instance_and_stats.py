@@ -15,8 +15,8 @@ from jetstream.config import parse_serve_args
 from jetstream.daemon import Daemon
 from jetstream.instance import INSTANCE_HEADER
 from jetstream.relaysim.server import FileSource, RelaySim
-from server_helpers import http_get, settle
-from wsclient import connect
+from tests.server.server_helpers import http_get, settle
+from tests.wsclient import connect
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -13,8 +13,8 @@ from jetstream.log.store import EventLog
 from jetstream.server import http
 from jetstream.server.app import SubscribeServer, hello_timeout_reason
 from jetstream.server.settings import ServerSettings
-from server_helpers import event_from_line, http_get, settle
-from wsclient import connect
+from tests.server.server_helpers import event_from_line, http_get, settle
+from tests.wsclient import connect
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -17,8 +17,8 @@ import pytest
 from jetstream._py import fanout as py_fanout
 from jetstream.compression import decompress
 from jetstream.server import live
-from server_helpers import Stack, settle
-from wsclient import connect
+from tests.server.server_helpers import Stack, settle
+from tests.wsclient import connect
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -13,15 +13,15 @@ import zstandard
 from picows import WSMsgType
 
 from jetstream.config import parse_serve_args
-from jetstream.implementation import LiveRing
 from jetstream.daemon import Daemon
 from jetstream.dictionary import SHIPPED_DICTIONARY_ID, SHIPPED_DICTIONARY_PATH
+from jetstream.implementation import LiveRing
 from jetstream.log.store import EventLog
 from jetstream.relaysim.server import FileSource, RelaySim
 from jetstream.server.app import SubscribeServer
 from jetstream.server.metrics import SERVER_METRICS
-from server_helpers import Stack, http_get, settle
-from wsclient import connect
+from tests.server.server_helpers import Stack, http_get, settle
+from tests.wsclient import connect
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -19,7 +19,7 @@ from picows import WSCloseCode
 
 from jetstream.log.store import EventLog
 from jetstream.relaysim.server import FileSource, RelaySim
-from wsclient import connect
+from tests.wsclient import connect
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from jetstream.relaysim.server import FileSource, RelaySim
-from server_helpers import settle
-from test_server_instance_and_stats import CorpusDaemon
-from wsclient import connect
+from tests.server.server_helpers import settle
+from tests.server.test_server_instance_and_stats import CorpusDaemon
+from tests.wsclient import connect
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -84,7 +84,7 @@ class _PageReader(HTMLParser):
             self._row = None
 
     def handle_data(self, data):
-        for element_id, cell in self._stack:
+        for element_id, _cell in self._stack:
             if element_id:
                 self.by_id[element_id] += data
         if self._row is not None and self._stack and self._stack[-1][1]:

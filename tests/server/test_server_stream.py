@@ -14,8 +14,8 @@ import pytest
 from picows import WSMsgType
 
 from jetstream.compression import decompress
-from server_helpers import Stack, settle, time_us_of
-from wsclient import connect
+from tests.server.server_helpers import Stack, settle, time_us_of
+from tests.wsclient import connect
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -9,8 +9,8 @@ import pytest
 from picows import WSMsgType
 
 from jetstream.server.subscriber import ReaderState
-from server_helpers import Stack, settle
-from wsclient import connect
+from tests.server.server_helpers import Stack, settle
+from tests.wsclient import connect
 
 pytestmark = pytest.mark.timeout(60)
 

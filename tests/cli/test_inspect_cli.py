@@ -5,16 +5,13 @@ import asyncio
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent / "client"))
-from test_client_kit import corpus_seqs, ingested_daemon, logged_payloads, time_us_of  # noqa: E402
-
-from jetstream.dictionary import active_dictionary, dictionary_id  # noqa: E402
-from jetstream.inspect import InspectError, inspect_data_dir, iso_date  # noqa: E402
-from jetstream.log.store import EventLog  # noqa: E402
+from jetstream.dictionary import active_dictionary, dictionary_id
+from jetstream.inspect import InspectError, inspect_data_dir, iso_date
+from jetstream.log.store import EventLog
+from tests.client.test_client_kit import corpus_seqs, ingested_daemon, logged_payloads, time_us_of
 
 pytestmark = pytest.mark.timeout(90)
 LEGACY_DICTIONARY_ID = 1612007021

@@ -5,15 +5,12 @@ import asyncio
 import json
 import signal
 import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent / "client"))
-from test_client_kit import ingested_daemon, logged_payloads  # noqa: E402
-
-from jetstream.client import Jetstream, parse_event  # noqa: E402
-from jetstream.tail import TailStats, human_line, iso_time, parse_cursor  # noqa: E402
+from jetstream.client import Jetstream, parse_event
+from jetstream.tail import TailStats, human_line, iso_time, parse_cursor
+from tests.client.test_client_kit import ingested_daemon, logged_payloads
 
 pytestmark = pytest.mark.timeout(90)
 NOW_US = 1_779_719_009_132_431

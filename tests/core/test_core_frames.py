@@ -9,14 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jetstream._py import pacing as py_pacing
+from jetstream._py import frames as py_frames
 
 try:
-    from jetstream._core import pacing as cy_pacing
+    from jetstream._core import frames as cy_frames
 except ImportError:  # not built
-    cy_pacing = None
+    cy_frames = None
 
-TWINS = [py_pacing] + ([cy_pacing] if cy_pacing is not None else [])
+TWINS = [py_frames] + ([cy_frames] if cy_frames is not None else [])
 
 
 def parse_frames(data: bytes) -> list[tuple[int, bool, bytes]]:
@@ -53,16 +53,16 @@ def test_a_batch_is_one_message_per_payload_in_order(twin, expected_v1_lines):
     assert twin.encode_frames([], True) == b""
 
 
-@pytest.mark.skipif(cy_pacing is None, reason="Cython extensions not built")
+@pytest.mark.skipif(cy_frames is None, reason="Cython extensions not built")
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.binary(max_size=300) | st.integers(120, 70000).map(lambda n: b"q" * n), max_size=12), st.booleans())
 def test_cython_twin_writes_the_same_bytes_as_the_python_twin(payloads, binary):
-    assert cy_pacing.encode_frames(payloads, binary) == py_pacing.encode_frames(payloads, binary)
+    assert cy_frames.encode_frames(payloads, binary) == py_frames.encode_frames(payloads, binary)
     for size in (0, 125, 126, 65535, 65536):
-        assert cy_pacing.frame_header(size, binary) == py_pacing.frame_header(size, binary)
+        assert cy_frames.frame_header(size, binary) == py_frames.frame_header(size, binary)
 
 
-@pytest.mark.skipif(cy_pacing is None, reason="Cython extensions not built")
+@pytest.mark.skipif(cy_frames is None, reason="Cython extensions not built")
 def test_cython_twin_refuses_payloads_that_are_not_bytes():
     with pytest.raises(TypeError):
-        cy_pacing.encode_frames([b"ok", "text"], False)
+        cy_frames.encode_frames([b"ok", "text"], False)

@@ -13,8 +13,8 @@ def test_write_then_read_round_trips(tmp_path):
 
 
 def test_truncated_file_is_an_error(tmp_path):
-    import zstandard
     import pytest
+    import zstandard
 
     (tmp_path / "bad.zst").write_bytes(zstandard.ZstdCompressor().compress(b"\x10\x00\x00\x00abc"))
     with pytest.raises(ValueError, match="truncated frame"):

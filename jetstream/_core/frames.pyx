@@ -1,5 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""Many websocket messages, one transport write: fast twin of jetstream/_py/pacing.py.
+"""Outgoing websocket frames, many messages in one transport write: fast twin of jetstream/_py/frames.py.
+
+(The relay's incoming frames are jetstream/ingest/frames.py's.)
 
 Owns: framing a batch of payloads as consecutive unmasked server frames (RFC 6455 §5.2)
 into one bytes object with a single allocation: one pass sums the sizes, one pass writes

@@ -13,9 +13,8 @@ import pytest
 
 from jetstream.config import parse_serve_args
 from jetstream.daemon import Daemon
-from jetstream.framefile import read_frames
 from jetstream.relaysim.server import RelaySim
-from wsclient import connect
+from tests.wsclient import connect
 
 TIME_US = re.compile(rb'"time_us":\d+')
 

@@ -22,17 +22,17 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from synthetic_expected import expected_lines
 
 from jetstream.log.store import EventLog
 from jetstream.relaysim.server import SUBSCRIBE_REPOS_PATH
+from tests.synthetic_expected import expected_lines
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 KILLS = 20
 SEED, DIDS = 11, 300
 TIME_US = re.compile(rb'"time_us":(\d+)')
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:

@@ -7,16 +7,18 @@ from pathlib import Path
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
+import jetstream.cluster.metrics  # noqa: F401 - registers the cluster metrics on the default registry
 import jetstream.metrics  # noqa: F401 - registers the ingest metrics on the default registry
 from jetstream.implementation import LiveRing
 from jetstream.log.store import EventLog
 from jetstream.server.app import SubscribeServer
 from jetstream.server.metrics import SERVER_METRICS, register_server
 
-DASHBOARD = Path(__file__).resolve().parents[1] / "contrib" / "grafana-dashboard.json"
+DASHBOARD = Path(__file__).resolve().parents[2] / "contrib" / "grafana-dashboard.json"
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
 PROMQL_WORDS = {"sum", "by", "rate", "increase", "topk", "max", "histogram_quantile", "le", "instance",
-                "label_values", "time", "reason", "kind", "event_type", "op_path", "outcome", "ip_address"}
+                "label_values", "time", "reason", "kind", "event_type", "op_path", "outcome", "ip_address",
+                "result", "method", "change"}
 
 
 def exported_series(tmp_path) -> set[str]:
@@ -50,5 +52,7 @@ def test_the_dashboard_shows_every_server_metric_and_every_ingest_metric(tmp_pat
     ingest_names = [name for name in dir(jetstream.metrics) if name.isupper()]
     families = {getattr(jetstream.metrics, name)._name for name in ingest_names
                 if hasattr(getattr(jetstream.metrics, name), "_name")}
-    missing = [name for name in sorted(families | set(SERVER_METRICS)) if name not in text]
+    cluster = {family.name for family in REGISTRY.collect() if family.name.startswith("jetstream_cluster_")}
+    assert cluster, "the cluster metrics are registered"
+    missing = [name for name in sorted(families | set(SERVER_METRICS) | cluster) if name not in text]
     assert missing == [], missing

@@ -20,7 +20,7 @@ from jetstream.events import KIND_COMMIT, Event
 from jetstream.log.store import EventLog
 from jetstream.log.ttl import TtlTrimmer, trim_interval_s
 from jetstream.relaysim.server import FileSource, RelaySim
-from wsclient import connect
+from tests.wsclient import connect
 
 pytestmark = pytest.mark.timeout(60)
 

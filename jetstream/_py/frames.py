@@ -1,4 +1,6 @@
-"""Pure-Python twin of jetstream/_core/pacing.pyx: many websocket messages, one transport write.
+"""Pure-Python twin of jetstream/_core/frames.pyx: outgoing websocket frames, one transport write.
+
+(The relay's incoming frames are jetstream/ingest/frames.py's.)
 
 Owns: framing a batch of payloads as consecutive unmasked server-to-client websocket
 frames (RFC 6455 §5.2: FIN set, opcode text or binary, 7/16/64-bit length, no mask) in

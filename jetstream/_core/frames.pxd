@@ -1,4 +1,4 @@
-"""C-level surface of pacing.pyx: batch framing for the reader's writes.
+"""C-level surface of frames.pyx: batch framing for the reader's writes.
 
 The header helpers are inline here so fanout.pyx frames a live step the same way.
 """

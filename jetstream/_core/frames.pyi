@@ -1,0 +1,6 @@
+"""Type stub of the Cython outgoing-frame encoder (frames.pyx); the twin is jetstream/_py/frames.py."""
+OPCODE_TEXT: int
+OPCODE_BINARY: int
+
+def frame_header(payload_size: int, binary: bool) -> bytes: ...
+def encode_frames(payloads: list[bytes], binary: bool) -> bytes: ...

@@ -1,0 +1,6 @@
+"""Type stub of the Cython MST reader (mst.pyx); the reference is jetstream/_py/mst.py."""
+from collections.abc import Mapping
+
+class MstReader:
+    def __init__(self, blocks: Mapping[bytes, memoryview | bytes], root: bytes) -> None: ...
+    def get(self, path: str) -> bytes: ...
