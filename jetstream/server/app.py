@@ -60,7 +60,7 @@ class SubscribeServer:
         self._clock_us = clock_us
         self._subscribers: set[SubscriberListener] = set()
         self._waiting: set[SubscriberListener] = set()
-        # Caught-up readers served by one C pass per batch (settings.live_fastpath None: the env's choice).
+        # Caught-up readers served by one C pass per batch (--live-fastpath, --live-coalesce-ms).
         self.live = LiveFastPath(ring, settings.live_fastpath, settings.live_coalesce_s)
         self._connections_by_ip: collections.Counter[str] = collections.Counter()
         self._hello_deadlines: dict[SubscriberListener, asyncio.TimerHandle] = {}
