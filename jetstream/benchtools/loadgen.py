@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import resource
 import sys
@@ -143,8 +144,10 @@ async def open_connections(url: str, count: int, tally: Tally, timestamps: bool,
     for index in range(count):
         stamps = [] if timestamps else None
         latencies = [] if index < latency_connections else None
+        # partial, not a lambda with defaults: picows calls a two-parameter factory with
+        # (request, response).
         transport, listener = await ws_connect(
-            lambda stamps=stamps, latencies=latencies: CountingListener(tally, stamps, latencies), url,
+            functools.partial(CountingListener, tally, stamps, latencies), url,
             websocket_handshake_timeout=60)  # a loaded server may answer late
         connections.append(transport)
         listeners.append(listener)
