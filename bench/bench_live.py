@@ -188,7 +188,7 @@ class Clients:
                 (base + "?compress=true", load.compressed)]
         loadgen = [sys.executable, "-m", "jetstream.benchtools.loadgen", "--expect", "0", "--timeout", "600"]
         self.probe = spawn(loadgen + ["--url", base, "--connections", str(LATENCY_CONNECTIONS),
-                                      "--latency-connections", str(LATENCY_CONNECTIONS)],
+                                      "--latency-sample", str(LATENCY_CONNECTIONS)],
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.bulk = []
         self._connected(self.probe)  # the probe first, while the daemon has no subscriber to feed
@@ -204,7 +204,7 @@ class Clients:
             raise RuntimeError("loadgen exited before connecting")
 
     def finish(self) -> list[int]:
-        """Close every connection; the probe's latencies (µs)."""
+        """Close every connection; the probe's latencies (ms)."""
         reports = []
         for process in self.bulk + [self.probe]:
             try:
@@ -215,13 +215,14 @@ class Clients:
                 reports.append({})
         for process in self.bulk + [self.probe]:
             stop(process)
-        return reports[-1].get("latency_us", [])
+        return reports[-1].get("ages_ms", [])
 
 
-def percentile(sorted_values: list[int], fraction: float) -> float | None:
+def percentile(sorted_values: list[float], fraction: float) -> float | None:
+    """The fraction-th of sorted latencies in ms, None when there are none."""
     if not sorted_values:
         return None
-    return sorted_values[min(len(sorted_values) - 1, int(fraction * len(sorted_values)))] / 1000.0
+    return sorted_values[min(len(sorted_values) - 1, int(fraction * len(sorted_values)))]
 
 
 def live_run(load: Load, kind: str, warmup_s: float, window_s: float) -> dict:

@@ -67,7 +67,7 @@ async def receive(url: str, frames: int) -> tuple[float, float]:
 
 def served_rate(frames: int, extra_flags: list[str]) -> tuple[float, float]:
     command = [sys.executable, "-m", "jetstream.cli", "relay-sim", "--synthetic", "--rate", "0",
-               "--listen-addr", "127.0.0.1:0", "--log-level", "info", *extra_flags]
+               "--listen-addr", "127.0.0.1:0", "--log-level", "info", "--clock", "false", *extra_flags]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         url = None

@@ -36,6 +36,7 @@ import bench_ingest_decode  # noqa: E402
 import bench_ingest_pipeline  # noqa: E402
 import bench_live  # noqa: E402
 import bench_log  # noqa: E402
+import bench_workers  # noqa: E402
 import uvloop  # noqa: E402
 from picows import WSListener, ws_create_server  # noqa: E402
 
@@ -434,7 +435,8 @@ class RelaySimProcess:
         self.url = f"ws://127.0.0.1:{self.port}{SUBSCRIBE_REPOS_PATH}"
         args = [sys.executable, "-m", "jetstream.cli", "relay-sim", "--synthetic", "--seed", str(seed),
                 "--prerender", str(prerender), "--rate", str(frames_per_s),
-                "--listen-addr", f"127.0.0.1:{self.port}", "--log-level", "warning"]
+                "--listen-addr", f"127.0.0.1:{self.port}", "--log-level", "warning",
+                "--clock", "false"]  # the source's seqs: no per-frame seq/time splice in the load generator
         self.process = subprocess.Popen(args, cwd=REPO_ROOT)
 
     async def ready(self, timeout: float = 60.0) -> None:
@@ -591,6 +593,8 @@ def stage_verify(table: Table, quick: bool) -> None:
 STAGES = {"ingest": stage_ingest, "filter": stage_filter, "fanout": stage_fanout, "replay": stage_replay,
           "latency": stage_latency, "memory": stage_memory,
           "verify": stage_verify, "live": stage_live}
+# --workers 1 vs 2 (bench_workers.py): daemon process trees, CPU per delivered event, shares, latency.
+STAGES["workers"] = bench_workers.stage_workers
 
 
 def check(results: dict, thresholds: dict) -> list[str]:

@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 
-from jetstream.config import RELAY_SIM_FLAGS, SERVE_FLAGS, add_flags, to_config
+from jetstream.config import RELAY_SIM_FLAGS, SERVE_FLAGS, ConfigError, add_flags, to_config
 from jetstream.logfmt import setup_logging
 
 
@@ -27,18 +27,35 @@ def run_loop(coro) -> None:
 def cmd_serve(cfg) -> None:
     from jetstream.daemon import Daemon
     from jetstream.log.store import LogError
+    from jetstream.startup import EXIT_STARTUP_FAILED, StartupError, preflight, report_startup_failure
+    from jetstream.workers.supervisor import WorkersDaemon, WorkersError
 
+    # --workers N > 1: this process ingests and N processes serve the port (jetstream/workers/).
+    daemon = WorkersDaemon(cfg) if cfg.workers > 1 else Daemon(cfg)
     try:
-        run_loop(Daemon(cfg).run_until_signalled())
+        preflight(cfg)
+        run_loop(daemon.run_until_signalled())
+    except StartupError as exc:
+        report_startup_failure(exc)
+        sys.exit(EXIT_STARTUP_FAILED)
     except LogError as exc:
         # A foreign, corrupted or locked data dir is an operator error: say so, never re-create.
-        logging.getLogger("jetstream.cli").error("event=startup_failed reason=data_dir error=%r", str(exc))
-        sys.exit(2)
+        report_startup_failure(StartupError("data-dir", cfg.data_dir, str(exc)))
+        sys.exit(EXIT_STARTUP_FAILED)
+    except WorkersError as exc:
+        report_startup_failure(StartupError("workers", cfg.workers, str(exc)))
+        sys.exit(EXIT_STARTUP_FAILED)
 
 
 def cmd_relay_sim(cfg) -> None:
     from jetstream.relaysim.server import run_from_config
+    from jetstream.startup import EXIT_STARTUP_FAILED, StartupError, check_bindable, report_startup_failure
 
+    try:
+        check_bindable("listen-addr", cfg.listen_addr)
+    except StartupError as exc:
+        report_startup_failure(exc)
+        sys.exit(EXIT_STARTUP_FAILED)
     run_loop(run_from_config(cfg))
 
 
@@ -131,10 +148,21 @@ def build_parser(environ: dict[str, str]) -> tuple[argparse.ArgumentParser, dict
     # The demo keeps its log in a throwaway temp dir unless --data-dir is on its command line
     # (JETSTREAM_DATA_DIR names a real daemon's log), and prints events, not daemon logs.
     sub.choices["demo"].set_defaults(data_dir="", log_level="warning")
+    flag_sets["demo"] = demo_flags()
     add_train_dictionary_parser(sub)
     add_tail_parser(sub)
     add_inspect_parser(sub)
     return parser, flag_sets
+
+
+def demo_flags() -> tuple:
+    """SERVE_FLAGS, except that an empty --data-dir is valid: the demo's throwaway temp dir."""
+    from dataclasses import replace
+
+    from jetstream.config import Check
+
+    throwaway = Check("empty (a temp dir removed at exit) or a directory", lambda text: True)
+    return tuple(replace(flag, check=throwaway) if flag.name == "data-dir" else flag for flag in SERVE_FLAGS)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -144,9 +172,23 @@ def main(argv: list[str] | None = None) -> None:
         setup_logging("warning")
         args.handler(args)
         return
-    cfg = to_config(args, flag_sets[args.command])
+    environ = dict(os.environ)
+    try:
+        cfg = to_config(args, flag_sets[args.command], environ)
+    except ConfigError as exc:
+        _refuse_config(exc, args, environ)
     setup_logging(cfg.log_level, cfg.log_format)
     args.handler(cfg)
+
+
+def _refuse_config(exc: ConfigError, args, environ: dict[str, str]) -> None:
+    """One `event=startup_failed` line (in the requested log format when that one is valid), exit 2."""
+    from jetstream.startup import EXIT_STARTUP_FAILED, report_startup_failure
+
+    log_format = getattr(args, "log_format", None) or environ.get("JETSTREAM_LOG_FORMAT", "text")
+    setup_logging("info", log_format if log_format in ("text", "json") else "text")
+    report_startup_failure(exc, logging.getLogger("jetstream.cli"))
+    sys.exit(EXIT_STARTUP_FAILED)
 
 
 if __name__ == "__main__":

@@ -23,12 +23,14 @@ from jetstream.ingest.collection_filter import IngestCollections
 from jetstream.ingest.collection_stats import CollectionStats
 from jetstream.ingest.pipeline import IngestPipeline
 from jetstream.ingest.relay_client import RelayClient
+from jetstream.ingest.relay_cursor import resume_cursor_for
 from jetstream.ingest.sequencer import Sequencer
 from jetstream.log.store import EventLog
 from jetstream.log.ttl import TtlTrimmer, trim_interval_s
 from jetstream.server.app import SHUTDOWN_REASON, SubscribeServer
 from jetstream.server.metrics import register_server, unregister_server
 from jetstream.server.settings import ServerSettings
+from jetstream.startup import StartupError
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +95,11 @@ class Daemon:
         settings = ServerSettings.from_config(cfg, zstd_dictionary=dictionary)
         self.server = SubscribeServer(self.event_log, ring, settings, health=self.health)
         host, port = parse_listen_addr(cfg.listen_addr)
-        await self.server.start(host, port)
+        try:
+            await self.server.start(host, port)
+        except OSError as exc:  # taken since the start-up probe: still one clear line, naming the address
+            raise StartupError("listen-addr", cfg.listen_addr,
+                               f"cannot bind {host}:{port}: {exc.strerror or exc}") from None
         if cfg.cluster:
             await self._start_cluster_node(ring, compressor, host, connect_relay)
             return
@@ -106,6 +112,7 @@ class Daemon:
             ingest_collections=IngestCollections(cfg.ingest_collections) if cfg.ingest_collections else None,
             collection_stats=CollectionStats(cfg.event_ttl, cfg.stats_max_collections),
         )
+        self.pipeline.last_accepted_seq = resume_cursor_for(self.event_log, cfg.ws_url)
         self.server.collection_stats = self.pipeline.collection_stats
         if cfg.ingest_collections:
             log.info("event=ingest_collections_limited collections=%s", ",".join(cfg.ingest_collections))
@@ -122,7 +129,11 @@ class Daemon:
         )
         self._metrics_collector = register_server(self.server)
         if cfg.metrics_listen_addr:
-            self.metrics_listener = metrics.MetricsListener(cfg.metrics_listen_addr)
+            try:
+                self.metrics_listener = metrics.MetricsListener(cfg.metrics_listen_addr)
+            except OSError as exc:
+                raise StartupError("metrics-listen-addr", cfg.metrics_listen_addr,
+                                   f"cannot bind: {exc.strerror or exc}") from None
         self.trimmer = TtlTrimmer(self.event_log, cfg.event_ttl,
                                   trim_interval_s(cfg.event_ttl, cfg.ttl_trim_interval), ring=ring)
         self._tasks.append(asyncio.ensure_future(self.trimmer.run()))
@@ -316,7 +327,11 @@ class Daemon:
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal, signum)
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()  # release what did open (the log, a bound listener) before reporting
+            raise
         await stop_requested.wait()
         try:
             await asyncio.wait_for(self.stop(), timeout=SHUTDOWN_TIMEOUT_S)

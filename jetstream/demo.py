@@ -79,7 +79,7 @@ async def run_demo(cfg) -> None:
 
 
 async def _run_demo_in(cfg, throwaway: bool) -> None:
-    relay = RelaySim(SyntheticSource(seed=1, dids=200), rate=DEMO_RELAY_RATE)
+    relay = RelaySim(SyntheticSource(seed=1, dids=200), rate=DEMO_RELAY_RATE, clock=True)
     await relay.start("127.0.0.1", 0)
     cfg.values["ws_url"] = relay.url
     daemon = Daemon(cfg)

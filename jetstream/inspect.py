@@ -6,14 +6,21 @@ batch written before it opened) and the summary an operator asks for: events hel
 oldest/newest time_us (also as UTC dates), size on disk, relay cursor, high-water mark,
 log format and the zstd dictionary id the stored frames carry.
 It must never write to the log, and never open it read-write (jetstream.log.store owns
-that, and would fight a running daemon for the LOCK).
+that, and would fight a running daemon for the LOCK). Even a read-only open writes:
+rocksdict rewrites its rocksdict-config.json, and RocksDB may start an info LOG. So the
+database is opened through a private view (a temporary directory of symlinks to the data
+files): whatever an open writes lands there, and the data dir may sit on a read-only
+filesystem or a read-only copy.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import sys
+import tempfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,6 +40,7 @@ from jetstream.log.store import (
     META_FORMAT_NAME,
     META_FORMAT_VERSION,
     META_HWM,
+    META_RELAY,
     META_RELAY_CURSOR,
     OUR_COLUMN_FAMILIES,
 )
@@ -54,6 +62,7 @@ class LogSummary:
     relay_cursor: int | None
     hwm_time_us: int
     zstd_dictionary_id: int | None  # of the newest stored zstd frame; 0 = no dictionary
+    relay: str | None = None  # the relay host the cursor belongs to (None: not recorded yet)
 
     def as_text(self) -> str:
         events = (f"{self.events_exact}" if self.events_exact is not None
@@ -67,6 +76,7 @@ class LogSummary:
             ("span", _span(self.oldest_time_us, self.newest_time_us)),
             ("size on disk", f"{self.size_bytes} bytes ({_human_bytes(self.size_bytes)})"),
             ("relay cursor", "none" if self.relay_cursor is None else str(self.relay_cursor)),
+            ("relay", self.relay or "not recorded"),
             ("hwm time_us", _with_date(self.hwm_time_us or None)),
             ("zstd dictionary id", "unknown (no events)" if self.zstd_dictionary_id is None
              else str(self.zstd_dictionary_id) + (" (none)" if self.zstd_dictionary_id == 0 else "")),
@@ -108,7 +118,24 @@ def directory_size(path: Path) -> int:
     return total
 
 
+# Files an open may write or take: never linked into the view (rocksdict's config is copied).
+_NOT_LINKED_PREFIXES = ("LOG", "LOCK", "rocksdict-config.json")
+
+
+@contextmanager
+def read_only_view(path: Path):
+    """A temporary directory that reads as the database at `path` and absorbs every write an open makes."""
+    with tempfile.TemporaryDirectory(prefix="jetstream-inspect-") as view:
+        for entry in os.scandir(path):
+            if entry.name == "rocksdict-config.json":
+                shutil.copyfile(entry.path, os.path.join(view, entry.name))
+            elif not entry.name.startswith(_NOT_LINKED_PREFIXES):
+                os.symlink(os.path.abspath(entry.path), os.path.join(view, entry.name))
+        yield Path(view)
+
+
 def open_read_only(path: Path) -> Rdict:
+    """Open the database at `path` (normally a read_only_view) read-only, without its LOCK."""
     if not (path / "CURRENT").exists():
         raise InspectError(f"{path} holds no RocksDB database")
     try:
@@ -148,12 +175,22 @@ def _newest_dictionary_id(zstd_family) -> int | None:
 def inspect_data_dir(data_dir: str | os.PathLike, exact: bool = False) -> LogSummary:
     """The summary of the event log at data_dir, read without taking its LOCK."""
     path = Path(data_dir)
-    db = open_read_only(path)
+    if not (path / "CURRENT").exists():
+        raise InspectError(f"{path} holds no RocksDB database")
+    try:
+        with read_only_view(path) as view:
+            return _summarise(path, open_read_only(view), exact)
+    except OSError as exc:
+        raise InspectError(f"{path}: {exc.strerror or exc}") from exc
+
+
+def _summarise(path: Path, db: Rdict, exact: bool) -> LogSummary:
     families = [db.get_column_family(name) for name in (CF_EVENTS, CF_EVENTS_ZSTD, CF_META)]
     try:
         events, zstd_rows, meta = families
         format_name, format_version = meta.get(META_FORMAT_NAME), meta.get(META_FORMAT_VERSION)
         relay_cursor, hwm = meta.get(META_RELAY_CURSOR), meta.get(META_HWM)
+        relay = meta.get(META_RELAY)
         oldest, newest = _edge_key(events, last=False), _edge_key(events, last=True)
         return LogSummary(
             data_dir=str(path),
@@ -166,6 +203,7 @@ def inspect_data_dir(data_dir: str | os.PathLike, exact: bool = False) -> LogSum
             relay_cursor=_SIGNED.unpack(relay_cursor)[0] if relay_cursor is not None else None,
             hwm_time_us=_UNSIGNED.unpack(hwm)[0] if hwm is not None else 0,
             zstd_dictionary_id=_newest_dictionary_id(zstd_rows),
+            relay=bytes(relay).decode("utf-8", "replace") if relay is not None else None,
         )
     finally:
         # rocksdict keeps the database open while any column-family view lives.

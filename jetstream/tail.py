@@ -43,6 +43,12 @@ def parse_cursor(text: str, now_us: int) -> int:
     return now_us - int(abs(seconds) * 1_000_000)
 
 
+def _cursor_argument(text: str) -> str:
+    """argparse check of --cursor, so a bad one is a usage error (exit 2), not a traceback."""
+    parse_cursor(text, 0)
+    return text
+
+
 def iso_time(time_us: int) -> str:
     return datetime.fromtimestamp(time_us / 1_000_000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -165,7 +171,7 @@ def add_tail_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--collection", action="append", dest="collections", metavar="NSID",
                         help="wanted collection (NSID or prefix.*); repeat for several")
     parser.add_argument("--did", action="append", dest="dids", metavar="DID", help="wanted DID; repeat for several")
-    parser.add_argument("--cursor", default=None,
+    parser.add_argument("--cursor", default=None, type=_cursor_argument,
                         help="start at this time_us (inclusive), or a duration ago: -5m, -30s, -1h30m")
     parser.add_argument("--compress", action="store_true", help="receive zstd frames (decoded before output)")
     parser.add_argument("--zstd-dictionary", default=None, metavar="PATH",
@@ -184,6 +190,14 @@ async def run_tail(args, out=None, err=None) -> int:
     out = out if out is not None else sys.stdout.buffer
     err = err if err is not None else sys.stderr
     cursor = parse_cursor(args.cursor, time.time_ns() // 1000) if args.cursor is not None else None
+    if args.zstd_dictionary is not None:
+        try:
+            with open(args.zstd_dictionary, "rb"):
+                pass
+        except OSError as exc:  # local: fail now, naming the path, instead of retrying forever
+            err.write(f"jetstream tail: error: cannot read --zstd-dictionary {args.zstd_dictionary!r}: "
+                      f"{exc.strerror or exc}\n")
+            return 2
     client = Jetstream(args.url, collections=args.collections, dids=args.dids, cursor=cursor,
                        compress=args.compress, dictionary=args.zstd_dictionary,
                        heartbeat_seconds=getattr(args, "heartbeat", 0))

@@ -36,3 +36,39 @@ def test_serve_with_log_format_json_writes_json_lines(tmp_path):
     lines = [l for l in proc.stderr.splitlines() if l.startswith("{")]
     assert lines, proc.stderr
     assert all(isinstance(json.loads(l), dict) for l in lines)
+
+
+def _record(msg, *args):
+    import logging
+
+    return logging.LogRecord("jetstream.x", logging.INFO, __file__, 1, msg, args, None)
+
+
+def test_text_lines_quote_values_with_spaces_and_have_no_space_in_ts():
+    from jetstream.logfmt import TextLineFormatter
+
+    line = TextLineFormatter().format(_record("event=e error=%r name=%s n=%d ok=%s", "disk full", "a b", 3, "plain"))
+    fields = parse_pairs(line)
+    assert fields["error"] == "disk full" and fields["name"] == "a b" and fields["n"] == "3" and fields["ok"] == "plain"
+    assert line.split(" ")[0].startswith("ts=") and line.split(" ")[0].endswith("Z")
+    assert fields["level"] == "INFO" and fields["event"] == "e"
+
+
+def test_json_lines_keep_numbers_booleans_and_null_typed():
+    obj = json.loads(JsonLineFormatter().format(
+        _record("event=e n=%d rate=%.1f fresh=%s cursor=%s name=%s quoted=%r", 7, 2.5, False, None, "x y", "12")))
+    assert obj["n"] == 7 and obj["rate"] == 2.5 and obj["fresh"] is False and obj["cursor"] is None
+    assert obj["name"] == "x y"
+    assert obj["quoted"] == "12"  # quoted in the message: stays text
+
+
+def test_picows_info_lines_only_at_debug():
+    import logging
+
+    from jetstream.logfmt import setup_logging
+
+    setup_logging("info")
+    assert not logging.getLogger("picows.server.subscribe").isEnabledFor(logging.INFO)
+    setup_logging("debug")
+    assert logging.getLogger("picows.server.subscribe").isEnabledFor(logging.INFO)
+    setup_logging("warning")

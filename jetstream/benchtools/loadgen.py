@@ -10,14 +10,16 @@ With --expect 0 it holds the connections open until stdin closes or sends a line
 on stdin also ends a run with --expect early).
 With --timestamps it also reports, per connection, perf_counter() of each arrival
 (CLOCK_MONOTONIC is system-wide on Linux, so the server process can compare them).
+--source-ips A,B,... spreads the connections over those local addresses (round robin): a
+`--workers` daemon keeps one client IP on one worker. --latency-sample K: the first K
+connections report, per event, wall clock at arrival minus the event's time_us (ms), which
+is the time from sequencing in the daemon to the client, whatever process served it.
 With --query, a line "?" on stdin is answered with `{"received": N, "at": t}` and the run
 goes on (any other line ends it): a live benchmark counts deliveries over a window.
 With --bytes-only, connections do the websocket upgrade by hand and then only count the
 bytes they read (no frame parsing, no Python call per message), so one process can absorb
 millions of messages per second; the server's own counters give the message counts.
 They never answer a ping, so the server under test should run with pings off.
-With --latency-connections K, the first K connections (uncompressed) also report, per
-event, wall-clock arrival minus the event's time_us in µs ("latency_us" in the report).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import argparse
 import asyncio
 import functools
 import json
+import re
 import resource
 import sys
 import time
@@ -52,9 +55,13 @@ class Tally:
         self.done = asyncio.get_running_loop().create_future()
 
 
+_TIME_US = re.compile(rb'"time_us":(\d+)')
+
+
 class CountingListener(WSListener):
-    def __init__(self, tally: Tally, stamps: list[float] | None, latencies: list[int] | None = None) -> None:
-        self.tally, self.stamps, self.count, self.latencies = tally, stamps, 0, latencies
+    def __init__(self, tally: Tally, stamps: list[float] | None, ages_ms: list[float] | None = None) -> None:
+        self.tally, self.stamps, self.count = tally, stamps, 0
+        self.ages_ms = ages_ms
 
     def on_ws_frame(self, transport, frame) -> None:
         if frame.msg_type not in (WSMsgType.TEXT, WSMsgType.BINARY):
@@ -69,10 +76,39 @@ class CountingListener(WSListener):
         self.count += 1
         if self.stamps is not None:
             self.stamps.append(now)
-        if self.latencies is not None:
-            self.latencies.append(latency_us(frame.get_payload_as_bytes()))
+        if self.ages_ms is not None:
+            found = _TIME_US.search(frame.get_payload_as_bytes()[:200])
+            if found:
+                self.ages_ms.append(time.time() * 1e3 - int(found.group(1)) / 1e3)
         if tally.received >= tally.target and tally.target and not tally.done.done():
             tally.done.set_result(None)
+
+
+async def open_connections(url: str, count: int, tally: Tally, timestamps: bool,
+                           source_ips: list[str] | None = None, latency_sample: int = 0) -> list:
+    connections, listeners = [], []
+    if source_ips:  # many at once: one by one, 300 handshakes take tens of seconds behind a busy stream
+        async def connect(index: int):
+            ages = [] if index < latency_sample else None
+            stamps = [] if timestamps else None
+            return await ws_connect(functools.partial(CountingListener, tally, stamps, ages), url,
+                                    local_addr=(source_ips[index % len(source_ips)], 0))
+        for start in range(0, count, 50):
+            batch = range(start, min(count, start + 50))
+            for transport, listener in await asyncio.gather(*(connect(i) for i in batch)):
+                connections.append(transport)
+                listeners.append(listener)
+        return connections, listeners
+    for index in range(count):
+        stamps = [] if timestamps else None
+        ages = [] if index < latency_sample else None
+        # partial, not a lambda with defaults: picows calls a two-parameter factory with
+        # (request, response), which would land in stamps and ages.
+        transport, listener = await ws_connect(functools.partial(CountingListener, tally, stamps, ages), url,
+                                               websocket_handshake_timeout=60)  # a loaded server may answer late
+        connections.append(transport)
+        listeners.append(listener)
+    return connections, listeners
 
 
 class ByteCounter(asyncio.BufferedProtocol):
@@ -82,10 +118,8 @@ class ByteCounter(asyncio.BufferedProtocol):
         self.host, self.target, self.tally, self.opened = host, target, tally, opened
         self.buffer = bytearray(256 * 1024)
         self.head = b""
-        self.transport = None
 
     def connection_made(self, transport) -> None:
-        self.transport = transport
         transport.write((f"GET {self.target} HTTP/1.1\r\nHost: {self.host}\r\nUpgrade: websocket\r\n"
                          "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                          "Sec-WebSocket-Version: 13\r\n\r\n").encode())
@@ -130,30 +164,6 @@ async def open_byte_counters(url: str, count: int, tally: Tally) -> list:
     return transports
 
 
-def latency_us(payload: bytes) -> int:
-    """Now (wall clock) minus the event's time_us: how long since the daemon sequenced it."""
-    start = payload.index(b'"time_us":') + 10
-    end = start
-    while 48 <= payload[end] <= 57:
-        end += 1
-    return time.time_ns() // 1000 - int(payload[start:end])
-
-
-async def open_connections(url: str, count: int, tally: Tally, timestamps: bool, latency_connections: int = 0):
-    connections, listeners = [], []
-    for index in range(count):
-        stamps = [] if timestamps else None
-        latencies = [] if index < latency_connections else None
-        # partial, not a lambda with defaults: picows calls a two-parameter factory with
-        # (request, response).
-        transport, listener = await ws_connect(
-            functools.partial(CountingListener, tally, stamps, latencies), url,
-            websocket_handshake_timeout=60)  # a loaded server may answer late
-        connections.append(transport)
-        listeners.append(listener)
-    return connections, listeners
-
-
 def emit(record: dict) -> None:
     sys.stdout.write(json.dumps(record) + "\n")
     sys.stdout.flush()
@@ -161,11 +171,12 @@ def emit(record: dict) -> None:
 
 async def run(args) -> None:
     tally = Tally(args.connections, args.expect)
+    source_ips = [ip for ip in args.source_ips.split(",") if ip] if args.source_ips else None
     if args.bytes_only:
         transports, listeners = await open_byte_counters(args.url, args.connections, tally), []
     else:
         transports, listeners = await open_connections(args.url, args.connections, tally, args.timestamps,
-                                                       args.latency_connections)
+                                                       source_ips, args.latency_sample)
     emit({"connected": len(transports), "at": time.perf_counter()})
     # Stop at: every message expected arrived, a line (or EOF) on stdin, or the timeout.
     deadline = time.monotonic() + args.timeout
@@ -181,8 +192,8 @@ async def run(args) -> None:
               "per_connection_min": min((l.count for l in listeners), default=0)}
     if args.timestamps:
         report["stamps"] = [l.stamps for l in listeners]
-    if args.latency_connections:
-        report["latency_us"] = [value for l in listeners if l.latencies for value in l.latencies]
+    if args.latency_sample:
+        report["ages_ms"] = [age for l in listeners if l.ages_ms for age in l.ages_ms]
     emit(report)
     for transport in transports:
         transport.close() if args.bytes_only else transport.disconnect()
@@ -195,10 +206,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--expect", type=int, default=0, help="messages per connection; 0 = hold idle")
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--timestamps", action="store_true")
+    parser.add_argument("--source-ips", default="", help="comma-separated local addresses to connect from")
     parser.add_argument("--bytes-only", action="store_true", help="count bytes, do not parse frames")
     parser.add_argument("--query", action="store_true", help='answer "?" lines on stdin with the counts so far')
-    parser.add_argument("--latency-connections", type=int, default=0,
-                        help="connections that also record arrival minus time_us (uncompressed streams)")
+    parser.add_argument("--latency-sample", type=int, default=0, help="connections reporting event age (ms)")
     args = parser.parse_args(argv)
     raise_nofile_limit()
     uvloop.run(run(args))

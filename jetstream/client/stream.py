@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 
 BUFFER_HIGH_WATER = 10_000  # messages held before we stop reading the socket
 BUFFER_LOW_WATER = BUFFER_HIGH_WATER // 4
+# Closes that mean "the server is failing / overloaded, come back later": back off even if
+# the connection delivered events, so a server in trouble is not hammered (1011, 1013, 1012).
+BACK_OFF_CLOSE_CODES = frozenset((1011, 1012, 1013))
 _UNCHANGED = object()
 
 
@@ -193,6 +196,8 @@ class Jetstream:
         self._closed = asyncio.Event()
         self.connections = 0  # successful websocket handshakes, for stats and tests
         self.undecodable_messages = 0
+        self._delivered_this_connection = 0
+        self._reconnect_delay_s = 0.0  # waited before the next dial (a connection ended badly)
 
     # --- public surface ---------------------------------------------------------------------
 
@@ -283,8 +288,7 @@ class Jetstream:
             return event
         if not self.resume.accept(event.time_us) or not self.instances.deliver(event.time_us, payload):
             return None
-        if self.connections and self.backoff.attempt:
-            self.backoff.reset()  # this connection works: the next outage starts from a short delay
+        self._delivered_this_connection += 1
         return event
 
     def _decompress(self, frame: bytes) -> bytes:
@@ -302,7 +306,11 @@ class Jetstream:
     async def _prepare_decoder(self) -> None:
         if not self.options.compress or self._decoder is not None:
             return
-        dictionary = read_dictionary_argument(self._dictionary_argument)
+        try:
+            dictionary = read_dictionary_argument(self._dictionary_argument)
+        except OSError as exc:  # a local file: retrying cannot fix it, so say which one and stop
+            raise JetstreamError(f"cannot read zstd dictionary {os.fspath(self._dictionary_argument)!r}: "
+                                 f"{exc.strerror or exc}") from exc
         if dictionary is None and not self._dictionary_fetched:
             self._dictionary_fetched = True
             dictionary = await fetch_dictionary(dictionary_url(self.url))
@@ -311,6 +319,9 @@ class Jetstream:
 
     async def _connect_with_retries(self) -> None:
         attempts = 0
+        if self._reconnect_delay_s > 0:
+            delay, self._reconnect_delay_s = self._reconnect_delay_s, 0.0
+            await self._sleep_unless_closed(delay)
         while not self._closed.is_set():
             try:
                 await self._connect_once()
@@ -354,6 +365,7 @@ class Jetstream:
         self.instances.connected(announced, switching)
         self._listener = listener
         self.connections += 1
+        self._delivered_this_connection = 0
         if self.resume.first_connected_us is None:
             self.resume.first_connected_us = _now_us()
         if self.options.require_hello:
@@ -369,8 +381,17 @@ class Jetstream:
             raise JetstreamError(f"server closed the stream: {reason}")
         if not self.reconnect:
             raise ConnectionLost(f"connection closed (code={code} reason={reason!r})", code, reason)
-        log.warning("event=jetstream_disconnected code=%s reason=%r last_time_us=%s",
-                    code, reason, self.resume.last_time_us)
+        delivered = self._delivered_this_connection
+        if delivered and code not in BACK_OFF_CLOSE_CODES:
+            # This connection worked: the next outage starts from a short delay, and a healthy
+            # stream that dropped reconnects at once.
+            self.backoff.reset()
+        else:
+            # Closed before delivering anything, or the server says it is failing: keep backing
+            # off (a handshake that succeeds is no proof the server can serve us).
+            self._reconnect_delay_s = self.backoff.next_delay()
+        log.warning("event=jetstream_disconnected code=%s reason=%r events=%d last_time_us=%s reconnect_in_s=%.2f",
+                    code, reason, delivered, self.resume.last_time_us, self._reconnect_delay_s)
 
     async def _sleep_unless_closed(self, delay_s: float) -> None:
         try:

@@ -44,6 +44,7 @@ class DecodedFrame(NamedTuple):
     frame_type: str  # header t ("#commit", "#identity", …) or "error" for op == -1
     events: list[PendingEvent]
     drops: list[tuple[str, str]]  # (reason, detail) per op or event skipped
+    info: str = ""  # an #info frame's name and message (the pipeline logs OutdatedCursor)
 
 
 def decode_frame(frame: bytes, *, verify_all_blocks: bool = False, verify_mst: bool = False) -> DecodedFrame:
@@ -72,7 +73,10 @@ def decode_frame(frame: bytes, *, verify_all_blocks: bool = False, verify_mst: b
         return _account_frame(body, seq)
     if frame_type == "#sync":
         return _sync_frame(body, seq)
-    # #info, #labels and anything unknown: v1 emitted nothing.
+    if frame_type == "#info":
+        # No event (as v1), but the pipeline logs it: OutdatedCursor means events may be missing.
+        return DecodedFrame(seq, frame_type, [], [], f"name={body.get('name')!r} message={body.get('message')!r}")
+    # #labels and anything unknown: v1 emitted nothing.
     return DecodedFrame(seq, frame_type, [], [])
 
 

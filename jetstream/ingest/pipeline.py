@@ -16,6 +16,8 @@ With --ingest-collections, commits of other collections are dropped after decodi
 `not_ingested`); the counts of each written batch go to CollectionStats (/stats/collections).
 It must never talk to sockets: the relay client feeds it, the server is woken by
 the `publish` callback, and a relay error frame is reported through `on_relay_error`.
+A relay that disowns the cursor (`FutureCursor`) makes it drop the cursor and go live, and an
+`#info OutdatedCursor` is logged and counted as a possible gap (ingest/relay_cursor.py).
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from jetstream import metrics
 from jetstream.events import KIND_NAMES
 from jetstream.ingest.decode import DecodedFrame, FrameError, decode_frame
 from jetstream.ingest.frames import split_frame
+from jetstream.ingest.relay_cursor import is_future_cursor, is_outdated_cursor, relay_identity
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +268,8 @@ class IngestPipeline:
             if self.ingest_collections is not None and decoded.events:
                 decoded = self._only_ingested(decoded, tally)
             self._account(decoded, tally)
+            if self.last_accepted_seq is None:
+                batch_cursor = None  # the relay disowned our cursor (forget_relay_cursor): store none
             pending_events.extend(decoded.events)
         self._publish_tally(tally)
         return pending_events, batch_cursor, newest_frame, tally
@@ -312,6 +317,8 @@ class IngestPipeline:
             return  # already counted as a drop
         processed = tally.processed
         processed[decoded.frame_type] = processed.get(decoded.frame_type, 0) + 1
+        if decoded.info:
+            self._relay_info(decoded.info)
         for reason, detail in decoded.drops:
             if reason == "error_frame":
                 self._relay_error(detail)
@@ -345,7 +352,26 @@ class IngestPipeline:
         # v1 only logged it; the relay closes after an error frame anyway, so re-dial at once
         # from the stored cursor rather than wait for the close.
         log.warning("event=relay_error_frame %s", detail)
+        if is_future_cursor(detail):
+            self.forget_relay_cursor("future_cursor")
         self.on_relay_error(detail)
+
+    def _relay_info(self, detail: str) -> None:
+        if is_outdated_cursor(detail):
+            # The relay carries on from its oldest held frame: what lay between is lost to us.
+            metrics.INGEST_DROPS.labels("outdated_cursor").inc()
+            log.warning("event=relay_outdated_cursor cursor=%s action=continue_from_relay_oldest %s",
+                        self.last_accepted_seq, detail)
+        else:
+            log.info("event=relay_info %s", detail)
+
+    def forget_relay_cursor(self, reason: str) -> None:
+        """Start live from the relay: it says our cursor is one it never reached (reset relay)."""
+        old = self.last_accepted_seq
+        self._pending.clear()  # frames still pending came before the error: the old sequence
+        self.event_log.switch_relay(relay_identity(self.socket_url), keep_cursor=False)
+        self.last_accepted_seq = None
+        log.warning("event=relay_cursor_dropped reason=%s old_cursor=%s action=start_live", reason, old)
 
     def _write(self, events, batch_cursor) -> None:
         if not events and batch_cursor is None:

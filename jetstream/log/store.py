@@ -63,6 +63,7 @@ CF_DID_REVS = "did_revs"
 META_FORMAT_NAME = b"format_name"
 META_FORMAT_VERSION = b"format_version"
 META_RELAY_CURSOR = b"relay_cursor"
+META_RELAY = b"relay"  # host of the relay the stored relay cursor belongs to (utf-8)
 META_HWM = b"hwm_time_us"
 META_INDEX_FROM = b"index_from_time_us"  # every event with time_us >= this is indexed
 # Cluster mode: the sequence of the last stream message applied (jetstream/cluster/applier.py).
@@ -398,6 +399,24 @@ class EventLog:
     def relay_cursor(self) -> int | None:
         """The relay seq stored with the last append that carried one; None if never."""
         return self._relay_cursor
+
+    def relay(self) -> str | None:
+        """Which relay (host) the relay cursor belongs to; None if never recorded."""
+        value = self._meta.get(META_RELAY)
+        return None if value is None else bytes(value).decode("utf-8", "replace")
+
+    def switch_relay(self, relay: str, keep_cursor: bool) -> None:
+        """Record `relay` as the cursor's owner; unless keep_cursor, drop the cursor in the same write.
+
+        One batch, so a crash can never leave one relay's cursor recorded under another relay.
+        """
+        batch = WriteBatch(raw_mode=True)
+        batch.put(META_RELAY, relay.encode("utf-8"), self._meta_handle)
+        if not keep_cursor:
+            batch.delete(META_RELAY_CURSOR, self._meta_handle)
+        self._db.write(batch, self._write_options)
+        if not keep_cursor:
+            self._relay_cursor = None
 
     def stream_seq(self) -> int:
         """Cluster mode: the last stream message applied (0: none; never set in single-node mode)."""

@@ -29,6 +29,7 @@ from picows import (
 from jetstream.config import parse_listen_addr
 from jetstream.framefile import read_frames
 from jetstream.relaysim.cbor import encode
+from jetstream.relaysim.clocksource import ClockSource
 from jetstream.relaysim.faults import FaultInjector, Faults
 from jetstream.relaysim.filesource import FileSource
 from jetstream.relaysim.synthetic import SyntheticSource, prerendered
@@ -49,6 +50,11 @@ TIMER_SLACK_S = 0.002
 # How long close() lets clients drain their buffers and see the close frame before aborting.
 CLOSE_GRACE_S = 1.0
 ERROR_CLOSE_CODE = WSCloseCode.INTERNAL_ERROR
+
+
+def future_cursor_frame() -> bytes:
+    """The error frame a real relay answers a cursor beyond its newest seq with (then it closes)."""
+    return encode({"op": -1}) + encode({"error": "FutureCursor", "message": "Cursor in the future."})
 
 
 def outdated_cursor_frame() -> bytes:
@@ -77,6 +83,16 @@ class _Connection(WSListener):
         underlying = transport.underlying_transport
         underlying.set_write_buffer_limits(high=WRITE_BUFFER_HIGH, low=WRITE_BUFFER_LOW)
         self.peer = underlying.get_extra_info("peername")
+        if self.sim.clock and self.cursor is not None and self.cursor > self.sim.head_seq:
+            # Seqs come from the clock, so a cursor ahead of the head was never issued here:
+            # answer as a real relay does instead of waiting for the clock to get there.
+            log.info("event=relay_sim_future_cursor peer=%s cursor=%d head_seq=%d",
+                     _peer_text(self.peer), self.cursor, self.sim.head_seq)
+            transport.send(WSMsgType.BINARY, future_cursor_frame())
+            transport.send_close(ERROR_CLOSE_CODE, b"FutureCursor")
+            transport.disconnect()
+            self.closed = True
+            return
         start = self.sim.timeline.start_position(self.cursor, self.sim.now())
         self.after_seq = start.after_seq
         self.sim._connected(self)
@@ -161,10 +177,15 @@ class RelaySim:
     `retention`: how many of the newest seqs the relay holds for cursors (None = all).
     `burst`: the first `burst` seqs are available at once, then `rate` applies.
     `faults`: bad frames and connection faults to inject (see faults.py); None = none.
+    `clock`: seqs and frame times from the wall clock (clocksource.py), as a real relay's;
+    False keeps the source's own seqs and times (tests that pin exact seqs).
     """
 
     def __init__(self, source: FrameSource, rate: float, *, retention: int | None = None, burst: int = 0,
-                 faults: Faults | None = None) -> None:
+                 faults: Faults | None = None, clock: bool = False) -> None:
+        self.clock = clock
+        if clock:
+            source = ClockSource(source, rate, burst)
         self.timeline = Timeline(source, rate, retention=retention, burst=burst)
         self.injector = FaultInjector(faults, source) if faults is not None and faults.enabled else None
         self.host = "127.0.0.1"
@@ -306,7 +327,7 @@ async def run_from_config(cfg, started: asyncio.Future | None = None) -> None:
     logging.getLogger("jetstream.relaysim").setLevel(str(cfg.log_level).upper())
     host, port = parse_listen_addr(cfg.listen_addr)
     faults = Faults.from_config(cfg)
-    sim = RelaySim(build_source(cfg), rate=cfg.rate, burst=cfg.burst, faults=faults)
+    sim = RelaySim(build_source(cfg), rate=cfg.rate, burst=cfg.burst, faults=faults, clock=cfg.clock)
     if faults.enabled:
         log.info("event=relay_sim_faults %s", " ".join(f"{kind}={getattr(faults, kind)}" for kind in faults.enabled))
     await sim.start(host, port)

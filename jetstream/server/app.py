@@ -87,10 +87,14 @@ class SubscribeServer:
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int, sock=None) -> None:
+        """Listen on host:port, or on `sock`, a listening socket handed over (a --workers worker's)."""
         # The event loop's own transport, not aiofastnet's (which picows' ws_create_server would
         # pick): same fan-out CPU per event in bench/suite.py, ~5 KiB less per idle connection.
-        self._server = await asyncio.get_running_loop().create_server(self._new_front_door, host=host, port=port)
+        if sock is not None:
+            self._server = await asyncio.get_running_loop().create_server(self._new_front_door, sock=sock)
+        else:
+            self._server = await asyncio.get_running_loop().create_server(self._new_front_door, host=host, port=port)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("event=subscribe_server_listening host=%s port=%d", host, self.port)
 

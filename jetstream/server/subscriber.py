@@ -1,7 +1,9 @@
 """One subscriber connection: its single reader (position -> ring | log -> filter -> pace -> send).
 
 Owns: the per-connection state (position, filter, hello gate, token bucket share,
-backpressure, lag policy) and the single reader of docs/architecture.md §4. A newcomer can follow it as:
+backpressure, lag policy), its two lifecycle log lines (subscriber_connected and
+subscriber_disconnected), closing with 1011 and a reason when one of its callbacks fails,
+and the single reader of docs/architecture.md §4. A newcomer can follow it as:
 
 1. Position. `position` is the time_us of the last event this connection has *scanned*
    (sent, or skipped by its filter). It starts from the cursor (`initial_position`):
@@ -323,6 +325,9 @@ class SubscriberListener(WSListener):
         self._ring_steps = 0
         self.fell_behind = 0  # times a reader that had reached the ring had to go back to the log
         self._on_ring = False  # the last step read the ring (for fell_behind; not life-cycle state)
+        self.peer = ""  # host:port of the socket (client_ip may come from proxy headers)
+        self._connected_at = 0.0
+        self._options = options
 
     # --- state -------------------------------------------------------------------------
 
@@ -342,10 +347,18 @@ class SubscriberListener(WSListener):
     # --- picows callbacks --------------------------------------------------------------
 
     def on_ws_connected(self, transport: WSTransport) -> None:
+        self._connected_at = time.monotonic()
+        try:
+            self._start(transport)
+        except Exception as exc:  # noqa: BLE001 - a server bug must close this one connection clearly
+            self._fail_internal("connect", exc, transport)
+
+    def _start(self, transport: WSTransport) -> None:
         self._transport = transport
         self._write = transport.underlying_transport.write
+        peer = transport.underlying_transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else ""
         if not self.client_ip:
-            peer = transport.underlying_transport.get_extra_info("peername")
             self.client_ip = peer[0] if peer else ""
         self._bucket = self._server.rate_limiters.acquire(self.client_ip)
         self._position = Position(initial_position(self._cursor, self._server.ring.newest_time_us))
@@ -353,8 +366,7 @@ class SubscriberListener(WSListener):
         self._live.set_options(self._event_filter, self._max_message_size, self._include_sync)
         self._enter(ReaderState.AWAITING_HELLO if self._require_hello else ReaderState.READING)
         self._server.register(self)  # after the state: it arms the hello deadline of AWAITING_HELLO
-        log.debug("event=subscriber_connected ip=%s position=%d compress=%s hello=%s",
-                  self.client_ip, self._position.value, self._compressed, self._require_hello)
+        log_subscriber_connected(self)
         gate = self._server.cursor_gate
         if gate is not None and self._cursor is not None and self._cursor - 1 > self._position.value:
             # Cluster mode: the client comes from a node further along. Starting live here would
@@ -376,6 +388,15 @@ class SubscriberListener(WSListener):
         if self._state is ReaderState.READING:
             self.wake()
 
+    def _fail_internal(self, stage: str, exc: Exception, transport: WSTransport) -> None:
+        """Close with 1011 and a reason the client can read, count it, and log why (never picows' bare 1011)."""
+        log.error("event=subscriber_failed stage=%s ip=%s error=%r", stage, self.client_ip, exc,
+                  exc_info=log.isEnabledFor(logging.DEBUG))
+        self._server.count_disconnect("internal_error")
+        if self._transport is None:
+            self._transport = transport
+        self.close(WSCloseCode.INTERNAL_ERROR, f"{REASON_INTERNAL}: {type(exc).__name__}")
+
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self._enter(ReaderState.CLOSED)
         self._cancel_timers()
@@ -383,8 +404,15 @@ class SubscriberListener(WSListener):
             self._server.rate_limiters.release(self.client_ip)
             self._bucket = None
         self._server.unregister(self)
+        log_subscriber_disconnected(self, transport)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        try:
+            self._on_frame(transport, frame)
+        except Exception as exc:  # noqa: BLE001 - as in on_ws_connected: close with a reason, count it
+            self._fail_internal("client_message", exc, transport)
+
+    def _on_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         msg_type = frame.msg_type
         if msg_type == WSMsgType.TEXT:
             self._on_text(frame)
@@ -673,6 +701,47 @@ class SubscriberListener(WSListener):
             if handle is not None:
                 handle.cancel()
                 setattr(self, name, None)
+
+
+# At most this much of a filter list goes into a log line; the counts are always there.
+LOG_FILTER_CHARS = 200
+
+
+def _joined(values, limit: int = LOG_FILTER_CHARS) -> str:
+    text = ",".join(values or ())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def log_subscriber_connected(subscriber: SubscriberListener) -> None:
+    """One line per connection: who, what it asked for, from where in the stream."""
+    options = subscriber._options
+    filters = options.filters
+    log.info("event=subscriber_connected ip=%s peer=%s cursor=%s position=%d compress=%s require_hello=%s "
+             "max_message_size=%d collections=%d dids=%d wanted_collections=%s wanted_dids=%s",
+             subscriber.client_ip, subscriber.peer, options.cursor, subscriber.position, options.compress,
+             options.require_hello, options.max_message_size_bytes, len(filters.wanted_collections or ()),
+             len(filters.wanted_dids or ()), _joined(filters.wanted_collections) or "*",
+             _joined(filters.wanted_dids) or "*")
+
+
+def close_of(transport: WSTransport | None) -> tuple[str, int | None, str]:
+    """(who closed: server/client/none, close code, reason) from picows' close handshake."""
+    handshake = transport.close_handshake if transport is not None else None
+    if handshake is None or (handshake.sent is None and handshake.recv is None):
+        return "none", None, ""  # the TCP connection ended without a close frame
+    if handshake.recv is not None and (handshake.sent is None or handshake.recv_then_sent):
+        return "client", int(handshake.recv.code), handshake.recv.reason or ""
+    return "server", int(handshake.sent.code), handshake.sent.reason or ""
+
+
+def log_subscriber_disconnected(subscriber: SubscriberListener, transport: WSTransport) -> None:
+    """One line per connection at its end: how long, how much was sent, and how it was closed."""
+    closed_by, code, reason = close_of(transport)
+    duration = time.monotonic() - subscriber._connected_at if subscriber._connected_at else 0.0
+    log.info("event=subscriber_disconnected ip=%s peer=%s duration_s=%.3f events_sent=%d bytes_sent=%d "
+             "closed_by=%s close_code=%s close_reason=%r position=%d",
+             subscriber.client_ip, subscriber.peer, duration, subscriber.sent_events, subscriber.sent_bytes,
+             closed_by, code, reason, subscriber.position)
 
 
 def _step_tokens(bucket) -> int:

@@ -6,7 +6,9 @@ from the positions the reader reports. Hypothesis interleaves appends (a burst o
 between reads is a slow drain: the small ring evicts and the reader must fall back to the
 real RocksDB log), reads with random budgets, options updates (filter and
 maxMessageSizeBytes), and TTL trim passes (log, then ring, at one cutoff: the expired events
-leave the model too). Both core twins run: Cython ring+filter and the _py ones.
+leave the model too). Both core twins run: Cython ring+filter and the _py ones; and the
+--workers arrangement ("cython-worker"): the ring is fed from a RocksDB secondary of the log by
+a worker's RingFeeder after each durable batch, and the reader reads that secondary.
 """
 from __future__ import annotations
 
@@ -24,11 +26,13 @@ from jetstream.events import KIND_COMMIT, KIND_IDENTITY, Event
 from jetstream.log.store import EventLog
 from jetstream.log.ttl import TtlTrimmer
 from jetstream.server.subscriber import read_next_batch
+from jetstream.workers.secondary import RingFeeder, SecondaryEventLog
 from tests.cutover.cutover_helpers import wanted
 
 pytestmark = pytest.mark.timeout(120)
 
-TWINS = {"cython": (core.LiveRing, core.EventFilter), "python": (PyLiveRing, PyEventFilter)}
+TWINS = {"cython": (core.LiveRing, core.EventFilter), "python": (PyLiveRing, PyEventFilter),
+         "cython-worker": (core.LiveRing, core.EventFilter)}
 COLLECTIONS = ("app.bsky.feed.post", "app.bsky.feed.like", "app.bsky.graph.follow", "com.example.thing", "")
 DIDS = ("did:plc:aaa", "did:plc:bbb", "did:plc:ccc")
 RING_CAPACITY = 16
@@ -54,8 +58,9 @@ operations = st.lists(
 class Model:
     """The appended events in order; what the log and ring were fed."""
 
-    def __init__(self, event_log: EventLog, ring, clock) -> None:
+    def __init__(self, event_log: EventLog, ring, clock, feeder: RingFeeder | None = None) -> None:
         self.event_log, self.ring, self.clock = event_log, ring, clock
+        self.feeder = feeder  # a worker's: the ring is fed from the log's secondary, not by append
         self.events: list[Event] = []
 
     def append(self, count: int, rng) -> None:
@@ -67,8 +72,11 @@ class Model:
             batch.append(Event(time_us, DIDS[rng.randrange(len(DIDS))], KIND_COMMIT if collection else KIND_IDENTITY,
                                collection, body, b"z" + body))
         self.event_log.append(batch, relay_cursor=None)  # durable before visible, as the pipeline does
-        for event in batch:
-            self.ring.append(event)
+        if self.feeder is not None:
+            self.feeder.wake(batch[-1].time_us)  # the main process's wake-up after the durable batch
+        else:
+            for event in batch:
+                self.ring.append(event)
         self.events.extend(batch)
 
     def trim(self, keep: int) -> None:
@@ -77,9 +85,18 @@ class Model:
         if not self.events:
             return
         cutoff_us = self.events[-keep].time_us if 0 < keep <= len(self.events) else self.events[-1].time_us + 1
-        trimmer = TtlTrimmer(self.event_log, 1.0, 1.0, clock_s=lambda: cutoff_us / 1e6 + 1.0, ring=self.ring)
+        trimmer = TtlTrimmer(self.event_log, 1.0, 1.0, clock_s=lambda: cutoff_us / 1e6 + 1.0,
+                             ring=None if self.feeder else self.ring)
         cutoff_us = trimmer.cutoff_time_us()
-        assert trimmer.trim_once()
+        if self.feeder is None:
+            assert trimmer.trim_once()
+        else:  # the --workers order: delete, every worker's view catches up, compact; a worker's timer drops its ring
+            passed, trimmed = trimmer._delete_expired()
+            assert passed
+            self.feeder.wake(None)
+            if trimmed is not None:
+                trimmer._compact(trimmed)
+            self.ring.drop_before(cutoff_us)
         self.events = [event for event in self.events if event.time_us >= cutoff_us]
         assert all(event.time_us >= cutoff_us for event in self.ring)
 
@@ -103,19 +120,34 @@ def shared_log():
         event_log.close()
 
 
+@pytest.fixture(scope="module")
+def shared_secondary(shared_log):
+    with tempfile.TemporaryDirectory() as directory:
+        secondary = SecondaryEventLog(shared_log[0].path, directory)
+        yield secondary
+        secondary.close()
+
+
 @pytest.mark.parametrize("twin", sorted(TWINS))
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=operations, initial=st.integers(0, 60), cursor_back=st.integers(0, 80), compressed=st.booleans(),
        first_spec=filter_specs, seed=st.integers(0, 2**32 - 1))
-def test_reader_delivers_exactly_the_models_filtered_events(shared_log, twin, ops, initial, cursor_back,
-                                                            compressed, first_spec, seed):
+def test_reader_delivers_exactly_the_models_filtered_events(shared_log, shared_secondary, twin, ops, initial,
+                                                            cursor_back, compressed, first_spec, seed):
     import random
 
     rng = random.Random(seed)
     ring_class, filter_class = TWINS[twin]
     event_log, clock = shared_log
     base = event_log.hwm()
-    model = Model(event_log, ring_class(RING_CAPACITY, floor_time_us=base, scan_limit=SCAN_LIMIT), clock)
+    ring = ring_class(RING_CAPACITY, floor_time_us=base, scan_limit=SCAN_LIMIT)
+    feeder = None
+    reader_log = event_log
+    if twin.endswith("-worker"):
+        shared_secondary.catch_up()
+        feeder = RingFeeder(shared_secondary, ring, lambda: None)
+        reader_log = shared_secondary
+    model = Model(event_log, ring, clock, feeder)
     model.append(initial, rng) if initial else None
     # A cursor somewhere in this example's history (or at its very start): replay, then live.
     back_index = max(0, len(model.events) - cursor_back)
@@ -128,7 +160,7 @@ def test_reader_delivers_exactly_the_models_filtered_events(shared_log, twin, op
 
     def step(max_events: int) -> bool:
         nonlocal position
-        batch = read_next_batch(position, model.ring, event_log, event_filter, compressed, max_events, max_size)
+        batch = read_next_batch(position, model.ring, reader_log, event_filter, compressed, max_events, max_size)
         assert len(batch.payloads) <= max_events
         newest = model.ring.newest_time_us  # kept through trims, like the log's high-water mark
         assert position <= batch.position <= newest, "the position never moves back or past the newest event"

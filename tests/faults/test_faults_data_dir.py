@@ -79,7 +79,7 @@ def test_bad_data_dir_exits_2_with_one_clear_line_and_is_left_untouched(tmp_path
         cwd=REPO_ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"), capture_output=True, text=True, timeout=30)
     output = result.stdout + result.stderr
     assert result.returncode == 2, output
-    failures = [line for line in output.splitlines() if "event=startup_failed reason=data_dir" in line]
+    failures = [line for line in output.splitlines() if "event=startup_failed flag=--data-dir env=JETSTREAM_DATA_DIR" in line]
     assert len(failures) == 1 and says in failures[0], output
     assert "Traceback" not in output
     assert snapshot(data_dir) == before, "the data dir must not be re-created or repaired"

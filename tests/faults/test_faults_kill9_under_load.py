@@ -2,7 +2,8 @@
 
 A relay-sim process streams synthetic frames at 1,500/s; `jetstream serve` runs as its own
 process and is killed with SIGKILL 20 times at random moments, restarting each time from
-its RocksDB log. Meanwhile four clients in this process stream from it and, each time the
+its RocksDB log (with --workers 2 too: the main process is killed, its workers see it go,
+close their clients and exit, and the next life's workers serve the same port). Meanwhile four clients in this process stream from it and, each time the
 daemon dies, reconnect with `cursor = last time_us + 1`: two live (one of them filtered),
 and two that start by replaying the whole log (one of them filtered). Afterwards:
 - the log holds exactly the events of relay frames 1..cursor, once each, in relay order
@@ -28,7 +29,7 @@ from jetstream.log.store import EventLog
 from jetstream.relaysim.server import SUBSCRIBE_REPOS_PATH
 from tests.synthetic_expected import expected_lines
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # --workers 2: ~2 min on a loaded 2-core machine
 
 ROUNDS = 20
 SEED, DIDS = 17, 300
@@ -126,7 +127,8 @@ def matches(payload: bytes, wanted_collection: str | None) -> bool:
     return found is not None and found.group(1).decode() == wanted_collection
 
 
-async def test_kill9_under_ingest_replay_and_live_load_loses_and_duplicates_nothing(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_kill9_under_ingest_replay_and_live_load_loses_and_duplicates_nothing(tmp_path, workers):
     rng = random.Random()
     seed = rng.randrange(1 << 30)
     rng.seed(seed)
@@ -134,10 +136,12 @@ async def test_kill9_under_ingest_replay_and_live_load_loses_and_duplicates_noth
     data_dir, logs = tmp_path / "data", tmp_path / "logs.txt"
     relay = await spawn("relay-sim", "--synthetic", "true", "--rate", str(RELAY_RATE), "--seed", str(SEED),
                         "--dids", str(DIDS), "--listen-addr", f"127.0.0.1:{relay_port}", "--log-level", "warning",
+                        "--clock", "false",  # the source's own seqs: expected_lines rebuilds them
                         log_path=logs)
     serve_args = ["serve", "--ws-url", f"ws://127.0.0.1:{relay_port}{SUBSCRIBE_REPOS_PATH}",
                   "--listen-addr", f"127.0.0.1:{daemon_port}", "--metrics-listen-addr", "",
-                  "--data-dir", str(data_dir), "--log-level", "warning", "--max-sub-rate", "1000000"]
+                  "--data-dir", str(data_dir), "--log-level", "warning", "--max-sub-rate", "1000000",
+                  "--workers", str(workers)]  # 2: the main process is killed; its workers follow it out
     clients: list[ReconnectingClient] = []
     daemon = None
     try:
@@ -174,7 +178,7 @@ async def test_kill9_under_ingest_replay_and_live_load_loses_and_duplicates_noth
     with EventLog(str(data_dir), create=False) as event_log:
         final_cursor = event_log.relay_cursor()
         rows = event_log.read_after(0, 10_000_000, compressed=False)
-    print(f"kill9_load: seed={seed} rounds={ROUNDS} final_cursor={final_cursor} events={len(rows)} "
+    print(f"kill9_load: workers={workers} seed={seed} rounds={ROUNDS} final_cursor={final_cursor} events={len(rows)} "
           f"client_events={[len(c.received) for c in clients]} connections={[c.connections for c in clients]}")
     assert final_cursor > ROUNDS * 100, "the daemon made real progress"
     got = [TIME_US.sub(b'"time_us":0', row.payload, count=1) for row in rows]

@@ -217,7 +217,9 @@ def test_flags_and_environment():
     assert cfg.verify_signatures is False and cfg.plc_url == "https://plc.directory" and cfg.unresolved_did == "pass"
     cfg = parse_serve_args(["--verify-signatures", "--unresolved-did", "drop"], environ={"JETSTREAM_PLC_URL": "http://x"})
     assert cfg.verify_signatures is True and cfg.unresolved_did == "drop" and cfg.plc_url == "http://x"
-    with pytest.raises(SystemExit):
+    from jetstream.config import ConfigError
+
+    with pytest.raises(ConfigError):  # refused with the flag and its variable named (tests/operator)
         parse_serve_args(["--unresolved-did", "maybe"], environ={})
 
 

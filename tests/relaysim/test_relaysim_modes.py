@@ -85,7 +85,8 @@ async def test_prerendered_mode_serves_one_client_well_over_five_thousand_frames
 
 def test_relay_sim_command_serves_synthetic_frames_with_faults():
     command = [sys.executable, "-m", "jetstream.cli", "relay-sim", "--synthetic", "--rate", "0", "--seed", "9",
-               "--dids", "50", "--fault-too-big", "5", "--listen-addr", "127.0.0.1:0"]
+               "--dids", "50", "--fault-too-big", "5", "--listen-addr", "127.0.0.1:0",
+               "--clock", "false"]  # exact seqs and frames: the source's own, not the clock's
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         url = _listening_url(process)

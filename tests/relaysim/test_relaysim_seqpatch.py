@@ -73,3 +73,32 @@ def test_key_that_merely_contains_seq_is_not_taken_for_seq():
     frame = encode({"op": 1, "t": "#x"}) + encode({"seqs": 5, "seq": 7, "aseq": 9})
     assert find_seq_slot(frame).seq == 7
     assert libipld.decode_dag_cbor_multi(patch_seq(frame, 1000))[1] == {"seqs": 5, "seq": 1000, "aseq": 9}
+
+
+def test_seq_and_time_splice_by_search_matches_the_cbor_walk(corpus_frames):
+    """patch_seq_and_time (byte search) is a faster twin of patch_time(patch_seq(...)) (CBOR walk)."""
+    from jetstream.relaysim.seqpatch import find_seq_slot, patch_seq, patch_seq_and_time, patch_time
+    from jetstream.relaysim.synthetic import SyntheticSource
+
+    synthetic = SyntheticSource(seed=4, dids=20)
+    frames = list(corpus_frames) + [synthetic.frame(seq) for seq in range(1, 200)]
+    for frame in frames:
+        old = find_seq_slot(frame).seq
+        for new in (old + 1, old + 10**12, 5):
+            fast = patch_seq_and_time(frame, old, new, "2030-01-02T03:04:05.123456Z")
+            assert fast == patch_time(patch_seq(frame, new), "2030-01-02T03:04:05.123456Z")
+
+
+def test_clock_source_restarts_above_earlier_seqs_and_stamps_times():
+    import libipld
+
+    from jetstream.relaysim.clocksource import ClockSource
+    from jetstream.relaysim.synthetic import SyntheticSource
+
+    first = ClockSource(SyntheticSource(seed=4, dids=20), rate=50, wall_now=1_800_000_000.0)
+    issued = first.next_seq_after(first.first_seq + 500)  # ten seconds of frames
+    later = ClockSource(SyntheticSource(seed=4, dids=20), rate=50, wall_now=1_800_000_011.0)
+    assert later.first_seq > issued
+    _, body = libipld.decode_dag_cbor_multi(first.frame(first.first_seq + 100))
+    assert body["seq"] == first.first_seq + 100
+    assert body["time"] == "2027-01-15T08:00:02.000000Z"  # 100 frames at 50/s after the start

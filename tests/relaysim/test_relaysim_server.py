@@ -194,7 +194,7 @@ async def test_slow_reader_keeps_the_server_write_buffer_bounded_and_loses_nothi
 
 async def test_run_from_config_serves_synthetic_frames_until_cancelled():
     cfg = Config({flag.attr: flag.default for flag in RELAY_SIM_FLAGS})
-    cfg.values.update(listen_addr="127.0.0.1:0", synthetic=True, rate=0.0, seed=7, dids=30)
+    cfg.values.update(listen_addr="127.0.0.1:0", synthetic=True, rate=0.0, seed=7, dids=30, clock=False)
     started: asyncio.Future = asyncio.get_running_loop().create_future()
     task = asyncio.ensure_future(run_from_config(cfg, started))
     relay = await asyncio.wait_for(started, 5)

@@ -1,0 +1,103 @@
+"""Start-up checks of `jetstream serve` that need the machine: files, directories, ports.
+
+Owns: the probes run after every flag passed its own check (jetstream.config) and before
+the daemon opens anything: the zstd dictionary file is readable and is a dictionary, the
+listen addresses can be bound, the data dir exists or can be created and takes a file.
+Also StartupError (which flag, what went wrong) and the one `event=startup_failed` line
+every start-up failure is reported as, with exit status 2.
+It must never leave anything behind on failure: a probe binds and releases, writes and
+removes; and it must never start a listener, the log or the relay itself.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+from jetstream.config import SERVE_FLAGS, Config, ConfigError, Flag, parse_listen_addr
+
+log = logging.getLogger("jetstream.startup")
+
+EXIT_STARTUP_FAILED = 2
+_FLAGS_BY_NAME = {flag.name: flag for flag in SERVE_FLAGS}
+
+
+class StartupError(Exception):
+    """`jetstream serve` cannot start because of what one flag names."""
+
+    def __init__(self, flag_name: str, value: object, problem: str) -> None:
+        super().__init__(f"--{flag_name} = {value!r}: {problem}")
+        self.flag = _FLAGS_BY_NAME[flag_name]
+        self.value = value
+        self.problem = problem
+
+
+def report_startup_failure(error: StartupError | ConfigError, logger: logging.Logger = log) -> None:
+    """The one line an operator reads: flag, environment variable, value and why."""
+    flag: Flag = error.flag
+    source = getattr(error, "source", "")
+    # value=%r: always quoted, so an empty or numeric value reads as what was given.
+    logger.error("event=startup_failed flag=--%s env=%s value=%r source=%s error=%s", flag.name, flag.env,
+                 str(error.value), source or "probe", error.problem)
+
+
+def _os_problem(exc: OSError) -> str:
+    return exc.strerror or str(exc) if exc.errno is not None else str(exc)
+
+
+def check_dictionary_file(path: str) -> None:
+    if not path:
+        return  # the shipped dictionary
+    from jetstream.dictionary import dictionary_id
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise StartupError("zstd-dictionary-path", path, f"cannot read it: {_os_problem(exc)}") from None
+    if dictionary_id(data) == 0:
+        raise StartupError("zstd-dictionary-path", path,
+                           "not a zstd dictionary (no dictionary magic, or dictionary id 0)")
+
+
+def check_bindable(flag_name: str, listen_addr: str) -> None:
+    """Bind the address once and release it, so "address in use" is found before anything opens."""
+    if not listen_addr:
+        return  # metrics disabled
+    host, port = parse_listen_addr(listen_addr)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise StartupError(flag_name, listen_addr, f"cannot resolve host {host!r}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        # As asyncio's create_server does: a port in TIME_WAIT is fine, one in use is not.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise StartupError(flag_name, listen_addr, f"cannot bind {host}:{port}: {_os_problem(exc)}") from None
+
+
+def check_writable_dir(path: str) -> None:
+    """Create the data dir if needed and write (then remove) a file in it.
+
+    os.access() is no use here: as root it says yes even on a read-only filesystem.
+    """
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".jetstream-write-probe-"):
+            pass
+    except FileExistsError:
+        raise StartupError("data-dir", path, "exists and is not a directory") from None
+    except OSError as exc:
+        raise StartupError("data-dir", path, f"not writable: {_os_problem(exc)}") from None
+
+
+def preflight(cfg: Config) -> None:
+    """Every probe of the machine `serve` needs, in an order that leaves nothing behind."""
+    check_dictionary_file(cfg.zstd_dictionary_path)
+    check_bindable("listen-addr", cfg.listen_addr)
+    check_bindable("metrics-listen-addr", cfg.metrics_listen_addr)
+    check_writable_dir(cfg.data_dir)  # last: it may create the directory

@@ -1,0 +1,213 @@
+"""One --workers worker process: serves /subscribe, /, /healthz and /zstd-dictionary.
+
+Owns: the worker's SubscribeServer on the listening socket the main process handed it, its
+read-only view of the log (secondary.SecondaryEventLog), its LiveRing and the feed into it
+(woken by the main process after each durable batch, and by a poll as a safety net), the TTL
+drop of its ring, its /healthz report (the main process's status plus its own), and pushing its
+server counters to the main process for the one /metrics. On SIGTERM, or when the main process
+goes away, it closes every subscriber with 1001, sends its last counters and exits 0.
+It must never write to the log, talk to the relay, or notify systemd (the main process does).
+Started by supervisor.py as `python -m jetstream.workers.worker --index I --listen-fd L --channel-fd C`.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import time
+
+from jetstream.config import Config
+from jetstream.dictionary import active_dictionary
+from jetstream.implementation import LiveRing
+from jetstream.log.ttl import trim_interval_s
+from jetstream.logfmt import setup_logging
+from jetstream.server.app import SHUTDOWN_REASON, SubscribeServer
+from jetstream.server.settings import ServerSettings
+from jetstream.workers import channel as messages
+from jetstream.workers.channel import Channel, ChannelClosed
+from jetstream.workers.secondary import RingFeeder, SecondaryEventLog
+
+log = logging.getLogger("jetstream.workers.worker")  # not __main__ under -m
+
+# How often a worker catches up without being woken: only matters if WAKEs were dropped.
+POLL_INTERVAL_S = 0.5
+METRICS_PUSH_INTERVAL_S = 1.0
+
+
+def server_counters(server, feeder: RingFeeder, event_log: SecondaryEventLog) -> dict:
+    """What the main process's /metrics sums over workers: the server's plain counters."""
+    return {
+        "connected_by_ip": server.connected_by_ip(),
+        "delivered_by_ip": {ip: list(totals) for ip, totals in server.delivered_by_ip().items()},
+        "connected": server.connected_count,
+        "disconnects": dict(server.disconnects),
+        "refused_requests": dict(server.refused_requests),
+        "options_updates": server.options_updates,
+        "catch_ups": event_log.catch_ups,
+        "catch_up_seconds": event_log.catch_up_seconds,
+        "catch_up_cpu_seconds": event_log.catch_up_cpu_seconds,
+        "events_fed": feeder.events_fed,
+        "ring_newest_time_us": server.ring.newest_time_us,
+    }
+
+
+class MainProcessStats:
+    """/stats/collections in a worker: the main process's counts of what it stored (sent with STATUS)."""
+
+    def __init__(self, worker: "Worker") -> None:
+        self._worker = worker
+
+    def report(self) -> dict:
+        return self._worker.status.get("collection_stats") or {}
+
+
+class Worker:
+    def __init__(self, index: int, cfg: Config, channel: Channel, listen_sock: socket.socket) -> None:
+        self.index = index
+        self.cfg = cfg
+        self.channel = channel
+        self.listen_sock = listen_sock
+        self.status: dict = {"status": "starting"}  # the main process's latest STATUS
+        self.event_log: SecondaryEventLog | None = None
+        self.server = None
+        self.feeder: RingFeeder | None = None
+        self._secondary_dir = ""
+        self._stop = asyncio.Event()
+        self._stopping = False
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        self._secondary_dir = tempfile.mkdtemp(prefix=f"jetstream-worker{self.index}-")
+        self.event_log = SecondaryEventLog(cfg.data_dir, self._secondary_dir)
+        ring = LiveRing(cfg.ring_capacity, floor_time_us=self.event_log.hwm())
+        # The single process's server, configured from the same flags.
+        settings = ServerSettings.from_config(cfg, zstd_dictionary=active_dictionary(cfg.zstd_dictionary_path))
+        self.server = SubscribeServer(self.event_log, ring, settings, health=self.health)
+        self.server.collection_stats = MainProcessStats(self)
+        self.feeder = RingFeeder(self.event_log, ring, self.server.notify_new_events)
+        await self.server.start("", 0, sock=self.listen_sock)
+        self._tasks = [asyncio.ensure_future(coro) for coro in (
+            self._receive_forever(), self._poll_forever(), self._push_metrics_forever(), self._drop_expired_forever())]
+        self.channel.send(messages.encode(messages.LISTENING))
+        log.info("event=worker_started worker=%d pid=%d port=%d hwm=%d", self.index, os.getpid(),
+                 self.server.port, self.event_log.hwm())
+
+    def health(self) -> tuple[bool, dict]:
+        """The main process's view (relay, workers) with this worker's own state on top."""
+        main_ok = self.status.get("status") == "ok"
+        status = "stopping" if self._stopping else self.status.get("status", "starting")
+        report = {
+            "status": status,
+            "log_open": self.event_log is not None and not self._stopping,
+            "relay": self.status.get("relay", {"connected": False, "cursor": None}),
+            "worker": self.index,
+            "workers": self.status.get("workers", []),
+        }
+        return main_ok and not self._stopping, report
+
+    # -- what keeps the ring fed ----------------------------------------------------------------
+    async def _receive_forever(self) -> None:
+        while True:
+            try:
+                kind, body = await self.channel.receive()
+            except ChannelClosed:
+                log.warning("event=worker_main_gone worker=%d", self.index)
+                self._stop.set()
+                return
+            if kind == messages.WAKE:
+                self._wake(messages.decode_wake(body))
+            elif kind == messages.STATUS:
+                self.status = json.loads(body)
+
+    def _wake(self, newest_time_us: int | None) -> None:
+        try:
+            self.feeder.wake(newest_time_us)
+        except Exception as exc:  # noqa: BLE001 - a failed catch-up is retried at the next wake or poll
+            log.error("event=worker_catch_up_failed worker=%d error=%r", self.index, str(exc)[:200])
+
+    async def _poll_forever(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_INTERVAL_S)
+            self._wake(None)
+
+    async def _drop_expired_forever(self) -> None:
+        """The ring half of the TTL trim (the main process trims the log)."""
+        interval = trim_interval_s(self.cfg.event_ttl, self.cfg.ttl_trim_interval)
+        while True:
+            await asyncio.sleep(interval)
+            cutoff = int((time.time() - self.cfg.event_ttl) * 1_000_000)
+            self.server.ring.drop_before(cutoff)
+
+    async def _push_metrics_forever(self) -> None:
+        while True:
+            await asyncio.sleep(METRICS_PUSH_INTERVAL_S)
+            self._push_metrics()
+
+    def _push_metrics(self) -> None:
+        self.channel.send(messages.encode_json(messages.METRICS,
+                                               server_counters(self.server, self.feeder, self.event_log)))
+
+    # -- lifetime -------------------------------------------------------------------------------
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        # Ctrl-C reaches the whole process group; the main process decides when workers stop.
+        loop.add_signal_handler(signal.SIGINT, lambda: None)
+        try:
+            await self.start()
+            await self._stop.wait()
+        finally:
+            await self.stop()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        log.info("event=worker_stopping worker=%d", self.index)
+        if self.server is not None:
+            await self.server.close(SHUTDOWN_REASON)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.server is not None and self.feeder is not None:
+            self._push_metrics()  # the last counters, so /metrics loses none of a clean stop
+            try:
+                await asyncio.wait_for(self.channel.drain(), timeout=2)
+            except asyncio.TimeoutError:
+                log.warning("event=worker_last_metrics_not_sent worker=%d", self.index)
+        self.channel.close()
+        if self.event_log is not None:
+            self.event_log.close()
+        if self._secondary_dir:
+            shutil.rmtree(self._secondary_dir, ignore_errors=True)
+        log.info("event=worker_stopped worker=%d", self.index)
+
+
+async def run_worker(index: int, listen_fd: int, channel_fd: int) -> None:
+    channel = await Channel.open(socket.socket(fileno=channel_fd))
+    kind, body = await channel.receive()
+    if kind != messages.CONFIG:
+        raise SystemExit(f"worker {index}: expected the config first, got message kind {kind}")
+    cfg = Config(json.loads(body))
+    setup_logging(cfg.log_level, cfg.log_format)
+    await Worker(index, cfg, channel, socket.socket(fileno=listen_fd)).run()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="jetstream-worker", description="a --workers serving process")
+    parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--listen-fd", type=int, required=True)
+    parser.add_argument("--channel-fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    from jetstream.cli import run_loop
+
+    run_loop(run_worker(args.index, args.listen_fd, args.channel_fd))
+
+
+if __name__ == "__main__":
+    main()
