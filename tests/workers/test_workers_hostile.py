@@ -46,6 +46,11 @@ class Attacked:
                           for ip in (same_worker, address_for_worker(1, 2))]
 
     async def witnesses_saw_everything(self) -> None:
+        # Let each witness stream a while (a quick attack can end before they have much).
+        deadline = asyncio.get_running_loop().time() + 30
+        while any(len(witness.received) <= 50 for witness in self.witnesses):
+            assert asyncio.get_running_loop().time() < deadline, [len(w.received) for w in self.witnesses]
+            await asyncio.sleep(0.1)
         await self.run.stop_relay()
         await asyncio.sleep(1.5)
         assert await self.run.stop_daemon() == 0
@@ -133,5 +138,9 @@ async def test_bad_frames_get_v1_closes_from_their_worker_and_the_others_stream_
         assert bad_utf8.close_code == WSCloseCode.OK
         assert bad_utf8.close_reason.startswith("failed to unmarshal subscriber sourced message: invalid character")
         assert bad_close.close_code == WSCloseCode.PROTOCOL_ERROR
-        assert too_big.close_code == WSCloseCode.MESSAGE_TOO_BIG
+        # The worker closes with 1009 while the client is still writing its 11 MB, so the
+        # client's TCP stack may reset before the close frame is read: the worker's own
+        # disconnect line is the witness; a close frame the client did read must say 1009.
+        assert too_big.close_code in (WSCloseCode.MESSAGE_TOO_BIG, None)
+        assert "closed_by=server close_code=1009" in attacked.run.log_text()
         await attacked.witnesses_saw_everything()
