@@ -34,6 +34,7 @@ sys.path[:0] = [str(REPO_ROOT), str(BENCH_DIR)]
 import bench_core  # noqa: E402
 import bench_ingest_decode  # noqa: E402
 import bench_ingest_pipeline  # noqa: E402
+import bench_live  # noqa: E402
 import bench_log  # noqa: E402
 import bench_workers  # noqa: E402
 import uvloop  # noqa: E402
@@ -550,7 +551,30 @@ def stage_memory(table: Table, quick: bool) -> None:
     table.add("memory", "RSS per idle subscriber (1,000 connected)", per, "KiB", target="a few KiB")
 
 
-# --- gate and main -------------------------------------------------------------------------------------
+# --- stage: live -------------------------------------------------------------------------------------
+
+LIVE_TARGETS = {"1000plain": "≤ 0.5 µs/event, ≥ 0.6x raw", "200mixed": "≤ 1.0 µs/event"}
+
+
+def stage_live(table: Table, quick: bool) -> None:
+    """bench/bench_live.py: daemon CPU per delivered event under 2k frames/s of live traffic."""
+    loads = ["200mixed", "1000plain"] if quick else ["200mixed", "100plain", "400plain", "1000plain"]
+    results = {(r["load"], r["server"]): r for r in bench_live.run_loads(loads, quick)}
+    for key in loads:
+        ours, before, raw = (results[(key, server)] for server in ("fastpath", "python_path", "raw"))
+        label = bench_live.LOADS[key].label
+        table.add("live", f"{label}: daemon CPU", ours["us_per_event"], "µs/event", raw["us_per_event"],
+                  "raw picows broadcaster", f"live_{key}_cpu_vs_raw", target=LIVE_TARGETS.get(key, ""),
+                  higher_is_better=False)
+        table.add("live", f"{label}: fast path off (before)", before["us_per_event"], "µs/event",
+                  ours["us_per_event"], "fast path on", f"live_{key}_fastpath_gain")
+        table.add("live", f"{label}: deliveries", ours["deliveries_per_s"], "events/s", raw["deliveries_per_s"],
+                  "raw picows broadcaster", f"live_{key}_rate")
+        table.add("live", f"{label}: daemon CPU", ours["cpu_cores"], "cores", before["cpu_cores"], "fast path off")
+        if ours["p99_ms"] is not None:
+            table.add("live", f"{label}: p50 sequenced → client", ours["p50_ms"], "ms")
+            table.add("live", f"{label}: p99 sequenced → client", ours["p99_ms"], "ms", target="p99 < 10 ms")
+
 
 # --- stage: verify (--verify-signatures) ------------------------------------------------------------
 
@@ -564,9 +588,11 @@ def stage_verify(table: Table, quick: bool) -> None:
     table.add("verify", "DID cache hit rate, relay-sim corpus loop", result["cache"]["hit_rate"] * 100, "%")
 
 
+# --- gate and main -------------------------------------------------------------------------------------
+
 STAGES = {"ingest": stage_ingest, "filter": stage_filter, "fanout": stage_fanout, "replay": stage_replay,
           "latency": stage_latency, "memory": stage_memory,
-          "verify": stage_verify}
+          "verify": stage_verify, "live": stage_live}
 # --workers 1 vs 2 (bench_workers.py): daemon process trees, CPU per delivered event, shares, latency.
 STAGES["workers"] = bench_workers.stage_workers
 

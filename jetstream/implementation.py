@@ -3,8 +3,9 @@
 Owns: the choice (the `jetstream._core` extensions when they are built, else the
 `jetstream._py` twins; `JETSTREAM_PURE_PYTHON=1` forces the twins, for tests and
 debugging), and the names every caller imports the chosen routines by: the reader's
-LiveRing, EventFilter, Position and encode_frames; ingest's read_car, commit_events,
-is_rfc3339, MstReader, go_json_string and cid_to_string. IMPLEMENTATION ("cython" or
+LiveRing, EventFilter, Position and encode_frames; the live fan-out's LiveFanout and
+LiveSlot; ingest's read_car, commit_events, is_rfc3339, MstReader, go_json_string and
+cid_to_string. IMPLEMENTATION ("cython" or
 "python") and USING_CYTHON say which side was loaded.
 It must never mix the sides: the Cython LiveRing reads the Cython EventFilter's interned-id
 tables directly, and the Cython commit loop cimports the Cython MST reader, so either
@@ -31,6 +32,7 @@ def pure_python_requested(environ=os.environ) -> bool:
 def _load_cython():
     from jetstream._core.car import read_car
     from jetstream._core.commit import commit_events, is_rfc3339
+    from jetstream._core.fanout import LiveFanout, LiveSlot
     from jetstream._core.filter import EventFilter
     from jetstream._core.frames import encode_frames
     from jetstream._core.mst import MstReader
@@ -38,13 +40,14 @@ def _load_cython():
     from jetstream._core.record_json import cid_to_string, go_json_string
     from jetstream._core.ring import LiveRing
 
-    return (LiveRing, EventFilter, Position, encode_frames,
+    return (LiveRing, EventFilter, Position, encode_frames, LiveFanout, LiveSlot,
             read_car, commit_events, is_rfc3339, MstReader, go_json_string, cid_to_string)
 
 
 def _load_python():
     from jetstream._py.car import read_car
     from jetstream._py.commit import commit_events, is_rfc3339
+    from jetstream._py.fanout import LiveFanout, LiveSlot
     from jetstream._py.filter import EventFilter
     from jetstream._py.frames import encode_frames
     from jetstream._py.mst import MstReader
@@ -52,7 +55,7 @@ def _load_python():
     from jetstream._py.record_json import cid_to_string, go_json_string
     from jetstream._py.ring import LiveRing
 
-    return (LiveRing, EventFilter, Position, encode_frames,
+    return (LiveRing, EventFilter, Position, encode_frames, LiveFanout, LiveSlot,
             read_car, commit_events, is_rfc3339, MstReader, go_json_string, cid_to_string)
 
 
@@ -69,12 +72,12 @@ def _choose():
 
 IMPLEMENTATION, _chosen = _choose()
 USING_CYTHON = IMPLEMENTATION == "cython"
-(LiveRing, EventFilter, Position, encode_frames,
+(LiveRing, EventFilter, Position, encode_frames, LiveFanout, LiveSlot,
  read_car, commit_events, is_rfc3339, MstReader, go_json_string, cid_to_string) = _chosen
 del _chosen
 
 __all__ = [
     "IMPLEMENTATION", "PURE_PYTHON_ENV", "USING_CYTHON",
-    "EventFilter", "LiveRing", "MstReader", "Position", "PositionConflict",
+    "EventFilter", "LiveFanout", "LiveRing", "LiveSlot", "MstReader", "Position", "PositionConflict",
     "cid_to_string", "commit_events", "encode_frames", "go_json_string", "is_rfc3339", "read_car",
 ]

@@ -19,35 +19,10 @@ OPCODE_TEXT = 0x1
 OPCODE_BINARY = 0x2
 
 
-cdef inline Py_ssize_t _header_size(Py_ssize_t payload_size) noexcept nogil:
-    if payload_size < 126:
-        return 2
-    if payload_size < 65536:
-        return 4
-    return 10
-
-
-cdef inline Py_ssize_t _write_header(uint8_t* out, Py_ssize_t payload_size, uint8_t first) noexcept nogil:
-    cdef int shift
-    out[0] = first
-    if payload_size < 126:
-        out[1] = <uint8_t>payload_size
-        return 2
-    if payload_size < 65536:
-        out[1] = 126
-        out[2] = <uint8_t>(payload_size >> 8)
-        out[3] = <uint8_t>payload_size
-        return 4
-    out[1] = 127
-    for shift in range(8):
-        out[2 + shift] = <uint8_t>((<unsigned long long>payload_size) >> (8 * (7 - shift)))
-    return 10
-
-
 def frame_header(Py_ssize_t payload_size, bint binary):
     """The header bytes of one unmasked final frame carrying payload_size bytes."""
     cdef uint8_t header[10]
-    cdef Py_ssize_t size = _write_header(header, payload_size, 0x80 | (0x2 if binary else 0x1))
+    cdef Py_ssize_t size = write_frame_header(header, payload_size, 0x80 | (0x2 if binary else 0x1))
     return PyBytes_FromStringAndSize(<char*>header, size)
 
 
@@ -60,14 +35,14 @@ cpdef bytes encode_frames(list payloads, bint binary):
         if not PyBytes_Check(<object>payload):
             raise TypeError("payloads must be bytes")
         size = PyBytes_GET_SIZE(<object>payload)
-        total += _header_size(size) + size
+        total += frame_header_size(size) + size
     cdef bytes frames = PyBytes_FromStringAndSize(NULL, total)
     cdef uint8_t* out = <uint8_t*>PyBytes_AS_STRING(frames)
     cdef uint8_t first = 0x80 | (0x2 if binary else 0x1)
     for index in range(count):
         payload = PyList_GET_ITEM(payloads, index)
         size = PyBytes_GET_SIZE(<object>payload)
-        out += _write_header(out, size, first)
+        out += write_frame_header(out, size, first)
         memcpy(out, PyBytes_AS_STRING(<object>payload), size)
         out += size
     return frames

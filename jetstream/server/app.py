@@ -3,7 +3,8 @@
 Owns: the picows server (with the socket peer known at routing time), request routing
 to HTTP answers or a SubscriberListener, the client IP rule, the per-IP connection cap,
 the registry of connected subscribers (for shutdown, counts and metrics), the set of
-readers that are caught up and waiting (woken by notify_new_events), the rate limiters,
+readers that are caught up and waiting (woken by notify_new_events) or, with the live
+fast path on, the live fan-out they join instead (server/live.py), the rate limiters,
 the requireHello deadline, and plain counters of refused requests and server-initiated
 disconnects by reason (server/metrics.py turns them into Prometheus families).
 It must never read or filter events for a subscriber (subscriber.py's reader does), and
@@ -22,6 +23,7 @@ from picows import WSCloseCode, WSUpgradeRequest
 from jetstream.instance import INSTANCE_HEADER, instance_id_of
 from jetstream.server import http, params, status_page
 from jetstream.server.front import FrontDoor
+from jetstream.server.live import LiveFastPath
 from jetstream.server.picows_adapter import PeerAwareProtocol, close_sent_by_picows, server_protocol
 from jetstream.server.ratelimit import RateLimiterRegistry
 from jetstream.server.request_head import HeadBudget
@@ -58,6 +60,8 @@ class SubscribeServer:
         self._clock_us = clock_us
         self._subscribers: set[SubscriberListener] = set()
         self._waiting: set[SubscriberListener] = set()
+        # Caught-up readers served by one C pass per batch (--live-fastpath, --live-coalesce-ms).
+        self.live = LiveFastPath(ring, settings.live_fastpath, settings.live_coalesce_s)
         self._connections_by_ip: collections.Counter[str] = collections.Counter()
         self._hello_deadlines: dict[SubscriberListener, asyncio.TimerHandle] = {}
         self._server: asyncio.AbstractServer | None = None
@@ -133,6 +137,7 @@ class SubscribeServer:
             self.count_disconnect("shutdown")
             subscriber.close(WSCloseCode.GOING_AWAY, reason)
         self._waiting.clear()
+        self.live.close()
         deadline = asyncio.get_running_loop().time() + grace_s
         while self._subscribers and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.01)
@@ -155,6 +160,7 @@ class SubscribeServer:
     def notify_new_events(self) -> None:
         """New events are in the ring: count them once, let every caught-up reader take a step."""
         self._count_emitted()
+        self.live.on_new_events()
         if not self._waiting:
             return
         waiting, self._waiting = self._waiting, set()
@@ -237,7 +243,10 @@ class SubscribeServer:
             self._delivered_other[1] += oldest[1]
 
     def wait_for_events(self, subscriber: SubscriberListener) -> None:
-        self._waiting.add(subscriber)
+        """A caught-up reader: into the live fan-out when it is on, else the waiting set."""
+        slot = subscriber.live_slot
+        if slot is None or not self.live.join(slot):
+            self._waiting.add(subscriber)
 
     def count_disconnect(self, reason: str) -> None:
         self.disconnects[reason] += 1

@@ -2,16 +2,17 @@
 
 Owns: every setting SubscribeServer and its subscribers read (rate limits, connection caps,
 timeouts, request and message size limits, the metric label budget, the slow-client
-policy and the zstd dictionary served at /zstd-dictionary), their defaults (v1's where v1
+policy, the zstd dictionary served at /zstd-dictionary and the live fast path), their defaults (v1's where v1
 had the setting) and how they are read from a `jetstream serve` Config.
 It must never be changed after the server is built: a test or the daemon wanting other
 limits builds another ServerSettings (dataclasses.replace) and another server.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from jetstream.dictionary import dictionary_id
+from jetstream.server.live import fastpath_from_env
 
 PING_INTERVAL_S = 30.0  # v1 (since f4da85b) pings every 30 s
 PONG_TIMEOUT_S = 30.0
@@ -46,6 +47,10 @@ class ServerSettings:
     max_lag_seconds: float = 0.0  # 0 = off
     max_lag_grace_s: float = 30.0
     zstd_dictionary: bytes = b""  # served at /zstd-dictionary; b"" = 404
+    # Live fast path (server/live.py). The default reads JETSTREAM_LIVE_FASTPATH (on unless it
+    # says otherwise), as the flag does, so servers built directly (tests, benches) follow it too.
+    live_fastpath: bool = field(default_factory=fastpath_from_env)
+    live_coalesce_s: float = 0.002
 
     @classmethod
     def from_config(cls, cfg, zstd_dictionary: bytes = b"") -> ServerSettings:
@@ -58,6 +63,7 @@ class ServerSettings:
             max_pending_request_bytes=cfg.max_pending_request_bytes, max_ip_metric_labels=cfg.max_ip_metric_labels,
             max_lag_events=cfg.max_lag_events, max_lag_seconds=cfg.max_lag_seconds,
             max_lag_grace_s=cfg.max_lag_grace, zstd_dictionary=zstd_dictionary,
+            live_fastpath=cfg.live_fastpath, live_coalesce_s=cfg.live_coalesce_ms / 1000.0,
         )
 
     @property

@@ -60,6 +60,13 @@ and the single reader of docs/architecture.md §4. A newcomer can follow it as:
    position is an event boundary, and it never moves the position. Sync events (kind 3) are
    scanned past like filtered events unless the client asked with includeSync=true.
 
+8. The live fast path (server/live.py). A reader that is caught up (LIVE) hands its slot
+   (its position, socket, bucket, filter) to the server's live fan-out instead of the
+   waiting set: new batches are then delivered by one C pass over every such reader. The
+   pass hands the reader back (`wake`) when it cannot finish a step, and `pause_writing` or
+   a close takes the slot out; only then does this reader step again. The slot shares the
+   Position object, so the compare-and-set still guards every advance.
+
 It must never queue events per subscriber, block the loop on a socket, deliver an event
 whose time_us is not above the position, or let anything but the reader move the position.
 """
@@ -312,11 +319,10 @@ class SubscriberListener(WSListener):
         self._wakeup: asyncio.Handle | None = None
         self._lag_check: asyncio.TimerHandle | None = None
         self._abort_after_close: asyncio.TimerHandle | None = None
-        self.sent_events = 0
-        self.sent_bytes = 0
+        self._live = None  # the LiveSlot (server/live.py), made at connect; it also counts what was sent
         self.pauses = 0  # times the socket pushed back (pause_writing)
         self.log_steps = 0  # steps served from RocksDB (replay, or a slow client below the ring)
-        self.ring_steps = 0
+        self._ring_steps = 0
         self.fell_behind = 0  # times a reader that had reached the ring had to go back to the log
         self._on_ring = False  # the last step read the ring (for fell_behind; not life-cycle state)
         self.peer = ""  # host:port of the socket (client_ip may come from proxy headers)
@@ -356,6 +362,8 @@ class SubscriberListener(WSListener):
             self.client_ip = peer[0] if peer else ""
         self._bucket = self._server.rate_limiters.acquire(self.client_ip)
         self._position = Position(initial_position(self._cursor, self._server.ring.newest_time_us))
+        self._live = self._server.live.new_slot(self, self._position, transport, self._bucket, self._compressed)
+        self._live.set_options(self._event_filter, self._max_message_size, self._include_sync)
         self._enter(ReaderState.AWAITING_HELLO if self._require_hello else ReaderState.READING)
         self._server.register(self)  # after the state: it arms the hello deadline of AWAITING_HELLO
         log_subscriber_connected(self)
@@ -423,6 +431,8 @@ class SubscriberListener(WSListener):
             log.debug("event=client_message_ignored reason=not_text ip=%s", self.client_ip)
 
     def pause_writing(self) -> None:
+        if self._live is not None:
+            self._live.leave()  # resume_writing wakes this reader; it rejoins once caught up
         if self._state in _PAUSABLE:
             self._enter(ReaderState.PAUSED)
         self._pushed_back = True
@@ -462,6 +472,8 @@ class SubscriberListener(WSListener):
         self._event_filter = _event_filter_for(update.filters)
         self._index_query = _index_query_for(update.filters)
         self._max_message_size = update.max_message_size_bytes
+        if self._live is not None:
+            self._live.set_options(self._event_filter, self._max_message_size, self._include_sync)
         if update.heartbeat_seconds is not None:
             self._heartbeat_s = update.heartbeat_seconds
             self._start_heartbeats()
@@ -473,8 +485,11 @@ class SubscriberListener(WSListener):
     # --- the reader --------------------------------------------------------------------
 
     def wake(self) -> None:
-        """Run a step now unless one is already scheduled (then that one will run)."""
-        if self._wakeup is None:
+        """Run a step now unless one is already scheduled (then that one will run).
+
+        A reader in the live fan-out takes no step of its own: the fan-out's pass serves it.
+        """
+        if self._wakeup is None and not (self._live is not None and self._live.live):
             self.pump()
 
     def pump(self) -> None:
@@ -522,7 +537,7 @@ class SubscriberListener(WSListener):
             self.log_steps += 1
             self.fell_behind += self._on_ring
         else:
-            self.ring_steps += 1
+            self._ring_steps += 1
         self._on_ring = not from_log
 
     def _send(self, payloads: list[bytes]) -> None:
@@ -530,8 +545,8 @@ class SubscriberListener(WSListener):
             return
         # One write for the whole batch: picows' send() costs a send(2) per message.
         self._write(encode_frames(payloads, self._compressed))
-        self.sent_events += len(payloads)
-        self.sent_bytes += sum(map(len, payloads))
+        self._live.sent_events += len(payloads)
+        self._live.sent_bytes += sum(map(len, payloads))
         if self._heartbeat is not None:
             self._heartbeat.sent(time.monotonic())
 
@@ -546,6 +561,11 @@ class SubscriberListener(WSListener):
             self._heartbeat = None
             return
         self._heartbeat = HeartbeatClock(self._heartbeat_s, time.monotonic())
+        if self._live is not None and self._live.live:
+            # Out of the live fan-out (it does not tell the heartbeat clock about its sends):
+            # back to the server's waiting set, still LIVE and caught up.
+            self._live.leave()
+            self._server.wait_for_events(self)
         self._arm_heartbeat()
 
     def _arm_heartbeat(self) -> None:
@@ -577,11 +597,15 @@ class SubscriberListener(WSListener):
         try:
             self._position.advance(start, new_position)
         except PositionConflict:
-            log.exception("event=position_conflict ip=%s start=%d new=%d", self.client_ip, start, new_position)
-            self._server.count_disconnect("position_conflict")
-            self.close(WSCloseCode.INTERNAL_ERROR, REASON_INTERNAL)
+            self.position_conflict(start, new_position)
             return False
         return True
+
+    def position_conflict(self, start: int, new_position: int) -> None:
+        """A second writer moved the position (a bug): close rather than risk a gap or a duplicate."""
+        log.exception("event=position_conflict ip=%s start=%d new=%d", self.client_ip, start, new_position)
+        self._server.count_disconnect("position_conflict")
+        self.close(WSCloseCode.INTERNAL_ERROR, REASON_INTERNAL)
 
     # --- lag policy --------------------------------------------------------------------
 
@@ -625,6 +649,25 @@ class SubscriberListener(WSListener):
     def transport(self) -> WSTransport | None:
         return self._transport
 
+    @property
+    def live_slot(self):
+        """This reader's LiveSlot for the live fan-out; None before connect, and while it asked
+        for heartbeats (the heartbeat timer must see every send, so it keeps its own steps)."""
+        return self._live if self._heartbeat is None else None
+
+    @property
+    def sent_events(self) -> int:
+        return self._live.sent_events if self._live is not None else 0
+
+    @property
+    def sent_bytes(self) -> int:
+        return self._live.sent_bytes if self._live is not None else 0
+
+    @property
+    def ring_steps(self) -> int:
+        """Steps served from the ring: this reader's own, and the live fan-out's for it."""
+        return self._ring_steps + (self._live.steps if self._live is not None else 0)
+
     def abort(self) -> None:
         """Drop the connection without waiting for buffered bytes (a stuck peer at shutdown)."""
         self._enter(ReaderState.CLOSED)
@@ -651,6 +694,8 @@ class SubscriberListener(WSListener):
         self._transport.disconnect()
 
     def _cancel_timers(self) -> None:
+        if self._live is not None:
+            self._live.leave()  # closing: the live fan-out must not write to it either
         for name in ("_wakeup", "_lag_check", "_abort_after_close", "_heartbeat_timer"):
             handle = getattr(self, name)
             if handle is not None:
