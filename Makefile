@@ -13,7 +13,7 @@ $(PY):
 # (Re)install when the packaging or any Cython source changes; the editable
 # install compiles jetstream/_core/*.pyx in place.
 $(STAMP): $(PY) pyproject.toml setup.py $(wildcard jetstream/_core/*.pyx jetstream/_core/*.pxd)
-	$(PY) -m pip install --quiet 'cython>=3.0' 'setuptools>=68' wheel
+	$(PY) -m pip install --quiet 'cython>=3.0' 'setuptools>=68' wheel 'picows>=2.3'  # the build cimports picows.pxd
 	$(PY) -m pip install --quiet --no-build-isolation -e '.[test]'
 	$(PY) setup.py --quiet build_ext --inplace
 	touch $(STAMP)

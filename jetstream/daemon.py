@@ -103,30 +103,8 @@ class Daemon:
         if cfg.cluster:
             await self._start_cluster_node(ring, compressor, host, connect_relay)
             return
-        self.pipeline = IngestPipeline(
-            self.event_log, ring, Sequencer(hwm), compressor, self.server.notify_new_events,
-            socket_url=cfg.ws_url, group_commit_s=cfg.group_commit_ms / 1000.0,
-            on_write_failure=self._on_log_write_failure,
-            on_relay_error=lambda detail: self.relay and self.relay.reconnect("error_frame"),
-            verify_mst=cfg.verify_mst,
-            ingest_collections=IngestCollections(cfg.ingest_collections) if cfg.ingest_collections else None,
-            collection_stats=CollectionStats(cfg.event_ttl, cfg.stats_max_collections),
-        )
-        self.pipeline.last_accepted_seq = resume_cursor_for(self.event_log, cfg.ws_url)
+        self._start_ingest(ring, hwm, compressor, self.server.notify_new_events)
         self.server.collection_stats = self.pipeline.collection_stats
-        if cfg.ingest_collections:
-            log.info("event=ingest_collections_limited collections=%s", ",".join(cfg.ingest_collections))
-        if cfg.verify_signatures:
-            self._start_signature_stage()
-        if cfg.override_relay_cursor >= 0:
-            log.info("event=relay_cursor_overridden stored=%s override=%d",
-                     self.pipeline.last_accepted_seq, cfg.override_relay_cursor)
-            self.pipeline.last_accepted_seq = cfg.override_relay_cursor
-        self.relay = RelayClient(
-            cfg.ws_url, self.pipeline.submit, lambda: self.pipeline.last_accepted_seq,
-            liveness_ttl_s=cfg.liveness_ttl, before_connect=self.pipeline.prepare_reconnect,
-            backoff_initial_s=cfg.relay_backoff_initial, backoff_max_s=cfg.relay_backoff_max,
-        )
         self._metrics_collector = register_server(self.server)
         if cfg.metrics_listen_addr:
             try:
@@ -138,11 +116,7 @@ class Daemon:
                                   trim_interval_s(cfg.event_ttl, cfg.ttl_trim_interval), ring=ring)
         self._tasks.append(asyncio.ensure_future(self.trimmer.run()))
         # Ready: the log is open and both listeners are bound; the relay comes after.
-        self.ready = True
-        sd_notify("READY=1")
-        watchdog_s = watchdog_interval_s()
-        if watchdog_s is not None:
-            self._tasks.append(asyncio.ensure_future(self._watchdog_forever(watchdog_s)))
+        self._announce_ready()
         if connect_relay:
             self.connect_relay()
         log.info("event=daemon_started listen=%s:%d data_dir=%s relay=%s relay_cursor=%s hwm=%d",
@@ -179,16 +153,52 @@ class Daemon:
         self.trimmer = TtlTrimmer(self.event_log, self.cfg.event_ttl,
                                   trim_interval_s(self.cfg.event_ttl, self.cfg.ttl_trim_interval), ring=ring)
         self._tasks = [asyncio.ensure_future(self.trimmer.run())]
-        self.ready = True
-        sd_notify("READY=1")
-        watchdog_s = watchdog_interval_s()
-        if watchdog_s is not None:
-            self._tasks.append(asyncio.ensure_future(self._watchdog_forever(watchdog_s)))
+        self._announce_ready()
         if join:
             self.cluster.start()
         log.info("event=daemon_started mode=cluster node=%s listen=%s:%d data_dir=%s cluster=%s applied_seq=%d hwm=%d",
                  self.cluster.node_name, host, self.server.port, self.cfg.data_dir, self.cfg.cluster,
                  self.event_log.stream_seq(), self.event_log.hwm())
+
+    def _start_ingest(self, ring, hwm: int, compressor: EventCompressor, on_durable) -> None:
+        """The pipeline (relay -> decode -> sequence -> log -> `ring`) and the relay client.
+
+        `on_durable` runs after each batch is in RocksDB (wake the readers, or the workers).
+        The relay cursor is the stored one only if it belongs to --ws-url's relay
+        (ingest/relay_cursor.py), unless --override-relay-cursor says otherwise.
+        """
+        cfg = self.cfg
+        self.pipeline = IngestPipeline(
+            self.event_log, ring, Sequencer(hwm), compressor, on_durable,
+            socket_url=cfg.ws_url, group_commit_s=cfg.group_commit_ms / 1000.0,
+            on_write_failure=self._on_log_write_failure,
+            on_relay_error=lambda detail: self.relay and self.relay.reconnect("error_frame"),
+            verify_mst=cfg.verify_mst,
+            ingest_collections=IngestCollections(cfg.ingest_collections) if cfg.ingest_collections else None,
+            collection_stats=CollectionStats(cfg.event_ttl, cfg.stats_max_collections),
+        )
+        self.pipeline.last_accepted_seq = resume_cursor_for(self.event_log, cfg.ws_url)
+        if cfg.ingest_collections:
+            log.info("event=ingest_collections_limited collections=%s", ",".join(cfg.ingest_collections))
+        if cfg.verify_signatures:
+            self._start_signature_stage()
+        if cfg.override_relay_cursor >= 0:
+            log.info("event=relay_cursor_overridden stored=%s override=%d",
+                     self.pipeline.last_accepted_seq, cfg.override_relay_cursor)
+            self.pipeline.last_accepted_seq = cfg.override_relay_cursor
+        self.relay = RelayClient(
+            cfg.ws_url, self.pipeline.submit, lambda: self.pipeline.last_accepted_seq,
+            liveness_ttl_s=cfg.liveness_ttl, before_connect=self.pipeline.prepare_reconnect,
+            backoff_initial_s=cfg.relay_backoff_initial, backoff_max_s=cfg.relay_backoff_max,
+        )
+
+    def _announce_ready(self) -> None:
+        """Ready for /healthz and systemd (READY=1), and the watchdog pings if systemd asks for them."""
+        self.ready = True
+        sd_notify("READY=1")
+        watchdog_s = watchdog_interval_s()
+        if watchdog_s is not None:
+            self._tasks.append(asyncio.ensure_future(self._watchdog_forever(watchdog_s)))
 
     def _start_signature_stage(self) -> None:
         """--verify-signatures: commits pass a signature check before the pipeline (ingest/sigcheck.py)."""

@@ -23,13 +23,8 @@ import sys
 
 from jetstream.compression import EventCompressor
 from jetstream.config import Config, parse_listen_addr
-from jetstream.daemon import Daemon, sd_notify, watchdog_interval_s
+from jetstream.daemon import Daemon, sd_notify
 from jetstream.dictionary import active_dictionary
-from jetstream.ingest.collection_filter import IngestCollections
-from jetstream.ingest.collection_stats import CollectionStats
-from jetstream.ingest.pipeline import IngestPipeline
-from jetstream.ingest.relay_client import RelayClient
-from jetstream.ingest.sequencer import Sequencer
 from jetstream.log.store import EventLog
 from jetstream.log.ttl import TtlTrimmer, trim_interval_s
 from jetstream.metrics import MetricsListener
@@ -262,28 +257,8 @@ class WorkersDaemon(Daemon):
         self.event_log = EventLog(cfg.data_dir, fsync=cfg.fsync)
         hwm = self.event_log.hwm()
         self.tail = PublishedTail(hwm)
-        self.pipeline = IngestPipeline(
-            self.event_log, self.tail, Sequencer(hwm), EventCompressor(active_dictionary(cfg.zstd_dictionary_path)),
-            self._publish, socket_url=cfg.ws_url, group_commit_s=cfg.group_commit_ms / 1000.0,
-            on_write_failure=self._on_log_write_failure,
-            on_relay_error=lambda detail: self.relay and self.relay.reconnect("error_frame"),
-            verify_mst=cfg.verify_mst,
-            ingest_collections=IngestCollections(cfg.ingest_collections) if cfg.ingest_collections else None,
-            collection_stats=CollectionStats(cfg.event_ttl, cfg.stats_max_collections),
-        )
-        if cfg.ingest_collections:
-            log.info("event=ingest_collections_limited collections=%s", ",".join(cfg.ingest_collections))
-        if cfg.verify_signatures:
-            self._start_signature_stage()
-        if cfg.override_relay_cursor >= 0:
-            log.info("event=relay_cursor_overridden stored=%s override=%d",
-                     self.pipeline.last_accepted_seq, cfg.override_relay_cursor)
-            self.pipeline.last_accepted_seq = cfg.override_relay_cursor
-        self.relay = RelayClient(
-            cfg.ws_url, self.pipeline.submit, lambda: self.pipeline.last_accepted_seq,
-            liveness_ttl_s=cfg.liveness_ttl, before_connect=self.pipeline.prepare_reconnect,
-            backoff_initial_s=cfg.relay_backoff_initial, backoff_max_s=cfg.relay_backoff_max,
-        )
+        # The same ingest as one process (relay cursor rules included); each durable batch wakes the workers.
+        self._start_ingest(self.tail, hwm, EventCompressor(active_dictionary(cfg.zstd_dictionary_path)), self._publish)
         host, port = parse_listen_addr(cfg.listen_addr)
         # Behind a proxy every client shares the proxy's address: steering by it would put them
         # all on one worker, so the kernel spreads them and the per-IP limits hold per worker.
@@ -311,10 +286,7 @@ class WorkersDaemon(Daemon):
         # Ready: the log is open and every worker listens; the relay comes after.
         self.ready = True
         self.supervisor.broadcast_status()
-        sd_notify("READY=1")
-        watchdog_s = watchdog_interval_s()
-        if watchdog_s is not None:
-            self._tasks.append(asyncio.ensure_future(self._watchdog_forever(watchdog_s)))
+        self._announce_ready()
         if connect_relay:
             self.connect_relay()
         log.info("event=daemon_started listen=%s:%d workers=%d data_dir=%s relay=%s relay_cursor=%s hwm=%d",

@@ -20,6 +20,7 @@ from jetstream import metrics
 from jetstream.config import parse_serve_args
 from jetstream.daemon import Daemon
 from jetstream.relaysim.server import RelaySim, SyntheticSource
+from jetstream.workers.supervisor import WorkersDaemon
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -32,10 +33,11 @@ async def start_relay(port: int = 0, host: str = "127.0.0.1") -> RelaySim:
     return relay
 
 
-def daemon_for(tmp_path, url: str, *extra: str) -> Daemon:
-    return Daemon(parse_serve_args(["--ws-url", url, "--listen-addr", "127.0.0.1:0", "--metrics-listen-addr", "",
-                                    "--data-dir", str(tmp_path / "data"), "--relay-backoff-initial", "100ms",
-                                    "--relay-backoff-max", "500ms", *extra], environ={}))
+def daemon_for(tmp_path, url: str, *extra: str, workers: int = 1) -> Daemon:
+    cfg = parse_serve_args(["--ws-url", url, "--listen-addr", "127.0.0.1:0", "--metrics-listen-addr", "",
+                            "--data-dir", str(tmp_path / "data"), "--relay-backoff-initial", "100ms",
+                            "--relay-backoff-max", "500ms", "--workers", str(workers), *extra], environ={})
+    return WorkersDaemon(cfg) if workers > 1 else Daemon(cfg)
 
 
 async def until(predicate, timeout: float = 30.0, what: str = "") -> None:
@@ -106,10 +108,11 @@ async def test_daemon_restart_gets_backlog_then_steady_pacing(tmp_path, caplog):
         await relay.close()
 
 
-async def test_a_different_relay_host_starts_live_and_logs_the_old_cursor(tmp_path, caplog):
+@pytest.mark.parametrize("workers", [1, 2])  # the ingesting main process of --workers follows the same rule
+async def test_a_different_relay_host_starts_live_and_logs_the_old_cursor(tmp_path, caplog, workers):
     caplog.set_level(logging.INFO)
     first = await start_relay()
-    daemon = daemon_for(tmp_path, first.url)
+    daemon = daemon_for(tmp_path, first.url, workers=workers)
     await daemon.start()
     try:
         await until(lambda: cursor_of(daemon) >= first.timeline.source.first_seq + 5, what="first relay's frames")
@@ -119,7 +122,7 @@ async def test_a_different_relay_host_starts_live_and_logs_the_old_cursor(tmp_pa
     await first.close()
     # Another host (127.0.0.2 is loopback too): its seqs are not the first relay's.
     second = await start_relay(host="127.0.0.2")
-    daemon = daemon_for(tmp_path, second.url)
+    daemon = daemon_for(tmp_path, second.url, workers=workers)
     await daemon.start()
     try:
         await until(lambda: second.connections_total >= 1, what="a dial to the new relay")
