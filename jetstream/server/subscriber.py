@@ -382,7 +382,11 @@ class SubscriberListener(WSListener):
         """The cursor gate's answer: this node has caught up; start from the cursor as at connect."""
         if self._state is ReaderState.CLOSED or not self._awaiting_cursor:
             return
-        self._position = Position(initial_position(self._cursor, self._server.ring.newest_time_us))
+        # Move the one Position forward, never replace it: the live fan-out's slot holds this
+        # object, and a slot left on a stale copy would resend (or skip) once the reader joined.
+        start = self._position.value
+        if not self._advance(start, max(start, initial_position(self._cursor, self._server.ring.newest_time_us))):
+            return
         self._awaiting_cursor = False
         self._start_heartbeats()
         if self._state is ReaderState.READING:

@@ -117,13 +117,16 @@ async def run_client(url: str, plan: dict, clients: list, stop: asyncio.Event, d
         client.hang_up()
 
 
-async def test_fifty_clients_cut_over_from_replay_to_live_without_gaps_or_duplicates(tmp_path, corpus_dir):
+@pytest.mark.parametrize("live_fastpath", ["true", "false"], ids=["fastpath", "own_steps"])
+async def test_fifty_clients_cut_over_from_replay_to_live_without_gaps_or_duplicates(tmp_path, corpus_dir,
+                                                                                    live_fastpath):
     rng = random.Random()
     seed = rng.randrange(2**32)
     rng.seed(seed)
     relay = await start_relay(corpus_dir, RATE)
     daemon = daemon_for(tmp_path, relay, "--ring-capacity", str(RING_CAPACITY), "--max-sub-rate", "50000",
-                        "--per-ip-limit", "false", "--max-lag-seconds", "30", "--max-lag-grace", "5s")
+                        "--per-ip-limit", "false", "--max-lag-seconds", "30", "--max-lag-grace", "5s",
+                        "--live-fastpath", live_fastpath)
     await daemon.start()
     url = f"ws://127.0.0.1:{daemon.port}/subscribe"
     clients: list = []
@@ -147,6 +150,7 @@ async def test_fifty_clients_cut_over_from_replay_to_live_without_gaps_or_duplic
         readers = {sub.transport.underlying_transport.get_extra_info("peername")[1]: sub
                    for sub in daemon.server.subscribers}
         server_disconnects = dict(daemon.server.disconnects)
+        fanout_passes = daemon.server.live.passes
         closed_by_server = {id(client): (client.close_code, client.close_reason) for _, client in clients
                             if client.close_code is not None}  # before shutdown closes everyone
         log = LogView.read(daemon.event_log)
@@ -167,6 +171,8 @@ async def test_fifty_clients_cut_over_from_replay_to_live_without_gaps_or_duplic
     assert problems == {}, f"seed {seed}"
     assert server_disconnects == {}, f"seed {seed}"
     assert len(clients) == CLIENTS
+    # The live fan-out served caught-up readers exactly when it is on.
+    assert (fanout_passes > 0) == (live_fastpath == "true"), f"passes={fanout_passes}"
     # The scenario really exercised what it claims to:
     assert all(client.payloads for plan, client in clients if plan["role"] == "plain")
     assert all(client.update_sent for plan, client in clients if plan["role"] == "updater" and

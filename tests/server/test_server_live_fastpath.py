@@ -209,6 +209,44 @@ async def test_options_update_while_in_the_fan_out_applies_from_the_next_event(t
         await stack.stop()
 
 
+class HoldingGate:
+    """The server's cursor gate as the cluster node uses it: hold a reader until told to release it."""
+
+    def __init__(self) -> None:
+        self.held = []
+
+    def hold(self, subscriber, cursor: int) -> None:
+        self.held.append((subscriber, cursor))
+
+
+async def test_a_reader_released_by_the_cursor_gate_joins_the_pass_at_its_cursor(
+        tmp_path, expected_v1_lines, fanout_twin):
+    # Regression: the gate's release used to give the reader a new Position while its fan-out
+    # slot kept the old one, so once caught up the pass resent everything from the old value.
+    stack = await Stack(tmp_path, live_fastpath=True).start()
+    gate = stack.server.cursor_gate = HoldingGate()
+    try:
+        before = stack.publish(expected_v1_lines[:20])
+        cursor = before[-1].time_us + 7 * 10  # the 10th event still to come: ahead of this node's log
+        _, client = await subscribe(stack, f"cursor={cursor}")
+        await settle(lambda: len(gate.held) == 1)
+        caught_up = stack.publish(expected_v1_lines[20:40])
+        assert caught_up[9].time_us == cursor
+        gate.held[0][0].cursor_reached()
+        await client.wait_for_count(11)
+        await asyncio.sleep(0.05)  # caught up: it joins the fan-out
+        assert stack.server.live.joined == 1
+        live_events = await publish_in_batches(stack, expected_v1_lines[40:100], batch=5)
+        expected = [e.json for e in caught_up[9:] + live_events]
+        assert await client.wait_for_count(len(expected)) == expected
+        await asyncio.sleep(0.05)
+        assert client.payloads == expected, "the cursor is inclusive; nothing before it, nothing twice"
+        reader = next(iter(stack.server.subscribers))
+        assert reader.live_slot.steps > 0 and not stack.server.disconnects
+    finally:
+        await stack.stop()
+
+
 async def test_with_the_fast_path_off_readers_wait_in_the_server_set(tmp_path, expected_v1_lines):
     stack = await Stack(tmp_path, live_fastpath=False).start()
     try:
@@ -222,7 +260,7 @@ async def test_with_the_fast_path_off_readers_wait_in_the_server_set(tmp_path, e
 
 
 def test_the_environment_switch_reads_like_every_other_boolean_flag():
-    assert live.fastpath_from_env({}) is False  # off by default until the cluster gap is found
+    assert live.fastpath_from_env({}) is True
     assert live.fastpath_from_env({"JETSTREAM_LIVE_FASTPATH": "0"}) is False
     assert live.fastpath_from_env({"JETSTREAM_LIVE_FASTPATH": "true"}) is True
     with pytest.raises(ValueError):
