@@ -2,14 +2,18 @@
 
 Owns: the framing (`[u32 length][u8 kind][body]`) and the message kinds:
   main -> worker   CONFIG  (first message: the worker's index and the daemon's settings, JSON)
-                   WAKE    (u64: the newest time_us of a batch just made durable)
+                   ROWS    (a batch just made durable: the newest time_us before it, then its
+                            events, byte for byte as the log holds them)
+                   WAKE    (u64: catch up with the log to at least this time_us)
                    STATUS  (JSON: relay state and every worker, for the worker's /healthz)
   worker -> main   LISTENING (the worker serves; READY=1 waits for every worker's)
                    METRICS   (JSON: the worker's server counters, summed by the main /metrics)
-A WAKE is a hint, not data: a worker that misses one catches up at the next (or at its own
-poll), because it reads the log, never the message. So the main process never waits for a
-worker: a worker whose socket is backed up simply does not get more WAKEs queued.
-It must never carry events, and never block the main process's loop on a worker.
+ROWS spare every worker a RocksDB catch-up and two log reads per batch on the live path. They
+are sent only after the batch is in the log, and they are an optimisation, not the record: a
+worker whose socket is backed up gets none queued, and a worker that sees a ROWS whose "newest
+before" is past its ring's newest knows it missed some and fills the gap from the log first.
+So the main process never waits for a worker, and the log stays the only source of truth.
+It must never send a batch before it is durable, and never block the main process's loop on a worker.
 """
 from __future__ import annotations
 
@@ -17,7 +21,10 @@ import asyncio
 import json
 import struct
 
+from jetstream.events import Event
+
 CONFIG = ord("C")
+ROWS = ord("R")
 WAKE = ord("W")
 STATUS = ord("S")
 LISTENING = ord("L")
@@ -26,8 +33,11 @@ METRICS = ord("M")
 _HEADER = struct.Struct(">IB")
 FORCE_CATCH_UP = (1 << 64) - 1  # a WAKE no ring holds: the worker catches up whatever its ring has
 _TIME_US = struct.Struct(">Q")
-# Beyond this many bytes queued for a worker, WAKEs are not queued (it catches up later anyway).
-MAX_QUEUED_BYTES = 1 << 20
+# ROWS: [u64 newest time_us before the batch][u32 events], then per event a head and its fields.
+_ROWS_HEAD = struct.Struct(">QI")
+_EVENT_HEAD = struct.Struct(">QBHHII")  # time_us, kind, len(did), len(collection), len(json), len(zstd)
+# Beyond this many bytes queued for a worker, nothing more is queued (it catches up from the log).
+MAX_QUEUED_BYTES = 4 << 20
 MAX_MESSAGE_BYTES = 64 << 20
 
 
@@ -45,6 +55,43 @@ def encode_wake(newest_time_us: int) -> bytes:
 
 def decode_wake(body: bytes) -> int:
     return _TIME_US.unpack(body)[0]
+
+
+def encode_rows(newest_before: int, events) -> bytes:
+    """One durable batch for the workers' rings: `events` in time_us order, all fields verbatim."""
+    parts = [b"", _ROWS_HEAD.pack(newest_before, len(events))]
+    pack = _EVENT_HEAD.pack
+    for event in events:
+        did, collection = event.did.encode(), event.collection.encode()
+        parts += (pack(event.time_us, event.kind, len(did), len(collection), len(event.json), len(event.zstd)),
+                  did, collection, event.json, event.zstd)
+    body = b"".join(parts)
+    return _HEADER.pack(len(body) + 1, ROWS) + body
+
+
+def decode_rows(body: bytes) -> tuple[int, list[Event]]:
+    """(newest time_us before the batch, its events); ValueError for a body that does not add up."""
+    position, events = _ROWS_HEAD.size, []
+    view = memoryview(body)
+    unpack = _EVENT_HEAD.unpack_from
+    try:
+        newest_before, count = _ROWS_HEAD.unpack_from(body, 0)
+        for _ in range(count):
+            time_us, kind, did_len, collection_len, json_len, zstd_len = unpack(body, position)
+            position += _EVENT_HEAD.size
+            ends = (position + did_len, position + did_len + collection_len,
+                    position + did_len + collection_len + json_len,
+                    position + did_len + collection_len + json_len + zstd_len)
+            if ends[3] > len(body):
+                raise ValueError("event runs past the end of the message")
+            events.append(Event(time_us, str(view[position:ends[0]], "utf-8"), kind,
+                                str(view[ends[0]:ends[1]], "utf-8"), body[ends[1]:ends[2]], body[ends[2]:ends[3]]))
+            position = ends[3]
+    except struct.error as exc:
+        raise ValueError(f"truncated rows message: {exc}") from None
+    if position != len(body):
+        raise ValueError(f"{len(body) - position} bytes after the last event")
+    return newest_before, events
 
 
 def encode_json(kind: int, value) -> bytes:
@@ -72,12 +119,16 @@ class Channel:
         return True
 
     def send_wake(self, newest_time_us: int) -> None:
+        self.send_unless_backed_up(encode_wake(newest_time_us))
+
+    def send_unless_backed_up(self, message: bytes) -> None:
+        """Queue a WAKE or ROWS unless the worker is that far behind: it then catches up from the log."""
         if self._writer.is_closing():
             return
         if self._writer.transport.get_write_buffer_size() > MAX_QUEUED_BYTES:
             self.dropped_wakes += 1
             return
-        self._writer.write(encode_wake(newest_time_us))
+        self._writer.write(message)
 
     async def receive(self) -> tuple[int, bytes]:
         """(kind, body) of the next message; ChannelClosed at EOF."""

@@ -6,6 +6,7 @@ worker process that has exited, so a restart never makes a counter go backwards)
 counters (counted once, by the main process, not once per worker), and the worker families:
 `jetstream_workers_alive`, `jetstream_worker_restarts_total`, `jetstream_worker_catch_ups_total`,
 `jetstream_worker_catch_up_seconds_total`, `jetstream_worker_catch_up_cpu_seconds_total`,
+`jetstream_worker_rows_fed_total`, `jetstream_worker_gaps_filled_total`,
 `jetstream_worker_wakes_dropped_total`.
 Workers push their counters every second (worker.METRICS_PUSH_INTERVAL_S) and once more when
 they stop, so a scrape is at most that stale; a worker killed with SIGKILL loses at most its
@@ -25,8 +26,12 @@ WORKER_METRICS = {
     "jetstream_worker_catch_ups": "Catch-ups of a worker's log view with the main process's log, by worker",
     "jetstream_worker_catch_up_seconds": "Wall-clock time spent in those catch-ups, by worker",
     "jetstream_worker_catch_up_cpu_seconds": "CPU time spent in those catch-ups, by worker",
+    "jetstream_worker_rows_fed":
+        "Events a worker appended to its ring from the rows the main process sent (no log read), by worker",
+    "jetstream_worker_gaps_filled":
+        "Times a worker found it had missed rows and filled the gap from the log, by worker",
     "jetstream_worker_wakes_dropped":
-        "Wake-ups not sent because a worker's channel was backed up (it catches up by polling)",
+        "Rows or wake-ups not sent because a worker's channel was backed up (it catches up from the log)",
 }
 _SUMMED = ("options_updates", "catch_ups", "catch_up_seconds")
 _BY_REASON = ("disconnects", "refused_requests")
@@ -113,6 +118,8 @@ class WorkersMetricsCollector:
             ("jetstream_worker_catch_ups", lambda handle: handle.counters.get("catch_ups", 0)),
             ("jetstream_worker_catch_up_seconds", lambda handle: handle.counters.get("catch_up_seconds", 0.0)),
             ("jetstream_worker_catch_up_cpu_seconds", lambda handle: handle.counters.get("catch_up_cpu_seconds", 0.0)),
+            ("jetstream_worker_rows_fed", lambda handle: handle.counters.get("rows_fed", 0)),
+            ("jetstream_worker_gaps_filled", lambda handle: handle.counters.get("gaps_filled", 0)),
         ]
         for name, value_of in per_worker:
             family = CounterMetricFamily(name, WORKER_METRICS[name], labels=["worker"])

@@ -1,14 +1,18 @@
-"""A worker's read-only view of the event log, and the feed from it into the worker's live ring.
+"""A worker's read-only view of the event log, and the feed into the worker's live ring.
 
 Owns: opening the main process's RocksDB as a secondary instance (no LOCK, its own info-log
 directory), catching up with the primary (which replays the primary's new WAL records, so a
-batch is visible as soon as it is durable, before any memtable flush), and appending what a
-catch-up revealed to the worker's LiveRing in time_us order. The ring follows the single
-process's rules: its floor starts at the log's high-water mark when the worker opens it, and
-every event above the floor is appended, once, in order, so a reader never sees a gap or a
-duplicate across ring and log.
+batch is visible as soon as it is durable, before any memtable flush), and appending new
+events to the worker's LiveRing in time_us order: on the live path the rows the main process
+sends after each durable batch (channel.ROWS, no RocksDB work at all), and from the log after
+a catch-up when rows were missed (a gap between what the ring holds and what a batch follows),
+at a poll, or when asked to. The ring follows the single process's rules: its floor starts at
+the log's high-water mark when the worker opens it, and every event above the floor is
+appended, once, in order, so a reader never sees a gap or a duplicate across ring and log.
+Because the ring may now run ahead of this view, a log read first makes sure the view
+reaches the ring's floor (a reader below the floor must find every event up to it).
 It must never write to the log, invent or re-encode an event (the ring holds the very bytes
-the log holds), or append to the ring anything the log does not hold yet.
+the log holds), or append to the ring anything the primary has not made durable.
 """
 from __future__ import annotations
 
@@ -49,7 +53,9 @@ class SecondaryEventLog(EventLog):
 
     def __init__(self, path: str, secondary_path: str) -> None:
         self.secondary_path = str(secondary_path)
+        self.ring = None  # the worker's LiveRing: log reads first reach its floor (see cover_ring_floor)
         self.catch_ups = 0
+        self.floor_catch_ups = 0  # catch-ups a log read needed because the ring had run ahead of the view
         self.catch_up_seconds = 0.0  # wall clock, preemption included
         self.catch_up_cpu_seconds = 0.0  # this thread's CPU only
         super().__init__(path, fsync=False, create=False)
@@ -99,6 +105,30 @@ class SecondaryEventLog(EventLog):
         self.catch_up_cpu_seconds += time.thread_time() - started_cpu
         return self._hwm
 
+    def cover_ring_floor(self) -> None:
+        """Catch up if the ring's floor is past this view: a read below the floor must reach it.
+
+        The ring is fed from the main process's rows, which can be ahead of this view; a reader
+        that finds nothing in the log between its position and the floor would otherwise skip
+        to the floor (the TTL rule) over events the primary holds. Raises LogError if a
+        catch-up does not get there, so the reader closes and resumes rather than skip.
+        """
+        ring = self.ring
+        if ring is None or self._hwm >= ring.floor_time_us:
+            return
+        self.floor_catch_ups += 1
+        self.catch_up()
+        if self._hwm < ring.floor_time_us:
+            raise LogError(f"log view at {self._hwm} is behind the live ring's floor {ring.floor_time_us}")
+
+    def read_after(self, after_time_us: int, limit: int, compressed: bool):
+        self.cover_ring_floor()
+        return super().read_after(after_time_us, limit, compressed)
+
+    def read_matching_after(self, *args, **kwargs):
+        self.cover_ring_floor()
+        return super().read_matching_after(*args, **kwargs)
+
     def append(self, *args, **kwargs) -> None:
         raise LogError("a worker's view of the log is read-only")
 
@@ -110,13 +140,34 @@ class SecondaryEventLog(EventLog):
 
 
 class RingFeeder:
-    """Moves what a catch-up revealed into the ring, then wakes the readers waiting on it."""
+    """Moves new events into the ring (sent rows, or what a catch-up revealed), then wakes the readers."""
 
     def __init__(self, event_log: SecondaryEventLog, ring, notify_new_events) -> None:
         self.event_log = event_log
         self.ring = ring
         self.notify_new_events = notify_new_events
         self.events_fed = 0
+        self.rows_fed = 0  # of events_fed, those that came as rows from the main process
+        self.gaps_filled = 0  # rows that followed events this ring had not seen: filled from the log
+
+    def feed_rows(self, newest_before: int, events) -> int:
+        """A durable batch the main process sent: append what the ring lacks, after filling any gap."""
+        ring = self.ring
+        if newest_before > ring.newest_time_us:
+            # Rows were not sent while this worker's channel was backed up (or before it started):
+            # the log has them. After this catch-up the batch itself is in the ring too.
+            self.gaps_filled += 1
+            self.wake(None)
+        added = 0
+        for event in events:
+            if event.time_us > ring.newest_time_us:
+                ring.append(event)
+                added += 1
+        if added:
+            self.events_fed += added
+            self.rows_fed += added
+            self.notify_new_events()
+        return added
 
     def wake(self, newest_time_us: int | None = None) -> int:
         """Catch up unless the ring already holds `newest_time_us`; events appended."""

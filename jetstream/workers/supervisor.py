@@ -53,17 +53,27 @@ class WorkersError(Exception):
 
 
 class PublishedTail:
-    """The main process's stand-in for the live ring: what ingest published, counted, not held."""
+    """The main process's stand-in for the live ring: what ingest published, counted, and the
+    current batch's events held only until they are sent to the workers."""
 
     def __init__(self, newest_time_us: int) -> None:
         self.newest_time_us = newest_time_us
         self.events_emitted = 0
         self.bytes_emitted = 0
+        self._batch: list = []
+        self._newest_before_batch = newest_time_us
 
     def append(self, event) -> None:
         self.newest_time_us = event.time_us
         self.events_emitted += 1
         self.bytes_emitted += len(event.json)
+        self._batch.append(event)
+
+    def take_batch(self) -> tuple[int, list]:
+        """(newest time_us before the batch, the batch's events) since the last call."""
+        batch, newest_before = self._batch, self._newest_before_batch
+        self._batch, self._newest_before_batch = [], self.newest_time_us
+        return newest_before, batch
 
 
 class WorkersTtlTrimmer(TtlTrimmer):
@@ -146,10 +156,18 @@ class Supervisor:
             raise WorkersError(f"workers {late} did not listen within {timeout_s:g}s") from None
 
     def wake_all(self, newest_time_us: int) -> None:
-        """After a durable batch: every worker catches up to at least `newest_time_us`."""
+        """Every worker catches up with the log to at least `newest_time_us`."""
         for handle in self.handles:
             if handle.channel is not None:
                 handle.channel.send_wake(newest_time_us)
+
+    def send_rows(self, newest_before: int, events: list) -> None:
+        """After a durable batch: every worker appends its events to its ring (encoded once)."""
+        message = None
+        for handle in self.handles:
+            if handle.channel is not None:
+                message = message or messages.encode_rows(newest_before, events)
+                handle.channel.send_unless_backed_up(message)
 
     def broadcast_status(self) -> None:
         message = messages.encode_json(messages.STATUS, self._status())
@@ -297,8 +315,10 @@ class WorkersDaemon(Daemon):
         return self._port
 
     def _publish(self) -> None:
-        """A batch is durable: every worker catches up to it."""
-        self.supervisor.wake_all(self.tail.newest_time_us)
+        """A batch is durable: every worker gets its rows."""
+        newest_before, events = self.tail.take_batch()
+        if events:
+            self.supervisor.send_rows(newest_before, events)
 
     def status_report(self) -> dict:
         """What every worker shows: /healthz's daemon fields, the workers, /stats/collections."""

@@ -2,7 +2,8 @@
 
 Owns: the worker's SubscribeServer on the listening socket the main process handed it, its
 read-only view of the log (secondary.SecondaryEventLog), its LiveRing and the feed into it
-(woken by the main process after each durable batch, and by a poll as a safety net), the TTL
+(the rows the main process sends after each durable batch; the log after a missed batch, at
+a poll, or when the main process asks), the TTL
 drop of its ring, its /healthz report (the main process's status plus its own), and pushing its
 server counters to the main process for the one /metrics. On SIGTERM, or when the main process
 goes away, it closes every subscriber with 1001, sends its last counters and exits 0.
@@ -52,7 +53,10 @@ def server_counters(server, feeder: RingFeeder, event_log: SecondaryEventLog) ->
         "catch_ups": event_log.catch_ups,
         "catch_up_seconds": event_log.catch_up_seconds,
         "catch_up_cpu_seconds": event_log.catch_up_cpu_seconds,
+        "floor_catch_ups": event_log.floor_catch_ups,
         "events_fed": feeder.events_fed,
+        "rows_fed": feeder.rows_fed,
+        "gaps_filled": feeder.gaps_filled,
         "ring_newest_time_us": server.ring.newest_time_us,
     }
 
@@ -89,6 +93,7 @@ class Worker:
         ring = LiveRing(cfg.ring_capacity, floor_time_us=self.event_log.hwm())
         # The single process's server, configured from the same flags.
         settings = ServerSettings.from_config(cfg, zstd_dictionary=active_dictionary(cfg.zstd_dictionary_path))
+        self.event_log.ring = ring  # log reads reach the ring's floor (the ring is fed ahead of the view)
         self.server = SubscribeServer(self.event_log, ring, settings, health=self.health)
         self.server.collection_stats = MainProcessStats(self)
         self.feeder = RingFeeder(self.event_log, ring, self.server.notify_new_events)
@@ -121,10 +126,24 @@ class Worker:
                 log.warning("event=worker_main_gone worker=%d", self.index)
                 self._stop.set()
                 return
-            if kind == messages.WAKE:
+            if kind == messages.ROWS:
+                self._feed_rows(body)
+            elif kind == messages.WAKE:
                 self._wake(messages.decode_wake(body))
             elif kind == messages.STATUS:
                 self.status = json.loads(body)
+
+    def _feed_rows(self, body: bytes) -> None:
+        try:
+            newest_before, events = messages.decode_rows(body)
+        except ValueError as exc:
+            log.error("event=worker_bad_rows worker=%d size=%d error=%r", self.index, len(body), str(exc)[:200])
+            self._wake(None)  # the log has the batch
+            return
+        try:
+            self.feeder.feed_rows(newest_before, events)
+        except Exception as exc:  # noqa: BLE001 - e.g. a failed gap catch-up: the next rows or the poll retry
+            log.error("event=worker_feed_failed worker=%d error=%r", self.index, str(exc)[:200])
 
     def _wake(self, newest_time_us: int | None) -> None:
         try:

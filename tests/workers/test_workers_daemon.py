@@ -87,6 +87,9 @@ async def test_two_workers_serve_the_log_bytes_with_one_healthz_and_one_metrics(
     assert all(status == 200 and b"app.bsky.feed" in body for status, body in stats)
     # /metrics: one scrape for the whole daemon, v1 names, both workers' clients in it.
     assert metric_value(metrics, "jetstream_workers_alive") == 2
+    # The live path: each worker's ring fed from the rows the main process sent, not the log.
+    for worker in ("0", "1"):
+        assert metric_value(metrics, f'jetstream_worker_rows_fed_total{{worker="{worker}"}}') > 500
     for ip in ips:
         assert metric_value(metrics, f'jetstream_subscribers_connected{{ip_address="{ip}"}}') == 2
         assert metric_value(metrics, f'jetstream_events_delivered_total{{ip_address="{ip}"}}') > 0

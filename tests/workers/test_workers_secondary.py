@@ -5,7 +5,10 @@ import pytest
 
 from jetstream.core import LiveRing
 from jetstream.events import Event
+from jetstream.implementation import EventFilter
 from jetstream.log.store import EventLog, LogError
+from jetstream.server.subscriber import read_next_batch
+from jetstream.workers.channel import _HEADER, decode_rows, encode_rows
 from jetstream.workers.secondary import RingFeeder, SecondaryEventLog
 
 BASE_US = 1_700_000_000_000_000
@@ -127,3 +130,76 @@ def test_a_trim_compacted_before_the_secondary_caught_up_stays_visible_until_the
     primary.compact_trimmed(trimmed)
     secondary.catch_up()
     assert secondary.oldest_time_us() == BASE_US + 8
+
+
+# --- the live path: rows sent by the main process ------------------------------------------------
+
+def feeder_for(secondary, capacity: int = 10_000):
+    secondary.catch_up()
+    ring = LiveRing(capacity, floor_time_us=secondary.hwm())
+    secondary.ring = ring
+    woken = []
+    return ring, RingFeeder(secondary, ring, lambda: woken.append(ring.newest_time_us)), woken
+
+
+def sent(newest_before: int, batch: list[Event]) -> tuple[int, list[Event]]:
+    """The batch as a worker receives it: through the channel's encoding."""
+    return decode_rows(encode_rows(newest_before, batch)[_HEADER.size:])
+
+
+def test_rows_sent_after_each_batch_feed_the_ring_with_no_catch_up(logs):
+    primary, secondary = logs
+    primary.append(events(1, 5), relay_cursor=1)
+    ring, feeder, woken = feeder_for(secondary)
+    catch_ups = secondary.catch_ups
+    newest = BASE_US + 5
+    for first, count in ((6, 3), (9, 40), (49, 1)):
+        batch = events(first, count)
+        primary.append(batch, relay_cursor=first)
+        assert feeder.feed_rows(*sent(newest, batch)) == count
+        newest = batch[-1].time_us
+    assert list(ring) == events(6, 44), "the very events, fields and bytes, in order"
+    assert secondary.catch_ups == catch_ups and feeder.rows_fed == 44 and feeder.gaps_filled == 0
+    assert woken == [BASE_US + 8, BASE_US + 48, BASE_US + 49]
+    assert feeder.feed_rows(*sent(BASE_US + 48, events(49, 1))) == 0, "rows the ring holds are not appended twice"
+
+
+def test_rows_after_missed_ones_fill_the_gap_from_the_log_first(logs):
+    primary, secondary = logs
+    ring, feeder, _ = feeder_for(secondary)
+    primary.append(events(1, 10), relay_cursor=1)
+    feeder.feed_rows(*sent(0, events(1, 10)))
+    primary.append(events(11, 10), relay_cursor=11)  # its rows never reach this worker
+    primary.append(events(21, 10), relay_cursor=21)  # nor these
+    last = events(31, 10)
+    primary.append(last, relay_cursor=31)
+    feeder.feed_rows(*sent(BASE_US + 30, last))
+    assert list(ring) == events(1, 40), "no gap, no duplicate"
+    assert feeder.gaps_filled == 1 and feeder.rows_fed == 10
+
+
+def test_a_log_read_below_the_ring_floor_first_brings_the_view_up_to_the_floor(logs):
+    primary, secondary = logs
+    ring, feeder, _ = feeder_for(secondary, capacity=20)
+    newest = 0
+    for first in range(1, 200, 10):  # 200 events through a 20-event ring; the view never caught up
+        batch = events(first, 10)
+        primary.append(batch, relay_cursor=first)
+        feeder.feed_rows(*sent(newest, batch))
+        newest = batch[-1].time_us
+    assert ring.floor_time_us > secondary.hwm(), "the ring ran ahead of the view"
+    position, received = BASE_US + 50, []
+    while not ring.covers(position):
+        batch = read_next_batch(position, ring, secondary, EventFilter((), ()), False, 10_000, 0)
+        received += batch.payloads
+        position = batch.position
+    received += read_next_batch(position, ring, secondary, EventFilter((), ()), False, 10_000, 0).payloads
+    assert received == [event.json for event in events(51, 150)], "below the floor, then the ring: every event once"
+    assert secondary.floor_catch_ups == 1
+
+
+@pytest.mark.parametrize("cut", [1, 5, 12, 13, 40, -1])
+def test_a_rows_message_that_does_not_add_up_is_refused(cut):
+    body = encode_rows(7, events(1, 3))[_HEADER.size:]
+    with pytest.raises(ValueError):
+        decode_rows(body[:cut] if cut > 0 else body + b"x")
