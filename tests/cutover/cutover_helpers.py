@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 from dataclasses import dataclass, field
 
 from picows import WSListener, WSMsgType, ws_connect
@@ -17,6 +18,19 @@ from jetstream.config import parse_serve_args
 from jetstream.daemon import Daemon
 from jetstream.relaysim.filesource import FileSource
 from jetstream.relaysim.server import RelaySim
+
+# Filters the stress suites give their clients: (wantedCollections, wantedDids).
+SPECS = [
+    ((), ()),
+    (("app.bsky.feed.post",), ()),
+    (("app.bsky.feed.like", "app.bsky.graph.*"), ()),
+    (("app.bsky.*",), ()),
+    (("com.example.nothing",), ()),  # only identity/account events pass
+]
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
 
 
 def wanted(spec, did: str, collection: str) -> bool:

@@ -16,14 +16,15 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
-import time
 
 import pytest
 
 from tests.cutover.cutover_helpers import (
+    SPECS,
     LogView,
     connect_client,
     daemon_for,
+    now_us,
     options_update,
     start_relay,
     stop_ingest,
@@ -40,19 +41,6 @@ CONNECT_WINDOW_S = 3.0
 TAIL_S = 2.0  # after the last connect, before ingest stops
 RING_CAPACITY = 2000  # about one second of events: replays start in the log
 CLIENTS = 50
-
-SPECS = [
-    ((), ()),
-    (("app.bsky.feed.post",), ()),
-    (("app.bsky.feed.like", "app.bsky.graph.*"), ()),
-    (("app.bsky.*",), ()),
-    (("com.example.nothing",), ()),  # only identity/account events pass
-]
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
-
 
 def plan_clients(rng: random.Random, did_pool: list[str]) -> list[dict]:
     """What each of the 50 clients does (its role, filter, cursor age, connect delay)."""

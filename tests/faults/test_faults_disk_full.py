@@ -23,6 +23,7 @@ from jetstream.daemon import Daemon
 from jetstream.relaysim.server import RelaySim
 from jetstream.relaysim.synthetic import SyntheticSource
 from tests.synthetic_expected import expected_lines
+from tests.waiting import until
 from tests.wsclient import connect
 
 pytestmark = pytest.mark.timeout(120)
@@ -48,16 +49,6 @@ def small_disk(tmp_path):
 
 def metric(name: str) -> float:
     return REGISTRY.get_sample_value(name) or 0.0
-
-
-async def until(predicate, what: str, timeout: float = 30.0) -> None:
-    async def _wait():
-        while not predicate():
-            await asyncio.sleep(0.05)
-    try:
-        await asyncio.wait_for(_wait(), timeout)
-    except asyncio.TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 def time_us_of(payload: bytes) -> int:

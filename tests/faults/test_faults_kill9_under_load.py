@@ -19,7 +19,6 @@ import random
 import re
 import socket
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +27,7 @@ from picows import WSListener, WSMsgType, ws_connect
 from jetstream.log.store import EventLog
 from jetstream.relaysim.server import SUBSCRIBE_REPOS_PATH
 from tests.synthetic_expected import expected_lines
+from tests.waiting import until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # --workers 2: ~2 min on a loaded 2-core machine
 
@@ -67,15 +67,6 @@ async def relay_connected(port: int) -> bool:
         writer.close()
 
 
-async def until(predicate, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 class _Listener(WSListener):
     def __init__(self, client: "ReconnectingClient") -> None:
         self.client = client
@@ -112,11 +103,15 @@ class ReconnectingClient:
                 await asyncio.sleep(0.05)
                 continue
             self.connections += 1
+            self._transport = transport
             await transport.wait_disconnected()
 
     async def stop(self) -> None:
+        # Bounded: a stop after a failed assertion must not hang the run on a connect in flight.
         self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+        if getattr(self, "_transport", None) is not None:
+            self._transport.disconnect()
+        await asyncio.wait([self._task], timeout=5)
 
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 import pytest
 
@@ -21,6 +20,7 @@ from jetstream.config import parse_serve_args
 from jetstream.daemon import Daemon
 from jetstream.relaysim.server import RelaySim, SyntheticSource
 from jetstream.workers.supervisor import WorkersDaemon
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -38,14 +38,6 @@ def daemon_for(tmp_path, url: str, *extra: str, workers: int = 1) -> Daemon:
                             "--data-dir", str(tmp_path / "data"), "--relay-backoff-initial", "100ms",
                             "--relay-backoff-max", "500ms", "--workers", str(workers), *extra], environ={})
     return WorkersDaemon(cfg) if workers > 1 else Daemon(cfg)
-
-
-async def until(predicate, timeout: float = 30.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
-        await asyncio.sleep(0.05)
 
 
 def messages(caplog, event: str) -> list[str]:

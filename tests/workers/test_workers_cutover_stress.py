@@ -14,13 +14,20 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
-import time
 
 import pytest
 from picows import ws_connect
 
 from jetstream.log.store import EventLog
-from tests.cutover.cutover_helpers import LogView, StreamClient, options_update, subscribe_query, violations_of
+from tests.cutover.cutover_helpers import (
+    SPECS,
+    LogView,
+    StreamClient,
+    now_us,
+    options_update,
+    subscribe_query,
+    violations_of,
+)
 from tests.workers.workers_helpers import WorkersRun, address_for_worker
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -31,19 +38,6 @@ CONNECT_WINDOW_S = 3.0
 TAIL_S = 2.0
 RING_CAPACITY = 500  # well under a second at the rate relay-sim reaches on a loaded machine
 CLIENTS = 40
-SPECS = [
-    ((), ()),
-    (("app.bsky.feed.post",), ()),
-    (("app.bsky.feed.like", "app.bsky.graph.*"), ()),
-    (("app.bsky.*",), ()),
-    (("com.example.nothing",), ()),
-]
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
-
-
 def plan_clients(rng: random.Random, addresses: list[str]) -> list[dict]:
     plans = []
     for index in range(CLIENTS):

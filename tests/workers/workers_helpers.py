@@ -11,13 +11,13 @@ import os
 import re
 import socket
 import sys
-import time
 from pathlib import Path
 
 from picows import WSListener, WSMsgType, ws_connect
 
 from jetstream.relaysim.server import SUBSCRIBE_REPOS_PATH
 from jetstream.workers.sockets import worker_of_address
+from tests.waiting import until  # noqa: F401 - the workers tests import it from here
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TIME_US = re.compile(rb'"time_us":(\d+)')
@@ -43,15 +43,6 @@ async def spawn(*args: str, log_path: Path) -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "jetstream.cli", *args, cwd=REPO_ROOT,
             env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=log_file, stderr=asyncio.subprocess.STDOUT)
-
-
-async def until(predicate, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def http_get(port: int, path: str, local_ip: str = "127.0.0.1") -> tuple[int, bytes]:
