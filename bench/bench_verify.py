@@ -164,7 +164,7 @@ async def throughput(frames: list[bytes], keys: dict, rounds: int, passes: int =
     cpu_seconds = dict.fromkeys(modes, 0.0)
     events = {}
     await one_round(stream[:600], None)  # warm-up: imports, first log, and the verify processes' start
-    for name, gate in gates.items():
+    for gate in gates.values():
         await one_round(stream[:600], gate)
     for _ in range(rounds):  # interleaved, so a busy machine slows every mode alike
         for name in modes:
@@ -183,8 +183,8 @@ async def throughput(frames: list[bytes], keys: dict, rounds: int, passes: int =
         if name != "off":
             result[f"ratio_{name}_vs_off"] = seconds["off"] / seconds[name]
     default = "pool_auto" if "pool_auto" in modes else "pool_1"  # what --verify-signatures runs by default
-    result.update({"frames_per_s_on": result[f"frames_per_s_{default}"], "ratio_on_vs_off": result[f"ratio_{default}_vs_off"],
-                   "default_mode": default, "frames_per_round": len(stream), "events_per_round": events["off"],
+    result.update({"frames_per_s_on": result[f"frames_per_s_{default}"],
+                   "ratio_on_vs_off": result[f"ratio_{default}_vs_off"], "default_mode": default, "frames_per_round": len(stream), "events_per_round": events["off"],
                    "modes": {name: processes for name, processes in modes.items()}})
     return result
 
@@ -310,8 +310,8 @@ def report(result: dict) -> str:
     alone = ", ".join(f"{processes} process{'es' if processes > 1 else ''}: {rate:,.0f}"
                       for processes, rate in result["pool_alone_commits_per_s"].items())
     lines.append(f"  verify processes alone (commits/s, nothing else in this process): {alone}")
-    lines.append(f"  cache on the relay-sim loop ({cache['frames']} frames): {cache['hits']} hits / {cache['lookups']} "
-                 f"look-ups = {cache['hit_rate']:.0%} ({cache['fetches']} fetches); {cache['stale_rev_drops']} repeated "
+    lines.append(f"  cache on the relay-sim loop ({cache['frames']} frames): {cache['hits']} hits / "
+                 f"{cache['lookups']} look-ups = {cache['hit_rate']:.0%} ({cache['fetches']} fetches); {cache['stale_rev_drops']} repeated "
                  "commits dropped as stale revs before any look-up")
     return "\n".join(lines)
 
