@@ -184,7 +184,8 @@ async def throughput(frames: list[bytes], keys: dict, rounds: int, passes: int =
             result[f"ratio_{name}_vs_off"] = seconds["off"] / seconds[name]
     default = "pool_auto" if "pool_auto" in modes else "pool_1"  # what --verify-signatures runs by default
     result.update({"frames_per_s_on": result[f"frames_per_s_{default}"],
-                   "ratio_on_vs_off": result[f"ratio_{default}_vs_off"], "default_mode": default, "frames_per_round": len(stream), "events_per_round": events["off"],
+                   "ratio_on_vs_off": result[f"ratio_{default}_vs_off"], "default_mode": default,
+                   "frames_per_round": len(stream), "events_per_round": events["off"],
                    "modes": {name: processes for name, processes in modes.items()}})
     return result
 
@@ -311,8 +312,8 @@ def report(result: dict) -> str:
                       for processes, rate in result["pool_alone_commits_per_s"].items())
     lines.append(f"  verify processes alone (commits/s, nothing else in this process): {alone}")
     lines.append(f"  cache on the relay-sim loop ({cache['frames']} frames): {cache['hits']} hits / "
-                 f"{cache['lookups']} look-ups = {cache['hit_rate']:.0%} ({cache['fetches']} fetches); {cache['stale_rev_drops']} repeated "
-                 "commits dropped as stale revs before any look-up")
+                 f"{cache['lookups']} look-ups = {cache['hit_rate']:.0%} ({cache['fetches']} fetches); "
+                 f"{cache['stale_rev_drops']} repeated commits dropped as stale revs before any look-up")
     return "\n".join(lines)
 
 
