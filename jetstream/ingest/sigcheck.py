@@ -41,6 +41,10 @@ KIND_OTHER = 0  # needs no check: #account, #sync, undecodable frames (the decod
 KIND_COMMIT = 1
 KIND_IDENTITY = 2
 
+# Bound once: labels() per commit costs a lock and a dict walk.
+_VERIFIED = metrics.VERIFY_COMMITS.labels("verified")
+_CHECKED_IN_LOOP = metrics.VERIFY_CHECKS.labels("loop")
+
 AWAITING_VERDICT = object()  # _verdict's answer while the pool checks the commit
 
 _TID_ALPHABET = "234567abcdefghijklmnopqrstuvwxyz"
@@ -275,7 +279,7 @@ class SignatureGate:
             verdict = ("bad_signature", f"checker_error={exc!r:.100}")
         item.verdict, item.verdict_key, item.pending_key = verdict, key, None
         self.verdicts += 1
-        metrics.VERIFY_CHECKS.labels("loop").inc()
+        _CHECKED_IN_LOOP.inc()
         return verdict
 
     def _send_to_pool(self, item: HeldFrame, key: PublicKey) -> None:
@@ -325,7 +329,7 @@ class SignatureGate:
     def _pass(self, item: HeldFrame) -> None:
         self.revs.record(item.did, item.rev)
         self.verified += 1
-        metrics.VERIFY_COMMITS.labels("verified").inc()
+        _VERIFIED.inc()
         self.pipeline.submit_verified(item.frame)
 
     def _drop(self, item: HeldFrame, reason: str, detail: str) -> None:
