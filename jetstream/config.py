@@ -74,6 +74,18 @@ def parse_workers(text) -> int:
     return count
 
 
+def parse_verify_processes(text) -> int:
+    """`--verify-processes`: a count >= 0 (0 = check signatures in the ingest loop), or "auto":
+    one per core this process may run on, less the ingest loop's, at least one."""
+    if isinstance(text, int):
+        return text
+    if str(text).strip().lower() == "auto":
+        from jetstream.ingest.verifypool import default_processes
+
+        return default_processes()
+    return int(str(text).strip())
+
+
 def parse_listen_addr(text: str) -> tuple[str, int]:
     """':6008' -> ('0.0.0.0', 6008); '127.0.0.1:0' -> ('127.0.0.1', 0); '[::1]:80' -> ('::1', 80).
 
@@ -251,6 +263,7 @@ SERVE_FLAGS: tuple[Flag, ...] = (
     Flag("did-resolve-concurrency", 32, int, "--verify-signatures: DID document fetches in flight at once", v1=False, check=at_least(1)),
     Flag("did-doc-max-bytes", 65_536, int, "--verify-signatures: larger DID documents are refused (the DID is unresolved)", v1=False, check=at_least(1)),
     Flag("did-rev-cache-size", 200_000, int, "--verify-signatures: per-DID last commit revs held in memory; the rest are read from the log's did_revs column family", v1=False, check=at_least(1)),
+    Flag("verify-processes", "auto", parse_verify_processes, "--verify-signatures: processes checking signatures beside the ingest loop, in batches; 0 = check them in the ingest loop; auto = one per core less one, at least 1", v1=False, check=at_least(0)),
     Flag("did-rev-retention", "720h", parse_duration, "--verify-signatures: did_revs rows whose rev (a timestamp) is older than this are deleted by an hourly pass", v1=False, check=above(0)),
     # What users asked for beyond v1 (issue 15): store fewer collections, count what is stored.
     Flag("ingest-collections", "", _parse_ingest_collections, "store only these commit collections (comma-separated NSIDs or prefix.*); identity/account/sync are always kept, other commits are dropped as not_ingested; empty = all", v1=False, check=Check("empty (all) or comma-separated NSIDs / prefix.* entries", lambda value: True)),
@@ -305,6 +318,7 @@ _EXPECTS: dict[Callable[[str], Any], str] = {
     parse_unresolved_policy: "a policy",
     _parse_ingest_collections: "a collection list",
     parse_workers: "a count or auto",
+    parse_verify_processes: "a count or auto",
 }
 _METAVARS: dict[Callable[[str], Any], str] = {int: "N", float: "X", parse_duration: "DURATION", parse_bool: "BOOL"}
 

@@ -206,8 +206,8 @@ class Daemon:
 
         self.pipeline.attach_gate(build_signature_gate(self.cfg, self.event_log, self.pipeline))
         self._tasks.append(asyncio.ensure_future(trim_did_revs_forever(self.event_log, self.cfg.did_rev_retention)))
-        log.info("event=signature_verification_on plc_url=%s unresolved_did=%s",
-                 self.cfg.plc_url, self.cfg.unresolved_did)
+        log.info("event=signature_verification_on plc_url=%s unresolved_did=%s verify_processes=%d",
+                 self.cfg.plc_url, self.cfg.unresolved_did, self.cfg.verify_processes)
 
     def connect_relay(self) -> None:
         """Start reading the relay (tests call this after their subscribers are connected)."""

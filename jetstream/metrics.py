@@ -170,6 +170,18 @@ VERIFY_COMMITS = Counter(
 VERIFY_HELD_FRAMES = Gauge(
     "jetstream_verify_held_frames", "Frames held in relay order while an author's DID document is fetched"
 )
+VERIFY_CHECKS = Counter(
+    "jetstream_verify_checks",
+    "Commit signature checks by where they ran: pool (a verify process) or loop (the ingest loop)", ["where"],
+)
+VERIFY_PROCESSES = Gauge(
+    "jetstream_verify_processes",
+    "Verify processes running (--verify-processes); 0 = signatures are checked in the ingest loop",
+)
+VERIFY_PROCESS_RESTARTS = Counter(
+    "jetstream_verify_process_restarts",
+    "Verify processes that died and were replaced (their unanswered commits sent again)",
+)
 DIDRES_CACHE = Counter(
     "jetstream_didres_cache", "DID key cache look-ups by result (hit, negative_hit, miss)", ["result"]
 )

@@ -27,6 +27,9 @@ from jetstream.ingest.verify import KeyFormatError, PublicKey, signing_key_of
 
 log = logging.getLogger(__name__)
 
+# Bound once: labels() per look-up costs a lock and a dict walk, on every commit.
+_CACHE_HIT, _CACHE_NEGATIVE_HIT, _CACHE_MISS = (metrics.DIDRES_CACHE.labels(result)
+                                                for result in ("hit", "negative_hit", "miss"))
 _PLC_DID = re.compile(r"did:plc:[a-z2-7]{24}")
 # atproto's did:web is a bare hostname (a port, percent-encoded, only for local testing).
 _WEB_HOST = re.compile(r"[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?")
@@ -119,12 +122,12 @@ class DidResolver:
             if not count:
                 return entry
             self.hits += 1
-            metrics.DIDRES_CACHE.labels("hit" if entry.key is not None else "negative_hit").inc()
+            (_CACHE_HIT if entry.key is not None else _CACHE_NEGATIVE_HIT).inc()
             return entry
         if not count:
             return None
         self.misses += 1
-        metrics.DIDRES_CACHE.labels("miss").inc()
+        _CACHE_MISS.inc()
         return None
 
     def remember(self, did: str, key: PublicKey) -> None:

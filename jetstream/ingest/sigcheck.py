@@ -6,6 +6,13 @@ the --unresolved-did policy (pass with a metric, or drop), the stale-rev rule wi
 memory (RevTracker: an LRU over the log's `did_revs` column family, whose updates the pipeline
 writes in the same batch as the events), fetching a cached key again once before calling a
 signature bad (keys rotate), and forgetting a DID's key on its #identity event.
+Where each check runs: with --verify-processes 0 in this loop (verify.check_commit); otherwise
+commits whose key is cached go to the verify pool (ingest/verifypool.py) as soon as they arrive,
+and a commit waiting for its verdict is just another head of the queue that holds the frames
+behind it. The loop checks a commit itself when the pool is full or given up, and for the head
+when it has waited past the window (the pool is behind or stuck): a commit whose key is known
+never gets --unresolved-did. Each dispatch is answered once: a verdict counts only for the key
+it was asked under (a key that rotated meanwhile means asking again).
 It must never write to the log, assign time_us or decode ops: a passing frame goes on to
 IngestPipeline.submit_verified, a dropped commit to submit_dropped (its seq still moves the relay
 cursor, in order). With the flag off this module is not used at all.
@@ -22,7 +29,8 @@ from jetstream import metrics
 from jetstream.ingest.car import CarError, read_car
 from jetstream.ingest.didres import DidResolver
 from jetstream.ingest.frames import FrameError, split_frame
-from jetstream.ingest.verify import check_commit
+from jetstream.ingest.verify import PublicKey, check_commit
+from jetstream.ingest.verifypool import VerifyPool
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +40,12 @@ POLICY_DROP = "drop"
 KIND_OTHER = 0  # needs no check: #account, #sync, undecodable frames (the decoder counts those)
 KIND_COMMIT = 1
 KIND_IDENTITY = 2
+
+# Bound once: labels() per commit costs a lock and a dict walk.
+_VERIFIED = metrics.VERIFY_COMMITS.labels("verified")
+_CHECKED_IN_LOOP = metrics.VERIFY_CHECKS.labels("loop")
+
+AWAITING_VERDICT = object()  # _verdict's answer while the pool checks the commit
 
 _TID_ALPHABET = "234567abcdefghijklmnopqrstuvwxyz"
 _TID_VALUES = {char: index for index, char in enumerate(_TID_ALPHABET)}
@@ -105,7 +119,8 @@ class RevTracker:
 class HeldFrame:
     """A frame on its way through the stage, with what the check needs from it."""
 
-    __slots__ = ("frame", "kind", "did", "rev", "block", "since", "retried", "looked_up")
+    __slots__ = ("frame", "kind", "did", "rev", "block", "since", "retried", "looked_up", "verdict", "verdict_key",
+                 "pending_key")
 
     def __init__(self, frame: bytes, kind: int, did: str = "", rev: str = "", block: bytes = b"") -> None:
         self.frame = frame
@@ -116,6 +131,9 @@ class HeldFrame:
         self.since = 0.0  # when it arrived (monotonic): the wait window starts here
         self.retried = False  # a bad signature under a cached key: the key is being fetched again
         self.looked_up = False  # the cache hit/miss of this commit is counted once
+        self.verdict: tuple[str, str] | None = None  # check_commit's answer under verdict_key
+        self.verdict_key: PublicKey | None = None  # None: not checked yet
+        self.pending_key: PublicKey | None = None  # sent to the pool under this key, no answer yet
 
 
 def classify(frame: bytes) -> HeldFrame:
@@ -152,7 +170,7 @@ class SignatureGate:
     """Sits between the relay client and IngestPipeline; see the module docstring."""
 
     def __init__(self, pipeline, resolver: DidResolver, revs: RevTracker, *, unresolved_policy: str = POLICY_PASS,
-                 max_wait_s: float = 10.0, max_held: int = 10_000,
+                 max_wait_s: float = 10.0, max_held: int = 10_000, verify_processes: int = 0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if unresolved_policy not in (POLICY_PASS, POLICY_DROP):
             raise ValueError(f"unresolved policy must be pass or drop, not {unresolved_policy!r}")
@@ -166,8 +184,13 @@ class SignatureGate:
         self._held: deque[HeldFrame] = deque()
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
-        # Plain counters for tests and the bench.
-        self.verified = self.dropped = self.passed_unresolved = 0
+        # Plain counters for tests and the bench; `verdicts`: checks whose answer was taken.
+        self.verified = self.dropped = self.passed_unresolved = self.verdicts = 0
+        # --verify-processes N > 0: checks run in N other processes (started here, on the running loop).
+        self.pool: VerifyPool | None = None
+        if verify_processes > 0:
+            self.pool = VerifyPool(verify_processes, self._on_verdicts)
+            self.pool.start()
 
     # -- intake -----------------------------------------------------------------------------------
     def admit(self, frame: bytes) -> None:
@@ -179,7 +202,7 @@ class SignatureGate:
         if self._held:
             self._hold(item)
             if item.kind == KIND_COMMIT:
-                self._prefetch(item.did)
+                self._verify_ahead(item)
             if len(self._held) > self.max_held:
                 self._advance()
             return
@@ -211,15 +234,15 @@ class SignatureGate:
         entry = self.resolver.cached(did, count=not item.looked_up)
         item.looked_up = True
         if entry is None:
+            item.pending_key = None  # a verdict under the key forgotten meanwhile is not waited for
             self._start_resolving(did)
             return False
         if entry.key is None:
             self._unresolved(item, entry.failure)
             return True
-        try:
-            verdict = check_commit(item.block, did, rev, entry.key)
-        except Exception as exc:  # noqa: BLE001 - a checker bug on odd input must not stop ingest
-            verdict = ("bad_signature", f"checker_error={exc!r:.100}")
+        verdict = self._verdict(item, entry.key)
+        if verdict is AWAITING_VERDICT:
+            return False
         if verdict is None:
             self._pass(item)
             return True
@@ -236,10 +259,77 @@ class SignatureGate:
         self._drop(item, reason, f"{detail} rev={rev[:20]}")
         return True
 
+    # -- the check itself: here or in the pool ------------------------------------------------------
+    def _verdict(self, item: HeldFrame, key: PublicKey):
+        """`item`'s verdict under `key`: known already, checked now, or AWAITING_VERDICT (sent to the pool)."""
+        if item.verdict_key == key:
+            return item.verdict
+        if item.pending_key == key:
+            return AWAITING_VERDICT
+        pool = self.pool
+        if pool is not None and pool.usable and not pool.saturated:
+            self._send_to_pool(item, key)
+            return AWAITING_VERDICT
+        return self._verify_here(item, key)
+
+    def _verify_here(self, item: HeldFrame, key: PublicKey):
+        try:
+            verdict = check_commit(item.block, item.did, item.rev, key)
+        except Exception as exc:  # noqa: BLE001 - a checker bug on odd input must not stop ingest
+            verdict = ("bad_signature", f"checker_error={exc!r:.100}")
+        item.verdict, item.verdict_key, item.pending_key = verdict, key, None
+        self.verdicts += 1
+        _CHECKED_IN_LOOP.inc()
+        return verdict
+
+    def _send_to_pool(self, item: HeldFrame, key: PublicKey) -> None:
+        item.pending_key = key
+        self.pool.submit((item, key), item.block, item.did, item.rev, key.curve, key.point)
+
+    def _verify_ahead(self, item: HeldFrame) -> None:
+        """A held commit: resolve its DID meanwhile, or, its key cached, send it to the pool now,
+        so the queue drains at once when it reaches the head."""
+        entry = self.resolver.peek(item.did)
+        if entry is None:
+            if not self.resolver.resolving(item.did):
+                self._start_resolving(item.did)
+            return
+        pool = self.pool
+        if entry.key is None or pool is None or not pool.usable or pool.saturated:
+            return
+        if not self.revs.is_stale(item.did, item.rev):  # a stale commit is dropped unchecked
+            self._send_to_pool(item, entry.key)
+
+    def _send_ahead(self) -> None:
+        """After the pool answered (or a DID resolved): held commits not sent yet go now, up to the pool's capacity.
+
+        Looks at most a few pool capacities deep: the front of the queue is commits already sent
+        or answered (the head waits on its own verdict), the ones not sent yet come right after.
+        """
+        pool = self.pool
+        if pool is None or not pool.usable or pool.saturated:
+            return
+        depth = 3 * pool.capacity
+        for item in self._held:
+            depth -= 1
+            if depth < 0 or pool.saturated:
+                return
+            if item.kind == KIND_COMMIT and item.pending_key is None and item.verdict_key is None:
+                self._verify_ahead(item)
+
+    def _on_verdicts(self, tags: list, verdicts: list) -> None:
+        """The pool's answer to one batch: verdicts taken only for the dispatch still awaited."""
+        for (item, key), verdict in zip(tags, verdicts):
+            if item.pending_key is key:
+                item.verdict, item.verdict_key, item.pending_key = verdict, key, None
+                self.verdicts += 1
+        if not self._closed:
+            self._advance()
+
     def _pass(self, item: HeldFrame) -> None:
         self.revs.record(item.did, item.rev)
         self.verified += 1
-        metrics.VERIFY_COMMITS.labels("verified").inc()
+        _VERIFIED.inc()
         self.pipeline.submit_verified(item.frame)
 
     def _drop(self, item: HeldFrame, reason: str, detail: str) -> None:
@@ -270,11 +360,6 @@ class SignatureGate:
         future = self.resolver.resolve(did, refresh=refresh)
         future.add_done_callback(self._on_resolved)
 
-    def _prefetch(self, did: str) -> None:
-        """Resolve a held commit's DID while the head waits, so the queue drains at once after."""
-        if not self.resolver.resolving(did) and self.resolver.peek(did) is None:
-            self._start_resolving(did)
-
     def _on_resolved(self, future: asyncio.Future) -> None:
         if not future.cancelled():
             future.exception()  # retrieved: _resolve only raises when cancelled
@@ -288,6 +373,13 @@ class SignatureGate:
         while held:
             head = held[0]
             if not self._settle(head):
+                if head.pending_key is not None:  # its key is known, its verdict not back yet
+                    if len(held) <= self.max_held and now - head.since < self.max_wait_s:
+                        break
+                    # The pool is behind or stuck: the loop checks the head itself (a commit whose
+                    # key is known never gets --unresolved-did), then settles it on the next pass.
+                    self._verify_here(head, head.pending_key)
+                    continue
                 if len(held) > self.max_held:
                     self._give_up(head, "held_limit")
                 elif now - head.since >= self.max_wait_s:
@@ -296,6 +388,7 @@ class SignatureGate:
                     break
             held.popleft()
         metrics.VERIFY_HELD_FRAMES.set(len(held))
+        self._send_ahead()
         self._arm_timer()
 
     def _arm_timer(self) -> None:
@@ -329,6 +422,8 @@ class SignatureGate:
     async def close(self) -> None:
         self._closed = True
         self.discard_held()
+        if self.pool is not None:
+            await self.pool.close()
         await self.resolver.close()
 
 
@@ -341,7 +436,8 @@ def build_signature_gate(cfg, event_log, pipeline) -> SignatureGate:
     )
     revs = RevTracker(event_log.last_rev, cfg.did_rev_cache_size)
     return SignatureGate(pipeline, resolver, revs, unresolved_policy=cfg.unresolved_did,
-                         max_wait_s=cfg.unresolved_did_wait, max_held=cfg.verify_max_held)
+                         max_wait_s=cfg.unresolved_did_wait, max_held=cfg.verify_max_held,
+                         verify_processes=cfg.verify_processes)
 
 
 async def trim_did_revs_forever(event_log, retention_s: float, interval_s: float = 3600.0) -> None:

@@ -151,7 +151,10 @@ def rev_at(time_us: int, clock_id: int = 0) -> str:
 
 
 class GatedPipeline:
-    """A real pipeline (RocksDB log in `path`, ring, sequencer, zstd) behind a SignatureGate."""
+    """A real pipeline (RocksDB log in `path`, ring, sequencer, zstd) behind a SignatureGate.
+
+    `verify_processes` (gate option): 0 checks signatures in the loop, N > 0 in N real verify processes.
+    """
 
     def __init__(self, path: Path, plc_url: str, *, did_web_scheme: str = "http", timeout_s: float = 2.0,
                  negative_ttl_s: float = 60.0, **gate_options) -> None:

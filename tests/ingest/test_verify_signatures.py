@@ -47,6 +47,12 @@ TIME_US = re.compile(rb'"time_us":\d+')
 SOME_TIME_US = 1_783_000_000_000_000
 
 
+@pytest.fixture(params=[0, 1], ids=["in_loop", "pool"])
+def verify_processes(request) -> int:
+    """--verify-processes of the pipeline tests: checks in the ingest loop, or in one verify process."""
+    return request.param
+
+
 def without_time_us(line: bytes) -> bytes:
     return TIME_US.sub(b'"time_us":0', line, count=1)
 
@@ -228,14 +234,17 @@ def test_flags_and_environment():
 # ---------------------------------------------------------------------------
 
 async def test_corpus_verifies_end_to_end_byte_identical_each_did_fetched_once(tmp_path, corpus_dir, corpus_frames,
-                                                                                 expected_v1_lines):
+                                                                                 expected_v1_lines, verify_processes):
     docs = load_corpus_did_docs(corpus_dir)
     directory = await FakeDidDirectory(docs).start()
-    gated = GatedPipeline(tmp_path / "log", directory.url)
+    gated = GatedPipeline(tmp_path / "log", directory.url, verify_processes=verify_processes)
     try:
         await gated.run(corpus_frames)
         assert [without_time_us(line) for line in gated.event_lines()] == [without_time_us(line) for line in expected_v1_lines]
         assert gated.gate.verified == 148 and gated.gate.dropped == 0 and gated.gate.passed_unresolved == 0
+        assert gated.gate.verdicts == 148, "each commit checked once"
+        if verify_processes:
+            assert gated.gate.pool.usable and gated.gate.pool.batches_sent >= 1 and gated.gate.pool.outstanding == 0
         assert set(directory.requests) == set(docs) and set(directory.requests.values()) == {1}
         assert gated.event_log.relay_cursor() == split_frame(corpus_frames[-1])[1]["seq"]
     finally:
@@ -244,14 +253,14 @@ async def test_corpus_verifies_end_to_end_byte_identical_each_did_fetched_once(t
 
 
 async def test_wrong_key_in_one_document_drops_exactly_that_authors_commits(tmp_path, corpus_dir, corpus_frames,
-                                                                           expected_v1_lines):
+                                                                           expected_v1_lines, verify_processes):
     docs = load_corpus_did_docs(corpus_dir)
     commits = corpus_commits(corpus_frames)
     victim, other = commits[3][1], commits[4][1]
     # The victim's document, naming another account's key as the victim's #atproto key.
     docs[victim] = did_document(victim, docs[other]["verificationMethod"][0]["publicKeyMultibase"])
     directory = await FakeDidDirectory(docs).start()
-    gated = GatedPipeline(tmp_path / "log", directory.url)
+    gated = GatedPipeline(tmp_path / "log", directory.url, verify_processes=verify_processes)
     before = drops("bad_signature")
     try:
         await gated.run(corpus_frames)
@@ -266,7 +275,7 @@ async def test_wrong_key_in_one_document_drops_exactly_that_authors_commits(tmp_
         await directory.close()
 
 
-async def test_commit_block_altered_after_signing_is_dropped(tmp_path, corpus_dir, corpus_frames):
+async def test_commit_block_altered_after_signing_is_dropped(tmp_path, corpus_dir, corpus_frames, verify_processes):
     docs = load_corpus_did_docs(corpus_dir)
     frame, repo, rev, block = corpus_commits(corpus_frames)[0]
     data_at = block.index(b"ddata") + len(b"ddata") + 12  # inside the MST root link's digest
@@ -279,7 +288,7 @@ async def test_commit_block_altered_after_signing_is_dropped(tmp_path, corpus_di
     frames = [frame.replace(block, altered_block), patch_seq(frame.replace(block, forged_sig), seq + 1)]
     assert all(altered != frame for altered in frames)
     directory = await FakeDidDirectory(docs).start()
-    gated = GatedPipeline(tmp_path / "log", directory.url)
+    gated = GatedPipeline(tmp_path / "log", directory.url, verify_processes=verify_processes)
     before = drops("bad_signature")
     try:
         await gated.run(frames)
@@ -290,12 +299,12 @@ async def test_commit_block_altered_after_signing_is_dropped(tmp_path, corpus_di
         await directory.close()
 
 
-async def test_did_web_author_with_a_p256_key(tmp_path):
+async def test_did_web_author_with_a_p256_key(tmp_path, verify_processes):
     directory = await FakeDidDirectory().start()
     signer = Signer(CURVE_P256)
     did = directory.web_did
     directory.docs[did] = signer.document(did)
-    gated = GatedPipeline(tmp_path / "log", directory.url)  # did:web over http: a test-only resolver option
+    gated = GatedPipeline(tmp_path / "log", directory.url, verify_processes=verify_processes)  # did:web over http: a test-only resolver option
     try:
         await gated.run([signed_commit_frame(signer, did, rev_at(SOME_TIME_US), 1, text="from did:web")])
         lines = gated.event_lines()
@@ -307,11 +316,12 @@ async def test_did_web_author_with_a_p256_key(tmp_path):
 
 
 @pytest.mark.parametrize("policy", ["pass", "drop"])
-async def test_directory_down_applies_the_policy_and_nothing_crashes(tmp_path, corpus_frames, expected_v1_lines, policy):
+async def test_directory_down_applies_the_policy_and_nothing_crashes(tmp_path, corpus_frames, expected_v1_lines, policy,
+                                                                     verify_processes):
     directory = await FakeDidDirectory().start()
     url = directory.url
     await directory.close()  # nothing listens there any more: every fetch is refused
-    gated = GatedPipeline(tmp_path / "log", url, unresolved_policy=policy)
+    gated = GatedPipeline(tmp_path / "log", url, unresolved_policy=policy, verify_processes=verify_processes)
     before = drops("unresolved_did")
     try:
         await gated.run(corpus_frames)
@@ -332,12 +342,12 @@ async def test_directory_down_applies_the_policy_and_nothing_crashes(tmp_path, c
         await gated.close()
 
 
-async def test_slow_directory_keeps_relay_order_and_the_window_applies(tmp_path):
+async def test_slow_directory_keeps_relay_order_and_the_window_applies(tmp_path, verify_processes):
     directory = await FakeDidDirectory().start()
     slow, quick = Signer(), Signer()
     slow_did, quick_did = "did:plc:" + "s" * 24, "did:plc:" + "q" * 24
     directory.docs = {slow_did: slow.document(slow_did), quick_did: quick.document(quick_did)}
-    gated = GatedPipeline(tmp_path / "log", directory.url, max_wait_s=30.0)
+    gated = GatedPipeline(tmp_path / "log", directory.url, max_wait_s=30.0, verify_processes=verify_processes)
     try:
         await gated.run([signed_commit_frame(quick, quick_did, rev_at(SOME_TIME_US), 1, text="warm")])
         directory.delay_s = 0.5
@@ -350,7 +360,7 @@ async def test_slow_directory_keeps_relay_order_and_the_window_applies(tmp_path)
         await gated.close()
     # Now a window shorter than the fetch: the head gets the policy (drop) and the rest flows.
     directory.delay_s = 3.0
-    gated = GatedPipeline(tmp_path / "log2", directory.url, max_wait_s=0.3, unresolved_policy="drop")
+    gated = GatedPipeline(tmp_path / "log2", directory.url, max_wait_s=0.3, unresolved_policy="drop", verify_processes=verify_processes)
     try:
         started = asyncio.get_running_loop().time()
         await gated.run([signed_commit_frame(slow, slow_did, rev_at(SOME_TIME_US + 3), 4, text="late"),
@@ -364,12 +374,12 @@ async def test_slow_directory_keeps_relay_order_and_the_window_applies(tmp_path)
         await directory.close()
 
 
-async def test_key_rotation_is_re_resolved(tmp_path):
+async def test_key_rotation_is_re_resolved(tmp_path, verify_processes):
     directory = await FakeDidDirectory().start()
     old, new, newer = Signer(), Signer(CURVE_P256), Signer()
     did = "did:plc:" + "r" * 24
     directory.docs[did] = old.document(did)
-    gated = GatedPipeline(tmp_path / "log", directory.url)
+    gated = GatedPipeline(tmp_path / "log", directory.url, verify_processes=verify_processes)
     try:
         await gated.run([signed_commit_frame(old, did, rev_at(SOME_TIME_US), 1, text="old")])
         # Rotation announced by #identity: the cached key is forgotten and fetched again.
@@ -391,7 +401,8 @@ async def test_key_rotation_is_re_resolved(tmp_path):
         await directory.close()
 
 
-async def test_stale_revs_are_dropped_and_remembered_across_restarts(tmp_path, corpus_dir, corpus_frames):
+async def test_stale_revs_are_dropped_and_remembered_across_restarts(tmp_path, corpus_dir, corpus_frames,
+                                                                      verify_processes):
     from jetstream.relaysim.seqpatch import patch_seq
 
     docs = load_corpus_did_docs(corpus_dir)
@@ -399,14 +410,14 @@ async def test_stale_revs_are_dropped_and_remembered_across_restarts(tmp_path, c
     last_seq = split_frame(corpus_frames[-1])[1]["seq"]
     again = [patch_seq(frame, last_seq + index + 1) for index, frame in enumerate(corpus_frames)]
     before = drops("stale_rev")
-    gated = GatedPipeline(tmp_path / "log", directory.url)
+    gated = GatedPipeline(tmp_path / "log", directory.url, verify_processes=verify_processes)
     try:
         await gated.run(corpus_frames)
         await gated.run(again[:50])  # relay-sim's loop: the same commits under new seqs
         assert drops("stale_rev") - before == sum(1 for f in again[:50] if split_frame(f)[0]["t"] == "#commit")
     finally:
         await gated.close()
-    gated = GatedPipeline(tmp_path / "log", directory.url)  # a restart: revs come from the did_revs column family
+    gated = GatedPipeline(tmp_path / "log", directory.url, verify_processes=verify_processes)  # a restart: revs come from the did_revs column family
     try:
         assert gated.event_log.last_rev(corpus_commits(corpus_frames)[0][1]) == corpus_commits(corpus_frames)[0][2]
         count_before = len(gated.event_lines())
@@ -420,12 +431,12 @@ async def test_stale_revs_are_dropped_and_remembered_across_restarts(tmp_path, c
         await directory.close()
 
 
-async def test_a_failed_write_forgets_unwritten_revs(tmp_path):
+async def test_a_failed_write_forgets_unwritten_revs(tmp_path, verify_processes):
     directory = await FakeDidDirectory().start()
     signer = Signer()
     did = "did:plc:" + "w" * 24
     directory.docs[did] = signer.document(did)
-    gated = GatedPipeline(tmp_path / "log", directory.url)
+    gated = GatedPipeline(tmp_path / "log", directory.url, verify_processes=verify_processes)
     try:
         frame = signed_commit_frame(signer, did, rev_at(SOME_TIME_US), 1)
         original_append = gated.event_log.append
@@ -444,14 +455,14 @@ async def test_a_failed_write_forgets_unwritten_revs(tmp_path):
         await directory.close()
 
 
-async def test_held_frame_limit_applies_the_policy_to_the_oldest_at_once(tmp_path):
+async def test_held_frame_limit_applies_the_policy_to_the_oldest_at_once(tmp_path, verify_processes):
     directory = await FakeDidDirectory().start()
     signers = [Signer() for _ in range(5)]
     dids = [f"did:plc:{letter * 24}" for letter in "abcde"]
     directory.docs = {did: signer.document(did) for did, signer in zip(dids, signers)}
     directory.delay_s = 0.5
     gated = GatedPipeline(tmp_path / "log", directory.url, max_wait_s=60.0, max_held=2, unresolved_policy="drop",
-                          timeout_s=10.0)
+                          timeout_s=10.0, verify_processes=verify_processes)
     try:
         frames = [signed_commit_frame(signer, did, rev_at(SOME_TIME_US), seq)
                   for seq, (did, signer) in enumerate(zip(dids, signers), 1)]

@@ -28,11 +28,12 @@ def first_seq(frames: list[bytes]) -> int:
     return libipld.decode_dag_cbor_multi(frames[0])[1]["seq"]
 
 
-def config(tmp_path, relay_url: str, plc_url: str, override_cursor: int):
+def config(tmp_path, relay_url: str, plc_url: str, override_cursor: int, verify_processes: int):
     return parse_serve_args(
         ["--ws-url", relay_url, "--listen-addr", "127.0.0.1:0", "--metrics-listen-addr", "",
          "--data-dir", str(tmp_path / "data"), "--override-relay-cursor", str(override_cursor),
-         "--max-sub-rate", "100000", "--verify-signatures", "--plc-url", plc_url],
+         "--max-sub-rate", "100000", "--verify-signatures", "--plc-url", plc_url,
+         "--verify-processes", str(verify_processes)],
         environ={},
     )
 
@@ -51,12 +52,13 @@ async def wait_for_cursor(daemon: Daemon, seq: int, timeout: float = 30.0) -> No
         await asyncio.sleep(0.05)
 
 
+@pytest.mark.parametrize("verify_processes", [0, 1], ids=["in_loop", "pool"])
 async def test_daemon_serves_the_verified_corpus_byte_identical_and_remembers_revs(tmp_path, corpus_dir, corpus_frames,
-                                                                                  expected_v1_lines):
+                                                                                  expected_v1_lines, verify_processes):
     directory = await FakeDidDirectory(load_corpus_did_docs(corpus_dir)).start()
     last_seq = first_seq(corpus_frames) + len(corpus_frames) - 1
     relay = await corpus_relay(corpus_dir)
-    daemon = Daemon(config(tmp_path, relay.url, directory.url, first_seq(corpus_frames) - 1))
+    daemon = Daemon(config(tmp_path, relay.url, directory.url, first_seq(corpus_frames) - 1, verify_processes))
     verified_before = metrics.VERIFY_COMMITS.labels("verified")._value.get()
     try:
         await daemon.start(connect_relay=False)
@@ -66,6 +68,8 @@ async def test_daemon_serves_the_verified_corpus_byte_identical_and_remembers_re
         received = await client.wait_for_count(len(expected_v1_lines), timeout=40)
         assert [without_time_us(m) for m in received] == [without_time_us(l) for l in expected_v1_lines]
         assert metrics.VERIFY_COMMITS.labels("verified")._value.get() - verified_before == 148
+        pool = daemon.pipeline.gate.pool
+        assert (pool is None) if verify_processes == 0 else (pool.usable and len(pool.pids()) == verify_processes)
         assert max(directory.requests.values()) == 1 and len(directory.requests) == 148
         await wait_for_cursor(daemon, last_seq)
     finally:
@@ -76,7 +80,7 @@ async def test_daemon_serves_the_verified_corpus_byte_identical_and_remembers_re
     # replaying): every commit is now a stale rev, remembered through the log's did_revs rows.
     stale_before = metrics.INGEST_DROPS.labels("stale_rev")._value.get()
     relay = await corpus_relay(corpus_dir)
-    daemon = Daemon(config(tmp_path, relay.url, directory.url, first_seq(corpus_frames) - 1))
+    daemon = Daemon(config(tmp_path, relay.url, directory.url, first_seq(corpus_frames) - 1, verify_processes))
     try:
         await daemon.start()
         loop = asyncio.get_running_loop()

@@ -41,6 +41,8 @@ INVALID = [
     ("override-relay-cursor", "-2", "must be >= -1"),
     ("max-client-message-bytes", "0", "must be >= 1"),
     ("verify-mst", "maybe", "true or false"),
+    ("verify-processes", "-1", "must be >= 0"),
+    ("verify-processes", "many", "not a count or auto"),
 ]
 
 
