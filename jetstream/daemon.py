@@ -129,21 +129,8 @@ class Daemon:
         applier writes the log (jetstream/cluster/). Ready at once: the local log is served
         while the node joins.
         """
-        from jetstream.cluster.node import ClusterNode
-
-        if getattr(self.cfg, "verify_signatures", False):
-            # The per-DID revs it keeps live in one node's log; nothing replicates them yet.
-            raise ValueError("--verify-signatures is not supported with --cluster yet")
-        cfg = self.cfg
-        # What the single-node pipeline is given, for the pipeline of each leadership term. The
-        # collection counts are of what this node ingested while it led (followers count none).
-        pipeline_options = {
-            "ingest_collections": IngestCollections(cfg.ingest_collections) if cfg.ingest_collections else None,
-            "collection_stats": CollectionStats(cfg.event_ttl, cfg.stats_max_collections),
-        }
-        self.server.collection_stats = pipeline_options["collection_stats"]
-        self.cluster = ClusterNode(cfg, self.event_log, ring, compressor, self.server.notify_new_events,
-                                   pipeline_options)
+        self.cluster = self._cluster_node(ring, compressor, self.server.notify_new_events)
+        self.server.collection_stats = self._collection_stats()
         self.server.cursor_gate = self.cluster
         # Clients see the cluster's id, not this node's log's, so moving between nodes is no switch.
         self.cluster.on_joined = lambda cluster_id: setattr(self.server, "instance_id", cluster_id)
@@ -159,6 +146,33 @@ class Daemon:
         log.info("event=daemon_started mode=cluster node=%s listen=%s:%d data_dir=%s cluster=%s applied_seq=%d hwm=%d",
                  self.cluster.node_name, host, self.server.port, self.cfg.data_dir, self.cfg.cluster,
                  self.event_log.stream_seq(), self.event_log.hwm())
+
+    def _cluster_node(self, ring, compressor: EventCompressor, on_applied):
+        """--cluster: the node that applies the stream into the log and `ring` (then `on_applied`)
+        and ingests while it holds the lease. Also used by the --workers main process."""
+        from jetstream.cluster.node import ClusterNode
+
+        if getattr(self.cfg, "verify_signatures", False):
+            # The per-DID revs it keeps live in one node's log; nothing replicates them yet.
+            raise ValueError("--verify-signatures is not supported with --cluster yet")
+        cfg = self.cfg
+        # What the single-node pipeline is given, for the pipeline of each leadership term. The
+        # collection counts are of what this node ingested while it led (followers count none).
+        self._cluster_collection_stats = CollectionStats(cfg.event_ttl, cfg.stats_max_collections)
+        pipeline_options = {
+            "ingest_collections": IngestCollections(cfg.ingest_collections) if cfg.ingest_collections else None,
+            "collection_stats": self._cluster_collection_stats,
+        }
+        return ClusterNode(cfg, self.event_log, ring, compressor, on_applied, pipeline_options)
+
+    def _collection_stats(self):
+        """/stats/collections' counts: of what ingest stored, or (--cluster) what this node ingested leading."""
+        return self.pipeline.collection_stats if self.cluster is None else self._cluster_collection_stats
+
+    async def _cluster_cursor_wait(self, cursor: int) -> tuple[bool, int]:
+        """A --workers worker's cursor gate: (caught up with the stream?, the log's newest time_us then)."""
+        caught_up = await self.cluster.caught_up_with_stream(cursor)
+        return caught_up, self.event_log.hwm()
 
     def _start_ingest(self, ring, hwm: int, compressor: EventCompressor, on_durable) -> None:
         """The pipeline (relay -> decode -> sequence -> log -> `ring`) and the relay client.

@@ -309,6 +309,20 @@ class ClusterNode:
         asyncio.ensure_future(self._release_when_applied(subscriber, cursor))
 
     async def _release_when_applied(self, subscriber, cursor: int) -> None:
+        if await self.caught_up_with_stream(cursor):
+            subscriber.cursor_reached()
+            return
+        from picows import WSCloseCode
+
+        subscriber.close(WSCloseCode(CURSOR_TOO_FAR_CODE),
+                         cursor_wait_reason(cursor, self.event_log.hwm(), self.cursor_wait_s))
+
+    async def caught_up_with_stream(self, cursor: int) -> bool:
+        """Wait (at most --cluster-cursor-wait) until this node has applied what the stream holds now.
+
+        The cursor gate's wait, for this process's readers and for --workers' workers (which
+        ask over their channel). Counted and logged here, once per wait.
+        """
         started = time.monotonic()
         reached = False
         try:
@@ -324,14 +338,12 @@ class ClusterNode:
             reached = await self.applier.wait_applied(last, remaining)
         if reached:
             cluster_metrics.CURSOR_WAITS.labels("caught_up").inc()
-            subscriber.cursor_reached()
-            return
+            log.info("event=cluster_cursor_wait_caught_up cursor=%d applied_time_us=%d waited_s=%.3f",
+                     cursor, self.event_log.hwm(), time.monotonic() - started)
+            return True
         cluster_metrics.CURSOR_WAITS.labels("timed_out").inc()
         log.info("event=cluster_cursor_wait_timeout cursor=%d applied_time_us=%d", cursor, self.event_log.hwm())
-        from picows import WSCloseCode
-
-        subscriber.close(WSCloseCode(CURSOR_TOO_FAR_CODE),
-                         cursor_wait_reason(cursor, self.event_log.hwm(), self.cursor_wait_s))
+        return False
 
     # -- reporting --------------------------------------------------------------------------------
     def _update_gauges(self) -> None:

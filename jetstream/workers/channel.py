@@ -6,8 +6,11 @@ Owns: the framing (`[u32 length][u8 kind][body]`) and the message kinds:
                             events, byte for byte as the log holds them)
                    WAKE    (u64: catch up with the log to at least this time_us)
                    STATUS  (JSON: relay state and every worker, for the worker's /healthz)
+                   CURSOR_ANSWER (JSON {"id","caught_up","hwm"}: --cluster, the answer to a CURSOR_WAIT)
   worker -> main   LISTENING (the worker serves; READY=1 waits for every worker's)
                    METRICS   (JSON: the worker's server counters, summed by the main /metrics)
+                   CURSOR_WAIT (JSON {"id","cursor"}: --cluster, a client's cursor is ahead of the
+                            node's log; has the node caught up with the stream?)
 ROWS spare every worker a RocksDB catch-up and two log reads per batch on the live path. They
 are sent only after the batch is in the log, and they are an optimisation, not the record: a
 worker whose socket is backed up gets none queued, and a worker that sees a ROWS whose "newest
@@ -29,6 +32,8 @@ WAKE = ord("W")
 STATUS = ord("S")
 LISTENING = ord("L")
 METRICS = ord("M")
+CURSOR_WAIT = ord("G")
+CURSOR_ANSWER = ord("A")
 
 _HEADER = struct.Struct(">IB")
 FORCE_CATCH_UP = (1 << 64) - 1  # a WAKE no ring holds: the worker catches up whatever its ring has

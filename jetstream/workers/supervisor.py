@@ -136,11 +136,13 @@ def spawn_worker(index: int, listen_sock: socket.socket) -> tuple[subprocess.Pop
 class Supervisor:
     """Starts, wakes, restarts and stops the workers."""
 
-    def __init__(self, cfg: Config, sockets: list[socket.socket], status) -> None:
+    def __init__(self, cfg: Config, sockets: list[socket.socket], status, cursor_wait=None) -> None:
         self.cfg = cfg
         self.handles = [WorkerHandle(index, sock) for index, sock in enumerate(sockets)]
         self.retired: dict = {}  # counters of worker processes that have exited, summed
         self._status = status  # () -> the STATUS report workers show in /healthz
+        # --cluster: async (cursor) -> (caught up with the stream?, the log's newest time_us then)
+        self._cursor_wait = cursor_wait
         self._stopping = False
         self._tasks: list[asyncio.Task] = []
 
@@ -230,6 +232,20 @@ class Supervisor:
                 handle.listening = True
                 handle.listening_event.set()
                 self.broadcast_status()
+            elif kind == messages.CURSOR_WAIT:
+                self._tasks.append(asyncio.ensure_future(self._answer_cursor_wait(channel, json.loads(body))))
+
+    async def _answer_cursor_wait(self, channel: Channel, question: dict) -> None:
+        """A worker holds a client whose cursor is ahead of this node's log: has the node caught up?
+
+        Sent after every ROWS of what the node applied meanwhile (one ordered channel), with the
+        log's newest time_us, so the worker can check its ring holds it before starting the client.
+        """
+        caught_up, hwm = False, 0
+        if self._cursor_wait is not None:
+            caught_up, hwm = await self._cursor_wait(int(question["cursor"]))
+        channel.send(messages.encode_json(messages.CURSOR_ANSWER,
+                                          {"id": question["id"], "caught_up": caught_up, "hwm": hwm}))
 
     async def _wait_exit(self, process: subprocess.Popen) -> int:
         """The exit status; a worker that closed its channel but lingers is killed after a while."""
@@ -270,19 +286,24 @@ class WorkersDaemon(Daemon):
 
     async def start(self, *, connect_relay: bool = True) -> None:
         cfg = self.cfg
-        if getattr(cfg, "cluster", ""):
-            raise WorkersError("--workers > 1 is not supported with --cluster yet")
         self.event_log = EventLog(cfg.data_dir, fsync=cfg.fsync)
         hwm = self.event_log.hwm()
         self.tail = PublishedTail(hwm)
         # The same ingest as one process (relay cursor rules included); each durable batch wakes the workers.
-        self._start_ingest(self.tail, hwm, EventCompressor(active_dictionary(cfg.zstd_dictionary_path)), self._publish)
+        compressor = EventCompressor(active_dictionary(cfg.zstd_dictionary_path))
+        if cfg.cluster:
+            # The node's applier writes the log and hands each applied batch to the workers, as
+            # ingest does here without --cluster; the node ingests only while it leads.
+            self.cluster = self._cluster_node(self.tail, compressor, self._publish)
+        else:
+            self._start_ingest(self.tail, hwm, compressor, self._publish)
         host, port = parse_listen_addr(cfg.listen_addr)
         # Behind a proxy every client shares the proxy's address: steering by it would put them
         # all on one worker, so the kernel spreads them and the per-IP limits hold per worker.
         self.sockets = bind_worker_sockets(host, port, cfg.workers, steer_by_ip=not cfg.trust_proxy_headers)
         self._port = self.sockets[0].getsockname()[1]
-        self.supervisor = Supervisor(cfg, self.sockets, self.status_report)
+        self.supervisor = Supervisor(cfg, self.sockets, self.status_report,
+                                     cursor_wait=self._cluster_cursor_wait if self.cluster is not None else None)
         self.supervisor.start()
         try:
             await self.supervisor.wait_listening(STARTUP_TIMEOUT_S)
@@ -307,8 +328,10 @@ class WorkersDaemon(Daemon):
         self._announce_ready()
         if connect_relay:
             self.connect_relay()
-        log.info("event=daemon_started listen=%s:%d workers=%d data_dir=%s relay=%s relay_cursor=%s hwm=%d",
-                 host, self.port, cfg.workers, cfg.data_dir, cfg.ws_url, self.pipeline.last_accepted_seq, hwm)
+        log.info("event=daemon_started listen=%s:%d workers=%d data_dir=%s relay=%s relay_cursor=%s hwm=%d cluster=%s",
+                 host, self.port, cfg.workers, cfg.data_dir, cfg.ws_url,
+                 self.pipeline.last_accepted_seq if self.pipeline is not None else self.event_log.relay_cursor(), hwm,
+                 cfg.cluster or "-")
 
     @property
     def port(self) -> int:
@@ -324,7 +347,7 @@ class WorkersDaemon(Daemon):
         """What every worker shows: /healthz's daemon fields, the workers, /stats/collections."""
         _, report = self.health()
         report["workers"] = [handle.describe() for handle in self.supervisor.handles]
-        report["collection_stats"] = self.pipeline.collection_stats.report()
+        report["collection_stats"] = self._collection_stats().report()
         return report
 
     async def _status_forever(self) -> None:
@@ -361,6 +384,8 @@ class WorkersDaemon(Daemon):
             log.info("event=workers_stopped")
         if self.relay is not None:
             self.relay.stop()
+        if self.cluster is not None:
+            await self.cluster.stop()  # stops ingest (unpublished batches are re-read by the next leader)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

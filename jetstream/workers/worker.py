@@ -71,6 +71,40 @@ class MainProcessStats:
         return self._worker.status.get("collection_stats") or {}
 
 
+class WorkerCursorGate:
+    """--cluster: the server's cursor gate in a worker. A client whose cursor is ahead of the
+    node's log waits while the main process's node catches up with the stream (its gate's own
+    wait, asked over the channel); the answer comes after the rows of what it applied meanwhile,
+    and the worker makes sure its ring holds the newest of them before the client starts."""
+
+    def __init__(self, worker: "Worker") -> None:
+        self._worker = worker
+        self._held: dict[int, tuple] = {}  # question id -> (subscriber, cursor)
+        self._next_id = 0
+
+    def hold(self, subscriber, cursor: int) -> None:
+        self._next_id += 1
+        self._held[self._next_id] = (subscriber, cursor)
+        self._worker.channel.send(messages.encode_json(messages.CURSOR_WAIT, {"id": self._next_id, "cursor": cursor}))
+
+    def answer(self, body: bytes) -> None:
+        answer = json.loads(body)
+        subscriber, cursor = self._held.pop(answer["id"], (None, 0))
+        if subscriber is None:
+            return
+        if not answer["caught_up"]:
+            from picows import WSCloseCode
+
+            from jetstream.cluster.node import CURSOR_TOO_FAR_CODE, cursor_wait_reason
+
+            subscriber.close(WSCloseCode(CURSOR_TOO_FAR_CODE),
+                             cursor_wait_reason(cursor, answer["hwm"], self._worker.cfg.cluster_cursor_wait))
+            return
+        if self._worker.server.ring.newest_time_us < answer["hwm"]:
+            self._worker._wake(None)  # rows were not sent while the channel was backed up: the log has them
+        subscriber.cursor_reached()
+
+
 class Worker:
     def __init__(self, index: int, cfg: Config, channel: Channel, listen_sock: socket.socket) -> None:
         self.index = index
@@ -85,6 +119,7 @@ class Worker:
         self._stop = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task] = []
+        self.cursor_gate: WorkerCursorGate | None = None
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -95,6 +130,8 @@ class Worker:
         settings = ServerSettings.from_config(cfg, zstd_dictionary=active_dictionary(cfg.zstd_dictionary_path))
         self.event_log.ring = ring  # log reads reach the ring's floor (the ring is fed ahead of the view)
         self.server = SubscribeServer(self.event_log, ring, settings, health=self.health)
+        if cfg.cluster:
+            self.cursor_gate = self.server.cursor_gate = WorkerCursorGate(self)
         self.server.collection_stats = MainProcessStats(self)
         self.feeder = RingFeeder(self.event_log, ring, self.server.notify_new_events)
         await self.server.start("", 0, sock=self.listen_sock)
@@ -115,6 +152,8 @@ class Worker:
             "worker": self.index,
             "workers": self.status.get("workers", []),
         }
+        if "cluster" in self.status:
+            report["cluster"] = self.status["cluster"]
         return main_ok and not self._stopping, report
 
     # -- what keeps the ring fed ----------------------------------------------------------------
@@ -131,7 +170,16 @@ class Worker:
             elif kind == messages.WAKE:
                 self._wake(messages.decode_wake(body))
             elif kind == messages.STATUS:
-                self.status = json.loads(body)
+                self._on_status(json.loads(body))
+            elif kind == messages.CURSOR_ANSWER and self.cursor_gate is not None:
+                self.cursor_gate.answer(body)
+
+    def _on_status(self, status: dict) -> None:
+        self.status = status
+        cluster_id = (status.get("cluster") or {}).get("cluster_id")
+        if cluster_id:
+            # Clients see the cluster's id, not this node's log's, so moving between nodes is no switch.
+            self.server.instance_id = cluster_id
 
     def _feed_rows(self, body: bytes) -> None:
         try:

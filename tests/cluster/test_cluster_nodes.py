@@ -43,12 +43,12 @@ def rig(tmp_path):
     rig.close()
 
 
-def start_cluster(rig: ClusterRig, rate: int, names=("a", "b")) -> list:
+def start_cluster(rig: ClusterRig, rate: int, names=("a", "b"), follower_args: tuple = ()) -> list:
     rig.start_nats()
     rig.start_relay("--synthetic", "true", "--rate", str(rate), "--seed", str(SEED), "--dids", str(DIDS))
     first = rig.add_node(names[0], "--override-relay-cursor", "0")
     wait_for(lambda: first.cluster().get("role") == "leader", "the first node to lead", 30)
-    return [first] + [rig.add_node(name) for name in names[1:]]
+    return [first] + [rig.add_node(name, *follower_args) for name in names[1:]]
 
 
 def applied(node) -> int:
@@ -88,8 +88,10 @@ async def collect(url: str, until, timeout: float) -> tuple[list[bytes], object]
     return listener.payloads, listener
 
 
-def test_a_cursor_moves_between_nodes_without_gap_or_duplicate(rig):
-    a, b = start_cluster(rig, rate=300)
+@pytest.mark.parametrize("b_workers", [1, 2], ids=["b_one_process", "b_two_workers"])
+def test_a_cursor_moves_between_nodes_without_gap_or_duplicate(rig, b_workers):
+    # With --workers 2 on b, its workers' cursor gate asks b's main process (stopped below).
+    a, b = start_cluster(rig, rate=300, follower_args=("--workers", str(b_workers)))
     wait_for(lambda: applied(b) >= 5, "node b to apply the stream")
     cluster_id = a.cluster()["cluster_id"]
     assert cluster_id and a.health()["instance"] == b.health()["instance"] == cluster_id, \
@@ -98,16 +100,21 @@ def test_a_cursor_moves_between_nodes_without_gap_or_duplicate(rig):
     async def scenario():
         stayer = asyncio.ensure_future(collect(f"{a.url}/subscribe?cursor=1", lambda l: len(l.messages) >= 1500, 60))
         first, _ = await collect(f"{a.url}/subscribe?cursor=1", lambda l: len(l.messages) >= 400, 30)
-        # Hold b back so that the cursor we bring it is ahead of what it has applied.
+        # Hold b back (its main process, with --workers) so that the cursor we bring it is ahead of
+        # what it has applied, and connect while it is held: b must hold the client until it caught up.
         b.process.send_signal(signal.SIGSTOP)
         try:
+            held_since_us = time.time_ns() // 1000  # a sequences later events; b cannot have applied them
             more, _ = await collect(f"{a.url}/subscribe?cursor={time_us_of(first[-1]) + 1}",
-                                    lambda l: len(l.messages) >= 300, 30)
+                                    lambda l: l.payloads and time_us_of(l.payloads[-1]) > held_since_us + 300_000, 30)
+            on_a = first + more
+            cursor = time_us_of(on_a[-1])
+            moved = asyncio.ensure_future(
+                collect(f"{b.url}/subscribe?cursor={cursor}", lambda l: len(l.messages) >= 800, 60))
+            await asyncio.sleep(1.0)
         finally:
             b.process.send_signal(signal.SIGCONT)
-        on_a = first + more
-        cursor = time_us_of(on_a[-1])
-        on_b, listener = await collect(f"{b.url}/subscribe?cursor={cursor}", lambda l: len(l.messages) >= 800, 60)
+        on_b, listener = await moved
         return on_a, on_b, listener, await stayer
 
     on_a, on_b, listener_b, (stayed, _) = asyncio.run(scenario())
@@ -117,6 +124,7 @@ def test_a_cursor_moves_between_nodes_without_gap_or_duplicate(rig):
     common = min(len(moved), len(stayed))
     assert common >= 1200
     assert moved[:common] == stayed[:common], "moving from a to b = staying on a"
+    assert "event=cluster_cursor_wait_caught_up" in b.log_path.read_text(), "b held the client until it caught up"
 
 
 def test_cursor_a_node_cannot_reach_closes_with_a_reason_after_the_wait(rig, tmp_path):
