@@ -125,6 +125,8 @@ def test_a_cursor_moves_between_nodes_without_gap_or_duplicate(rig, b_workers):
     assert common >= 1200
     assert moved[:common] == stayed[:common], "moving from a to b = staying on a"
     assert "event=cluster_cursor_wait_caught_up" in b.log_path.read_text(), "b held the client until it caught up"
+    rig.stop_node(b)  # SIGTERM: workers first, then the node leaves the cluster, then the log closes
+    assert b.process.returncode == 0 and "event=daemon_stopped" in b.log_path.read_text()
 
 
 def test_cursor_a_node_cannot_reach_closes_with_a_reason_after_the_wait(rig, tmp_path):
