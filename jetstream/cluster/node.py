@@ -263,7 +263,7 @@ class ClusterNode:
         # cursor all describe the same applied message.
         expected = self.applier.applied_seq
         override = self.cfg.override_relay_cursor if expected == 0 and self.cfg.override_relay_cursor >= 0 else None
-        publisher = FencedPublisher(self.nc, self.subject, self.stream, expected, self._on_publish_failure)
+        publisher = FencedPublisher(self.js, self.subject, self.stream, expected, self._on_publish_failure)
         self.term = IngestTerm(self.cfg, self.event_log, self.ring, self.compressor, self.notify, publisher,
                                override, self.pipeline_options)
         self.term.start()
