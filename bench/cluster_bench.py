@@ -17,7 +17,6 @@ import asyncio
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from jetstream.cluster.applier import StreamApplier  # noqa: E402
-from jetstream.cluster.natsserver import NatsCluster, free_port  # noqa: E402
+from jetstream.cluster.natsserver import NatsCluster, free_port, stop_process, stop_processes  # noqa: E402
 from jetstream.cluster.node import subject_of  # noqa: E402
 from jetstream.cluster.wire import encode_batch  # noqa: E402
 from jetstream.compression import EventCompressor  # noqa: E402
@@ -123,7 +122,8 @@ def wait_for(condition, timeout: float = 60.0) -> None:
         time.sleep(0.1)
 
 
-async def measure_latency(url: str, warmup_s: float, seconds: float, breakdown: "Breakdown | None" = None) -> list[float]:
+async def measure_latency(url: str, warmup_s: float, seconds: float,
+                          breakdown: "Breakdown | None" = None) -> list[float]:
     """time_us -> receive on a /subscribe client; with `breakdown`, also its tap of the stream
     and its snapshots when the measured window starts and ends."""
     from picows import WSListener, WSMsgType, ws_connect
@@ -198,17 +198,22 @@ def scrape_histograms(port: int, names: tuple[str, ...]) -> dict[str, list[tuple
     return out
 
 
+def bucket_quantile(counts: list[tuple[float, float]], q: float) -> float:
+    """The upper bound (ms) of the bucket the q-quantile falls in, from cumulative (le, count)."""
+    total = counts[-1][1]
+    return next(le for le, count in counts if count >= q * total) * 1000
+
+
 def histogram_window(before: dict, after: dict) -> dict:
-    """p50/p99 (the upper bound of the bucket they fall in, ms) of what was observed between two scrapes."""
+    """p50/p99 (bucket upper bounds, ms) of what was observed between two scrapes."""
     out = {}
     for name, buckets in after.items():
         counts = [(le, count - dict(before.get(name, [])).get(le, 0.0)) for le, count in buckets]
-        total = counts[-1][1] if counts else 0
-        if not total:
+        if not counts or not counts[-1][1]:
             continue
-        pick = lambda q: next(le for le, count in counts if count >= q * total) * 1000  # noqa: E731
-        out[name.removeprefix("jetstream_cluster_")] = {"n": int(total), "p50_le_ms": pick(0.5),
-                                                        "p99_le_ms": pick(0.99)}
+        out[name.removeprefix("jetstream_cluster_")] = {
+            "n": int(counts[-1][1]), "p50_le_ms": bucket_quantile(counts, 0.5),
+            "p99_le_ms": bucket_quantile(counts, 0.99)}
     return out
 
 
@@ -279,8 +284,7 @@ def latency_bench(base: Path, nats: NatsCluster, events_per_s: float, seconds: f
         wait_for(lambda: healthz(single_port).get("relay", {}).get("connected"))
         results["single_node"] = percentiles(asyncio.run(
             measure_latency(f"ws://127.0.0.1:{single_port}/subscribe", 2.0, seconds)))
-        single.send_signal(signal.SIGTERM)
-        single.wait(20)
+        stop_process(single, timeout=20)
 
         ports = {"leader": free_port(), "follower": free_port()}
         metrics_ports = {"leader": free_port(), "follower": free_port()}
@@ -303,14 +307,7 @@ def latency_bench(base: Path, nats: NatsCluster, events_per_s: float, seconds: f
             results["breakdown"] = probe.report()
         results["events_per_s_target"] = events_per_s
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(processes, timeout=20)
     return results
 
 
