@@ -2,8 +2,10 @@
 
 Owns: start-up order (log open -> server bound -> READY -> relay connected), the TTL
 trim timer (jetstream.log.ttl), readiness (/healthz, systemd READY=1 and WATCHDOG=1 over $NOTIFY_SOCKET),
-and graceful shutdown (stop the relay, write the pending batch, close every subscriber
-with 1001, close RocksDB). It must never hold event data itself.
+freezing what start-up allocated out of the cyclic GC's reach once ready (the serving
+process only: a full collection over it paused the loop for 100+ ms), and graceful shutdown
+(stop the relay, write the pending batch, close every subscriber with 1001, close RocksDB).
+It must never hold event data itself.
 """
 from __future__ import annotations
 
