@@ -1,4 +1,4 @@
-"""Cluster mode figures (issue 14): `python bench/cluster_bench.py [--quick]`.
+"""Cluster mode figures (issue 14): `python bench/cluster_bench.py [--quick] [--only X] [--breakdown]`.
 
 1. apply: events/s a follower applies from the stream into its local RocksDB log + ring
    (a 3-server NATS cluster, R3 file stream, sync_interval always), beside the raw
@@ -8,6 +8,12 @@
    node in the same run. Target p99 < 25 ms. time_us is stamped on the leader when it
    sequences an event (the wall clock, same machine), so this is ingest -> publish ->
    R3 ack -> apply on the follower -> its socket -> the client.
+   --breakdown adds where that time goes, over the measured window: the leader's publish
+   wait (a batch queued behind the publish in flight) and publish -> ack, each node's apply
+   delay (time_us of a message's first event -> applied there), from their histograms; the
+   same delivery to an ordered consumer in this process (a tap of the stream, per event);
+   and the CPU each process used. TMPDIR=/dev/shm puts the NATS stores in memory: the
+   same run without the disk's fsyncs.
 Not part of `make test` (a script, not a bench_*.py module pytest would collect).
 """
 from __future__ import annotations
