@@ -2,17 +2,21 @@
 
 Owns: start-up order (log open -> server bound -> READY -> relay connected), the TTL
 trim timer (jetstream.log.ttl), readiness (/healthz, systemd READY=1 and WATCHDOG=1 over $NOTIFY_SOCKET),
-and graceful shutdown (stop the relay, write the pending batch, close every subscriber
-with 1001, close RocksDB). It must never hold event data itself.
+freezing what start-up allocated out of the cyclic GC's reach once ready (the serving
+process only: a full collection over it paused the loop for 100+ ms), and graceful shutdown
+(stop the relay, write the pending batch, close every subscriber with 1001, close RocksDB).
+It must never hold event data itself.
 """
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import shutil
 import signal
 import socket
+import time
 
 from jetstream import metrics
 from jetstream.compression import EventCompressor
@@ -69,6 +73,22 @@ def watchdog_interval_s() -> float | None:
     return int(usec) / 2_000_000
 
 
+def freeze_long_lived_objects(reason: str) -> None:
+    """Move every object alive now out of the cyclic GC's reach (gc.freeze).
+
+    A full collection walks every tracked object, and the modules, classes and functions
+    loaded at start-up are most of them: measured at 100-130 ms on a 2-core machine, a
+    pause the whole loop takes (ingest, apply, every subscriber). Frozen, they are never
+    walked again; only what was allocated since is. Only for the serving process: in a
+    test process, objects frozen with a test's daemon would never be collected.
+    """
+    started = time.perf_counter()
+    gc.collect()  # what start-up left as garbage is freed, not frozen
+    gc.freeze()
+    log.info("event=gc_frozen reason=%s objects=%d ms=%.1f", reason, gc.get_freeze_count(),
+             (time.perf_counter() - started) * 1000)
+
+
 class Daemon:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -83,6 +103,8 @@ class Daemon:
         self._tasks: list[asyncio.Task] = []
         self._stopped = asyncio.Event()
         self.ready = False
+        # The process entry (run_until_signalled) sets this: see freeze_long_lived_objects.
+        self.freeze_gc = False
 
     async def start(self, *, connect_relay: bool = True) -> None:
         """Open the log, bind the listeners, then (unless told not to) connect the relay."""
@@ -133,7 +155,7 @@ class Daemon:
         self.server.collection_stats = self._collection_stats()
         self.server.cursor_gate = self.cluster
         # Clients see the cluster's id, not this node's log's, so moving between nodes is no switch.
-        self.cluster.on_joined = lambda cluster_id: setattr(self.server, "instance_id", cluster_id)
+        self.cluster.on_joined = self._on_cluster_joined
         self._metrics_collector = register_server(self.server)
         if self.cfg.metrics_listen_addr:
             self.metrics_listener = metrics.MetricsListener(self.cfg.metrics_listen_addr)
@@ -206,8 +228,15 @@ class Daemon:
             backoff_initial_s=cfg.relay_backoff_initial, backoff_max_s=cfg.relay_backoff_max,
         )
 
+    def _on_cluster_joined(self, cluster_id: str) -> None:
+        self.server.instance_id = cluster_id
+        if self.freeze_gc:
+            freeze_long_lived_objects("cluster_joined")  # the NATS client's modules are loaded by now
+
     def _announce_ready(self) -> None:
         """Ready for /healthz and systemd (READY=1), and the watchdog pings if systemd asks for them."""
+        if self.freeze_gc:
+            freeze_long_lived_objects("ready")
         self.ready = True
         sd_notify("READY=1")
         watchdog_s = watchdog_interval_s()
@@ -351,6 +380,7 @@ class Daemon:
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal, signum)
+        self.freeze_gc = True
         try:
             await self.start()
         except BaseException:

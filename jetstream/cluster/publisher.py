@@ -8,7 +8,14 @@ holds and reports the failure, and the node steps down. Batches waiting while a 
 is in flight are merged into the next message (whole batches only, so a message's relay
 cursor always covers exactly its events) up to MAX_MESSAGE_BYTES.
 It must never retry a failed publish or publish after a failure: a new leadership term
-re-reads the stream's last message and the relay from its cursor instead.
+re-reads the stream's last message and the relay from its cursor instead. And it must
+never have a second publish in flight: with the sequence as the only fence, message k+1
+expects the sequence message k was predicted to get, so if another leader wrote exactly
+one message there (refusing k), k+1 would be accepted after it; a message-id chain
+(`Nats-Expected-Last-Msg-Id`) would refuse it, but nats-server 2.15 checks that header
+only when applying a clustered stream's entry and treats a mismatch as a critical write
+error that stops the stream taking any publish (tests/cluster/test_cluster_parts.py keeps
+the race; bench/cluster_bench.py --breakdown shows the wait it would save is a few ms).
 """
 from __future__ import annotations
 
@@ -40,7 +47,8 @@ class FencedPublisher:
         self._on_failure = on_failure
         self.publish_timeout_s = publish_timeout_s
         self.max_message_bytes = max_message_bytes
-        self._queue: deque[tuple[list[Event], int | None, int]] = deque()  # (events, cursor, size)
+        # (events, cursor, size, perf_counter at submit)
+        self._queue: deque[tuple[list[Event], int | None, int, float]] = deque()
         self._ready = asyncio.Event()
         self._task: asyncio.Task | None = None
         self.failed = False
@@ -57,10 +65,11 @@ class FencedPublisher:
         if not events and relay_cursor is None:
             return
         size = encoded_size(events)
+        now = time.perf_counter()
         if size <= self.max_message_bytes:
-            self._queue.append((list(events), relay_cursor, size))
+            self._queue.append((list(events), relay_cursor, size, now))
         else:
-            self._queue.extend(self._split(list(events), relay_cursor))
+            self._queue.extend((*part, now) for part in self._split(list(events), relay_cursor))
         self._ready.set()
 
     def _split(self, events: list[Event], relay_cursor: int | None) -> list[tuple[list[Event], int | None, int]]:
@@ -87,9 +96,10 @@ class FencedPublisher:
         return len(self._queue)
 
     def _next_message(self) -> tuple[list[Event], int | None]:
-        events, cursor, size = self._queue.popleft()
+        events, cursor, size, submitted = self._queue.popleft()
+        cluster_metrics.PUBLISH_WAIT_SECONDS.observe(time.perf_counter() - submitted)
         while self._queue and size + self._queue[0][2] <= self.max_message_bytes:
-            more, more_cursor, more_size = self._queue.popleft()
+            more, more_cursor, more_size, _ = self._queue.popleft()
             events += more
             size += more_size
             if more_cursor is not None:

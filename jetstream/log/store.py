@@ -129,6 +129,17 @@ def _is_empty_dir(path: Path) -> bool:
     return not any(path.iterdir())
 
 
+def release_unreferenced() -> None:
+    """A full collection, frozen objects included: rocksdict releases the LOCK when its last
+    Python reference goes, and the serving process froze the objects of its start-up
+    (jetstream.daemon.freeze_long_lived_objects), this database among them."""
+    frozen = gc.get_freeze_count()
+    gc.unfreeze()
+    gc.collect()
+    if frozen:
+        gc.freeze()
+
+
 class EventLog:
     """Append-only, time_us-keyed event log with an atomic relay cursor.
 
@@ -571,7 +582,7 @@ class EventLog:
         """
         fsync = self._write_options.sync
         self.close()
-        gc.collect()  # rocksdict releases the LOCK when its last Python reference goes
+        release_unreferenced()
         self._connect(fsync, create=False)
         try:
             probe = WriteBatch(raw_mode=True)

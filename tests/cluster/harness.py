@@ -15,7 +15,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jetstream.cluster.natsserver import NatsCluster, free_port
+from jetstream.cluster.natsserver import NatsCluster, free_port, stop_process
 from jetstream.log.store import EventLog
 from jetstream.relaysim.server import SUBSCRIBE_REPOS_PATH
 
@@ -113,13 +113,7 @@ class ClusterRig:
                  f"node {node.name} to serve /healthz")
 
     def stop_node(self, node: Node, sig: int = signal.SIGTERM) -> None:
-        if node.running:
-            node.process.send_signal(sig)
-            try:
-                node.process.wait(20)
-            except subprocess.TimeoutExpired:
-                node.process.kill()
-                node.process.wait(10)
+        stop_process(node.process, sig, timeout=20)
 
     def leader(self) -> Node | None:
         leaders = [n for n in self.nodes if n.running and n.cluster().get("role") == "leader"]
@@ -134,9 +128,7 @@ class ClusterRig:
     def close(self) -> None:
         for node in self.nodes:
             self.stop_node(node, signal.SIGKILL)
-        if self.relay is not None and self.relay.poll() is None:
-            self.relay.kill()
-            self.relay.wait(10)
+        stop_process(self.relay, signal.SIGKILL)
         if self.nats is not None:
             self.nats.stop()
 

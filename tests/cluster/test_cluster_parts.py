@@ -155,6 +155,70 @@ def test_a_deposed_leaders_publish_is_fenced_and_it_gives_up(one_nats, corpus_ev
     assert last_seq == 2 and cursors == [100, 103]
 
 
+@pytest.fixture(scope="module")
+def three_nats(tmp_path_factory):
+    """The production shape: an R3 stream on 3 routed servers (the fence is checked by the stream
+    leader against its proposals, the message id at apply)."""
+    cluster = NatsCluster(tmp_path_factory.mktemp("nats3"), size=3).start()
+    yield cluster
+    cluster.stop()
+
+
+async def _r3_stream(js, name: str) -> str:
+    from nats.js.api import StorageType, StreamConfig
+
+    await js.add_stream(StreamConfig(name=name, subjects=[f"{name}.batches"], storage=StorageType.FILE,
+                                     num_replicas=3))
+    return f"{name}.batches"
+
+
+async def _stream_cursors(js, stream: str) -> list[int | None]:
+    last = (await js.stream_info(stream)).state.last_seq
+    return [decode_batch((await js.get_msg(stream, seq)).data).relay_cursor for seq in range(1, last + 1)]
+
+
+def test_a_deposed_leader_with_batches_queued_keeps_what_was_acked_and_adds_nothing_after_the_fence(
+        three_nats, corpus_events):
+    """Another leader writes ONE message while this one has three batches ready, each its own
+    message. The first is refused on sequence; the second would expect exactly the sequence
+    the stream now has (why the publisher never has two in flight: see its docstring)."""
+    async def scenario():
+        nc, js = await _js(three_nats.urls)
+        try:
+            stream = f"pipe_{time.monotonic_ns()}"
+            subject = await _r3_stream(js, stream)
+            failures = {"old": [], "new": []}
+            batch = corpus_events[:10]  # every batch alike: exactly one fits a message, so none merge
+            old = FencedPublisher(js, subject, stream, 0, failures["old"].append,
+                                  max_message_bytes=encoded_size(batch))
+            old.start()
+            old.submit(corpus_events[:10], 100)
+            old.submit(batch, 101)
+            await _until(lambda: old.published_messages == 2)
+            # The new leader read the stream up to seq 2 and writes its first message.
+            new = FencedPublisher(js, subject, stream, 2, failures["new"].append)
+            new.start()
+            new.submit(batch, 200)
+            await _until(lambda: new.published_messages == 1)
+            # The old leader, not yet aware, gets three more at once.
+            for cursor in (102, 103, 104):
+                old.submit(batch, cursor)
+            await _until(lambda: old.failed)
+            await asyncio.sleep(0.5)  # any late acceptance would show up in the stream now
+            new.submit(batch, 201)
+            await _until(lambda: new.published_messages == 2)
+            cursors = await _stream_cursors(js, stream)
+            new.stop()
+            return failures, old, cursors
+        finally:
+            await nc.close()
+
+    failures, old, cursors = asyncio.run(scenario())
+    assert failures == {"old": ["fenced"], "new": []}
+    assert cursors == [100, 101, 200, 201], "the old leader's acked messages kept, none after the new leader's"
+    assert old.published_messages == 2 and old.queued_batches == 0
+
+
 def test_batches_waiting_behind_a_publish_share_one_message_but_never_split_a_batch(corpus_events):
     publisher = FencedPublisher(None, "s", "s", 0, lambda reason: None,
                                 max_message_bytes=encoded_size(corpus_events[:25]))

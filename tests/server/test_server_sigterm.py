@@ -103,6 +103,8 @@ async def test_sigterm_closes_clients_with_1001_exits_0_and_keeps_what_they_saw(
         code = await serve.wait_exit(EXIT_BOUND_S)
         assert code == 0, serve.stderr.decode(errors="replace")[-2000:]
         assert time.monotonic() - signalled_at < EXIT_BOUND_S
+        # The serving process froze its start-up objects out of the cyclic GC once ready.
+        assert re.search(rb"event=gc_frozen reason=ready objects=[1-9]", serve.stderr)
         for _, listener in clients:
             assert (listener.close_code, listener.close_reason) == (WSCloseCode.GOING_AWAY, "server shutting down")
         assert list(logged_payloads(serve.data_dir).values()) == clients[0][1].payloads
