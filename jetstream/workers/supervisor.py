@@ -23,7 +23,7 @@ import sys
 
 from jetstream.compression import EventCompressor
 from jetstream.config import Config, parse_listen_addr
-from jetstream.daemon import Daemon, sd_notify
+from jetstream.daemon import Daemon, freeze_long_lived_objects, sd_notify
 from jetstream.dictionary import active_dictionary
 from jetstream.log.store import EventLog
 from jetstream.log.ttl import TtlTrimmer, trim_interval_s
@@ -295,6 +295,7 @@ class WorkersDaemon(Daemon):
             # The node's applier writes the log and hands each applied batch to the workers, as
             # ingest does here without --cluster; the node ingests only while it leads.
             self.cluster = self._cluster_node(self.tail, compressor, self._publish)
+            self.cluster.on_joined = self._on_cluster_joined
         else:
             self._start_ingest(self.tail, hwm, compressor, self._publish)
         host, port = parse_listen_addr(cfg.listen_addr)
@@ -336,6 +337,11 @@ class WorkersDaemon(Daemon):
     @property
     def port(self) -> int:
         return self._port
+
+    def _on_cluster_joined(self, cluster_id: str) -> None:
+        # No server here: the workers learn the cluster's id from the STATUS they are sent.
+        if self.freeze_gc:
+            freeze_long_lived_objects("cluster_joined")
 
     def _publish(self) -> None:
         """A batch is durable: every worker gets its rows."""

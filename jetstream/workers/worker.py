@@ -24,6 +24,7 @@ import tempfile
 import time
 
 from jetstream.config import Config
+from jetstream.daemon import freeze_long_lived_objects
 from jetstream.dictionary import active_dictionary
 from jetstream.implementation import LiveRing
 from jetstream.log.ttl import trim_interval_s
@@ -137,6 +138,8 @@ class Worker:
         await self.server.start("", 0, sock=self.listen_sock)
         self._tasks = [asyncio.ensure_future(coro) for coro in (
             self._receive_forever(), self._poll_forever(), self._push_metrics_forever(), self._drop_expired_forever())]
+        # As the single process does once ready: no full GC pass over start-up objects while serving.
+        freeze_long_lived_objects("worker_ready")
         self.channel.send(messages.encode(messages.LISTENING))
         log.info("event=worker_started worker=%d pid=%d port=%d hwm=%d", self.index, os.getpid(),
                  self.server.port, self.event_log.hwm())

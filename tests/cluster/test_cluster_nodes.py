@@ -126,7 +126,10 @@ def test_a_cursor_moves_between_nodes_without_gap_or_duplicate(rig, b_workers):
     common = min(len(moved), len(stayed))
     assert common >= 1200
     assert moved[:common] == stayed[:common], "moving from a to b = staying on a"
-    assert "event=cluster_cursor_wait_caught_up" in b.log_path.read_text(), "b held the client until it caught up"
+    if b_workers > 1:
+        # b's worker serves while b's main process is stopped, so the client must be held there.
+        # (A stopped single process may apply the backlog before it reads the upgrade: no wait.)
+        assert "event=cluster_cursor_wait_caught_up" in b.log_path.read_text(), "b held the client until it caught up"
     rig.stop_node(b)  # SIGTERM: workers first, then the node leaves the cluster, then the log closes
     assert b.process.returncode == 0 and "event=daemon_stopped" in b.log_path.read_text()
 
