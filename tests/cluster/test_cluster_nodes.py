@@ -43,12 +43,13 @@ def rig(tmp_path):
     rig.close()
 
 
-def start_cluster(rig: ClusterRig, rate: int, names=("a", "b"), follower_args: tuple = ()) -> list:
+def start_cluster(rig: ClusterRig, rate: int, names=("a", "b"), follower_args: tuple = (),
+                  node_args: tuple = ()) -> list:
     rig.start_nats()
     rig.start_relay("--synthetic", "true", "--rate", str(rate), "--seed", str(SEED), "--dids", str(DIDS))
-    first = rig.add_node(names[0], "--override-relay-cursor", "0")
+    first = rig.add_node(names[0], "--override-relay-cursor", "0", *node_args)
     wait_for(lambda: first.cluster().get("role") == "leader", "the first node to lead", 30)
-    return [first] + [rig.add_node(name, *follower_args) for name in names[1:]]
+    return [first] + [rig.add_node(name, *node_args, *follower_args) for name in names[1:]]
 
 
 def applied(node) -> int:
@@ -152,8 +153,11 @@ def test_cursor_a_node_cannot_reach_closes_with_a_reason_after_the_wait(rig, tmp
     assert 0.9 <= time.monotonic() - started < 10
 
 
-def test_killing_the_leader_hands_ingest_to_another_node_losing_and_doubling_nothing(rig):
-    a, b, c = start_cluster(rig, rate=1000, names=("a", "b", "c"))
+@pytest.mark.parametrize("workers", [1, 2], ids=["one_process", "two_workers"])
+def test_killing_the_leader_hands_ingest_to_another_node_losing_and_doubling_nothing(rig, workers):
+    # With --workers 2 the leader's main process (its ingest and applier) is what is killed;
+    # its workers leave with it, and the new leader's main process ingests for its workers.
+    a, b, c = start_cluster(rig, rate=1000, names=("a", "b", "c"), node_args=("--workers", str(workers)))
     wait_for(lambda: applied(b) >= 20 and applied(c) >= 20, "followers to apply")
     a.process.send_signal(signal.SIGKILL)
     a.process.wait(10)
