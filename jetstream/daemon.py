@@ -339,6 +339,20 @@ class Daemon:
         self.ready = False
         sd_notify("STOPPING=1")
         log.info("event=daemon_stopping")
+        await self._stop_ingest()
+        if self.server is not None:
+            await self.server.close(SHUTDOWN_REASON)
+        if self.metrics_listener is not None:
+            self.metrics_listener.close()
+        if self._metrics_collector is not None:
+            unregister_server(self._metrics_collector)
+            self._metrics_collector = None
+        if self.event_log is not None:
+            self.event_log.close()
+        log.info("event=daemon_stopped")
+
+    async def _stop_ingest(self) -> None:
+        """Stop the relay (or leave the cluster), the background tasks and the trim; write what is pending."""
         if self.relay is not None:
             self.relay.stop()
         if self.cluster is not None:
@@ -352,16 +366,6 @@ class Daemon:
             self.pipeline.flush()
             if self.pipeline.gate is not None:
                 await self.pipeline.gate.close()  # held frames were never acknowledged: re-read on restart
-        if self.server is not None:
-            await self.server.close(SHUTDOWN_REASON)
-        if self.metrics_listener is not None:
-            self.metrics_listener.close()
-        if self._metrics_collector is not None:
-            unregister_server(self._metrics_collector)
-            self._metrics_collector = None
-        if self.event_log is not None:
-            self.event_log.close()
-        log.info("event=daemon_stopped")
 
     async def run_until_signalled(self) -> None:
         """Serve until SIGTERM/SIGINT; a second signal exits at once."""

@@ -388,19 +388,7 @@ class WorkersDaemon(Daemon):
             self.supervisor.broadcast_status()
             await self.supervisor.stop_all()
             log.info("event=workers_stopped")
-        if self.relay is not None:
-            self.relay.stop()
-        if self.cluster is not None:
-            await self.cluster.stop()  # stops ingest (unpublished batches are re-read by the next leader)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.trimmer is not None:
-            await self.trimmer.wait_idle()
-        if self.pipeline is not None:
-            self.pipeline.flush()
-            if self.pipeline.gate is not None:
-                await self.pipeline.gate.close()  # held frames were never acknowledged: re-read on restart
+        await self._stop_ingest()
         if self.metrics_listener is not None:
             self.metrics_listener.close()
         if self._metrics_collector is not None:
