@@ -83,15 +83,16 @@ def decode_rows(body: bytes) -> tuple[int, list[Event]]:
         newest_before, count = _ROWS_HEAD.unpack_from(body, 0)
         for _ in range(count):
             time_us, kind, did_len, collection_len, json_len, zstd_len = unpack(body, position)
-            position += _EVENT_HEAD.size
-            ends = (position + did_len, position + did_len + collection_len,
-                    position + did_len + collection_len + json_len,
-                    position + did_len + collection_len + json_len + zstd_len)
-            if ends[3] > len(body):
+            did_start = position + _EVENT_HEAD.size
+            collection_start = did_start + did_len
+            json_start = collection_start + collection_len
+            zstd_start = json_start + json_len
+            position = zstd_start + zstd_len
+            if position > len(body):
                 raise ValueError("event runs past the end of the message")
-            events.append(Event(time_us, str(view[position:ends[0]], "utf-8"), kind,
-                                str(view[ends[0]:ends[1]], "utf-8"), body[ends[1]:ends[2]], body[ends[2]:ends[3]]))
-            position = ends[3]
+            events.append(Event(time_us, str(view[did_start:collection_start], "utf-8"), kind,
+                                str(view[collection_start:json_start], "utf-8"),
+                                body[json_start:zstd_start], body[zstd_start:position]))
     except struct.error as exc:
         raise ValueError(f"truncated rows message: {exc}") from None
     if position != len(body):
