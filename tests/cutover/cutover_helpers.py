@@ -98,6 +98,23 @@ class StreamClient(WSListener):
         return self.transport.underlying_transport.get_extra_info("sockname")[1]
 
 
+async def play_role(client, plan: dict, stop: asyncio.Event) -> None:
+    """What a stress client does once connected: a slow one reads in bursts until `stop`, pausing
+    for twice what the ring spans (its reader must fall back to the log and resume); an early one
+    hangs up after its session."""
+    if plan["role"] == "slow":
+        reading = client.transport.underlying_transport
+        while not stop.is_set() and not client.disconnected.is_set():
+            await asyncio.sleep(0.3)  # read at full speed: the replay reaches the ring
+            reading.pause_reading()
+            await asyncio.sleep(2.0)
+            reading.resume_reading()
+    elif plan["session_s"] is not None:
+        await asyncio.sleep(plan["session_s"])
+        plan["hung_up_early"] = True
+        client.hang_up()
+
+
 async def connect_client(url: str, *, receive_buffer: int = 0, **kwargs) -> StreamClient:
     """Connect a StreamClient; receive_buffer > 0 sets SO_RCVBUF before connecting.
 

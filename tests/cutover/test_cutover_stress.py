@@ -26,6 +26,7 @@ from tests.cutover.cutover_helpers import (
     daemon_for,
     now_us,
     options_update,
+    play_role,
     start_relay,
     stop_ingest,
     subscribe_query,
@@ -92,17 +93,7 @@ async def run_client(url: str, plan: dict, clients: list, stop: asyncio.Event, d
     clients.append((plan, client))
     if plan["role"] == "slow":
         limit_server_send_buffer(daemon_server, client.local_port)
-        reading = client.transport.underlying_transport
-        while not stop.is_set() and not client.disconnected.is_set():
-            await asyncio.sleep(0.3)  # read at full speed: the replay reaches the ring
-            # Paused for twice what the ring spans (about 1 s): the reader must resume from the log.
-            reading.pause_reading()
-            await asyncio.sleep(2.0)
-            reading.resume_reading()
-    elif plan["session_s"] is not None:
-        await asyncio.sleep(plan["session_s"])
-        plan["hung_up_early"] = True
-        client.hang_up()
+    await play_role(client, plan, stop)
 
 
 @pytest.mark.parametrize("live_fastpath", ["true", "false"], ids=["fastpath", "own_steps"])

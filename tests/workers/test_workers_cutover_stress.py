@@ -25,6 +25,7 @@ from tests.cutover.cutover_helpers import (
     StreamClient,
     now_us,
     options_update,
+    play_role,
     subscribe_query,
     violations_of,
 )
@@ -76,17 +77,7 @@ async def run_client(port: int, plan: dict, clients: list, stop: asyncio.Event) 
     url = f"ws://127.0.0.1:{port}/subscribe" + subscribe_query(plan["spec"], plan["cursor"], plan["role"] == "compressed")
     client = await connect(url, plan["address"], receive_buffer=4096 if plan["role"] == "slow" else 0, **kwargs)
     clients.append((plan, client))
-    if plan["role"] == "slow":
-        reading = client.transport.underlying_transport
-        while not stop.is_set() and not client.disconnected.is_set():
-            await asyncio.sleep(0.3)
-            reading.pause_reading()  # twice what a worker's ring spans: the reader falls back to the log
-            await asyncio.sleep(2.0)
-            reading.resume_reading()
-    elif plan["session_s"] is not None:
-        await asyncio.sleep(plan["session_s"])
-        plan["hung_up_early"] = True
-        client.hang_up()
+    await play_role(client, plan, stop)
 
 
 async def settled(clients: list, quiet_s: float = 1.5, timeout: float = 40.0) -> None:
