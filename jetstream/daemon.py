@@ -22,6 +22,7 @@ from jetstream import metrics
 from jetstream.compression import EventCompressor
 from jetstream.config import Config, parse_listen_addr
 from jetstream.dictionary import active_dictionary
+from jetstream.health import Problems, apply_to_report
 from jetstream.implementation import LiveRing
 from jetstream.ingest.collection_filter import IngestCollections
 from jetstream.ingest.collection_stats import CollectionStats
@@ -103,6 +104,8 @@ class Daemon:
         self._tasks: list[asyncio.Task] = []
         self._stopped = asyncio.Event()
         self.ready = False
+        # What degrades /healthz (jetstream/health.py): the part that meets a failure raises it.
+        self.problems = Problems()
         # The process entry (run_until_signalled) sets this: see freeze_long_lived_objects.
         self.freeze_gc = False
 
@@ -280,7 +283,7 @@ class Daemon:
             report["cluster"] = self.cluster.report()
             if pipeline is None:  # a follower: the relay cursor its log holds from the stream
                 report["relay"]["cursor"] = self.event_log.relay_cursor() if self.event_log is not None else None
-        return self.ready, report
+        return apply_to_report(self.ready, report, self.problems)
 
     def _on_log_write_failure(self) -> None:
         """The log refused a batch (disk full, I/O error): pause ingest until it takes writes again.

@@ -26,6 +26,7 @@ import time
 from jetstream.config import Config
 from jetstream.daemon import freeze_long_lived_objects
 from jetstream.dictionary import active_dictionary
+from jetstream.health import Problems, apply_to_report
 from jetstream.implementation import LiveRing
 from jetstream.log.ttl import trim_interval_s
 from jetstream.logfmt import setup_logging
@@ -113,6 +114,7 @@ class Worker:
         self.channel = channel
         self.listen_sock = listen_sock
         self.status: dict = {"status": "starting"}  # the main process's latest STATUS
+        self.problems = Problems()  # this worker's own (jetstream/health.py); its main's are shown too
         self.event_log: SecondaryEventLog | None = None
         self.server = None
         self.feeder: RingFeeder | None = None
@@ -146,7 +148,7 @@ class Worker:
 
     def health(self) -> tuple[bool, dict]:
         """The main process's view (relay, workers) with this worker's own state on top."""
-        main_ok = self.status.get("status") == "ok"
+        main_ok = self.status.get("status") in ("ok", "degraded")  # degraded: its problems are shown below
         status = "stopping" if self._stopping else self.status.get("status", "starting")
         report = {
             "status": status,
@@ -157,7 +159,8 @@ class Worker:
         }
         if "cluster" in self.status:
             report["cluster"] = self.status["cluster"]
-        return main_ok and not self._stopping, report
+        self.problems.show_remote(self.status.get("problems", []))
+        return apply_to_report(main_ok and not self._stopping, report, self.problems)
 
     # -- what keeps the ring fed ----------------------------------------------------------------
     async def _receive_forever(self) -> None:
