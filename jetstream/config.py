@@ -4,7 +4,7 @@ Owns: every tunable of the daemon, its default, its parsing and its check (the v
 range or choices, `Flag(..., check=...)`), and ConfigError naming the flag, its variable
 and where a refused value came from. Each flag can be
 given on the command line or in the environment (`--event-ttl` <-> JETSTREAM_EVENT_TTL);
-the command line wins. Names and defaults follow Jetstream v1 (README.md, Configuration)
+the command line wins. Names and defaults follow Jetstream v1 (docs/operations.md, Configuration)
 where v1 has the flag; new flags say so in their help text.
 It must never start anything: it only turns argv + environ into a Config.
 """
@@ -250,7 +250,7 @@ SERVE_FLAGS: tuple[Flag, ...] = (
     Flag("lease-ttl", "10s", parse_duration, "ingest leader lease: a leader that cannot renew within this is replaced", v1=False, check=above(0)),
     Flag("cluster-cursor-wait", "10s", parse_duration, "how long a subscriber whose cursor is ahead of this node's log waits for the node to catch up before a 1013 close", v1=False, check=at_least(0)),
     # Commit signature verification (issue 16). Off by default: v1 did not verify, and it costs
-    # CPU per commit plus a DID document fetch per new author (README "Commit signatures").
+    # CPU per commit plus a DID document fetch per new author (docs/operations.md, "Commit signatures").
     Flag("verify-signatures", False, parse_bool, "verify each #commit's signature with its author's current key from the DID document, and drop commits whose rev is not above the last one seen for the DID", v1=False),
     Flag("plc-url", "https://plc.directory", str, "did:plc directory for --verify-signatures (GET <plc-url>/<did>)", v1=False, check=HTTP_URL),
     Flag("unresolved-did", "pass", parse_unresolved_policy, "--verify-signatures: what happens to a commit whose author's DID document cannot be had in time: pass (unverified, counted) or drop", v1=False, check=one_of("pass", "drop")),
@@ -335,7 +335,7 @@ class ConfigError(ValueError):
 
 
 def describe_rule(flag: Flag) -> str:
-    """What a valid value of `flag` is, in words (--help, the README table)."""
+    """What a valid value of `flag` is, in words (--help, the docs/operations.md table)."""
     rule = getattr(flag.check, "rule", "")
     if not rule:
         return flag.expects

@@ -1,6 +1,7 @@
 """docs/ stays true to the repository: the tests it names exist, every "§" citation of
-docs/protocol.md or docs/architecture.md (in code, tests or docs) names a real section, and
-nothing cites a document outside the repository."""
+docs/protocol.md or docs/architecture.md (in code, tests or docs) names a real section, every
+relative link of the README and docs/ leads to a file and heading that exist, and nothing cites
+a document outside the repository."""
 from __future__ import annotations
 
 import re
@@ -17,6 +18,8 @@ DOC_CITATION = re.compile(r"(protocol|architecture)\.md\)? (§\d+(?:\.\d+)?)")
 BARE_SECTION = re.compile(r"(?<![\w.)] )§(\d+(?:\.\d+)?)")
 HEADING = re.compile(r"^#{2,3} (§\d+(?:\.\d+)?) ", re.M)
 # Built from parts so this file does not match itself.
+MARKDOWN_LINK = re.compile(r"\]\(([^)\s]+)\)")
+MARKDOWN_HEADING = re.compile(r"^#{1,6} (.+)$", re.M)
 OUTSIDE_CITATIONS = re.compile("|".join([
     r"\.\./" + "shared", "V1-" + "REFERENCE", "V2-" + "LESSONS", "DESIGN ?" + "§", "DESIGN" + r"\.md",
     "STYLE" + r"\.md", "JETSTREAM_" + "SHARED_DIR", r"DESIGN " + "invariant",
@@ -88,3 +91,32 @@ def test_nothing_cites_a_document_outside_the_repository():
             for path, text in repository_texts() if path.name != Path(__file__).name
             for m in OUTSIDE_CITATIONS.finditer(text)]
     assert not hits
+
+
+def heading_anchors(markdown: str) -> set[str]:
+    """The anchors GitHub makes of a document's headings (lowercase, punctuation dropped, spaces to -)."""
+    anchors: set[str] = set()
+    for heading in MARKDOWN_HEADING.findall(re.sub(r"```.*?```", "", markdown, flags=re.S)):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        anchor, suffix = slug, 1
+        while anchor in anchors:
+            anchor, suffix = f"{slug}-{suffix}", suffix + 1
+        anchors.add(anchor)
+    return anchors
+
+
+def test_every_relative_link_of_the_readme_and_docs_resolves():
+    """Sections moved between README.md and docs/ leave no link behind that leads nowhere."""
+    broken = []
+    for source in [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").rglob("*.md"))]:
+        text = source.read_text()
+        for target in MARKDOWN_LINK.findall(text):
+            if re.match(r"[a-z]+:", target):
+                continue  # http(s): an address, not a file of ours
+            path, _, anchor = target.partition("#")
+            linked = (source.parent / path).resolve() if path else source
+            if not linked.exists():
+                broken.append(f"{source.relative_to(REPO_ROOT)}: {target} (no such file)")
+            elif anchor and linked.suffix == ".md" and anchor not in heading_anchors(linked.read_text()):
+                broken.append(f"{source.relative_to(REPO_ROOT)}: {target} (no such heading)")
+    assert not broken

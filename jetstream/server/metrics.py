@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# (name without _total, help) of every family this collector yields; tests and the README list them.
+# (name without _total, help) of every family this collector yields; tests and docs/operations.md list them.
 SERVER_METRICS = {
     "jetstream_subscribers_connected": "Connected subscribers per client IP (v1)",
     "jetstream_events_emitted": "Events made visible to subscribers, once per event (v1)",
