@@ -19,6 +19,7 @@ from picows import WSCloseCode
 
 from jetstream.log.store import EventLog
 from jetstream.relaysim.server import FileSource, RelaySim
+from tests.waiting import until
 from tests.wsclient import connect
 
 pytestmark = pytest.mark.timeout(90)
@@ -50,9 +51,9 @@ class ServeProcess:
             *self.argv, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
         self._stderr_task = asyncio.ensure_future(self._collect_stderr())
         await asyncio.wait_for(self._notified(b"READY=1"), timeout=30)
-        match = _LISTENING.search(self.stderr)
-        assert match, self.stderr.decode(errors="replace")
-        return int(match.group(1))
+        # READY=1 and the listening line travel apart (a datagram, a pipe another task reads).
+        await until(lambda: _LISTENING.search(self.stderr), "the subscribe_server_listening line", timeout=10)
+        return int(_LISTENING.search(self.stderr).group(1))
 
     async def _collect_stderr(self) -> None:
         while line := await self.process.stderr.readline():

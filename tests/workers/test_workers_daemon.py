@@ -21,6 +21,7 @@ from tests.workers.workers_helpers import (
     http_get,
     metric_value,
     metrics_text,
+    metrics_when,
     until,
 )
 from tests.wsclient import CollectingListener
@@ -55,10 +56,11 @@ async def test_two_workers_serve_the_log_bytes_with_one_healthz_and_one_metrics(
         await run.start()
         await asyncio.sleep(0.5)
         clients = [ReconnectingClient(run.port, ip, first_cursor=cursor) for ip in ips for cursor in (None, 1)]
-        await asyncio.sleep(2.0)
+        # The workers push their counters every second: wait until the scrape has every client streaming.
+        metrics = await metrics_when(run.metrics_port, lambda text: _every_client_counted(text, ips),
+                                     "both workers' clients and rows in /metrics")
         reports = [await healthz(run.port, ip) for ip in ips]
         stats = [await http_get(run.port, "/stats/collections", ip) for ip in ips]
-        metrics = await metrics_text(run.metrics_port)
         await run.stop_relay()
         await asyncio.sleep(1.5)  # the last batches reach every client
         assert await run.stop_daemon() == 0
@@ -97,6 +99,14 @@ async def test_two_workers_serve_the_log_bytes_with_one_healthz_and_one_metrics(
     assert metric_value(metrics, "jetstream_events_emitted_total") > 0
     assert metric_value(metrics, 'consumer_events_persisted_total{socket_url="ws://127.0.0.1:%d/xrpc/com.atproto.sync.subscribeRepos"}'
                         % run.relay_port) > 0
+
+
+def _every_client_counted(metrics: str, ips: list[str]) -> bool:
+    return (metric_value(metrics, "jetstream_server_connected_clients") == 4
+            and all((metric_value(metrics, f'jetstream_worker_rows_fed_total{{worker="{worker}"}}') or 0) > 500
+                    for worker in ("0", "1"))
+            and all((metric_value(metrics, f'jetstream_events_delivered_total{{ip_address="{ip}"}}') or 0) > 0
+                    for ip in ips))
 
 
 async def test_kill9_of_one_worker_under_load_its_clients_resume_and_the_other_worker_sees_nothing(tmp_path):
@@ -201,7 +211,9 @@ async def test_connection_cap_per_ip_holds_for_the_daemon_not_per_worker(tmp_pat
                     continue
                 transports.append(transport)
                 accepted[ip] += 1
-        metrics = await asyncio.wait_for(_metrics_after_push(run), 10)
+        refused = 'jetstream_server_refused_requests_total{reason="too_many_connections"}'
+        metrics = await metrics_when(run.metrics_port, lambda text: metric_value(text, refused) == 8,
+                                     "the workers' refusals summed in /metrics")
     finally:
         for transport in transports:
             transport.disconnect()
@@ -209,13 +221,6 @@ async def test_connection_cap_per_ip_holds_for_the_daemon_not_per_worker(tmp_pat
     assert list(accepted.values()) == [2, 2], accepted
     assert metric_value(metrics, 'jetstream_server_refused_requests_total{reason="too_many_connections"}') == 8
 
-
-async def _metrics_after_push(run: WorkersRun) -> str:
-    while True:  # workers push their counters every second
-        text = await metrics_text(run.metrics_port)
-        if metric_value(text, 'jetstream_server_refused_requests_total{reason="too_many_connections"}') == 8:
-            return text
-        await asyncio.sleep(0.2)
 
 
 async def test_systemd_hears_ready_from_the_main_process_once_every_worker_listens(tmp_path):

@@ -14,7 +14,15 @@ import pytest
 from picows import WSCloseCode, WSMsgType, ws_connect
 
 from jetstream.log.store import EventLog
-from tests.workers.workers_helpers import ReconnectingClient, WorkersRun, address_for_worker, metric_value, metrics_text
+from tests.waiting import until
+from tests.workers.workers_helpers import (
+    ReconnectingClient,
+    WorkersRun,
+    address_for_worker,
+    metric_value,
+    metrics_text,
+    metrics_when,
+)
 from tests.wsclient import CollectingListener
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -87,12 +95,13 @@ async def test_a_connection_flood_from_one_ip_holds_the_daemon_wide_cap_and_nobo
         for start in range(0, ATTEMPTS, 150):
             statuses += await asyncio.gather(*(_attempt(attacked.run.port, attacked.attacker_ip, held)
                                                for _ in range(start, min(start + 150, ATTEMPTS))))
-        await asyncio.sleep(1.5)  # the workers push their counters every second
-        metrics = await metrics_text(attacked.run.metrics_port)
+        refused = 'jetstream_server_refused_requests_total{reason="too_many_connections"}'
+        # The workers push their counters every second: wait for the refusals to be summed.
+        metrics = await metrics_when(attacked.run.metrics_port, lambda text: metric_value(text, refused) is not None
+                                     and metric_value(text, refused) >= ATTEMPTS - CONNS_PER_IP, "every refusal counted")
         assert statuses.count(101) == CONNS_PER_IP
         assert statuses.count(429) == ATTEMPTS - CONNS_PER_IP
-        assert metric_value(metrics, 'jetstream_server_refused_requests_total{reason="too_many_connections"}') == \
-            ATTEMPTS - CONNS_PER_IP
+        assert metric_value(metrics, refused) == ATTEMPTS - CONNS_PER_IP
         assert metric_value(metrics, f'jetstream_subscribers_connected{{ip_address="{attacked.attacker_ip}"}}') == \
             CONNS_PER_IP
         for writer in held:
@@ -142,5 +151,7 @@ async def test_bad_frames_get_v1_closes_from_their_worker_and_the_others_stream_
         # client's TCP stack may reset before the close frame is read: the worker's own
         # disconnect line is the witness; a close frame the client did read must say 1009.
         assert too_big.close_code in (WSCloseCode.MESSAGE_TOO_BIG, None)
-        assert "closed_by=server close_code=1009" in attacked.run.log_text()
+        # The worker logs the disconnect after it closed the socket the client saw go: wait for the line.
+        await until(lambda: "closed_by=server close_code=1009" in attacked.run.log_text(),
+                    "the worker's 1009 subscriber_disconnected line")
         await attacked.witnesses_saw_everything()

@@ -17,7 +17,7 @@ from picows import WSListener, WSMsgType, ws_connect
 
 from jetstream.relaysim.server import SUBSCRIBE_REPOS_PATH
 from jetstream.workers.sockets import worker_of_address
-from tests.waiting import until  # noqa: F401 - the workers tests import it from here
+from tests.waiting import until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TIME_US = re.compile(rb'"time_us":(\d+)')
@@ -67,6 +67,19 @@ async def healthz(port: int, local_ip: str = "127.0.0.1") -> dict | None:
 async def metrics_text(port: int) -> str:
     _, body = await http_get(port, "/metrics")
     return body.decode()
+
+
+async def metrics_when(port: int, holds, what: str, timeout: float = 30.0) -> str:
+    """The first /metrics scrape for which `holds(text)` is true: the workers push their counters
+    to the main process every second, so a count taken right after an action is not summed yet."""
+    scraped: list[str] = []
+
+    async def scrape_holds() -> bool:
+        scraped.append(await metrics_text(port))
+        return bool(holds(scraped[-1]))
+
+    await until(scrape_holds, what, timeout=timeout, interval=0.2)
+    return scraped[-1]
 
 
 def metric_value(text: str, name_and_labels: str) -> float | None:
