@@ -18,7 +18,7 @@ import signal
 import socket
 import time
 
-from jetstream import metrics
+from jetstream import __version__, metrics
 from jetstream.compression import EventCompressor
 from jetstream.config import Config, parse_listen_addr
 from jetstream.dictionary import active_dictionary
@@ -108,6 +108,7 @@ class Daemon:
         self.problems = Problems()
         # The process entry (run_until_signalled) sets this: see freeze_long_lived_objects.
         self.freeze_gc = False
+        self.started_monotonic = time.monotonic()  # /healthz uptime_s
 
     async def start(self, *, connect_relay: bool = True) -> None:
         """Open the log, bind the listeners, then (unless told not to) connect the relay."""
@@ -272,6 +273,8 @@ class Daemon:
         pipeline = self.pipeline if self.cluster is None or self.cluster.term is None else self.cluster.term.pipeline
         report = {
             "status": "ok" if self.ready else ("stopping" if self._stopped.is_set() else "starting"),
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - self.started_monotonic, 1),
             "log_open": self.event_log is not None and not self._stopped.is_set(),
             "relay": {
                 "connected": bool(relay is not None and relay.connected),

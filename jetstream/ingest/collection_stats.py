@@ -92,8 +92,21 @@ class CollectionStats:
             _subtract(self._retained, self._coarse.popleft().counts)
 
     # -- reporting (GET /stats/collections) -----------------------------------------------
+    @staticmethod
+    def _window_floor(seconds: int, now: float) -> int:
+        """Start of the oldest 10-second bucket a window of `seconds` sums (the current one is partial)."""
+        return int(now // FINE_BUCKET_S) * FINE_BUCKET_S - (seconds // FINE_BUCKET_S - 1) * FINE_BUCKET_S
+
+    def _covered_s(self, now: float) -> dict[str, float]:
+        """How many seconds each window's counts really span: a rate is a count over this, never over
+        the window's nominal length (26 s after start the "minute" holds 26 s of events)."""
+        retention_floor = int((now - self.retention_s) // COARSE_BUCKET_S) * COARSE_BUCKET_S
+        floors = {"minute": self._window_floor(MINUTE_S, now), "hour": self._window_floor(HOUR_S, now),
+                  "retention": retention_floor}
+        return {name: round(max(now - max(floor, self.started_s), 0.001), 3) for name, floor in floors.items()}
+
     def _window(self, seconds: int, now: float) -> dict[Key, int]:
-        floor = int(now // FINE_BUCKET_S) * FINE_BUCKET_S - (seconds // FINE_BUCKET_S - 1) * FINE_BUCKET_S
+        floor = self._window_floor(seconds, now)
         summed: dict[Key, int] = {}
         for bucket in reversed(self._fine):
             if bucket.start_s < floor:
@@ -126,6 +139,7 @@ class CollectionStats:
         return {
             "bucket_seconds": FINE_BUCKET_S,
             "windows_seconds": {"minute": MINUTE_S, "hour": HOUR_S, "retention": int(self.retention_s)},
+            "covered_seconds": self._covered_s(now),
             "since_time_us": int(self.started_s * 1_000_000),
             "total_events": self.total_events,
             "totals": totals,

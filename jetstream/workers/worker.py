@@ -23,6 +23,7 @@ import socket
 import tempfile
 import time
 
+from jetstream import __version__
 from jetstream.config import Config
 from jetstream.daemon import freeze_long_lived_objects
 from jetstream.dictionary import active_dictionary
@@ -152,6 +153,8 @@ class Worker:
         status = "stopping" if self._stopping else self.status.get("status", "starting")
         report = {
             "status": status,
+            "version": __version__,
+            "uptime_s": self.status.get("uptime_s"),  # the daemon's: its main process's, not this worker's
             "log_open": self.event_log is not None and not self._stopping,
             "relay": self.status.get("relay", {"connected": False, "cursor": None}),
             "worker": self.index,

@@ -85,3 +85,19 @@ def test_running_hour_and_retention_sums_equal_a_recount_of_what_was_recorded():
                        if (c, o) == (collection, op) and int(t // 3600) * 3600 + 3600 > coarse_floor)
             assert counts(report, collection, "hour")[op] == hour
             assert counts(report, collection, "retention")[op] == kept
+
+
+def test_a_rate_divides_by_the_time_each_window_really_covers():
+    """26 s after start at 300 events/s the minute holds 7,800 events over 26 s: 300/s, not 130/s."""
+    clock = Clock(1_000_003.0)  # not on a bucket boundary
+    stats = CollectionStats(retention_s=24 * 3600, clock_s=clock)
+    for _ in range(26):
+        clock.now += 1
+        stats.record({(POST, "create"): 300})
+    report = stats.report()
+    assert report["covered_seconds"] == {"minute": 26.0, "hour": 26.0, "retention": 26.0}
+    assert report["totals"]["minute"]["all"] / report["covered_seconds"]["minute"] == 300
+    clock.now += 600  # long after start: the minute spans 5 whole buckets and the current, partial one
+    report = stats.report()
+    covered = report["covered_seconds"]
+    assert covered["minute"] == clock.now - (int(clock.now // 10) * 10 - 50) == 59.0 and covered["hour"] == 626.0

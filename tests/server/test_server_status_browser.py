@@ -2,8 +2,10 @@
 
 The daemon ingests the recorded corpus from relay-sim over a websocket; Chromium loads
 /status, runs its script (polling /healthz and /stats/collections), and the test reads the
-numbers off the rendered DOM and checks them against what those two routes answer. A
-screenshot of a page fed by a live stream is kept in build/test-artifacts/status.png.
+numbers off the rendered DOM and checks them against what those two routes answer: health,
+version, uptime, when it was updated, rates over the time really covered, identity/account
+totals, and a degraded daemon's problems. A screenshot of a page fed by a live stream is kept
+in build/test-artifacts/status.png.
 
 Needs the `chromium` apt package (.ci/run installs it); without it the tests are skipped
 with that reason, except under CI=true, where they fail.
@@ -14,11 +16,14 @@ import asyncio
 import os
 import re
 import shutil
+import time
+from datetime import datetime
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
+from jetstream import __version__
 from jetstream.relaysim.server import FileSource, RelaySim
 from tests.server.server_helpers import settle
 from tests.server.test_server_instance_and_stats import CorpusDaemon
@@ -56,31 +61,40 @@ async def run_chromium(tmp_path, url: str, *args: str, budget_ms: int = 6000) ->
 
 
 class _PageReader(HTMLParser):
-    """Text of every element with an id, the body's data-polls, and the collections table's rows."""
+    """Text (and attributes) of every element with an id, the body's data-polls, and the rows of
+    the collections table (data-collection), the kinds table (data-kind) and the problems list
+    (data-problem), each as {cell or span class: text}."""
+
+    ROW_KEYS = {"tr": ("data-collection", "data-kind"), "li": ("data-problem",)}
 
     def __init__(self) -> None:
         super().__init__()
         self.by_id: dict[str, str] = {}
+        self.attrs_by_id: dict[str, dict] = {}
         self.rows: dict[str, dict[str, str]] = {}
+        self.kind_rows: dict[str, dict[str, str]] = {}
+        self.problems: dict[str, dict[str, str]] = {}
         self.polls = 0
         self._stack: list[tuple[str | None, str | None]] = []  # (id, cell class)
-        self._row: str | None = None
+        self._row: dict[str, str] | None = None
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
         if tag == "body":
             self.polls = int(attrs.get("data-polls", "0"))
-        if tag == "tr" and "data-collection" in attrs:
-            self._row = attrs["data-collection"]
-            self.rows[self._row] = {}
-        self._stack.append((attrs.get("id"), attrs.get("class") if tag == "td" else None))
+        for key in self.ROW_KEYS.get(tag, ()):
+            if key in attrs:
+                table = {"data-collection": self.rows, "data-kind": self.kind_rows, "data-problem": self.problems}[key]
+                self._row = table[attrs[key]] = {}
+        self._stack.append((attrs.get("id"), attrs.get("class") if tag in ("td", "span") else None))
         if attrs.get("id"):
             self.by_id[attrs["id"]] = ""
+            self.attrs_by_id[attrs["id"]] = attrs
 
     def handle_endtag(self, tag):
         if self._stack:
             self._stack.pop()
-        if tag == "tr":
+        if tag in self.ROW_KEYS:
             self._row = None
 
     def handle_data(self, data):
@@ -88,7 +102,7 @@ class _PageReader(HTMLParser):
             if element_id:
                 self.by_id[element_id] += data
         if self._row is not None and self._stack and self._stack[-1][1]:
-            self.rows[self._row][self._stack[-1][1]] = data
+            self._row[self._stack[-1][1]] = data
 
 
 def read_page(dom: str) -> _PageReader:
@@ -97,18 +111,50 @@ def read_page(dom: str) -> _PageReader:
     return reader
 
 
+def seconds_of(duration: str) -> int:
+    """The page's uptime ("1h 02m 05s") in seconds."""
+    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+    parts = re.findall(r"(\d+)([dhms])", duration)
+    assert parts, duration
+    return sum(int(number) * units[unit] for number, unit in parts)
+
+
 async def test_status_page_shows_what_healthz_and_stats_collections_say(tmp_path, corpus_dir, corpus_frames):
     async with CorpusDaemon(tmp_path / "data", corpus_dir, corpus_frames) as running:
         await running.ingested()
         transport, _ = await connect(f"ws://127.0.0.1:{running.port}/subscribe")
         await settle(lambda: running.daemon.server.connected_count == 1)
+        _, health_before = await running.get_json("/healthz")
+        _, stats_before = await running.get_json("/stats/collections")
+        wall_before = time.time()
         dom = await run_chromium(tmp_path, f"http://127.0.0.1:{running.port}/status", "--dump-dom")
+        wall_after = time.time()
         _, health = await running.get_json("/healthz")
         _, stats = await running.get_json("/stats/collections")
         transport.disconnect()
     page = read_page(dom)
     assert page.polls >= 2, "the page's script did not poll"
     assert page.by_id["error"] == ""
+    # health, version, uptime and when the page last heard from the daemon
+    assert page.by_id["health-status"] == health["status"] == "ok"
+    assert "hidden" in page.attrs_by_id["problems"] and page.problems == {}
+    assert page.by_id["version"] == health["version"] == __version__
+    assert health_before["uptime_s"] - 1 <= seconds_of(page.by_id["uptime"]) <= health["uptime_s"]
+    updated = datetime.fromisoformat(page.by_id["updated"].replace("Z", "+00:00")).timestamp()
+    assert wall_before - 1 <= updated <= wall_after + 10, "updated at: the last poll (virtual time runs ahead)"
+    # The corpus was stored seconds ago: the minute's count over the seconds it really covers,
+    # not over 60 (which would show a tenth of the rate or less).
+    minute_count = stats["totals"]["minute"]["all"]
+    assert minute_count == stats_before["totals"]["minute"]["all"] > 0
+    assert stats_before["covered_seconds"]["minute"] < 30
+    rate = float(page.by_id["events-per-s-minute"])
+    assert minute_count / stats["covered_seconds"]["minute"] - 0.1 <= rate
+    assert rate <= minute_count / stats_before["covered_seconds"]["minute"] + 0.1
+    # identity and account totals (the corpus holds both)
+    for kind in ("identity", "account", "sync"):
+        for window in ("minute", "hour", "retention"):
+            assert page.kind_rows[kind][window] == str(stats["totals"][window][kind]), (kind, window)
+    assert int(page.kind_rows["identity"]["retention"]) > 0 and int(page.kind_rows["account"]["retention"]) > 0
     assert page.by_id["instance"] == health["instance"]
     assert page.by_id["subscribers"] == str(health["subscribers"]) == "1"
     assert page.by_id["relay-state"] == "connected" and health["relay"]["connected"] is True
@@ -125,6 +171,26 @@ async def test_status_page_shows_what_healthz_and_stats_collections_say(tmp_path
             assert row[operation] == str(counted["retention"][operation]), (collection, operation)
     # ranked by the last minute's events: the busiest collection first
     assert next(iter(page.rows)) == max(stats["collections"], key=lambda c: sum(stats["collections"][c]["minute"].values()))
+
+
+async def test_status_page_shows_a_degraded_daemons_problems(tmp_path, corpus_dir, corpus_frames):
+    async with CorpusDaemon(tmp_path / "data", corpus_dir, corpus_frames) as running:
+        await running.ingested()
+        running.daemon.problems.raise_problem("test_kind", "the disk said no (3 times)", "free some space")
+        status, health = await running.get_json("/healthz")
+        dom = await run_chromium(tmp_path, f"http://127.0.0.1:{running.port}/status", "--dump-dom")
+        running.daemon.problems.clear("test_kind")
+    assert status == 503 and health["status"] == "degraded"
+    page = read_page(dom)
+    assert page.polls >= 2 and page.by_id["error"] == ""
+    assert page.by_id["health-status"] == "degraded"
+    assert "hidden" not in page.attrs_by_id["problems"], "the problems are shown, not tucked away"
+    assert set(page.problems) == {"test_kind"}
+    shown = page.problems["test_kind"]
+    assert shown["kind"] == "test_kind" and "the disk said no (3 times)" in shown["detail"]
+    assert "free some space" in shown["action"] and shown["count"].startswith(" (1×")
+    # the rest of the page still works
+    assert page.by_id["instance"] == health["instance"] and page.by_id["version"] == __version__
 
 
 async def test_status_page_plots_a_live_stream_and_keeps_a_screenshot(tmp_path, corpus_dir, corpus_frames):

@@ -12,6 +12,7 @@ import signal
 import pytest
 from picows import WSCloseCode, ws_connect
 
+from jetstream import __version__
 from jetstream.log.store import EventLog
 from tests.workers.workers_helpers import (
     ReconnectingClient,
@@ -83,6 +84,7 @@ async def test_two_workers_serve_the_log_bytes_with_one_healthz_and_one_metrics(
     assert [report["worker"] for report in reports] == [0, 1]
     for report in reports:
         assert report["status"] == "ok" and report["relay"]["connected"] is True
+        assert report["version"] == __version__ and report["uptime_s"] > 0, "the daemon's, from its main process"
         assert [(w["index"], w["alive"], w["listening"]) for w in report["workers"]] == [(0, True, True), (1, True, True)]
         assert len({w["pid"] for w in report["workers"]}) == 2
     # /stats/collections: the main process's counts of what it stored, from either worker.
