@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Gauge
 
-from jetstream.logfmt import quote
-
 log = logging.getLogger(__name__)
 
 PROBLEMS_TOTAL = Counter(
@@ -62,7 +60,7 @@ class Problems:
         PROBLEMS_TOTAL.labels(kind).inc()
         PROBLEM_ACTIVE.labels(kind).set(1)
         log.log(level, "event=health_degraded problem=%s detail=%s action=%s",
-                kind, quote(detail), quote(action))
+                kind, detail, action)  # the formatter quotes values with spaces
         return True
 
     def clear(self, kind: str) -> bool:
