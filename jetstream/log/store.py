@@ -747,6 +747,10 @@ class EventLog:
         return times
 
     # -- lifetime -------------------------------------------------------------------------------
+    def column_families(self) -> dict:
+        """The event column families by name (jetstream repair's scan reads them directly)."""
+        return {CF_EVENTS: self._events, CF_EVENTS_ZSTD: self._events_zstd, CF_EVENTS_INDEX: self._index}
+
     def flush(self) -> None:
         """Write every column family's memtable to a table file (tests, and jetstream repair)."""
         for column_family in (self._events, self._events_zstd, self._index, self._did_revs, self._meta):
