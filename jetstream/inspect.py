@@ -38,8 +38,8 @@ from jetstream.log.store import (
     _SIGNED,
     _UNSIGNED,
     CF_EVENTS,
-    CF_EVENTS_ZSTD,
     CF_EVENTS_INDEX,
+    CF_EVENTS_ZSTD,
     CF_META,
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -51,7 +51,6 @@ from jetstream.log.store import (
     META_RELAY_CURSOR,
     OUR_COLUMN_FAMILIES,
 )
-
 
 DAMAGED_EXIT_STATUS = 3  # the summary was printed, but some of the log cannot be read back
 

@@ -30,7 +30,7 @@ from jetstream.compression import EventCompressor
 from jetstream.events import KIND_COMMIT, Event
 from jetstream.log.store import CF_EVENTS, EventLog
 from tests.waiting import until
-from tests.workers.workers_helpers import address_for_worker, free_port, healthz, metrics_text, metric_value, spawn
+from tests.workers.workers_helpers import address_for_worker, free_port, healthz, metric_value, metrics_text, spawn
 from tests.wsclient import connect
 
 pytestmark = pytest.mark.timeout(240)
@@ -158,7 +158,7 @@ async def test_damaged_table_file_is_reported_closed_1011_repaired_and_its_gap_r
         for worker in range(workers):
             local_ip = address_for_worker(worker, workers) if workers > 1 else "127.0.0.1"
 
-            async def degraded() -> bool:
+            async def degraded(local_ip: str = local_ip) -> bool:
                 return "log_corruption" in health_problem_kinds(await healthz(port, local_ip))
 
             await until(degraded, f"worker {worker}'s /healthz to show log_corruption")
