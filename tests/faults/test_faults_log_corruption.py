@@ -1,4 +1,4 @@
-"""A damaged RocksDB table file is never read as the end of the log (issue 22, §1).
+"""A damaged RocksDB table file is never read as the end of the log (issue 22, part 1).
 
 A real log of 30,000 events in several table files per column family; 4 KiB of garbage
 written into the middle of the oldest `events` table file (the block checksum must catch it).
