@@ -441,7 +441,11 @@ class EventLog:
         index_ranges = self._index_trim_ranges(cutoff_time_us)
         for index_begin, index_end in index_ranges:
             batch.delete_range(index_begin, index_end, self._index_handle)
+        kept_gaps = [gap for gap in self._gaps if gap["to_time_us"] >= cutoff_time_us]
+        if len(kept_gaps) != len(self._gaps):  # a gap wholly below the cutoff is no loss a reader can meet
+            batch.put(META_GAPS, json.dumps(kept_gaps).encode(), self._meta_handle)
         self._db.write(batch, self._write_options)
+        self._gaps = kept_gaps
         log.info("event=log_trimmed cutoff_time_us=%d oldest_before=%d", cutoff_time_us, oldest)
         return TrimmedRanges((begin, end), tuple(index_ranges))
 
@@ -650,9 +654,14 @@ class EventLog:
         A reader is at a gap when its position is inside one, or when nothing it can still read
         lies before the gap (the next row is past it, or the log ends and the reader goes live).
         """
+        oldest = None
         for gap in self._gaps:
             if gap["to_time_us"] <= after_time_us:
                 continue  # passed (a cursor beyond it, or a client that resumed past it)
+            if oldest is None:
+                oldest = self.oldest_time_us() or 0
+            if gap["to_time_us"] < oldest:
+                continue  # the TTL trim has passed it: what it lost would be gone by now anyway
             if gap["from_time_us"] <= after_time_us + 1:
                 raise LogGap(gap)
             before = [row for row in rows if row.time_us < gap["from_time_us"]]

@@ -9,7 +9,7 @@ from rocksdict import Options, Rdict, WriteBatch
 from jetstream.log.damage import corruption_close_reason, gap_close_reason
 from jetstream.log.repair import repair_data_dir
 from jetstream.log.rows import MAX_TIME_US
-from jetstream.log.store import CF_META, META_FORMAT_VERSION, EventLog
+from jetstream.log.store import CF_META, META_FORMAT_VERSION, EventLog, LogGap
 from tests.log.test_log_store import synthetic_event
 
 CLOSE_REASON_LIMIT = 123  # RFC 6455 5.5: a control frame's payload is at most 125 bytes, 2 are the code
@@ -50,3 +50,24 @@ def test_repair_of_a_sound_log_changes_nothing_and_records_no_gap(tmp_path):
         assert [row.time_us for row in event_log.read_after(0, 1000, False)] == list(range(1, 101))
         assert event_log.gaps() == [] and event_log.relay_cursor() == 7
     assert not (tmp_path / "data" / "repair-work").exists()
+
+
+def test_a_recorded_gap_stops_a_replay_until_the_ttl_trim_has_passed_it(tmp_path):
+    data_dir = str(tmp_path / "data")
+    with EventLog(data_dir) as event_log:
+        event_log.append([synthetic_event(t) for t in range(1, 101) if not 40 <= t <= 49], relay_cursor=1)
+        event_log.record_gaps([{"from_time_us": 40, "to_time_us": 49, "events_lost": 10, "repaired_at": "now"}])
+        assert [row.time_us for row in event_log.read_after(0, 1000, False)] == list(range(1, 40))
+        for position in (39, 44):
+            try:
+                event_log.read_after(position, 1000, False)
+            except LogGap as exc:
+                assert (exc.gap["from_time_us"], exc.gap["to_time_us"]) == (40, 49)
+            else:
+                raise AssertionError(f"a replay from {position} crossed the gap silently")
+        assert [row.time_us for row in event_log.read_after(49, 1000, True)] == list(range(50, 101))
+        event_log.trim_older_than(60)
+        assert event_log.gaps() == []
+        assert [row.time_us for row in event_log.read_after(0, 1000, False)] == list(range(60, 101))
+    with EventLog(data_dir, create=False) as event_log:
+        assert event_log.gaps() == []
