@@ -1,4 +1,4 @@
-"""The `jetstream` command: `serve`, `relay-sim`, `demo`, `train-dictionary`, `tail`, `inspect`.
+"""The `jetstream` command: `serve`, `relay-sim`, `demo`, `train-dictionary`, `tail`, `inspect`, `repair`.
 
 Owns: argument parsing (via jetstream.config), logging set-up and the event loop.
 It must never contain daemon logic; each subcommand calls one entry point.
@@ -132,6 +132,22 @@ def add_inspect_parser(sub) -> None:
     p.set_defaults(handler=cmd_inspect, plain_args=True)
 
 
+def cmd_repair(args) -> None:
+    from jetstream.log.repair import run_repair
+
+    logging.getLogger().setLevel(getattr(logging, args.log_level.upper(), logging.WARNING))
+    raise SystemExit(run_repair(args))
+
+
+def add_repair_parser(sub) -> None:
+    from jetstream.log.repair import add_repair_arguments
+
+    p = sub.add_parser("repair", help="drop a damaged event log's unreadable ranges and record them as gaps "
+                                      "(offline: stop the daemon first)")
+    add_repair_arguments(p)
+    p.set_defaults(handler=cmd_repair, plain_args=True)
+
+
 def build_parser(environ: dict[str, str]) -> tuple[argparse.ArgumentParser, dict]:
     parser = argparse.ArgumentParser(prog="jetstream", description="atproto firehose translation service")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -152,6 +168,7 @@ def build_parser(environ: dict[str, str]) -> tuple[argparse.ArgumentParser, dict
     add_train_dictionary_parser(sub)
     add_tail_parser(sub)
     add_inspect_parser(sub)
+    add_repair_parser(sub)
     return parser, flag_sets
 
 

@@ -30,6 +30,7 @@ from jetstream.ingest.pipeline import IngestPipeline
 from jetstream.ingest.relay_client import RelayClient
 from jetstream.ingest.relay_cursor import resume_cursor_for
 from jetstream.ingest.sequencer import Sequencer
+from jetstream.log.damage import DamageReport
 from jetstream.log.store import EventLog
 from jetstream.log.ttl import TtlTrimmer, trim_interval_s
 from jetstream.server.app import SHUTDOWN_REASON, SubscribeServer
@@ -106,6 +107,8 @@ class Daemon:
         self.ready = False
         # What degrades /healthz (jetstream/health.py): the part that meets a failure raises it.
         self.problems = Problems()
+        # A reader that meets a damaged log reports here: one line per damaged file, a counter, the problem.
+        self.damage = DamageReport(self.problems)
         # The process entry (run_until_signalled) sets this: see freeze_long_lived_objects.
         self.freeze_gc = False
         self.started_monotonic = time.monotonic()  # /healthz uptime_s
@@ -120,6 +123,7 @@ class Daemon:
         compressor = EventCompressor(dictionary)
         settings = ServerSettings.from_config(cfg, zstd_dictionary=dictionary)
         self.server = SubscribeServer(self.event_log, ring, settings, health=self.health)
+        self.server.on_log_damage = self.damage.report
         host, port = parse_listen_addr(cfg.listen_addr)
         try:
             await self.server.start(host, port)

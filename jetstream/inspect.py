@@ -4,7 +4,10 @@ Owns: a read-only open of the RocksDB event log (safe beside a running daemon: R
 read-only mode takes no LOCK and replays the WAL into its own memory, so it sees every
 batch written before it opened) and the summary an operator asks for: events held,
 oldest/newest time_us (also as UTC dates), size on disk, relay cursor, high-water mark,
-log format and the zstd dictionary id the stored frames carry.
+log format and the zstd dictionary id the stored frames carry, the gaps `jetstream repair`
+recorded, and damage: unless --skip-verify, every block of the event column families is
+read with checksum verification (jetstream/log/repair.py's scan), and a damaged log exits 3.
+A log of another format is refused (exit 1) rather than summarised.
 It must never write to the log, and never open it read-write (jetstream.log.store owns
 that, and would fight a running daemon for the LOCK). Even a read-only open writes:
 rocksdict rewrites its rocksdict-config.json, and RocksDB may start an info LOG. So the
@@ -35,15 +38,21 @@ from jetstream.log.store import (
     _SIGNED,
     _UNSIGNED,
     CF_EVENTS,
+    CF_EVENTS_INDEX,
     CF_EVENTS_ZSTD,
     CF_META,
+    FORMAT_NAME,
+    FORMAT_VERSION,
     META_FORMAT_NAME,
     META_FORMAT_VERSION,
+    META_GAPS,
     META_HWM,
     META_RELAY,
     META_RELAY_CURSOR,
     OUR_COLUMN_FAMILIES,
 )
+
+DAMAGED_EXIT_STATUS = 3  # the summary was printed, but some of the log cannot be read back
 
 
 class InspectError(Exception):
@@ -63,6 +72,13 @@ class LogSummary:
     hwm_time_us: int
     zstd_dictionary_id: int | None  # of the newest stored zstd frame; 0 = no dictionary
     relay: str | None = None  # the relay host the cursor belongs to (None: not recorded yet)
+    verified: bool = False  # every block was read with checksum verification
+    damage: list[str] | None = None  # what the verification found unreadable (empty: nothing)
+    gaps: list[dict] | None = None  # ranges jetstream repair dropped
+
+    @property
+    def damaged(self) -> bool:
+        return bool(self.damage)
 
     def as_text(self) -> str:
         events = (f"{self.events_exact}" if self.events_exact is not None
@@ -80,8 +96,26 @@ class LogSummary:
             ("hwm time_us", _with_date(self.hwm_time_us or None)),
             ("zstd dictionary id", "unknown (no events)" if self.zstd_dictionary_id is None
              else str(self.zstd_dictionary_id) + (" (none)" if self.zstd_dictionary_id == 0 else "")),
+            ("gaps", _gaps_text(self.gaps)),
+            ("damage", _damage_text(self.verified, self.damage)),
         ]
         return "".join(f"{name + ':':<20}{value}\n" for name, value in rows)
+
+
+def _gaps_text(gaps: list[dict] | None) -> str:
+    if not gaps:
+        return "none"
+    return "; ".join(f"time_us {gap['from_time_us']}..{gap['to_time_us']} "
+                     f"({'unknown' if gap.get('events_lost') is None else gap['events_lost']} events lost, "
+                     f"repaired {gap.get('repaired_at', '?')})" for gap in gaps)
+
+
+def _damage_text(verified: bool, damage: list[str] | None) -> str:
+    if not verified:
+        return "not checked (--skip-verify)"
+    if not damage:
+        return "none (every block read, checksums verified)"
+    return "; ".join(damage) + " -- stop the daemon and run `jetstream repair DATA_DIR`"
 
 
 def iso_date(time_us: int) -> str:
@@ -153,13 +187,31 @@ def open_read_only(path: Path) -> Rdict:
 def _edge_key(column_family, last: bool) -> tuple[bytes, bytes] | None:
     iterator = column_family.iter()
     iterator.seek_to_last() if last else iterator.seek_to_first()
-    return (iterator.key(), iterator.value()) if iterator.valid() else None
+    if iterator.valid():
+        return iterator.key(), iterator.value()
+    try:
+        iterator.status()
+    except Exception as exc:  # noqa: BLE001 - rocksdict raises bare Exception: a damaged block, not "no events"
+        raise InspectError(f"the {'newest' if last else 'oldest'} events are unreadable: {exc}") from exc
+    return None
+
+
+def _readable_edge(column_family, last: bool) -> tuple[bytes, bytes] | None:
+    """The first (or last) row; None where it cannot be read (only once the damage is reported)."""
+    try:
+        return _edge_key(column_family, last)
+    except InspectError:
+        return None
 
 
 def _count_keys(column_family) -> int:
-    count = 0
-    for _ in column_family.keys():
-        count += 1
+    """Rows, counted with checksum verification; InspectError where the count cannot go on."""
+    from jetstream.log.repair import scan_column_family
+
+    damages: list = []
+    count = scan_column_family(column_family, CF_EVENTS, damages)
+    if damages:
+        raise InspectError(f"cannot count events: {damages[0].describe(0)}; run `jetstream repair DATA_DIR`")
     return count
 
 
@@ -172,31 +224,65 @@ def _newest_dictionary_id(zstd_family) -> int | None:
     return zstandard.get_frame_parameters(decode_row(*newest).payload).dict_id
 
 
-def inspect_data_dir(data_dir: str | os.PathLike, exact: bool = False) -> LogSummary:
-    """The summary of the event log at data_dir, read without taking its LOCK."""
+def inspect_data_dir(data_dir: str | os.PathLike, exact: bool = False, verify: bool = False) -> LogSummary:
+    """The summary of the event log at data_dir, read without taking its LOCK (`verify`: every block)."""
     path = Path(data_dir)
     if not (path / "CURRENT").exists():
         raise InspectError(f"{path} holds no RocksDB database")
     try:
         with read_only_view(path) as view:
-            return _summarise(path, open_read_only(view), exact)
+            return _summarise(path, open_read_only(view), exact, verify)
     except OSError as exc:
         raise InspectError(f"{path}: {exc.strerror or exc}") from exc
 
 
-def _summarise(path: Path, db: Rdict, exact: bool) -> LogSummary:
+def _check_format(path: Path, format_name: bytes | None, format_version: bytes | None) -> None:
+    """Refuse a log this build cannot read rather than summarise it as if it could."""
+    if format_name != FORMAT_NAME:
+        raise InspectError(f"{path} is not a jetstream event log (format name {format_name!r})")
+    if format_version != b"%d" % FORMAT_VERSION:
+        shown = (format_version or b"?").decode("ascii", "replace")
+        raise InspectError(f"{path} is a jetstream event log of format version {shown}; this build reads "
+                           f"version {FORMAT_VERSION} only and cannot read it (use the jetstream that wrote it)")
+
+
+def _verify(db: Rdict, hwm: int, counts: dict) -> list[str]:
+    """Read every block of the event column families with checksum verification; what is damaged."""
+    from jetstream.log.repair import scan_column_family
+
+    damages: list = []
+    for name in (CF_EVENTS, CF_EVENTS_ZSTD, CF_EVENTS_INDEX):
+        try:
+            family = db.get_column_family(name)
+        except Exception:  # noqa: BLE001 - a log written before the index existed
+            continue
+        try:
+            counts[name] = scan_column_family(family, name, damages)
+        finally:
+            family.close()
+    return [damage.describe(hwm) for damage in damages]
+
+
+def _summarise(path: Path, db: Rdict, exact: bool, verify: bool = False) -> LogSummary:
     families = [db.get_column_family(name) for name in (CF_EVENTS, CF_EVENTS_ZSTD, CF_META)]
     try:
         events, zstd_rows, meta = families
         format_name, format_version = meta.get(META_FORMAT_NAME), meta.get(META_FORMAT_VERSION)
+        _check_format(path, format_name, format_version)
         relay_cursor, hwm = meta.get(META_RELAY_CURSOR), meta.get(META_HWM)
         relay = meta.get(META_RELAY)
-        oldest, newest = _edge_key(events, last=False), _edge_key(events, last=True)
+        gaps = json.loads(bytes(meta.get(META_GAPS) or b"[]"))
+        hwm_value = _UNSIGNED.unpack(hwm)[0] if hwm is not None else 0
+        counts: dict = {}
+        damage = _verify(db, hwm_value, counts) if verify else None
+        # With damage found (and reported), an unreadable edge is shown as none rather than refused.
+        edge = _readable_edge if damage else _edge_key
+        oldest, newest = edge(events, last=False), edge(events, last=True)
         return LogSummary(
             data_dir=str(path),
             format=f"{(format_name or b'?').decode()} v{(format_version or b'?').decode()}",
             events_estimate=events.property_int_value("rocksdb.estimate-num-keys") or 0,
-            events_exact=_count_keys(events) if exact else None,
+            events_exact=(counts[CF_EVENTS] if CF_EVENTS in counts else _count_keys(events)) if exact else None,
             oldest_time_us=decode_key(oldest[0]) if oldest else None,
             newest_time_us=decode_key(newest[0]) if newest else None,
             size_bytes=directory_size(path),
@@ -204,6 +290,9 @@ def _summarise(path: Path, db: Rdict, exact: bool) -> LogSummary:
             hwm_time_us=_UNSIGNED.unpack(hwm)[0] if hwm is not None else 0,
             zstd_dictionary_id=_newest_dictionary_id(zstd_rows),
             relay=bytes(relay).decode("utf-8", "replace") if relay is not None else None,
+            verified=verify,
+            damage=damage,
+            gaps=gaps,
         )
     finally:
         # rocksdict keeps the database open while any column-family view lives.
@@ -215,6 +304,8 @@ def _summarise(path: Path, db: Rdict, exact: bool) -> LogSummary:
 def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data_dir", help="the daemon's --data-dir")
     parser.add_argument("--exact", action="store_true", help="count events by iterating keys (slow on big logs)")
+    parser.add_argument("--skip-verify", action="store_true",
+                        help="do not read every block to check checksums (fast on big logs; damage goes unseen)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.add_argument("--log-level", default="warning", help="debug | info | warning | error")
 
@@ -222,7 +313,7 @@ def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
 def run_inspect(args, out=None) -> int:
     out = out if out is not None else sys.stdout
     try:
-        summary = inspect_data_dir(args.data_dir, exact=args.exact)
+        summary = inspect_data_dir(args.data_dir, exact=args.exact, verify=not args.skip_verify)
     except InspectError as exc:
         sys.stderr.write(f"jetstream inspect: error: {exc}\n")
         return 1
@@ -230,4 +321,8 @@ def run_inspect(args, out=None) -> int:
         out.write(json.dumps(asdict(summary)) + "\n")
     else:
         out.write(summary.as_text())
+    if summary.damaged:
+        sys.stderr.write("jetstream inspect: error: the log is damaged: " + "; ".join(summary.damage)
+                         + "; stop the daemon and run `jetstream repair DATA_DIR`\n")
+        return DAMAGED_EXIT_STATUS
     return 0

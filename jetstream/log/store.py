@@ -8,19 +8,26 @@ time_us keeps increasing across restarts (invariant 2). Rows are laid out by
 `jetstream.log.rows`. The same batch writes each event's secondary index keys (by
 collection and by did), so a narrow filtered replay (`read_matching_after`) reads
 only the rows its filter can want instead of scanning every row.
+Every read verifies block checksums and checks its iterator's status when the iterator
+ends: RocksDB reports a damaged block by ending the iteration, so an unchecked end would
+read as the end of the log. Damage raises `LogCorruption` (which column family, file and
+time_us range); a replay that reaches a range `jetstream repair` dropped raises `LogGap`
+(the ranges are recorded in `meta` as `gaps`).
 It must never invent time_us values, parse event JSON, or silently re-create a
 directory that is not an event log of this format.
 """
 from __future__ import annotations
 
 import gc
+import json
 import logging
+import re
 import struct
 import uuid
 from pathlib import Path
 from typing import Callable, Iterable, NamedTuple, Sequence
 
-from rocksdict import DBCompressionType, Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import DBCompressionType, Options, Rdict, ReadOptions, WriteBatch, WriteOptions
 
 from jetstream.events import Event
 from jetstream.log.rows import (
@@ -71,6 +78,9 @@ META_STREAM_SEQ = b"cluster_stream_seq"
 # This log's identity: created with the log (or at the first open of a log that predates it)
 # and never changed, so clients can tell a restart of the same instance from another one.
 META_INSTANCE_ID = b"instance_id"
+# Ranges `jetstream repair` dropped because RocksDB could not read them back: a JSON list of
+# {"from_time_us", "to_time_us", "events_lost" (null: unknown), "repaired_at", "file", "column_families"}.
+META_GAPS = b"gaps"
 
 # A filter naming more than this many exact collections (or dids) reads faster by scanning:
 # each name costs one seek per index bucket.
@@ -111,6 +121,59 @@ def index_query_for(wanted_collections: Iterable[str] | None, wanted_dids: Itera
 
 class LogError(Exception):
     """The log cannot be opened as asked, or an append would break its invariants."""
+
+
+class LogCorruption(LogError):
+    """A read met data RocksDB cannot read back (a block checksum mismatch, a damaged file).
+
+    Never an end of the log: the events from `from_time_us` to `to_time_us` (inclusive; None:
+    not known) are held but unreadable. `file` is the damaged file as RocksDB names it.
+    """
+
+    def __init__(self, path: str, column_family: str, detail: str,
+                 from_time_us: int | None = None, to_time_us: int | None = None) -> None:
+        self.path = path
+        self.column_family = column_family
+        self.detail = detail
+        self.file = damaged_file_of(detail)
+        self.from_time_us = from_time_us
+        self.to_time_us = to_time_us
+        super().__init__(f"event log at {path}: {column_family} unreadable at time_us "
+                         f"{_bound(from_time_us)}..{_bound(to_time_us)} ({self.file or 'file unknown'}): {detail}")
+
+    def describe(self) -> dict:
+        """What is known about the damage, as plain values (a log line, a channel message)."""
+        return {"path": self.path, "column_family": self.column_family, "file": self.file,
+                "from_time_us": self.from_time_us, "to_time_us": self.to_time_us, "detail": self.detail[:300]}
+
+
+class LogGap(LogError):
+    """A replay reached a range `jetstream repair` dropped: the reader's cursor cannot complete."""
+
+    def __init__(self, gap: dict) -> None:
+        self.gap = gap
+        super().__init__(f"events lost at time_us {gap['from_time_us']}..{gap['to_time_us']} "
+                         f"(dropped by jetstream repair at {gap.get('repaired_at', '?')})")
+
+
+def _bound(time_us: int | None) -> str:
+    return "?" if time_us is None else str(time_us)
+
+
+_SST_NAME = re.compile(r"([0-9]+\.sst)")
+
+
+def damaged_file_of(detail: str) -> str | None:
+    """The table file a RocksDB error names ("... in /data/000123.sst offset ..."), or None."""
+    found = _SST_NAME.search(detail)
+    return found.group(1) if found else None
+
+
+def verifying_read_options() -> ReadOptions:
+    """Reads that check every block's checksum (RocksDB's default, stated so no one turns it off)."""
+    options = ReadOptions()
+    options.set_verify_checksums(True)
+    return options
 
 
 def _column_family_options(name: str) -> Options:
@@ -168,6 +231,7 @@ class EventLog:
         self._did_revs_handle = self._db.get_column_family_handle(CF_DID_REVS)
         self._write_options = WriteOptions()
         self._write_options.sync = fsync  # WAL is always on; fsync only decides sync-to-disk.
+        self._read_options = verifying_read_options()
         self._closed = False
         self._hwm = 0
         self._relay_cursor = None
@@ -186,6 +250,7 @@ class EventLog:
         if self._index_from is None:
             self._start_index(0 if fresh else self._hwm + 1)
         self._instance_id = self._read_or_create_instance_id()
+        self._gaps = self._read_gaps()
         log.info("event=log_opened path=%s fresh=%s relay_cursor=%s hwm=%d fsync=%s",
                  self.path, fresh, self._relay_cursor, self._hwm, fsync)
 
@@ -270,6 +335,30 @@ class EventLog:
         """The id this log was created with (32 hex digits), the same after every restart."""
         return self._instance_id
 
+    def _read_gaps(self) -> list[dict]:
+        value = self._meta.get(META_GAPS)
+        if not value:
+            return []
+        try:
+            gaps = json.loads(bytes(value))
+        except ValueError as exc:
+            raise LogError(f"event log at {self.path} has unreadable recorded gaps: {exc}") from exc
+        return sorted(gaps, key=lambda gap: gap["from_time_us"])
+
+    def gaps(self) -> list[dict]:
+        """The ranges `jetstream repair` dropped (oldest first): events there are lost."""
+        return list(self._gaps)
+
+    def record_gaps(self, gaps: list[dict]) -> None:
+        """Add `gaps` to the recorded ones, durably (jetstream repair, offline)."""
+        merged = sorted(self._gaps + list(gaps), key=lambda gap: gap["from_time_us"])
+        batch = WriteBatch(raw_mode=True)
+        batch.put(META_GAPS, json.dumps(merged).encode(), self._meta_handle)
+        sync = WriteOptions()
+        sync.sync = True
+        self._db.write(batch, sync)
+        self._gaps = merged
+
     def _read_meta_int(self, key: bytes, layout: struct.Struct) -> int | None:
         value = self._meta.get(key)
         return None if value is None else layout.unpack(value)[0]
@@ -352,7 +441,11 @@ class EventLog:
         index_ranges = self._index_trim_ranges(cutoff_time_us)
         for index_begin, index_end in index_ranges:
             batch.delete_range(index_begin, index_end, self._index_handle)
+        kept_gaps = [gap for gap in self._gaps if gap["to_time_us"] >= cutoff_time_us]
+        if len(kept_gaps) != len(self._gaps):  # a gap wholly below the cutoff is no loss a reader can meet
+            batch.put(META_GAPS, json.dumps(kept_gaps).encode(), self._meta_handle)
         self._db.write(batch, self._write_options)
+        self._gaps = kept_gaps
         log.info("event=log_trimmed cutoff_time_us=%d oldest_before=%d", cutoff_time_us, oldest)
         return TrimmedRanges((begin, end), tuple(index_ranges))
 
@@ -444,12 +537,15 @@ class EventLog:
         return self._edge_time_us(last=True)
 
     def _edge_time_us(self, *, last: bool) -> int | None:
-        iterator = self._events.iter()
+        iterator = self._events.iter(self._read_options)
         if last:
             iterator.seek_to_last()
         else:
             iterator.seek_to_first()
-        return decode_key(iterator.key()) if iterator.valid() else None
+        if iterator.valid():
+            return decode_key(iterator.key())
+        self._raise_if_damaged(iterator, CF_EVENTS, None)
+        return None
 
     def stored_event_bytes(self) -> int:
         """Bytes the two event column families hold: SST files plus memtables (not the WAL).
@@ -475,12 +571,105 @@ class EventLog:
         start = max(after_time_us + 1, 0)
         if limit <= 0 or start > MAX_TIME_US:
             return []
+        name = CF_EVENTS_ZSTD if compressed else CF_EVENTS
         column_family = self._events_zstd if compressed else self._events
-        # items(from_key=...) is a seeked iterator consumed lazily: decode_rows stops at `limit`.
-        # (Not ReadOptions.set_iterate_lower_bound: rocksdict 0.3.29 stores it as the UPPER bound,
-        # measured: lower=5 + seek_to_first yields keys 0..4.)
-        rows = decode_rows(column_family.items(from_key=encode_key(start)), limit)
+        # A seeked iterator consumed lazily: decode_rows stops at `limit`. Not items(from_key=):
+        # it ends silently at a damaged block. (Not ReadOptions.set_iterate_lower_bound either:
+        # rocksdict 0.3.29 stores it as the UPPER bound, measured: lower=5 + seek_to_first
+        # yields keys 0..4.)
+        rows = decode_rows(self._checked_pairs(column_family, name, start, limit), limit)
         self.values_read += len(rows)
+        if self._gaps:
+            rows = self._stop_at_gap(after_time_us, rows, limit)
+        return rows
+
+    def _checked_pairs(self, column_family, name: str, start: int, limit: int) -> list[tuple[bytes, bytes]]:
+        """Up to `limit` (key, value) from time_us `start` on, the iterator's status checked at its end.
+
+        Rows read before a damaged block are returned; the next read, which starts at the
+        damage, raises LogCorruption: a reader gets every readable event before it.
+        """
+        iterator = column_family.iter(self._read_options)
+        iterator.seek(encode_key(start))
+        valid, key, value, step = iterator.valid, iterator.key, iterator.value, iterator.next
+        pairs: list[tuple[bytes, bytes]] = []
+        append = pairs.append
+        while valid():
+            append((key(), value()))
+            if len(pairs) >= limit:
+                return pairs
+            step()
+        if pairs:
+            return pairs  # if the iterator ended on damage, the next read (starting there) reports it
+        self._raise_if_damaged(iterator, name, start - 1, column_family)
+        return pairs
+
+    def _raise_if_damaged(self, iterator, name: str, after_time_us: int | None, column_family=None) -> None:
+        """An iterator that ended: LogCorruption if it ended on an error, not at the end of the data."""
+        try:
+            iterator.status()
+        except Exception as exc:  # noqa: BLE001 - rocksdict raises bare Exception
+            to_time_us = None
+            if column_family is not None and after_time_us is not None:
+                following = self.next_readable_time_us(column_family, after_time_us)
+                to_time_us = following - 1 if following is not None else self._hwm
+            raise LogCorruption(self.path, name, str(exc),
+                                None if after_time_us is None else after_time_us + 1, to_time_us) from exc
+
+    def next_readable_time_us(self, column_family, after_time_us: int) -> int | None:
+        """The first event above a damaged stretch that starts after `after_time_us`; None: none readable.
+
+        A seek into a damaged block fails, a seek past it lands on the next readable key, so a
+        binary search over seek targets finds where the damage ends (at most ~64 seeks). With
+        several damaged blocks apart from each other it finds the end of one of them.
+        """
+        iterator = column_family.iter(self._read_options)
+
+        def readable_from(time_us: int) -> tuple[bool, int | None]:
+            iterator.seek(encode_key(min(time_us, MAX_TIME_US)))
+            if iterator.valid():
+                return True, decode_key(iterator.key())
+            try:
+                iterator.status()
+            except Exception:  # noqa: BLE001 - a damaged block under this seek
+                return False, None
+            return True, None
+
+        low, high = after_time_us + 1, max(self._hwm, after_time_us) + 1  # low: damaged; high: past the log
+        found_ok, found = readable_from(high)
+        if not found_ok:
+            return None
+        while high - low > 1:
+            middle = (low + high) // 2
+            ok, first = readable_from(middle)
+            if ok:
+                high, found = middle, first
+            else:
+                low = middle
+        return found
+
+    def _stop_at_gap(self, after_time_us: int, rows: list[LogRow], limit: int) -> list[LogRow]:
+        """`rows` up to the first recorded gap after `after_time_us`; LogGap once a reader stands at it.
+
+        A reader is at a gap when its position is inside one, or when nothing it can still read
+        lies before the gap (the next row is past it, or the log ends and the reader goes live).
+        """
+        oldest = None
+        for gap in self._gaps:
+            if gap["to_time_us"] <= after_time_us:
+                continue  # passed (a cursor beyond it, or a client that resumed past it)
+            if oldest is None:
+                oldest = self.oldest_time_us() or 0
+            if gap["to_time_us"] < oldest:
+                continue  # the TTL trim has passed it: what it lost would be gone by now anyway
+            if gap["from_time_us"] <= after_time_us + 1:
+                raise LogGap(gap)
+            before = [row for row in rows if row.time_us < gap["from_time_us"]]
+            if len(before) == len(rows) and len(rows) >= limit:
+                return rows  # the gap is further on than this read reaches
+            if before:
+                return before
+            raise LogGap(gap)
         return rows
 
     def index_from_time_us(self) -> int:
@@ -504,6 +693,7 @@ class EventLog:
             return []
         # Index keys of the trim's partial bucket may outlive their rows: start at a row that exists.
         start = max(start, oldest)
+        name = CF_EVENTS_ZSTD if compressed else CF_EVENTS
         column_family = self._events_zstd if compressed else self._events
         rows: list[LogRow] = []
         while len(rows) < limit:
@@ -511,10 +701,18 @@ class EventLog:
             if not times:
                 break
             keys = [encode_key(time_us) for time_us in times]
-            found = [(key, value) for key, value in zip(keys, column_family[keys]) if value is not None]
+            try:
+                values = column_family.get(keys, read_opt=self._read_options)
+            except Exception as exc:  # noqa: BLE001 - rocksdict raises bare Exception
+                following = self.next_readable_time_us(column_family, start - 1)
+                raise LogCorruption(self.path, name, str(exc), start,
+                                    following - 1 if following is not None else self._hwm) from exc
+            found = [(key, value) for key, value in zip(keys, values) if value is not None]
             rows += decode_rows(found, limit)
             self.values_read += len(found)
             start = times[-1] + 1
+        if self._gaps:
+            rows = self._stop_at_gap(after_time_us, rows, limit)
         return rows
 
     def _index_times(self, query: IndexQuery, start: int, limit: int) -> list[int]:
@@ -524,13 +722,14 @@ class EventLog:
         position; an empty stretch of buckets costs one seek.
         """
         times: list[int] = []
-        iterator = self._index.iter()
+        iterator = self._index.iter(self._read_options)
         start_key = encode_key(start)
         bucket, last_bucket = index_bucket(start), index_bucket(self._hwm)
         tag = query.tag
         while bucket <= last_bucket and len(times) < limit:
             iterator.seek(encode_bucket_start(tag, bucket))
             if not iterator.valid():
+                self._raise_if_damaged(iterator, CF_EVENTS_INDEX, start - 1)
                 break
             key = iterator.key()
             if key[0] != tag:
@@ -548,6 +747,8 @@ class EventLog:
                     found.append(decode_index_time_us(key))
                     taken += 1
                     iterator.next()
+                if not iterator.valid():
+                    self._raise_if_damaged(iterator, CF_EVENTS_INDEX, start - 1)
             if found:
                 found.sort()
                 times += found[:limit - len(times)]
@@ -555,6 +756,15 @@ class EventLog:
         return times
 
     # -- lifetime -------------------------------------------------------------------------------
+    def column_families(self) -> dict:
+        """The event column families by name (jetstream repair's scan reads them directly)."""
+        return {CF_EVENTS: self._events, CF_EVENTS_ZSTD: self._events_zstd, CF_EVENTS_INDEX: self._index}
+
+    def flush(self) -> None:
+        """Write every column family's memtable to a table file (tests, and jetstream repair)."""
+        for column_family in (self._events, self._events_zstd, self._index, self._did_revs, self._meta):
+            column_family.flush()
+
     def close(self) -> None:
         if self._closed:
             return

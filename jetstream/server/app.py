@@ -84,6 +84,9 @@ class SubscribeServer:
         # the per-collection counters ingest keeps (the daemon sets them; None: no route data).
         self.instance_id = instance_id_of(event_log)
         self.collection_stats = None
+        # Where a reader that met a damaged log reports it (jetstream/log/damage.py's DamageReport, or
+        # a worker's message to its main process); None: logged here only.
+        self.on_log_damage: Callable[[dict], None] | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -248,6 +251,13 @@ class SubscribeServer:
         if slot is None or not self.live.join(slot):
             self._waiting.add(subscriber)
 
+    def report_log_damage(self, damage: dict) -> None:
+        """A reader met data the log cannot read back (LogCorruption.describe())."""
+        if self.on_log_damage is not None:
+            self.on_log_damage(damage)
+        else:
+            log.error("event=log_corruption %s", " ".join(f"{key}={value}" for key, value in damage.items()))
+
     def count_disconnect(self, reason: str) -> None:
         self.disconnects[reason] += 1
 
@@ -289,8 +299,13 @@ class SubscribeServer:
         """(ready, report): the daemon's view when it gave one, else the server's own."""
         ready, report = self._health() if self._health is not None else (True, {})
         report = dict(report, listening=self.is_listening, subscribers=self.connected_count,
-                      instance=self.instance_id, **self._retention_range())
+                      instance=self.instance_id, **self._retention_range(), gaps=self._recorded_gaps())
         return ready and self.is_listening, report
+
+    def _recorded_gaps(self) -> list[dict]:
+        """Ranges `jetstream repair` dropped (known to the operator, so they do not degrade health)."""
+        gaps = getattr(self.event_log, "gaps", None)
+        return gaps() if gaps is not None else []
 
     def _retention_range(self) -> dict:
         """The oldest and newest time_us a cursor can replay from (None while the log is empty)."""

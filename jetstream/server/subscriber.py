@@ -82,7 +82,8 @@ from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
 from jetstream.events import KIND_SYNC
 from jetstream.implementation import EventFilter, Position, PositionConflict, encode_frames
-from jetstream.log.store import index_query_for
+from jetstream.log.damage import corruption_close_reason, gap_close_reason
+from jetstream.log.store import LogCorruption, LogGap, index_query_for
 from jetstream.server import params
 from jetstream.server.heartbeat import HeartbeatClock, heartbeat_payload
 
@@ -514,6 +515,12 @@ class SubscriberListener(WSListener):
             batch = read_next_batch(start, self._server.ring, self._server.event_log, self._event_filter,
                                     self._compressed, granted, self._max_message_size, self._index_query,
                                     self._include_sync)
+        except LogCorruption as exc:
+            self._stop_at_damage(exc.describe())
+            return
+        except LogGap as exc:
+            self._stop_at_gap(exc.gap)
+            return
         except Exception:
             log.exception("event=reader_failed ip=%s position=%d", self.client_ip, start)
             self._server.count_disconnect("replay_failed")
@@ -535,6 +542,19 @@ class SubscriberListener(WSListener):
         if self._state is ReaderState.READING:
             # Yield to the loop between steps so one reader cannot starve the others.
             self._wakeup = asyncio.get_running_loop().call_soon(self.pump)
+
+    def _stop_at_damage(self, damage: dict) -> None:
+        """The log cannot be read on from the position: never a skip to live. 1011 names the range."""
+        self._server.count_disconnect("log_corruption")
+        self._server.report_log_damage(damage)
+        self.close(WSCloseCode.INTERNAL_ERROR, corruption_close_reason(damage))
+
+    def _stop_at_gap(self, gap: dict) -> None:
+        """The replay reached events `jetstream repair` dropped: the client must know its cursor did not complete."""
+        log.info("event=reader_reached_gap ip=%s position=%d from_time_us=%d to_time_us=%d",
+                 self.client_ip, self._position.value, gap["from_time_us"], gap["to_time_us"])
+        self._server.count_disconnect("log_gap")
+        self.close(WSCloseCode.INTERNAL_ERROR, gap_close_reason(gap))
 
     def _count_source(self, from_log: bool) -> None:
         if from_log:

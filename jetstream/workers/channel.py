@@ -11,6 +11,8 @@ Owns: the framing (`[u32 length][u8 kind][body]`) and the message kinds:
                    METRICS   (JSON: the worker's server counters, summed by the main /metrics)
                    CURSOR_WAIT (JSON {"id","cursor"}: --cluster, a client's cursor is ahead of the
                             node's log; has the node caught up with the stream?)
+                   LOG_DAMAGE (JSON: a reader met a damaged log, LogCorruption.describe(); the main
+                            process logs it once, counts it and degrades every worker's /healthz)
 ROWS spare every worker a RocksDB catch-up and two log reads per batch on the live path. They
 are sent only after the batch is in the log, and they are an optimisation, not the record: a
 worker whose socket is backed up gets none queued, and a worker that sees a ROWS whose "newest
@@ -34,6 +36,7 @@ LISTENING = ord("L")
 METRICS = ord("M")
 CURSOR_WAIT = ord("G")
 CURSOR_ANSWER = ord("A")
+LOG_DAMAGE = ord("D")
 
 _HEADER = struct.Struct(">IB")
 FORCE_CATCH_UP = (1 << 64) - 1  # a WAKE no ring holds: the worker catches up whatever its ring has

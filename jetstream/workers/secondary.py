@@ -94,6 +94,7 @@ class SecondaryEventLog(EventLog):
         self._hwm = self._read_meta_int(META_HWM, _UNSIGNED) or 0
         index_from = self._read_meta_int(META_INDEX_FROM, _UNSIGNED)
         self._index_from = index_from if index_from is not None else self._hwm + 1
+        self._gaps = self._read_gaps()  # the primary's TTL trim forgets expired ones
 
     def catch_up(self) -> int:
         """Make the primary's newest durable batches visible; the high-water mark after it."""

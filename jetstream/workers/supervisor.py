@@ -136,13 +136,14 @@ def spawn_worker(index: int, listen_sock: socket.socket) -> tuple[subprocess.Pop
 class Supervisor:
     """Starts, wakes, restarts and stops the workers."""
 
-    def __init__(self, cfg: Config, sockets: list[socket.socket], status, cursor_wait=None) -> None:
+    def __init__(self, cfg: Config, sockets: list[socket.socket], status, cursor_wait=None, on_log_damage=None) -> None:
         self.cfg = cfg
         self.handles = [WorkerHandle(index, sock) for index, sock in enumerate(sockets)]
         self.retired: dict = {}  # counters of worker processes that have exited, summed
         self._status = status  # () -> the STATUS report workers show in /healthz
         # --cluster: async (cursor) -> (caught up with the stream?, the log's newest time_us then)
         self._cursor_wait = cursor_wait
+        self._on_log_damage = on_log_damage  # (damage dict) -> None: a worker's reader met a damaged log
         self._stopping = False
         self._tasks: list[asyncio.Task] = []
 
@@ -234,6 +235,9 @@ class Supervisor:
                 self.broadcast_status()
             elif kind == messages.CURSOR_WAIT:
                 self._tasks.append(asyncio.ensure_future(self._answer_cursor_wait(channel, json.loads(body))))
+            elif kind == messages.LOG_DAMAGE and self._on_log_damage is not None:
+                self._on_log_damage(json.loads(body))
+                self.broadcast_status()  # every worker's /healthz shows it now, not at the next STATUS
 
     async def _answer_cursor_wait(self, channel: Channel, question: dict) -> None:
         """A worker holds a client whose cursor is ahead of this node's log: has the node caught up?
@@ -304,7 +308,8 @@ class WorkersDaemon(Daemon):
         self.sockets = bind_worker_sockets(host, port, cfg.workers, steer_by_ip=not cfg.trust_proxy_headers)
         self._port = self.sockets[0].getsockname()[1]
         self.supervisor = Supervisor(cfg, self.sockets, self.status_report,
-                                     cursor_wait=self._cluster_cursor_wait if self.cluster is not None else None)
+                                     cursor_wait=self._cluster_cursor_wait if self.cluster is not None else None,
+                                     on_log_damage=self.damage.report)
         self.supervisor.start()
         try:
             await self.supervisor.wait_listening(STARTUP_TIMEOUT_S)

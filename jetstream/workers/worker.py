@@ -29,6 +29,7 @@ from jetstream.daemon import freeze_long_lived_objects
 from jetstream.dictionary import active_dictionary
 from jetstream.health import Problems, apply_to_report
 from jetstream.implementation import LiveRing
+from jetstream.log.damage import CORRUPTION_ACTION, damage_detail
 from jetstream.log.ttl import trim_interval_s
 from jetstream.logfmt import setup_logging
 from jetstream.server.app import SHUTDOWN_REASON, SubscribeServer
@@ -134,6 +135,7 @@ class Worker:
         settings = ServerSettings.from_config(cfg, zstd_dictionary=active_dictionary(cfg.zstd_dictionary_path))
         self.event_log.ring = ring  # log reads reach the ring's floor (the ring is fed ahead of the view)
         self.server = SubscribeServer(self.event_log, ring, settings, health=self.health)
+        self.server.on_log_damage = self._on_log_damage
         if cfg.cluster:
             self.cursor_gate = self.server.cursor_gate = WorkerCursorGate(self)
         self.server.collection_stats = MainProcessStats(self)
@@ -146,6 +148,12 @@ class Worker:
         self.channel.send(messages.encode(messages.LISTENING))
         log.info("event=worker_started worker=%d pid=%d port=%d hwm=%d", self.index, os.getpid(),
                  self.server.port, self.event_log.hwm())
+
+    def _on_log_damage(self, damage: dict) -> None:
+        """A reader here met a damaged log: degrade this worker now; the main process logs it once,
+        counts it, and its STATUS shows it on every worker."""
+        self.problems.raise_problem("log_corruption", damage_detail(damage), CORRUPTION_ACTION)
+        self.channel.send(messages.encode_json(messages.LOG_DAMAGE, damage))
 
     def health(self) -> tuple[bool, dict]:
         """The main process's view (relay, workers) with this worker's own state on top."""
