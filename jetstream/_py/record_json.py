@@ -4,7 +4,8 @@ Owns: the exact bytes v1 served for a record (indigo atdata `parseObject` follow
 goccy/go-json `Marshal` with HTML escaping), the Go string escaper, and the CID text
 forms; and, in its own section at the end, the bytes Jetstream v2 sends for a record
 (`record_to_json_v2`: atmos's DAG-CBOR decoder followed by Go encoding/json).
-`jetstream/_core/record_json.pyx` is the fast twin; both must produce the same bytes and the same `RecordError.reason` for every input (property-tested).
+`jetstream/_core/record_json.pyx` is the fast twin; both must produce the same bytes and
+the same `RecordError.reason` for every input (property-tested).
 It must never go through libipld for records (CIDs and byte strings would become
 indistinguishable, and invalid UTF-8 would be rejected), never recurse in Python
 (nesting is walked with an explicit stack), and never do I/O.
