@@ -201,6 +201,14 @@ def stage_ingest(table: Table, quick: bool) -> None:
     py_s = bench_ingest_decode.best_seconds(bench_ingest_decode.emit_all, py_record_json, records, repeat=3)
     table.add("ingest", "record → JSON (Cython)", cy_s / len(records) * 1e6, "µs/record", py_s / len(records) * 1e6,
               "pure-Python twin", "record_json_cy_vs_py", higher_is_better=False)
+    v1_s, v2_s = bench_ingest_decode.paired_best_seconds(
+        lambda: bench_ingest_decode.emit_all(cy_record_json, records),
+        lambda: bench_ingest_decode.emit_all_v2(cy_record_json, records))
+    v2_py_s = bench_ingest_decode.best_seconds(bench_ingest_decode.emit_all_v2, py_record_json, records, repeat=3)
+    table.add("ingest", "record → v2 JSON (Cython)", v2_s / len(records) * 1e6, "µs/record", v1_s / len(records) * 1e6,
+              "v1 emitter (Cython)", "record_json_v2_vs_v1", target="≥ 0.8× the v1 emitter", higher_is_better=False)
+    table.add("ingest", "record → v2 JSON (Cython)", v2_s / len(records) * 1e6, "µs/record",
+              v2_py_s / len(records) * 1e6, "pure-Python twin", "record_json_v2_cy_vs_py", higher_is_better=False)
 
 
 # --- stage: filter ------------------------------------------------------------------------------------

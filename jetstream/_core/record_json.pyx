@@ -1,10 +1,12 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""DAG-CBOR record bytes -> Jetstream v1 record JSON bytes, in one pass over the block.
+"""DAG-CBOR record bytes -> Jetstream v1 (or v2) record JSON bytes, in one pass over the block.
 
 Owns: the fast twin of `jetstream/_py/record_json.py` (read that module's docstring for
-the v1 rules and every lenient/strict choice; this file implements exactly the same
-ones, with the same RecordError reasons, and takes its limits from there so the two
-can never drift). Values are written straight into one growable C buffer; a map whose
+the v1 rules and every lenient/strict choice, and its v2 section for Jetstream v2's
+rendering; this file implements exactly the same ones, with the same RecordError
+reasons, and takes its limits from there so the two can never drift). The v2 mode
+(`record_to_json_v2`) has its own small parse functions (`*_v2`) beside v1's, so
+neither mode's rules can leak into the other. Values are written straight into one growable C buffer; a map whose
 keys are not already in bytewise order is rewritten in place once its entries are known.
 It must never allocate Python objects on the common path (rare shapes - $link/$bytes
 maps, legacy blobs, CIDv0 - go through the reference helpers), never recurse deeper
@@ -28,6 +30,8 @@ cdef uint64_t MAX_STRING_BYTES = _ref.MAX_STRING_BYTES
 cdef uint64_t MAX_CONTAINER_LEN = _ref.MAX_CONTAINER_LEN
 cdef uint64_t MAX_KEY_BYTES = _ref.MAX_KEY_BYTES
 cdef Py_ssize_t MAX_DEPTH = _ref.MAX_DEPTH
+cdef uint64_t V2_MAX_ITEM = _ref.V2_MAX_ITEM
+cdef Py_ssize_t V2_MAX_DEPTH = _ref.V2_MAX_DEPTH
 
 # Value kinds, numbered as in the reference module.
 cdef enum:
@@ -833,3 +837,287 @@ def cid_to_string(cid) -> str:
         return (<bytes>PyBytes_FromStringAndSize(out.data, out.len)).decode("ascii")
     finally:
         free(out.data)
+
+
+# ---------------------------------------------------------------------------
+# v2 mode: Jetstream v2's record JSON (atmos cbor.ReadValue + Go encoding/json)
+# ---------------------------------------------------------------------------
+
+cdef int read_head_v2(Parser* p, int* major, int* info, uint64_t* argument) except -1:
+    """atmos Decoder.readHeader: minimal heads for major types 0-6, only 64-bit floats."""
+    cdef uint8_t initial
+    cdef int size
+    cdef int k
+    cdef uint64_t value = 0
+    if p.pos >= p.end:
+        return fail("truncated")
+    initial = p.buf[p.pos]
+    p.pos += 1
+    major[0] = initial >> 5
+    info[0] = initial & 0x1F
+    if info[0] < 24:
+        argument[0] = info[0]
+        return 0
+    if info[0] == 31:
+        return fail("indefinite_length")
+    if info[0] > 27:
+        return fail("malformed_cbor")
+    if major[0] == 7 and (info[0] == 25 or info[0] == 26):
+        return fail("short_float")
+    size = 1 << (info[0] - 24)
+    if p.pos + size > p.end:
+        return fail("truncated")
+    for k in range(size):
+        value = (value << 8) | p.buf[p.pos + k]
+    p.pos += size
+    if major[0] != 7:
+        if (size == 1 and value < 24) or (size == 2 and value < 0x100) \
+                or (size == 4 and value < 0x10000) or (size == 8 and value < 0x100000000):
+            return fail("non_minimal")
+    argument[0] = value
+    return 0
+
+
+cdef bint utf8_valid(const uint8_t* s, Py_ssize_t n) noexcept nogil:
+    """Go utf8.Valid."""
+    cdef Py_ssize_t i = 0
+    cdef Py_ssize_t seq
+    while i < n:
+        if s[i] < 0x80:
+            i += 1
+            continue
+        seq = utf8_sequence_length(s, i, n)
+        if seq == 0:
+            return False
+        i += seq
+    return True
+
+
+cdef int ob_escape_byte_v2(OutBuf* b, uint8_t c) except -1:
+    """encoding/json (Go >= 1.22) writes \\b and \\f short; every other escape is v1's."""
+    if c == 8:
+        return ob_write(b, b"\\b", 2)
+    if c == 12:
+        return ob_write(b, b"\\f", 2)
+    return ob_escape_byte(b, c)
+
+
+cdef int ob_go_string_v2(OutBuf* b, const uint8_t* s, Py_ssize_t n) except -1:
+    """`s` as encoding/json writes a string (quotes included); RecordError if not UTF-8."""
+    cdef Py_ssize_t i = 0
+    cdef Py_ssize_t run_start = 0
+    cdef Py_ssize_t seq
+    cdef uint8_t cls
+    ob_reserve(b, n + 2)
+    b.data[b.len] = b'"'
+    b.len += 1
+    while i < n:
+        cls = ESCAPE_CLASS[s[i]]
+        if cls == 0:
+            i += 1
+            continue
+        if cls == 2:
+            seq = utf8_sequence_length(s, i, n)
+            if seq == 0:
+                return fail("invalid_utf8")
+            if seq == 3 and s[i] == 0xE2 and s[i + 1] == 0x80 and (s[i + 2] == 0xA8 or s[i + 2] == 0xA9):
+                ob_write(b, <const char*>s + run_start, i - run_start)
+                ob_write(b, b"\\u2028" if s[i + 2] == 0xA8 else b"\\u2029", 6)
+                run_start = i + 3
+            i += seq
+            continue
+        ob_write(b, <const char*>s + run_start, i - run_start)
+        ob_escape_byte_v2(b, s[i])
+        i += 1
+        run_start = i
+    ob_write(b, <const char*>s + run_start, n - run_start)
+    ob_byte(b, b'"')
+    return 0
+
+
+cdef int compare_canonical(const uint8_t* a, Py_ssize_t a_len, const uint8_t* b, Py_ssize_t b_len) noexcept nogil:
+    """DAG-CBOR key order (atmos compareCBORKeys): shorter first, then bytewise."""
+    if a_len != b_len:
+        return -1 if a_len < b_len else 1
+    return memcmp(a, b, a_len)
+
+
+cdef int parse_cid_v2(Parser* p) except -1:
+    """atmos readCIDLink after tag 42: 0x00 + a 36-byte CIDv1 (dag-cbor or raw, sha2-256)."""
+    cdef int major = 0, minor = 0
+    cdef uint64_t length = 0
+    cdef Py_ssize_t start = 0
+    cdef const uint8_t* c
+    read_head_v2(p, &major, &minor, &length)
+    if major != 2:
+        return fail("bad_cid")
+    if length > V2_MAX_ITEM:
+        return fail("string_too_long")
+    take(p, length, &start)
+    c = p.buf + start
+    if length != 37 or c[0] != 0 or c[1] != 1 or (c[2] != 0x71 and c[2] != 0x55) or c[3] != 0x12 or c[4] != 0x20:
+        return fail("bad_cid")
+    ob_write(&p.out, b'{"$link":"', 10)
+    ob_cid_string(&p.out, c + 1, 36)
+    return ob_write(&p.out, b'"}', 2)
+
+
+cdef int parse_simple_v2(Parser* p, int info, uint64_t argument) except -1:
+    cdef double value
+    cdef bytes text
+    if info == 20:
+        return ob_write(&p.out, b"false", 5)
+    if info == 21:
+        return ob_write(&p.out, b"true", 4)
+    if info == 22:
+        return ob_write(&p.out, b"null", 4)
+    if info != 27:
+        return fail("unsupported_simple")
+    memcpy(&value, &argument, 8)
+    if isnan(value) or isinf(value):
+        return fail("non_finite_float")
+    # Floats are outside the atproto data model (no real record has one): the reference's
+    # formatter is exact and this path is rare, so it is not duplicated in C.
+    text = _ref.go_float_json(value)
+    return ob_write(&p.out, PyBytes_AS_STRING(text), PyBytes_GET_SIZE(text))
+
+
+cdef int write_sorted_copy(Parser* p, Entry* entries, Py_ssize_t count, Py_ssize_t base) except -1:
+    """Rewrite the map written at `base` with its entries in bytewise key order."""
+    cdef Py_ssize_t saved_len = p.out.len - base
+    cdef char* saved = <char*>malloc(saved_len if saved_len else 1)
+    if saved == NULL:
+        raise MemoryError()
+    memcpy(saved, p.out.data + base, saved_len)
+    p.out.len = base
+    try:
+        qsort(entries, count, sizeof(Entry), compare_entry_keys)
+        return write_sorted_map(p, entries, count, saved, base)
+    finally:
+        free(saved)
+
+
+cdef int parse_map_v2(Parser* p, uint64_t count, Py_ssize_t depth) except -1:
+    """atmos readMap (text keys, valid UTF-8, strict DAG-CBOR order), written Go-sorted."""
+    cdef Py_ssize_t base = p.out.len
+    cdef Py_ssize_t first = p.entries_top
+    cdef Py_ssize_t n = <Py_ssize_t>count
+    cdef Py_ssize_t i
+    cdef int major = 0, minor = 0
+    cdef int order
+    cdef uint64_t key_len
+    cdef Py_ssize_t key_start = 0
+    cdef Entry* e
+    cdef Entry* previous
+    cdef bint in_order = True
+    ob_byte(&p.out, b'{')
+    for i in range(n):
+        read_head_v2(p, &major, &minor, &key_len)
+        if major != 3:
+            return fail("map_key_not_string")
+        if key_len > V2_MAX_ITEM:
+            return fail("key_too_long")
+        take(p, key_len, &key_start)
+        if not utf8_valid(p.buf + key_start, <Py_ssize_t>key_len):
+            return fail("invalid_utf8")
+        if i:
+            previous = &p.entries[first + i - 1]
+            order = compare_canonical(previous.key, previous.key_len, p.buf + key_start, <Py_ssize_t>key_len)
+            if order == 0:
+                return fail("duplicate_key")
+            if order > 0:
+                return fail("unsorted_keys")
+        push_entry(p)
+        e = &p.entries[p.entries_top - 1]
+        e.key = p.buf + key_start
+        e.key_len = <Py_ssize_t>key_len
+        if i:
+            ob_byte(&p.out, b',')
+        e.seg_start = p.out.len
+        ob_go_string_v2(&p.out, e.key, e.key_len)
+        ob_byte(&p.out, b':')
+        parse_item_v2(p, depth)
+        e = &p.entries[first + i]  # the child may have grown (moved) the entry stack
+        e.seg_end = p.out.len
+        if i and in_order and compare_entry_keys(&p.entries[first + i - 1], e) > 0:
+            in_order = False
+    if in_order:
+        ob_byte(&p.out, b'}')
+    else:
+        write_sorted_copy(p, &p.entries[first], n, base)
+    p.entries_top = first
+    return 0
+
+
+cdef int parse_item_v2(Parser* p, Py_ssize_t depth) except -1:
+    """atmos ReadValue of one item inside `depth` open containers, written as Go JSON."""
+    cdef int major = 0, minor = 0
+    cdef uint64_t argument = 0
+    cdef uint64_t i
+    cdef Py_ssize_t start = 0
+    if depth >= V2_MAX_DEPTH:
+        return fail("too_deep")
+    read_head_v2(p, &major, &minor, &argument)
+    if major == 0 or major == 1:
+        if argument > <uint64_t>9223372036854775807:
+            return fail("int_out_of_range")
+        return ob_int(&p.out, <int64_t>argument if major == 0 else <int64_t>(~argument))
+    if major == 2 or major == 3:
+        if argument > V2_MAX_ITEM:
+            return fail("string_too_long")
+        take(p, argument, &start)
+        if major == 3:
+            return ob_go_string_v2(&p.out, p.buf + start, p.pos - start)
+        ob_write(&p.out, b'{"$bytes":"', 11)
+        ob_base64_nopad(&p.out, p.buf + start, p.pos - start)
+        return ob_write(&p.out, b'"}', 2)
+    if major == 4 or major == 5:
+        if argument > V2_MAX_ITEM:
+            return fail("container_too_long")
+        if major == 5:
+            return parse_map_v2(p, argument, depth + 1)
+        ob_byte(&p.out, b'[')
+        for i in range(argument):
+            if i:
+                ob_byte(&p.out, b',')
+            parse_item_v2(p, depth + 1)
+        return ob_byte(&p.out, b']')
+    if major == 6:
+        if argument != 42:
+            return fail("unsupported_tag")
+        return parse_cid_v2(p)
+    return parse_simple_v2(p, minor, argument)
+
+
+cpdef bytes record_to_json_v2(object block):
+    """The record JSON Jetstream v2 sends for a record block (DAG-CBOR), or RecordError(reason).
+
+    One value is read from the start of `block`; bytes after it are ignored, as v2 ignores them.
+    """
+    cdef Parser p
+    cdef Py_buffer view
+    cdef bint have_view = False
+    if type(block) is bytes:
+        p.buf = <const uint8_t*>PyBytes_AS_STRING(block)
+        p.end = PyBytes_GET_SIZE(block)
+    else:
+        PyObject_GetBuffer(block, &view, PyBUF_SIMPLE)
+        have_view = True
+        p.buf = <const uint8_t*>view.buf
+        p.end = view.len
+    p.pos = 0
+    p.out.data = NULL
+    p.out.len = 0
+    p.out.cap = 0
+    p.entries = NULL
+    p.entries_top = 0
+    p.entries_cap = 0
+    try:
+        ob_reserve(&p.out, p.end + p.end // 2 + 64)
+        parse_item_v2(&p, 0)
+        return PyBytes_FromStringAndSize(p.out.data, p.out.len)
+    finally:
+        free(p.out.data)
+        free(p.entries)
+        if have_view:
+            PyBuffer_Release(&view)

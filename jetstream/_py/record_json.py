@@ -1,9 +1,11 @@
-"""DAG-CBOR record bytes -> Jetstream v1 record JSON bytes (pure-Python reference).
+"""DAG-CBOR record bytes -> Jetstream v1 (or v2) record JSON bytes (pure-Python reference).
 
 Owns: the exact bytes v1 served for a record (indigo atdata `parseObject` followed by
 goccy/go-json `Marshal` with HTML escaping), the Go string escaper, and the CID text
-forms. `jetstream/_core/record_json.pyx` is the fast twin; both must produce the same
-bytes and the same `RecordError.reason` for every input (property-tested).
+forms; and, in its own section at the end, the bytes Jetstream v2 sends for a record
+(`record_to_json_v2`: atmos's DAG-CBOR decoder followed by Go encoding/json).
+`jetstream/_core/record_json.pyx` is the fast twin; both must produce the same bytes and
+the same `RecordError.reason` for every input (property-tested).
 It must never go through libipld for records (CIDs and byte strings would become
 indistinguishable, and invalid UTF-8 would be rejected), never recurse in Python
 (nesting is walked with an explicit stack), and never do I/O.
@@ -519,3 +521,241 @@ def record_to_json(block: bytes) -> bytes:
     if value.kind != K_MAP:
         raise RecordError("top_level_not_object")
     return value.json
+
+
+# ---------------------------------------------------------------------------
+# The v2 emitter: Jetstream v2's record JSON (atproto data model JSON)
+# ---------------------------------------------------------------------------
+#
+# v2 (bluesky-social/jetstream internal/subscribe/encoder.go v2Commit) decodes the stored
+# record block with github.com/jcalabro/atmos/cbor `NewDecoder(bytes.NewReader(b)).ReadValue()`
+# and renders it with `cbor.ToJSON`, i.e. Go 1.26 encoding/json `Marshal` of the decoded
+# value; lexgen's `AppendJSON` then copies those bytes into the frame verbatim. So:
+# - accepted: exactly what atmos's streaming decoder accepts. ONE value is read: bytes after
+#   it are ignored and the value need not be a map. Heads must be minimal (major types
+#   0-6); map keys must be text in strict DAG-CBOR order (shorter first, then bytewise), so
+#   a duplicate or out-of-order key fails; text and keys must be valid UTF-8; integers
+#   must fit int64; floats must be 64-bit and finite; the only tag is 42, holding 0x00 + a
+#   CIDv1 (dag-cbor or raw codec, sha2-256, 32-byte digest, minimal varints); the simple
+#   values are false, true and null; byte/text lengths and element counts are at most
+#   V2_MAX_ITEM; at most V2_MAX_DEPTH values deep (every value counts, the top one is 1).
+#   There is no whole-record size limit.
+# - rendered: objects with their keys sorted bytewise (Go sorts map keys as strings),
+#   nothing special about `$type`/`$link`/`$bytes`/blob maps (a blob is a plain sorted
+#   object), bytes as {"$bytes":"<std base64, no padding>"}, links as
+#   {"$link":"b<base32 lower>"}, integers in decimal, floats as Go formats a float64, and
+#   strings escaped like encoding/json: \" \\ \b \f \n \r \t, other controls as \u00XX,
+#   < > & as \u003c \u003e \u0026, U+2028/U+2029 as \u2028 \u2029.
+# A record v2 cannot decode is not sent: v2's subscriber loop counts an encode error,
+# logs it and skips that event (internal/subscribe/handler.go); the stream goes on.
+
+V2_MAX_ITEM = 1 << 20  # atmos cbor.MaxSize: byte/text length, array/map element count
+V2_MAX_DEPTH = 128  # atmos cbor.MaxDepth
+_V2_CID_PREFIXES = (b"\x01\x71\x12\x20", b"\x01\x55\x12\x20")  # CIDv1 dag-cbor / raw, sha2-256, 32
+
+
+def _build_escape_table_v2() -> dict[int, str]:
+    table = {c: "\\u%04x" % c for c in range(0x20)}
+    table.update({
+        ord("\b"): "\\b", ord("\f"): "\\f", ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t",
+        ord('"'): '\\"', ord("\\"): "\\\\",
+        ord("<"): "\\u003c", ord(">"): "\\u003e", ord("&"): "\\u0026",
+        0x2028: "\\u2028", 0x2029: "\\u2029",
+    })
+    return table
+
+
+_ESCAPE_TABLE_V2 = _build_escape_table_v2()
+_NEEDS_ESCAPE_V2 = re.compile('["\\\\\x00-\x1f<>&\u2028\u2029]')
+
+
+def _v2_string(raw: bytes) -> bytes:
+    """A CBOR text payload as encoding/json writes it; RecordError if it is not UTF-8."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RecordError("invalid_utf8") from None
+    if _NEEDS_ESCAPE_V2.search(text) is None:
+        return b'"' + raw + b'"'
+    return b'"' + text.translate(_ESCAPE_TABLE_V2).encode("utf-8") + b'"'
+
+
+def go_float_json(value: float) -> bytes:
+    """A finite float64 as Go's encoding/json writes it (floatEncoder, bits=64).
+
+    Shortest round-trip digits (Python's repr and Go's strconv -1 precision agree); fixed
+    notation unless |value| < 1e-6 or >= 1e21, then exponent form with no padding of a
+    negative exponent ("1e-7", "1.5e+300").
+    """
+    if value == 0.0:
+        return b"-0" if math.copysign(1.0, value) < 0 else b"0"
+    text = repr(abs(value))
+    mantissa, _, exponent = text.partition("e")
+    whole, _, fraction = mantissa.partition(".")
+    digits = whole + fraction
+    # The decimal exponent of digits[0] once leading zeros are gone (value = d.ddd x 10^point).
+    point = len(whole) - 1 + (int(exponent) if exponent else 0)
+    stripped = digits.lstrip("0")
+    point -= len(digits) - len(stripped)
+    digits = stripped.rstrip("0") or "0"
+    sign = "-" if value < 0 else ""
+    magnitude = abs(value)
+    if magnitude < 1e-6 or magnitude >= 1e21:
+        body = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
+        return ("%s%se%s%d" % (sign, body, "-" if point < 0 else "+", abs(point))).encode("ascii")
+    if point < 0:
+        return ("%s0.%s%s" % (sign, "0" * (-point - 1), digits)).encode("ascii")
+    whole_digits = digits[:point + 1].ljust(point + 1, "0")
+    fraction_digits = digits[point + 1:]
+    return (sign + whole_digits + ("." + fraction_digits if fraction_digits else "")).encode("ascii")
+
+
+def _v2_head(reader: _Reader) -> tuple[int, int, int]:
+    """atmos Decoder.readHeader: minimal heads (major 0-6), only 64-bit floats (major 7)."""
+    if reader.pos >= reader.end:
+        raise RecordError("truncated")
+    initial = reader.buf[reader.pos]
+    reader.pos += 1
+    major, info = initial >> 5, initial & 0x1F
+    if info < 24:
+        return major, info, info
+    if info == 31:
+        raise RecordError("indefinite_length")
+    if info > 27:
+        raise RecordError("malformed_cbor")
+    if major == 7 and info in (25, 26):
+        raise RecordError("short_float")
+    size = 1 << (info - 24)
+    if reader.pos + size > reader.end:
+        raise RecordError("truncated")
+    argument = int.from_bytes(reader.buf[reader.pos:reader.pos + size], "big")
+    reader.pos += size
+    if major != 7 and argument < (24 if size == 1 else 1 << (4 * size)):
+        raise RecordError("non_minimal")
+    return major, info, argument
+
+
+def _v2_cid(reader: _Reader) -> bytes:
+    """atmos readCIDLink after tag 42: the link's JSON."""
+    major, _, length = _v2_head(reader)
+    if major != 2:
+        raise RecordError("bad_cid")
+    if length > V2_MAX_ITEM:
+        raise RecordError("string_too_long")
+    payload = reader.take(length)
+    if len(payload) != 37 or payload[0] != 0 or payload[1:5] not in _V2_CID_PREFIXES:
+        raise RecordError("bad_cid")
+    return b'{"$link":"' + cid_to_string(payload[1:]).encode("ascii") + b'"}'
+
+
+def _v2_simple(reader: _Reader, info: int, argument: int) -> bytes:
+    if info == 20:
+        return b"false"
+    if info == 21:
+        return b"true"
+    if info == 22:
+        return b"null"
+    if info == 27:
+        value = struct.unpack(">d", argument.to_bytes(8, "big"))[0]
+        if not math.isfinite(value):
+            raise RecordError("non_finite_float")
+        return go_float_json(value)
+    raise RecordError("unsupported_simple")
+
+
+class _V2Container:
+    __slots__ = ("is_map", "remaining", "items", "key")
+
+    def __init__(self, is_map: bool, count: int) -> None:
+        self.is_map = is_map
+        self.remaining = count
+        self.items: list = []  # arrays: JSON bytes; maps: (key bytes, JSON bytes)
+        self.key: bytes | None = None
+
+
+def _v2_finish(container: _V2Container) -> bytes:
+    if not container.is_map:
+        return b"[" + b",".join(container.items) + b"]"
+    entries = sorted(container.items)  # keys are unique: the order check saw to that
+    return b"{" + b",".join(_v2_string(key) + b":" + value for key, value in entries) + b"}"
+
+
+def _v2_key(reader: _Reader, previous: bytes | None) -> bytes:
+    """atmos readMap's key: text, valid UTF-8, strictly after `previous` in DAG-CBOR order."""
+    major, _, length = _v2_head(reader)
+    if major != 3:
+        raise RecordError("map_key_not_string")
+    if length > V2_MAX_ITEM:
+        raise RecordError("key_too_long")
+    key = reader.take(length)
+    try:
+        key.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RecordError("invalid_utf8") from None
+    if previous is not None:
+        if len(previous) == len(key) and previous == key:
+            raise RecordError("duplicate_key")
+        if (len(previous), previous) > (len(key), key):
+            raise RecordError("unsorted_keys")
+    return key
+
+
+def _v2_item(reader: _Reader, stack: list[_V2Container]) -> bytes | None:
+    """atmos ReadValue for one item; a non-empty container is pushed on `stack` (None)."""
+    if len(stack) + 1 > V2_MAX_DEPTH:
+        raise RecordError("too_deep")
+    major, info, argument = _v2_head(reader)
+    if major == 0:
+        if argument >= 1 << 63:
+            raise RecordError("int_out_of_range")
+        return b"%d" % argument
+    if major == 1:
+        if argument >= 1 << 63:
+            raise RecordError("int_out_of_range")
+        return b"%d" % (-1 - argument)
+    if major == 2:
+        if argument > V2_MAX_ITEM:
+            raise RecordError("string_too_long")
+        return b'{"$bytes":"' + std_base64_nopad(reader.take(argument)) + b'"}'
+    if major == 3:
+        if argument > V2_MAX_ITEM:
+            raise RecordError("string_too_long")
+        return _v2_string(reader.take(argument))
+    if major in (4, 5):
+        if argument > V2_MAX_ITEM:
+            raise RecordError("container_too_long")
+        if argument == 0:
+            return b"{}" if major == 5 else b"[]"
+        stack.append(_V2Container(major == 5, argument))
+        return None
+    if major == 6:
+        if argument != 42:
+            raise RecordError("unsupported_tag")
+        return _v2_cid(reader)
+    return _v2_simple(reader, info, argument)
+
+
+def record_to_json_v2(block: bytes) -> bytes:
+    """The record JSON Jetstream v2 sends for a record block, or RecordError(reason).
+
+    Reads one value from the start of `block` (bytes after it are ignored, as v2's
+    streaming decoder ignores them); see the section comment above for every rule.
+    """
+    reader = _Reader(bytes(block))
+    stack: list[_V2Container] = []
+    while True:
+        if stack and stack[-1].is_map:
+            top = stack[-1]
+            top.key = _v2_key(reader, top.items[-1][0] if top.items else None)
+        value = _v2_item(reader, stack)
+        while value is not None:  # deliver it upward, closing each container it completes
+            if not stack:
+                return value
+            top = stack[-1]
+            top.items.append((top.key, value) if top.is_map else value)
+            top.remaining -= 1
+            if top.remaining:
+                value = None
+            else:
+                stack.pop()
+                value = _v2_finish(top)
