@@ -119,14 +119,16 @@ class WorkerHandle:
                 "subscribers": self.counters.get("connected", 0)}
 
 
-def spawn_worker(index: int, listen_sock: socket.socket) -> tuple[subprocess.Popen, socket.socket]:
+def spawn_worker(index: int, listen_sock: socket.socket,
+                 cfg: Config | None = None) -> tuple[subprocess.Popen, socket.socket]:
     """Start worker `index` on `listen_sock`; (process, the main process's end of its channel)."""
     parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     env = {name: value for name, value in os.environ.items() if name not in _NOT_FOR_WORKERS}
+    logging_args = ["--log-level", cfg.log_level, "--log-format", cfg.log_format] if cfg is not None else []
     try:
         process = subprocess.Popen(
             [sys.executable, "-m", "jetstream.workers.worker", "--index", str(index),
-             "--listen-fd", str(listen_sock.fileno()), "--channel-fd", str(child_end.fileno())],
+             "--listen-fd", str(listen_sock.fileno()), "--channel-fd", str(child_end.fileno()), *logging_args],
             pass_fds=(listen_sock.fileno(), child_end.fileno()), env=env)
     finally:
         child_end.close()
@@ -201,7 +203,7 @@ class Supervisor:
             delay = min(delay * 2, RESTART_DELAY_MAX_S)
 
     async def _run_once(self, handle: WorkerHandle) -> None:
-        process, parent_end = spawn_worker(handle.index, handle.sock)
+        process, parent_end = spawn_worker(handle.index, handle.sock, self.cfg)
         handle.process = process
         log.info("event=worker_spawned worker=%d pid=%d", handle.index, process.pid)
         channel = await Channel.open(parent_end)
