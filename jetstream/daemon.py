@@ -420,6 +420,7 @@ class Daemon:
                 self._report_ingest_paused(str(exc)[:200])
                 continue
             self.pipeline.reset_to_durable_cursor()
+            self.pipeline.restart_silence_clock()
             self.pipeline.paused = False
             metrics.INGEST_PAUSED.set(0)
             self.problems.clear("ingest_paused")

@@ -423,3 +423,7 @@ class IngestPipeline:
     def silent_for(self) -> float:
         """Seconds since a relay frame was last stored (or since this pipeline was made)."""
         return time.monotonic() - self._progress_at
+
+    def restart_silence_clock(self) -> None:
+        """Ingest resumes after a pause: the relay gets a full threshold to deliver again."""
+        self._progress_at = time.monotonic()
