@@ -152,12 +152,16 @@ class Supervisor:
         self._tasks = [asyncio.ensure_future(self._keep_running(handle)) for handle in self.handles]
 
     async def wait_listening(self, timeout_s: float) -> None:
-        waits = [handle.listening_event.wait() for handle in self.handles]
+        # Tasks, not a gather: a start-up cancelled here (SIGTERM) leaves no orphaned future behind.
+        waits = [asyncio.ensure_future(handle.listening_event.wait()) for handle in self.handles]
         try:
-            await asyncio.wait_for(asyncio.gather(*waits), timeout_s)
-        except asyncio.TimeoutError:
-            late = [handle.index for handle in self.handles if not handle.listening]
-            raise WorkersError(f"workers {late} did not listen within {timeout_s:g}s") from None
+            await asyncio.wait(waits, timeout=timeout_s)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        late = [handle.index for handle in self.handles if not handle.listening_event.is_set()]
+        if late:
+            raise WorkersError(f"workers {late} did not listen within {timeout_s:g}s")
 
     def wake_all(self, newest_time_us: int) -> None:
         """Every worker catches up with the log to at least `newest_time_us`."""

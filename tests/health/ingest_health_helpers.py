@@ -49,6 +49,9 @@ class Proc:
     def signal_group(self, signum: int) -> None:
         os.killpg(self.process.pid, signum)
 
+    async def wait(self, timeout: float = 30) -> int:
+        return await asyncio.wait_for(self.process.wait(), timeout)
+
     async def stop(self, timeout: float = 30) -> int:
         if self.running:
             self.process.terminate()
