@@ -49,7 +49,7 @@ def cursor_of(report: dict) -> int:
 
 @pytest.mark.parametrize("workers", [1, 2])
 async def test_disk_full_degrades_healthz_for_the_whole_pause_and_recovers(tmp_path, small_disk, workers):
-    relay, relay_port = await start_relay(tmp_path, rate=1500)
+    relay, relay_port = await start_relay(tmp_path, rate=300)  # slow enough not to refill 14 MiB at once
     daemon = Serve(tmp_path)
     await daemon.start_serving(relay_url(relay_port), "--workers", str(workers), "--relay-stall-threshold", THRESHOLD,
                                data_dir=small_disk / "data")
