@@ -63,15 +63,30 @@ def parse_unresolved_policy(text: str) -> str:
     return value
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity), at least 1."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def parse_workers(text) -> int:
     """`--workers`: a count >= 1, or "auto" for one per core this process may run on."""
     if isinstance(text, int):
         count = text
     elif str(text).strip().lower() == "auto":
-        count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        count = usable_cores()
     else:
         count = int(str(text).strip())
     return count
+
+
+# Each worker is a whole process (an interpreter, its ring, a RocksDB secondary view that catches
+# up after every batch): beyond a few per core they only compete for the CPU and the memory, and
+# 1000 of them took a 2-core machine to a load of 119 and 5-7 GB within a minute (issue 22).
+WORKERS_PER_CORE_MAX = 4
+
+
+def max_workers() -> int:
+    return WORKERS_PER_CORE_MAX * usable_cores()
 
 
 def parse_verify_processes(text) -> int:
@@ -142,6 +157,22 @@ LISTEN_ADDR = Check("HOST:PORT with a port in 0..65535 (0 = any free port)", _is
 OPTIONAL_LISTEN_ADDR = Check("HOST:PORT with a port in 0..65535, or empty to disable",
                              lambda text: text == "" or _is_listen_addr(text))
 WS_URL = Check("a ws:// or wss:// URL with a host", _is_ws_url)
+
+
+class _WorkersCheck(Check):
+    """--workers: the refusal names this machine's limit and why there is one."""
+
+    def __call__(self, value: int) -> None:
+        if not 1 <= value <= max_workers():
+            raise ValueError(f"must be between 1 and {max_workers()} ({WORKERS_PER_CORE_MAX} x the {usable_cores()} "
+                             "cores this process may run on): each worker is a whole process, and more than that "
+                             "only compete for CPU and memory")
+
+
+WORKERS = _WorkersCheck(f"between 1 and {WORKERS_PER_CORE_MAX} x the cores this process may run on",
+                        lambda value: 1 <= value <= max_workers())
+
+
 def _is_nats_list(text: str) -> bool:
     urls = [part.strip() for part in text.split(",") if part.strip()]
     return text.strip() == "" or all(urlsplit(url).scheme in ("nats", "tls", "ws", "wss") and urlsplit(url).hostname for url in urls)
@@ -214,6 +245,7 @@ SERVE_FLAGS: tuple[Flag, ...] = (
     Flag("group-commit-ms", 2.0, float, "how long ingest gathers decoded events into one RocksDB write batch", v1=False, check=at_least(0)),
     Flag("relay-backoff-initial", "500ms", parse_duration, "first delay before re-dialling the relay; doubles per failed attempt, with jitter", v1=False, check=above(0)),
     Flag("relay-backoff-max", "30s", parse_duration, "cap of the relay re-dial delay", v1=False, check=above(0)),
+    Flag("relay-stall-threshold", "60s", parse_duration, "/healthz turns 503 degraded (relay_stalled, relay_unreachable) once no relay event has been stored, or the relay not been reached, for this long", v1=False, check=above(0)),
     Flag("ttl-trim-interval", "0s", parse_duration, "how often events older than --event-ttl are deleted; 0 = event-ttl/10, clamped to 0.5s..60s", v1=False, check=at_least(0)),
     Flag("verify-mst", False, parse_bool, "also look each create/update up in the commit's MST as v1 did, dropping ops whose MST leaf is missing or differs from op.cid (default: op.cid's block hash only)", v1=False),
     Flag("fsync", False, parse_bool, "fsync the WAL on every batch (power-loss durability); kill -9 is safe either way", v1=False),
@@ -269,7 +301,7 @@ SERVE_FLAGS: tuple[Flag, ...] = (
     Flag("ingest-collections", "", _parse_ingest_collections, "store only these commit collections (comma-separated NSIDs or prefix.*); identity/account/sync are always kept, other commits are dropped as not_ingested; empty = all", v1=False, check=Check("empty (all) or comma-separated NSIDs / prefix.* entries", lambda value: True)),
     Flag("stats-max-collections", 1000, int, "collections /stats/collections counts by name; later ones are summed under \"other\"", v1=False, check=at_least(0)),
     # Serving on every core (issue 13): worker processes behind one port (jetstream/workers/).
-    Flag("workers", "1", parse_workers, "processes serving /subscribe on the listen port (SO_REUSEPORT, one client IP per worker); the main process ingests; 1 = one process; auto = one per core", v1=False, check=at_least(1)),
+    Flag("workers", "1", parse_workers, "processes serving /subscribe on the listen port (SO_REUSEPORT, one client IP per worker); the main process ingests; 1 = one process; auto = one per core", v1=False, check=WORKERS),
 )
 
 RELAY_SIM_FLAGS: tuple[Flag, ...] = (

@@ -2,6 +2,9 @@
 
 Owns: start-up order (log open -> server bound -> READY -> relay connected), the TTL
 trim timer (jetstream.log.ttl), readiness (/healthz, systemd READY=1 and WATCHDOG=1 over $NOTIFY_SOCKET),
+what degrades /healthz about ingest as a whole (a paused ingest, a relay that has stored nothing
+or not been reached for --relay-stall-threshold), the signals (SIGTERM/SIGINT stop, at any moment
+of start-up too; SIGHUP is logged, log files are reopened, and the daemon carries on),
 freezing what start-up allocated out of the cyclic GC's reach once ready (the serving
 process only: a full collection over it paused the loop for 100+ ms), and graceful shutdown
 (stop the relay, write the pending batch, close every subscriber with 1001, close RocksDB).
@@ -44,6 +47,8 @@ SHUTDOWN_TIMEOUT_S = 15.0
 # How often a paused ingest checks whether the log takes writes again (disk full).
 LOG_RECOVERY_INTERVAL_S = 1.0
 LOG_RECOVERY_MIN_FREE_BYTES = 1 << 20
+# How often the relay's progress is judged against --relay-stall-threshold (and the lag gauge set).
+RELAY_WATCH_INTERVAL_S = 1.0
 
 
 def sd_notify(state: str) -> bool:
@@ -89,6 +94,30 @@ def freeze_long_lived_objects(reason: str) -> None:
     gc.freeze()
     log.info("event=gc_frozen reason=%s objects=%d ms=%.1f", reason, gc.get_freeze_count(),
              (time.perf_counter() - started) * 1000)
+
+
+def reopen_log_files() -> int:
+    """Reopen every log file a handler writes (after logrotate moved it); how many. Logs that go
+    to stderr (the default: journald keeps them) have nothing to reopen."""
+    reopened = 0
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.acquire()
+            try:
+                if handler.stream is not None:
+                    handler.stream.close()
+                handler.stream = handler._open()
+            finally:
+                handler.release()
+            reopened += 1
+    return reopened
+
+
+def on_hangup(process: str) -> None:
+    """SIGHUP: what daemons under systemd are expected to do with it: reopen logs, carry on."""
+    reopened = reopen_log_files()
+    log.warning("event=signal_received signal=%d action=reopen_logs_and_continue process=%s log_files_reopened=%d",
+                signal.SIGHUP, process, reopened)
 
 
 class Daemon:
@@ -234,6 +263,7 @@ class Daemon:
             cfg.ws_url, self.pipeline.submit, lambda: self.pipeline.last_accepted_seq,
             liveness_ttl_s=cfg.liveness_ttl, before_connect=self.pipeline.prepare_reconnect,
             backoff_initial_s=cfg.relay_backoff_initial, backoff_max_s=cfg.relay_backoff_max,
+            problems=self.problems,
         )
 
     def _on_cluster_joined(self, cluster_id: str) -> None:
@@ -262,10 +292,68 @@ class Daemon:
 
     def connect_relay(self) -> None:
         """Start reading the relay (tests call this after their subscribers are connected)."""
+        self._tasks.append(asyncio.ensure_future(self._watch_relay_forever()))
         if self.cluster is not None:
             self.cluster.start()  # joining the cluster is what may lead to reading the relay
             return
         self._tasks.append(asyncio.ensure_future(self.relay.run()))
+
+    def _ingest_parts(self):
+        """(relay client, pipeline) ingesting now: this process's, or this node's term's while it leads."""
+        if self.cluster is None:
+            return self.relay, self.pipeline
+        term = self.cluster.term
+        return self.cluster.relay, (term.pipeline if term is not None else None)
+
+    def _relay_watch_interval_s(self) -> float:
+        return min(RELAY_WATCH_INTERVAL_S, self.cfg.relay_stall_threshold / 4)
+
+    async def _watch_relay_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._relay_watch_interval_s())
+            self.check_relay_progress()
+
+    def check_relay_progress(self) -> None:
+        """Degrade /healthz while the relay has not been reached, or nothing from it has been
+        stored, for longer than --relay-stall-threshold; recover when that ends.
+
+        One problem per cause: a paused ingest (disk full) and an endpoint that is not a relay
+        firehose have their own, so they do not also count as a stall. A relay that is connected
+        but has no events to send (rare on the real network) stalls too: the threshold is for that.
+        """
+        relay, pipeline = self._ingest_parts()
+        if relay is None or pipeline is None:  # a cluster follower: it does not read the relay
+            self.problems.clear("relay_unreachable")
+            self.problems.clear("relay_stalled")
+            return
+        lag = pipeline.relay_lag_s
+        if lag is not None:
+            metrics.RELAY_LAG_SECONDS.set(lag)  # between batches too: a silent relay's lag grows
+        threshold = self.cfg.relay_stall_threshold
+        offline_s = relay.disconnected_for()
+        if offline_s is None:
+            self.problems.clear("relay_unreachable")
+        elif offline_s > threshold:
+            self.problems.raise_problem(
+                "relay_unreachable",
+                f"no connection to the relay {relay.ws_url} for {offline_s:.0f}s (threshold {threshold:g}s, "
+                f"attempt {relay.attempt}, last error {relay.last_error or 'none yet'}); nothing new is ingested",
+                "check --ws-url, DNS and the network to the relay; the daemon keeps retrying and serves its log")
+        silent_s = pipeline.silent_for()
+        if silent_s <= threshold:
+            self.problems.clear("relay_stalled")
+            return
+        if pipeline.paused or any(self.problems.is_active(kind) for kind in (
+                "ingest_paused", "relay_unreachable", "relay_not_a_firehose")):
+            return  # that problem says why nothing is stored
+        if offline_s is not None and offline_s > silent_s - 2 * self._relay_watch_interval_s():
+            return  # silent since the connection was lost: relay_unreachable, once past the threshold
+        self.problems.raise_problem(
+            "relay_stalled",
+            f"no relay event stored for {silent_s:.0f}s (threshold {threshold:g}s); relay connected="
+            f"{str(relay.connected).lower()}, lag {'unknown' if lag is None else f'{lag:.0f}s'}",
+            "check the relay (--ws-url) and the network; a relay that really has nothing to send also "
+            "trips this: raise --relay-stall-threshold if that is normal for yours")
 
     @property
     def port(self) -> int:
@@ -305,9 +393,19 @@ class Daemon:
         metrics.INGEST_PAUSED.set(1)
         log.error("event=ingest_paused reason=log_write_failed relay_cursor=%s retry_every_s=%g",
                   self.event_log.relay_cursor(), LOG_RECOVERY_INTERVAL_S)
+        self._report_ingest_paused("")
         if self.relay is not None:
             self.relay.reconnect("write_failure")
         self._tasks.append(asyncio.ensure_future(self._resume_ingest_when_log_writable()))
+
+    def _report_ingest_paused(self, error: str) -> None:
+        """/healthz is degraded for the whole pause (updated with the latest reason while it lasts)."""
+        self.problems.raise_problem(
+            "ingest_paused",
+            f"the log refuses writes (disk full or I/O error): ingest paused at relay cursor "
+            f"{self.event_log.relay_cursor()}; subscribers are served what is stored" + (f"; {error}" if error else ""),
+            "free space under --data-dir (or repair the disk): ingest resumes by itself from the durable cursor "
+            f"within {LOG_RECOVERY_INTERVAL_S:g}s of the log taking writes again")
 
     async def _resume_ingest_when_log_writable(self) -> None:
         attempts = 0
@@ -326,10 +424,13 @@ class Daemon:
             except Exception as exc:  # noqa: BLE001 - still full, or worse: keep serving, keep trying
                 if attempts == 1 or attempts % 30 == 0:  # one line now and then, not one per second
                     log.warning("event=log_still_unwritable attempts=%d error=%r", attempts, str(exc)[:200])
+                self._report_ingest_paused(str(exc)[:200])
                 continue
             self.pipeline.reset_to_durable_cursor()
+            self.pipeline.restart_silence_clock()
             self.pipeline.paused = False
             metrics.INGEST_PAUSED.set(0)
+            self.problems.clear("ingest_paused")
             log.warning("event=ingest_resumed relay_cursor=%s paused_s=%g",
                         self.event_log.relay_cursor(), attempts * LOG_RECOVERY_INTERVAL_S)
             if self.relay is not None:
@@ -389,21 +490,40 @@ class Daemon:
                 log.error("event=forced_exit signal=%d", signum)
                 logging.shutdown()
                 os._exit(1)
-            log.info("event=signal_received signal=%d", signum)
+            log.info("event=signal_received signal=%d action=stop", signum)
             stop_requested.set()
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal, signum)
+        loop.add_signal_handler(signal.SIGHUP, on_hangup, "main")
         self.freeze_gc = True
-        try:
-            await self.start()
-        except BaseException:
-            await self.stop()  # release what did open (the log, a bound listener) before reporting
-            raise
-        await stop_requested.wait()
+        if await self._start_unless_stopped(stop_requested):
+            await stop_requested.wait()
         try:
             await asyncio.wait_for(self.stop(), timeout=SHUTDOWN_TIMEOUT_S)
         except asyncio.TimeoutError:
             log.error("event=shutdown_timeout timeout_s=%g", SHUTDOWN_TIMEOUT_S)
             logging.shutdown()
             os._exit(1)
+
+    async def _start_unless_stopped(self, stop_requested: asyncio.Event) -> bool:
+        """start(), given up at once if a stop is asked for meanwhile (False: stop without serving).
+
+        A signal during start-up (spawning workers, binding, joining) is not left waiting for the
+        start-up to finish: the start is cancelled where it stands and stop() releases what opened.
+        """
+        starting = asyncio.ensure_future(self.start())
+        stopping = asyncio.ensure_future(stop_requested.wait())
+        try:
+            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if starting.done():
+            if starting.cancelled() or starting.exception() is not None:
+                await self.stop()  # release what did open (the log, a bound listener) before reporting
+                starting.result()  # raises
+            return True
+        log.warning("event=startup_interrupted msg=\"stop asked for during start-up: stopping what started\"")
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        return False

@@ -147,7 +147,12 @@ class IngestPipeline:
         self.ingest_collections = ingest_collections
         # collection_stats.CollectionStats or None: counts of what each written batch stored.
         self.collection_stats = collection_stats
-        self.relay_lag_s: float | None = None  # now - the newest written frame's `time` (/healthz, /status)
+        # The relay `time` (unix s) of the newest written frame; before any this run, the log's
+        # newest event's time_us (so an offline daemon's lag grows from what it last stored).
+        hwm = event_log.hwm() if event_log.relay_cursor() is not None else 0
+        self._newest_relay_time_s: float | None = hwm / 1e6 if hwm else None
+        # When a relay frame was last stored (monotonic): how long ingest has made no progress.
+        self._progress_at = time.monotonic()
         # The highest relay seq accepted into the pipeline (written or pending). Reconnects
         # resume from here; frames at or below it are duplicates and are skipped.
         self.last_accepted_seq: int | None = event_log.relay_cursor()
@@ -404,4 +409,21 @@ class IngestPipeline:
             self._labels["LAST_EVT_CREATED_AT"].set(int(created * 1e9))
             self._labels["LAST_EVT_GAP"].set(now - created)
             metrics.RELAY_LAG_SECONDS.set(now - created)
-            self.relay_lag_s = now - created
+            self._newest_relay_time_s = created
+        self._progress_at = time.monotonic()
+
+    @property
+    def relay_lag_s(self) -> float | None:
+        """Wall clock now minus the newest written frame's `time` (/healthz, /status): it grows
+        while nothing arrives (a paused ingest, a silent or unreachable relay), never freezes."""
+        if self._newest_relay_time_s is None:
+            return None
+        return time.time() - self._newest_relay_time_s
+
+    def silent_for(self) -> float:
+        """Seconds since a relay frame was last stored (or since this pipeline was made)."""
+        return time.monotonic() - self._progress_at
+
+    def restart_silence_clock(self) -> None:
+        """Ingest resumes after a pause: the relay gets a full threshold to deliver again."""
+        self._progress_at = time.monotonic()

@@ -119,14 +119,16 @@ class WorkerHandle:
                 "subscribers": self.counters.get("connected", 0)}
 
 
-def spawn_worker(index: int, listen_sock: socket.socket) -> tuple[subprocess.Popen, socket.socket]:
+def spawn_worker(index: int, listen_sock: socket.socket,
+                 cfg: Config | None = None) -> tuple[subprocess.Popen, socket.socket]:
     """Start worker `index` on `listen_sock`; (process, the main process's end of its channel)."""
     parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     env = {name: value for name, value in os.environ.items() if name not in _NOT_FOR_WORKERS}
+    logging_args = ["--log-level", cfg.log_level, "--log-format", cfg.log_format] if cfg is not None else []
     try:
         process = subprocess.Popen(
             [sys.executable, "-m", "jetstream.workers.worker", "--index", str(index),
-             "--listen-fd", str(listen_sock.fileno()), "--channel-fd", str(child_end.fileno())],
+             "--listen-fd", str(listen_sock.fileno()), "--channel-fd", str(child_end.fileno()), *logging_args],
             pass_fds=(listen_sock.fileno(), child_end.fileno()), env=env)
     finally:
         child_end.close()
@@ -151,12 +153,16 @@ class Supervisor:
         self._tasks = [asyncio.ensure_future(self._keep_running(handle)) for handle in self.handles]
 
     async def wait_listening(self, timeout_s: float) -> None:
-        waits = [handle.listening_event.wait() for handle in self.handles]
+        # Tasks, not a gather: a start-up cancelled here (SIGTERM) leaves no orphaned future behind.
+        waits = [asyncio.ensure_future(handle.listening_event.wait()) for handle in self.handles]
         try:
-            await asyncio.wait_for(asyncio.gather(*waits), timeout_s)
-        except asyncio.TimeoutError:
-            late = [handle.index for handle in self.handles if not handle.listening]
-            raise WorkersError(f"workers {late} did not listen within {timeout_s:g}s") from None
+            await asyncio.wait(waits, timeout=timeout_s)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        late = [handle.index for handle in self.handles if not handle.listening_event.is_set()]
+        if late:
+            raise WorkersError(f"workers {late} did not listen within {timeout_s:g}s")
 
     def wake_all(self, newest_time_us: int) -> None:
         """Every worker catches up with the log to at least `newest_time_us`."""
@@ -202,7 +208,7 @@ class Supervisor:
             delay = min(delay * 2, RESTART_DELAY_MAX_S)
 
     async def _run_once(self, handle: WorkerHandle) -> None:
-        process, parent_end = spawn_worker(handle.index, handle.sock)
+        process, parent_end = spawn_worker(handle.index, handle.sock, self.cfg)
         handle.process = process
         log.info("event=worker_spawned worker=%d pid=%d", handle.index, process.pid)
         channel = await Channel.open(parent_end)

@@ -6,7 +6,9 @@ read-only view of the log (secondary.SecondaryEventLog), its LiveRing and the fe
 a poll, or when the main process asks), the TTL
 drop of its ring, its /healthz report (the main process's status plus its own), and pushing its
 server counters to the main process for the one /metrics. On SIGTERM, or when the main process
-goes away, it closes every subscriber with 1001, sends its last counters and exits 0.
+goes away, it closes every subscriber with 1001, sends its last counters and exits 0; a main
+process gone (killed) is one `worker_main_gone` line, at any moment, never a traceback. SIGHUP is
+logged and the worker carries on.
 It must never write to the log, talk to the relay, or notify systemd (the main process does).
 Started by supervisor.py as `python -m jetstream.workers.worker --index I --listen-fd L --channel-fd C`.
 """
@@ -25,7 +27,7 @@ import time
 
 from jetstream import __version__
 from jetstream.config import Config
-from jetstream.daemon import freeze_long_lived_objects
+from jetstream.daemon import freeze_long_lived_objects, on_hangup
 from jetstream.dictionary import active_dictionary
 from jetstream.health import Problems, apply_to_report
 from jetstream.implementation import LiveRing
@@ -123,6 +125,7 @@ class Worker:
         self._secondary_dir = ""
         self._stop = asyncio.Event()
         self._stopping = False
+        self._main_gone = False  # the channel closed: nobody to report to, nothing to say but that
         self._tasks: list[asyncio.Task] = []
         self.cursor_gate: WorkerCursorGate | None = None
 
@@ -179,7 +182,8 @@ class Worker:
             try:
                 kind, body = await self.channel.receive()
             except ChannelClosed:
-                log.warning("event=worker_main_gone worker=%d", self.index)
+                log.warning("event=worker_main_gone worker=%d pid=%d action=exit", self.index, os.getpid())
+                self._main_gone = True
                 self._stop.set()
                 return
             if kind == messages.ROWS:
@@ -252,13 +256,14 @@ class Worker:
 
     async def stop(self) -> None:
         self._stopping = True
-        log.info("event=worker_stopping worker=%d", self.index)
+        if not self._main_gone:
+            log.info("event=worker_stopping worker=%d", self.index)
         if self.server is not None:
             await self.server.close(SHUTDOWN_REASON)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.server is not None and self.feeder is not None:
+        if self.server is not None and self.feeder is not None and not self._main_gone:
             self._push_metrics()  # the last counters, so /metrics loses none of a clean stop
             try:
                 await asyncio.wait_for(self.channel.drain(), timeout=2)
@@ -269,12 +274,20 @@ class Worker:
             self.event_log.close()
         if self._secondary_dir:
             shutil.rmtree(self._secondary_dir, ignore_errors=True)
-        log.info("event=worker_stopped worker=%d", self.index)
+        if not self._main_gone:
+            log.info("event=worker_stopped worker=%d", self.index)
 
 
 async def run_worker(index: int, listen_fd: int, channel_fd: int) -> None:
+    loop = asyncio.get_running_loop()
+    # From the first moment: a hangup of the terminal reaches the whole process group.
+    loop.add_signal_handler(signal.SIGHUP, on_hangup, f"worker{index}")
     channel = await Channel.open(socket.socket(fileno=channel_fd))
-    kind, body = await channel.receive()
+    try:
+        kind, body = await channel.receive()
+    except ChannelClosed:  # the main process died (or stopped) before it sent the config
+        log.warning("event=worker_main_gone worker=%d pid=%d action=exit phase=starting", index, os.getpid())
+        return
     if kind != messages.CONFIG:
         raise SystemExit(f"worker {index}: expected the config first, got message kind {kind}")
     cfg = Config(json.loads(body))
@@ -287,7 +300,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--listen-fd", type=int, required=True)
     parser.add_argument("--channel-fd", type=int, required=True)
+    # The daemon's, so a line logged before the config arrives (worker_main_gone) looks like the rest.
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-format", default="text")
     args = parser.parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
     from jetstream.cli import run_loop
 
     run_loop(run_worker(args.index, args.listen_fd, args.channel_fd))

@@ -1,7 +1,8 @@
 """`jetstream serve` with no relay to reach (offline `make run`): a real daemon process whose
 `--ws-url` points at a closed port keeps re-dialling, says once in plain words that the relay
 is unreachable and that it keeps trying, and serves its log to subscribers meanwhile. The
-line comes once per outage: again after the relay was reached and lost."""
+line comes once per outage: again after the relay was reached and lost. Each attempt is a
+debug line only (`relay_connect_failed`), as the README says."""
 from __future__ import annotations
 
 import asyncio
@@ -66,7 +67,7 @@ async def test_offline_daemon_reports_the_relay_unreachable_once_and_serves_its_
         sys.executable, "-m", "jetstream.cli", "serve",
         "--ws-url", f"ws://127.0.0.1:{closed_port()}/xrpc/com.atproto.sync.subscribeRepos",
         "--listen-addr", "127.0.0.1:0", "--metrics-listen-addr", "", "--data-dir", str(tmp_path / "data"),
-        "--relay-backoff-initial", "20ms", "--relay-backoff-max", "100ms",
+        "--relay-backoff-initial", "20ms", "--relay-backoff-max", "100ms", "--log-level", "debug",
         env=env, stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL)
     stderr = bytearray()
     try:
@@ -83,6 +84,7 @@ async def test_offline_daemon_reports_the_relay_unreachable_once_and_serves_its_
     assert [time_us_of(message) for message in replayed] == stored, "subscribers are served from the log"
     assert process.returncode == 0, stderr.decode(errors="replace")
     assert stderr.count(CONNECT_FAILED) >= 5, "it keeps retrying"
+    assert all(b"level=DEBUG" in line for line in stderr.splitlines() if CONNECT_FAILED in line), "attempts at debug"
     assert stderr.count(UNREACHABLE) == 1, "one plain-words line, not one per attempt"
     line = next(line for line in stderr.splitlines() if UNREACHABLE in line)
     assert b"cannot reach the relay" in line and b"retrying" in line and b"served from the log" in line
@@ -113,7 +115,7 @@ async def test_the_unreachable_line_comes_once_per_outage_not_once_per_attempt()
     records = _Records()
     relay_log = logging.getLogger("jetstream.ingest.relay_client")
     relay_log.addHandler(records)
-    relay_log.setLevel(logging.INFO)
+    relay_log.setLevel(logging.DEBUG)  # the attempts are debug lines
     client = RelayClient(f"ws://127.0.0.1:{port}/xrpc/com.atproto.sync.subscribeRepos", lambda frame: None,
                          lambda: None, backoff_initial_s=0.005, backoff_max_s=0.02, liveness_ttl_s=0.2)
     task = asyncio.ensure_future(client.run())

@@ -159,7 +159,8 @@ async def test_status_page_shows_what_healthz_and_stats_collections_say(tmp_path
     assert page.by_id["subscribers"] == str(health["subscribers"]) == "1"
     assert page.by_id["relay-state"] == "connected" and health["relay"]["connected"] is True
     assert page.by_id["relay-cursor"] == str(health["relay"]["cursor"])
-    assert float(page.by_id["relay-lag"]) == pytest.approx(health["relay"]["lag_seconds"], abs=0.01)
+    # The lag grows with the wall clock while the (replayed-out) relay sends nothing: /healthz is read after the page.
+    assert -0.01 <= health["relay"]["lag_seconds"] - float(page.by_id["relay-lag"]) < 30
     assert page.by_id["oldest"] == str(health["oldest_time_us"])
     assert page.by_id["newest"] == str(health["newest_time_us"])
     assert set(page.rows) == set(stats["collections"])
