@@ -44,14 +44,15 @@ dev: $(DEV_STAMP)
 # system Python 3.11+ (with its venv module and headers): the unit's ProtectHome=yes hides /root
 # and /home, so a venv made from a pyenv/conda Python there cannot start under it
 # (systemd/check_install_python.py refuses one before anything is made). The docs go beside it
-# for the unit's Documentation= lines.
+# for the unit's Documentation= lines. INSTALL_EXTRAS=cluster adds the NATS client (--cluster).
 PREFIX ?= /opt/jetstream
 INSTALL_PYTHON ?= /usr/bin/python3
+INSTALL_EXTRAS ?=
 install:
 	@$(INSTALL_PYTHON) systemd/check_install_python.py $(PREFIX)
 	$(INSTALL_PYTHON) -m venv --clear $(PREFIX)/.venv
 	$(PREFIX)/.venv/bin/python $(PIP) --upgrade pip
-	$(PREFIX)/.venv/bin/python $(PIP) .
+	$(PREFIX)/.venv/bin/python $(PIP) '.$(if $(INSTALL_EXTRAS),[$(INSTALL_EXTRAS)])'
 	@if [ "$$(realpath $(PREFIX))" != "$$(realpath .)" ]; then \
 	  mkdir -p $(PREFIX)/docs && cp -R docs/. $(PREFIX)/docs/ && cp README.md $(PREFIX)/; fi
 	@echo "install: $(PREFIX)/.venv/bin/jetstream ($$($(PREFIX)/.venv/bin/python -c 'import sys; print(sys.version.split()[0])'), no test extras)"

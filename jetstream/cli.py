@@ -149,7 +149,7 @@ def build_parser(environ: dict[str, str]) -> tuple[argparse.ArgumentParser, dict
     for name, flags, handler, help_text in (
         ("serve", SERVE_FLAGS, cmd_serve, "run the daemon"),
         ("relay-sim", RELAY_SIM_FLAGS, cmd_relay_sim, "run a fake relay (tests, demo)"),
-        ("demo", SERVE_FLAGS, cmd_demo, "fake relay + daemon + a printing client, offline"),
+        ("demo", demo_flags(), cmd_demo, "fake relay + daemon + a printing client, offline"),
     ):
         p = sub.add_parser(name, help=help_text)
         add_flags(p, flags, environ)
@@ -159,7 +159,6 @@ def build_parser(environ: dict[str, str]) -> tuple[argparse.ArgumentParser, dict
     # (JETSTREAM_DEMO_DATA_DIR is not read: a demo's log is never a kept one), and prints
     # events, not daemon logs.
     sub.choices["demo"].set_defaults(data_dir="", log_level="warning")
-    flag_sets["demo"] = demo_flags()
     add_train_dictionary_parser(sub)
     add_tail_parser(sub)
     add_inspect_parser(sub)

@@ -313,7 +313,7 @@ RELAY_SIM_FLAGS: tuple[Flag, ...] = tuple(replace(flag, env_prefix=RELAY_SIM_ENV
 
 # Variables under a command's prefix that are ours but name no flag: implementation and test
 # switches. Anything else under JETSTREAM_ (or RELAYSIM_) is warned about at start-up as
-# naming no flag (a typo like JETSTREAM_EVENTTTL would otherwise be ignored in silence).
+# naming no flag (a typo, EVENTTTL for EVENT_TTL, would otherwise be ignored in silence).
 # tests/operator/test_env_and_flags.py checks every JETSTREAM_* name the code reads is a flag's or here.
 ENV_NOT_FLAGS: dict[str, str] = {
     "JETSTREAM_PURE_PYTHON": "use the pure-Python twins instead of the compiled core (jetstream/implementation.py)",

@@ -32,15 +32,15 @@ def hidden(path: str) -> bool:
 
 def problem(prefix: str) -> str:
     """Why this interpreter (or prefix) will not do, or "" when it will."""
+    if hidden(prefix):
+        return (f"PREFIX {prefix} is under a directory the unit's ProtectHome=yes hides from the service; "
+                f"install under /opt (the unit runs /opt/jetstream/.venv/bin/jetstream)")
     if sys.version_info < MINIMUM:
         return f"Python {sys.version.split()[0]} is older than {MINIMUM[0]}.{MINIMUM[1]}"
     for what, path in (("the interpreter", sys.executable), ("its installation", sys.base_prefix)):
         if hidden(path):
             return (f"{what} is under {os.path.realpath(path)}, which the unit's ProtectHome=yes hides "
                     f"from the service (a venv made from it cannot start)")
-    if hidden(prefix):
-        return (f"PREFIX {prefix} is under a directory the unit's ProtectHome=yes hides from the service; "
-                f"install under /opt (the unit runs /opt/jetstream/.venv/bin/jetstream)")
     if importlib.util.find_spec("venv") is None or importlib.util.find_spec("ensurepip") is None:
         return "it has no venv/ensurepip module (Debian/Ubuntu: apt install python3-venv)"
     if not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")):
