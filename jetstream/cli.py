@@ -11,7 +11,16 @@ import logging
 import os
 import sys
 
-from jetstream.config import RELAY_SIM_FLAGS, SERVE_FLAGS, ConfigError, add_flags, to_config
+from jetstream.config import (
+    DEMO_ENV_PREFIX,
+    RELAY_SIM_FLAGS,
+    SERVE_FLAGS,
+    ConfigError,
+    add_flags,
+    deprecated_flags_set,
+    to_config,
+    unknown_variables,
+)
 from jetstream.logfmt import setup_logging
 
 
@@ -52,7 +61,8 @@ def cmd_relay_sim(cfg) -> None:
     from jetstream.startup import EXIT_STARTUP_FAILED, StartupError, check_bindable, report_startup_failure
 
     try:
-        check_bindable("listen-addr", cfg.listen_addr)
+        listen_flag = next(flag for flag in RELAY_SIM_FLAGS if flag.name == "listen-addr")
+        check_bindable(listen_flag, cfg.listen_addr)
     except StartupError as exc:
         report_startup_failure(exc)
         sys.exit(EXIT_STARTUP_FAILED)
@@ -155,16 +165,16 @@ def build_parser(environ: dict[str, str]) -> tuple[argparse.ArgumentParser, dict
     for name, flags, handler, help_text in (
         ("serve", SERVE_FLAGS, cmd_serve, "run the daemon"),
         ("relay-sim", RELAY_SIM_FLAGS, cmd_relay_sim, "run a fake relay (tests, demo)"),
-        ("demo", SERVE_FLAGS, cmd_demo, "fake relay + daemon + a printing client, offline"),
+        ("demo", demo_flags(), cmd_demo, "fake relay + daemon + a printing client, offline"),
     ):
         p = sub.add_parser(name, help=help_text)
         add_flags(p, flags, environ)
         p.set_defaults(handler=handler)
         flag_sets[name] = flags
     # The demo keeps its log in a throwaway temp dir unless --data-dir is on its command line
-    # (JETSTREAM_DATA_DIR names a real daemon's log), and prints events, not daemon logs.
+    # (JETSTREAM_DEMO_DATA_DIR is not read: a demo's log is never a kept one), and prints
+    # events, not daemon logs.
     sub.choices["demo"].set_defaults(data_dir="", log_level="warning")
-    flag_sets["demo"] = demo_flags()
     add_train_dictionary_parser(sub)
     add_tail_parser(sub)
     add_inspect_parser(sub)
@@ -173,13 +183,28 @@ def build_parser(environ: dict[str, str]) -> tuple[argparse.ArgumentParser, dict
 
 
 def demo_flags() -> tuple:
-    """SERVE_FLAGS, except that an empty --data-dir is valid: the demo's throwaway temp dir."""
+    """SERVE_FLAGS under the demo's own variables (JETSTREAM_DEMO_*: a daemon's exported
+    JETSTREAM_LISTEN_ADDR must not move the demo onto its port), except that an empty
+    --data-dir is valid: the demo's throwaway temp dir."""
     from dataclasses import replace
 
     from jetstream.config import Check
 
     throwaway = Check("empty (a temp dir removed at exit) or a directory", lambda text: True)
-    return tuple(replace(flag, check=throwaway) if flag.name == "data-dir" else flag for flag in SERVE_FLAGS)
+    return tuple(replace(flag, env_prefix=DEMO_ENV_PREFIX, **({"check": throwaway} if flag.name == "data-dir" else {}))
+                 for flag in SERVE_FLAGS)
+
+
+def warn_about_settings(cfg, flags: tuple, environ: dict[str, str]) -> None:
+    """At start-up, one warning per variable under the command's prefix that names no flag
+    (a typo would otherwise be ignored in silence) and per deprecated flag that was set."""
+    log = logging.getLogger("jetstream.cli")
+    for name, closest in unknown_variables(environ, flags):
+        log.warning("event=env_variable_unknown variable=%s did_you_mean=%s note=%s", name, closest or "-",
+                    "names no flag of this command; ignored")
+    for flag in deprecated_flags_set(cfg, flags):
+        log.warning("event=flag_deprecated flag=--%s env=%s source=%s note=%s", flag.name, flag.env,
+                    cfg.sources[flag.attr], f"{flag.deprecated}; ignored")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -193,16 +218,17 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cfg = to_config(args, flag_sets[args.command], environ)
     except ConfigError as exc:
-        _refuse_config(exc, args, environ)
+        _refuse_config(exc, args, environ, exc.flag.env_prefix)
     setup_logging(cfg.log_level, cfg.log_format)
+    warn_about_settings(cfg, flag_sets[args.command], environ)
     args.handler(cfg)
 
 
-def _refuse_config(exc: ConfigError, args, environ: dict[str, str]) -> None:
+def _refuse_config(exc: ConfigError, args, environ: dict[str, str], env_prefix: str) -> None:
     """One `event=startup_failed` line (in the requested log format when that one is valid), exit 2."""
     from jetstream.startup import EXIT_STARTUP_FAILED, report_startup_failure
 
-    log_format = getattr(args, "log_format", None) or environ.get("JETSTREAM_LOG_FORMAT", "text")
+    log_format = getattr(args, "log_format", None) or environ.get(env_prefix + "LOG_FORMAT", "text")
     setup_logging("info", log_format if log_format in ("text", "json") else "text")
     report_startup_failure(exc, logging.getLogger("jetstream.cli"))
     sys.exit(EXIT_STARTUP_FAILED)

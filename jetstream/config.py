@@ -4,16 +4,19 @@ Owns: every tunable of the daemon, its default, its parsing and its check (the v
 range or choices, `Flag(..., check=...)`), and ConfigError naming the flag, its variable
 and where a refused value came from. Each flag can be
 given on the command line or in the environment (`--event-ttl` <-> JETSTREAM_EVENT_TTL);
-the command line wins. Names and defaults follow Jetstream v1 (docs/operations.md, Configuration)
+the command line wins. Each command has its own variables (`serve` JETSTREAM_*, `relay-sim`
+RELAYSIM_*, `demo` JETSTREAM_DEMO_*), and a variable under a command's prefix that names no
+flag is found (unknown_variables) so it can be warned about instead of ignored in silence. Names and defaults follow Jetstream v1 (docs/operations.md, Configuration)
 where v1 has the flag; new flags say so in their help text.
 It must never start anything: it only turns argv + environ into a Config.
 """
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
@@ -211,6 +214,12 @@ class Flag:
     # allowed (see the checks below). Every flag gets one, so a bad value is refused at
     # startup instead of failing later inside a listener or a subscriber.
     check: Callable[[Any], None] | None = None
+    # Each command reads its own variables (`relay-sim` must not take the daemon's
+    # JETSTREAM_LISTEN_ADDR): <env_prefix><NAME>.
+    env_prefix: str = "JETSTREAM_"
+    # Non-empty: a flag kept only so old configurations still start. Hidden from --help; when
+    # set, one warning line with this text (why it does nothing, what to use instead).
+    deprecated: str = ""
 
     @property
     def expects(self) -> str:
@@ -219,7 +228,7 @@ class Flag:
 
     @property
     def env(self) -> str:
-        return "JETSTREAM_" + self.name.upper().replace("-", "_")
+        return self.env_prefix + self.name.upper().replace("-", "_")
 
     @property
     def attr(self) -> str:
@@ -238,7 +247,8 @@ SERVE_FLAGS: tuple[Flag, ...] = (
     Flag("override-relay-cursor", -1, int, "if >= 0, start the relay from this seq instead of the stored cursor", check=at_least(-1)),
     Flag("liveness-ttl", "15s", parse_duration, "relay silence after which the relay connection is dropped and re-dialled (v1 exited the process instead)", check=above(0)),
     Flag("zstd-dictionary-path", "", str, "zstd dictionary file for compressed clients (v1 declared but ignored it; we honour it); empty = the shipped jetstream-py dictionary", aliases=("zstd-dictionary",), check=DICTIONARY_FILE),
-    Flag("worker-count", 100, int, "accepted for v1 compatibility; ingest is a single ordered pipeline, so it is unused", check=UNUSED),
+    Flag("worker-count", 100, int, "accepted for v1 compatibility; ingest is a single ordered pipeline, so it is unused", check=UNUSED,
+         deprecated="v1's ingest worker count, unused here (ingest is one ordered pipeline); --workers sets the processes serving subscribers"),
     Flag("max-queue-size", 1000, int, "accepted for v1 compatibility; a no-op in v1 as well", check=UNUSED),
     # Flags v1 did not have.
     Flag("ring-capacity", 200_000, int, "events held in memory for live readers; older ones are read from the log", v1=False, check=at_least(1)),
@@ -304,7 +314,10 @@ SERVE_FLAGS: tuple[Flag, ...] = (
     Flag("workers", "1", parse_workers, "processes serving /subscribe on the listen port (SO_REUSEPORT, one client IP per worker); the main process ingests; 1 = one process; auto = one per core", v1=False, check=WORKERS),
 )
 
-RELAY_SIM_FLAGS: tuple[Flag, ...] = (
+RELAY_SIM_ENV_PREFIX = "RELAYSIM_"  # relay-sim's own variables, never the daemon's
+DEMO_ENV_PREFIX = "JETSTREAM_DEMO_"  # `jetstream demo`'s own variables, never the daemon's
+
+RELAY_SIM_FLAGS: tuple[Flag, ...] = tuple(replace(flag, env_prefix=RELAY_SIM_ENV_PREFIX) for flag in (
     Flag("listen-addr", "127.0.0.1:6010", str, "where the fake relay listens", v1=False, check=LISTEN_ADDR),
     Flag("frames-file", "", str, "recorded frames, zstd of [u32 LE length][frame]...; empty means --synthetic", v1=False),
     Flag("synthetic", False, parse_bool, "generate frames instead of replaying a file", v1=False),
@@ -328,12 +341,24 @@ RELAY_SIM_FLAGS: tuple[Flag, ...] = (
     Flag("fault-disconnect", 0.0, float, "after a faulty seq, close the TCP connection without a close frame", v1=False, check=at_least(0)),
     Flag("log-level", "info", str, "debug | info | warning | error", v1=False, check=LOG_LEVEL),
     Flag("log-format", "text", str, "text (key=value) | json (one object per line)", v1=False, check=LOG_FORMAT),
-)
+))
+
+# Variables under a command's prefix that are ours but name no flag: implementation and test
+# switches. Anything else under JETSTREAM_ (or RELAYSIM_) is warned about at start-up as
+# naming no flag (a typo, EVENTTTL for EVENT_TTL, would otherwise be ignored in silence).
+# tests/operator/test_env_and_flags.py checks every JETSTREAM_* name the code reads is a flag's or here.
+ENV_NOT_FLAGS: dict[str, str] = {
+    "JETSTREAM_PURE_PYTHON": "use the pure-Python twins instead of the compiled core (jetstream/implementation.py)",
+    "JETSTREAM_DEMO_SECONDS": "stop `jetstream demo` / `make cluster-demo` after this many seconds",
+    "JETSTREAM_BENCH_QUICK": "bench/bench_gates.py: the quick variant (bench/check.py --quick)",
+}
 
 
 @dataclass
 class Config:
     values: dict[str, Any] = field(default_factory=dict)
+    # Where each value came from: "command line", "environment" or "default" (by attr name).
+    sources: dict[str, str] = field(default_factory=dict)
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -387,6 +412,7 @@ def add_flags(parser: argparse.ArgumentParser, flags: tuple[Flag, ...], environ:
     for flag in flags:
         # A bare boolean flag (`--synthetic`) means true, as with Go's flag package.
         bare = {"nargs": "?", "const": "true"} if flag.parse is parse_bool else {}
+        described = f"{flag.help} [{describe_rule(flag)}; env {flag.env}, default {flag.default!r}]"
         parser.add_argument(
             f"--{flag.name}",
             *(f"--{alias}" for alias in flag.aliases),
@@ -394,7 +420,8 @@ def add_flags(parser: argparse.ArgumentParser, flags: tuple[Flag, ...], environ:
             default=None,
             metavar=_METAVARS.get(flag.parse, "VALUE"),
             **bare,
-            help=f"{flag.help} [{describe_rule(flag)}; env {flag.env}, default {flag.default!r}]",
+            # A deprecated flag still parses (old configurations start) but is not offered.
+            help=argparse.SUPPRESS if flag.deprecated else described,
         )
 
 
@@ -421,7 +448,7 @@ def resolve_flags(namespace: argparse.Namespace, flags: tuple[Flag, ...], enviro
 
     Raises ConfigError for the first unusable value, before anything is opened or bound.
     """
-    values = {}
+    values, sources = {}, {}
     for flag in flags:
         given = getattr(namespace, flag.attr, None)
         if given is not None:
@@ -431,7 +458,33 @@ def resolve_flags(namespace: argparse.Namespace, flags: tuple[Flag, ...], enviro
         else:
             raw, source = flag.default, "default"
         values[flag.attr] = resolve_flag(flag, raw, source)
-    return Config(values)
+        sources[flag.attr] = source
+    return Config(values, sources)
+
+
+def deprecated_flags_set(cfg: Config, flags: tuple[Flag, ...]) -> list[Flag]:
+    """The deprecated flags `cfg` got from the command line or the environment."""
+    return [flag for flag in flags if flag.deprecated and cfg.sources.get(flag.attr, "default") != "default"]
+
+
+def unknown_variables(environ: dict[str, str], flags: tuple[Flag, ...]) -> list[tuple[str, str]]:
+    """(variable, closest real name or "") for each variable under these flags' prefix naming no flag.
+
+    Only the prefix of `flags` is looked at, less other commands' prefixes inside it
+    (JETSTREAM_DEMO_* belongs to `jetstream demo`, not to `serve`), less ENV_NOT_FLAGS.
+    """
+    prefixes = {flag.env_prefix for flag in flags}
+    known = {flag.env for flag in flags}
+    ours = known | {name for name in ENV_NOT_FLAGS if any(name.startswith(prefix) for prefix in prefixes)}
+    others = tuple(prefix for prefix in (DEMO_ENV_PREFIX, RELAY_SIM_ENV_PREFIX)
+                   if prefix not in prefixes and any(prefix.startswith(mine) for mine in prefixes))
+    unknown = []
+    for name in sorted(environ):
+        if not name.startswith(tuple(prefixes)) or name.startswith(others) or name in ours:
+            continue
+        closest = difflib.get_close_matches(name, sorted(ours), n=1, cutoff=0.6)
+        unknown.append((name, closest[0] if closest else ""))
+    return unknown
 
 
 def to_config(namespace: argparse.Namespace, flags: tuple[Flag, ...], environ: dict[str, str] | None = None) -> Config:

@@ -1,8 +1,9 @@
 """Start-up checks of `jetstream serve` that need the machine: files, directories, ports.
 
 Owns: the probes run after every flag passed its own check (jetstream.config) and before
-the daemon opens anything: the zstd dictionary file is readable and is a dictionary, the
-listen addresses can be bound, the data dir exists or can be created and takes a file.
+the daemon opens anything: no two of our own listen flags name the same address, the zstd
+dictionary file is readable and is a dictionary, the listen addresses can be bound, the
+data dir exists or can be created and takes a file.
 Also StartupError (which flag, what went wrong) and the one `event=startup_failed` line
 every start-up failure is reported as, with exit status 2.
 It must never leave anything behind on failure: a probe binds and releases, writes and
@@ -22,16 +23,21 @@ log = logging.getLogger("jetstream.startup")
 
 EXIT_STARTUP_FAILED = 2
 _FLAGS_BY_NAME = {flag.name: flag for flag in SERVE_FLAGS}
+# Every flag of `serve` that names an address the daemon listens on (one each).
+LISTEN_FLAGS = ("listen-addr", "metrics-listen-addr")
+_WILDCARDS = ("0.0.0.0", "::")
 
 
 class StartupError(Exception):
     """`jetstream serve` cannot start because of what one flag names."""
 
-    def __init__(self, flag_name: str, value: object, problem: str) -> None:
-        super().__init__(f"--{flag_name} = {value!r}: {problem}")
-        self.flag = _FLAGS_BY_NAME[flag_name]
+    def __init__(self, flag: str | Flag, value: object, problem: str, source: str = "") -> None:
+        # A name is a `serve` flag's; other commands (relay-sim) pass their own Flag.
+        self.flag = flag if isinstance(flag, Flag) else _FLAGS_BY_NAME[flag]
+        super().__init__(f"--{self.flag.name} = {value!r}: {problem}")
         self.value = value
         self.problem = problem
+        self.source = source  # where the value came from, when known; else the line says "probe"
 
 
 def report_startup_failure(error: StartupError | ConfigError, logger: logging.Logger = log) -> None:
@@ -61,7 +67,7 @@ def check_dictionary_file(path: str) -> None:
                            "not a zstd dictionary (no dictionary magic, or dictionary id 0)")
 
 
-def check_bindable(flag_name: str, listen_addr: str) -> None:
+def check_bindable(flag_name: str | Flag, listen_addr: str) -> None:
     """Bind the address once and release it, so "address in use" is found before anything opens."""
     if not listen_addr:
         return  # metrics disabled
@@ -78,6 +84,42 @@ def check_bindable(flag_name: str, listen_addr: str) -> None:
             probe.bind(address)
         except OSError as exc:
             raise StartupError(flag_name, listen_addr, f"cannot bind {host}:{port}: {_os_problem(exc)}") from None
+
+
+def _host_addresses(host: str, port: int) -> set[str]:
+    """The IP addresses `host` binds to; the host text itself when it does not resolve
+    (check_bindable then reports that)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return {host}
+    return {info[4][0] for info in infos}
+
+
+def _overlap(first: set[str], second: set[str]) -> bool:
+    """Two listeners on one port collide when they share an address or either takes them all
+    (0.0.0.0; :: also takes IPv4 where IPv6 sockets are dual-stack, Linux's default)."""
+    return bool(first & second) or bool((first | second) & set(_WILDCARDS))
+
+
+def check_listen_addresses_distinct(cfg: Config) -> None:
+    """Two of our own listen flags on one address: refused by name before anything binds.
+
+    The bind probes below bind and release one address at a time, so they cannot see it;
+    without this the daemon would create the data dir, bind the first and fail on the second
+    with an "address in use" that does not say the other user is itself.
+    """
+    given = [(name, getattr(cfg, name.replace("-", "_"))) for name in LISTEN_FLAGS]
+    given = [(name, text, *parse_listen_addr(text)) for name, text in given if text]
+    for index, (name, text, host, port) in enumerate(given):
+        for other, other_text, other_host, other_port in given[:index]:
+            if port == 0 or port != other_port:
+                continue  # port 0: the kernel picks a free port for each
+            if _overlap(_host_addresses(host, port), _host_addresses(other_host, other_port)):
+                other_env = _FLAGS_BY_NAME[other].env
+                problem = (f"same port as --{other} ({other_env}) = {other_text!r}: two of our own listeners "
+                           f"cannot share port {port}; give --{name} another port")
+                raise StartupError(name, text, problem, source=cfg.sources.get(name.replace("-", "_"), ""))
 
 
 def check_writable_dir(path: str) -> None:
@@ -97,6 +139,7 @@ def check_writable_dir(path: str) -> None:
 
 def preflight(cfg: Config) -> None:
     """Every probe of the machine `serve` needs, in an order that leaves nothing behind."""
+    check_listen_addresses_distinct(cfg)
     check_dictionary_file(cfg.zstd_dictionary_path)
     check_bindable("listen-addr", cfg.listen_addr)
     check_bindable("metrics-listen-addr", cfg.metrics_listen_addr)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PYTHON_TREES = ["jetstream", "tests", "bench", "fuzz", "soak", "setup.py"]
+PYTHON_TREES = ["jetstream", "tests", "bench", "fuzz", "soak", "systemd", "setup.py"]
 CYTHON_MAX_LINE_LENGTH = "120"  # the same as ruff's line-length in pyproject.toml
 
 

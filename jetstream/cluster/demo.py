@@ -1,15 +1,19 @@
 """`make cluster-demo`: 3 NATS servers, 3 cluster nodes and relay-sim on one machine.
 
-Owns: starting those seven processes (state under a temporary directory), printing
+Owns: starting those seven processes (state under a temporary directory, removed when
+the demo stops unless `--keep` is given; the directory is printed either way), printing
 each node's /subscribe URL and who leads, a status line per node every few seconds,
 and stopping everything on Ctrl-C (or after $JETSTREAM_DEMO_SECONDS). Kill the leader
 (its pid is printed) to watch another node take over.
-It must never run in production: the NATS servers here are throwaway, on loopback.
+It must never run in production: the NATS servers here are throwaway, on loopback. It must
+never hand the operator's JETSTREAM_* settings to its nodes (they run what is printed here).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +23,7 @@ import urllib.request
 from pathlib import Path
 
 from jetstream.cluster.natsserver import NatsCluster, free_port, stop_processes
+from jetstream.config import ENV_NOT_FLAGS
 from jetstream.relaysim.server import SUBSCRIBE_REPOS_PATH
 
 NODE_NAMES = ("node1", "node2", "node3")
@@ -26,10 +31,17 @@ RELAY_RATE = 50  # frames per second
 STATUS_EVERY_S = 5.0
 
 
+def child_environment() -> dict[str, str]:
+    """os.environ less the flags' variables: an exported JETSTREAM_WORKERS or _LISTEN_ADDR is
+    for the operator's daemon, not for these nodes (implementation switches still apply)."""
+    return {name: value for name, value in os.environ.items()
+            if not name.startswith(("JETSTREAM_", "RELAYSIM_")) or name in ENV_NOT_FLAGS}
+
+
 def spawn(args: list[str], log_path: Path) -> subprocess.Popen:
     with open(log_path, "ab") as log_file:
         return subprocess.Popen([sys.executable, "-m", "jetstream.cli", *args], stdout=log_file,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True, env=child_environment())
 
 
 def cluster_report(port: int) -> dict:
@@ -47,7 +59,11 @@ def status_line(name: str, port: int) -> str:
             f"leader={report.get('leader')}")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jetstream.cluster.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the state dir (NATS data, node logs and event logs) after the demo stops")
+    keep = parser.parse_args(argv).keep
     base = Path(tempfile.mkdtemp(prefix="jetstream-cluster-demo-"))
     processes: list[subprocess.Popen] = []
     nats = NatsCluster(base / "nats", size=3)
@@ -55,7 +71,8 @@ def main() -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop_requested.append(True))
     try:
-        print(f"cluster-demo: state and logs in {base}", flush=True)
+        print(f"cluster-demo: state and logs in {base} ({'kept' if keep else 'removed at exit; --keep keeps them'})",
+              flush=True)
         nats.start()
         print(f"cluster-demo: NATS servers {nats.url_list}", flush=True)
         relay_port = free_port()
@@ -82,6 +99,10 @@ def main() -> int:
     finally:
         stop_processes(processes, timeout=20)
         nats.stop()
+        if keep:
+            print(f"cluster-demo: state and logs kept in {base}", flush=True)
+        else:
+            shutil.rmtree(base, ignore_errors=True)
         print("cluster-demo: stopped", flush=True)
     return 0
 

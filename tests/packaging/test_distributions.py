@@ -44,6 +44,8 @@ def distributions(tmp_path_factory) -> tuple[Path, Path]:
     result = subprocess.run([sys.executable, "-m", "build", "--outdir", str(out), str(REPO_ROOT)],
                             capture_output=True, text=True, timeout=840, env=clean_env())
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    # pyproject's `license` is an SPDX string: no setuptools deprecation banner about a TOML table.
+    assert "project.license" not in result.stdout + result.stderr
     (sdist,) = out.glob("jetstream_py-*.tar.gz")
     (wheel,) = out.glob("jetstream_py-*.whl")
     return sdist, wheel
