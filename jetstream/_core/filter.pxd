@@ -1,6 +1,6 @@
 """C-level surface of filter.pyx: interned ids and the per-subscriber filter."""
 cimport cython
-from libc.stdint cimport uint8_t, uint64_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
 
 
 cdef struct IdTable:
@@ -35,6 +35,8 @@ cdef class EventFilter:
     cdef bint _filters_collections
     cdef bint _has_prefixes
     cdef readonly bint wants_all
+    cdef readonly uint32_t kind_mask  # v2's kinds axis: bit k admits kind code k (ALL_KINDS: unset)
 
     cdef int match_ids(self, uint64_t did_key, uint64_t collection_key) noexcept nogil
     cdef bint learn_collection(self, uint64_t collection_key, str collection) except -1
+    cpdef bint wants_kind(self, int kind)

@@ -1,8 +1,8 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """The subscriber's event filter on interned ids: the fast twin of jetstream/_py/filter.py.
 
-Owns: v1 wantedCollections / wantedDids matching (rules in the _py twin's docstring) on
-64-bit ids, and the id functions the ring uses to intern each event's did and collection
+Owns: v1 wantedCollections / wantedDids matching and v2's kinds bitmask (rules in the _py
+twin's docstring) on 64-bit ids, and the id functions the ring uses to intern each event's did and collection
 once, at append time, so that no subscriber ever hashes a string per event:
   - wanted DIDs and exact collections are open-addressing sets of u64 ids;
   - prefix filters keep a per-filter memo collection-id -> verdict (exact OR prefix), so
@@ -24,7 +24,8 @@ from libc.string cimport memset
 
 from xxhash import xxh3_64_intdigest
 
-from jetstream._py.filter import split_wanted_collections
+from jetstream._py.filter import ALL_KINDS, MAX_KIND, kind_mask_of, split_wanted_collections
+from jetstream.events import KIND_COMMIT
 
 # Memo entries before the memo is cleared and relearnt: bounds memory against a relay that
 # invents endless collection names; real traffic has a few thousand distinct NSIDs.
@@ -124,7 +125,7 @@ cdef void _table_clear(IdTable* table) noexcept:
 cdef class EventFilter:
     """Decides whether one subscriber wants an event; same API as the _py twin."""
 
-    def __cinit__(self, wanted_collections=None, wanted_dids=None):
+    def __cinit__(self, wanted_collections=None, wanted_dids=None, kinds=None):
         collections = list(wanted_collections) if wanted_collections is not None else []
         dids = frozenset(wanted_dids) if wanted_dids is not None else frozenset()
         exact, prefixes = split_wanted_collections(collections)
@@ -132,7 +133,8 @@ cdef class EventFilter:
         self._filters_dids = len(dids) > 0
         self._collection_prefixes = prefixes
         self._has_prefixes = len(prefixes) > 0
-        self.wants_all = not self._filters_collections and not self._filters_dids
+        self.kind_mask = kind_mask_of(kinds)
+        self.wants_all = not self._filters_collections and not self._filters_dids and self.kind_mask == ALL_KINDS
         _table_init(&self._wanted_dids, len(dids), False)
         _table_init(&self._exact_collections, len(exact), False)
         _table_init(&self._collection_memo, 0, True)
@@ -146,6 +148,18 @@ cdef class EventFilter:
         _table_free(&self._wanted_dids)
         _table_free(&self._exact_collections)
         _table_free(&self._collection_memo)
+
+    cpdef bint wants_kind(self, int kind):
+        if kind < 0 or kind > MAX_KIND:
+            return self.kind_mask == ALL_KINDS
+        return (self.kind_mask >> kind) & 1
+
+    def matches_event(self, int kind, str did, str collection):
+        """v2's rule: kind AND did AND (not a commit, or no collections filter, or it matches)."""
+        if not self.wants_kind(kind):
+            return False
+        # The collections axis constrains commits only: any other kind passes it like "" does.
+        return self.matches(did, collection if kind == KIND_COMMIT else "")
 
     def matches(self, str did, str collection):
         cdef uint64_t collection_key = collection_id(collection)
