@@ -389,7 +389,7 @@ def resolve_flags(namespace: argparse.Namespace, flags: tuple[Flag, ...], enviro
 
     Raises ConfigError for the first unusable value, before anything is opened or bound.
     """
-    values = {}
+    values, sources = {}, {}
     for flag in flags:
         given = getattr(namespace, flag.attr, None)
         if given is not None:
@@ -399,7 +399,19 @@ def resolve_flags(namespace: argparse.Namespace, flags: tuple[Flag, ...], enviro
         else:
             raw, source = flag.default, "default"
         values[flag.attr] = resolve_flag(flag, raw, source)
+        sources[flag.attr] = (raw, source)
+    check_flag_combinations(flags, values, sources)
     return Config(values)
+
+
+def check_flag_combinations(flags: tuple[Flag, ...], values: dict[str, Any], sources: dict[str, tuple]) -> None:
+    """Flags each valid alone but not together: ConfigError naming the second one, before anything opens."""
+    if values.get("cluster") and values.get("verify_signatures"):
+        flag = next(flag for flag in flags if flag.attr == "verify_signatures")
+        raw, source = sources["verify_signatures"]
+        raise ConfigError(flag, source, raw,
+                          "not supported with --cluster: the per-DID revs the check keeps live in one node's log and "
+                          "are not replicated through the stream; run the cluster without it, or verify on a single node")
 
 
 def to_config(namespace: argparse.Namespace, flags: tuple[Flag, ...], environ: dict[str, str] | None = None) -> Config:

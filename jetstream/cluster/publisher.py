@@ -39,7 +39,7 @@ EXPECTED_LAST_SEQUENCE = "Nats-Expected-Last-Sequence"
 class FencedPublisher:
     def __init__(self, js, subject: str, stream: str, expected_last_seq: int,
                  on_failure: Callable[[str], None], *, publish_timeout_s: float = 5.0,
-                 max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+                 max_message_bytes: int = MAX_MESSAGE_BYTES, spawn: Callable | None = None) -> None:
         self._js = js
         self.subject = subject
         self.stream = stream
@@ -54,9 +54,11 @@ class FencedPublisher:
         self.failed = False
         self.published_messages = 0
         self.published_events = 0
+        # jetstream.tasks.TaskSupervisor.spawn (the daemon's): the publish task cannot die unseen.
+        self._spawn = spawn or (lambda awaitable, name: asyncio.ensure_future(awaitable))
 
     def start(self) -> None:
-        self._task = asyncio.ensure_future(self._run())
+        self._task = self._spawn(self._run(), "cluster_publish")
 
     def submit(self, events: Sequence[Event], relay_cursor: int | None) -> None:
         """The pipeline's hand-off: one sequenced batch, published after those before it."""

@@ -28,6 +28,8 @@ from jetstream.dictionary import active_dictionary
 from jetstream.log.store import EventLog
 from jetstream.log.ttl import TtlTrimmer, trim_interval_s
 from jetstream.metrics import MetricsListener
+from jetstream.startup import refuse_single_node_log_in_cluster
+from jetstream.tasks import TaskSupervisor
 from jetstream.workers import channel as messages
 from jetstream.workers.channel import FORCE_CATCH_UP, Channel, ChannelClosed
 from jetstream.workers.metrics import WorkersMetricsCollector, retire_counters
@@ -136,8 +138,10 @@ def spawn_worker(index: int, listen_sock: socket.socket) -> tuple[subprocess.Pop
 class Supervisor:
     """Starts, wakes, restarts and stops the workers."""
 
-    def __init__(self, cfg: Config, sockets: list[socket.socket], status, cursor_wait=None) -> None:
+    def __init__(self, cfg: Config, sockets: list[socket.socket], status, cursor_wait=None,
+                 tasks: TaskSupervisor | None = None) -> None:
         self.cfg = cfg
+        self.tasks = tasks or TaskSupervisor()  # the daemon's: a task that fails is seen (jetstream/tasks.py)
         self.handles = [WorkerHandle(index, sock) for index, sock in enumerate(sockets)]
         self.retired: dict = {}  # counters of worker processes that have exited, summed
         self._status = status  # () -> the STATUS report workers show in /healthz
@@ -147,7 +151,7 @@ class Supervisor:
         self._tasks: list[asyncio.Task] = []
 
     def start(self) -> None:
-        self._tasks = [asyncio.ensure_future(self._keep_running(handle)) for handle in self.handles]
+        self._tasks = [self.tasks.spawn(self._keep_running(handle), "worker_keeper") for handle in self.handles]
 
     async def wait_listening(self, timeout_s: float) -> None:
         waits = [handle.listening_event.wait() for handle in self.handles]
@@ -233,7 +237,8 @@ class Supervisor:
                 handle.listening_event.set()
                 self.broadcast_status()
             elif kind == messages.CURSOR_WAIT:
-                self._tasks.append(asyncio.ensure_future(self._answer_cursor_wait(channel, json.loads(body))))
+                self._tasks.append(self.tasks.spawn(self._answer_cursor_wait(channel, json.loads(body)),
+                                                    "worker_cursor_wait"))
 
     async def _answer_cursor_wait(self, channel: Channel, question: dict) -> None:
         """A worker holds a client whose cursor is ahead of this node's log: has the node caught up?
@@ -287,6 +292,7 @@ class WorkersDaemon(Daemon):
     async def start(self, *, connect_relay: bool = True) -> None:
         cfg = self.cfg
         self.event_log = EventLog(cfg.data_dir, fsync=cfg.fsync)
+        refuse_single_node_log_in_cluster(cfg, self.event_log)
         hwm = self.event_log.hwm()
         self.tail = PublishedTail(hwm)
         # The same ingest as one process (relay cursor rules included); each durable batch wakes the workers.
@@ -304,7 +310,8 @@ class WorkersDaemon(Daemon):
         self.sockets = bind_worker_sockets(host, port, cfg.workers, steer_by_ip=not cfg.trust_proxy_headers)
         self._port = self.sockets[0].getsockname()[1]
         self.supervisor = Supervisor(cfg, self.sockets, self.status_report,
-                                     cursor_wait=self._cluster_cursor_wait if self.cluster is not None else None)
+                                     cursor_wait=self._cluster_cursor_wait if self.cluster is not None else None,
+                                     tasks=self.tasks)
         self.supervisor.start()
         try:
             await self.supervisor.wait_listening(STARTUP_TIMEOUT_S)
@@ -322,7 +329,8 @@ class WorkersDaemon(Daemon):
         self.trimmer = WorkersTtlTrimmer(self.event_log, cfg.event_ttl,
                                          trim_interval_s(cfg.event_ttl, cfg.ttl_trim_interval),
                                          wake_workers=lambda: self.supervisor.wake_all(FORCE_CATCH_UP))
-        self._tasks += [asyncio.ensure_future(self.trimmer.run()), asyncio.ensure_future(self._status_forever())]
+        self._tasks += [self.tasks.spawn(self.trimmer.run(), "ttl_trim"),
+                        self.tasks.spawn(self._status_forever(), "worker_status")]
         # Ready: the log is open and every worker listens; the relay comes after.
         self.ready = True
         self.supervisor.broadcast_status()
@@ -340,6 +348,8 @@ class WorkersDaemon(Daemon):
 
     def _on_cluster_joined(self, cluster_id: str) -> None:
         # No server here: the workers learn the cluster's id from the STATUS they are sent.
+        log.info("event=instance_id_served instance=%s source=cluster log_instance=%s", cluster_id,
+                 self.event_log.instance_id())
         if self.freeze_gc:
             freeze_long_lived_objects("cluster_joined")
 
