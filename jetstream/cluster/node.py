@@ -350,7 +350,9 @@ class ClusterNode:
             self._step_down("lead_failed")
 
     async def _catch_up_and_ingest(self) -> None:
-        last = await self.applier.refresh_stream_last_seq(NATS_TIMEOUT_S)
+        last = await self._stream_last_seq_while_leading()
+        if last is None:
+            return
         if not await self.applier.wait_applied(last, self.lease_ttl_s):
             log.warning("event=cluster_catch_up_slow applied_seq=%d stream_last_seq=%d",
                         self.applier.applied_seq, last)
@@ -362,8 +364,10 @@ class ClusterNode:
         # cursor all describe the same applied message.
         expected = self.applier.applied_seq
         override = self.cfg.override_relay_cursor if expected == 0 and self.cfg.override_relay_cursor >= 0 else None
+        # A publish NATS does not answer is retried (same message, same fence) for as long as the lease
+        # could last: a NATS server's failover (a raft election, 4-9 s) is ridden out, not a hand-over.
         publisher = FencedPublisher(self.js, self.subject, self.stream, expected, self._on_publish_failure,
-                                    spawn=self.tasks.spawn)
+                                    publish_timeout_s=self.lease_ttl_s, spawn=self.tasks.spawn)
         self.term = IngestTerm(self.cfg, self.event_log, self.ring, self.compressor, self.notify, publisher,
                                override, self.pipeline_options, self.tasks)
         self.term.start()
@@ -371,6 +375,22 @@ class ClusterNode:
         cluster_metrics.ROLE_LEADER.set(1)
         log.info("event=cluster_leading node=%s expected_last_seq=%d hwm=%d relay_cursor=%s",
                  self.node_name, expected, self.event_log.hwm(), self.term.pipeline.last_accepted_seq)
+
+    async def _stream_last_seq_while_leading(self) -> int | None:
+        """The stream's last sequence, asked again while the lease is ours (None once it is not).
+
+        A stream whose nats-server leader just died answers nothing until its raft group elects
+        another (4-9 s): the new leader waits it out instead of handing the lease on again.
+        """
+        while self.lease.held and not self._stopping:
+            try:
+                return await self.applier.refresh_stream_last_seq(NATS_TIMEOUT_S)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - no stream leader yet, NATS reconnecting: ask again
+                log.debug("event=cluster_stream_info_retry error=%r", str(exc)[:200])
+                await asyncio.sleep(0.2)
+        return None
 
     def _on_publish_failure(self, reason: str) -> None:
         self._step_down(reason)
