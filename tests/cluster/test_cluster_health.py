@@ -49,13 +49,16 @@ def log_count(node, text: str) -> int:
     return node.log_path.read_text().count(text)
 
 
-def test_nats_unreachable_warns_once_per_outage_and_degrades_healthz_until_the_node_joins(rig):
+@pytest.mark.parametrize("workers", [1, 2], ids=["one_process", "two_workers"])
+def test_nats_unreachable_warns_once_per_outage_and_degrades_healthz_until_the_node_joins(rig, workers):
+    # With --workers 2 the main process is the node; its workers answer /healthz with its problems.
     rig.start_nats()
     rig.start_relay("--synthetic", "true", "--rate", "100")
     proxy = CuttableProxy([server.client_port for server in rig.nats.servers])
     try:
         proxy.cut()  # NATS answers nothing through the proxy: the node cannot join
-        a = rig.add_node("a", "--override-relay-cursor", "0", *SINGLE_SERVER, nats_urls=proxy.url_list)
+        a = rig.add_node("a", "--override-relay-cursor", "0", "--workers", str(workers), *SINGLE_SERVER,
+                         nats_urls=proxy.url_list)
         wait_for(lambda: problem(a, "cluster_not_joined"), "/healthz to report the node not joined", 30)
         assert status(a) == "degraded"
         assert "has not joined the cluster" in problem(a, "cluster_not_joined")["detail"]
@@ -68,8 +71,8 @@ def test_nats_unreachable_warns_once_per_outage_and_degrades_healthz_until_the_n
         assert problem_kinds(a) == []
         assert log_count(a, "event=health_recovered problem=cluster_not_joined") == 1
         cluster_id = a.cluster()["cluster_id"]
-        assert a.health()["instance"] == cluster_id
-        # The log says which instance id clients see: the log's own at start, the cluster's once joined.
+        wait_for(lambda: a.health()["instance"] == cluster_id, "clients to be shown the cluster's id", 10)
+        # The log says which instance id clients see: the cluster's once joined.
         assert f"event=instance_id_served instance={cluster_id} source=cluster" in a.log_path.read_text()
 
         proxy.cut()  # a second outage, after joining

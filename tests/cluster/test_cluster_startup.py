@@ -99,3 +99,19 @@ def test_a_single_node_data_dir_is_refused_in_cluster_mode_and_reset_node_lets_i
                  "the reset node to apply the stream and be ok", 30)
     finally:
         rig.close()
+
+
+def test_with_workers_a_single_node_log_is_refused_before_any_worker_starts(tmp_path, expected_v1_lines):
+    from jetstream.log.store import EventLog
+    from tests.corpus_events import event_from_line
+
+    data_dir = tmp_path / "data"
+    with EventLog(str(data_dir)) as event_log:  # what a single node's ingest leaves: events and a relay cursor
+        event_log.append([event_from_line(expected_v1_lines[0], 1_700_000_000_000_000)], relay_cursor=42)
+    result = run_serve(tmp_path, [*defaults_for(tmp_path, "data-dir"), "--data-dir", str(data_dir),
+                                  "--cluster", f"nats://127.0.0.1:{free_port()}", "--workers", "2"])
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    [line] = [line for line in output.splitlines() if "event=startup_failed" in line]
+    assert "single-node event log" in line and "relay cursor 42" in line and "reset-node" in line, line
+    assert "Traceback" not in output and "worker_spawned" not in output, output
