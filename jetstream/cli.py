@@ -1,4 +1,4 @@
-"""The `jetstream` command: `serve`, `relay-sim`, `demo`, `train-dictionary`, `tail`, `inspect`, `repair`.
+"""The `jetstream` command: `serve`, `relay-sim`, `demo`, `train-dictionary`, `tail`, `inspect`, `repair`, `cluster`.
 
 Owns: argument parsing (via jetstream.config), logging set-up and the event loop.
 It must never contain daemon logic; each subcommand calls one entry point.
@@ -158,6 +158,22 @@ def add_repair_parser(sub) -> None:
     p.set_defaults(handler=cmd_repair, plain_args=True)
 
 
+def cmd_cluster_reset_node(args) -> None:
+    from jetstream.cluster.reset import run_reset_node
+
+    raise SystemExit(run_reset_node(args))
+
+
+def add_cluster_parser(sub) -> None:
+    from jetstream.cluster.reset import add_reset_node_arguments
+
+    p = sub.add_parser("cluster", help="cluster-mode maintenance (offline)")
+    actions = p.add_subparsers(dest="cluster_command", required=True)
+    reset = actions.add_parser("reset-node", help="delete a stopped node's local log so it re-syncs from the stream")
+    add_reset_node_arguments(reset)
+    reset.set_defaults(handler=cmd_cluster_reset_node, plain_args=True)
+
+
 def build_parser(environ: dict[str, str]) -> tuple[argparse.ArgumentParser, dict]:
     parser = argparse.ArgumentParser(prog="jetstream", description="atproto firehose translation service")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -179,6 +195,7 @@ def build_parser(environ: dict[str, str]) -> tuple[argparse.ArgumentParser, dict
     add_tail_parser(sub)
     add_inspect_parser(sub)
     add_repair_parser(sub)
+    add_cluster_parser(sub)
     return parser, flag_sets
 
 

@@ -39,7 +39,8 @@ from jetstream.log.ttl import TtlTrimmer, trim_interval_s
 from jetstream.server.app import SHUTDOWN_REASON, SubscribeServer
 from jetstream.server.metrics import register_server, unregister_server
 from jetstream.server.settings import ServerSettings
-from jetstream.startup import StartupError
+from jetstream.startup import StartupError, refuse_single_node_log_in_cluster
+from jetstream.tasks import TaskSupervisor
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,19 @@ def on_hangup(process: str) -> None:
                 signal.SIGHUP, process, reopened)
 
 
+def relay_lag_s(pipeline) -> float | None:
+    """How far behind the relay ingest is: the newest written frame's age, or, when
+    --verify-signatures holds frames for their authors' DID documents, the oldest held frame's
+    age if larger (measured from the relay's own `time`, so the hold counts as lag)."""
+    if pipeline is None:
+        return None
+    lag = pipeline.relay_lag_s
+    held = pipeline.gate.held_lag_s() if pipeline.gate is not None else None
+    if held is None:
+        return lag
+    return held if lag is None else max(lag, held)
+
+
 class Daemon:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -138,6 +152,8 @@ class Daemon:
         self.problems = Problems()
         # A reader that meets a damaged log reports here: one line per damaged file, a counter, the problem.
         self.damage = DamageReport(self.problems)
+        # Every background task starts through it: one that fails is logged, counted and degrades /healthz.
+        self.tasks = TaskSupervisor(self.problems)
         # The process entry (run_until_signalled) sets this: see freeze_long_lived_objects.
         self.freeze_gc = False
         self.started_monotonic = time.monotonic()  # /healthz uptime_s
@@ -146,6 +162,7 @@ class Daemon:
         """Open the log, bind the listeners, then (unless told not to) connect the relay."""
         cfg = self.cfg
         self.event_log = EventLog(cfg.data_dir, fsync=cfg.fsync)
+        refuse_single_node_log_in_cluster(cfg, self.event_log)
         hwm = self.event_log.hwm()
         ring = LiveRing(cfg.ring_capacity, floor_time_us=hwm)
         dictionary = active_dictionary(cfg.zstd_dictionary_path)
@@ -173,7 +190,8 @@ class Daemon:
                                    f"cannot bind: {exc.strerror or exc}") from None
         self.trimmer = TtlTrimmer(self.event_log, cfg.event_ttl,
                                   trim_interval_s(cfg.event_ttl, cfg.ttl_trim_interval), ring=ring)
-        self._tasks.append(asyncio.ensure_future(self.trimmer.run()))
+        self._tasks.append(self.tasks.spawn(self.trimmer.run(), "ttl_trim"))
+        self._log_served_instance("log")
         # Ready: the log is open and both listeners are bound; the relay comes after.
         self._announce_ready()
         if connect_relay:
@@ -198,7 +216,8 @@ class Daemon:
             self.metrics_listener = metrics.MetricsListener(self.cfg.metrics_listen_addr)
         self.trimmer = TtlTrimmer(self.event_log, self.cfg.event_ttl,
                                   trim_interval_s(self.cfg.event_ttl, self.cfg.ttl_trim_interval), ring=ring)
-        self._tasks = [asyncio.ensure_future(self.trimmer.run())]
+        self._tasks = [self.tasks.spawn(self.trimmer.run(), "ttl_trim")]
+        self._log_served_instance("log")
         self._announce_ready()
         if join:
             self.cluster.start()
@@ -211,10 +230,7 @@ class Daemon:
         and ingests while it holds the lease. Also used by the --workers main process."""
         from jetstream.cluster.node import ClusterNode
 
-        if getattr(self.cfg, "verify_signatures", False):
-            # The per-DID revs it keeps live in one node's log; nothing replicates them yet.
-            raise ValueError("--verify-signatures is not supported with --cluster yet")
-        cfg = self.cfg
+        cfg = self.cfg  # --verify-signatures with --cluster is refused by jetstream.config
         # What the single-node pipeline is given, for the pipeline of each leadership term. The
         # collection counts are of what this node ingested while it led (followers count none).
         self._cluster_collection_stats = CollectionStats(cfg.event_ttl, cfg.stats_max_collections)
@@ -222,7 +238,7 @@ class Daemon:
             "ingest_collections": IngestCollections(cfg.ingest_collections) if cfg.ingest_collections else None,
             "collection_stats": self._cluster_collection_stats,
         }
-        return ClusterNode(cfg, self.event_log, ring, compressor, on_applied, pipeline_options)
+        return ClusterNode(cfg, self.event_log, ring, compressor, on_applied, pipeline_options, tasks=self.tasks)
 
     def _collection_stats(self):
         """/stats/collections' counts: of what ingest stored, or (--cluster) what this node ingested leading."""
@@ -268,8 +284,16 @@ class Daemon:
 
     def _on_cluster_joined(self, cluster_id: str) -> None:
         self.server.instance_id = cluster_id
+        self._log_served_instance("cluster")
         if self.freeze_gc:
             freeze_long_lived_objects("cluster_joined")  # the NATS client's modules are loaded by now
+
+    def _log_served_instance(self, source: str) -> None:
+        """Which instance id clients see (`instance` on /healthz, the Jetstream-Instance header):
+        the log's own until a cluster node joins, the cluster's after (the log's is then not served)."""
+        served = self.server.instance_id if self.server is not None else self.cluster.cluster_id
+        log.info("event=instance_id_served instance=%s source=%s log_instance=%s", served, source,
+                 self.event_log.instance_id())
 
     def _announce_ready(self) -> None:
         """Ready for /healthz and systemd (READY=1), and the watchdog pings if systemd asks for them."""
@@ -279,14 +303,15 @@ class Daemon:
         sd_notify("READY=1")
         watchdog_s = watchdog_interval_s()
         if watchdog_s is not None:
-            self._tasks.append(asyncio.ensure_future(self._watchdog_forever(watchdog_s)))
+            self._tasks.append(self.tasks.spawn(self._watchdog_forever(watchdog_s), "systemd_watchdog"))
 
     def _start_signature_stage(self) -> None:
         """--verify-signatures: commits pass a signature check before the pipeline (ingest/sigcheck.py)."""
         from jetstream.ingest.sigcheck import build_signature_gate, trim_did_revs_forever
 
-        self.pipeline.attach_gate(build_signature_gate(self.cfg, self.event_log, self.pipeline))
-        self._tasks.append(asyncio.ensure_future(trim_did_revs_forever(self.event_log, self.cfg.did_rev_retention)))
+        self.pipeline.attach_gate(build_signature_gate(self.cfg, self.event_log, self.pipeline, self.problems))
+        self._tasks.append(self.tasks.spawn(trim_did_revs_forever(self.event_log, self.cfg.did_rev_retention),
+                                            "did_revs_trim"))
         log.info("event=signature_verification_on plc_url=%s unresolved_did=%s verify_processes=%d",
                  self.cfg.plc_url, self.cfg.unresolved_did, self.cfg.verify_processes)
 
@@ -296,7 +321,7 @@ class Daemon:
         if self.cluster is not None:
             self.cluster.start()  # joining the cluster is what may lead to reading the relay
             return
-        self._tasks.append(asyncio.ensure_future(self.relay.run()))
+        self._tasks.append(self.tasks.spawn(self.relay.run(), "relay"))
 
     def _ingest_parts(self):
         """(relay client, pipeline) ingesting now: this process's, or this node's term's while it leads."""
@@ -326,7 +351,7 @@ class Daemon:
             self.problems.clear("relay_unreachable")
             self.problems.clear("relay_stalled")
             return
-        lag = pipeline.relay_lag_s
+        lag = relay_lag_s(pipeline)
         if lag is not None:
             metrics.RELAY_LAG_SECONDS.set(lag)  # between batches too: a silent relay's lag grows
         threshold = self.cfg.relay_stall_threshold
@@ -371,7 +396,7 @@ class Daemon:
             "relay": {
                 "connected": bool(relay is not None and relay.connected),
                 "cursor": pipeline.last_accepted_seq if pipeline is not None else None,
-                "lag_seconds": pipeline.relay_lag_s if pipeline is not None else None,
+                "lag_seconds": relay_lag_s(pipeline),
             },
         }
         if self.cluster is not None:
@@ -396,7 +421,7 @@ class Daemon:
         self._report_ingest_paused("")
         if self.relay is not None:
             self.relay.reconnect("write_failure")
-        self._tasks.append(asyncio.ensure_future(self._resume_ingest_when_log_writable()))
+        self._tasks.append(self.tasks.spawn(self._resume_ingest_when_log_writable(), "ingest_resume"))
 
     def _report_ingest_paused(self, error: str) -> None:
         """/healthz is degraded for the whole pause (updated with the latest reason while it lasts)."""

@@ -170,6 +170,10 @@ VERIFY_COMMITS = Counter(
 VERIFY_HELD_FRAMES = Gauge(
     "jetstream_verify_held_frames", "Frames held in relay order while an author's DID document is fetched"
 )
+VERIFY_OLDEST_HELD_SECONDS = Gauge(
+    "jetstream_verify_oldest_held_seconds",
+    "Age of the oldest frame the signature stage holds (0: none held); ingest is this far behind at least",
+)
 VERIFY_CHECKS = Counter(
     "jetstream_verify_checks",
     "Commit signature checks by where they ran: pool (a verify process) or loop (the ingest loop)", ["where"],
@@ -188,6 +192,9 @@ DIDRES_CACHE = Counter(
 DIDRES_FETCHES = Counter("jetstream_didres_fetches", "DID documents fetched, by method (plc, web)", ["method"])
 DIDRES_FAILURES = Counter(
     "jetstream_didres_failures", "DID resolutions that gave no key, by reason", ["reason"]
+)
+PLC_UNREACHABLE = Gauge(
+    "jetstream_plc_unreachable", "1 while the did:plc directory (--plc-url) is unreachable (timeouts, refused, 5xx)"
 )
 DIDRES_FETCH_SECONDS = Histogram(
     "jetstream_didres_fetch_seconds", "DID document fetch latency", buckets=[0.005 * 2**i for i in range(12)],

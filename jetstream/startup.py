@@ -1,9 +1,10 @@
 """Start-up checks of `jetstream serve` that need the machine: files, directories, ports.
 
 Owns: the probes run after every flag passed its own check (jetstream.config) and before
-the daemon opens anything: no two of our own listen flags name the same address, the zstd
-dictionary file is readable and is a dictionary, the listen addresses can be bound, the
-data dir exists or can be created and takes a file.
+the daemon opens anything: no two of our own listen flags name the same address, --cluster's
+NATS client is installed, the zstd dictionary file is readable and is a dictionary, the listen
+addresses can be bound, the data dir exists or can be created and takes a file; and, with the
+log just opened (before any port is bound), that --cluster is not given a log written without it.
 Also StartupError (which flag, what went wrong) and the one `event=startup_failed` line
 every start-up failure is reported as, with exit status 2.
 It must never leave anything behind on failure: a probe binds and releases, writes and
@@ -137,10 +138,46 @@ def check_writable_dir(path: str) -> None:
         raise StartupError("data-dir", path, f"not writable: {_os_problem(exc)}") from None
 
 
+def check_cluster_client(cluster: str) -> None:
+    """--cluster needs the NATS client (nats-py, a dependency): an install without it is refused
+    here, in one line, instead of failing inside the background task that joins."""
+    if not cluster:
+        return
+    try:
+        import nats  # noqa: F401
+        import nats.js.api  # noqa: F401
+    except ImportError as exc:
+        raise StartupError("cluster", cluster,
+                           f"the NATS client is not installed ({exc}): pip install 'jetstream-py[cluster]' "
+                           "(or nats-py) into this daemon's environment") from None
+
+
 def preflight(cfg: Config) -> None:
     """Every probe of the machine `serve` needs, in an order that leaves nothing behind."""
     check_listen_addresses_distinct(cfg)
+    check_cluster_client(cfg.cluster)
     check_dictionary_file(cfg.zstd_dictionary_path)
     check_bindable("listen-addr", cfg.listen_addr)
     check_bindable("metrics-listen-addr", cfg.metrics_listen_addr)
     check_writable_dir(cfg.data_dir)  # last: it may create the directory
+
+
+def refuse_single_node_log_in_cluster(cfg: Config, event_log) -> None:
+    """--cluster on a data dir whose log was written without it: refuse (StartupError).
+
+    A cluster node's log holds exactly the stream's messages, applied in order; a log that
+    ingested on its own holds other events, with time_us the stream's are not above. Applying
+    onto it could only fail forever (or serve its own events under the cluster's id). Called
+    with the log just opened, before any listener is bound.
+    """
+    if not cfg.cluster or event_log.stream_seq() > 0:
+        return
+    hwm, cursor = event_log.hwm(), event_log.relay_cursor()
+    if hwm == 0 and cursor is None:
+        return  # a new (or never written) log: the node builds it from the stream
+    raise StartupError(
+        "data-dir", cfg.data_dir,
+        f"holds a single-node event log (written without --cluster: newest time_us {hwm}, relay cursor {cursor}, "
+        f"instance {event_log.instance_id()}); a cluster node's log must come from the stream alone. "
+        f"Start this node with a fresh --data-dir, or run `jetstream cluster reset-node --data-dir {cfg.data_dir} "
+        f"--yes` (deletes this log; the node then re-syncs from the stream)")

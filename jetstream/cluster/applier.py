@@ -32,7 +32,8 @@ class ApplyGap(RuntimeError):
 
 
 class StreamApplier:
-    def __init__(self, js, subject: str, stream: str, event_log, ring, notify: Callable[[], None]) -> None:
+    def __init__(self, js, subject: str, stream: str, event_log, ring, notify: Callable[[], None],
+                 spawn: Callable | None = None) -> None:
         self._js = js
         self.subject = subject
         self.stream = stream
@@ -50,10 +51,17 @@ class StreamApplier:
         self._task: asyncio.Task | None = None
         self._stopping = False
         self.failed_reason: str | None = None
+        # jetstream.tasks.TaskSupervisor.spawn (the daemon's): the apply task cannot die unseen.
+        self._spawn = spawn or (lambda awaitable, name: asyncio.ensure_future(awaitable))
+        # Whether it applies (cluster_apply_stuck): failed subscriptions/applies since the last
+        # applied message, the last error, and when it last applied or was current (monotonic).
+        self.failures_in_row = 0
+        self.last_error = ""
+        self.last_ok_at = time.monotonic()
 
     # -- lifetime ---------------------------------------------------------------------------------
     def start(self) -> None:
-        self._task = asyncio.ensure_future(self._run())
+        self._task = self._spawn(self._run(), "cluster_apply")
 
     async def stop(self) -> None:
         self._stopping = True
@@ -70,11 +78,27 @@ class StreamApplier:
                 raise
             except ApplyGap as exc:
                 cluster_metrics.APPLY_ERRORS.labels("gap").inc()
+                self._failed(exc)
                 log.warning("event=cluster_apply_resubscribe applied_seq=%d reason=%s", self.applied_seq, exc)
             except Exception as exc:  # noqa: BLE001 - NATS gone, consumer lost: resubscribe from what we applied
                 cluster_metrics.APPLY_ERRORS.labels("subscription").inc()
-                log.warning("event=cluster_apply_restart applied_seq=%d error=%r", self.applied_seq, str(exc)[:200])
+                self._failed(exc)
+                # One warning per run of failures, the retries at debug: a lasting one degrades
+                # /healthz (cluster_apply_stuck, raised by the node) with the count and this error.
+                level = logging.WARNING if self.failures_in_row == 1 else logging.DEBUG
+                log.log(level, "event=cluster_apply_restart applied_seq=%d failures_in_row=%d error=%r",
+                        self.applied_seq, self.failures_in_row, str(exc)[:200])
                 await asyncio.sleep(RESTART_DELAY_S)
+
+    def _failed(self, exc: Exception) -> None:
+        self.failures_in_row += 1
+        self.last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
+
+    def stuck_for_s(self, now: float) -> float:
+        """How long it has been failing or behind without applying anything (0.0: it applies)."""
+        if self.failures_in_row == 0 and self.lag_messages == 0:
+            self.last_ok_at = now
+        return max(0.0, now - self.last_ok_at)
 
     async def _consume(self) -> None:
         from nats.js.api import ConsumerConfig, DeliverPolicy
@@ -145,6 +169,8 @@ class StreamApplier:
 
     def _advance(self, seq: int, events: int) -> None:
         self.applied_seq = seq
+        self.failures_in_row = 0
+        self.last_ok_at = time.monotonic()
         self.applied_messages += 1
         self.applied_events += events
         cluster_metrics.APPLIED_EVENTS.inc(events)

@@ -23,6 +23,8 @@ APPLY_ERRORS = Counter("jetstream_cluster_apply_errors_total", "stream messages 
 PUBLISHED_EVENTS = Counter("jetstream_cluster_published_events_total", "events this node published as leader")
 PUBLISH_FAILURES = Counter("jetstream_cluster_publish_failures_total",
                            "publishes that failed (fenced: another leader wrote first)", ["reason"])
+PUBLISH_RETRIES = Counter("jetstream_cluster_publish_retries_total",
+                          "publish attempts NATS did not answer in time, sent again under the same fence")
 # Fine below 25 ms: the follower's latency target is p99 < 25 ms from sequencing to a client.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.035, 0.05, 0.075,
                    0.1, 0.15, 0.25, 0.5, 1.0, 5.0)

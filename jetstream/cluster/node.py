@@ -9,6 +9,10 @@ an expired lease or a failed publish, stop ingest at once and drop what was not 
 Also: the cursor gate (a subscriber whose cursor is ahead of this node's log waits until
 the node has applied what the stream held when it connected, at most
 --cluster-cursor-wait), and the cluster part of /healthz.
+Also what keeps the node from being useful, for /healthz: not joined (or the NATS connection
+lost) for longer than --lease-ttl (`cluster_not_joined`), and an applier that has not applied
+anything for --lease-ttl while failing or behind (`cluster_apply_stuck`); and one warning per
+NATS outage (`cluster_nats_unreachable`), the connection attempts at debug.
 It must never write the local log itself (the applier does) and never publish without
 the fence.
 """
@@ -29,11 +33,13 @@ from jetstream.ingest.pipeline import IngestPipeline
 from jetstream.ingest.relay_client import RelayClient
 from jetstream.ingest.sequencer import Sequencer
 from jetstream.instance import cluster_instance_id
+from jetstream.tasks import TaskSupervisor
 
 log = logging.getLogger(__name__)
 
 NATS_TIMEOUT_S = 2.0
 CURSOR_TOO_FAR_CODE = 1013  # try again later: another node (or this one, later) can serve it
+HEALTH_CHECK_INTERVAL_S = 0.5  # how often the node re-checks its /healthz problems
 
 
 def cluster_urls(text: str) -> list[str]:
@@ -58,8 +64,10 @@ class IngestTerm:
     """One leadership term's ingest: a pipeline handing batches to the publisher, and the relay."""
 
     def __init__(self, cfg, event_log, ring, compressor, notify, publisher: FencedPublisher,
-                 relay_cursor_override: int | None, pipeline_options: dict | None = None) -> None:
+                 relay_cursor_override: int | None, pipeline_options: dict | None = None,
+                 tasks: TaskSupervisor | None = None) -> None:
         self.publisher = publisher
+        self.tasks = tasks or TaskSupervisor()
         self.pipeline = IngestPipeline(
             event_log, ring, Sequencer(event_log.hwm()), compressor, notify,
             socket_url=cfg.ws_url, group_commit_s=cfg.group_commit_ms / 1000.0,
@@ -72,12 +80,13 @@ class IngestTerm:
             cfg.ws_url, self.pipeline.submit, lambda: self.pipeline.last_accepted_seq,
             liveness_ttl_s=cfg.liveness_ttl, before_connect=self.pipeline.flush,
             backoff_initial_s=cfg.relay_backoff_initial, backoff_max_s=cfg.relay_backoff_max,
+            problems=self.tasks.problems,  # relay_not_a_firehose shows on the leader's /healthz too
         )
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
         self.publisher.start()
-        self._task = asyncio.ensure_future(self.relay.run())
+        self._task = self.tasks.spawn(self.relay.run(), "cluster_relay")
 
     def stop(self) -> None:
         """Stop reading the relay and drop every frame and batch not yet published."""
@@ -91,8 +100,11 @@ class IngestTerm:
 
 class ClusterNode:
     def __init__(self, cfg, event_log, ring, compressor, notify: Callable[[], None],
-                 pipeline_options: dict | None = None) -> None:
+                 pipeline_options: dict | None = None, tasks: TaskSupervisor | None = None) -> None:
         self.cfg = cfg
+        # The daemon's: every task of the node runs under it, and the node raises its problems there.
+        self.tasks = tasks or TaskSupervisor()
+        self.problems = self.tasks.problems
         self.pipeline_options = pipeline_options or {}
         self.urls = cluster_urls(cfg.cluster)
         self.node_name = cfg.node_name or default_node_name()
@@ -118,11 +130,17 @@ class ClusterNode:
         self.ready = asyncio.Event()  # connected, stream and bucket exist, applier running
         self.cluster_id: str | None = None  # the instance id every node answers, once joined
         self.on_joined: Callable[[str], None] = lambda cluster_id: None
+        # NATS outages: the one warning per outage went out; errors met; since when not joined/connected.
+        self._unreachable_reported = False
+        self.nats_errors = 0
+        self.last_nats_error = ""
+        self._cut_off_since: float | None = None
 
     # -- lifetime ---------------------------------------------------------------------------------
     def start(self) -> None:
         """Connect and join in the background; the daemon serves its local log meanwhile."""
-        self._tasks.append(asyncio.ensure_future(self._join()))
+        self._tasks.append(self.tasks.spawn(self._join(), "cluster_join"))
+        self._tasks.append(self.tasks.spawn(self._watch_health(), "cluster_health"))
 
     async def _join(self) -> None:
         import nats
@@ -141,20 +159,26 @@ class ClusterNode:
                 kv = await self._ensure_lease_bucket()
                 break
             except Exception as exc:  # noqa: BLE001 - NATS not reachable yet: keep serving, keep trying
-                log.warning("event=cluster_join_failed attempt=%d error=%r", attempt, str(exc)[:200])
+                self._note_nats_error(exc)
+                # Connected but the stream or bucket cannot be had (no JetStream, no quorum): the first
+                # attempt warns, the retries are at debug; a lasting failure is cluster_not_joined.
+                level = logging.WARNING if attempt == 1 else logging.DEBUG
+                log.log(level, "event=cluster_join_failed attempt=%d error=%r", attempt, str(exc)[:200])
                 if self.nc is not None:
                     await self._close_nats()
                 await asyncio.sleep(min(5.0, 0.5 * attempt))
         else:
             return
         self.lease = Lease(kv, self.node_name, self.lease_ttl_s)
-        self.applier = StreamApplier(self.js, self.subject, self.stream, self.event_log, self.ring, self.notify)
+        self.applier = StreamApplier(self.js, self.subject, self.stream, self.event_log, self.ring, self.notify,
+                                     spawn=self.tasks.spawn)
         self.applier.start()
-        self._tasks.append(asyncio.ensure_future(self._lease_loop()))
+        self._tasks.append(self.tasks.spawn(self._lease_loop(), "cluster_lease"))
         self.ready.set()
+        self._unreachable_reported = False
+        log.info("event=cluster_joined node=%s stream=%s applied_seq=%d servers=%s instance=%s",
+                 self.node_name, self.stream, self.applier.applied_seq, ",".join(self.urls), self.cluster_id)
         self.on_joined(self.cluster_id)
-        log.info("event=cluster_joined node=%s stream=%s applied_seq=%d servers=%s",
-                 self.node_name, self.stream, self.applier.applied_seq, ",".join(self.urls))
 
     async def _ensure_stream(self) -> None:
         from nats.js.api import DiscardPolicy, StorageType, StreamConfig
@@ -209,14 +233,77 @@ class ClusterNode:
                 pass
 
     async def _on_nats_error(self, exc: Exception) -> None:
+        """nats-py's callback, once per failed connection attempt (it retries inside connect())."""
         log.debug("event=cluster_nats_error error=%r", exc)
+        self._note_nats_error(exc)
+        if not self.nats_connected:
+            self._report_unreachable_once()
+
+    def _note_nats_error(self, exc: Exception) -> None:
+        self.nats_errors += 1
+        self.last_nats_error = f"{type(exc).__name__}: {str(exc)[:200]}"
+
+    def _report_unreachable_once(self) -> None:
+        """One plain-words line per NATS outage (not per attempt), like the relay's `relay_unreachable`."""
+        if self._unreachable_reported:
+            return
+        self._unreachable_reported = True
+        log.warning('event=cluster_nats_unreachable node=%s servers=%s error=%r msg="cannot reach the NATS '
+                    'servers of --cluster; retrying until one answers; the local log is served meanwhile and '
+                    '/healthz is degraded after --lease-ttl"', self.node_name, ",".join(self.urls),
+                    self.last_nats_error)
+
+    @property
+    def nats_connected(self) -> bool:
+        return self.nc is not None and self.nc.is_connected
 
     async def _on_nats_disconnected(self) -> None:
         log.warning("event=cluster_nats_disconnected node=%s", self.node_name)
 
     async def _on_nats_reconnected(self) -> None:
+        self._unreachable_reported = False
         log.info("event=cluster_nats_reconnected node=%s server=%s", self.node_name,
                  getattr(self.nc, "connected_url", None) and self.nc.connected_url.netloc)
+
+    # -- health (/healthz problems) ----------------------------------------------------------------
+    async def _watch_health(self) -> None:
+        while not self._stopping:
+            self.check_health(time.monotonic())
+            await asyncio.sleep(HEALTH_CHECK_INTERVAL_S)
+
+    def check_health(self, now: float) -> None:
+        """Raise or clear `cluster_not_joined` and `cluster_apply_stuck`; both wait --lease-ttl, so a
+        NATS server's failover (the client moves to another in a second) does not flap /healthz."""
+        joined = self.ready.is_set() and self.nats_connected
+        if not joined:
+            if self._cut_off_since is None:
+                self._cut_off_since = now
+            cut_off_s = now - self._cut_off_since
+            if cut_off_s >= self.lease_ttl_s:
+                what = "lost its NATS connection" if self.ready.is_set() else "has not joined the cluster"
+                self.problems.raise_problem(
+                    "cluster_not_joined",
+                    f"node {self.node_name} {what} for {cut_off_s:.0f}s (servers {','.join(self.urls)}; "
+                    f"{self.nats_errors} connection errors, last: {self.last_nats_error or 'none'}); it serves "
+                    f"its local log, applied to stream seq {self.event_log.stream_seq()}",
+                    "check that this node reaches the NATS servers of --cluster and that they run JetStream "
+                    "with a quorum (nats-server -js, cluster routes); the node joins by itself once they answer")
+            return
+        self._cut_off_since = None
+        self.problems.clear("cluster_not_joined")
+        stuck_s = self.applier.stuck_for_s(now)
+        if stuck_s >= self.lease_ttl_s:
+            applier = self.applier
+            self.problems.raise_problem(
+                "cluster_apply_stuck",
+                f"node {self.node_name} has applied nothing for {stuck_s:.0f}s at stream seq {applier.applied_seq} "
+                f"of {applier.stream_last_seq} ({applier.failures_in_row} failed attempts in a row, last: "
+                f"{applier.last_error or 'none'})",
+                "if the error says `time_us ... is not above the previous`, this node's log has diverged from the "
+                "stream: stop the node, run `jetstream cluster reset-node --data-dir DIR --yes`, start it again; "
+                "otherwise check NATS (the stream's health: `nats stream info`)")
+        else:
+            self.problems.clear("cluster_apply_stuck")
 
     # -- leadership -------------------------------------------------------------------------------
     async def _lease_loop(self) -> None:
@@ -247,11 +334,26 @@ class ClusterNode:
     def _begin_term(self) -> None:
         cluster_metrics.LEADER_CHANGES.labels("elected").inc()
         log.info("event=cluster_lease_acquired node=%s", self.node_name)
-        self._term_task = asyncio.ensure_future(self._lead())
+        self._term_task = self.tasks.spawn(self._lead(), "cluster_lead")
 
     async def _lead(self) -> None:
-        """Catch up with the stream, then ingest from where its last message left the relay."""
-        last = await self.applier.refresh_stream_last_seq(NATS_TIMEOUT_S)
+        """Catch up with the stream, then ingest; on any failure before ingest starts, step down.
+
+        Stepping down gives the lease back: a node holding it without ingesting would stop the
+        whole cluster's ingest while renewing it forever.
+        """
+        try:
+            await self._catch_up_and_ingest()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - stream info timed out (NATS failover, load): try later
+            log.warning("event=cluster_lead_failed node=%s error=%r", self.node_name, str(exc)[:200])
+            self._step_down("lead_failed")
+
+    async def _catch_up_and_ingest(self) -> None:
+        last = await self._stream_last_seq_while_leading()
+        if last is None:
+            return
         if not await self.applier.wait_applied(last, self.lease_ttl_s):
             log.warning("event=cluster_catch_up_slow applied_seq=%d stream_last_seq=%d",
                         self.applier.applied_seq, last)
@@ -263,14 +365,33 @@ class ClusterNode:
         # cursor all describe the same applied message.
         expected = self.applier.applied_seq
         override = self.cfg.override_relay_cursor if expected == 0 and self.cfg.override_relay_cursor >= 0 else None
-        publisher = FencedPublisher(self.js, self.subject, self.stream, expected, self._on_publish_failure)
+        # A publish NATS does not answer is retried (same message, same fence) for as long as the lease
+        # could last: a NATS server's failover (a raft election, 4-9 s) is ridden out, not a hand-over.
+        publisher = FencedPublisher(self.js, self.subject, self.stream, expected, self._on_publish_failure,
+                                    publish_timeout_s=self.lease_ttl_s, spawn=self.tasks.spawn)
         self.term = IngestTerm(self.cfg, self.event_log, self.ring, self.compressor, self.notify, publisher,
-                               override, self.pipeline_options)
+                               override, self.pipeline_options, self.tasks)
         self.term.start()
         self.leading_since = time.monotonic()
         cluster_metrics.ROLE_LEADER.set(1)
         log.info("event=cluster_leading node=%s expected_last_seq=%d hwm=%d relay_cursor=%s",
                  self.node_name, expected, self.event_log.hwm(), self.term.pipeline.last_accepted_seq)
+
+    async def _stream_last_seq_while_leading(self) -> int | None:
+        """The stream's last sequence, asked again while the lease is ours (None once it is not).
+
+        A stream whose nats-server leader just died answers nothing until its raft group elects
+        another (4-9 s): the new leader waits it out instead of handing the lease on again.
+        """
+        while self.lease.held and not self._stopping:
+            try:
+                return await self.applier.refresh_stream_last_seq(NATS_TIMEOUT_S)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - no stream leader yet, NATS reconnecting: ask again
+                log.debug("event=cluster_stream_info_retry error=%r", str(exc)[:200])
+                await asyncio.sleep(0.2)
+        return None
 
     def _on_publish_failure(self, reason: str) -> None:
         self._step_down(reason)
@@ -285,7 +406,7 @@ class ClusterNode:
             term.stop()
         was_held = self.lease is not None and self.lease.held
         if was_held:
-            asyncio.ensure_future(self.lease.release(NATS_TIMEOUT_S))
+            self.tasks.spawn(self.lease.release(NATS_TIMEOUT_S), "cluster_lease_release")
         if term is None and not was_held:
             return
         self.leading_since = None
@@ -306,7 +427,7 @@ class ClusterNode:
     # -- cursor gate (SubscribeServer.cursor_gate) ------------------------------------------------
     def hold(self, subscriber, cursor: int) -> None:
         """`subscriber`'s cursor is ahead of this node's log: start it once the node has caught up."""
-        asyncio.ensure_future(self._release_when_applied(subscriber, cursor))
+        self.tasks.spawn(self._release_when_applied(subscriber, cursor), "cluster_cursor_gate")
 
     async def _release_when_applied(self, subscriber, cursor: int) -> None:
         if await self.caught_up_with_stream(cursor):
@@ -361,7 +482,7 @@ class ClusterNode:
             "cluster_id": self.cluster_id,
             "role": "leader" if self.is_leader else "follower",
             "leader": self.leader_name,
-            "nats_connected": bool(self.nc is not None and self.nc.is_connected),
+            "nats_connected": self.nats_connected,
             "applied_stream_seq": applier.applied_seq if applier else self.event_log.stream_seq(),
             "applied_time_us": self.event_log.hwm(),
             "stream_last_seq": applier.stream_last_seq if applier else None,

@@ -7,7 +7,13 @@ answer), the publish fails and the publisher gives up for good: it drops what it
 holds and reports the failure, and the node steps down. Batches waiting while a publish
 is in flight are merged into the next message (whole batches only, so a message's relay
 cursor always covers exactly its events) up to MAX_MESSAGE_BYTES.
-It must never retry a failed publish or publish after a failure: a new leadership term
+A publish NATS does not answer (the stream's leader died, a new one is being elected) is sent
+again, the same message under the same fence, every PUBLISH_ATTEMPT_TIMEOUT_S until
+publish_timeout_s: only one copy can be stored at the fenced sequence, and when the answer is
+"wrong last sequence" the message stored there is read back: ours (its Nats-Msg-Id, unique per
+term and sequence) means the earlier attempt landed. Without this a NATS server's failover cost
+the whole publish timeout plus a leader hand-over (measured: 6 s of stalled ingest).
+It must never publish a different message after a failure: a new leadership term
 re-reads the stream's last message and the relay from its cursor instead. And it must
 never have a second publish in flight: with the sequence as the only fence, message k+1
 expects the sequence message k was predicted to get, so if another leader wrote exactly
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import deque
 from typing import Callable, Sequence
@@ -34,12 +41,16 @@ log = logging.getLogger(__name__)
 # Below the 1 MiB nats-server default max_payload, so a stock server takes every message.
 MAX_MESSAGE_BYTES = 900 * 1024
 EXPECTED_LAST_SEQUENCE = "Nats-Expected-Last-Sequence"
+MSG_ID = "Nats-Msg-Id"
+PUBLISH_ATTEMPT_TIMEOUT_S = 1.0  # one attempt's wait for the ack; then the same message again
+PUBLISH_RETRY_MIN_INTERVAL_S = 0.2
+FENCED_ERROR_CODE = 10071  # JSStreamWrongLastSequenceErrF
 
 
 class FencedPublisher:
     def __init__(self, js, subject: str, stream: str, expected_last_seq: int,
                  on_failure: Callable[[str], None], *, publish_timeout_s: float = 5.0,
-                 max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+                 max_message_bytes: int = MAX_MESSAGE_BYTES, spawn: Callable | None = None) -> None:
         self._js = js
         self.subject = subject
         self.stream = stream
@@ -54,9 +65,13 @@ class FencedPublisher:
         self.failed = False
         self.published_messages = 0
         self.published_events = 0
+        self.retries = 0
+        self._term_id = os.urandom(6).hex()  # this publisher's messages' ids: "<term id>:<sequence>"
+        # jetstream.tasks.TaskSupervisor.spawn (the daemon's): the publish task cannot die unseen.
+        self._spawn = spawn or (lambda awaitable, name: asyncio.ensure_future(awaitable))
 
     def start(self) -> None:
-        self._task = asyncio.ensure_future(self._run())
+        self._task = self._spawn(self._run(), "cluster_publish")
 
     def submit(self, events: Sequence[Event], relay_cursor: int | None) -> None:
         """The pipeline's hand-off: one sequenced batch, published after those before it."""
@@ -117,21 +132,57 @@ class FencedPublisher:
     async def _publish(self, events: list[Event], cursor: int | None) -> None:
         payload = encode_batch(events, cursor)
         started = time.perf_counter()
-        try:
-            ack = await self._js.publish(
-                self.subject, payload, timeout=self.publish_timeout_s, stream=self.stream,
-                headers={EXPECTED_LAST_SEQUENCE: str(self.expected_last_seq)})
-        except Exception as exc:  # noqa: BLE001 - fenced (another leader wrote), timeout, no NATS
-            self._fail(exc, len(events))
-            return
+        deadline = started + self.publish_timeout_s
+        msg_id = f"{self._term_id}:{self.expected_last_seq + 1}"
+        headers = {EXPECTED_LAST_SEQUENCE: str(self.expected_last_seq), MSG_ID: msg_id}
+        attempts = 0
+        while True:
+            attempts += 1
+            attempt_started = time.perf_counter()
+            timeout = max(0.05, min(PUBLISH_ATTEMPT_TIMEOUT_S, deadline - attempt_started))
+            try:
+                ack = await self._js.publish(self.subject, payload, timeout=timeout, stream=self.stream,
+                                             headers=headers)
+                seq = ack.seq
+                break
+            except Exception as exc:  # noqa: BLE001 - fenced (another leader wrote), timeout, no NATS
+                if getattr(exc, "err_code", None) == FENCED_ERROR_CODE:
+                    if attempts > 1 and await self._stored_at_fence(msg_id, deadline):
+                        seq = self.expected_last_seq + 1  # an earlier attempt of ours landed
+                        break
+                    self._fail(exc, len(events))
+                    return
+                if time.perf_counter() >= deadline:
+                    self._fail(exc, len(events))
+                    return
+                self.retries += 1
+                cluster_metrics.PUBLISH_RETRIES.inc()
+                log.debug("event=cluster_publish_retry attempt=%d expected_last_seq=%d error=%r",
+                          attempts, self.expected_last_seq, str(exc)[:200])
+                # A quick refusal (no responders while the stream elects a leader) is not retried at once.
+                await asyncio.sleep(max(0.0, PUBLISH_RETRY_MIN_INTERVAL_S - (time.perf_counter() - attempt_started)))
+        if attempts > 1:
+            log.info("event=cluster_publish_retried attempts=%d expected_last_seq=%d waited_s=%.2f",
+                     attempts, self.expected_last_seq, time.perf_counter() - started)
         cluster_metrics.PUBLISH_SECONDS.observe(time.perf_counter() - started)
-        self.expected_last_seq = ack.seq
+        self.expected_last_seq = seq
         self.published_messages += 1
         self.published_events += len(events)
         cluster_metrics.PUBLISHED_EVENTS.inc(len(events))
 
+    async def _stored_at_fence(self, msg_id: str, deadline: float) -> bool:
+        """Is the message at the fenced sequence ours (`msg_id`)? False when it cannot be read."""
+        try:
+            stored = await asyncio.wait_for(
+                self._js.get_msg(self.stream, seq=self.expected_last_seq + 1),
+                max(0.5, deadline - time.perf_counter()))
+        except Exception as exc:  # noqa: BLE001 - cannot tell: treat it as fenced (the safe answer)
+            log.debug("event=cluster_publish_fence_check_failed error=%r", str(exc)[:200])
+            return False
+        return (stored.headers or {}).get(MSG_ID) == msg_id
+
     def _fail(self, exc: Exception, events: int) -> None:
-        fenced = getattr(exc, "err_code", None) == 10071  # JSStreamWrongLastSequenceErrF
+        fenced = getattr(exc, "err_code", None) == FENCED_ERROR_CODE
         reason = "fenced" if fenced else "publish_failed"
         cluster_metrics.PUBLISH_FAILURES.labels(reason).inc()
         log.warning("event=cluster_publish_failed reason=%s expected_last_seq=%d events=%d dropped_batches=%d "

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 _CACHE_HIT, _CACHE_NEGATIVE_HIT, _CACHE_MISS = (metrics.DIDRES_CACHE.labels(result)
                                                 for result in ("hit", "negative_hit", "miss"))
 _PLC_DID = re.compile(r"did:plc:[a-z2-7]{24}")
+# Failures that say the directory, not the DID, is the problem; this many in a row is an outage.
+OUTAGE_REASONS = ("timeout", "connect_failed")
+PLC_OUTAGE_AFTER_FAILURES = 3
 # atproto's did:web is a bare hostname (a port, percent-encoded, only for local testing).
 _WEB_HOST = re.compile(r"[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?")
 
@@ -91,7 +94,8 @@ class DidResolver:
 
     def __init__(self, *, plc_url: str, cache_size: int, cache_ttl_s: float, negative_ttl_s: float,
                  timeout_s: float, max_concurrency: int, max_doc_bytes: int,
-                 did_web_scheme: str = "https", clock: Callable[[], float] = time.monotonic) -> None:
+                 did_web_scheme: str = "https", clock: Callable[[], float] = time.monotonic,
+                 problems=None) -> None:
         self.plc_url = plc_url
         self.cache_size = max(1, cache_size)
         self.cache_ttl_s = cache_ttl_s
@@ -107,6 +111,7 @@ class DidResolver:
         self._closed = False
         # Plain counters for tests and the bench (the prometheus ones are process-wide).
         self.hits = self.misses = self.fetches = self.failures = 0
+        self.plc = PlcOutage(plc_url, problems)
 
     # -- the cache --------------------------------------------------------------------------------
     def peek(self, did: str) -> Resolution | None:
@@ -198,8 +203,12 @@ class DidResolver:
         else:
             failure = ""
         metrics.DIDRES_FETCH_SECONDS.observe(time.perf_counter() - started)
+        if method == "plc":
+            self.plc.record(failure)
         if failure:
-            log.warning("event=did_unresolved did=%s reason=%s", did, failure)
+            # While the directory is down every look-up fails alike: its one outage line says so.
+            quiet = method == "plc" and failure_is_outage(failure) and self.plc.down
+            log.log(logging.DEBUG if quiet else logging.WARNING, "event=did_unresolved did=%s reason=%s", did, failure)
             return None, failure
         try:
             return signing_key_of(document, did), ""
@@ -243,3 +252,69 @@ class _FetchFailed(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+def failure_is_outage(failure: str) -> bool:
+    """A fetch failure that says the directory is unreachable or failing (not that the DID is bad)."""
+    return failure in OUTAGE_REASONS or (failure.startswith("http_5") and len(failure) == 8)
+
+
+class PlcOutage:
+    """Whether the did:plc directory answers: one warning and one /healthz problem per outage.
+
+    An outage starts after PLC_OUTAGE_AFTER_FAILURES look-ups in a row failed for the directory's
+    sake (timeout, refused, 5xx) and ends at the first answer (a document, or a 404 for one DID).
+    Meanwhile each failed look-up is only counted; the end line says how many there were.
+    """
+
+    def __init__(self, plc_url: str, problems=None) -> None:
+        self.plc_url = plc_url
+        self.problems = problems
+        self.failures_in_row = 0
+        self.down = False
+        self.since = 0.0
+        self.failed_lookups = 0  # during the current (or last) outage
+        self.last_reason = ""
+
+    def record(self, failure: str) -> None:
+        """One did:plc fetch ended: "" (answered), or its failure reason."""
+        if failure and failure_is_outage(failure):
+            self.failures_in_row += 1
+            self.last_reason = failure
+            if self.down:
+                self.failed_lookups += 1
+                self._raise()
+            elif self.failures_in_row >= PLC_OUTAGE_AFTER_FAILURES:
+                self._begin()
+            return
+        self.failures_in_row = 0
+        if self.down:
+            self._end()
+
+    def _begin(self) -> None:
+        self.down = True
+        self.since = time.time()
+        self.failed_lookups = self.failures_in_row
+        metrics.PLC_UNREACHABLE.set(1)
+        log.warning('event=plc_unreachable plc_url=%s reason=%s failed_lookups=%d msg="the DID directory does not '
+                    'answer; commits of authors whose keys are not cached get --unresolved-did after waiting; '
+                    'one line when it answers again"', self.plc_url, self.last_reason, self.failed_lookups)
+        self._raise()
+
+    def _raise(self) -> None:
+        if self.problems is None:
+            return
+        self.problems.raise_problem(
+            "plc_unreachable",
+            f"DID directory {self.plc_url} unreachable ({self.last_reason}); {self.failed_lookups} look-ups failed "
+            f"since {time.strftime('%H:%M:%S', time.gmtime(self.since))} UTC",
+            "check that this host reaches --plc-url (DNS, firewall, the directory's status); meanwhile new authors' "
+            "commits wait up to --unresolved-did-wait, then get --unresolved-did")
+
+    def _end(self) -> None:
+        self.down = False
+        metrics.PLC_UNREACHABLE.set(0)
+        log.warning("event=plc_reachable plc_url=%s failed_lookups=%d outage_s=%.1f", self.plc_url,
+                    self.failed_lookups, time.time() - self.since)
+        if self.problems is not None:
+            self.problems.clear("plc_unreachable")

@@ -29,6 +29,7 @@ from jetstream import metrics
 from jetstream.ingest.car import CarError, read_car
 from jetstream.ingest.didres import DidResolver
 from jetstream.ingest.frames import FrameError, split_frame
+from jetstream.ingest.pipeline import relay_time_s
 from jetstream.ingest.verify import PublicKey, check_commit
 from jetstream.ingest.verifypool import VerifyPool
 
@@ -191,6 +192,8 @@ class SignatureGate:
         if verify_processes > 0:
             self.pool = VerifyPool(verify_processes, self._on_verdicts)
             self.pool.start()
+        # Read at each scrape: the hold is visible while it lasts, not only when it ends.
+        metrics.VERIFY_OLDEST_HELD_SECONDS.set_function(self.oldest_held_age_s)
 
     # -- intake -----------------------------------------------------------------------------------
     def admit(self, frame: bytes) -> None:
@@ -212,6 +215,21 @@ class SignatureGate:
 
     def held_count(self) -> int:
         return len(self._held)
+
+    def oldest_held_age_s(self) -> float:
+        """How long the head of the queue has been held (0.0 when nothing is held)."""
+        return max(0.0, self.clock() - self._held[0].since) if self._held else 0.0
+
+    def held_lag_s(self) -> float | None:
+        """Relay lag of the oldest held frame (now - its relay `time`), None when nothing is held.
+
+        Held frames are not written yet, so the pipeline's lag (of the newest written frame) does
+        not see them; this is the lag they add. Frames without a readable `time`: their hold.
+        """
+        if not self._held:
+            return None
+        created = relay_time_s(self._held[0].frame)
+        return max(0.0, time.time() - created) if created is not None else self.oldest_held_age_s()
 
     def _hold(self, item: HeldFrame) -> None:
         self._held.append(item)
@@ -422,17 +440,20 @@ class SignatureGate:
     async def close(self) -> None:
         self._closed = True
         self.discard_held()
+        metrics.VERIFY_OLDEST_HELD_SECONDS.set(0)  # drops the reference to this gate
         if self.pool is not None:
             await self.pool.close()
         await self.resolver.close()
 
 
-def build_signature_gate(cfg, event_log, pipeline) -> SignatureGate:
-    """The stage as configured by --verify-signatures and its flags (daemon wiring)."""
+def build_signature_gate(cfg, event_log, pipeline, problems=None) -> SignatureGate:
+    """The stage as configured by --verify-signatures and its flags (daemon wiring); `problems`
+    (jetstream.health.Problems) gets `plc_unreachable` while the directory cannot be reached."""
     resolver = DidResolver(
         plc_url=cfg.plc_url, cache_size=cfg.did_cache_size, cache_ttl_s=cfg.did_cache_ttl,
         negative_ttl_s=cfg.did_negative_ttl, timeout_s=cfg.did_resolve_timeout,
         max_concurrency=cfg.did_resolve_concurrency, max_doc_bytes=cfg.did_doc_max_bytes,
+        problems=problems,
     )
     revs = RevTracker(event_log.last_rev, cfg.did_rev_cache_size)
     return SignatureGate(pipeline, resolver, revs, unresolved_policy=cfg.unresolved_did,

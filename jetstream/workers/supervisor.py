@@ -28,6 +28,8 @@ from jetstream.dictionary import active_dictionary
 from jetstream.log.store import EventLog
 from jetstream.log.ttl import TtlTrimmer, trim_interval_s
 from jetstream.metrics import MetricsListener
+from jetstream.startup import refuse_single_node_log_in_cluster
+from jetstream.tasks import TaskSupervisor
 from jetstream.workers import channel as messages
 from jetstream.workers.channel import FORCE_CATCH_UP, Channel, ChannelClosed
 from jetstream.workers.metrics import WorkersMetricsCollector, retire_counters
@@ -138,8 +140,10 @@ def spawn_worker(index: int, listen_sock: socket.socket,
 class Supervisor:
     """Starts, wakes, restarts and stops the workers."""
 
-    def __init__(self, cfg: Config, sockets: list[socket.socket], status, cursor_wait=None, on_log_damage=None) -> None:
+    def __init__(self, cfg: Config, sockets: list[socket.socket], status, cursor_wait=None,
+                 tasks: TaskSupervisor | None = None, on_log_damage=None) -> None:
         self.cfg = cfg
+        self.tasks = tasks or TaskSupervisor()  # the daemon's: a task that fails is seen (jetstream/tasks.py)
         self.handles = [WorkerHandle(index, sock) for index, sock in enumerate(sockets)]
         self.retired: dict = {}  # counters of worker processes that have exited, summed
         self._status = status  # () -> the STATUS report workers show in /healthz
@@ -150,7 +154,7 @@ class Supervisor:
         self._tasks: list[asyncio.Task] = []
 
     def start(self) -> None:
-        self._tasks = [asyncio.ensure_future(self._keep_running(handle)) for handle in self.handles]
+        self._tasks = [self.tasks.spawn(self._keep_running(handle), "worker_keeper") for handle in self.handles]
 
     async def wait_listening(self, timeout_s: float) -> None:
         # Tasks, not a gather: a start-up cancelled here (SIGTERM) leaves no orphaned future behind.
@@ -240,7 +244,8 @@ class Supervisor:
                 handle.listening_event.set()
                 self.broadcast_status()
             elif kind == messages.CURSOR_WAIT:
-                self._tasks.append(asyncio.ensure_future(self._answer_cursor_wait(channel, json.loads(body))))
+                self._tasks.append(self.tasks.spawn(self._answer_cursor_wait(channel, json.loads(body)),
+                                                    "worker_cursor_wait"))
             elif kind == messages.LOG_DAMAGE and self._on_log_damage is not None:
                 self._on_log_damage(json.loads(body))
                 self.broadcast_status()  # every worker's /healthz shows it now, not at the next STATUS
@@ -297,6 +302,7 @@ class WorkersDaemon(Daemon):
     async def start(self, *, connect_relay: bool = True) -> None:
         cfg = self.cfg
         self.event_log = EventLog(cfg.data_dir, fsync=cfg.fsync)
+        refuse_single_node_log_in_cluster(cfg, self.event_log)
         hwm = self.event_log.hwm()
         self.tail = PublishedTail(hwm)
         # The same ingest as one process (relay cursor rules included); each durable batch wakes the workers.
@@ -315,7 +321,7 @@ class WorkersDaemon(Daemon):
         self._port = self.sockets[0].getsockname()[1]
         self.supervisor = Supervisor(cfg, self.sockets, self.status_report,
                                      cursor_wait=self._cluster_cursor_wait if self.cluster is not None else None,
-                                     on_log_damage=self.damage.report)
+                                     tasks=self.tasks, on_log_damage=self.damage.report)
         self.supervisor.start()
         try:
             await self.supervisor.wait_listening(STARTUP_TIMEOUT_S)
@@ -333,7 +339,8 @@ class WorkersDaemon(Daemon):
         self.trimmer = WorkersTtlTrimmer(self.event_log, cfg.event_ttl,
                                          trim_interval_s(cfg.event_ttl, cfg.ttl_trim_interval),
                                          wake_workers=lambda: self.supervisor.wake_all(FORCE_CATCH_UP))
-        self._tasks += [asyncio.ensure_future(self.trimmer.run()), asyncio.ensure_future(self._status_forever())]
+        self._tasks += [self.tasks.spawn(self.trimmer.run(), "ttl_trim"),
+                        self.tasks.spawn(self._status_forever(), "worker_status")]
         # Ready: the log is open and every worker listens; the relay comes after.
         self.ready = True
         self.supervisor.broadcast_status()
@@ -351,6 +358,8 @@ class WorkersDaemon(Daemon):
 
     def _on_cluster_joined(self, cluster_id: str) -> None:
         # No server here: the workers learn the cluster's id from the STATUS they are sent.
+        log.info("event=instance_id_served instance=%s source=cluster log_instance=%s", cluster_id,
+                 self.event_log.instance_id())
         if self.freeze_gc:
             freeze_long_lived_objects("cluster_joined")
 

@@ -36,6 +36,7 @@ from jetstream.log.ttl import trim_interval_s
 from jetstream.logfmt import setup_logging
 from jetstream.server.app import SHUTDOWN_REASON, SubscribeServer
 from jetstream.server.settings import ServerSettings
+from jetstream.tasks import TaskSupervisor
 from jetstream.workers import channel as messages
 from jetstream.workers.channel import Channel, ChannelClosed
 from jetstream.workers.secondary import RingFeeder, SecondaryEventLog
@@ -144,8 +145,10 @@ class Worker:
         self.server.collection_stats = MainProcessStats(self)
         self.feeder = RingFeeder(self.event_log, ring, self.server.notify_new_events)
         await self.server.start("", 0, sock=self.listen_sock)
-        self._tasks = [asyncio.ensure_future(coro) for coro in (
-            self._receive_forever(), self._poll_forever(), self._push_metrics_forever(), self._drop_expired_forever())]
+        tasks = TaskSupervisor(self.problems)  # a task that fails is logged, counted and degrades /healthz
+        self._tasks = [tasks.spawn(coro, name) for coro, name in (
+            (self._receive_forever(), "worker_receive"), (self._poll_forever(), "worker_poll"),
+            (self._push_metrics_forever(), "worker_metrics"), (self._drop_expired_forever(), "worker_ring_trim"))]
         # As the single process does once ready: no full GC pass over start-up objects while serving.
         freeze_long_lived_objects("worker_ready")
         self.channel.send(messages.encode(messages.LISTENING))

@@ -153,7 +153,7 @@ class CuttableProxy:
     """TCP proxies to NATS servers, in a thread of their own, that a test can cut at once.
 
     `cut()` closes every proxied connection and refuses new ones: the node behind it is
-    cut off from NATS while everything else keeps running.
+    cut off from NATS while everything else keeps running; `restore()` lets it back.
     """
 
     def __init__(self, targets: list[int]) -> None:
@@ -227,6 +227,10 @@ class CuttableProxy:
             self._writers.clear()
 
         self._loop.call_soon_threadsafe(do_cut)
+
+    def restore(self) -> None:
+        """Let new connections through again (the node behind it reconnects on its own)."""
+        self._loop.call_soon_threadsafe(setattr, self, "_cut", False)
 
     def close(self) -> None:
         self.cut()

@@ -249,3 +249,53 @@ async def _until(condition, timeout: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.01)
+
+
+def test_the_stream_leaders_death_is_ridden_out_by_retrying_each_message_once_stored(tmp_path, corpus_events):
+    """SIGKILL of the nats-server leading an R3 stream while a leader publishes: the publisher
+    sends the unanswered message again under the same fence until a new stream leader (a raft
+    election, 4-9 s in nats-server) takes it; it never gives up within its timeout, and the
+    stream holds every batch exactly once, in order. Before, the first unanswered publish
+    failed after its timeout and the node stepped down (a hand-over on top of the election)."""
+    from jetstream.cluster.natsserver import stop_process
+
+    cluster = NatsCluster(tmp_path / "nats", size=3).start()
+    try:
+        async def scenario():
+            nc, js = await _js(cluster.urls)
+            try:
+                stream = "failover"
+                subject = await _r3_stream(js, stream)
+                failures: list[str] = []
+                publisher = FencedPublisher(js, subject, stream, 0, failures.append, publish_timeout_s=20.0)
+                publisher.start()
+                leader = (await js.stream_info(stream)).cluster.leader
+                victim = next(server for server in cluster.servers if server.name == leader)
+                cursor, killed_at, resumed_s = 0, None, None
+                published_at_kill = 0
+                while cursor < 400:
+                    cursor += 1
+                    publisher.submit(corpus_events[cursor % len(corpus_events):][:1], cursor)
+                    await asyncio.sleep(0.02)
+                    if cursor == 50:
+                        await asyncio.to_thread(stop_process, victim.process, 9)
+                        killed_at, published_at_kill = time.monotonic(), publisher.published_messages
+                    elif killed_at and resumed_s is None and publisher.published_messages > published_at_kill + 1:
+                        resumed_s = time.monotonic() - killed_at
+                await _until(lambda: publisher.published_events == cursor or publisher.failed, 30)
+                publisher.stop()
+                batches = [decode_batch((await js.get_msg(stream, seq)).data)
+                           for seq in range(1, (await js.stream_info(stream)).state.last_seq + 1)]
+                return failures, publisher, batches, resumed_s, cursor
+            finally:
+                await nc.close()
+
+        failures, publisher, batches, resumed_s, sent = asyncio.run(scenario())
+    finally:
+        cluster.stop()
+    print(f"stream leader killed: publishing resumed after {resumed_s}s, {publisher.retries} retries")
+    assert failures == [], "the publisher rode out the election instead of giving up"
+    assert publisher.retries >= 1
+    cursors = [batch.relay_cursor for batch in batches]
+    assert cursors == sorted(set(cursors)) and cursors[-1] == sent, "in order, none twice"
+    assert sum(len(batch.events) for batch in batches) == sent, "every batch exactly once"
