@@ -680,16 +680,16 @@ class EventLog:
         newest = self._edge_row(last=True)
         if decode_seq(newest[1]) < seq:
             return None
-        low, high = oldest_time_us, decode_key(newest[0])  # seq(low) < seq <= seq(high)
+        # With first(t) = the first row at or after t: seq(first(low)) < seq <= seq(first(high)).
+        low, high = oldest_time_us, decode_key(newest[0])
         while high - low > 1:
             middle = (low + high) // 2
             row = self._first_row_from(middle)
-            row_time_us = decode_key(row[0])
             if decode_seq(row[1]) >= seq:
-                high = row_time_us
+                high = middle
             else:
-                low = row_time_us if row_time_us > middle else middle
-        return high
+                low = max(middle, decode_key(row[0]))  # first() is the same row up to its time_us
+        return decode_key(self._first_row_from(high)[0])
 
     def _first_row_from(self, time_us: int) -> tuple[bytes, bytes] | None:
         """(key, value) of the first JSON row with time_us >= `time_us`, checked; None past the end."""

@@ -93,7 +93,8 @@ def test_the_feed_appends_exactly_the_logged_events_above_the_floor_in_order(log
     assert [event.zstd for event in held] == [row.payload for row in primary.read_after(BASE_US + 30, 100_000, True)]
     assert [(event.did, event.kind, event.collection) for event in held] == \
         [(row.did, row.kind, row.collection) for row in logged]
-    assert woken == [BASE_US + 130, BASE_US + 230, BASE_US + 12130], "one wake-up of the readers per catch-up"
+    assert woken == [BASE_US + 130, BASE_US + 230, BASE_US + 7230], "one wake-up of the readers per catch-up"
+    assert [event.seq for event in held] == [row.seq for row in logged], "each ring entry carries its logged seq"
 
 
 def test_a_wake_up_the_ring_already_covers_costs_no_catch_up(logs):
