@@ -62,8 +62,9 @@ cdef class LiveRing:
         self._collections = <PyObject**>PyMem_Calloc(capacity, sizeof(PyObject*))
         self._jsons = <PyObject**>PyMem_Calloc(capacity, sizeof(PyObject*))
         self._zstds = <PyObject**>PyMem_Calloc(capacity, sizeof(PyObject*))
-        if (self._times == NULL or self._seqs == NULL or self._did_ids == NULL or self._collection_ids == NULL or self._kinds == NULL
-                or self._dids == NULL or self._collections == NULL or self._jsons == NULL or self._zstds == NULL):
+        if (self._times == NULL or self._seqs == NULL or self._did_ids == NULL or self._collection_ids == NULL
+                or self._kinds == NULL or self._dids == NULL or self._collections == NULL or self._jsons == NULL
+                or self._zstds == NULL):
             raise MemoryError()
 
     def __dealloc__(self):

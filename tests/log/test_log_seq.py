@@ -18,7 +18,7 @@ from rocksdict import Options, Rdict, WriteBatch
 
 from jetstream.compression import EventCompressor
 from jetstream.events import KIND_COMMIT, Event
-from jetstream.log.rows import decode_row, encode_value_v1, has_seq
+from jetstream.log.rows import RowError, decode_row, encode_value_v1, has_seq
 from jetstream.log.store import (
     CF_EVENTS,
     CF_EVENTS_ZSTD,
@@ -166,8 +166,10 @@ def test_a_format_1_log_gets_seqs_in_time_us_order_once_at_open(tmp_path):
     path = str(tmp_path / "log")
     times = spaced_times(2500)
     make_format_1_log(path, times)
-    with pytest.raises(Exception):  # the replay path refuses rows without seq
-        EventLog(path, upgrade=False).read_after(-1, 10, False)
+    with EventLog(path, upgrade=False) as unupgraded:  # as jetstream repair opens it
+        assert unupgraded.format_version() == 1
+        with pytest.raises(RowError):  # the replay path refuses rows without seq
+            unupgraded.read_after(-1, 10, False)
     with EventLog(path) as event_log:
         assert event_log.format_version() == 2
         json_rows, zstd_rows = every_row(event_log), every_row(event_log, compressed=True)
