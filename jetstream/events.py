@@ -4,7 +4,7 @@ Owns: the two shapes an event has on its way through the daemon, and the kind
 codes. It must never do I/O; stages exchange these values and nothing else.
 
   ingest  ->  PendingEvent   (JSON bytes around a missing time_us)
-  sequencer -> Event         (time_us assigned, JSON and zstd bytes final)
+  sequencer -> Event         (time_us and seq assigned, JSON and zstd bytes final)
 """
 from __future__ import annotations
 
@@ -34,7 +34,12 @@ class PendingEvent(NamedTuple):
 
 
 class Event(NamedTuple):
-    """A sequenced event: what the log stores and subscribers receive."""
+    """A sequenced event: what the log stores and subscribers receive.
+
+    `seq` is the instance's event number (1, 2, 3, ... with no gap in what the log stores;
+    the v2 wire's cursor). It comes last so code that builds an Event from its first six
+    fields keeps working; 0 means "not numbered" (never stored).
+    """
 
     time_us: int
     did: str
@@ -42,6 +47,7 @@ class Event(NamedTuple):
     collection: str
     json: bytes
     zstd: bytes
+    seq: int = 0
 
 
 def render_json(pending: PendingEvent, time_us: int) -> bytes:

@@ -4,7 +4,8 @@ Owns: a read-only open of the RocksDB event log (safe beside a running daemon: R
 read-only mode takes no LOCK and replays the WAL into its own memory, so it sees every
 batch written before it opened) and the summary an operator asks for: events held,
 oldest/newest time_us (also as UTC dates), size on disk, relay cursor, high-water mark,
-log format and the zstd dictionary id the stored frames carry, the gaps `jetstream repair`
+log format (1: rows without seq, not yet upgraded by a daemon's open; 2: rows with seq), the
+oldest and newest seq, the zstd dictionary id the stored frames carry, the gaps `jetstream repair`
 recorded, and damage: unless --skip-verify, every block of the event column families is
 read with checksum verification (jetstream/log/repair.py's scan), and a damaged log exits 3.
 A log of another format is refused (exit 1) rather than summarised.
@@ -30,7 +31,7 @@ from pathlib import Path
 
 from rocksdict import AccessType, Options, Rdict
 
-from jetstream.log.rows import decode_key, decode_row
+from jetstream.log.rows import decode_key, decode_row, decode_seq
 
 # The meta value layouts are the store's (signed relay cursor, unsigned hwm); importing them
 # keeps one definition, and tests check our numbers against EventLog's own accessors.
@@ -42,14 +43,16 @@ from jetstream.log.store import (
     CF_EVENTS_ZSTD,
     CF_META,
     FORMAT_NAME,
-    FORMAT_VERSION,
     META_FORMAT_NAME,
     META_FORMAT_VERSION,
     META_GAPS,
     META_HWM,
     META_RELAY,
     META_RELAY_CURSOR,
+    META_SEQ,
+    META_SEQ_UPGRADE,
     OUR_COLUMN_FAMILIES,
+    READABLE_FORMAT_VERSIONS,
 )
 
 DAMAGED_EXIT_STATUS = 3  # the summary was printed, but some of the log cannot be read back
@@ -75,6 +78,9 @@ class LogSummary:
     verified: bool = False  # every block was read with checksum verification
     damage: list[str] | None = None  # what the verification found unreadable (empty: nothing)
     gaps: list[dict] | None = None  # ranges jetstream repair dropped
+    oldest_seq: int | None = None  # None: no events, or a format 1 log (rows without seq)
+    newest_seq: int | None = None
+    seq_upgrade_through_time_us: int | None = None  # an interrupted upgrade to format 2: rows below are done
 
     @property
     def damaged(self) -> bool:
@@ -90,6 +96,8 @@ class LogSummary:
             ("oldest time_us", _with_date(self.oldest_time_us)),
             ("newest time_us", _with_date(self.newest_time_us)),
             ("span", _span(self.oldest_time_us, self.newest_time_us)),
+            ("oldest seq", _seq_text(self.oldest_seq)),
+            ("newest seq", _seq_text(self.newest_seq)),
             ("size on disk", f"{self.size_bytes} bytes ({_human_bytes(self.size_bytes)})"),
             ("relay cursor", "none" if self.relay_cursor is None else str(self.relay_cursor)),
             ("relay", self.relay or "not recorded"),
@@ -99,7 +107,14 @@ class LogSummary:
             ("gaps", _gaps_text(self.gaps)),
             ("damage", _damage_text(self.verified, self.damage)),
         ]
+        if self.seq_upgrade_through_time_us is not None:
+            rows.insert(2, ("seq upgrade", f"interrupted: rows below time_us {self.seq_upgrade_through_time_us} "
+                                           "have seqs; the daemon's next open finishes it"))
         return "".join(f"{name + ':':<20}{value}\n" for name, value in rows)
+
+
+def _seq_text(seq: int | None) -> str:
+    return "none" if seq is None else str(seq)
 
 
 def _gaps_text(gaps: list[dict] | None) -> str:
@@ -240,10 +255,11 @@ def _check_format(path: Path, format_name: bytes | None, format_version: bytes |
     """Refuse a log this build cannot read rather than summarise it as if it could."""
     if format_name != FORMAT_NAME:
         raise InspectError(f"{path} is not a jetstream event log (format name {format_name!r})")
-    if format_version != b"%d" % FORMAT_VERSION:
+    if format_version not in [b"%d" % version for version in READABLE_FORMAT_VERSIONS]:
         shown = (format_version or b"?").decode("ascii", "replace")
+        readable = ", ".join(map(str, READABLE_FORMAT_VERSIONS))
         raise InspectError(f"{path} is a jetstream event log of format version {shown}; this build reads "
-                           f"version {FORMAT_VERSION} only and cannot read it (use the jetstream that wrote it)")
+                           f"versions {readable} only and cannot read it (use the jetstream that wrote it)")
 
 
 def _verify(db: Rdict, hwm: int, counts: dict) -> list[str]:
@@ -278,6 +294,8 @@ def _summarise(path: Path, db: Rdict, exact: bool, verify: bool = False) -> LogS
         # With damage found (and reported), an unreadable edge is shown as none rather than refused.
         edge = _readable_edge if damage else _edge_key
         oldest, newest = edge(events, last=False), edge(events, last=True)
+        upgrade = meta.get(META_SEQ_UPGRADE)
+        stored_seq = meta.get(META_SEQ)
         return LogSummary(
             data_dir=str(path),
             format=f"{(format_name or b'?').decode()} v{(format_version or b'?').decode()}",
@@ -293,6 +311,9 @@ def _summarise(path: Path, db: Rdict, exact: bool, verify: bool = False) -> LogS
             verified=verify,
             damage=damage,
             gaps=gaps,
+            oldest_seq=(decode_seq(oldest[1]) or None) if oldest else None,
+            newest_seq=(_UNSIGNED.unpack(stored_seq)[0] if stored_seq is not None else None) if newest else None,
+            seq_upgrade_through_time_us=_UNSIGNED.unpack_from(upgrade)[0] if upgrade is not None else None,
         )
     finally:
         # rocksdict keeps the database open while any column-family view lives.

@@ -15,6 +15,7 @@ cdef class LiveRing:
     cdef int64_t _floor_time_us
     cdef int64_t _newest_time_us
     cdef int64_t* _times
+    cdef uint64_t* _seqs    # each event's seq (Event.seq; 0: not numbered)
     cdef uint64_t* _did_ids
     cdef uint64_t* _collection_ids
     # The event's fields per slot, as owned references (NULL when empty). Not Event tuples:

@@ -29,6 +29,7 @@ cdef Py_ssize_t _KIND_FIELD = 2
 cdef Py_ssize_t _COLLECTION_FIELD = 3
 cdef Py_ssize_t _JSON_FIELD = 4
 cdef Py_ssize_t _ZSTD_FIELD = 5
+cdef Py_ssize_t _SEQ_FIELD = 6
 # Collections repeat constantly (a few dozen NSIDs carry almost all traffic): caching their
 # ids saves an encode + hash per append. Bounded so invented names cannot grow it forever.
 cdef Py_ssize_t _COLLECTION_CACHE_MAX = 4096
@@ -52,6 +53,7 @@ cdef class LiveRing:
         self._newest_time_us = floor_time_us
         self._collection_id_cache = {}
         self._times = <int64_t*>PyMem_Malloc(capacity * sizeof(int64_t))
+        self._seqs = <uint64_t*>PyMem_Malloc(capacity * sizeof(uint64_t))
         self._did_ids = <uint64_t*>PyMem_Malloc(capacity * sizeof(uint64_t))
         self._collection_ids = <uint64_t*>PyMem_Malloc(capacity * sizeof(uint64_t))
         self._kinds = <int*>PyMem_Malloc(capacity * sizeof(int))
@@ -60,8 +62,9 @@ cdef class LiveRing:
         self._collections = <PyObject**>PyMem_Calloc(capacity, sizeof(PyObject*))
         self._jsons = <PyObject**>PyMem_Calloc(capacity, sizeof(PyObject*))
         self._zstds = <PyObject**>PyMem_Calloc(capacity, sizeof(PyObject*))
-        if (self._times == NULL or self._did_ids == NULL or self._collection_ids == NULL or self._kinds == NULL
-                or self._dids == NULL or self._collections == NULL or self._jsons == NULL or self._zstds == NULL):
+        if (self._times == NULL or self._seqs == NULL or self._did_ids == NULL or self._collection_ids == NULL
+                or self._kinds == NULL or self._dids == NULL or self._collections == NULL or self._jsons == NULL
+                or self._zstds == NULL):
             raise MemoryError()
 
     def __dealloc__(self):
@@ -70,6 +73,7 @@ cdef class LiveRing:
             for index in range(self._count):
                 self._clear_slot(self._slot(index))
         PyMem_Free(self._times)
+        PyMem_Free(self._seqs)
         PyMem_Free(self._did_ids)
         PyMem_Free(self._collection_ids)
         PyMem_Free(self._kinds)
@@ -123,6 +127,7 @@ cdef class LiveRing:
         if not PyUnicode_CheckExact(did) or not PyUnicode_CheckExact(collection):
             raise TypeError("event did and collection must be str")
         cdef int kind = <object>PyTuple_GET_ITEM(event, _KIND_FIELD)
+        cdef uint64_t seq = <object>PyTuple_GET_ITEM(event, _SEQ_FIELD) if PyTuple_GET_SIZE(event) > _SEQ_FIELD else 0
         cdef uint64_t did_key = did_id(did)
         cdef uint64_t collection_key = self._intern_collection(collection)
         if self._count == self._capacity:
@@ -138,6 +143,7 @@ cdef class LiveRing:
         self._zstds[slot] = <PyObject*>zstd
         self._kinds[slot] = kind
         self._times[slot] = time_us
+        self._seqs[slot] = seq
         self._did_ids[slot] = did_key
         self._collection_ids[slot] = collection_key
         self._count += 1
@@ -169,7 +175,8 @@ cdef class LiveRing:
     cdef object _event_in(self, Py_ssize_t slot):
         """The Event held in `slot`, rebuilt from its fields (the same str and bytes objects)."""
         return Event(self._times[slot], <object>self._dids[slot], self._kinds[slot],
-                     <object>self._collections[slot], <object>self._jsons[slot], <object>self._zstds[slot])
+                     <object>self._collections[slot], <object>self._jsons[slot], <object>self._zstds[slot],
+                     self._seqs[slot])
 
     def drop_before(self, int64_t time_us):
         """Evict every held event with time_us < `time_us`, oldest first; return how many.
@@ -187,6 +194,10 @@ cdef class LiveRing:
     def time_us_at(self, Py_ssize_t index):
         """time_us of the index-th held event, 0 = oldest."""
         return self._times[self._slot(self._checked_index(index))]
+
+    def seq_at(self, Py_ssize_t index):
+        """seq of the index-th held event, 0 = oldest (0: appended without one)."""
+        return self._seqs[self._slot(self._checked_index(index))]
 
     def event_at(self, Py_ssize_t index):
         return self._event_in(self._slot(self._checked_index(index)))

@@ -16,6 +16,7 @@ from jetstream.events import KIND_SYNC, Event
 DEFAULT_SCAN_LIMIT = 65_536  # entries per read_after call; bounds one call's CPU time
 JSON_FIELD = 4  # Event.json
 ZSTD_FIELD = 5  # Event.zstd
+SEQ_FIELD = 6  # Event.seq
 
 
 class LiveRing:
@@ -97,6 +98,11 @@ class LiveRing:
     def time_us_at(self, index: int) -> int:
         """time_us of the index-th held event, 0 = oldest."""
         return self._times[self._slot(self._checked_index(index))]
+
+    def seq_at(self, index: int) -> int:
+        """seq of the index-th held event, 0 = oldest (0: appended without one)."""
+        event = self._slots[self._slot(self._checked_index(index))]
+        return event[SEQ_FIELD] if len(event) > SEQ_FIELD else 0
 
     def event_at(self, index: int) -> Event:
         return self._slots[self._slot(self._checked_index(index))]

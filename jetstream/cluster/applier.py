@@ -4,10 +4,13 @@ Owns: the ordered consumer that reads the stream from the message after the one 
 local log last applied, and the apply step: one RocksDB write batch per message
 (its events, its relay cursor and its stream sequence together), then the live ring,
 then the same new-events notification the single-node pipeline gives (which wakes
-subscribers). So every node stores the same time_us and the same bytes, and a restarted
-node resumes right after its applied sequence. A node whose next message has already
-expired from the stream (stopped longer than --event-ttl) skips ahead, logged: those
-events are past their retention everywhere.
+subscribers). So every node stores the same time_us, the same seq (the leader's, carried in
+the message) and the same bytes, and a restarted node resumes right after its applied
+sequence. A node whose next message has already expired from the stream (stopped longer
+than --event-ttl) skips ahead, logged: those events are past their retention everywhere,
+and its event seqs jump over theirs. A message from a leader that predates seq (wire
+JSB1) is numbered here, continuing the log's newest seq: every node that applied the same
+messages numbers it the same.
 It must never sequence, re-render or reorder events, and never apply a message twice.
 """
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Callable
 
 from jetstream.cluster import metrics as cluster_metrics
 from jetstream.cluster.wire import WireError, decode_batch
+from jetstream.log.store import SeqError
 
 log = logging.getLogger(__name__)
 
@@ -142,12 +146,14 @@ class StreamApplier:
         """Apply stream message `seq`: log (events + cursor + seq in one batch), ring, notify."""
         if seq <= self.applied_seq:
             return  # redelivered after a consumer reset: already in the log
+        expired_gap = False
         if seq != self.applied_seq + 1:
             if seq > self._expired_below:
                 raise ApplyGap(f"message {seq} arrived after {self.applied_seq}")
             cluster_metrics.APPLY_ERRORS.labels("expired_gap").inc()
             log.warning("event=cluster_apply_gap applied_seq=%d next_seq=%d (older messages expired from the stream)",
                         self.applied_seq, seq)
+            expired_gap = True
         try:
             batch = decode_batch(data)
         except WireError as exc:
@@ -158,7 +164,10 @@ class StreamApplier:
             self._advance(seq, 0)
             return
         events = batch.events
-        self.event_log.append(events, batch.relay_cursor, stream_seq=seq)
+        if events and events[0].seq == 0:  # a JSB1 message: number its events here
+            first = self.event_log.newest_seq() + 1
+            events = [event._replace(seq=first + index) for index, event in enumerate(events)]
+        self._append(seq, events, batch.relay_cursor, expired_gap)
         ring_append = self.ring.append
         for event in events:
             ring_append(event)
@@ -166,6 +175,22 @@ class StreamApplier:
         if events:
             self.notify()
             cluster_metrics.APPLY_DELAY_SECONDS.observe(max(0.0, time.time() - events[0].time_us / 1e6))
+
+    def _append(self, seq: int, events: list, relay_cursor: int | None, expired_gap: bool) -> None:
+        """The log write of one message; a seq jump the log refuses is applied anyway, loudly.
+
+        Every node applies the same messages, so refusing would stop every node at the same
+        message for good; storing the leader's seqs keeps them identical everywhere.
+        """
+        try:
+            self.event_log.append(events, relay_cursor, stream_seq=seq, seq_jump=expired_gap)
+        except SeqError as exc:
+            if not events or events[0].seq <= self.event_log.newest_seq():
+                raise  # a repeated or regressed seq: never stored twice
+            cluster_metrics.APPLY_ERRORS.labels("seq_jump").inc()
+            log.error("event=cluster_apply_seq_jump stream_seq=%d newest_seq=%d first_seq=%d error=%s",
+                      seq, self.event_log.newest_seq(), events[0].seq, exc)
+            self.event_log.append(events, relay_cursor, stream_seq=seq, seq_jump=True)
 
     def _advance(self, seq: int, events: int) -> None:
         self.applied_seq = seq

@@ -156,6 +156,8 @@ class IngestPipeline:
         # The highest relay seq accepted into the pipeline (written or pending). Reconnects
         # resume from here; frames at or below it are duplicates and are skipped.
         self.last_accepted_seq: int | None = event_log.relay_cursor()
+        # Event seqs continue the log's (the log is where the newest one is kept, like the hwm).
+        sequencer.resume_seq(event_log.newest_seq())
         self._pending: list[bytes] = []
         # Set by the daemon while the log refuses writes: frames are dropped unread, because
         # the relay is re-read from the durable cursor once the log takes writes again.
@@ -239,7 +241,11 @@ class IngestPipeline:
             log.error("event=log_write_failed events=%d cursor=%s error=%s", len(pending_events), batch_cursor,
                       repr(exc))
             # time_us values handed out for this batch are skipped: the contract is strictly
-            # increasing, not gap-free. The relay resends everything after the durable cursor.
+            # increasing, not gap-free. Seqs must have no gap in what is stored, so they are
+            # handed out again (not in cluster mode: batches before this one may still be on
+            # their way to the stream). The relay resends everything after the durable cursor.
+            if self.hand_off is None:
+                self.sequencer.rewind_seq(self.event_log.newest_seq())
             self.reset_to_durable_cursor()
             self.on_write_failure()
             return 0

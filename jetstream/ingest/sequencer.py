@@ -1,10 +1,12 @@
-"""The sequencer: gives every event its time_us, final JSON and zstd bytes.
+"""The sequencer: gives every event its time_us, its seq, final JSON and zstd bytes.
 
 Owns: the one total order of events in this instance. time_us is
 max(wall clock in µs, previous + 1), starting above the log's persisted
 high-water mark, so it is unique and strictly increasing even when the wall
 clock repeats or jumps back, and across restarts (docs/architecture.md §3.2; v1's
-monotonic clock did the same within one process only).
+monotonic clock did the same within one process only). seq is previous + 1, starting
+after the log's newest seq; unlike time_us it must have no gap in what is stored, so a
+batch that fails to store hands its seqs back (`rewind_seq`).
 Each event is rendered and compressed exactly once, here.
 It must never write to the log or publish events: the pipeline does that, after
 the write batch is durable.
@@ -28,9 +30,24 @@ def wall_clock_us() -> int:
 class Sequencer:
     """Hands out strictly increasing time_us values; single-threaded by design."""
 
-    def __init__(self, hwm: int, clock_us: Callable[[], int] = wall_clock_us) -> None:
+    def __init__(self, hwm: int, clock_us: Callable[[], int] = wall_clock_us, *, last_seq: int = 0) -> None:
         self._last_time_us = hwm
         self._clock_us = clock_us
+        self._last_seq = last_seq
+
+    @property
+    def last_seq(self) -> int:
+        """The last seq handed out (the starting one before the first event)."""
+        return self._last_seq
+
+    def resume_seq(self, stored_seq: int) -> None:
+        """Number the next event stored_seq + 1 (the log's newest seq), unless already beyond it."""
+        if stored_seq > self._last_seq:
+            self._last_seq = stored_seq
+
+    def rewind_seq(self, stored_seq: int) -> None:
+        """A batch failed to store: its seqs are handed out again, so what is stored has no gap."""
+        self._last_seq = stored_seq
 
     @property
     def last_time_us(self) -> int:
@@ -44,17 +61,21 @@ class Sequencer:
         return time_us
 
     def sequence(self, pending: Sequence[PendingEvent], compressor: Compressor) -> list[Event]:
-        """Assign time_us in the given order, render the JSON, compress it once."""
+        """Assign time_us and seq in the given order, render the JSON, compress it once."""
         # The ingest hot path: next_time_us and Event() inlined (per-event calls were ~0.5 µs).
         events: list[Event] = []
         append, compress, clock, make_event = events.append, compressor.compress, self._clock_us, tuple.__new__
         last = self._last_time_us
+        seq = self._last_seq
         try:
             for event in pending:
                 now = clock()
                 last = now if now > last else last + 1
                 json = render_json(event, last)
-                append(make_event(Event, (last, event.did, event.kind, event.collection, json, compress(json))))
+                append(make_event(Event, (last, event.did, event.kind, event.collection, json, compress(json),
+                                          seq + 1)))
+                seq += 1  # after the event is built: a raise leaves no seq handed out unused
         finally:
             self._last_time_us = last  # values handed out stay used even if compress raised
+            self._last_seq = seq
         return events

@@ -6,9 +6,18 @@ value encoding (a small header carrying kind, did and collection before the
 payload, so replay can filter without parsing JSON).
 It must never touch RocksDB or interpret the payload.
 
-Value layout (all integers big-endian):
+Value layout (all integers big-endian; log format 2):
+
+    u8 (SEQ_FLAG | kind) | u64 seq | u16 len(did) | u16 len(collection) | did | collection | payload
+
+seq is the event's number (the v2 wire's cursor): 1, 2, 3, ... in time_us order. Format 1
+rows (written before seq existed) lack the flag and the seq:
 
     u8 kind | u16 len(did) | u16 len(collection) | did | collection | payload
+
+so a row says which layout it has (kinds are < 0x80): `decode_row` reads both (jetstream
+inspect, repair, and the in-place upgrade of a format 1 log); the replay hot path
+(`decode_rows`) reads format 2 only and refuses the other.
 
 Index key layout (column family `events_index`, empty values), one key per event and
 index, so a narrow filtered replay reads only the rows of the names it wants:
@@ -33,8 +42,10 @@ KEY_SIZE = 8
 MAX_TIME_US = (1 << 64) - 1
 
 _KEY = struct.Struct(">Q")
-_HEADER = struct.Struct(">BHH")
+_HEADER = struct.Struct(">BQHH")
 HEADER_FIXED_SIZE = _HEADER.size
+SEQ_FLAG = 0x80  # set in a format 2 row's first byte: a seq follows
+_HEADER_V1 = struct.Struct(">BHH")  # format 1 (no seq)
 
 
 INDEX_TAG_COLLECTION = ord("c")
@@ -52,13 +63,14 @@ class RowError(ValueError):
 
 
 class LogRow(NamedTuple):
-    """One stored event as read back: payload is JSON or zstd bytes, as asked."""
+    """One stored event as read back: payload is JSON or zstd bytes, as asked; seq 0: a format 1 row."""
 
     time_us: int
     did: str
     kind: int
     collection: str
     payload: bytes
+    seq: int = 0
 
 
 def encode_key(time_us: int) -> bytes:
@@ -71,44 +83,84 @@ def decode_key(key: bytes) -> int:
     return _KEY.unpack(key)[0]
 
 
-def encode_header(kind: int, did: str, collection: str) -> bytes:
+def encode_header(kind: int, did: str, collection: str, seq: int) -> bytes:
     """The value prefix; built once per event and shared by its JSON and zstd rows."""
     did_bytes = did.encode()
     collection_bytes = collection.encode()
-    return _HEADER.pack(kind, len(did_bytes), len(collection_bytes)) + did_bytes + collection_bytes
+    return _HEADER.pack(SEQ_FLAG | kind, seq, len(did_bytes), len(collection_bytes)) + did_bytes + collection_bytes
 
 
-def encode_value(kind: int, did: str, collection: str, payload: bytes) -> bytes:
-    return encode_header(kind, did, collection) + payload
+def encode_value(kind: int, did: str, collection: str, payload: bytes, seq: int) -> bytes:
+    return encode_header(kind, did, collection, seq) + payload
 
 
-def decode_header(value: bytes) -> tuple[int, str, str, int]:
-    """(kind, did, collection, payload_offset) without copying the payload."""
-    if len(value) < HEADER_FIXED_SIZE:
-        raise RowError(f"event value shorter than its {HEADER_FIXED_SIZE}-byte header")
-    kind, did_len, collection_len = _HEADER.unpack_from(value)
-    did_end = HEADER_FIXED_SIZE + did_len
+def encode_value_v1(kind: int, did: str, collection: str, payload: bytes) -> bytes:
+    """A format 1 row (no seq): only to build old logs in tests and to check the upgrade."""
+    did_bytes, collection_bytes = did.encode(), collection.encode()
+    return _HEADER_V1.pack(kind, len(did_bytes), len(collection_bytes)) + did_bytes + collection_bytes + payload
+
+
+def has_seq(value: bytes) -> bool:
+    """Whether a stored value is a format 2 row (carries its seq)."""
+    return bool(value) and value[0] & SEQ_FLAG != 0
+
+
+def decode_header(value: bytes) -> tuple[int, str, str, int, int]:
+    """(kind, did, collection, payload_offset, seq) without copying the payload; either format (seq 0: format 1)."""
+    if has_seq(value):
+        layout, fixed_size = _HEADER, HEADER_FIXED_SIZE
+    else:
+        layout, fixed_size = _HEADER_V1, _HEADER_V1.size
+    if len(value) < fixed_size:
+        raise RowError(f"event value shorter than its {fixed_size}-byte header")
+    if layout is _HEADER:
+        flagged, seq, did_len, collection_len = layout.unpack_from(value)
+        kind = flagged & ~SEQ_FLAG
+    else:
+        kind, did_len, collection_len = layout.unpack_from(value)
+        seq = 0
+    did_end = fixed_size + did_len
     payload_offset = did_end + collection_len
     if payload_offset > len(value):
         raise RowError("event value truncated inside its did/collection header")
     try:
-        did = value[HEADER_FIXED_SIZE:did_end].decode()
+        did = value[fixed_size:did_end].decode()
         collection = value[did_end:payload_offset].decode()
     except UnicodeDecodeError as exc:
         raise RowError(f"event value header is not UTF-8: {exc}") from exc
-    return kind, did, collection, payload_offset
+    return kind, did, collection, payload_offset, seq
 
 
 def decode_row(key: bytes, value: bytes) -> LogRow:
-    kind, did, collection, payload_offset = decode_header(value)
-    return LogRow(decode_key(key), did, kind, collection, value[payload_offset:])
+    kind, did, collection, payload_offset, seq = decode_header(value)
+    return LogRow(decode_key(key), did, kind, collection, value[payload_offset:], seq)
+
+
+def decode_seq(value: bytes) -> int:
+    """The seq of a format 2 row, read from its header alone (0 for a format 1 row)."""
+    if not has_seq(value) or len(value) < HEADER_FIXED_SIZE:
+        return 0
+    return _SEQ_AT_1.unpack_from(value, 1)[0]
+
+
+_SEQ_AT_1 = struct.Struct(">Q")
+
+
+def upgrade_value(value: bytes, seq: int) -> bytes:
+    """A format 1 row's value as the format 2 row with `seq` (the did, collection and payload bytes kept)."""
+    if has_seq(value):
+        raise RowError("row already carries a seq")
+    if len(value) < _HEADER_V1.size:
+        raise RowError(f"event value shorter than its {_HEADER_V1.size}-byte header")
+    return b"%c%s%s" % (SEQ_FLAG | value[0], _SEQ_AT_1.pack(seq), value[1:])
 
 
 def decode_rows(pairs: Iterable[tuple[bytes, bytes]], limit: int) -> list[LogRow]:
-    """Up to `limit` rows from (key, value) pairs, consuming no pair beyond the last row.
+    """Up to `limit` format 2 rows from (key, value) pairs, consuming no pair beyond the last row.
 
     The replay hot path: the same layout as `decode_row`, inlined, because per-row
     function calls and NamedTuple.__new__ were most of the cost (1.9 -> 1.2 µs/row measured).
+    A format 1 row (no seq) is a RowError: the log is upgraded at open, so one here is damage.
     """
     rows: list[LogRow] = []
     if limit <= 0:
@@ -117,13 +169,13 @@ def decode_rows(pairs: Iterable[tuple[bytes, bytes]], limit: int) -> list[LogRow
     unpack_key, unpack_header, header_size = _KEY.unpack, _HEADER.unpack_from, HEADER_FIXED_SIZE
     try:
         for key, value in pairs:
-            kind, did_len, collection_len = unpack_header(value)
+            flagged, seq, did_len, collection_len = unpack_header(value)
             did_end = header_size + did_len
             payload_offset = did_end + collection_len
-            if len(key) != KEY_SIZE or payload_offset > len(value):
+            if len(key) != KEY_SIZE or payload_offset > len(value) or flagged < SEQ_FLAG:
                 raise RowError(f"malformed event row at key {key.hex()}")
-            append(make_row(LogRow, (unpack_key(key)[0], value[header_size:did_end].decode(), kind,
-                                     value[did_end:payload_offset].decode(), value[payload_offset:])))
+            append(make_row(LogRow, (unpack_key(key)[0], value[header_size:did_end].decode(), flagged - SEQ_FLAG,
+                                     value[did_end:payload_offset].decode(), value[payload_offset:], seq)))
             if len(rows) >= limit:
                 break
     except (struct.error, UnicodeDecodeError) as exc:
@@ -175,7 +227,7 @@ def encode_event_rows(events) -> list[tuple[bytes, bytes, bytes, bytes, bytes]]:
     collection_hashes = _collection_hashes
     if len(collection_hashes) > 100_000:  # collections are few; bound it against a hostile relay
         collection_hashes.clear()
-    tag_collection, tag_did, shift = INDEX_TAG_COLLECTION, INDEX_TAG_DID, INDEX_BUCKET_SHIFT
+    tag_collection, tag_did, shift, flag = INDEX_TAG_COLLECTION, INDEX_TAG_DID, INDEX_BUCKET_SHIFT, SEQ_FLAG
     for event in events:
         time_us = event.time_us
         did_bytes = event.did.encode()
@@ -184,7 +236,8 @@ def encode_event_rows(events) -> list[tuple[bytes, bytes, bytes, bytes, bytes]]:
         collection_hash = collection_hashes.get(collection)
         if collection_hash is None:
             collection_hash = collection_hashes[collection] = _name_hash(collection_bytes)
-        header = pack_header(event.kind, len(did_bytes), len(collection_bytes)) + did_bytes + collection_bytes
+        header = (pack_header(flag | event.kind, event.seq, len(did_bytes), len(collection_bytes))
+                  + did_bytes + collection_bytes)
         bucket = time_us >> shift
         append((pack_key(time_us), header + event.json, header + event.zstd,
                 pack_index(tag_collection, bucket, collection_hash, time_us),

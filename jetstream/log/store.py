@@ -13,6 +13,11 @@ ends: RocksDB reports a damaged block by ending the iteration, so an unchecked e
 read as the end of the log. Damage raises `LogCorruption` (which column family, file and
 time_us range); a replay that reaches a range `jetstream repair` dropped raises `LogGap`
 (the ranges are recorded in `meta` as `gaps`).
+Each row carries its seq (jetstream.log.rows, format 2); the newest seq is kept in `meta`
+with the high-water mark, written in the same batch as the events, and every append must
+continue it without a gap (`SeqError` otherwise). A format 1 log (rows without seq) is
+upgraded in place at open (`_upgrade_to_seq`): rows get seqs 1..N in time_us order, in
+chunks whose batch also records how far the upgrade got, so an interrupted upgrade resumes.
 It must never invent time_us values, parse event JSON, or silently re-create a
 directory that is not an event log of this format.
 """
@@ -23,6 +28,7 @@ import json
 import logging
 import re
 import struct
+import time
 import uuid
 from pathlib import Path
 from typing import Callable, Iterable, NamedTuple, Sequence
@@ -39,12 +45,15 @@ from jetstream.log.rows import (
     decode_index_time_us,
     decode_key,
     decode_rows,
+    decode_seq,
     encode_bucket_start,
     encode_event_rows,
     encode_index_prefix,
     encode_key,
+    has_seq,
     index_bucket,
     name_hash,
+    upgrade_value,
 )
 
 log = logging.getLogger(__name__)
@@ -72,6 +81,9 @@ META_FORMAT_VERSION = b"format_version"
 META_RELAY_CURSOR = b"relay_cursor"
 META_RELAY = b"relay"  # host of the relay the stored relay cursor belongs to (utf-8)
 META_HWM = b"hwm_time_us"
+META_SEQ = b"newest_seq"  # the seq of the newest event ever written (kept through trims), u64
+# While a format 1 log is upgraded: (the time_us to continue from, the last seq given), >QQ.
+META_SEQ_UPGRADE = b"seq_upgrade_progress"
 META_INDEX_FROM = b"index_from_time_us"  # every event with time_us >= this is indexed
 # Cluster mode: the sequence of the last stream message applied (jetstream/cluster/applier.py).
 META_STREAM_SEQ = b"cluster_stream_seq"
@@ -87,10 +99,14 @@ META_GAPS = b"gaps"
 MAX_INDEX_NAMES = 64
 
 FORMAT_NAME = b"jetstream-py event log"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: every row carries its seq; 1: no seq (upgraded in place at open)
+FORMAT_VERSION_NO_SEQ = 1
+READABLE_FORMAT_VERSIONS = (FORMAT_VERSION_NO_SEQ, FORMAT_VERSION)
+SEQ_UPGRADE_CHUNK = 10_000  # rows per upgrade batch (one batch: these rows and the progress)
 
 _SIGNED = struct.Struct(">q")
 _UNSIGNED = struct.Struct(">Q")
+_UPGRADE_PROGRESS = struct.Struct(">QQ")
 
 
 class IndexQuery(NamedTuple):
@@ -121,6 +137,10 @@ def index_query_for(wanted_collections: Iterable[str] | None, wanted_dids: Itera
 
 class LogError(Exception):
     """The log cannot be opened as asked, or an append would break its invariants."""
+
+
+class SeqError(LogError):
+    """An append whose seqs do not continue the log's newest seq by exactly one each."""
 
 
 class LogCorruption(LogError):
@@ -210,9 +230,12 @@ class EventLog:
     with appends in the same thread (the asyncio loop).
     """
 
-    def __init__(self, path: str, *, fsync: bool = False, create: bool = True) -> None:
+    def __init__(self, path: str, *, fsync: bool = False, create: bool = True, upgrade: bool = True) -> None:
         self.path = str(path)
         self.values_read = 0  # event rows read by read_after / read_matching_after (for measurements)
+        # False: open a format 1 log as it is (jetstream repair works on either layout); its
+        # rows cannot be replayed (decode_rows refuses them) until a normal open upgrades it.
+        self._upgrade = upgrade
         self._connect(fsync, create)
 
     def _connect(self, fsync: bool, create: bool) -> None:
@@ -238,21 +261,25 @@ class EventLog:
         try:
             if fresh:
                 self._write_format()
+                self._format_version = FORMAT_VERSION
             else:
-                self._verify_format()
+                self._format_version = self._verify_format()
+                if self._format_version < FORMAT_VERSION and self._upgrade:
+                    self._upgrade_to_seq()
         except BaseException:
             self.close()
             raise
         self._relay_cursor = self._read_meta_int(META_RELAY_CURSOR, _SIGNED)
         self._hwm = self._read_meta_int(META_HWM, _UNSIGNED) or 0
+        self._newest_seq = self._read_meta_int(META_SEQ, _UNSIGNED) or 0
         self._index_from = self._read_meta_int(META_INDEX_FROM, _UNSIGNED)
         self._stream_seq = self._read_meta_int(META_STREAM_SEQ, _UNSIGNED) or 0
         if self._index_from is None:
             self._start_index(0 if fresh else self._hwm + 1)
         self._instance_id = self._read_or_create_instance_id()
         self._gaps = self._read_gaps()
-        log.info("event=log_opened path=%s fresh=%s relay_cursor=%s hwm=%d fsync=%s",
-                 self.path, fresh, self._relay_cursor, self._hwm, fsync)
+        log.info("event=log_opened path=%s fresh=%s relay_cursor=%s hwm=%d newest_seq=%d fsync=%s",
+                 self.path, fresh, self._relay_cursor, self._hwm, self._newest_seq, fsync)
 
     # -- opening --------------------------------------------------------------------------------
     @staticmethod
@@ -300,14 +327,77 @@ class EventLog:
         sync.sync = True
         self._db.write(batch, sync)
 
-    def _verify_format(self) -> None:
+    def _verify_format(self) -> int:
+        """The log's format version (1 or 2); LogError for anything else."""
         name = self._meta.get(META_FORMAT_NAME)
         if name != FORMAT_NAME:
             raise LogError(f"{self.path} is not a jetstream event log (format name {name!r})")
         version = self._meta.get(META_FORMAT_VERSION)
-        if version != b"%d" % FORMAT_VERSION:
-            raise LogError(f"event log at {self.path} has format version {version!r}; "
-                           f"this build reads version {FORMAT_VERSION} only")
+        for readable in READABLE_FORMAT_VERSIONS:
+            if version == b"%d" % readable:
+                return readable
+        raise LogError(f"event log at {self.path} has format version {version!r}; this build reads "
+                       f"versions {', '.join(map(str, READABLE_FORMAT_VERSIONS))}")
+
+    def format_version(self) -> int:
+        return self._format_version
+
+    def _upgrade_to_seq(self) -> None:
+        """Format 1 -> 2 in place: every stored row gets its seq, 1..N in time_us order, once.
+
+        Chunk by chunk, each chunk's rows (JSON and zstd) and the progress (where to go on,
+        the last seq given) in one batch, so a crash resumes after the last whole chunk; the
+        format version moves to 2 (with the newest seq) only after the last row. The rows'
+        other bytes are kept as they are. Damage stops it (LogCorruption: run jetstream repair,
+        which works on format 1 logs; the next open resumes).
+        """
+        progress = self._meta.get(META_SEQ_UPGRADE)
+        start, seq = _UPGRADE_PROGRESS.unpack(progress) if progress is not None else (0, 0)
+        started = time.perf_counter()
+        log.info("event=log_seq_upgrade_started path=%s from_time_us=%d seq=%d resumed=%s",
+                 self.path, start, seq, progress is not None)
+        iterator = self._events.iter(self._read_options)
+        iterator.seek(encode_key(start))
+        upgraded = 0
+        while True:
+            keys, values = [], []
+            while iterator.valid() and len(keys) < SEQ_UPGRADE_CHUNK:
+                keys.append(iterator.key())
+                values.append(iterator.value())
+                iterator.next()
+            if not keys:
+                self._raise_if_damaged(iterator, CF_EVENTS, start - 1, self._events)
+                break
+            seq = self._upgrade_chunk(keys, values, seq)
+            start = decode_key(keys[-1]) + 1
+            upgraded += len(keys)
+        batch = WriteBatch(raw_mode=True)
+        batch.put(META_SEQ, _UNSIGNED.pack(seq), self._meta_handle)
+        batch.put(META_FORMAT_VERSION, b"%d" % FORMAT_VERSION, self._meta_handle)
+        batch.delete(META_SEQ_UPGRADE, self._meta_handle)
+        sync = WriteOptions()
+        sync.sync = True
+        self._db.write(batch, sync)
+        self._format_version = FORMAT_VERSION
+        log.info("event=log_seq_upgraded path=%s rows=%d newest_seq=%d seconds=%.1f",
+                 self.path, upgraded, seq, time.perf_counter() - started)
+
+    def _upgrade_chunk(self, keys: list[bytes], values: list[bytes], seq: int) -> int:
+        """One upgrade batch: these JSON rows and their zstd twins numbered from seq + 1; the last seq."""
+        zstd_values = self._events_zstd.get(keys, read_opt=self._read_options)
+        batch = WriteBatch(raw_mode=True)
+        put, events_handle, zstd_handle = batch.put, self._events_handle, self._events_zstd_handle
+        for key, value, zstd_value in zip(keys, values, zstd_values):
+            if has_seq(value):  # cannot happen after a clean chunk boundary; keep its number
+                seq = decode_seq(value)
+                continue
+            seq += 1
+            put(key, upgrade_value(value, seq), events_handle)
+            if zstd_value is not None and not has_seq(zstd_value):
+                put(key, upgrade_value(zstd_value, seq), zstd_handle)
+        put(META_SEQ_UPGRADE, _UPGRADE_PROGRESS.pack(decode_key(keys[-1]) + 1, seq), self._meta_handle)
+        self._db.write(batch, self._write_options)
+        return seq
 
     def _start_index(self, index_from: int) -> None:
         """Record that events from `index_from` on are indexed (a new log: all of them)."""
@@ -365,10 +455,15 @@ class EventLog:
 
     # -- writing --------------------------------------------------------------------------------
     def append(self, events: Sequence[Event], relay_cursor: int | None,
-               did_revs: dict[str, str] | None = None, *, stream_seq: int | None = None) -> None:
+               did_revs: dict[str, str] | None = None, *, stream_seq: int | None = None,
+               seq_jump: bool = False) -> None:
         """Write `events` and `relay_cursor` atomically; durable in the WAL on return.
 
-        Events must carry strictly increasing time_us above the high-water mark.
+        Events must carry strictly increasing time_us above the high-water mark, and seqs
+        newest_seq + 1, + 2, ... (SeqError otherwise). `seq_jump` (cluster mode, after stream
+        messages expired unapplied) lets the first seq lie further on; it must still increase.
+        A batch whose events all have seq 0 (built by hand: tools, tests; the daemon's
+        sequencer and applier always number theirs) is numbered here, from newest_seq + 1.
         `append([], cursor)` only moves the cursor (frames that produce no events).
         `did_revs` (DID -> newest commit rev) goes into the same batch (--verify-signatures).
         `stream_seq` (cluster mode) is the stream message these events came from, stored in
@@ -377,6 +472,9 @@ class EventLog:
         if not events and relay_cursor is None and not did_revs and stream_seq is None:
             return
         newest = self._check_increasing(events)
+        if events and events[0].seq == 0:
+            events = self._numbered(events)
+        newest_seq = self._check_seqs(events, seq_jump)
         batch = WriteBatch(raw_mode=True)
         events_handle, zstd_handle, index_handle = self._events_handle, self._events_zstd_handle, self._index_handle
         put = batch.put
@@ -389,6 +487,7 @@ class EventLog:
             batch.put(META_RELAY_CURSOR, _SIGNED.pack(relay_cursor), self._meta_handle)
         if events:
             batch.put(META_HWM, _UNSIGNED.pack(newest), self._meta_handle)
+            batch.put(META_SEQ, _UNSIGNED.pack(newest_seq), self._meta_handle)
         if stream_seq is not None:
             batch.put(META_STREAM_SEQ, _UNSIGNED.pack(stream_seq), self._meta_handle)
         if did_revs:
@@ -396,6 +495,7 @@ class EventLog:
                 batch.put(did.encode(), rev.encode(), self._did_revs_handle)
         self._db.write(batch, self._write_options)
         self._hwm = newest
+        self._newest_seq = newest_seq
         if relay_cursor is not None:
             self._relay_cursor = relay_cursor
         if stream_seq is not None:
@@ -410,6 +510,27 @@ class EventLog:
                                "(time_us must strictly increase; invariant 2)")
             previous = time_us
         return previous
+
+    def _numbered(self, events: Sequence[Event]) -> list[Event]:
+        if any(event.seq for event in events):
+            raise SeqError("a batch mixes numbered and unnumbered (seq 0) events")
+        first = self._newest_seq + 1
+        return [event._replace(seq=first + index) for index, event in enumerate(events)]
+
+    def _check_seqs(self, events: Sequence[Event], jump: bool) -> int:
+        """The batch's newest seq; SeqError unless its seqs continue the log's without a gap."""
+        previous = self._newest_seq
+        if not events:
+            return previous
+        first = events[0].seq
+        if first != previous + 1 and not (jump and first > previous):
+            raise SeqError(f"seq {first} does not follow the log's newest seq {previous}")
+        expected = first
+        for event in events:
+            if event.seq != expected:
+                raise SeqError(f"seq {event.seq} where {expected} was due (seqs must have no gap)")
+            expected += 1
+        return expected - 1
 
     def trim_older_than(self, cutoff_time_us: int) -> None:
         """Delete every event with time_us < cutoff from both CFs and reclaim the space.
@@ -529,6 +650,68 @@ class EventLog:
     def hwm(self) -> int:
         """The largest time_us ever written (kept through trims); 0 for a new log."""
         return self._hwm
+
+    def newest_seq(self) -> int:
+        """The seq of the newest event ever written (kept through trims); 0 for a new log."""
+        return self._newest_seq
+
+    def oldest_seq(self) -> int | None:
+        """The seq of the oldest event still held; None when none is."""
+        row = self._edge_row(last=False)
+        return None if row is None else decode_seq(row[1])
+
+    def seq_at_or_after(self, time_us: int) -> int | None:
+        """The seq of the first held event with time_us >= `time_us`; None when none is (a v2 µs cursor)."""
+        row = self._first_row_from(max(time_us, 0))
+        return None if row is None else decode_seq(row[1])
+
+    def time_us_of_seq(self, seq: int) -> int | None:
+        """The time_us of the first held event with seq >= `seq`; None when none is.
+
+        Seq and time_us rise together, so a binary search over time_us finds it: ~log2(the
+        held time span in µs), about 40 seeks for days of events, each reading one row's header.
+        """
+        oldest = self._edge_row(last=False)
+        if oldest is None:
+            return None
+        oldest_time_us = decode_key(oldest[0])
+        if decode_seq(oldest[1]) >= seq:
+            return oldest_time_us
+        newest = self._edge_row(last=True)
+        if decode_seq(newest[1]) < seq:
+            return None
+        # With first(t) = the first row at or after t: seq(first(low)) < seq <= seq(first(high)).
+        low, high = oldest_time_us, decode_key(newest[0])
+        while high - low > 1:
+            middle = (low + high) // 2
+            row = self._first_row_from(middle)
+            if decode_seq(row[1]) >= seq:
+                high = middle
+            else:
+                low = max(middle, decode_key(row[0]))  # first() is the same row up to its time_us
+        return decode_key(self._first_row_from(high)[0])
+
+    def _first_row_from(self, time_us: int) -> tuple[bytes, bytes] | None:
+        """(key, value) of the first JSON row with time_us >= `time_us`, checked; None past the end."""
+        if time_us > MAX_TIME_US:
+            return None
+        iterator = self._events.iter(self._read_options)
+        iterator.seek(encode_key(time_us))
+        if iterator.valid():
+            return iterator.key(), iterator.value()
+        self._raise_if_damaged(iterator, CF_EVENTS, time_us - 1)
+        return None
+
+    def _edge_row(self, *, last: bool) -> tuple[bytes, bytes] | None:
+        iterator = self._events.iter(self._read_options)
+        if last:
+            iterator.seek_to_last()
+        else:
+            iterator.seek_to_first()
+        if iterator.valid():
+            return iterator.key(), iterator.value()
+        self._raise_if_damaged(iterator, CF_EVENTS, None)
+        return None
 
     def oldest_time_us(self) -> int | None:
         return self._edge_time_us(last=False)

@@ -308,12 +308,20 @@ class SubscribeServer:
         return gaps() if gaps is not None else []
 
     def _retention_range(self) -> dict:
-        """The oldest and newest time_us a cursor can replay from (None while the log is empty)."""
+        """The oldest and newest time_us and seq a cursor can replay from (None while the log is empty)."""
         try:
             oldest = self.event_log.oldest_time_us()
+            oldest_seq = self.event_log.oldest_seq()
         except Exception:  # noqa: BLE001 - a closed or failed log: health still answers
-            oldest = None
-        return {"oldest_time_us": oldest, "newest_time_us": self.ring.newest_time_us if oldest is not None else None}
+            oldest = oldest_seq = None
+        held = oldest is not None
+        return {"oldest_time_us": oldest, "newest_time_us": self.ring.newest_time_us if held else None,
+                "oldest_seq": oldest_seq, "newest_seq": self._newest_seq() if held else None}
+
+    def _newest_seq(self) -> int:
+        """The ring's newest event's (a worker's ring runs ahead of its log view), else the log's."""
+        held = len(self.ring)
+        return max(self.ring.seq_at(held - 1) if held else 0, self.event_log.newest_seq())
 
     def _subscribe(self, raw_query: bytes, headers, peer_ip: str):
         try:

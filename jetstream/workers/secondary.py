@@ -30,6 +30,7 @@ from jetstream.log.store import (
     META_INDEX_FROM,
     META_INSTANCE_ID,
     META_RELAY_CURSOR,
+    META_SEQ,
     OUR_COLUMN_FAMILIES,
     EventLog,
     LogError,
@@ -89,9 +90,14 @@ class SecondaryEventLog(EventLog):
     def _start_index(self, index_from: int) -> None:
         self._index_from = index_from  # the primary records it; a reader only needs the value
 
+    def _upgrade_to_seq(self) -> None:
+        # The primary upgrades a format 1 log when it opens it, before any worker starts.
+        raise LogError(f"event log at {self.path} is not upgraded to format 2 yet (the main process does that)")
+
     def _refresh_meta(self) -> None:
         self._relay_cursor = self._read_meta_int(META_RELAY_CURSOR, _SIGNED)
         self._hwm = self._read_meta_int(META_HWM, _UNSIGNED) or 0
+        self._newest_seq = self._read_meta_int(META_SEQ, _UNSIGNED) or 0
         index_from = self._read_meta_int(META_INDEX_FROM, _UNSIGNED)
         self._index_from = index_from if index_from is not None else self._hwm + 1
         self._gaps = self._read_gaps()  # the primary's TTL trim forgets expired ones
@@ -205,6 +211,6 @@ class RingFeeder:
                           json_row.time_us, zstd_row.time_us)
                 break
             ring.append(Event(json_row.time_us, json_row.did, json_row.kind, json_row.collection,
-                              json_row.payload, zstd_row.payload))
+                              json_row.payload, zstd_row.payload, json_row.seq))
             appended += 1
         return appended

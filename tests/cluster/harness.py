@@ -149,6 +149,12 @@ def read_log(data_dir: Path) -> list[tuple[int, bytes]]:
         return [(row.time_us, bytes(row.payload)) for row in event_log.read_after(0, 10_000_000, compressed=False)]
 
 
+def read_seqs(data_dir: Path) -> list[tuple[int, int]]:
+    """(seq, time_us) of every event in a stopped node's log, ascending."""
+    with EventLog(str(data_dir), create=False) as event_log:
+        return [(row.seq, row.time_us) for row in event_log.read_after(0, 10_000_000, compressed=False)]
+
+
 class CuttableProxy:
     """TCP proxies to NATS servers, in a thread of their own, that a test can cut at once.
 

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from tests.cluster.harness import ClusterRig, CuttableProxy, read_log, wait_for
+from tests.cluster.harness import ClusterRig, CuttableProxy, read_log, read_seqs, wait_for
 from tests.synthetic_expected import expected_lines
 from tests.wsclient import connect
 
@@ -177,6 +177,11 @@ def test_killing_the_leader_hands_ingest_to_another_node_losing_and_doubling_not
         check_log_is_the_relay_exactly_once(rows, cursor)
     shortest = min(len(rows) for rows, _ in logs.values())
     assert logs["a"][0][:shortest] == logs["b"][0][:shortest] == logs["c"][0][:shortest], "identical logs"
+    seqs = {node.name: read_seqs(node.data_dir) for node in (a, b, c)}
+    for name, pairs in seqs.items():
+        assert [seq for seq, _ in pairs] == list(range(1, len(pairs) + 1)), f"{name}: seq 1..N across the failover"
+    assert seqs["a"][:shortest] == seqs["b"][:shortest] == seqs["c"][:shortest], "the same seq for the same event"
+    assert seqs["b"] == seqs["c"] and len(seqs["b"]) > len(seqs["a"]), "the new leader numbered on from the old"
 
 
 def test_killing_one_nats_server_stops_neither_ingest_nor_serving(rig):

@@ -539,3 +539,29 @@ def test_sync_events_are_scanned_past_but_returned_only_with_include_sync(twin):
     # a batch of only sync events, hidden: nothing sent, the position still reaches them
     assert ring.read_after(10, None, True, 100, 1 << 20) == ([b"z2", b"z4"], 14)
     assert ring.read_after(10, None, False, 1, 1 << 20) == ([b"e2"], 12)
+
+
+# ---- seq per entry ---------------------------------------------------------------------
+
+@given(st.lists(st.integers(1, 50), min_size=1, max_size=60), st.integers(1, 20))
+@settings(max_examples=50, deadline=None)
+def test_property_both_twins_hold_each_events_seq_in_lockstep_through_eviction(steps, capacity):
+    """seq_at and event_at(...).seq give the appended Event's seq in both twins, as entries are evicted."""
+    if TWINS["cython"][0] is None:
+        pytest.skip("Cython core not built")
+    rings = [TWINS[name][0](capacity) for name in ("py", "cython")]
+    times = list(accumulate(steps))
+    for index, time_us in enumerate(times):
+        event = make_event(time_us)._replace(seq=1000 + index)
+        for ring in rings:
+            ring.append(event)
+        held = [[ring.seq_at(i) for i in range(len(ring))] for ring in rings]
+        assert held[0] == held[1] == list(range(1000 + index + 1 - len(rings[0]), 1000 + index + 1))
+        assert [ring.event_at(len(ring) - 1) for ring in rings] == [event, event]
+
+
+def test_an_event_appended_without_seq_reads_back_seq_0(twin):
+    LiveRing = twin[0]
+    ring = LiveRing(4)
+    ring.append(tuple(make_event(5))[:6] if LiveRing is not py_ring.LiveRing else make_event(5))
+    assert ring.seq_at(0) == 0

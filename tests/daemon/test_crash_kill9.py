@@ -5,7 +5,7 @@ as its own `jetstream serve` process and is killed with SIGKILL at 20 random mom
 after it has connected, restarting each time from its RocksDB log. Afterwards the log must
 hold, in relay order, exactly the events of every relay frame up to the stored cursor (each
 op once, byte-identical apart from time_us), with time_us strictly increasing across all
-the restarts. The expected events are derived independently by decoding the relay's frames.
+the restarts and seq 1..N with no gap or repeat. The expected events are derived independently by decoding the relay's frames.
 """
 from __future__ import annotations
 
@@ -117,6 +117,7 @@ def test_kill9_at_random_moments_loses_and_duplicates_nothing(tmp_path):
     final_cursor = stored_cursor(data_dir)
     with EventLog(str(data_dir), create=False) as event_log:
         rows = event_log.read_after(0, 10_000_000, compressed=False)
+        newest_seq = event_log.newest_seq()
     print(f"kill9: seed={seed} kills={KILLS} final_cursor={final_cursor} events={len(rows)} cursors={cursors}")
 
     assert final_cursor is not None and final_cursor > 1000, "the daemon made real progress"
@@ -124,6 +125,8 @@ def test_kill9_at_random_moments_loses_and_duplicates_nothing(tmp_path):
         "most lives wrote something before being killed"
     times = [row.time_us for row in rows]
     assert times == sorted(set(times)), "time_us strictly increases across restarts"
+    assert [row.seq for row in rows] == list(range(1, len(rows) + 1)), "seq 1..N: no gap, no repeat across kill -9"
+    assert newest_seq == len(rows)
     assert all(int(TIME_US.search(row.payload).group(1)) == row.time_us for row in rows)
     got = [TIME_US.sub(b'"time_us":0', row.payload, count=1) for row in rows]
     expected = expected_lines(SEED, DIDS, final_cursor)

@@ -178,6 +178,7 @@ async def test_kill9_under_ingest_replay_and_live_load_loses_and_duplicates_noth
     assert final_cursor > ROUNDS * 100, "the daemon made real progress"
     got = [TIME_US.sub(b'"time_us":0', row.payload, count=1) for row in rows]
     assert got == expected_lines(SEED, DIDS, final_cursor), "every op of every frame up to the cursor, exactly once, in order"
+    assert [row.seq for row in rows] == list(range(1, len(rows) + 1)), "seq 1..N: no gap, no repeat across kill -9"
     for client in clients:
         assert client.connections >= ROUNDS // 2, "the client really lived through the crashes"
         assert client.received, "the client received events"

@@ -95,12 +95,14 @@ def test_sequencer_started_from_a_reopened_log_appends_after_the_clock_went_back
         event_log.append(Sequencer(event_log.hwm(), scripted_clock(range(5_000, 6_000))).sequence(pending[:50], compressor), 1)
     with EventLog(path) as event_log:
         # The wall clock now reads far less than before the restart.
-        sequencer = Sequencer(event_log.hwm(), scripted_clock(range(10, 1_000)))
+        sequencer = Sequencer(event_log.hwm(), scripted_clock(range(10, 1_000)), last_seq=event_log.newest_seq())
         events: list[Event] = sequencer.sequence(pending[50:], compressor)
         event_log.append(events, 2)  # would raise LogError if time_us went back
-        times = [row.time_us for row in event_log.read_after(-1, 1000, compressed=False)]
+        rows = event_log.read_after(-1, 1000, compressed=False)
+        times = [row.time_us for row in rows]
     assert len(times) == len(pending)
     assert times == sorted(set(times))
+    assert [row.seq for row in rows] == list(range(1, len(pending) + 1)), "seq continues across the restart"
 
 
 def test_default_clock_is_wall_clock_microseconds():
@@ -115,3 +117,13 @@ def test_default_clock_is_wall_clock_microseconds():
 @pytest.mark.parametrize("hwm", [0, 1_783_175_888_085_434])
 def test_last_time_us_starts_at_the_hwm(hwm):
     assert Sequencer(hwm).last_time_us == hwm
+
+
+def test_sequencer_numbers_events_after_its_last_seq_and_rewinds_when_told():
+    pending = [pending_from_v1_line(b'{"did":"did:plc:a","time_us":1,"kind":"identity","identity":{}}')] * 3
+    sequencer = Sequencer(0, scripted_clock(range(100, 200)), last_seq=41)
+    assert [event.seq for event in sequencer.sequence(pending, EventCompressor())] == [42, 43, 44]
+    sequencer.rewind_seq(42)  # the batch 43..44 was not stored: its seqs are handed out again
+    assert [event.seq for event in sequencer.sequence(pending, EventCompressor())] == [43, 44, 45]
+    sequencer.resume_seq(10)  # never backwards
+    assert sequencer.last_seq == 45

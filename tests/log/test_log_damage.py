@@ -30,13 +30,13 @@ def test_inspect_refuses_a_log_of_a_newer_format_with_one_line_and_exit_1(tmp_pa
                 if name != "default"}
     db = Rdict(data_dir, Options(raw_mode=True), column_families=families)
     batch = WriteBatch(raw_mode=True)
-    batch.put(META_FORMAT_VERSION, b"2", db.get_column_family_handle(CF_META))
+    batch.put(META_FORMAT_VERSION, b"3", db.get_column_family_handle(CF_META))
     db.write(batch)
     db.close()
     result = subprocess.run([sys.executable, "-m", "jetstream.cli", "inspect", data_dir],
                             capture_output=True, timeout=60)
     assert result.returncode == 1 and result.stdout == b""
-    assert b"format version 2" in result.stderr and b"cannot read it" in result.stderr, result.stderr
+    assert b"format version 3" in result.stderr and b"cannot read it" in result.stderr, result.stderr
 
 
 def test_repair_of_a_sound_log_changes_nothing_and_records_no_gap(tmp_path):

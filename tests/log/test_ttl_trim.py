@@ -38,6 +38,10 @@ def make_events(lines: list[bytes], count: int, base_us: int) -> list[Event]:
     return events
 
 
+def ring_floor_at_read(ring) -> int:
+    return ring.time_us_at(0) - 1 if len(ring) else ring.floor_time_us
+
+
 def test_default_trim_interval_is_a_tenth_of_the_ttl_within_bounds():
     assert trim_interval_s(24 * 3600) == 60.0
     assert trim_interval_s(100) == 10.0
@@ -108,7 +112,10 @@ async def test_daemon_with_a_two_second_ttl_forgets_old_events_in_log_ring_and_r
         _, replayer = await connect(f"ws://127.0.0.1:{daemon.port}/subscribe?cursor=1")
         replayed_first = json.loads((await replayer.wait_for_count(1, timeout=10))[0])["time_us"]
         oldest_in_log = daemon.event_log.oldest_time_us()
+        oldest_seq, newest_seq = daemon.event_log.oldest_seq(), daemon.event_log.newest_seq()
         ring = daemon.server.ring
+        ring_seqs = [ring.seq_at(index) for index in range(len(ring))]
+        logged_seqs = [row.seq for row in daemon.event_log.read_after(ring_floor_at_read(ring), len(ring), False)]
         oldest_in_ring = ring.time_us_at(0) if len(ring) else None
         ring_floor, ring_newest = ring.floor_time_us, ring.newest_time_us
     finally:
@@ -123,6 +130,8 @@ async def test_daemon_with_a_two_second_ttl_forgets_old_events_in_log_ring_and_r
     assert oldest_in_log is not None and oldest_in_log >= bound_us
     assert ring_floor >= first, "the TTL pass moved the ring's floor past the first event"
     assert oldest_in_ring is None or oldest_in_ring >= bound_us
+    assert oldest_seq is not None and 1 < oldest_seq <= newest_seq, "the trim raised oldest_seq"
+    assert ring_seqs == logged_seqs, "the ring holds each event's logged seq"
     assert ring_newest >= replayed_first
 
 

@@ -83,6 +83,7 @@ async def test_instance_id_is_in_healthz_and_the_101_and_survives_a_restart(tmp_
         times = [json.loads(line)["time_us"] for line in stored_lines(running.daemon.event_log)]
         assert (health["oldest_time_us"], health["newest_time_us"]) == (times[0], times[-1])
         assert len(times) == len(expected_v1_lines)
+        assert (health["oldest_seq"], health["newest_seq"]) == (1, len(times))
         transport, _ = await connect(f"ws://127.0.0.1:{running.port}/subscribe")
         assert transport.response.headers[INSTANCE_HEADER] == instance
         transport.disconnect()
@@ -90,6 +91,7 @@ async def test_instance_id_is_in_healthz_and_the_101_and_survives_a_restart(tmp_
         _, health = await restarted.get_json("/healthz")
         assert health["instance"] == instance
         assert (health["oldest_time_us"], health["newest_time_us"]) == (times[0], times[-1])
+        assert (health["oldest_seq"], health["newest_seq"]) == (1, len(times)), "recovered from the log"
         transport, _ = await connect(f"ws://127.0.0.1:{restarted.port}/subscribe")
         assert transport.response.headers[INSTANCE_HEADER] == instance
         transport.disconnect()
@@ -97,6 +99,7 @@ async def test_instance_id_is_in_healthz_and_the_101_and_survives_a_restart(tmp_
         _, health = await other.get_json("/healthz")
         assert health["instance"] != instance and len(health["instance"]) == 32
         assert (health["oldest_time_us"], health["newest_time_us"]) == (None, None)  # nothing stored yet
+        assert (health["oldest_seq"], health["newest_seq"]) == (None, None)
 
 
 async def test_ingest_collections_stores_exactly_the_posts_plus_identity_and_account(tmp_path, corpus_dir, corpus_frames,

@@ -16,7 +16,7 @@ BASE_US = 1_700_000_000_000_000
 
 def events(first: int, count: int) -> list[Event]:
     return [Event(BASE_US + i, f"did:plc:{i % 7}", 0, f"app.bsky.feed.{'post' if i % 2 else 'like'}",
-                  b'{"time_us":%d,"n":"%s"}' % (BASE_US + i, b"x" * (i % 50)), b"zstd-%d" % i)
+                  b'{"time_us":%d,"n":"%s"}' % (BASE_US + i, b"x" * (i % 50)), b"zstd-%d" % i, i)
             for i in range(first, first + count)]
 
 
@@ -82,8 +82,8 @@ def test_the_feed_appends_exactly_the_logged_events_above_the_floor_in_order(log
     ring = LiveRing(10_000, floor_time_us=secondary.hwm())  # as a worker starts: floor at the high-water mark
     woken = []
     feeder = RingFeeder(secondary, ring, lambda: woken.append(ring.newest_time_us))
-    for first in (31, 131, 5131):
-        primary.append(events(first, 100 if first < 5000 else 7000), relay_cursor=first)
+    for first in (31, 131, 231):
+        primary.append(events(first, 100 if first < 200 else 7000), relay_cursor=first)
         feeder.wake(primary.hwm())
     assert ring.floor_time_us == BASE_US + 30
     held = list(ring)
@@ -93,7 +93,8 @@ def test_the_feed_appends_exactly_the_logged_events_above_the_floor_in_order(log
     assert [event.zstd for event in held] == [row.payload for row in primary.read_after(BASE_US + 30, 100_000, True)]
     assert [(event.did, event.kind, event.collection) for event in held] == \
         [(row.did, row.kind, row.collection) for row in logged]
-    assert woken == [BASE_US + 130, BASE_US + 230, BASE_US + 12130], "one wake-up of the readers per catch-up"
+    assert woken == [BASE_US + 130, BASE_US + 230, BASE_US + 7230], "one wake-up of the readers per catch-up"
+    assert [event.seq for event in held] == [row.seq for row in logged], "each ring entry carries its logged seq"
 
 
 def test_a_wake_up_the_ring_already_covers_costs_no_catch_up(logs):
