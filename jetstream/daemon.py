@@ -48,6 +48,9 @@ SHUTDOWN_TIMEOUT_S = 15.0
 # How often a paused ingest checks whether the log takes writes again (disk full).
 LOG_RECOVERY_INTERVAL_S = 1.0
 LOG_RECOVERY_MIN_FREE_BYTES = 1 << 20
+# While the log is upgraded at open: how much more start-up time to ask systemd for after each chunk.
+UPGRADE_EXTEND_USEC = 60_000_000
+UPGRADE_LOG_EVERY_S = 10.0
 # How often the relay's progress is judged against --relay-stall-threshold (and the lag gauge set).
 RELAY_WATCH_INTERVAL_S = 1.0
 
@@ -134,6 +137,22 @@ def relay_lag_s(pipeline) -> float | None:
     return held if lag is None else max(lag, held)
 
 
+class UpgradeProgress:
+    """A log format upgrade at open (jetstream/log/store.py) can take minutes on a large log: tell
+    systemd it is still starting (EXTEND_TIMEOUT_USEC, so TimeoutStartSec does not kill it) and
+    log how far it got every UPGRADE_LOG_EVERY_S."""
+
+    def __init__(self) -> None:
+        self._last_log = time.monotonic()
+
+    def __call__(self, rows: int) -> None:
+        sd_notify(f"EXTEND_TIMEOUT_USEC={UPGRADE_EXTEND_USEC}\nSTATUS=upgrading the event log: {rows} rows")
+        now = time.monotonic()
+        if now - self._last_log >= UPGRADE_LOG_EVERY_S:
+            self._last_log = now
+            log.info("event=log_upgrade_progress rows=%d", rows)
+
+
 class Daemon:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -161,7 +180,7 @@ class Daemon:
     async def start(self, *, connect_relay: bool = True) -> None:
         """Open the log, bind the listeners, then (unless told not to) connect the relay."""
         cfg = self.cfg
-        self.event_log = EventLog(cfg.data_dir, fsync=cfg.fsync)
+        self.event_log = EventLog(cfg.data_dir, fsync=cfg.fsync, on_upgrade_progress=UpgradeProgress())
         refuse_single_node_log_in_cluster(cfg, self.event_log)
         hwm = self.event_log.hwm()
         ring = LiveRing(cfg.ring_capacity, floor_time_us=hwm)

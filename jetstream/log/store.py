@@ -230,8 +230,12 @@ class EventLog:
     with appends in the same thread (the asyncio loop).
     """
 
-    def __init__(self, path: str, *, fsync: bool = False, create: bool = True, upgrade: bool = True) -> None:
+    def __init__(self, path: str, *, fsync: bool = False, create: bool = True, upgrade: bool = True,
+                 on_upgrade_progress=None) -> None:
         self.path = str(path)
+        # (rows upgraded so far) -> None after each upgrade chunk: the daemon tells systemd it is
+        # still starting (EXTEND_TIMEOUT_USEC) and logs progress, so a long upgrade is not killed.
+        self._on_upgrade_progress = on_upgrade_progress
         self.values_read = 0  # event rows read by read_after / read_matching_after (for measurements)
         # False: open a format 1 log as it is (jetstream repair works on either layout); its
         # rows cannot be replayed (decode_rows refuses them) until a normal open upgrades it.
@@ -371,6 +375,8 @@ class EventLog:
             seq = self._upgrade_chunk(keys, values, seq)
             start = decode_key(keys[-1]) + 1
             upgraded += len(keys)
+            if self._on_upgrade_progress is not None:
+                self._on_upgrade_progress(upgraded)
         batch = WriteBatch(raw_mode=True)
         batch.put(META_SEQ, _UNSIGNED.pack(seq), self._meta_handle)
         batch.put(META_FORMAT_VERSION, b"%d" % FORMAT_VERSION, self._meta_handle)

@@ -23,7 +23,7 @@ import sys
 
 from jetstream.compression import EventCompressor
 from jetstream.config import Config, parse_listen_addr
-from jetstream.daemon import Daemon, freeze_long_lived_objects, sd_notify
+from jetstream.daemon import Daemon, UpgradeProgress, freeze_long_lived_objects, sd_notify
 from jetstream.dictionary import active_dictionary
 from jetstream.log.store import EventLog
 from jetstream.log.ttl import TtlTrimmer, trim_interval_s
@@ -301,7 +301,7 @@ class WorkersDaemon(Daemon):
 
     async def start(self, *, connect_relay: bool = True) -> None:
         cfg = self.cfg
-        self.event_log = EventLog(cfg.data_dir, fsync=cfg.fsync)
+        self.event_log = EventLog(cfg.data_dir, fsync=cfg.fsync, on_upgrade_progress=UpgradeProgress())
         refuse_single_node_log_in_cluster(cfg, self.event_log)
         hwm = self.event_log.hwm()
         self.tail = PublishedTail(hwm)

@@ -247,3 +247,34 @@ def test_inspect_reads_a_format_1_log_and_shows_seqs_after_the_upgrade(tmp_path)
     after = json.loads(subprocess.run([sys.executable, "-m", "jetstream.cli", "inspect", "--json", path],
                                       capture_output=True, timeout=120).stdout)
     assert after["format"].endswith("v2") and (after["oldest_seq"], after["newest_seq"]) == (1, 50)
+
+
+def test_a_long_upgrade_asks_systemd_for_more_start_up_time_after_each_chunk(tmp_path, monkeypatch):
+    """TimeoutStartSec must not kill an upgrade that is making progress: each chunk sends
+    EXTEND_TIMEOUT_USEC (and a STATUS) over $NOTIFY_SOCKET, as the daemon opens the log."""
+    import socket
+
+    from jetstream.daemon import UpgradeProgress
+
+    path = str(tmp_path / "log")
+    make_format_1_log(path, spaced_times(350, seed=7))
+    notify_path = str(tmp_path / "notify.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(notify_path)
+    listener.settimeout(0)
+    monkeypatch.setenv("NOTIFY_SOCKET", notify_path)
+    monkeypatch.setattr("jetstream.log.store.SEQ_UPGRADE_CHUNK", 100)
+    try:
+        with EventLog(path, on_upgrade_progress=UpgradeProgress()) as event_log:
+            assert event_log.newest_seq() == 350
+        datagrams = []
+        while True:
+            try:
+                datagrams.append(listener.recv(4096).decode())
+            except BlockingIOError:
+                break
+    finally:
+        listener.close()
+    assert len(datagrams) == 4, datagrams  # chunks of 100, 100, 100, 50
+    assert all(d.startswith("EXTEND_TIMEOUT_USEC=") for d in datagrams)
+    assert datagrams[-1].endswith("STATUS=upgrading the event log: 350 rows")
