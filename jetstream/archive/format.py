@@ -420,7 +420,8 @@ def encode_collection_index(index: CollectionIndex, compressor: zstandard.ZstdCo
             mask[i >> 3] |= 1 << (i & 7)
         parts.append(bytes(mask))
     body = b"".join(parts)
-    return _COLLECTION_INDEX_HEADER.pack(count, len(index.block_ids), bitmask_len, len(body)) + compressor.compress(body)
+    header = _COLLECTION_INDEX_HEADER.pack(count, len(index.block_ids), bitmask_len, len(body))
+    return header + compressor.compress(body)
 
 
 def decode_collection_index(buf: bytes) -> CollectionIndex:

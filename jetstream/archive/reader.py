@@ -24,6 +24,7 @@ from jetstream.archive.format import (
     FRAME_PREFIX_SIZE,
     HEADER_SIZE,
     MAX_BLOCK_COUNT,
+    MAX_DECODED_BYTES,
     SENTINEL_BY_KIND,
     BlockInfo,
     BlockOutOfRange,
@@ -52,7 +53,10 @@ class _FileSource:
         self.size = os.fstat(self._fd).st_size
 
     def pread(self, offset: int, size: int) -> bytes:
-        data = os.pread(self._fd, size, offset)
+        try:
+            data = os.pread(self._fd, size, offset)
+        except OSError as exc:
+            raise SegmentError(f"read of {size} bytes at offset {offset} failed: {exc}") from exc
         if len(data) != size:
             raise CorruptSegment(f"short read: {len(data)} of {size} bytes at offset {offset}")
         return data
@@ -134,7 +138,8 @@ class SegmentReader:
             self._source.pread(header.block_did_bloom_offset, BLOOM_REGION_HEADER_SIZE))
         if count != header.block_count:
             raise InvalidFooter(f"bloom region has {count} blooms, header says {header.block_count} blocks")
-        if BLOOM_REGION_HEADER_SIZE + count * bloom_size != header.collection_index_offset - header.block_did_bloom_offset:
+        region = header.collection_index_offset - header.block_did_bloom_offset
+        if BLOOM_REGION_HEADER_SIZE + count * bloom_size != region:
             raise InvalidFooter("per-block bloom region does not fill its space in the footer")
         if verify_checksum:
             footer = self._source.pread(header.footer_offset, size - header.footer_offset)
@@ -172,7 +177,7 @@ class SegmentReader:
 
     def read_block_body(self, index: int) -> bytes:
         info = self._block_info(index)
-        body = decompress_frame(self.read_block_frame(index), limit=info.uncompressed_size)
+        body = decompress_frame(self.read_block_frame(index), limit=min(info.uncompressed_size, MAX_DECODED_BYTES))
         if len(body) != info.uncompressed_size:
             raise CorruptSegment(f"block {index} decompressed to {len(body)} bytes, index says "
                                  f"{info.uncompressed_size}")

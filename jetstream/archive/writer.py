@@ -71,8 +71,11 @@ class SegmentWriter:
         self.path_tmp = path_tmp
         self.first_seq = first_seq
         self._compressor = new_compressor(self.options.zstd_level)
-        self._file = open(path_tmp, "xb")  # noqa: SIM115 -- held open until seal/abort
-        self._file.write(active_header())
+        # Unbuffered: each cut block reaches the page cache at once, so the active file on disk
+        # is always whole blocks (what v2 calls an active segment). fsync waits for seal().
+        self._file = open(path_tmp, "xb", buffering=0)  # noqa: SIM115 -- held open until seal/abort
+        self._broken: Exception | None = None
+        self._write(active_header())
         self._offset = len(active_header())
         self._closed = False
         self._last_seq = first_seq - 1
@@ -173,8 +176,7 @@ class SegmentWriter:
         frame = self._compressor.compress(body)
         info = BlockInfo(self._offset, len(frame), len(body), n, self._seqs[0], self._seqs[-1],
                          self._pending_min_witnessed, self._pending_max_witnessed)
-        self._file.write(encode_u64(len(frame)))
-        self._file.write(frame)
+        self._write(encode_u64(len(frame)) + frame)
         self._offset += 8 + len(frame)
         self._blocks.append(info)
         self._event_count += n
@@ -197,20 +199,23 @@ class SegmentWriter:
         footer, header = self._build_footer()
         unsigned = encode_header(header)
         header = header._replace(checksum=header_checksum(unsigned, footer))
-        self._file.write(footer)
-        self._file.flush()
-        if self.options.fsync:
-            os.fsync(self._file.fileno())
-        self._file.seek(0)
-        self._file.write(encode_header(header))
-        self._file.flush()
-        if self.options.fsync:
-            os.fsync(self._file.fileno())
-        self._file.close()
-        self._closed = True
-        os.replace(self.path_tmp, final_path)
-        if self.options.fsync:
-            _fsync_dir(os.path.dirname(os.path.abspath(final_path)))
+        self._write(footer)
+        try:
+            # Footer durable before the header names it; the header is the seal (v2 seal.go).
+            if self.options.fsync:
+                os.fsync(self._file.fileno())
+            self._file.seek(0)
+            self._write(encode_header(header))
+            if self.options.fsync:
+                os.fsync(self._file.fileno())
+            self._file.close()
+            self._closed = True
+            os.replace(self.path_tmp, final_path)
+            if self.options.fsync:
+                _fsync_dir(os.path.dirname(os.path.abspath(final_path)))
+        except OSError as exc:
+            self._broken = exc
+            raise
         return SealResult(final_path, header, self._offset + len(footer))
 
     def abort(self) -> None:
@@ -218,7 +223,10 @@ class SegmentWriter:
         if self._closed:
             return
         self._closed = True
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:
+            pass
         try:
             os.unlink(self.path_tmp)
         except FileNotFoundError:
@@ -235,6 +243,19 @@ class SegmentWriter:
     def _check_open(self) -> None:
         if self._closed:
             raise SegmentError("segment writer is closed")
+        if self._broken is not None:
+            # A failed write may have left a torn block: the file can only be aborted and
+            # rebuilt from the log, never appended to again.
+            raise SegmentError(f"segment writer failed earlier: {self._broken}")
+
+    def _write(self, data: bytes) -> None:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[self._file.write(view):]
+        except OSError as exc:
+            self._broken = exc
+            raise
 
     def _reset_pending(self) -> None:
         self._seqs: list[int] = []
