@@ -2,7 +2,7 @@
 
 Owns: sizing (`gloom.New(expected_items, fp_rate)`), insertion and lookup (`AddString`,
 `TestString`) and the `MarshalBinary` / `UnmarshalBinary` layout, which v2 writes into segment
-footers verbatim (v2 docs/README.md §3.1.3: a gloom serialization change is a segment format
+footers verbatim (v2 docs/README.md section 3.1.3: a gloom serialization change is a segment format
 change). It must never do I/O.
 
 gloom is a cache-line blocked, one-hashing filter: 512-bit blocks, each split into k partitions of
@@ -171,15 +171,20 @@ class Bloom:
         return cls(*optimal_params(expected_items, fp_rate))
 
     def add(self, key: str) -> None:
-        h = _hash128(key.encode())
-        base = (((h >> 64) * self.num_blocks) >> 64) * BLOCK_BITS
-        low = h & _U64_MASK
-        low = (low ^ (low >> 32)) & 0xFFFFFFFF
-        bits = self.bits
-        for offset, size in self._probes:
-            pos = base + offset + low % size
-            bits[pos >> 3] |= 1 << (pos & 7)
-        self.count += 1
+        self.add_hashes((key_hash(key),))
+
+    def add_hashes(self, hashes) -> None:
+        """Add keys by their key_hash() (the writer hashes each DID once for both of its blooms)."""
+        num_blocks, bits, probes, added = self.num_blocks, self.bits, self._probes, 0
+        for h in hashes:
+            base = (((h >> 64) * num_blocks) >> 64) * BLOCK_BITS
+            low = h & _U64_MASK
+            low = (low ^ (low >> 32)) & 0xFFFFFFFF
+            for offset, size in probes:
+                pos = base + offset + low % size
+                bits[pos >> 3] |= 1 << (pos & 7)
+            added += 1
+        self.count += added
 
     def might_contain(self, key: str) -> bool:
         h = _hash128(key.encode())
@@ -219,10 +224,18 @@ class Bloom:
         return cls(num_blocks, k, count, bytearray(data[HEADER_SIZE:want - CHECKSUM_SIZE]))
 
 
+def key_hash(key: str) -> int:
+    """The xxh3-128 of a key's UTF-8, the one hash gloom derives every probe from."""
+    return _hash128(key.encode())
+
+
 def build(keys, capacity: int | None = None, fp_rate: float = DID_FP_RATE) -> Bloom:
     """A filter sized for `capacity` (default: len(keys)) holding each of `keys` once."""
-    keys = list(keys)
-    bloom = Bloom.for_items(len(keys) if capacity is None else capacity, fp_rate)
-    for key in keys:
-        bloom.add(key)
+    return build_from_hashes([key_hash(key) for key in keys], capacity, fp_rate)
+
+
+def build_from_hashes(hashes, capacity: int | None = None, fp_rate: float = DID_FP_RATE) -> Bloom:
+    hashes = list(hashes)
+    bloom = Bloom.for_items(len(hashes) if capacity is None else capacity, fp_rate)
+    bloom.add_hashes(hashes)
     return bloom

@@ -6,7 +6,7 @@ block index entries, the per-block bloom region header and the collection index.
 segment file name (`seg_<10 base36 digits>.jss`).
 It must never open a file or keep state: writer.py and reader.py own the I/O.
 
-Layout (all integers little-endian; v2 docs/README.md §3.1–§3.2, segment/*.go):
+Layout (all integers little-endian; v2 docs/README.md sections 3.1 and 3.2, segment/*.go):
 
     header (256 bytes): "jss0" | u64 checksum | u16 version | u32 block_count | u32 event_count
         | u32 unique_did_count | u64 min_seq | u64 max_seq | i64 min_witnessed_at
@@ -86,6 +86,8 @@ _U64 = struct.Struct("<Q")
 _BLOOM_REGION_HEADER = struct.Struct("<II")
 _COLLECTION_INDEX_HEADER = struct.Struct("<IIII")
 _FIXED_PER_EVENT = 8 + 8 + 8 + 1 + 1 + 2 + 1 + 1 + 4
+_U64_LIMIT = 1 << 64
+_I64_MIN, _I64_LIMIT = -(1 << 63), 1 << 63
 
 
 class SegmentError(Exception):
@@ -232,11 +234,12 @@ def header_checksum(header_bytes: bytes, footer_bytes: bytes) -> int:
 
 # -- blocks ------------------------------------------------------------------------------------
 
-def validate_event(ev: SegmentEvent) -> tuple[bytes, bytes, bytes, bytes]:
+def validate_event(ev) -> tuple[bytes, bytes, bytes, bytes]:
     """The encoded (did, collection, rkey, rev) of an event that fits the columns, else InvalidEvent."""
-    if ev.kind not in KIND_NAMES:
-        raise InvalidEvent(f"kind {ev.kind} is not one of {sorted(KIND_NAMES)}")
-    did, collection, rkey, rev = ev.did.encode(), ev.collection.encode(), ev.rkey.encode(), ev.rev.encode()
+    seq, witnessed_at, indexed_at, kind, did, collection, rkey, rev, payload = ev
+    if kind not in KIND_NAMES:
+        raise InvalidEvent(f"kind {kind} is not one of {sorted(KIND_NAMES)}")
+    did, collection, rkey, rev = did.encode(), collection.encode(), rkey.encode(), rev.encode()
     if len(did) > MAX_DID_BYTES:
         raise InvalidEvent(f"did is {len(did)} bytes (max {MAX_DID_BYTES})")
     if len(collection) > MAX_COLLECTION_BYTES:
@@ -245,13 +248,12 @@ def validate_event(ev: SegmentEvent) -> tuple[bytes, bytes, bytes, bytes]:
         raise InvalidEvent(f"rkey is {len(rkey)} bytes (max {MAX_RKEY_BYTES})")
     if len(rev) > MAX_REV_BYTES:
         raise InvalidEvent(f"rev is {len(rev)} bytes (max {MAX_REV_BYTES})")
-    if len(ev.payload) > MAX_PAYLOAD_BYTES:
-        raise InvalidEvent(f"payload is {len(ev.payload)} bytes (max {MAX_PAYLOAD_BYTES})")
-    if not (0 <= ev.seq < 1 << 64):
-        raise InvalidEvent(f"seq {ev.seq} is not an unsigned 64-bit integer")
-    for name, value in (("witnessed_at", ev.witnessed_at), ("indexed_at", ev.indexed_at)):
-        if not (-(1 << 63) <= value < 1 << 63):
-            raise InvalidEvent(f"{name} {value} is not a signed 64-bit integer")
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise InvalidEvent(f"payload is {len(payload)} bytes (max {MAX_PAYLOAD_BYTES})")
+    if not 0 <= seq < _U64_LIMIT:
+        raise InvalidEvent(f"seq {seq} is not an unsigned 64-bit integer")
+    if not (_I64_MIN <= witnessed_at < _I64_LIMIT and _I64_MIN <= indexed_at < _I64_LIMIT):
+        raise InvalidEvent(f"witnessed_at {witnessed_at} or indexed_at {indexed_at} is not a signed 64-bit integer")
     return did, collection, rkey, rev
 
 

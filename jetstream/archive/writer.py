@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from jetstream.archive import bloom
+from jetstream.archive.bloom import key_hash
 from jetstream.archive.format import (
     DEFAULT_BLOCK_EVENTS,
     MAX_BLOCK_EVENTS,
@@ -83,8 +84,8 @@ class SegmentWriter:
         self._event_count = 0
         self._min_witnessed: int | None = None
         self._max_witnessed: int | None = None
-        self._segment_dids: set[str] = set()
-        self._block_dids_list: list[set[str]] = []
+        self._segment_dids: dict[str, int] = {}
+        self._block_dids_list: list[dict[str, int]] = []
         self._collection_ids: dict[str, int] = {}
         self._collection_counts: list[int] = []
         self._block_collection_ids: list[list[int]] = []
@@ -99,7 +100,7 @@ class SegmentWriter:
 
     @property
     def pending_events(self) -> int:
-        return len(self._seqs)
+        return len(self._pending)
 
     @property
     def pending_bytes(self) -> int:
@@ -108,7 +109,7 @@ class SegmentWriter:
 
     @property
     def event_count(self) -> int:
-        return self._event_count + len(self._seqs)
+        return self._event_count + len(self._pending)
 
     @property
     def block_count(self) -> int:
@@ -124,63 +125,53 @@ class SegmentWriter:
     def add(self, event: SegmentEvent) -> None:
         """Buffer one event; cuts the block when it reaches options.block_events.
 
-        InvalidEvent (nothing written) when the event does not fit the format or its seq is not
-        above the previous one. The caller counts and skips it, as v2 does.
+        `event` is a SegmentEvent or a tuple in its field order. InvalidEvent (nothing written)
+        when it does not fit the format or its seq is not above the previous one; the caller
+        counts and skips it, as v2 does.
         """
-        self._check_open()
-        if not isinstance(event, SegmentEvent):
-            event = SegmentEvent._make(event)
-        did, collection, rkey, rev = validate_event(event)
-        if event.seq <= self._last_seq:
-            raise InvalidEvent(f"seq {event.seq} is not above the previous seq {self._last_seq}")
-        self._last_seq = event.seq
-        self._seqs.append(event.seq)
-        witnessed = event.witnessed_at
-        self._witnessed.append(witnessed)
-        self._indexed.append(event.indexed_at)
-        self._kinds.append(event.kind)
-        self._dids.append(did)
-        self._collections.append(collection)
-        self._rkeys.append(rkey)
-        self._revs.append(rev)
-        payload = bytes(event.payload)
-        self._payloads.append(payload)
+        if self._closed or self._broken is not None:
+            self._check_open()
+        did_bytes, collection_bytes, rkey_bytes, rev_bytes = validate_event(event)
+        seq, witnessed, indexed, kind, did, collection, _, _, payload = event
+        if seq <= self._last_seq:
+            raise InvalidEvent(f"seq {seq} is not above the previous seq {self._last_seq}")
+        self._last_seq = seq
+        payload = bytes(payload)
+        self._pending.append((seq, witnessed, indexed, kind, did_bytes, collection_bytes, rkey_bytes, rev_bytes,
+                              payload))
         self._pending_payload_bytes += len(payload)
-        if self._pending_min_witnessed is None or witnessed < self._pending_min_witnessed:
-            self._pending_min_witnessed = witnessed
-        if self._pending_max_witnessed is None or witnessed > self._pending_max_witnessed:
-            self._pending_max_witnessed = witnessed
-        if event.did:
-            self._pending_dids.add(event.did)
+        dids = self._pending_dids
+        if did and did not in dids:
+            dids[did] = key_hash(did)
         # First-seen order across the segment = first-seen order within the first block that has
         # the name; the real collection is interned before the kind's sentinel (v2 seal.go).
         counts = self._pending_collections
-        if event.collection:
-            counts[event.collection] = counts.get(event.collection, 0) + 1
-        sentinel = SENTINEL_BY_KIND.get(event.kind)
+        if collection:
+            counts[collection] = counts.get(collection, 0) + 1
+        sentinel = SENTINEL_BY_KIND.get(kind)
         if sentinel is not None and sentinel not in counts:
             counts[sentinel] = 0
-        if len(self._seqs) >= self.options.block_events:
+        if len(self._pending) >= self.options.block_events:
             self.cut_block()
 
     def cut_block(self) -> BlockInfo | None:
         """Compress and write the pending block (the caller's time-based cut); None if empty."""
         self._check_open()
-        n = len(self._seqs)
+        n = len(self._pending)
         if n == 0:
             return None
-        body = encode_block_columns(self._seqs, self._witnessed, self._indexed, self._kinds, self._dids,
-                                    self._collections, self._rkeys, self._revs, self._payloads)
+        columns = list(zip(*self._pending))
+        body = encode_block_columns(*columns)
         if len(body) > MAX_DECODED_BYTES:
             raise SegmentError(f"block body is {len(body)} bytes, past the {MAX_DECODED_BYTES}-byte limit")
         frame = self._compressor.compress(body)
-        info = BlockInfo(self._offset, len(frame), len(body), n, self._seqs[0], self._seqs[-1],
-                         self._pending_min_witnessed, self._pending_max_witnessed)
+        seqs, witnessed = columns[0], columns[1]
+        info = BlockInfo(self._offset, len(frame), len(body), n, seqs[0], seqs[-1], min(witnessed), max(witnessed))
         self._write(encode_u64(len(frame)) + frame)
         self._offset += 8 + len(frame)
         self._blocks.append(info)
         self._event_count += n
-        self._fold_pending_metadata()
+        self._fold_pending_metadata(info)
         self._reset_pending()
         return info
 
@@ -258,27 +249,17 @@ class SegmentWriter:
             raise
 
     def _reset_pending(self) -> None:
-        self._seqs: list[int] = []
-        self._witnessed: list[int] = []
-        self._indexed: list[int] = []
-        self._kinds: list[int] = []
-        self._dids: list[bytes] = []
-        self._collections: list[bytes] = []
-        self._rkeys: list[bytes] = []
-        self._revs: list[bytes] = []
-        self._payloads: list[bytes] = []
+        self._pending: list[tuple] = []  # (seq, witnessed, indexed, kind, did, collection, rkey, rev, payload)
         self._pending_payload_bytes = 0
-        self._pending_min_witnessed: int | None = None
-        self._pending_max_witnessed: int | None = None
-        self._pending_dids: set[str] = set()
+        self._pending_dids: dict[str, int] = {}  # DID -> its bloom hash, computed once
         self._pending_collections: dict[str, int] = {}
 
-    def _fold_pending_metadata(self) -> None:
-        if self._min_witnessed is None or self._pending_min_witnessed < self._min_witnessed:
-            self._min_witnessed = self._pending_min_witnessed
-        if self._max_witnessed is None or self._pending_max_witnessed > self._max_witnessed:
-            self._max_witnessed = self._pending_max_witnessed
-        self._segment_dids |= self._pending_dids
+    def _fold_pending_metadata(self, info: BlockInfo) -> None:
+        if self._min_witnessed is None or info.min_witnessed_at < self._min_witnessed:
+            self._min_witnessed = info.min_witnessed_at
+        if self._max_witnessed is None or info.max_witnessed_at > self._max_witnessed:
+            self._max_witnessed = info.max_witnessed_at
+        self._segment_dids.update(self._pending_dids)
         self._block_dids_list.append(self._pending_dids)
         ids = self._collection_ids
         counts = self._collection_counts
@@ -295,11 +276,12 @@ class SegmentWriter:
     def _build_footer(self) -> tuple[bytes, Header]:
         """Block index | segment DID bloom | per-block DID blooms | collection index (v2 seal.go)."""
         block_index = encode_block_index(self._blocks)
-        segment_bloom = bloom.build(self._segment_dids).marshal()
+        segment_bloom = bloom.build_from_hashes(self._segment_dids.values()).marshal()
         # Every per-block bloom is sized for the largest block's distinct DIDs (at least 1), so
         # they share one size and the reader finds block i's by multiplication.
         capacity = max([1] + [len(d) for d in self._block_dids_list])
-        block_blooms = encode_bloom_region([bloom.build(d, capacity).marshal() for d in self._block_dids_list])
+        block_blooms = encode_bloom_region(
+            [bloom.build_from_hashes(d.values(), capacity).marshal() for d in self._block_dids_list])
         names = list(self._collection_ids)
         collection_index = encode_collection_index(
             CollectionIndex(names, self._collection_counts, self._block_collection_ids), self._compressor)
