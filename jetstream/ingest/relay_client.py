@@ -59,6 +59,12 @@ class _RelayListener(WSListener):
     def __init__(self, client: "RelayClient") -> None:
         self.client = client
 
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        # Frames can arrive (and the pipeline can ask to reconnect, e.g. after an error frame)
+        # before ws_connect's coroutine resumes: the transport must be known from this moment,
+        # or that reconnect finds no connection to drop and waits out the liveness TTL.
+        self.client._transport = transport
+
     def on_ws_frame(self, transport: WSTransport, frame) -> None:
         client = self.client
         client.last_frame_at = time.monotonic()

@@ -180,6 +180,31 @@ async def test_after_the_relay_closes_the_client_redials_from_the_cursor(corpus_
         await relay.close()
 
 
+async def test_a_reconnect_asked_for_by_the_first_frame_drops_that_connection_at_once(corpus_frames):
+    """The pipeline may ask to reconnect (an error frame) while the frames that arrived with the
+    handshake are handled, before ws_connect's coroutine resumes: the connection is dropped then,
+    with that reason, not left open until the liveness TTL (which is an hour here)."""
+    frames = renumbered(corpus_frames[:3], 300)
+    relay = await ScriptedRelay([frames]).start()
+    asked_before = counter("jetstream_relay_disconnects_total", reason="asked_by_first_frame")
+    client = None
+
+    def on_frame(frame: bytes) -> None:
+        if seq_of(frame) == 300:
+            client.reconnect("asked_by_first_frame")
+
+    client = RelayClient(relay.url, on_frame, lambda: None, liveness_ttl_s=3600,
+                         backoff_initial_s=0.01, backoff_max_s=0.05)
+    task = await run_client(client)
+    try:
+        await relay.wait_for_connections(2)
+        await wait_until(lambda: counter("jetstream_relay_disconnects_total",
+                                         reason="asked_by_first_frame") >= asked_before + 1, timeout=5)
+    finally:
+        await stop_client(client, task)
+        await relay.close()
+
+
 async def test_a_silent_relay_is_redialled_after_the_liveness_ttl_not_exited(corpus_frames):
     frames = renumbered(corpus_frames[:2], 500)
     relay = await ScriptedRelay([frames]).start()  # sends, then stays open and silent
