@@ -129,6 +129,12 @@ class FrontDoor(asyncio.Protocol):
                 self._stream = None
         elif body:
             transport.write(body)
+        if request.body_error is not None and transport.can_write_eof():
+            # The body was refused unread: closing now would reset the connection under a client still
+            # sending it, before it reads our answer. Half-close, discard what comes, close later.
+            transport.write_eof()
+            asyncio.get_running_loop().call_later(self._handshake_timeout_s, transport.close)
+            return
         transport.close()
 
     def _timed_out(self) -> None:
