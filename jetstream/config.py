@@ -312,6 +312,13 @@ SERVE_FLAGS: tuple[Flag, ...] = (
     Flag("stats-max-collections", 1000, int, "collections /stats/collections counts by name; later ones are summed under \"other\"", v1=False, check=at_least(0)),
     # Serving on every core (issue 13): worker processes behind one port (jetstream/workers/).
     Flag("workers", "1", parse_workers, "processes serving /subscribe on the listen port (SO_REUSEPORT, one client IP per worker); the main process ingests; 1 = one process; auto = one per core", v1=False, check=WORKERS),
+    # The sealed history archive (issue 24, jetstream/archive/): v2's planSnapshot, getSegment, getBlock, listSegments.
+    Flag("archive", True, parse_bool, "serve the sealed segments of --archive-dir over Jetstream v2's archive endpoints (planSnapshot, getSegment, getBlock, listSegments); false = those paths are unknown", v1=False),
+    Flag("archive-dir", "", str, "directory of sealed seg_<base36>.jss segments; empty = <data-dir>/archive", v1=False, check=Check("a directory path (empty = <data-dir>/archive)", lambda value: True)),
+    Flag("archive-api-key", "", str, "require `Authorization: Bearer <key>` on the archive endpoints (401 AuthRequired otherwise); empty = open, as v2", v1=False, check=Check("any text (empty = no key)", lambda value: True)),
+    Flag("plan-max-entries", 100_000, int, "work units (whole segments or block ranges) one planSnapshot page may hold, at least one; the client pages on with plannedThroughSeq (v2's flag and default); 0 = no limit", v1=False, check=at_least(0)),
+    Flag("archive-footer-cache-bytes", 256 << 20, int, "segment footers (block index, DID blooms, collection index) kept in memory for planSnapshot, least recently used evicted; a DID plan probes uncached segment blooms with one 64-byte read", v1=False, check=at_least(0)),
+    Flag("archive-max-body-bytes", 2 << 20, int, "largest planSnapshot request body read (413 TooLarge beyond; v2's 2 MB)", v1=False, check=at_least(1)),
 )
 
 RELAY_SIM_ENV_PREFIX = "RELAYSIM_"  # relay-sim's own variables, never the daemon's

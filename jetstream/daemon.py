@@ -22,6 +22,7 @@ import socket
 import time
 
 from jetstream import __version__, metrics
+from jetstream.archive.xrpc import archive_service
 from jetstream.compression import EventCompressor
 from jetstream.config import Config, parse_listen_addr
 from jetstream.dictionary import active_dictionary
@@ -189,6 +190,9 @@ class Daemon:
         settings = ServerSettings.from_config(cfg, zstd_dictionary=dictionary)
         self.server = SubscribeServer(self.event_log, ring, settings, health=self.health)
         self.server.on_log_damage = self.damage.report
+        self.server.archive = archive_service(cfg, self.problems)  # issue 24: the sealed archive's XRPC endpoints
+        if self.server.archive is not None:
+            self._tasks.append(self.tasks.spawn(self.server.archive.run(), "archive_manifest"))
         host, port = parse_listen_addr(cfg.listen_addr)
         try:
             await self.server.start(host, port)
@@ -235,7 +239,7 @@ class Daemon:
             self.metrics_listener = metrics.MetricsListener(self.cfg.metrics_listen_addr)
         self.trimmer = TtlTrimmer(self.event_log, self.cfg.event_ttl,
                                   trim_interval_s(self.cfg.event_ttl, self.cfg.ttl_trim_interval), ring=ring)
-        self._tasks = [self.tasks.spawn(self.trimmer.run(), "ttl_trim")]
+        self._tasks.append(self.tasks.spawn(self.trimmer.run(), "ttl_trim"))
         self._log_served_instance("log")
         self._announce_ready()
         if join:

@@ -208,8 +208,13 @@ def _column_family_options(name: str) -> Options:
     return options
 
 
+# The history archive's default home is <data-dir>/archive (issue 24): a data directory holding
+# only that is still a new log's place.
+ARCHIVE_SUBDIR = "archive"
+
+
 def _is_empty_dir(path: Path) -> bool:
-    return not any(path.iterdir())
+    return all(entry.name == ARCHIVE_SUBDIR and entry.is_dir() for entry in path.iterdir())
 
 
 def release_unreferenced() -> None:

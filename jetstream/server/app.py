@@ -84,6 +84,9 @@ class SubscribeServer:
         # the per-collection counters ingest keeps (the daemon sets them; None: no route data).
         self.instance_id = instance_id_of(event_log)
         self.collection_stats = None
+        # Issue 24: the sealed archive's XRPC endpoints (jetstream/archive/xrpc.py ArchiveService),
+        # answered by the front door; None: --archive=false (the paths are unknown routes).
+        self.archive = None
         # Where a reader that met a damaged log reports it (jetstream/log/damage.py's DamageReport, or
         # a worker's message to its main process); None: logged here only.
         self.on_log_damage: Callable[[dict], None] | None = None
@@ -102,8 +105,10 @@ class SubscribeServer:
         log.info("event=subscribe_server_listening host=%s port=%d", host, self.port)
 
     def _new_front_door(self) -> FrontDoor:
+        archive = self.archive
+        local = (archive.routes, archive.answer) if archive is not None else (None, None)
         return FrontDoor(self._new_protocol, self.settings.max_request_bytes, self.settings.handshake_timeout_s,
-                         self.pending_heads, self._count_front_door_answer)
+                         self.pending_heads, self._count_front_door_answer, *local)
 
     def _count_front_door_answer(self, reason: str) -> None:
         self.refused_requests[reason] += 1

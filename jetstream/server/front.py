@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Callable
 
-from jetstream.server.request_head import NEED_MORE, Answer, HeadBudget, HeadReader
+from jetstream.server.request_head import NEED_MORE, Answer, HeadBudget, HeadReader, Local, LocalRoutes
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +32,17 @@ class FrontDoor(asyncio.Protocol):
 
     def __init__(self, make_websocket_protocol: Callable[[bytes | None], asyncio.BaseProtocol],
                  max_request_bytes: int, handshake_timeout_s: float, budget: HeadBudget,
-                 count_answer: Callable[[str], None] = lambda reason: None) -> None:
+                 count_answer: Callable[[str], None] = lambda reason: None,
+                 local: LocalRoutes | None = None, answer_local=None) -> None:
         self._make_websocket_protocol = make_websocket_protocol
         self._count_answer = count_answer
-        self._head = HeadReader(max_request_bytes, budget)
+        self._head = HeadReader(max_request_bytes, budget, local)
+        self._answer_local = answer_local
         self._handshake_timeout_s = handshake_timeout_s
         self._transport: asyncio.Transport | None = None
         self._timeout: asyncio.TimerHandle | None = None
+        self._local_task: asyncio.Task | None = None
+        self._stream = None  # the FileStream being sent
 
     # --- asyncio.Protocol -------------------------------------------------------------------
 
@@ -54,6 +59,8 @@ class FrontDoor(asyncio.Protocol):
             return
         if isinstance(decision, Answer):
             self._answer(decision)
+        elif isinstance(decision, Local):
+            self._serve_local(decision)
         else:
             self._hand_over(decision.received, decision.full_target)
 
@@ -61,6 +68,17 @@ class FrontDoor(asyncio.Protocol):
         self._cancel_timeout()
         self._transport = None
         self._head.release()
+        if self._local_task is not None:
+            self._local_task.cancel()  # its `finally` closes the file it was sending
+
+    def pause_writing(self) -> None:
+        if self._stream is not None:
+            self._stream.paused = True
+
+    def resume_writing(self) -> None:
+        if self._stream is not None:
+            self._stream.paused = False
+            self._stream.resumed.set()
 
     # --- carrying out the decision ----------------------------------------------------------
 
@@ -80,6 +98,45 @@ class FrontDoor(asyncio.Protocol):
         transport.write(answer.response)
         transport.close()
 
+    def _serve_local(self, request: Local) -> None:
+        """Answer a local route: the handler's head, then its bytes or its file range, then close."""
+        self._cancel_timeout()
+        transport, self._transport = self._transport, None
+        self._local_task = asyncio.ensure_future(self._send_local(transport, request))
+
+    async def _send_local(self, transport, request: Local) -> None:
+        try:
+            head, body = await self._answer_local(request)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - the handler answers its own errors; this is a bug
+            log.exception("event=local_request_failed")
+            transport.close()
+            return
+        if not isinstance(body, (bytes, bytearray)):
+            body = FileStream(*body)  # (fd, offset, length): ours to send and close
+        if transport.is_closing():
+            if isinstance(body, FileStream):
+                body.close()
+            return
+        transport.write(head)
+        if isinstance(body, FileStream):
+            self._stream = body
+            try:
+                await body.send(transport)
+            finally:
+                body.close()
+                self._stream = None
+        elif body:
+            transport.write(body)
+        if request.body_error is not None and transport.can_write_eof():
+            # The body was refused unread: closing now would reset the connection under a client still
+            # sending it, before it reads our answer. Half-close, discard what comes, close later.
+            transport.write_eof()
+            asyncio.get_running_loop().call_later(self._handshake_timeout_s, transport.close)
+            return
+        transport.close()
+
     def _timed_out(self) -> None:
         self._timeout = None
         if self._transport is not None:
@@ -92,6 +149,42 @@ class FrontDoor(asyncio.Protocol):
         if self._timeout is not None:
             self._timeout.cancel()
             self._timeout = None
+
+
+class FileStream:
+    """`length` bytes of an open file from `offset`, read in a thread chunk by chunk and written while the
+    transport accepts them (pause_writing / resume_writing). Owns `fd`: closed when done or dropped."""
+
+    CHUNK = 1 << 20
+
+    def __init__(self, fd: int, offset: int, length: int) -> None:
+        self.fd = fd
+        self.offset = offset
+        self.remaining = length
+        self.paused = False
+        self.resumed = asyncio.Event()
+
+    async def send(self, transport) -> None:
+        loop = asyncio.get_running_loop()
+        while self.remaining > 0 and not transport.is_closing():
+            if self.paused:
+                self.resumed.clear()
+                await self.resumed.wait()
+                continue
+            size = min(self.CHUNK, self.remaining)
+            chunk = await loop.run_in_executor(None, os.pread, self.fd, size, self.offset)
+            if not chunk:
+                log.error("event=local_file_short remaining=%d", self.remaining)
+                transport.abort()  # fewer bytes than the Content-Length promised: the client must see a failure
+                return
+            transport.write(chunk)
+            self.offset += len(chunk)
+            self.remaining -= len(chunk)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 def _feed(protocol, data: bytes) -> None:

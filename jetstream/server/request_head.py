@@ -4,9 +4,11 @@ Owns: the decision the front door (front.py) carries out for each connection, ma
 the bytes received so far and nothing else: `NEED_MORE`; `Answer(response, reason)` for
 what picows cannot answer (methods other than GET: echo's 405, CORS preflight and HEAD;
 heads over `--max-request-bytes`: Go's 431; heads that would overrun the budget shared by
-every unfinished head, `--max-pending-request-bytes`: 503 with Retry-After); or
-`HandOver(received, full_target)` for a GET (and a malformed head, which picows answers
-itself), with the query moved aside when the head is too long for picows.
+every unfinished head, `--max-pending-request-bytes`: 503 with Retry-After); `Local(...)` for
+a request to one of the `LocalRoutes` the server answers itself without picows (the archive's
+XRPC endpoints, any method but OPTIONS; a POST's body read up to `--archive-max-body-bytes`
+by its Content-Length); or `HandOver(received, full_target)` for a GET (and a malformed head,
+which picows answers itself), with the query moved aside when the head is too long for picows.
 It must never touch a socket, a timer or the event loop (front.py does the I/O), never
 parse subscriber options (params.py) and never route GETs (app.py does both).
 """
@@ -77,7 +79,27 @@ class HandOver:
     full_target: bytes | None
 
 
-Decision = NeedMore | Answer | HandOver
+@dataclass(frozen=True)
+class LocalRoutes:
+    """Paths (decoded, no query) answered by the server itself, and the largest request body it reads."""
+
+    paths: frozenset[bytes]
+    max_body_bytes: int
+
+
+@dataclass(frozen=True)
+class Local:
+    """A request for a LocalRoutes path, read whole. `body_error`: "too_large" (Content-Length over the
+    limit) or "length_required" (a body without Content-Length): the body was not read; answer and close."""
+
+    method: str
+    target: bytes
+    headers: dict[str, str]
+    body: bytes
+    body_error: str | None = None
+
+
+Decision = NeedMore | Answer | HandOver | Local
 
 
 class HeadReader:
@@ -87,10 +109,12 @@ class HeadReader:
     gives back what an undecided reader holds (the connection closed or timed out).
     """
 
-    def __init__(self, max_request_bytes: int, budget: HeadBudget) -> None:
+    def __init__(self, max_request_bytes: int, budget: HeadBudget, local: LocalRoutes | None = None) -> None:
         self._max_request_bytes = max_request_bytes
         self._budget = budget
+        self._local = local
         self._received = bytearray()
+        self._waiting_body: tuple[Local, int, int] | None = None  # (the request, body start, body length)
 
     @property
     def held(self) -> int:
@@ -101,6 +125,8 @@ class HeadReader:
             return self._decided(Answer(BUSY_RESPONSE, "server_busy"))
         searched = max(0, len(self._received) - len(_HEAD_END) + 1)  # scan each byte once, not per chunk
         self._received += data
+        if self._waiting_body is not None:
+            return self._body_decision()
         head_end = self._received.find(_HEAD_END, searched)
         if head_end < 0:
             if len(self._received) > self._max_request_bytes:
@@ -109,7 +135,26 @@ class HeadReader:
         if head_end + len(_HEAD_END) > self._max_request_bytes:
             return self._decided(Answer(TOO_LARGE_RESPONSE, "request_too_large"))
         received = bytes(self._received)
+        if self._local is not None:
+            local = local_request(received, head_end, self._local)
+            if local is not None:
+                return self._local_decision(local, head_end + len(_HEAD_END))
         return self._decided(decide_complete_head(received, head_end))
+
+    def _local_decision(self, local: Local, body_start: int) -> Decision:
+        length = _content_length(local.headers)
+        if local.body_error is not None or not length:
+            return self._decided(local)
+        self._waiting_body = (local, body_start, length)
+        return self._body_decision()
+
+    def _body_decision(self) -> Decision:
+        local, start, length = self._waiting_body
+        if len(self._received) < start + length:
+            return NEED_MORE
+        body = bytes(self._received[start:start + length])
+        self._waiting_body = None
+        return self._decided(Local(local.method, local.target, local.headers, body))
 
     def release(self) -> None:
         self._budget.give_back(len(self._received))
@@ -136,6 +181,37 @@ def decide_complete_head(received: bytes, head_end: int) -> Answer | HandOver:
     if head_end - removed + len(_HEAD_END) > PICOWS_MAX_HEAD_BYTES:
         return Answer(TOO_LARGE_RESPONSE, "request_too_large")  # the headers alone are too long
     return HandOver(shortened, request_line[1])
+
+
+def local_request(received: bytes, head_end: int, routes: LocalRoutes) -> Local | None:
+    """The Local request a complete head starts, or None when its path is not one of `routes`.
+
+    OPTIONS stays with answer_other_method (the CORS preflight every path gets).
+    """
+    request_line = _request_line(received)
+    if request_line is None or request_line[0] == b"OPTIONS":
+        return None
+    method, target, _ = request_line
+    path, _ = http.split_target(target)
+    if path not in routes.paths:
+        return None
+    headers = _parse_headers(received[:head_end])
+    error = None
+    if "Transfer-Encoding" in headers:
+        error = "length_required"  # chunked bodies are not read here; every XRPC client sends a length
+    else:
+        length = _content_length(headers)
+        if length is None:
+            error = "length_required"
+        elif length > routes.max_body_bytes:
+            error = "too_large"
+    return Local(method.decode("latin-1"), target, headers, b"", error)
+
+
+def _content_length(headers: dict[str, str]) -> int | None:
+    """The Content-Length (0 when absent), None when it is not a plain decimal."""
+    value = headers.get("Content-Length", "0").strip()
+    return int(value) if value.isdigit() and len(value) < 19 else None
 
 
 def _request_line(received: bytes) -> tuple[bytes, bytes, bytes] | None:

@@ -26,6 +26,7 @@ import tempfile
 import time
 
 from jetstream import __version__
+from jetstream.archive.xrpc import archive_service
 from jetstream.config import Config
 from jetstream.daemon import freeze_long_lived_objects, on_hangup
 from jetstream.dictionary import active_dictionary
@@ -149,6 +150,9 @@ class Worker:
         self._tasks = [tasks.spawn(coro, name) for coro, name in (
             (self._receive_forever(), "worker_receive"), (self._poll_forever(), "worker_poll"),
             (self._push_metrics_forever(), "worker_metrics"), (self._drop_expired_forever(), "worker_ring_trim"))]
+        self.server.archive = archive_service(cfg, self.problems)  # issue 24: each worker serves the archive
+        if self.server.archive is not None:
+            self._tasks.append(tasks.spawn(self.server.archive.run(), "archive_manifest"))
         # As the single process does once ready: no full GC pass over start-up objects while serving.
         freeze_long_lived_objects("worker_ready")
         self.channel.send(messages.encode(messages.LISTENING))

@@ -88,3 +88,48 @@ def test_unfinished_heads_share_one_budget_and_give_it_back():
     third.feed(b"GET /" + b"c" * 10)
     third.release()  # connection closed or timed out before the head ended
     assert budget.held == 0 and third.held == 0
+
+
+# --- local routes: the archive's XRPC endpoints, answered by the server itself (issue 24) ---
+
+from jetstream.server.request_head import Local, LocalRoutes  # noqa: E402
+
+ROUTES = LocalRoutes(frozenset({b"/xrpc/network.bsky.jetstream.planSnapshot",
+                                b"/xrpc/network.bsky.jetstream.getSegment"}), max_body_bytes=100)
+
+
+def local_reader(budget: HeadBudget | None = None) -> HeadReader:
+    return HeadReader(1 << 20, budget if budget is not None else HeadBudget(64 << 20), ROUTES)
+
+
+def test_a_local_get_is_read_whole_not_handed_to_picows():
+    decision = local_reader().feed(b"GET /xrpc/network.bsky.jetstream.getSegment?name=x HTTP/1.1\r\n"
+                                   b"Range: bytes=0-9\r\n\r\n")
+    assert decision == Local("GET", b"/xrpc/network.bsky.jetstream.getSegment?name=x", {"Range": "bytes=0-9"}, b"")
+
+
+def test_a_local_post_waits_for_its_body_held_against_the_budget():
+    budget = HeadBudget(1 << 20)
+    head = local_reader(budget)
+    request = b"POST /xrpc/network.bsky.jetstream.planSnapshot HTTP/1.1\r\nContent-Length: 11\r\n\r\n"
+    assert head.feed(request + b'{"dids"') is NEED_MORE
+    assert budget.held == len(request) + 7
+    decision = head.feed(b':[]}extra')
+    assert isinstance(decision, Local) and decision.body == b'{"dids":[]}' and decision.body_error is None
+    assert budget.held == 0
+
+
+def test_a_local_body_over_the_limit_or_without_a_length_is_refused_unread():
+    too_big = local_reader().feed(b"POST /xrpc/network.bsky.jetstream.planSnapshot HTTP/1.1\r\n"
+                                  b"Content-Length: 101\r\n\r\n")
+    assert isinstance(too_big, Local) and too_big.body_error == "too_large" and too_big.body == b""
+    chunked = local_reader().feed(b"POST /xrpc/network.bsky.jetstream.planSnapshot HTTP/1.1\r\n"
+                                  b"Transfer-Encoding: chunked\r\n\r\n")
+    assert chunked.body_error == "length_required"
+
+
+def test_other_paths_and_preflights_are_unchanged_with_local_routes():
+    assert local_reader().feed(GET) == HandOver(GET, None)
+    preflight = local_reader().feed(b"OPTIONS /xrpc/network.bsky.jetstream.planSnapshot HTTP/1.1\r\n"
+                                    b"Origin: https://a.example\r\n\r\n")
+    assert isinstance(preflight, Answer) and preflight.response.startswith(b"HTTP/1.1 204 ")
