@@ -4,10 +4,13 @@
 Owns: the fast twin of `jetstream/_py/record_json.py` (read that module's docstring for
 the v1 rules and every lenient/strict choice, and its v2 section for Jetstream v2's
 rendering; this file implements exactly the same ones, with the same RecordError
-reasons, and takes its limits from there so the two can never drift). The v2 mode
-(`record_to_json_v2`) has its own small parse functions (`*_v2`) beside v1's, so
-neither mode's rules can leak into the other. Values are written straight into one growable C buffer; a map whose
-keys are not already in bytewise order is rewritten in place once its entries are known.
+reasons, and takes its limits from there so the two can never drift). Both modes
+(`record_to_json`, `record_to_json_v2`) run the same parse functions, compiled once per
+mode through the fused type `Mode`: each rule difference is written once, as an
+`if Mode is V2Mode:` that Cython decides at compile time, so neither mode's rules leak
+into the other or cost it a branch. Values are written straight into one growable C
+buffer; a map whose keys are not already in bytewise order is rewritten in place once
+its entries are known.
 It must never allocate Python objects on the common path (rare shapes - $link/$bytes
 maps, legacy blobs, CIDv0 - go through the reference helpers), never recurse deeper
 than MAX_DEPTH, and never read past the input buffer.
@@ -80,6 +83,25 @@ cdef struct Parser:
     Entry* entries  # one stack shared by all open maps: a map owns [base, top)
     Py_ssize_t entries_top
     Py_ssize_t entries_cap
+
+
+# The two rule sets, as types: a function taking `Mode* mode` is compiled once for each, and
+# `if Mode is V2Mode:` picks a rule at compile time. The pointer is only a type tag (NULL).
+cdef struct V1Mode:
+    char unused
+
+
+cdef struct V2Mode:
+    char unused
+
+
+ctypedef fused Mode:
+    V1Mode
+    V2Mode
+
+
+cdef V1Mode* V1 = NULL  # Jetstream v1: indigo atdata + goccy/go-json (lenient decoding)
+cdef V2Mode* V2 = NULL  # Jetstream v2: atmos cbor.ReadValue + Go encoding/json (strict decoding)
 
 
 # ---------------------------------------------------------------------------
@@ -253,8 +275,13 @@ cdef inline Py_ssize_t utf8_sequence_length(const uint8_t* s, Py_ssize_t i, Py_s
     return need + 1
 
 
-cdef int ob_escape_byte(OutBuf* b, uint8_t c) except -1:
+cdef int ob_escape_byte(OutBuf* b, uint8_t c, Mode* mode) except -1:
     cdef char esc[6]
+    if Mode is V2Mode:  # encoding/json (Go >= 1.22) writes \b and \f short; goccy, \u0008 and \u000c
+        if c == 8:
+            return ob_write(b, b"\\b", 2)
+        if c == 12:
+            return ob_write(b, b"\\f", 2)
     if c == 10:
         return ob_write(b, b"\\n", 2)
     if c == 13:
@@ -274,8 +301,11 @@ cdef int ob_escape_byte(OutBuf* b, uint8_t c) except -1:
     return ob_write(b, esc, 6)
 
 
-cdef int ob_go_string(OutBuf* b, const uint8_t* s, Py_ssize_t n) except -1:
-    """`s` as a goccy/go-json HTML-safe JSON string (quotes included)."""
+cdef int ob_go_string(OutBuf* b, const uint8_t* s, Py_ssize_t n, Mode* mode) except -1:
+    """`s` as a Go HTML-safe JSON string (quotes included): goccy/go-json's (v1), encoding/json's (v2).
+
+    Invalid UTF-8: v1 writes one \\ufffd per invalid byte; v2 raises RecordError("invalid_utf8").
+    """
     cdef Py_ssize_t i = 0
     cdef Py_ssize_t run_start = 0
     cdef Py_ssize_t seq
@@ -283,11 +313,16 @@ cdef int ob_go_string(OutBuf* b, const uint8_t* s, Py_ssize_t n) except -1:
     ob_reserve(b, n + 2)
     b.data[b.len] = b'"'
     b.len += 1
-    while i < n:
-        cls = ESCAPE_CLASS[s[i]]
-        if cls == 0:
+    while True:
+        # Skip the run of bytes written as they are, four at a time while they last.
+        while i + 4 <= n and (ESCAPE_CLASS[s[i]] | ESCAPE_CLASS[s[i + 1]] | ESCAPE_CLASS[s[i + 2]]
+                              | ESCAPE_CLASS[s[i + 3]]) == 0:
+            i += 4
+        while i < n and ESCAPE_CLASS[s[i]] == 0:
             i += 1
-            continue
+        if i == n:
+            break
+        cls = ESCAPE_CLASS[s[i]]
         if cls == 2:
             seq = utf8_sequence_length(s, i, n)
             # U+2028 / U+2029 are E2 80 A8 / E2 80 A9; everything else valid stays raw.
@@ -300,18 +335,36 @@ cdef int ob_go_string(OutBuf* b, const uint8_t* s, Py_ssize_t n) except -1:
             if seq > 0:
                 i += seq
                 continue
-            ob_write(b, <const char*>s + run_start, i - run_start)
-            ob_write(b, b"\\ufffd", 6)
-            i += 1
-            run_start = i
-            continue
+            if Mode is V2Mode:
+                return fail("invalid_utf8")
+            else:
+                ob_write(b, <const char*>s + run_start, i - run_start)
+                ob_write(b, b"\\ufffd", 6)
+                i += 1
+                run_start = i
+                continue
         ob_write(b, <const char*>s + run_start, i - run_start)
-        ob_escape_byte(b, s[i])
+        ob_escape_byte(b, s[i], mode)
         i += 1
         run_start = i
     ob_write(b, <const char*>s + run_start, n - run_start)
     ob_byte(b, b'"')
     return 0
+
+
+cdef bint utf8_valid(const uint8_t* s, Py_ssize_t n) noexcept nogil:
+    """Go utf8.Valid."""
+    cdef Py_ssize_t i = 0
+    cdef Py_ssize_t seq
+    while i < n:
+        if s[i] < 0x80:
+            i += 1
+            continue
+        seq = utf8_sequence_length(s, i, n)
+        if seq == 0:
+            return False
+        i += seq
+    return True
 
 
 # ---------------------------------------------------------------------------
@@ -322,7 +375,9 @@ cdef int fail(str reason) except -1:
     raise RecordError(reason)
 
 
-cdef int read_head(Parser* p, int* major, int* info, uint64_t* argument) except -1:
+cdef int read_head(Parser* p, int* major, int* info, uint64_t* argument, Mode* mode) except -1:
+    """One CBOR item head. v2 (atmos Decoder.readHeader) also wants minimal heads for major
+    types 0-6 and only 64-bit floats; v1 (go-ipld-cbor) takes any head size."""
     cdef uint8_t initial
     cdef int size
     cdef int k
@@ -340,12 +395,20 @@ cdef int read_head(Parser* p, int* major, int* info, uint64_t* argument) except 
         return fail("indefinite_length")
     if info[0] > 27:
         return fail("malformed_cbor")
+    if Mode is V2Mode:
+        if major[0] == 7 and (info[0] == 25 or info[0] == 26):
+            return fail("short_float")
     size = 1 << (info[0] - 24)
     if p.pos + size > p.end:
         return fail("truncated")
     for k in range(size):
         value = (value << 8) | p.buf[p.pos + k]
     p.pos += size
+    if Mode is V2Mode:
+        if major[0] != 7:
+            if (size == 1 and value < 24) or (size == 2 and value < 0x100) \
+                    or (size == 4 and value < 0x10000) or (size == 8 and value < 0x100000000):
+                return fail("non_minimal")
     argument[0] = value
     return 0
 
@@ -394,25 +457,38 @@ cdef bint cid_bytes_valid(const uint8_t* s, Py_ssize_t n) noexcept nogil:
     return n > 0 and cid_v1_is_valid(s, n)
 
 
-cdef int parse_tag(Parser* p, uint64_t tag, ValueInfo* info) except -1:
+cdef inline bint cid_v2_valid(const uint8_t* c, uint64_t length) noexcept nogil:
+    """atmos readCIDLink: 0x00 + a 36-byte CIDv1 (dag-cbor or raw codec, sha2-256)."""
+    return length == 37 and c[0] == 0 and c[1] == 1 and (c[2] == 0x71 or c[2] == 0x55) \
+        and c[3] == 0x12 and c[4] == 0x20
+
+
+cdef int parse_link(Parser* p, uint64_t tag, ValueInfo* info, Mode* mode) except -1:
+    """Tag `tag`'s content, which must be a CID link (tag 42: a byte string 0x00 + CID)."""
     cdef int major = 0, minor = 0
     cdef uint64_t length = 0
     cdef Py_ssize_t start = 0
     if tag != 42:
         return fail("unsupported_tag")
-    read_head(p, &major, &minor, &length)
+    read_head(p, &major, &minor, &length, mode)
     if major != 2:
         return fail("bad_cid")
+    if Mode is V2Mode:
+        if length > V2_MAX_ITEM:
+            return fail("string_too_long")
     take(p, length, &start)
-    if length == 0 or p.buf[start] != 0 or not cid_bytes_valid(p.buf + start + 1, <Py_ssize_t>length - 1):
-        return fail("bad_cid")
+    if Mode is V2Mode:
+        if not cid_v2_valid(p.buf + start, length):
+            return fail("bad_cid")
+    else:
+        if length == 0 or p.buf[start] != 0 or not cid_bytes_valid(p.buf + start + 1, <Py_ssize_t>length - 1):
+            return fail("bad_cid")
     info.kind = K_TAGCID
     info.raw_start = start + 1
     info.raw_end = start + <Py_ssize_t>length
     ob_write(&p.out, b'{"$link":"', 10)
     ob_cid_string(&p.out, p.buf + info.raw_start, info.raw_end - info.raw_start)
-    ob_write(&p.out, b'"}', 2)
-    return 0
+    return ob_write(&p.out, b'"}', 2)
 
 
 cdef double half_to_double(uint16_t h) noexcept nogil:
@@ -428,10 +504,11 @@ cdef double half_to_double(uint16_t h) noexcept nogil:
     return -value if h & 0x8000 else value
 
 
-cdef int parse_simple(Parser* p, int info, uint64_t argument, ValueInfo* vinfo) except -1:
+cdef int parse_simple(Parser* p, int info, uint64_t argument, ValueInfo* vinfo, Mode* mode) except -1:
     cdef double value
     cdef float single
     cdef uint32_t bits32
+    cdef bytes text
     if info == 20:
         vinfo.kind = K_BOOL
         return ob_write(&p.out, b"false", 5)
@@ -441,22 +518,33 @@ cdef int parse_simple(Parser* p, int info, uint64_t argument, ValueInfo* vinfo) 
     if info == 22:
         vinfo.kind = K_NULL
         return ob_write(&p.out, b"null", 4)
-    if info == 25:
-        value = half_to_double(<uint16_t>argument)
-    elif info == 26:
-        bits32 = <uint32_t>argument
-        memcpy(&single, &bits32, 4)
-        value = single
-    elif info == 27:
-        memcpy(&value, &argument, 8)
-    else:
-        return fail("unsupported_simple")
-    # atdata parseFloat: integral and inside int64 (a float64 -> int64 round trip).
-    if isnan(value) or isinf(value) or value != floor(value) \
-            or value < -9223372036854775808.0 or value >= 9223372036854775808.0:
-        return fail("non_integral_float")
     vinfo.kind = K_FLOAT
-    return ob_int(&p.out, <int64_t>value)
+    if Mode is V2Mode:
+        if info != 27:  # read_head refused the short floats
+            return fail("unsupported_simple")
+        memcpy(&value, &argument, 8)
+        if isnan(value) or isinf(value):
+            return fail("non_finite_float")
+        # Floats are outside the atproto data model (no real record has one): the reference's
+        # formatter is exact and this path is rare, so it is not duplicated in C.
+        text = _ref.go_float_json(value)
+        return ob_write(&p.out, PyBytes_AS_STRING(text), PyBytes_GET_SIZE(text))
+    else:
+        if info == 25:
+            value = half_to_double(<uint16_t>argument)
+        elif info == 26:
+            bits32 = <uint32_t>argument
+            memcpy(&single, &bits32, 4)
+            value = single
+        elif info == 27:
+            memcpy(&value, &argument, 8)
+        else:
+            return fail("unsupported_simple")
+        # atdata parseFloat: integral and inside int64 (a float64 -> int64 round trip).
+        if isnan(value) or isinf(value) or value != floor(value) \
+                or value < -9223372036854775808.0 or value >= 9223372036854775808.0:
+            return fail("non_integral_float")
+        return ob_int(&p.out, <int64_t>value)
 
 
 # ---------------------------------------------------------------------------
@@ -597,8 +685,9 @@ cdef int write_sorted_map(Parser* p, Entry* entries, Py_ssize_t count, const cha
 
 
 cdef int rewrite_map(Parser* p, Entry* entries, Py_ssize_t count, Py_ssize_t base,
-                     ValueInfo* info) except -1:
-    """atdata parseMap once all entries are parsed: special shapes, else sorted keys."""
+                     ValueInfo* info, Mode* mode) except -1:
+    """Rewrite the map written at `base` once all its entries (sorted) are known: v1 (atdata
+    parseMap) gives special shapes their form first; otherwise, and always in v2, sorted keys."""
     cdef Py_ssize_t saved_len = p.out.len - base
     cdef char* saved = <char*>malloc(saved_len if saved_len else 1)
     cdef Entry* type_entry
@@ -607,22 +696,23 @@ cdef int rewrite_map(Parser* p, Entry* entries, Py_ssize_t count, Py_ssize_t bas
     memcpy(saved, p.out.data + base, saved_len)
     p.out.len = base
     try:
-        if find_key(entries, count, b"$link", 5) != NULL:
-            return write_link_map(p, entries, count, info)
-        if find_key(entries, count, b"$bytes", 6) != NULL:
-            return write_bytes_map(p, entries, count, info)
-        type_entry = find_key(entries, count, b"$type", 5)
-        if type_entry != NULL:
-            if type_entry.value.kind != K_TEXT:
-                return fail("bad_type")
-            if type_entry.value.raw_end - type_entry.value.raw_start == 4 \
-                    and memcmp(p.buf + type_entry.value.raw_start, b"blob", 4) == 0:
-                return write_blob(p, entries, count, saved, base, info)
-            if type_entry.value.raw_end == type_entry.value.raw_start:
-                return fail("bad_type")
-        if count == 2 and find_key(entries, count, b"mimeType", 8) != NULL \
-                and find_key(entries, count, b"cid", 3) != NULL:
-            return write_legacy_blob(p, entries, count, saved, base, info)
+        if Mode is V1Mode:
+            if find_key(entries, count, b"$link", 5) != NULL:
+                return write_link_map(p, entries, count, info)
+            if find_key(entries, count, b"$bytes", 6) != NULL:
+                return write_bytes_map(p, entries, count, info)
+            type_entry = find_key(entries, count, b"$type", 5)
+            if type_entry != NULL:
+                if type_entry.value.kind != K_TEXT:
+                    return fail("bad_type")
+                if type_entry.value.raw_end - type_entry.value.raw_start == 4 \
+                        and memcmp(p.buf + type_entry.value.raw_start, b"blob", 4) == 0:
+                    return write_blob(p, entries, count, saved, base, info)
+                if type_entry.value.raw_end == type_entry.value.raw_start:
+                    return fail("bad_type")
+            if count == 2 and find_key(entries, count, b"mimeType", 8) != NULL \
+                    and find_key(entries, count, b"cid", 3) != NULL:
+                return write_legacy_blob(p, entries, count, saved, base, info)
         return write_sorted_map(p, entries, count, saved, base)
     finally:
         free(saved)
@@ -644,7 +734,33 @@ cdef bint is_special_entry(Entry* e, Py_ssize_t count) noexcept nogil:
     return False
 
 
-cdef int parse_map(Parser* p, uint64_t count, Py_ssize_t depth, ValueInfo* info) except -1:
+cdef int compare_canonical(const uint8_t* a, Py_ssize_t a_len, const uint8_t* b, Py_ssize_t b_len) noexcept nogil:
+    """DAG-CBOR key order (atmos compareCBORKeys): shorter first, then bytewise."""
+    if a_len != b_len:
+        return -1 if a_len < b_len else 1
+    return memcmp(a, b, a_len)
+
+
+cdef int check_v2_key(Entry* previous, const uint8_t* key, Py_ssize_t key_len) except -1:
+    """atmos readMap's key rules: valid UTF-8, strictly after `previous` (NULL: the first key)."""
+    cdef int order
+    if not utf8_valid(key, key_len):
+        return fail("invalid_utf8")
+    if previous != NULL:
+        order = compare_canonical(previous.key, previous.key_len, key, key_len)
+        if order == 0:
+            return fail("duplicate_key")
+        if order > 0:
+            return fail("unsorted_keys")
+    return 0
+
+
+cdef int parse_map(Parser* p, uint64_t count, Py_ssize_t depth, ValueInfo* info, Mode* mode) except -1:
+    """A map's `count` entries, written as an object with its keys in bytewise order.
+
+    v1 (atdata parseMap) takes keys in any order and refuses duplicates once sorted; v2
+    (atmos readMap) wants valid UTF-8 keys in strict DAG-CBOR order as they are read.
+    """
     cdef Py_ssize_t base = p.out.len
     cdef Py_ssize_t first = p.entries_top
     cdef Py_ssize_t n = <Py_ssize_t>count
@@ -659,12 +775,17 @@ cdef int parse_map(Parser* p, uint64_t count, Py_ssize_t depth, ValueInfo* info)
     cdef bint special = False
     ob_byte(&p.out, b'{')
     for i in range(n):
-        read_head(p, &major, &minor, &key_len)
+        read_head(p, &major, &minor, &key_len, mode)
         if major != 3:
             return fail("map_key_not_string")
-        if key_len > MAX_KEY_BYTES:
+        if Mode is V2Mode:
+            if key_len > V2_MAX_ITEM:
+                return fail("key_too_long")
+        elif key_len > MAX_KEY_BYTES:
             return fail("key_too_long")
         take(p, key_len, &key_start)
+        if Mode is V2Mode:
+            check_v2_key(&p.entries[first + i - 1] if i else NULL, p.buf + key_start, <Py_ssize_t>key_len)
         push_entry(p)
         e = &p.entries[p.entries_top - 1]
         e.key = p.buf + key_start
@@ -672,28 +793,30 @@ cdef int parse_map(Parser* p, uint64_t count, Py_ssize_t depth, ValueInfo* info)
         if i:
             ob_byte(&p.out, b',')
         e.seg_start = p.out.len
-        ob_go_string(&p.out, e.key, e.key_len)
+        ob_go_string(&p.out, e.key, e.key_len, mode)
         ob_byte(&p.out, b':')
-        parse_item(p, depth, &value)
+        parse_item(p, depth, &value, mode)
         e = &p.entries[first + i]  # the child may have grown (moved) the entry stack
         e.value = value
         e.seg_end = p.out.len
         if i and in_order and compare_entry_keys(&p.entries[first + i - 1], e) >= 0:
             in_order = False
-        if not special and is_special_entry(e, n):
-            special = True
+        if Mode is V1Mode:
+            if not special and is_special_entry(e, n):
+                special = True
     entries = &p.entries[first]
     if not in_order:
         qsort(entries, n, sizeof(Entry), compare_entry_keys)
-        for i in range(1, n):
-            if compare_entry_keys(&entries[i - 1], &entries[i]) == 0:
-                p.entries_top = first
-                return fail("duplicate_key")
+        if Mode is V1Mode:  # (v2's key order check has refused duplicates already)
+            for i in range(1, n):
+                if compare_entry_keys(&entries[i - 1], &entries[i]) == 0:
+                    p.entries_top = first
+                    return fail("duplicate_key")
     info.kind = K_MAP
     if in_order and not special:
         ob_byte(&p.out, b'}')
     else:
-        rewrite_map(p, entries, n, base, info)
+        rewrite_map(p, entries, n, base, info, mode)
     p.entries_top = first
     return 0
 
@@ -702,70 +825,76 @@ cdef int parse_map(Parser* p, uint64_t count, Py_ssize_t depth, ValueInfo* info)
 # items
 # ---------------------------------------------------------------------------
 
-cdef int parse_item(Parser* p, Py_ssize_t depth, ValueInfo* info) except -1:
+cdef int parse_item(Parser* p, Py_ssize_t depth, ValueInfo* info, Mode* mode) except -1:
+    """One item inside `depth` open containers (v1: atdata parseObject's value rules; v2:
+    atmos ReadValue's), its JSON written at info.json_start:json_end."""
     cdef int major = 0, minor = 0
     cdef uint64_t argument = 0
     cdef uint64_t i
     cdef Py_ssize_t start = 0
     cdef ValueInfo child
+    if Mode is V2Mode:
+        if depth >= V2_MAX_DEPTH:  # atmos counts every value, the top one is 1
+            return fail("too_deep")
     info.json_start = p.out.len
-    read_head(p, &major, &minor, &argument)
-    if major == 0:
+    read_head(p, &major, &minor, &argument, mode)
+    if major == 0 or major == 1:
+        if Mode is V2Mode:
+            if argument > <uint64_t>9223372036854775807:
+                return fail("int_out_of_range")
         info.kind = K_INT
-        ob_int(&p.out, <int64_t>argument)  # Go int conversion: wraps above int64
-    elif major == 1:
-        info.kind = K_INT
-        ob_int(&p.out, <int64_t>(~argument))  # -1 - n, wrapped
-    elif major == 2:
-        take(p, argument, &start)
-        info.kind = K_BYTES
-        info.raw_start = start
-        info.raw_end = p.pos
-        ob_write(&p.out, b'{"$bytes":"', 11)
-        ob_base64_nopad(&p.out, p.buf + start, p.pos - start)
-        ob_write(&p.out, b'"}', 2)
-    elif major == 3:
-        if argument > MAX_STRING_BYTES:
+        # -1 - n for major 1; in v1 both wrap above int64 like a Go int conversion.
+        ob_int(&p.out, <int64_t>argument if major == 0 else <int64_t>(~argument))
+    elif major == 2 or major == 3:
+        if Mode is V2Mode:
+            if argument > V2_MAX_ITEM:
+                return fail("string_too_long")
+        elif major == 3 and argument > MAX_STRING_BYTES:
             return fail("string_too_long")
         take(p, argument, &start)
-        info.kind = K_TEXT
         info.raw_start = start
         info.raw_end = p.pos
-        ob_go_string(&p.out, p.buf + start, p.pos - start)
+        if major == 3:
+            info.kind = K_TEXT
+            ob_go_string(&p.out, p.buf + start, p.pos - start, mode)
+        else:
+            info.kind = K_BYTES
+            ob_write(&p.out, b'{"$bytes":"', 11)
+            ob_base64_nopad(&p.out, p.buf + start, p.pos - start)
+            ob_write(&p.out, b'"}', 2)
     elif major == 4 or major == 5:
-        if argument > MAX_CONTAINER_LEN:
-            return fail("container_too_long")
-        if depth + 1 > MAX_DEPTH:
-            return fail("too_deep")
+        if Mode is V2Mode:
+            if argument > V2_MAX_ITEM:
+                return fail("container_too_long")
+        else:
+            if argument > MAX_CONTAINER_LEN:
+                return fail("container_too_long")
+            if depth + 1 > MAX_DEPTH:
+                return fail("too_deep")
         if major == 5:
-            parse_map(p, argument, depth + 1, info)
+            parse_map(p, argument, depth + 1, info, mode)
         else:
             info.kind = K_ARRAY
             ob_byte(&p.out, b'[')
             for i in range(argument):
                 if i:
                     ob_byte(&p.out, b',')
-                parse_item(p, depth + 1, &child)
+                parse_item(p, depth + 1, &child, mode)
             ob_byte(&p.out, b']')
     elif major == 6:
-        parse_tag(p, argument, info)
+        parse_link(p, argument, info, mode)
     else:
-        parse_simple(p, minor, argument, info)
+        parse_simple(p, minor, argument, info, mode)
     info.json_end = p.out.len
     return 0
 
 
-cdef int parse_document(Parser* p, ValueInfo* top) except -1:
-    parse_item(p, 0, top)
-    if p.pos != p.end:
-        return fail("trailing_bytes")
-    if top.kind != K_MAP:
-        return fail("top_level_not_object")
-    return 0
+cdef bytes emit(object block, Mode* mode):
+    """The record JSON of `block` in `mode`, or RecordError(reason).
 
-
-def record_to_json(block) -> bytes:
-    """The JSON v1 emitted for a record block (DAG-CBOR), or RecordError(reason)."""
+    v1 wants exactly one map filling a block of at most MAX_RECORD_BYTES; v2 reads one
+    value of any kind from the start of the block and ignores the bytes after it.
+    """
     cdef Parser p
     cdef ValueInfo top
     cdef Py_buffer view
@@ -786,16 +915,35 @@ def record_to_json(block) -> bytes:
     p.entries_top = 0
     p.entries_cap = 0
     try:
-        if p.end > MAX_RECORD_BYTES:
-            raise RecordError("record_too_large")
+        if Mode is V1Mode:
+            if p.end > MAX_RECORD_BYTES:
+                raise RecordError("record_too_large")
         ob_reserve(&p.out, p.end + p.end // 2 + 64)
-        parse_document(&p, &top)
+        parse_item(&p, 0, &top, mode)
+        if Mode is V1Mode:
+            if p.pos != p.end:
+                raise RecordError("trailing_bytes")
+            if top.kind != K_MAP:
+                raise RecordError("top_level_not_object")
         return PyBytes_FromStringAndSize(p.out.data, p.out.len)
     finally:
         free(p.out.data)
         free(p.entries)
         if have_view:
             PyBuffer_Release(&view)
+
+
+def record_to_json(block) -> bytes:
+    """The JSON v1 emitted for a record block (DAG-CBOR), or RecordError(reason)."""
+    return emit(block, V1)
+
+
+cpdef bytes record_to_json_v2(object block):
+    """The record JSON Jetstream v2 sends for a record block (DAG-CBOR), or RecordError(reason).
+
+    One value is read from the start of `block`; bytes after it are ignored, as v2 ignores them.
+    """
+    return emit(block, V2)
 
 
 def go_json_string(value) -> bytes:
@@ -819,7 +967,7 @@ def go_json_string(value) -> bytes:
     out.len = 0
     out.cap = 0
     try:
-        ob_go_string(&out, <const uint8_t*>data, size)
+        ob_go_string(&out, <const uint8_t*>data, size, V1)
         return PyBytes_FromStringAndSize(out.data, out.len)
     finally:
         free(out.data)
@@ -837,287 +985,3 @@ def cid_to_string(cid) -> str:
         return (<bytes>PyBytes_FromStringAndSize(out.data, out.len)).decode("ascii")
     finally:
         free(out.data)
-
-
-# ---------------------------------------------------------------------------
-# v2 mode: Jetstream v2's record JSON (atmos cbor.ReadValue + Go encoding/json)
-# ---------------------------------------------------------------------------
-
-cdef int read_head_v2(Parser* p, int* major, int* info, uint64_t* argument) except -1:
-    """atmos Decoder.readHeader: minimal heads for major types 0-6, only 64-bit floats."""
-    cdef uint8_t initial
-    cdef int size
-    cdef int k
-    cdef uint64_t value = 0
-    if p.pos >= p.end:
-        return fail("truncated")
-    initial = p.buf[p.pos]
-    p.pos += 1
-    major[0] = initial >> 5
-    info[0] = initial & 0x1F
-    if info[0] < 24:
-        argument[0] = info[0]
-        return 0
-    if info[0] == 31:
-        return fail("indefinite_length")
-    if info[0] > 27:
-        return fail("malformed_cbor")
-    if major[0] == 7 and (info[0] == 25 or info[0] == 26):
-        return fail("short_float")
-    size = 1 << (info[0] - 24)
-    if p.pos + size > p.end:
-        return fail("truncated")
-    for k in range(size):
-        value = (value << 8) | p.buf[p.pos + k]
-    p.pos += size
-    if major[0] != 7:
-        if (size == 1 and value < 24) or (size == 2 and value < 0x100) \
-                or (size == 4 and value < 0x10000) or (size == 8 and value < 0x100000000):
-            return fail("non_minimal")
-    argument[0] = value
-    return 0
-
-
-cdef bint utf8_valid(const uint8_t* s, Py_ssize_t n) noexcept nogil:
-    """Go utf8.Valid."""
-    cdef Py_ssize_t i = 0
-    cdef Py_ssize_t seq
-    while i < n:
-        if s[i] < 0x80:
-            i += 1
-            continue
-        seq = utf8_sequence_length(s, i, n)
-        if seq == 0:
-            return False
-        i += seq
-    return True
-
-
-cdef int ob_escape_byte_v2(OutBuf* b, uint8_t c) except -1:
-    """encoding/json (Go >= 1.22) writes \\b and \\f short; every other escape is v1's."""
-    if c == 8:
-        return ob_write(b, b"\\b", 2)
-    if c == 12:
-        return ob_write(b, b"\\f", 2)
-    return ob_escape_byte(b, c)
-
-
-cdef int ob_go_string_v2(OutBuf* b, const uint8_t* s, Py_ssize_t n) except -1:
-    """`s` as encoding/json writes a string (quotes included); RecordError if not UTF-8."""
-    cdef Py_ssize_t i = 0
-    cdef Py_ssize_t run_start = 0
-    cdef Py_ssize_t seq
-    cdef uint8_t cls
-    ob_reserve(b, n + 2)
-    b.data[b.len] = b'"'
-    b.len += 1
-    while i < n:
-        cls = ESCAPE_CLASS[s[i]]
-        if cls == 0:
-            i += 1
-            continue
-        if cls == 2:
-            seq = utf8_sequence_length(s, i, n)
-            if seq == 0:
-                return fail("invalid_utf8")
-            if seq == 3 and s[i] == 0xE2 and s[i + 1] == 0x80 and (s[i + 2] == 0xA8 or s[i + 2] == 0xA9):
-                ob_write(b, <const char*>s + run_start, i - run_start)
-                ob_write(b, b"\\u2028" if s[i + 2] == 0xA8 else b"\\u2029", 6)
-                run_start = i + 3
-            i += seq
-            continue
-        ob_write(b, <const char*>s + run_start, i - run_start)
-        ob_escape_byte_v2(b, s[i])
-        i += 1
-        run_start = i
-    ob_write(b, <const char*>s + run_start, n - run_start)
-    ob_byte(b, b'"')
-    return 0
-
-
-cdef int compare_canonical(const uint8_t* a, Py_ssize_t a_len, const uint8_t* b, Py_ssize_t b_len) noexcept nogil:
-    """DAG-CBOR key order (atmos compareCBORKeys): shorter first, then bytewise."""
-    if a_len != b_len:
-        return -1 if a_len < b_len else 1
-    return memcmp(a, b, a_len)
-
-
-cdef int parse_cid_v2(Parser* p) except -1:
-    """atmos readCIDLink after tag 42: 0x00 + a 36-byte CIDv1 (dag-cbor or raw, sha2-256)."""
-    cdef int major = 0, minor = 0
-    cdef uint64_t length = 0
-    cdef Py_ssize_t start = 0
-    cdef const uint8_t* c
-    read_head_v2(p, &major, &minor, &length)
-    if major != 2:
-        return fail("bad_cid")
-    if length > V2_MAX_ITEM:
-        return fail("string_too_long")
-    take(p, length, &start)
-    c = p.buf + start
-    if length != 37 or c[0] != 0 or c[1] != 1 or (c[2] != 0x71 and c[2] != 0x55) or c[3] != 0x12 or c[4] != 0x20:
-        return fail("bad_cid")
-    ob_write(&p.out, b'{"$link":"', 10)
-    ob_cid_string(&p.out, c + 1, 36)
-    return ob_write(&p.out, b'"}', 2)
-
-
-cdef int parse_simple_v2(Parser* p, int info, uint64_t argument) except -1:
-    cdef double value
-    cdef bytes text
-    if info == 20:
-        return ob_write(&p.out, b"false", 5)
-    if info == 21:
-        return ob_write(&p.out, b"true", 4)
-    if info == 22:
-        return ob_write(&p.out, b"null", 4)
-    if info != 27:
-        return fail("unsupported_simple")
-    memcpy(&value, &argument, 8)
-    if isnan(value) or isinf(value):
-        return fail("non_finite_float")
-    # Floats are outside the atproto data model (no real record has one): the reference's
-    # formatter is exact and this path is rare, so it is not duplicated in C.
-    text = _ref.go_float_json(value)
-    return ob_write(&p.out, PyBytes_AS_STRING(text), PyBytes_GET_SIZE(text))
-
-
-cdef int write_sorted_copy(Parser* p, Entry* entries, Py_ssize_t count, Py_ssize_t base) except -1:
-    """Rewrite the map written at `base` with its entries in bytewise key order."""
-    cdef Py_ssize_t saved_len = p.out.len - base
-    cdef char* saved = <char*>malloc(saved_len if saved_len else 1)
-    if saved == NULL:
-        raise MemoryError()
-    memcpy(saved, p.out.data + base, saved_len)
-    p.out.len = base
-    try:
-        qsort(entries, count, sizeof(Entry), compare_entry_keys)
-        return write_sorted_map(p, entries, count, saved, base)
-    finally:
-        free(saved)
-
-
-cdef int parse_map_v2(Parser* p, uint64_t count, Py_ssize_t depth) except -1:
-    """atmos readMap (text keys, valid UTF-8, strict DAG-CBOR order), written Go-sorted."""
-    cdef Py_ssize_t base = p.out.len
-    cdef Py_ssize_t first = p.entries_top
-    cdef Py_ssize_t n = <Py_ssize_t>count
-    cdef Py_ssize_t i
-    cdef int major = 0, minor = 0
-    cdef int order
-    cdef uint64_t key_len
-    cdef Py_ssize_t key_start = 0
-    cdef Entry* e
-    cdef Entry* previous
-    cdef bint in_order = True
-    ob_byte(&p.out, b'{')
-    for i in range(n):
-        read_head_v2(p, &major, &minor, &key_len)
-        if major != 3:
-            return fail("map_key_not_string")
-        if key_len > V2_MAX_ITEM:
-            return fail("key_too_long")
-        take(p, key_len, &key_start)
-        if not utf8_valid(p.buf + key_start, <Py_ssize_t>key_len):
-            return fail("invalid_utf8")
-        if i:
-            previous = &p.entries[first + i - 1]
-            order = compare_canonical(previous.key, previous.key_len, p.buf + key_start, <Py_ssize_t>key_len)
-            if order == 0:
-                return fail("duplicate_key")
-            if order > 0:
-                return fail("unsorted_keys")
-        push_entry(p)
-        e = &p.entries[p.entries_top - 1]
-        e.key = p.buf + key_start
-        e.key_len = <Py_ssize_t>key_len
-        if i:
-            ob_byte(&p.out, b',')
-        e.seg_start = p.out.len
-        ob_go_string_v2(&p.out, e.key, e.key_len)
-        ob_byte(&p.out, b':')
-        parse_item_v2(p, depth)
-        e = &p.entries[first + i]  # the child may have grown (moved) the entry stack
-        e.seg_end = p.out.len
-        if i and in_order and compare_entry_keys(&p.entries[first + i - 1], e) > 0:
-            in_order = False
-    if in_order:
-        ob_byte(&p.out, b'}')
-    else:
-        write_sorted_copy(p, &p.entries[first], n, base)
-    p.entries_top = first
-    return 0
-
-
-cdef int parse_item_v2(Parser* p, Py_ssize_t depth) except -1:
-    """atmos ReadValue of one item inside `depth` open containers, written as Go JSON."""
-    cdef int major = 0, minor = 0
-    cdef uint64_t argument = 0
-    cdef uint64_t i
-    cdef Py_ssize_t start = 0
-    if depth >= V2_MAX_DEPTH:
-        return fail("too_deep")
-    read_head_v2(p, &major, &minor, &argument)
-    if major == 0 or major == 1:
-        if argument > <uint64_t>9223372036854775807:
-            return fail("int_out_of_range")
-        return ob_int(&p.out, <int64_t>argument if major == 0 else <int64_t>(~argument))
-    if major == 2 or major == 3:
-        if argument > V2_MAX_ITEM:
-            return fail("string_too_long")
-        take(p, argument, &start)
-        if major == 3:
-            return ob_go_string_v2(&p.out, p.buf + start, p.pos - start)
-        ob_write(&p.out, b'{"$bytes":"', 11)
-        ob_base64_nopad(&p.out, p.buf + start, p.pos - start)
-        return ob_write(&p.out, b'"}', 2)
-    if major == 4 or major == 5:
-        if argument > V2_MAX_ITEM:
-            return fail("container_too_long")
-        if major == 5:
-            return parse_map_v2(p, argument, depth + 1)
-        ob_byte(&p.out, b'[')
-        for i in range(argument):
-            if i:
-                ob_byte(&p.out, b',')
-            parse_item_v2(p, depth + 1)
-        return ob_byte(&p.out, b']')
-    if major == 6:
-        if argument != 42:
-            return fail("unsupported_tag")
-        return parse_cid_v2(p)
-    return parse_simple_v2(p, minor, argument)
-
-
-cpdef bytes record_to_json_v2(object block):
-    """The record JSON Jetstream v2 sends for a record block (DAG-CBOR), or RecordError(reason).
-
-    One value is read from the start of `block`; bytes after it are ignored, as v2 ignores them.
-    """
-    cdef Parser p
-    cdef Py_buffer view
-    cdef bint have_view = False
-    if type(block) is bytes:
-        p.buf = <const uint8_t*>PyBytes_AS_STRING(block)
-        p.end = PyBytes_GET_SIZE(block)
-    else:
-        PyObject_GetBuffer(block, &view, PyBUF_SIMPLE)
-        have_view = True
-        p.buf = <const uint8_t*>view.buf
-        p.end = view.len
-    p.pos = 0
-    p.out.data = NULL
-    p.out.len = 0
-    p.out.cap = 0
-    p.entries = NULL
-    p.entries_top = 0
-    p.entries_cap = 0
-    try:
-        ob_reserve(&p.out, p.end + p.end // 2 + 64)
-        parse_item_v2(&p, 0)
-        return PyBytes_FromStringAndSize(p.out.data, p.out.len)
-    finally:
-        free(p.out.data)
-        free(p.entries)
-        if have_view:
-            PyBuffer_Release(&view)

@@ -266,12 +266,14 @@ class _Value:
 
 
 class _Container:
+    """An open array or map (both modes): its items so far and how many are still to come."""
+
     __slots__ = ("is_map", "remaining", "items", "key")
 
     def __init__(self, is_map: bool, count: int) -> None:
         self.is_map = is_map
         self.remaining = count
-        self.items: list = []  # arrays: JSON bytes; maps: (key bytes, _Value)
+        self.items: list = []  # arrays: item values; maps: (key bytes, item value)
         self.key: bytes | None = None
 
 
@@ -289,15 +291,22 @@ def _integral_float(value: float) -> int:
 
 
 class _Reader:
-    __slots__ = ("buf", "pos", "end")
+    """The input being read, in v1's rules or (v2=True) in v2's (see the v2 section)."""
 
-    def __init__(self, buf: bytes) -> None:
+    __slots__ = ("buf", "pos", "end", "v2")
+
+    def __init__(self, buf: bytes, v2: bool = False) -> None:
         self.buf = buf
         self.pos = 0
         self.end = len(buf)
+        self.v2 = v2
 
     def head(self) -> tuple[int, int, int]:
-        """(major type, additional info, argument) of the next item."""
+        """(major type, additional info, argument) of the next item.
+
+        v2 (atmos Decoder.readHeader) also wants minimal heads for major types 0-6 and only
+        64-bit floats; v1 (go-ipld-cbor) takes any head size.
+        """
         if self.pos >= self.end:
             raise RecordError("truncated")
         initial = self.buf[self.pos]
@@ -309,11 +318,15 @@ class _Reader:
             raise RecordError("indefinite_length")
         if info > 27:
             raise RecordError("malformed_cbor")
+        if self.v2 and major == 7 and info in (25, 26):
+            raise RecordError("short_float")
         size = 1 << (info - 24)
         if self.pos + size > self.end:
             raise RecordError("truncated")
         argument = int.from_bytes(self.buf[self.pos:self.pos + size], "big")
         self.pos += size
+        if self.v2 and major != 7 and argument < (24 if size == 1 else 1 << (4 * size)):
+            raise RecordError("non_minimal")
         return major, info, argument
 
     def take(self, length: int) -> bytes:
@@ -330,20 +343,35 @@ def _text_payload(reader: _Reader, length: int) -> bytes:
     return reader.take(length)
 
 
+def _link_json(cid: bytes) -> bytes:
+    return b'{"$link":"' + cid_to_string(cid).encode("ascii") + b'"}'
+
+
 def _cid_value(cid: bytes) -> _Value:
-    return _Value(K_TAGCID, b'{"$link":"' + cid_to_string(cid).encode("ascii") + b'"}', cid)
+    return _Value(K_TAGCID, _link_json(cid), cid)
 
 
-def _parse_tag(reader: _Reader, tag: int) -> _Value:
+def _read_link(reader: _Reader, tag: int) -> bytes:
+    """The binary CID a tag holds (tag 42: a byte string 0x00 + CID).
+
+    v1 takes any CID go-cid casts; v2 (atmos readCIDLink) only a CIDv1 of the dag-cbor or
+    raw codec with a sha2-256 digest.
+    """
     if tag != 42:
         raise RecordError("unsupported_tag")
     major, _, length = reader.head()
     if major != 2:
         raise RecordError("bad_cid")
+    if reader.v2 and length > V2_MAX_ITEM:
+        raise RecordError("string_too_long")
     payload = reader.take(length)
-    if not payload or payload[0] != 0 or not is_valid_cid(payload[1:]):
+    if reader.v2:
+        valid = len(payload) == 37 and payload[0] == 0 and payload[1:5] in _V2_CID_PREFIXES
+    else:
+        valid = len(payload) > 0 and payload[0] == 0 and is_valid_cid(payload[1:])
+    if not valid:
         raise RecordError("bad_cid")
-    return _cid_value(payload[1:])
+    return payload[1:]
 
 
 def _parse_simple(reader: _Reader, info: int, argument: int) -> _Value:
@@ -365,8 +393,8 @@ def _parse_simple(reader: _Reader, info: int, argument: int) -> _Value:
     return _Value(K_FLOAT, str(number).encode("ascii"), number)
 
 
-def _finish_array(items: list[bytes]) -> _Value:
-    return _Value(K_ARRAY, b"[" + b",".join(items) + b"]")
+def _finish_array(items: list[_Value]) -> _Value:
+    return _Value(K_ARRAY, b"[" + b",".join([item.json for item in items]) + b"]")
 
 
 def _finish_map(entries: list[tuple[bytes, _Value]]) -> _Value:
@@ -467,46 +495,73 @@ def _parse_scalar_or_open(reader: _Reader, stack: list[_Container]) -> _Value | 
             raise RecordError("container_too_long")
         if len(stack) + 1 > MAX_DEPTH:
             raise RecordError("too_deep")
-        if argument == 0:
-            return _finish_map([]) if major == 5 else _finish_array([])
-        stack.append(_Container(major == 5, argument))
-        return None
+        return _open_container(stack, major == 5, argument, _finish_container)
     if major == 6:
-        return _parse_tag(reader, argument)
+        return _cid_value(_read_link(reader, argument))
     return _parse_simple(reader, info, argument)
 
 
-def _read_key(reader: _Reader) -> bytes:
+def _open_container(stack: list[_Container], is_map: bool, count: int, finish):
+    """Push a container of `count` items on `stack` (None); an empty one is finished at once."""
+    container = _Container(is_map, count)
+    if count == 0:
+        return finish(container)
+    stack.append(container)
+    return None
+
+
+def _finish_container(container: _Container) -> _Value:
+    return _finish_map(container.items) if container.is_map else _finish_array(container.items)
+
+
+def _read_key(reader: _Reader, container: _Container) -> bytes:
+    """The next key of the map `container`: text, at most the mode's key length.
+
+    v2 (atmos readMap) also wants valid UTF-8, strictly after the previous key in DAG-CBOR
+    order (shorter first, then bytewise), so a duplicate or out-of-order key fails here.
+    """
     major, _, length = reader.head()
     if major != 3:
         raise RecordError("map_key_not_string")
-    if length > MAX_KEY_BYTES:
+    if length > (V2_MAX_ITEM if reader.v2 else MAX_KEY_BYTES):
         raise RecordError("key_too_long")
-    return reader.take(length)
+    key = reader.take(length)
+    if reader.v2:
+        try:
+            key.decode("utf-8")
+        except UnicodeDecodeError:
+            raise RecordError("invalid_utf8") from None
+        if container.items:
+            previous = container.items[-1][0]
+            if len(previous) == len(key) and previous == key:
+                raise RecordError("duplicate_key")
+            if (len(previous), previous) > (len(key), key):
+                raise RecordError("unsorted_keys")
+    return key
 
 
-def _parse_document(reader: _Reader) -> _Value:
+def _read_value(reader: _Reader, read_item, finish):
+    """One whole value, nesting walked with an explicit stack (both modes).
+
+    `read_item(reader, stack)` parses one item: a non-empty container is pushed on `stack`
+    and None returned. `finish(container)` turns a complete container into its value.
+    """
     stack: list[_Container] = []
     while True:
-        if stack and stack[-1].is_map and stack[-1].key is None:
-            stack[-1].key = _read_key(reader)
-        value = _parse_scalar_or_open(reader, stack)
-        # Deliver finished values upward, closing every container they complete.
-        while value is not None:
+        if stack and stack[-1].is_map:
+            stack[-1].key = _read_key(reader, stack[-1])
+        value = read_item(reader, stack)
+        while value is not None:  # deliver it upward, closing each container it completes
             if not stack:
                 return value
             top = stack[-1]
-            if top.is_map:
-                top.items.append((top.key, value))
-                top.key = None
-            else:
-                top.items.append(value.json)
+            top.items.append((top.key, value) if top.is_map else value)
             top.remaining -= 1
             if top.remaining:
                 value = None
             else:
                 stack.pop()
-                value = _finish_map(top.items) if top.is_map else _finish_array(top.items)
+                value = finish(top)
 
 
 def record_to_json(block: bytes) -> bytes:
@@ -515,7 +570,7 @@ def record_to_json(block: bytes) -> bytes:
     if len(block) > MAX_RECORD_BYTES:
         raise RecordError("record_too_large")
     reader = _Reader(block)
-    value = _parse_document(reader)
+    value = _read_value(reader, _parse_scalar_or_open, _finish_container)
     if reader.pos != reader.end:
         raise RecordError("trailing_bytes")
     if value.kind != K_MAP:
@@ -548,6 +603,8 @@ def record_to_json(block: bytes) -> bytes:
 #   < > & as \u003c \u003e \u0026, U+2028/U+2029 as \u2028 \u2029.
 # A record v2 cannot decode is not sent: v2's subscriber loop counts an encode error,
 # logs it and skips that event (internal/subscribe/handler.go); the stream goes on.
+# The reading is v1's, shared: `_Reader.head`, `_read_key`, `_read_link` and `_read_value`
+# apply each v2 rule above behind `reader.v2`; this section holds only what v2 alone does.
 
 V2_MAX_ITEM = 1 << 20  # atmos cbor.MaxSize: byte/text length, array/map element count
 V2_MAX_DEPTH = 128  # atmos cbor.MaxDepth
@@ -610,44 +667,6 @@ def go_float_json(value: float) -> bytes:
     return (sign + whole_digits + ("." + fraction_digits if fraction_digits else "")).encode("ascii")
 
 
-def _v2_head(reader: _Reader) -> tuple[int, int, int]:
-    """atmos Decoder.readHeader: minimal heads (major 0-6), only 64-bit floats (major 7)."""
-    if reader.pos >= reader.end:
-        raise RecordError("truncated")
-    initial = reader.buf[reader.pos]
-    reader.pos += 1
-    major, info = initial >> 5, initial & 0x1F
-    if info < 24:
-        return major, info, info
-    if info == 31:
-        raise RecordError("indefinite_length")
-    if info > 27:
-        raise RecordError("malformed_cbor")
-    if major == 7 and info in (25, 26):
-        raise RecordError("short_float")
-    size = 1 << (info - 24)
-    if reader.pos + size > reader.end:
-        raise RecordError("truncated")
-    argument = int.from_bytes(reader.buf[reader.pos:reader.pos + size], "big")
-    reader.pos += size
-    if major != 7 and argument < (24 if size == 1 else 1 << (4 * size)):
-        raise RecordError("non_minimal")
-    return major, info, argument
-
-
-def _v2_cid(reader: _Reader) -> bytes:
-    """atmos readCIDLink after tag 42: the link's JSON."""
-    major, _, length = _v2_head(reader)
-    if major != 2:
-        raise RecordError("bad_cid")
-    if length > V2_MAX_ITEM:
-        raise RecordError("string_too_long")
-    payload = reader.take(length)
-    if len(payload) != 37 or payload[0] != 0 or payload[1:5] not in _V2_CID_PREFIXES:
-        raise RecordError("bad_cid")
-    return b'{"$link":"' + cid_to_string(payload[1:]).encode("ascii") + b'"}'
-
-
 def _v2_simple(reader: _Reader, info: int, argument: int) -> bytes:
     if info == 20:
         return b"false"
@@ -663,48 +682,18 @@ def _v2_simple(reader: _Reader, info: int, argument: int) -> bytes:
     raise RecordError("unsupported_simple")
 
 
-class _V2Container:
-    __slots__ = ("is_map", "remaining", "items", "key")
-
-    def __init__(self, is_map: bool, count: int) -> None:
-        self.is_map = is_map
-        self.remaining = count
-        self.items: list = []  # arrays: JSON bytes; maps: (key bytes, JSON bytes)
-        self.key: bytes | None = None
-
-
-def _v2_finish(container: _V2Container) -> bytes:
+def _v2_finish(container: _Container) -> bytes:
     if not container.is_map:
         return b"[" + b",".join(container.items) + b"]"
     entries = sorted(container.items)  # keys are unique: the order check saw to that
     return b"{" + b",".join(_v2_string(key) + b":" + value for key, value in entries) + b"}"
 
 
-def _v2_key(reader: _Reader, previous: bytes | None) -> bytes:
-    """atmos readMap's key: text, valid UTF-8, strictly after `previous` in DAG-CBOR order."""
-    major, _, length = _v2_head(reader)
-    if major != 3:
-        raise RecordError("map_key_not_string")
-    if length > V2_MAX_ITEM:
-        raise RecordError("key_too_long")
-    key = reader.take(length)
-    try:
-        key.decode("utf-8")
-    except UnicodeDecodeError:
-        raise RecordError("invalid_utf8") from None
-    if previous is not None:
-        if len(previous) == len(key) and previous == key:
-            raise RecordError("duplicate_key")
-        if (len(previous), previous) > (len(key), key):
-            raise RecordError("unsorted_keys")
-    return key
-
-
-def _v2_item(reader: _Reader, stack: list[_V2Container]) -> bytes | None:
+def _v2_item(reader: _Reader, stack: list[_Container]) -> bytes | None:
     """atmos ReadValue for one item; a non-empty container is pushed on `stack` (None)."""
     if len(stack) + 1 > V2_MAX_DEPTH:
         raise RecordError("too_deep")
-    major, info, argument = _v2_head(reader)
+    major, info, argument = reader.head()
     if major == 0:
         if argument >= 1 << 63:
             raise RecordError("int_out_of_range")
@@ -724,14 +713,9 @@ def _v2_item(reader: _Reader, stack: list[_V2Container]) -> bytes | None:
     if major in (4, 5):
         if argument > V2_MAX_ITEM:
             raise RecordError("container_too_long")
-        if argument == 0:
-            return b"{}" if major == 5 else b"[]"
-        stack.append(_V2Container(major == 5, argument))
-        return None
+        return _open_container(stack, major == 5, argument, _v2_finish)
     if major == 6:
-        if argument != 42:
-            raise RecordError("unsupported_tag")
-        return _v2_cid(reader)
+        return _link_json(_read_link(reader, argument))
     return _v2_simple(reader, info, argument)
 
 
@@ -741,21 +725,4 @@ def record_to_json_v2(block: bytes) -> bytes:
     Reads one value from the start of `block` (bytes after it are ignored, as v2's
     streaming decoder ignores them); see the section comment above for every rule.
     """
-    reader = _Reader(bytes(block))
-    stack: list[_V2Container] = []
-    while True:
-        if stack and stack[-1].is_map:
-            top = stack[-1]
-            top.key = _v2_key(reader, top.items[-1][0] if top.items else None)
-        value = _v2_item(reader, stack)
-        while value is not None:  # deliver it upward, closing each container it completes
-            if not stack:
-                return value
-            top = stack[-1]
-            top.items.append((top.key, value) if top.is_map else value)
-            top.remaining -= 1
-            if top.remaining:
-                value = None
-            else:
-                stack.pop()
-                value = _v2_finish(top)
+    return _read_value(_Reader(bytes(block), v2=True), _v2_item, _v2_finish)

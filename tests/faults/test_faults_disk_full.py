@@ -12,8 +12,6 @@ import json
 import logging
 import os
 import re
-import shutil
-import subprocess
 
 import pytest
 from prometheus_client import REGISTRY
@@ -22,6 +20,7 @@ from jetstream.config import parse_serve_args
 from jetstream.daemon import Daemon
 from jetstream.relaysim.server import RelaySim
 from jetstream.relaysim.synthetic import SyntheticSource
+from tests.small_disk import fill, mounted_tmpfs
 from tests.synthetic_expected import expected_lines
 from tests.waiting import until
 from tests.wsclient import connect
@@ -34,16 +33,8 @@ TIME_US = re.compile(rb'"time_us":\d+')
 
 @pytest.fixture
 def small_disk(tmp_path):
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount_point)],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {result.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "disk") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
 
 
 
@@ -65,14 +56,12 @@ async def test_disk_full_pauses_ingest_keeps_serving_and_resumes_from_the_durabl
         "--data-dir", str(data_dir), "--override-relay-cursor", "0", "--max-sub-rate", "1000000",
         "--relay-backoff-initial", "100ms", "--relay-backoff-max", "500ms"], environ={}))
     await daemon.start(connect_relay=False)
-    filler = small_disk / "filler"
     failures_before = metric("jetstream_log_write_failures_total")
     try:
         url = f"ws://127.0.0.1:{daemon.port}/subscribe"
         _, live = await connect(url)
         await until(lambda: daemon.server.connected_count == 1, "the live client")
-        with open(filler, "wb") as out:
-            out.write(b"\0" * (shutil.disk_usage(small_disk).free - 1_500_000))
+        filler = fill(small_disk)
         daemon.connect_relay()
 
         await until(lambda: metric("jetstream_ingest_paused") == 1, "ingest to pause on the full disk")

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
-import subprocess
 
 import pytest
 
 from tests.health.ingest_health_helpers import Serve, kinds, relay_url, start_relay
+from tests.small_disk import fill, mounted_tmpfs
 from tests.workers.workers_helpers import free_port, metric_value, metrics_text
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -31,16 +30,8 @@ THRESHOLD = "2s"
 
 @pytest.fixture
 def small_disk(tmp_path):
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount_point)],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {result.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "disk") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
 
 
 def cursor_of(report: dict) -> int:
@@ -53,11 +44,9 @@ async def test_disk_full_degrades_healthz_for_the_whole_pause_and_recovers(tmp_p
     daemon = Serve(tmp_path)
     await daemon.start_serving(relay_url(relay_port), "--workers", str(workers), "--relay-stall-threshold", THRESHOLD,
                                data_dir=small_disk / "data")
-    filler = small_disk / "filler"
     try:
         await daemon.wait_health("ingest under way", lambda status, report: status == 200 and cursor_of(report) > 200)
-        with open(filler, "wb") as out:
-            out.write(b"\0" * (shutil.disk_usage(small_disk).free - 1_500_000))
+        filler = fill(small_disk)
 
         problem = await daemon.wait_problem("ingest_paused")
         assert "refuses writes" in problem["detail"] and "--data-dir" in problem["action"]
