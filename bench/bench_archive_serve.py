@@ -160,8 +160,10 @@ def main() -> None:
     parser.add_argument("--segments", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=300)
     parser.add_argument("--skip-serve", action="store_true")
+    parser.add_argument("--skip-plan", action="store_true")
     args = parser.parse_args()
-    bench_planner(args.segments, args.runs)
+    if not args.skip_plan:
+        bench_planner(args.segments, args.runs)
     if not args.skip_serve:
         bench_get_segment()
 
