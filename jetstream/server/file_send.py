@@ -4,7 +4,8 @@ Owns: `FileSender`, a small pool of send threads (`--archive-send-threads`) and 
 bounds each one (`--archive-send-timeout`: a send that makes no progress for that long is given
 up), and `send_range`, the blocking loop one thread runs on a duplicate of the socket's
 descriptor: the head, then sendfile from the page cache straight into the socket (no copy
-through Python, no event-loop work per chunk), waiting in poll() while the socket is full.
+through Python, no event-loop work per chunk), waiting in poll() while the socket is full, and
+then reading away what the client sent meanwhile (so the close that follows is a FIN, not a RST).
 The thread owns the duplicate socket descriptor and the file descriptor and closes both, so
 whatever the event loop does meanwhile (a shutdown closing the transport) can never make the
 thread write to a reused descriptor.
@@ -22,7 +23,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 SENDFILE_MAX_CALL = 8 << 20  # bytes asked of one sendfile call (the kernel sends what the socket takes)
-STOP_CHECK_S = 0.5  # a thread waiting for room looks at the stop flags at least this often
+STOP_CHECK_S = 0.5
+DRAIN_MAX_BYTES = 1 << 20  # read away at most this much a client sent during its download before the close  # a thread waiting for room looks at the stop flags at least this often
 
 
 class SendStalled(Exception):
@@ -70,10 +72,25 @@ def send_range(sock_fd: int, head: bytes, file_fd: int, offset: int, length: int
             if idle >= stall_timeout_s:
                 raise SendStalled(f"no progress for {idle:.1f}s with {length - sent} bytes left")
             poller.poll(min(stall_timeout_s - idle, STOP_CHECK_S) * 1000)  # errors show on the next write
+        _discard_unread(sock_fd)
         return sent
     finally:
         os.close(sock_fd)
         os.close(file_fd)
+
+
+def _discard_unread(sock_fd: int) -> None:
+    """Read away what the client sent during the send (reading was paused): a socket closed with unread
+    bytes resets the connection, and the client loses the answer's tail still in flight."""
+    drained = 0
+    try:
+        while drained < DRAIN_MAX_BYTES:
+            chunk = os.read(sock_fd, 65536)
+            if not chunk:
+                return
+            drained += len(chunk)
+    except OSError:  # BlockingIOError: nothing more has arrived
+        return
 
 
 class FileSender:

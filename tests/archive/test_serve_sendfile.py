@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 
 import pytest
 
@@ -107,5 +108,29 @@ def test_while_every_send_thread_is_busy_a_download_is_streamed(tmp_path, big_se
         assert status == 200 and body == big_segment.read_bytes()
         assert "event=file_send_stalled" not in server.logs()
         pinned.close()
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("threads", ["8", "0"])
+def test_bytes_the_client_sent_after_its_request_do_not_reset_the_answer(tmp_path, big_segment, threads):
+    """Unread bytes in a socket closed by the server turn its FIN into a RST, and the client loses what it had
+    not read yet; the send drains them as the streamed path does (uvloop keeps reading there)."""
+    raw = big_segment.read_bytes()
+    server = serve(tmp_path, big_segment, "--archive-send-threads", threads)
+    try:
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # a slow reader: the server's send
+        client.connect(("127.0.0.1", server.port))  # queue still holds the tail when its send returns
+        client.sendall(f"GET {SEG}{big_segment.name} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        client.settimeout(10)
+        received = bytearray(client.recv(65536))  # the answer has begun: what we send now arrives unread
+        client.sendall(b"GET /next HTTP/1.1\r\n\r\n")
+        while chunk := client.recv(65536):
+            received += chunk
+            time.sleep(0.0005)
+        head, _, body = bytes(received).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and body == raw
+        client.close()
     finally:
         server.stop()
