@@ -143,7 +143,8 @@ def bench_get_segment(size_mib: int = 64, rounds: int = 8) -> dict:
     result = {mode: {"wall_mib_s": max(samples), "wall_median_mib_s": statistics.median(samples),
                      "mib_per_cpu_s": mib / cpu[mode]} for mode, samples in wall.items()}
     for mode in ("sendfile", "streamed"):
-        print(f"getSegment {size / 2**20:.0f} MiB in 8 MiB Range slices, {mode}: {result[mode]['wall_mib_s']:.0f} MiB/s "
+        print(f"getSegment {size / 2**20:.0f} MiB in 8 MiB Range slices, {mode}: "
+              f"{result[mode]['wall_mib_s']:.0f} MiB/s "
               f"(ratio {result[mode]['wall_mib_s'] / result['raw']['wall_mib_s']:.2f} of raw), "
               f"{result[mode]['mib_per_cpu_s']:.0f} MiB per server CPU-second "
               f"(ratio {result[mode]['mib_per_cpu_s'] / result['raw']['mib_per_cpu_s']:.2f} of raw)", flush=True)

@@ -111,7 +111,8 @@ class SubscribeServer:
         archive = self.archive
         local = (archive.routes, archive.answer, self.file_sender) if archive is not None else (None, None, None)
         return FrontDoor(self._new_protocol, self.settings.max_request_bytes, self.settings.handshake_timeout_s,
-                         self.pending_heads, self._count_front_door_answer, *local)
+                         self.pending_heads, self._count_front_door_answer, *local,
+                         count_disconnect=self.count_disconnect)
 
     def _count_front_door_answer(self, reason: str) -> None:
         self.refused_requests[reason] += 1

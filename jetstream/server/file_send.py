@@ -23,8 +23,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 SENDFILE_MAX_CALL = 8 << 20  # bytes asked of one sendfile call (the kernel sends what the socket takes)
-STOP_CHECK_S = 0.5
-DRAIN_MAX_BYTES = 1 << 20  # read away at most this much a client sent during its download before the close  # a thread waiting for room looks at the stop flags at least this often
+STOP_CHECK_S = 0.5  # a thread waiting for room looks at the stop flags at least this often
+DRAIN_MAX_BYTES = 1 << 20  # read away at most this much a client sent during its download before the close
 
 
 class SendStalled(Exception):

@@ -4,8 +4,9 @@ Owns: each connection until its HTTP request head is read: feeding what arrives 
 HeadReader (request_head.py decides everything: 405/CORS/HEAD, 431, 503, or hand-over),
 the handshake timer, writing an answer and closing (a local route's file range by the
 FileSender's sendfile thread when one is free, else streamed here in 1 MiB reads under flow
-control), and handing the transport to picows' protocol with the bytes already received. picows alone hangs up at 16 KiB, so v1 clients
-with a few hundred `wantedDids` in the URL need this door (`--max-request-bytes`).
+control), and handing the transport to picows' protocol with the bytes already received.
+picows alone hangs up at 16 KiB, so v1 clients with a few hundred `wantedDids` in the URL need
+this door (`--max-request-bytes`).
 It must never decide anything itself (the head reader does, without sockets, so it is
 tested without them), and it must stay out of the way once a connection is handed over:
 the transport then talks to picows directly, so the stream pays nothing for the front door.
@@ -30,18 +31,21 @@ class FrontDoor(asyncio.Protocol):
     connection over; `full_target` is the original request target when the head handed to
     picows had its query cut (else None). `count_answer(reason)` is told of every request
     answered here (`request_too_large`, `method_not_get`, `server_busy`). `file_sender` sends a local
-    route's file range with sendfile in a thread when it has one free (else it is streamed here).
+    route's file range with sendfile in a thread when it has one free (else it is streamed here);
+    `count_disconnect("archive_send_stalled")` is told of each such send given up on a client taking nothing.
     """
 
     def __init__(self, make_websocket_protocol: Callable[[bytes | None], asyncio.BaseProtocol],
                  max_request_bytes: int, handshake_timeout_s: float, budget: HeadBudget,
                  count_answer: Callable[[str], None] = lambda reason: None,
-                 local: LocalRoutes | None = None, answer_local=None, file_sender: FileSender | None = None) -> None:
+                 local: LocalRoutes | None = None, answer_local=None, file_sender: FileSender | None = None,
+                 count_disconnect: Callable[[str], None] = lambda reason: None) -> None:
         self._make_websocket_protocol = make_websocket_protocol
         self._count_answer = count_answer
         self._head = HeadReader(max_request_bytes, budget, local)
         self._answer_local = answer_local
         self._file_sender = file_sender
+        self._count_disconnect = count_disconnect
         self._handshake_timeout_s = handshake_timeout_s
         self._transport: asyncio.Transport | None = None
         self._timeout: asyncio.TimerHandle | None = None
@@ -160,6 +164,7 @@ class FrontDoor(asyncio.Protocol):
             await self._file_sender.send(_socket_fd(transport), head, file_fd, body.offset, body.remaining)
         except SendStalled as exc:
             log.warning("event=file_send_stalled detail=%s", exc)
+            self._count_disconnect("archive_send_stalled")
             transport.abort()
             return
         except FileShort as exc:

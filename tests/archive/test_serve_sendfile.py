@@ -6,11 +6,12 @@ import asyncio
 import os
 import socket
 import time
+import urllib.request
 
 import pytest
 
 from jetstream.archive import KIND_CREATE, SegmentEvent, SegmentOptions, SegmentWriter, segment_name
-from tests.archive.serve_helpers import Serve
+from tests.archive.serve_helpers import Serve, free_port
 from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(180)
@@ -81,7 +82,9 @@ def received_until_closed(client: socket.socket) -> int:
 
 def test_a_client_that_stops_reading_is_aborted_and_its_thread_serves_the_next(tmp_path, big_segment):
     size = big_segment.stat().st_size
-    server = serve(tmp_path, big_segment, "--archive-send-threads", "1", "--archive-send-timeout", "1s")
+    metrics_port = free_port()
+    server = serve(tmp_path, big_segment, "--archive-send-threads", "1", "--archive-send-timeout", "1s",
+                   "--metrics-listen-addr", f"127.0.0.1:{metrics_port}")
     try:
         first = stalled_download(server.port, big_segment.name)
         asyncio.run(until(lambda: server.logs().count("event=file_send_stalled") == 1, "the first stall", timeout=30))
@@ -94,6 +97,8 @@ def test_a_client_that_stops_reading_is_aborted_and_its_thread_serves_the_next(t
         second.close()
         status, _, body = server.get(SEG + big_segment.name)
         assert status == 200 and body == big_segment.read_bytes()
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+        assert 'jetstream_server_disconnects_total{reason="archive_send_stalled"} 2.0' in metrics
     finally:
         server.stop()
 
