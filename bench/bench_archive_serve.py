@@ -1,6 +1,6 @@
 """The archive's read side (issue 24): planSnapshot latency over 1,000 segments, getSegment throughput.
 
-    .venv/bin/python bench/bench_archive_serve.py [--segments 1000] [--runs 300]
+    .venv/bin/python bench/bench_archive_serve.py [--segments 1000] [--runs 300] [--skip-plan] [--skip-serve]
 
 planSnapshot: 1,000 sealed segments (8 blocks of 128 events each, DIDs drawn from a pool of
 200,000), planned for one DID that is in ~2% of the segments (a typical account) and for one
