@@ -1,6 +1,6 @@
 """The archive's read side (issue 24): planSnapshot latency over 1,000 segments, getSegment throughput.
 
-    .venv/bin/python bench/bench_archive_serve.py [--segments 1000] [--runs 300]
+    .venv/bin/python bench/bench_archive_serve.py [--segments 1000] [--runs 300] [--skip-plan] [--skip-serve]
 
 planSnapshot: 1,000 sealed segments (8 blocks of 128 events each, DIDs drawn from a pool of
 200,000), planned for one DID that is in ~2% of the segments (a typical account) and for one
@@ -11,7 +11,10 @@ plan call, in milliseconds of wall time on the shared 2-core machine.
 
 getSegment: a 64 MiB segment of incompressible payloads fetched from a real `jetstream serve` as
 the SDK does (Range slices of 8 MiB, one connection each) vs reading the same file in 8 MiB
-preads, both from the page cache, MiB/s.
+preads, both from the page cache: wall MiB/s (client and server share the machine, so the
+Python client's own receive cost is in it), and MiB per CPU-second of the server process (what
+one server core can send when the clients are elsewhere). Both for the sendfile threads (the
+default) and the streamed path (--archive-send-threads 0), in the same run.
 """
 from __future__ import annotations
 
@@ -94,32 +97,72 @@ def bench_planner(segments: int, runs: int) -> dict:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def bench_get_segment(size_mib: int = 64) -> tuple[float, float]:
-    root = Path(tempfile.mkdtemp(prefix="bench-archive-serve-"))
-    data_dir = root / "data"
-    archive = data_dir / "archive"
-    archive.mkdir(parents=True)
+def build_big_segment(archive: Path, size_mib: int) -> Path:
     path = archive / segment_name(0)
     writer = SegmentWriter(str(path) + ".tmp", 1, SegmentOptions(block_events=256, fsync=False))
-    payload_events = size_mib * 1024
-    for seq in range(1, payload_events + 1):
+    for seq in range(1, size_mib * 1024 + 1):
         writer.add(SegmentEvent(seq, seq, 0, KIND_CREATE, pool_did(seq % 1000), "app.bsky.feed.post", f"r{seq}",
                                 "rev", os.urandom(1024)))
     writer.seal()
-    size = path.stat().st_size
+    return path
+
+
+def bench_get_segment(size_mib: int = 64, rounds: int = 8) -> dict:
+    """getSegment sent by sendfile threads (the default) and streamed (--archive-send-threads 0, the path
+    before them), each from its own real `jetstream serve` on the same file, rounds interleaved with the
+    raw read. Best wall MiB/s of each, and MiB per CPU-second of the server process (all its threads)
+    and of the raw-reading thread."""
     from tests.archive.serve_helpers import Serve  # the same subprocess harness the tests use
 
-    server = Serve(data_dir, log_path=root / "serve.log")
+    root = Path(tempfile.mkdtemp(prefix="bench-archive-serve-"))
+    archive = root / "archive"
+    archive.mkdir()
+    path = build_big_segment(archive, size_mib)
+    size = path.stat().st_size
+    servers = {mode: Serve(root / mode, "--archive-dir", str(archive), "--archive-send-threads", threads,
+                           log_path=root / f"{mode}.log")
+               for mode, threads in (("sendfile", "8"), ("streamed", "0"))}
+    wall = {"raw": [], **{mode: [] for mode in servers}}
+    cpu = {"raw": 0.0, **{mode: 0.0 for mode in servers}}
     try:
-        server.wait_ready()
-        raw = _raw_read(path, size)
-        served = _served_read(server.port, segment_name(0), size)
+        for server in servers.values():
+            server.wait_ready()
+        for _ in range(rounds):
+            cpu_before = time.thread_time()
+            wall["raw"].append(_raw_read(path, size, rounds=1))
+            cpu["raw"] += time.thread_time() - cpu_before
+            for mode, server in servers.items():
+                cpu_before = process_cpu_s(server.process.pid)
+                wall[mode].append(_served_read(server.port, segment_name(0), size, rounds=1))
+                cpu[mode] += process_cpu_s(server.process.pid) - cpu_before
     finally:
-        server.stop()
+        for server in servers.values():
+            server.stop()
         shutil.rmtree(root, ignore_errors=True)
-    print(f"getSegment {size / 2**20:.0f} MiB in 8 MiB Range slices: {served:.0f} MiB/s; raw 8 MiB preads: "
-          f"{raw:.0f} MiB/s; ratio {served / raw:.2f}", flush=True)
-    return served, raw
+    mib = size / 2**20 * rounds
+    result = {mode: {"wall_mib_s": max(samples), "wall_median_mib_s": statistics.median(samples),
+                     "mib_per_cpu_s": mib / cpu[mode]} for mode, samples in wall.items()}
+    for mode in ("sendfile", "streamed"):
+        print(f"getSegment {size / 2**20:.0f} MiB in 8 MiB Range slices, {mode}: "
+              f"{result[mode]['wall_mib_s']:.0f} MiB/s "
+              f"(ratio {result[mode]['wall_mib_s'] / result['raw']['wall_mib_s']:.2f} of raw), "
+              f"{result[mode]['mib_per_cpu_s']:.0f} MiB per server CPU-second "
+              f"(ratio {result[mode]['mib_per_cpu_s'] / result['raw']['mib_per_cpu_s']:.2f} of raw)", flush=True)
+    print(f"raw 8 MiB preads: {result['raw']['wall_mib_s']:.0f} MiB/s, {result['raw']['mib_per_cpu_s']:.0f} MiB per "
+          f"CPU-second", flush=True)
+    return result
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU time of every live thread of `pid`, in seconds (schedstat: nanoseconds, not clock ticks)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as stat:
+                total += int(stat.read().split()[0])
+        except (OSError, ValueError):
+            pass  # a thread that ended meanwhile
+    return total / 1e9
 
 
 def _raw_read(path: Path, size: int, rounds: int = 5) -> float:
@@ -160,8 +203,10 @@ def main() -> None:
     parser.add_argument("--segments", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=300)
     parser.add_argument("--skip-serve", action="store_true")
+    parser.add_argument("--skip-plan", action="store_true")
     args = parser.parse_args()
-    bench_planner(args.segments, args.runs)
+    if not args.skip_plan:
+        bench_planner(args.segments, args.runs)
     if not args.skip_serve:
         bench_get_segment()
 

@@ -26,7 +26,8 @@ QUICK = os.environ.get("JETSTREAM_BENCH_QUICK", "") == "1"
 # Which floors of thresholds.json each stage answers for.
 GATED_PREFIXES = {"ingest": ("ingest_", "record_json_"), "filter": ("filter_",), "fanout": ("fanout_",),
                   "replay": ("replay_",), "latency": (), "memory": (),
-                  "workers": ("workers_",), "live": ("live_",)}  # --workers 2 vs 1 (bench_workers.py)
+                  "workers": ("workers_",), "live": ("live_",),  # --workers 2 vs 1 (bench_workers.py)
+                  "archive": ("archive_",)}  # getSegment vs a raw read (bench_archive_serve.py)
 
 
 def floors_of(stage: str) -> dict[str, float]:

@@ -601,6 +601,32 @@ def stage_verify(table: Table, quick: bool) -> None:
     table.add("verify", "DID cache hit rate, relay-sim corpus loop", result["cache"]["hit_rate"] * 100, "%")
 
 
+# --- stage: archive (issue 24: v2's archive endpoints) ------------------------------------------------
+
+def stage_archive(table: Table, quick: bool) -> None:
+    """bench/bench_archive_serve.py: getSegment from a real `jetstream serve` vs a raw read; planSnapshot."""
+    import bench_archive_serve
+
+    result = bench_archive_serve.bench_get_segment(size_mib=32 if quick else 64, rounds=4 if quick else 8)
+    raw, ours, streamed = result["raw"], result["sendfile"], result["streamed"]
+    table.add("archive", "getSegment, 8 MiB Range slices (sendfile), wall", ours["wall_mib_s"], "MiB/s",
+              raw["wall_mib_s"], "raw 8 MiB preads", "archive_get_segment_vs_raw", target="≥ 0.8× raw read")
+    table.add("archive", "getSegment (sendfile), per server CPU-second", ours["mib_per_cpu_s"], "MiB/CPU-s",
+              raw["mib_per_cpu_s"], "raw 8 MiB preads", "archive_get_segment_cpu_vs_raw")
+    table.add("archive", "getSegment streamed (--archive-send-threads 0), wall", streamed["wall_mib_s"], "MiB/s",
+              raw["wall_mib_s"], "raw 8 MiB preads")
+    table.add("archive", "getSegment, sendfile vs streamed, per server CPU-s", ours["mib_per_cpu_s"], "MiB/CPU-s",
+              streamed["mib_per_cpu_s"], "streamed", "archive_sendfile_cpu_gain")
+    segments = 200 if quick else 1000
+    plans = bench_archive_serve.bench_planner(segments, 50 if quick else 200)
+    for key, label in (("warm_rare", "1 DID in 2% of segments, warm footers"),
+                       ("cold_rare", "1 DID in 2% of segments, cold footers"),
+                       ("warm_everywhere", "1 DID in every segment, warm footers")):
+        p50, p99, _ = plans[key]
+        table.add("archive", f"planSnapshot p50, {label}, {segments:,} segments", p50, "ms")
+        table.add("archive", f"planSnapshot p99, {label}", p99, "ms")
+
+
 # --- gate and main -------------------------------------------------------------------------------------
 
 STAGES = {"ingest": stage_ingest, "filter": stage_filter, "fanout": stage_fanout, "replay": stage_replay,
@@ -608,6 +634,7 @@ STAGES = {"ingest": stage_ingest, "filter": stage_filter, "fanout": stage_fanout
           "verify": stage_verify, "live": stage_live}
 # --workers 1 vs 2 (bench_workers.py): daemon process trees, CPU per delivered event, shares, latency.
 STAGES["workers"] = bench_workers.stage_workers
+STAGES["archive"] = stage_archive  # issue 24: getSegment vs a raw read, planSnapshot latency
 
 
 def check(results: dict, thresholds: dict) -> list[str]:

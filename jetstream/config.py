@@ -319,6 +319,8 @@ SERVE_FLAGS: tuple[Flag, ...] = (
     Flag("plan-max-entries", 100_000, int, "work units (whole segments or block ranges) one planSnapshot page may hold, at least one; the client pages on with plannedThroughSeq (v2's flag and default); 0 = no limit", v1=False, check=at_least(0)),
     Flag("archive-footer-cache-bytes", 256 << 20, int, "segment footers (block index, DID blooms, collection index) kept in memory for planSnapshot, least recently used evicted; a DID plan probes uncached segment blooms with one 64-byte read", v1=False, check=at_least(0)),
     Flag("archive-max-body-bytes", 2 << 20, int, "largest planSnapshot request body read (413 TooLarge beyond; v2's 2 MB)", v1=False, check=at_least(1)),
+    Flag("archive-send-threads", 8, int, "getSegment/getBlock downloads sent at once by sendfile threads (file to socket, no copy through Python); further ones are streamed through the event loop; 0 = always stream", v1=False, check=at_least(0)),
+    Flag("archive-send-timeout", "60s", parse_duration, "a download whose client takes no bytes for this long is aborted, freeing its send thread", v1=False, check=above(0)),
 )
 
 RELAY_SIM_ENV_PREFIX = "RELAYSIM_"  # relay-sim's own variables, never the daemon's

@@ -22,6 +22,7 @@ from picows import WSCloseCode, WSUpgradeRequest
 
 from jetstream.instance import INSTANCE_HEADER, instance_id_of
 from jetstream.server import http, params, status_page
+from jetstream.server.file_send import FileSender
 from jetstream.server.front import FrontDoor
 from jetstream.server.live import LiveFastPath
 from jetstream.server.picows_adapter import PeerAwareProtocol, close_sent_by_picows, server_protocol
@@ -87,6 +88,8 @@ class SubscribeServer:
         # Issue 24: the sealed archive's XRPC endpoints (jetstream/archive/xrpc.py ArchiveService),
         # answered by the front door; None: --archive=false (the paths are unknown routes).
         self.archive = None
+        # Sends the archive's file ranges by sendfile in a few threads (made at the first download).
+        self.file_sender = FileSender(self.settings.archive_send_threads, self.settings.archive_send_timeout_s)
         # Where a reader that met a damaged log reports it (jetstream/log/damage.py's DamageReport, or
         # a worker's message to its main process); None: logged here only.
         self.on_log_damage: Callable[[dict], None] | None = None
@@ -106,9 +109,10 @@ class SubscribeServer:
 
     def _new_front_door(self) -> FrontDoor:
         archive = self.archive
-        local = (archive.routes, archive.answer) if archive is not None else (None, None)
+        local = (archive.routes, archive.answer, self.file_sender) if archive is not None else (None, None, None)
         return FrontDoor(self._new_protocol, self.settings.max_request_bytes, self.settings.handshake_timeout_s,
-                         self.pending_heads, self._count_front_door_answer, *local)
+                         self.pending_heads, self._count_front_door_answer, *local,
+                         count_disconnect=self.count_disconnect)
 
     def _count_front_door_answer(self, reason: str) -> None:
         self.refused_requests[reason] += 1
@@ -146,6 +150,7 @@ class SubscribeServer:
             subscriber.close(WSCloseCode.GOING_AWAY, reason)
         self._waiting.clear()
         self.live.close()
+        self.file_sender.close()  # downloads in flight are aborted; their threads end within a poll slice
         deadline = asyncio.get_running_loop().time() + grace_s
         while self._subscribers and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.01)

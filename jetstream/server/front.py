@@ -2,9 +2,11 @@
 
 Owns: each connection until its HTTP request head is read: feeding what arrives to a
 HeadReader (request_head.py decides everything: 405/CORS/HEAD, 431, 503, or hand-over),
-the handshake timer, writing an answer and closing, and handing the transport to picows'
-protocol with the bytes already received. picows alone hangs up at 16 KiB, so v1 clients
-with a few hundred `wantedDids` in the URL need this door (`--max-request-bytes`).
+the handshake timer, writing an answer and closing (a local route's file range by the
+FileSender's sendfile thread when one is free, else streamed here in 1 MiB reads under flow
+control), and handing the transport to picows' protocol with the bytes already received.
+picows alone hangs up at 16 KiB, so v1 clients with a few hundred `wantedDids` in the URL need
+this door (`--max-request-bytes`).
 It must never decide anything itself (the head reader does, without sockets, so it is
 tested without them), and it must stay out of the way once a connection is handed over:
 the transport then talks to picows directly, so the stream pays nothing for the front door.
@@ -16,6 +18,7 @@ import logging
 import os
 from typing import Callable
 
+from jetstream.server.file_send import FileSender, FileShort, SendStalled, SendStopped
 from jetstream.server.request_head import NEED_MORE, Answer, HeadBudget, HeadReader, Local, LocalRoutes
 
 log = logging.getLogger(__name__)
@@ -27,17 +30,22 @@ class FrontDoor(asyncio.Protocol):
     `make_websocket_protocol(full_target)` builds the picows protocol that takes the
     connection over; `full_target` is the original request target when the head handed to
     picows had its query cut (else None). `count_answer(reason)` is told of every request
-    answered here (`request_too_large`, `method_not_get`, `server_busy`).
+    answered here (`request_too_large`, `method_not_get`, `server_busy`). `file_sender` sends a local
+    route's file range with sendfile in a thread when it has one free (else it is streamed here);
+    `count_disconnect("archive_send_stalled")` is told of each such send given up on a client taking nothing.
     """
 
     def __init__(self, make_websocket_protocol: Callable[[bytes | None], asyncio.BaseProtocol],
                  max_request_bytes: int, handshake_timeout_s: float, budget: HeadBudget,
                  count_answer: Callable[[str], None] = lambda reason: None,
-                 local: LocalRoutes | None = None, answer_local=None) -> None:
+                 local: LocalRoutes | None = None, answer_local=None, file_sender: FileSender | None = None,
+                 count_disconnect: Callable[[str], None] = lambda reason: None) -> None:
         self._make_websocket_protocol = make_websocket_protocol
         self._count_answer = count_answer
         self._head = HeadReader(max_request_bytes, budget, local)
         self._answer_local = answer_local
+        self._file_sender = file_sender
+        self._count_disconnect = count_disconnect
         self._handshake_timeout_s = handshake_timeout_s
         self._transport: asyncio.Transport | None = None
         self._timeout: asyncio.TimerHandle | None = None
@@ -119,6 +127,9 @@ class FrontDoor(asyncio.Protocol):
             if isinstance(body, FileStream):
                 body.close()
             return
+        if isinstance(body, FileStream) and self._can_send_zero_copy(transport):
+            await self._send_zero_copy(transport, head, body)
+            return
         transport.write(head)
         if isinstance(body, FileStream):
             self._stream = body
@@ -134,6 +145,38 @@ class FrontDoor(asyncio.Protocol):
             # sending it, before it reads our answer. Half-close, discard what comes, close later.
             transport.write_eof()
             asyncio.get_running_loop().call_later(self._handshake_timeout_s, transport.close)
+            return
+        transport.close()
+
+    def _can_send_zero_copy(self, transport) -> bool:
+        sender = self._file_sender
+        return sender is not None and sender.available and _socket_fd(transport) >= 0
+
+    async def _send_zero_copy(self, transport, head: bytes, body: FileStream) -> None:
+        """The head and the range written by the file sender's thread (sendfile: no copy through Python).
+
+        The transport is idle meanwhile: it has buffered nothing (the head goes with the range) and
+        reading is paused, so the loop neither reads nor notices the peer's EOF and closes nothing.
+        """
+        transport.pause_reading()
+        file_fd, body.fd = body.fd, -1  # the sender closes it
+        try:
+            await self._file_sender.send(_socket_fd(transport), head, file_fd, body.offset, body.remaining)
+        except SendStalled as exc:
+            log.warning("event=file_send_stalled detail=%s", exc)
+            self._count_disconnect("archive_send_stalled")
+            transport.abort()
+            return
+        except FileShort as exc:
+            log.error("event=local_file_short detail=%s", exc)
+            transport.abort()  # fewer bytes than the Content-Length promised: the client must see a failure
+            return
+        except SendStopped:
+            transport.abort()
+            return
+        except OSError as exc:  # the client went away (EPIPE, ECONNRESET)
+            log.debug("event=file_send_failed error=%r", exc)
+            transport.abort()
             return
         transport.close()
 
@@ -185,6 +228,15 @@ class FileStream:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def _socket_fd(transport) -> int:
+    """The descriptor of the transport's socket, or -1 when it has none to give."""
+    sock = transport.get_extra_info("socket")
+    try:
+        return sock.fileno() if sock is not None else -1
+    except (AttributeError, OSError):
+        return -1
 
 
 def _feed(protocol, data: bytes) -> None:

@@ -25,6 +25,8 @@ MAX_CLIENT_MESSAGE_BYTES = 10_000_000
 MAX_REQUEST_BYTES = 1 << 20  # Go net/http DefaultMaxHeaderBytes, which v1 (echo) ran with
 MAX_PENDING_REQUEST_BYTES = 64 << 20
 MAX_IP_METRIC_LABELS = 10_000
+ARCHIVE_SEND_THREADS = 8
+ARCHIVE_SEND_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,9 @@ class ServerSettings:
     # says otherwise), as the flag does, so servers built directly (tests, benches) follow it too.
     live_fastpath: bool = field(default_factory=fastpath_from_env)
     live_coalesce_s: float = 0.002
+    # Archive downloads (server/file_send.py): sendfile threads, and how long one waits on a client taking nothing.
+    archive_send_threads: int = ARCHIVE_SEND_THREADS  # 0 = stream every file range through the event loop
+    archive_send_timeout_s: float = ARCHIVE_SEND_TIMEOUT_S
 
     @classmethod
     def from_config(cls, cfg, zstd_dictionary: bytes = b"") -> ServerSettings:
@@ -64,6 +69,7 @@ class ServerSettings:
             max_lag_events=cfg.max_lag_events, max_lag_seconds=cfg.max_lag_seconds,
             max_lag_grace_s=cfg.max_lag_grace, zstd_dictionary=zstd_dictionary,
             live_fastpath=cfg.live_fastpath, live_coalesce_s=cfg.live_coalesce_ms / 1000.0,
+            archive_send_threads=cfg.archive_send_threads, archive_send_timeout_s=cfg.archive_send_timeout,
         )
 
     @property
