@@ -375,6 +375,7 @@ ENV_NOT_FLAGS: dict[str, str] = {
     "JETSTREAM_PURE_PYTHON": "use the pure-Python twins instead of the compiled core (jetstream/implementation.py)",
     "JETSTREAM_DEMO_SECONDS": "stop `jetstream demo` / `make cluster-demo` after this many seconds",
     "JETSTREAM_BENCH_QUICK": "bench/bench_gates.py: the quick variant (bench/check.py --quick)",
+    "JETSTREAM_TEST_S3_URL": "tests/archive/test_store_s3.py: also run the object-store tests against this s3:// URL",
 }
 
 
