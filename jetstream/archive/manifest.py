@@ -1,9 +1,9 @@
 """The sealed segments of an archive store, as the planner and the download handlers see them.
 
 Owns: which `seg_<base36>.jss` objects of a store (a directory or an object store, store.py) are
-served (sealed, and their header checksum verified over the whole footer when first seen), each one's resident summary (index, name, size,
-version, mtime, header: seq and time bounds, counts, the checksum that is its ETag, the segment DID
-bloom's shape), and a bounded least-recently-used cache of footers (block index, segment and
+served (sealed, and their header checksum verified over the whole footer when first seen), each
+one's resident summary (index, name, size, version, mtime, header: seq and time bounds, counts,
+the checksum that is its ETag, the segment DID bloom's shape), and a bounded least-recently-used cache of footers (block index, segment and
 per-block DID blooms, collection index) loaded on demand. A file that fails verification is
 reported (`Scan.corrupt`) and never listed; an active (unsealed) file is skipped in silence, as
 v2's manifest does. `scan()` picks up segments sealed since the last one (the writer calls it

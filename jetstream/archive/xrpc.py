@@ -123,7 +123,11 @@ def archive_service(cfg, problems, process: str = "main") -> ArchiveService | No
     `process` names this process's own cache directory (main, worker-N): processes never share one."""
     if not cfg.archive:
         return None
-    service = ArchiveService(ArchiveSettings.from_config(cfg, process), problems)
+    try:
+        service = ArchiveService(ArchiveSettings.from_config(cfg, process), problems)
+    except StoreError as exc:  # a URL obstore refuses (no bucket, unknown options): one clear start-up line
+        from jetstream.startup import StartupError
+        raise StartupError("archive-url", cfg.archive_url, str(exc).split("\n", 1)[0]) from exc
     log.info("event=archive_serving directory=%s api_key=%s plan_max_entries=%d cache=%s redirect=%s",
              service.settings.directory, "set" if cfg.archive_api_key else "none", cfg.plan_max_entries,
              service.cache.directory if service.cache is not None else "none", cfg.archive_redirect or "none")
