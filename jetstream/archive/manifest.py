@@ -2,13 +2,14 @@
 
 Owns: which `seg_<base36>.jss` objects of a store (a directory or an object store, store.py) are
 served (sealed, and their header checksum verified over the whole footer when first seen), each
-one's resident summary (index, name, size, version, mtime, header: seq and time bounds, counts,
-the checksum that is its ETag, the segment DID bloom's shape), and a bounded least-recently-used cache of footers (block index, segment and
-per-block DID blooms, collection index) loaded on demand. A file that fails verification is
-reported (`Scan.corrupt`) and never listed; an active (unsealed) file is skipped in silence, as
-v2's manifest does. `scan()` picks up segments sealed since the last one (the writer calls it
-after each seal; the service also polls) and forgets files that have gone. Every read goes
-through the store (ranges: the header, the footer, 64 bytes of a bloom), never a whole object.
+one's resident summary (index, name, size, version, mtime, header: seq and time bounds, counts, the
+checksum that is its ETag, the segment DID bloom's shape), and a bounded least-recently-used cache
+of footers (block index, segment and per-block DID blooms, collection index) loaded on demand. A
+file that fails verification is reported (`Scan.corrupt`) and never listed; an active (unsealed)
+file is skipped in silence, as v2's manifest does. `scan()` picks up segments sealed since the last
+one (the writer calls it after each seal; the service also polls) and forgets files that have gone.
+Every read goes through the store (ranges: the header, the footer, 64 bytes of a bloom), never a
+whole object.
 It must never write or delete a file, never decode a block, and never raise a problem itself:
 it reports, its owner (xrpc.py's ArchiveService) decides. `scan()` may run in a thread while the
 event loop reads: the list of entries is replaced whole, the cache is behind a lock.
