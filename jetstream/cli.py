@@ -174,6 +174,20 @@ def add_cluster_parser(sub) -> None:
     reset.set_defaults(handler=cmd_cluster_reset_node, plain_args=True)
 
 
+def cmd_archive(args) -> None:
+    from jetstream.archive.tool import run_archive
+
+    raise SystemExit(run_archive(args))
+
+
+def add_archive_parser(sub) -> None:
+    from jetstream.archive.tool import add_archive_arguments
+
+    p = sub.add_parser("archive", help="check or list a sealed archive (a directory or an object store URL)")
+    add_archive_arguments(p)
+    p.set_defaults(handler=cmd_archive, plain_args=True)
+
+
 def build_parser(environ: dict[str, str]) -> tuple[argparse.ArgumentParser, dict]:
     parser = argparse.ArgumentParser(prog="jetstream", description="atproto firehose translation service")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -196,6 +210,7 @@ def build_parser(environ: dict[str, str]) -> tuple[argparse.ArgumentParser, dict
     add_inspect_parser(sub)
     add_repair_parser(sub)
     add_cluster_parser(sub)
+    add_archive_parser(sub)
     return parser, flag_sets
 
 

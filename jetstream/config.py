@@ -181,6 +181,18 @@ def _is_nats_list(text: str) -> bool:
     return text.strip() == "" or all(urlsplit(url).scheme in ("nats", "tls", "ws", "wss") and urlsplit(url).hostname for url in urls)
 
 
+def _is_archive_url(text: str) -> bool:
+    return not text or text.startswith(("s3://", "s3a://", "gs://", "az://", "azure://", "abfs://", "abfss://",
+                                        "file://", "memory://"))
+
+
+def _is_redirect(text: str) -> bool:
+    if text in ("", "presign"):
+        return True
+    parts = urlsplit(text.strip())
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
 def _is_stream_name(text: str) -> bool:
     return bool(re.fullmatch(r"[A-Za-z0-9_-]+", text))
 
@@ -321,6 +333,11 @@ SERVE_FLAGS: tuple[Flag, ...] = (
     Flag("archive-max-body-bytes", 2 << 20, int, "largest planSnapshot request body read (413 TooLarge beyond; v2's 2 MB)", v1=False, check=at_least(1)),
     Flag("archive-send-threads", 8, int, "getSegment/getBlock downloads sent at once by sendfile threads (file to socket, no copy through Python); further ones are streamed through the event loop; 0 = always stream", v1=False, check=at_least(0)),
     Flag("archive-send-timeout", "60s", parse_duration, "a download whose client takes no bytes for this long is aborted, freeing its send thread", v1=False, check=above(0)),
+    Flag("archive-url", "", str, "object store holding the sealed segments instead of a directory: s3://bucket/prefix, gs://bucket/prefix, az://container/prefix or file:///path (credentials and endpoint from the usual AWS_* / GOOGLE_* / AZURE_* environment); empty = --archive-dir", v1=False, check=Check("empty, or a URL starting s3://, gs://, az://, azure://, abfs(s)://, file:// or memory://", _is_archive_url)),
+    Flag("archive-cache-bytes", 4 << 30, int, "--archive-url: disk each serving process may use under <data-dir>/archive/cache/ for segment bytes fetched from the store (whole segment files dropped least recently used first; emptied at start)", v1=False, check=at_least(64 << 10)),
+    Flag("archive-cache-chunk-bytes", 8 << 20, int, "--archive-url: the aligned range the cache fetches from the store at a time (the SDK reads segments in 8 MiB slices)", v1=False, check=at_least(4 << 10)),
+    Flag("archive-redirect", "", str, "--archive-url: answer getSegment with a 307 redirect instead of the bytes: `presign` (a presigned GET URL of the object; S3, GCS, Azure) or a URL prefix the segment name is appended to (a CDN in front of the bucket); getBlock is always served; empty = serve the bytes through the cache", v1=False, check=Check("empty, presign, or an http(s):// URL prefix", _is_redirect)),
+    Flag("archive-redirect-expiry", "1h", parse_duration, "--archive-redirect presign: how long a presigned URL is valid", v1=False, check=above(0)),
 )
 
 RELAY_SIM_ENV_PREFIX = "RELAYSIM_"  # relay-sim's own variables, never the daemon's
@@ -360,6 +377,7 @@ ENV_NOT_FLAGS: dict[str, str] = {
     "JETSTREAM_PURE_PYTHON": "use the pure-Python twins instead of the compiled core (jetstream/implementation.py)",
     "JETSTREAM_DEMO_SECONDS": "stop `jetstream demo` / `make cluster-demo` after this many seconds",
     "JETSTREAM_BENCH_QUICK": "bench/bench_gates.py: the quick variant (bench/check.py --quick)",
+    "JETSTREAM_TEST_S3_URL": "tests/archive/test_store_s3.py: also run the object-store tests against this s3:// URL",
 }
 
 

@@ -1,13 +1,15 @@
-"""The sealed segments of an archive directory, as the planner and the download handlers see them.
+"""The sealed segments of an archive store, as the planner and the download handlers see them.
 
-Owns: which `seg_<base36>.jss` files of a directory are served (sealed, and their header checksum
-verified over the whole footer when first seen), each one's resident summary (index, name, size,
-mtime, header: seq and time bounds, counts, the checksum that is its ETag, the segment DID
-bloom's shape), and a bounded least-recently-used cache of footers (block index, segment and
-per-block DID blooms, collection index) loaded on demand. A file that fails verification is
-reported (`Scan.corrupt`) and never listed; an active (unsealed) file is skipped in silence, as
-v2's manifest does. `scan()` picks up segments sealed since the last one (the writer calls it
-after each seal; the service also polls) and forgets files that have gone.
+Owns: which `seg_<base36>.jss` objects of a store (a directory or an object store, store.py) are
+served (sealed, and their header checksum verified over the whole footer when first seen), each
+one's resident summary (index, name, size, version, mtime, header: seq and time bounds, counts, the
+checksum that is its ETag, the segment DID bloom's shape), and a bounded least-recently-used cache
+of footers (block index, segment and per-block DID blooms, collection index) loaded on demand. A
+file that fails verification is reported (`Scan.corrupt`) and never listed; an active (unsealed)
+file is skipped in silence, as v2's manifest does. `scan()` picks up segments sealed since the last
+one (the writer calls it after each seal; the service also polls) and forgets files that have gone.
+Every read goes through the store (ranges: the header, the footer, 64 bytes of a bloom), never a
+whole object.
 It must never write or delete a file, never decode a block, and never raise a problem itself:
 it reports, its owner (xrpc.py's ArchiveService) decides. `scan()` may run in a thread while the
 event loop reads: the list of entries is replaced whole, the cache is behind a lock.
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import bisect
 import collections
-import os
 import re
 import struct
 import threading
@@ -41,8 +42,8 @@ from jetstream.archive.format import (
     decode_collection_index,
     decode_header,
     header_checksum,
-    parse_segment_name,
 )
+from jetstream.archive.store import ArchiveStore, LocalStore, ObjectChanged, ObjectMissing, StoredObject, StoreError
 
 _BLOOM_HEADER = struct.Struct("<BIQQ")  # gloom: version, k, num_blocks, count
 _ONE = b"\x01"
@@ -53,7 +54,7 @@ class SegmentSummary(NamedTuple):
 
     index: int
     name: str
-    path: str
+    path: str  # the file to serve from when the store is a local directory, else ""
     size: int
     mtime_ns: int
     header: Header
@@ -61,6 +62,7 @@ class SegmentSummary(NamedTuple):
     bloom_k: int  # the segment DID bloom's shape, to probe it from disk when its footer is not cached
     bloom_blocks: int
     bloom_bits_offset: int  # file offset of the segment bloom's first 64-byte block (0: no bloom)
+    version: str = ""  # the store's version token (ETag, or size:mtime of a file) when it was verified
 
     @property
     def checksum(self) -> int:
@@ -101,11 +103,13 @@ class Footer:
 
 
 class Scan(NamedTuple):
-    """What one scan found: files newly listed, files that failed verification (name -> reason), files gone."""
+    """What one scan found: files newly listed, files that failed verification (name -> reason), files gone,
+    and files the store would not give (a network or permission failure, not their bytes)."""
 
     added: list[str]
     corrupt: dict[str, str]
     removed: list[str]
+    unreadable: tuple[str, ...] = ()
 
 
 def byte_mask(indices, count: int) -> int:
@@ -128,15 +132,16 @@ def mask_count(mask: int, count: int) -> int:
 
 
 class Manifest:
-    """The listed segments of one directory, ascending by index, with a footer cache."""
+    """The listed segments of one store (or directory), ascending by index, with a footer cache."""
 
-    def __init__(self, directory: str, footer_cache_bytes: int = 256 << 20) -> None:
-        self.directory = directory
+    def __init__(self, store: ArchiveStore | str, footer_cache_bytes: int = 256 << 20) -> None:
+        self.store = LocalStore(store) if isinstance(store, str) else store
+        self.directory = self.store.location
         self.footer_cache_bytes = footer_cache_bytes
         self._segments: tuple[SegmentSummary, ...] = ()
         self._by_index: dict[int, SegmentSummary] = {}
-        # name -> (size, mtime_ns) of a file that failed verification, so an unchanged one is not re-read
-        self._refused: dict[str, tuple[int, int, str]] = {}
+        # name -> (version, reason) of an object that failed verification, so an unchanged one is not re-read
+        self._refused: dict[str, tuple[str, str]] = {}
         self._cache: collections.OrderedDict[int, Footer] = collections.OrderedDict()
         self._cached_bytes = 0
         self._lock = threading.Lock()
@@ -155,55 +160,62 @@ class Manifest:
     @property
     def corrupt(self) -> dict[str, str]:
         """Files refused at their last verification, name -> reason."""
-        return {name: reason for name, (_, _, reason) in self._refused.items()}
+        return {name: reason for name, (_, reason) in self._refused.items()}
 
     # -- scanning ------------------------------------------------------------------------------
 
     def scan(self) -> Scan:
-        """List the directory again: verify new files, forget vanished ones. Safe to call from a thread."""
+        """List the store again: verify new objects, forget vanished ones. Safe to call from a thread.
+
+        StoreError when the listing itself fails (the previous listing stays); an object that cannot
+        be read for a reason other than its bytes is skipped this time (kept if it was listed)."""
         with self._scan_lock:
             return self._scan()
 
     def _scan(self) -> Scan:
-        names = _segment_files(self.directory)
+        objects = self.store.list_segments()
         known = {s.name: s for s in self._segments}
         added, corrupt = [], {}
         kept: list[SegmentSummary] = []
-        for name, index in names:
-            path = os.path.join(self.directory, name)
-            try:
-                stat = os.stat(path)
-            except OSError:
-                continue  # gone between listing and stat
+        unreadable: set[str] = set()
+        for obj in objects:
+            name = obj.name
             old = known.get(name)
-            if old is not None and (old.size, old.mtime_ns) == (stat.st_size, stat.st_mtime_ns):
+            if old is not None and old.version == obj.version:
                 kept.append(old)
                 continue
             refused = self._refused.get(name)
-            if refused is not None and refused[:2] == (stat.st_size, stat.st_mtime_ns):
-                corrupt[name] = refused[2]
+            if refused is not None and refused[0] == obj.version:
+                corrupt[name] = refused[1]
                 continue
             try:
-                summary, footer = open_segment(path, index, stat)
+                summary, footer = open_segment(self.store, obj)
             except ActiveSegment:
                 continue  # not sealed yet: its writer will publish it
+            except ObjectMissing:
+                continue  # gone between listing and reading
+            except StoreError:
+                if old is not None:
+                    kept.append(old)  # unreadable now (network): keep serving what was verified
+                unreadable.add(name)
+                continue
             except SegmentError as exc:
                 reason = str(exc) or type(exc).__name__
-                self._refused[name] = (stat.st_size, stat.st_mtime_ns, reason)
+                self._refused[name] = (obj.version, reason)
                 corrupt[name] = reason
                 continue
             self._refused.pop(name, None)
-            self._drop_footer(index)
-            self._put_footer(index, footer)
+            self._drop_footer(obj.index)
+            self._put_footer(obj.index, footer)
             kept.append(summary)
             added.append(name)
         kept, overlapping = _seq_ordered(kept)
         for summary in overlapping:
             reason = "seq range overlaps the previous segment's"
-            self._refused[summary.name] = (summary.size, summary.mtime_ns, reason)
+            self._refused[summary.name] = (summary.version, reason)
             corrupt[summary.name] = reason
             added = [name for name in added if name != summary.name]
-        present = {name for name, _ in names}
+        present = {obj.name for obj in objects}
         for name in list(self._refused):
             if name not in present:
                 del self._refused[name]
@@ -214,12 +226,20 @@ class Manifest:
         self._segments = tuple(kept)
         self._by_index = {s.index: s for s in kept}
         self.scanned = True
-        return Scan(added, corrupt, removed)
+        return Scan(added, corrupt, removed, tuple(sorted(unreadable)))
 
     def refuse(self, summary: SegmentSummary, reason: str) -> None:
         """A listed file no longer matches what was verified (a download found it changed): unlist it."""
         with self._scan_lock:
-            self._refused[summary.name] = (summary.size, summary.mtime_ns, reason)
+            self._refused[summary.name] = (summary.version, reason)
+            self._segments = tuple(s for s in self._segments if s.index != summary.index)
+            self._by_index = {s.index: s for s in self._segments}
+            self._drop_footer(summary.index)
+
+    def forget(self, summary: SegmentSummary) -> None:
+        """A listed object was replaced in the store (a download's If-Match failed): unlist it until the
+        next scan verifies whatever is there now (its own version is refused or listed then)."""
+        with self._scan_lock:
             self._segments = tuple(s for s in self._segments if s.index != summary.index)
             self._by_index = {s.index: s for s in self._segments}
             self._drop_footer(summary.index)
@@ -227,13 +247,14 @@ class Manifest:
     # -- footers -------------------------------------------------------------------------------
 
     def footer(self, summary: SegmentSummary) -> Footer:
-        """The segment's footer, from the cache or from its file (re-verified); SegmentError if it changed."""
+        """The segment's footer, from the cache or from its file (re-verified); SegmentError if it changed,
+        StoreError if the store cannot be read."""
         with self._lock:
             cached = self._cache.get(summary.index)
             if cached is not None:
                 self._cache.move_to_end(summary.index)
                 return cached
-        footer = load_footer(summary)
+        footer = load_footer(self.store, summary)
         self._put_footer(summary.index, footer)
         return footer
 
@@ -275,31 +296,22 @@ class Manifest:
             return any(all(bits[byte] & bit for byte, bit in probes) for probes in probe_sets)
         read: dict[int, bytes] = {}
         try:
-            with open(summary.path, "rb", buffering=0) as f:
-                for probes in probe_sets:
-                    start = (probes[0][0] // gloom.BLOCK_BYTES) * gloom.BLOCK_BYTES
-                    block = read.get(start)
-                    if block is None:
-                        block = read[start] = os.pread(f.fileno(), gloom.BLOCK_BYTES, summary.bloom_bits_offset + start)
-                    if len(block) != gloom.BLOCK_BYTES:
-                        return True  # truncated since listed: the footer load that follows reports it
-                    if all(block[byte - start] & bit for byte, bit in probes):
-                        return True
-        except OSError:
+            for probes in probe_sets:
+                start = (probes[0][0] // gloom.BLOCK_BYTES) * gloom.BLOCK_BYTES
+                block = read.get(start)
+                if block is None:
+                    block = read[start] = self.store.read_range(summary.name, summary.bloom_bits_offset + start,
+                                                                gloom.BLOCK_BYTES)
+                if len(block) != gloom.BLOCK_BYTES:
+                    return True  # truncated since listed: the footer load that follows reports it
+                if all(block[byte - start] & bit for byte, bit in probes):
+                    return True
+        except StoreError:
             return True
         return False
 
 
 # -- opening one file --------------------------------------------------------------------------
-
-def _segment_files(directory: str) -> list[tuple[str, int]]:
-    try:
-        entries = os.listdir(directory)
-    except FileNotFoundError:
-        return []
-    named = [(name, parse_segment_name(name)) for name in entries]
-    return sorted(((name, index) for name, index in named if index is not None), key=lambda item: item[1])
-
 
 def _seq_ordered(summaries: list[SegmentSummary]) -> tuple[list[SegmentSummary], list[SegmentSummary]]:
     """v2's cross-segment invariant: ascending index = ascending, disjoint seq ranges (empty ones skipped).
@@ -318,58 +330,54 @@ def _seq_ordered(summaries: list[SegmentSummary]) -> tuple[list[SegmentSummary],
     return kept, refused
 
 
-def _read_exact(fd: int, size: int, offset: int) -> bytes:
-    data = os.pread(fd, size, offset)
+def _read_exact(store: ArchiveStore, name: str, size: int, offset: int, version: str | None) -> bytes:
+    data = store.read_range(name, offset, size, version)
     if len(data) != size:
         raise CorruptSegment(f"short read: {len(data)} of {size} bytes at offset {offset}")
     return data
 
 
-def _read_verified(path: str, expected_size: int | None = None) -> tuple[Header, bytes, int, int]:
-    """(header, footer bytes, file size, mtime_ns) of a sealed file whose checksum holds; SegmentError otherwise."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError as exc:
-        raise SegmentError(f"cannot open: {exc.strerror or exc}") from exc
-    try:
-        stat = os.fstat(fd)
-        size = stat.st_size
-        if expected_size is not None and size != expected_size:
-            raise CorruptSegment(f"file is {size} bytes, was {expected_size} when listed")
-        if size < HEADER_SIZE:
-            raise CorruptSegment(f"file is {size} bytes, shorter than the {HEADER_SIZE}-byte header")
-        header_bytes = _read_exact(fd, HEADER_SIZE, 0)
-        header = decode_header(header_bytes)
-        if not HEADER_SIZE <= header.footer_offset <= size:
-            raise InvalidFooter(f"footer_offset {header.footer_offset} outside [{HEADER_SIZE}, {size}]")
-        footer = _read_exact(fd, size - header.footer_offset, header.footer_offset)
-    except OSError as exc:
-        raise SegmentError(f"read failed: {exc.strerror or exc}") from exc
-    finally:
-        os.close(fd)
+def _read_verified(store: ArchiveStore, obj: StoredObject) -> tuple[Header, bytes]:
+    """(header, footer bytes) of a sealed object whose checksum holds; SegmentError otherwise (StoreError
+    when the store cannot be read, ObjectChanged when the object is replaced while being read)."""
+    size = obj.size
+    if size < HEADER_SIZE:
+        raise CorruptSegment(f"file is {size} bytes, shorter than the {HEADER_SIZE}-byte header")
+    header_bytes = _read_exact(store, obj.name, HEADER_SIZE, 0, obj.version)
+    header = decode_header(header_bytes)
+    if not HEADER_SIZE <= header.footer_offset <= size:
+        raise InvalidFooter(f"footer_offset {header.footer_offset} outside [{HEADER_SIZE}, {size}]")
+    footer = _read_exact(store, obj.name, size - header.footer_offset, header.footer_offset, obj.version)
     computed = header_checksum(header_bytes[:4] + bytes(8) + header_bytes[12:], footer)
     if computed != header.checksum:
         raise SegmentError(f"checksum mismatch: computed xxh3 {computed:016x}, header has {header.checksum:016x}")
-    return header, footer, size, stat.st_mtime_ns
+    return header, footer
 
 
-def open_segment(path: str, index: int, stat: os.stat_result | None = None) -> tuple[SegmentSummary, Footer]:
-    """Verify a sealed file (header checksum over the footer, every footer region) and summarise it."""
-    header, footer_bytes, size, mtime_ns = _read_verified(path)
+def open_segment(store: ArchiveStore, obj: StoredObject) -> tuple[SegmentSummary, Footer]:
+    """Verify a sealed object (header checksum over the footer, every footer region) and summarise it."""
+    header, footer_bytes = _read_verified(store, obj)
     footer = parse_footer(header, footer_bytes)
     bloom_k = bloom_blocks = bloom_offset = 0
     if header.block_did_bloom_offset > header.did_bloom_offset:
         k, blocks = _bloom_shape(footer_bytes, header.did_bloom_offset - header.footer_offset)
         bloom_k, bloom_blocks = k, blocks
         bloom_offset = header.did_bloom_offset + gloom.HEADER_SIZE
-    summary = SegmentSummary(index, os.path.basename(path), path, size, mtime_ns, header,
-                             mask_count(footer.nonempty, footer.block_count), bloom_k, bloom_blocks, bloom_offset)
+    summary = SegmentSummary(obj.index, obj.name, store.local_path(obj.name) or "", obj.size, obj.mtime_ns, header,
+                             mask_count(footer.nonempty, footer.block_count), bloom_k, bloom_blocks, bloom_offset,
+                             obj.version)
     return summary, footer
 
 
-def load_footer(summary: SegmentSummary) -> Footer:
-    """Re-read a listed segment's footer; SegmentError when the file is no longer what was listed."""
-    header, footer_bytes, _, _ = _read_verified(summary.path, summary.size)
+def load_footer(store: ArchiveStore, summary: SegmentSummary) -> Footer:
+    """Re-read a listed segment's footer; SegmentError when the object is no longer what was listed."""
+    try:
+        current = store.head(summary.name)
+        if current.size != summary.size:
+            raise CorruptSegment(f"file is {current.size} bytes, was {summary.size} when listed")
+        header, footer_bytes = _read_verified(store, current)
+    except ObjectChanged as exc:
+        raise SegmentError(f"changed since it was listed: {exc}") from exc
     if header.checksum != summary.checksum:
         raise SegmentError(f"checksum is {header.checksum:016x}, was {summary.checksum:016x} when listed")
     return parse_footer(header, footer_bytes)

@@ -1,8 +1,11 @@
 """The archive's XRPC endpoints, as Jetstream v2 serves them: planSnapshot, getSegment, getBlock, listSegments.
 
-Owns: `ArchiveService`, the read side of the archive in one process: its Manifest (scanned at
-start in a thread, rescanned when the writer says a segment was sealed and every
-`RESCAN_INTERVAL_S` as a fallback), the `archive_segment_corrupt` problem, and the answer to
+Owns: `ArchiveService`, the read side of the archive in one process: its store (a directory, or
+an object store with `--archive-url`, store.py), its Manifest (scanned at start in a thread,
+rescanned when the writer says a segment was sealed and every `RESCAN_INTERVAL_S` as a
+fallback), for an object store the local SegmentCache (cache.py) downloads are served from or
+the redirect to a presigned / CDN URL (`--archive-redirect`), the `archive_segment_corrupt` and
+`archive_store_unreachable` problems, and the answer to
 each request as a `Response` (status, headers, and bytes or a `FileRange` of an open file the
 caller streams): v2's routing by NSID and method (405 MethodNotAllowed), the optional bearer key
 (`--archive-api-key`, 401 AuthRequired; v2 has none on these), 503 ServiceUnavailable until the
@@ -11,7 +14,9 @@ BlockNotFound), ETag = the quoted 16-hex xxh3 checksum (getBlock: `"<hex>:<block
 `Cache-Control: public, no-cache`, and Go's ServeContent rules (http_content.py).
 It must never touch a socket (server/front.py writes the answer), never read a whole segment
 into memory (a FileRange is streamed), and never serve a file that no longer matches what was
-verified when it was listed: each download re-reads the header from the descriptor it serves.
+verified when it was listed: each download re-reads the header from the descriptor it serves
+(from a directory), or fetches with If-Match on the listed version and checks the header (from an
+object store).
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ from http import HTTPStatus
 from typing import Mapping, NamedTuple
 
 from jetstream.archive import planner
+from jetstream.archive.cache import SegmentCache
 from jetstream.archive.format import (
     BLOCK_INDEX_ENTRY_SIZE,
     FRAME_PREFIX_SIZE,
@@ -38,6 +44,7 @@ from jetstream.archive.format import (
 )
 from jetstream.archive.http_content import TEXT_PLAIN, serve_content
 from jetstream.archive.manifest import Manifest, SegmentSummary
+from jetstream.archive.store import ObjectChanged, StoreError, open_store
 from jetstream.server.http import cors_headers, split_target
 from jetstream.server.params import parse_query
 from jetstream.server.request_head import Local, LocalRoutes
@@ -58,6 +65,9 @@ OCTET_STREAM = "application/octet-stream"
 JSON_TYPE = "application/json"
 LIST_DEFAULT_LIMIT, LIST_MAX_LIMIT = 100, 1000
 RESCAN_INTERVAL_S = 5.0  # fallback for segments sealed by another process (--workers)
+UNREACHABLE_ACTION = ("check the store's URL, credentials (AWS_*/GOOGLE_*/AZURE_* in the environment) and network; "
+                      "segments listed before keep being planned, downloads that need the store fail with 500")
+REDIRECT_PRESIGN = "presign"
 CORRUPT_ACTION = ("move the file out of the archive directory and restore a good copy (`jetstream archive verify` "
                   "names the damage); clients are never served it")
 
@@ -87,26 +97,40 @@ class Request(NamedTuple):
 
 @dataclass(frozen=True)
 class ArchiveSettings:
-    directory: str
+    directory: str  # a directory, or an object store URL (--archive-url)
     api_key: str = ""
     plan_max_entries: int = planner.DEFAULT_MAX_ENTRIES
     footer_cache_bytes: int = 256 << 20
     max_body_bytes: int = 2 << 20  # atmos xrpcserver's default MaxRequestBody
+    cache_dir: str = ""  # object stores: where downloads are cached (this process's own directory)
+    cache_bytes: int = 4 << 30
+    cache_chunk_bytes: int = 8 << 20
+    redirect: str = ""  # "" (serve the bytes), "presign", or a URL prefix (a CDN) the segment name is appended to
+    redirect_expiry_s: float = 3600.0
 
     @classmethod
-    def from_config(cls, cfg) -> ArchiveSettings:
-        directory = cfg.archive_dir or os.path.join(cfg.data_dir, "archive")
-        return cls(directory, cfg.archive_api_key, cfg.plan_max_entries, cfg.archive_footer_cache_bytes,
-                   cfg.archive_max_body_bytes)
+    def from_config(cls, cfg, process: str = "main") -> ArchiveSettings:
+        location = cfg.archive_url or cfg.archive_dir or os.path.join(cfg.data_dir, "archive")
+        cache_dir = os.path.join(cfg.data_dir, "archive", "cache", process)
+        return cls(location, cfg.archive_api_key, cfg.plan_max_entries, cfg.archive_footer_cache_bytes,
+                   cfg.archive_max_body_bytes, cache_dir, cfg.archive_cache_bytes, cfg.archive_cache_chunk_bytes,
+                   cfg.archive_redirect, cfg.archive_redirect_expiry)
 
 
-def archive_service(cfg, problems) -> ArchiveService | None:
-    """The service `--archive` asks for (None with --archive=false); the caller runs its `run()` as a task."""
+def archive_service(cfg, problems, process: str = "main") -> ArchiveService | None:
+    """The service `--archive` asks for (None with --archive=false); the caller runs its `run()` as a task.
+
+    `process` names this process's own cache directory (main, worker-N): processes never share one."""
     if not cfg.archive:
         return None
-    service = ArchiveService(ArchiveSettings.from_config(cfg), problems)
-    log.info("event=archive_serving directory=%s api_key=%s plan_max_entries=%d", service.settings.directory,
-             "set" if cfg.archive_api_key else "none", cfg.plan_max_entries)
+    try:
+        service = ArchiveService(ArchiveSettings.from_config(cfg, process), problems)
+    except StoreError as exc:  # a URL obstore refuses (no bucket, unknown options): one clear start-up line
+        from jetstream.startup import StartupError
+        raise StartupError("archive-url", cfg.archive_url, str(exc).split("\n", 1)[0]) from exc
+    log.info("event=archive_serving directory=%s api_key=%s plan_max_entries=%d cache=%s redirect=%s",
+             service.settings.directory, "set" if cfg.archive_api_key else "none", cfg.plan_max_entries,
+             service.cache.directory if service.cache is not None else "none", cfg.archive_redirect or "none")
     return service
 
 
@@ -155,7 +179,11 @@ class ArchiveService:
     def __init__(self, settings: ArchiveSettings, problems=None) -> None:
         self.settings = settings
         self.problems = problems
-        self.manifest = Manifest(settings.directory, settings.footer_cache_bytes)
+        self.store = open_store(settings.directory)
+        self.manifest = Manifest(self.store, settings.footer_cache_bytes)
+        self.remote = self.store.local_path("seg_0000000000.jss") is None
+        self.cache = SegmentCache(self.store, settings.cache_dir, settings.cache_bytes, settings.cache_chunk_bytes) \
+            if self.remote else None
         self._key_digest = sha256(settings.api_key.encode()).digest() if settings.api_key else None
         self._rescan = asyncio.Event()
         self.requests: dict[str, int] = {}
@@ -169,8 +197,12 @@ class ArchiveService:
     async def run(self) -> None:
         """Scan now (in a thread: it verifies every new file), then whenever told to and every few seconds."""
         while True:
-            scan = await asyncio.to_thread(self.manifest.scan)
-            self._apply_scan(scan)
+            try:
+                scan = await asyncio.to_thread(self.manifest.scan)
+            except StoreError as exc:
+                self._store_unreachable(f"listing {self.settings.directory} failed: {exc}")
+            else:
+                self._apply_scan(scan)
             self._rescan.clear()
             try:
                 await asyncio.wait_for(self._rescan.wait(), RESCAN_INTERVAL_S)
@@ -187,6 +219,17 @@ class ArchiveService:
         for name in scan.removed:
             log.info("event=archive_segment_gone name=%s", name)
         self._report_corrupt()
+        if scan.unreadable:
+            self._store_unreachable(f"{len(scan.unreadable)} segment(s) could not be read: "
+                                    + ", ".join(sorted(scan.unreadable)[:5]))
+        elif self.problems is not None:
+            self.problems.clear("archive_store_unreachable")
+
+    def _store_unreachable(self, detail: str) -> None:
+        if self.problems is None:
+            log.error("event=archive_store_unreachable detail=%r", detail)
+            return
+        self.problems.raise_problem("archive_store_unreachable", detail, UNREACHABLE_ACTION)
 
     def _report_corrupt(self) -> None:
         corrupt = self.manifest.corrupt
@@ -251,8 +294,12 @@ class ArchiveService:
                 return await self._plan_snapshot(request)
             params = parse_query(request.raw_query)
             if request.path == GET_SEGMENT:
+                if self.remote:
+                    return await self._get_remote_segment(request, params)
                 return self._get_segment(request, params)
             if request.path == GET_BLOCK:
+                if self.remote:
+                    return await self._get_remote_block(request, params)
                 return self._get_block(request, params)
             return self._list_segments(params)
         except _Param as exc:
@@ -286,6 +333,9 @@ class ArchiveService:
         except SegmentError as exc:
             log.error("event=archive_plan_failed reason=%r", str(exc))
             self.segment_sealed()  # rescan now: the changed file is re-verified, refused and reported
+            return internal_error("failed to plan snapshot")
+        except StoreError as exc:
+            self._store_unreachable(f"planning read a footer and failed: {exc}")
             return internal_error("failed to plan snapshot")
         return Response(HTTPStatus.OK, [("Content-Type", JSON_TYPE)], plan.to_json())
 
@@ -368,6 +418,80 @@ class ArchiveService:
             os.close(fd)
             return Response(served.status, headers, b"")
         return Response(served.status, headers, FileRange(fd, base + served.offset, served.length))
+
+    # -- downloads from an object store ----------------------------------------------------------
+
+    async def _get_remote_segment(self, request: Request, params) -> Response:
+        summary = self._segment(_string(params, "name"))
+        if summary is None:
+            return _error(HTTPStatus.NOT_FOUND, "SegmentNotFound", "segment not found")
+        etag = f'"{planner.checksum_hex(summary.checksum)}"'
+        return await self._remote_content(request, summary, etag, 0, summary.size, redirect=True)
+
+    async def _get_remote_block(self, request: Request, params) -> Response:
+        summary = self._segment(_string(params, "segment"))
+        block = _int64(params, "blockIndex")
+        if block < 0:
+            raise _Param("blockIndex must be >= 0")
+        if summary is None:
+            return _error(HTTPStatus.NOT_FOUND, "SegmentNotFound", "segment not found")
+        if block >= summary.header.block_count:
+            return _error(HTTPStatus.NOT_FOUND, "BlockNotFound", "block index out of range")
+        try:
+            footer = await asyncio.to_thread(self.manifest.footer, summary)
+        except SegmentError as exc:
+            self._refuse(summary, str(exc))
+            return internal_error("failed to read block")
+        except StoreError as exc:
+            self._store_unreachable(f"reading {summary.name}'s footer failed: {exc}")
+            return internal_error("failed to read block")
+        info = footer.blocks[block]
+        etag = f'"{planner.checksum_hex(summary.checksum)}:{block}"'
+        # A redirect cannot carry the block's byte range: blocks are served through the cache.
+        return await self._remote_content(request, summary, etag, info.offset + FRAME_PREFIX_SIZE,
+                                          info.compressed_size, redirect=False)
+
+    async def _remote_content(self, request: Request, summary: SegmentSummary, etag: str, base: int, size: int,
+                              redirect: bool) -> Response:
+        """Go ServeContent over [base, base + size) of a stored object: preconditions answered here, the
+        bytes from the cache (or a redirect to them)."""
+        served = serve_content(request.method, request.headers, etag, summary.mtime_ns, size)
+        headers = [("Content-Type", OCTET_STREAM), ("ETag", etag), ("Cache-Control", CACHE_CONTROL)]
+        headers = [(k, v) for k, v in headers if k not in served.drop_headers] + served.headers
+        if served.status == 416:
+            headers = [(k, v) for k, v in headers if k != "Content-Type"] + [("Content-Type", TEXT_PLAIN)]
+            return Response(served.status, headers, served.error_body)
+        if served.status in (304, 412) or served.length == 0:
+            return Response(served.status, headers, b"")
+        if redirect and self.settings.redirect:
+            location = self._redirect_url(summary)
+            if location is not None:
+                return Response(HTTPStatus.TEMPORARY_REDIRECT, [("Location", location), ("Cache-Control", "no-store")])
+        try:
+            fd = await self.cache.open_range(summary.name, summary.version, summary.size, base + served.offset,
+                                             served.length, summary.header)
+        except ObjectChanged as exc:
+            log.error("event=archive_segment_replaced name=%s error=%r", summary.name, str(exc)[:300])
+            self.manifest.forget(summary)
+            self.segment_sealed()  # rescan now: what is there now is verified, then listed or refused
+            return internal_error("failed to read segment")
+        except SegmentError as exc:
+            self._refuse(summary, str(exc))
+            return internal_error("failed to read segment")
+        except StoreError as exc:
+            log.error("event=archive_store_read_failed name=%s error=%r", summary.name, str(exc)[:300])
+            self._store_unreachable(f"reading {summary.name} failed: {exc}")
+            return internal_error("failed to read segment")
+        return Response(served.status, headers, FileRange(fd, base + served.offset, served.length))
+
+    def _redirect_url(self, summary: SegmentSummary) -> str | None:
+        if self.settings.redirect == REDIRECT_PRESIGN:
+            try:
+                return self.store.presign(summary.name, self.settings.redirect_expiry_s)
+            except StoreError as exc:
+                log.error("event=archive_presign_failed name=%s error=%r", summary.name, str(exc)[:300])
+                return None  # serve the bytes instead
+        return self.settings.redirect.rstrip("/") + "/" + summary.name
 
     def _list_segments(self, params) -> Response:
         limit = LIST_DEFAULT_LIMIT

@@ -150,7 +150,8 @@ class Worker:
         self._tasks = [tasks.spawn(coro, name) for coro, name in (
             (self._receive_forever(), "worker_receive"), (self._poll_forever(), "worker_poll"),
             (self._push_metrics_forever(), "worker_metrics"), (self._drop_expired_forever(), "worker_ring_trim"))]
-        self.server.archive = archive_service(cfg, self.problems)  # issue 24: each worker serves the archive
+        # issue 24: each worker serves the archive (with its own download cache directory)
+        self.server.archive = archive_service(cfg, self.problems, f"worker-{self.index}")
         if self.server.archive is not None:
             self._tasks.append(tasks.spawn(self.server.archive.run(), "archive_manifest"))
         # As the single process does once ready: no full GC pass over start-up objects while serving.

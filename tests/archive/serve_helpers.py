@@ -87,10 +87,10 @@ def free_port() -> int:
 class Serve:
     """A `jetstream serve` subprocess on `data_dir`, relay pointed at a closed port (the archive needs none)."""
 
-    def __init__(self, data_dir, *extra: str, log_path=None) -> None:
+    def __init__(self, data_dir, *extra: str, log_path=None, env: dict | None = None) -> None:
         self.port = free_port()
         self.log_path = log_path or Path(data_dir).parent / "serve.log"
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         args = [sys.executable, "-m", "jetstream.cli", "serve", "--ws-url", f"ws://127.0.0.1:{free_port()}/x",
                 "--listen-addr", f"127.0.0.1:{self.port}", "--metrics-listen-addr", "", "--data-dir", str(data_dir),
                 "--log-level", "info", *extra]
