@@ -25,7 +25,7 @@ from jetstream import __version__, metrics
 from jetstream.archive.xrpc import archive_service
 from jetstream.compression import EventCompressor
 from jetstream.config import Config, parse_listen_addr
-from jetstream.dictionary import active_dictionary
+from jetstream.dictionary import active_dictionary, active_v2_dictionary
 from jetstream.health import Problems, apply_to_report
 from jetstream.implementation import LiveRing
 from jetstream.ingest.collection_filter import IngestCollections
@@ -186,7 +186,7 @@ class Daemon:
         hwm = self.event_log.hwm()
         ring = LiveRing(cfg.ring_capacity, floor_time_us=hwm)
         dictionary = active_dictionary(cfg.zstd_dictionary_path)
-        compressor = EventCompressor(dictionary)
+        compressor = EventCompressor(dictionary, active_v2_dictionary())
         settings = ServerSettings.from_config(cfg, zstd_dictionary=dictionary)
         self.server = SubscribeServer(self.event_log, ring, settings, health=self.health)
         self.server.on_log_damage = self.damage.report

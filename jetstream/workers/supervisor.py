@@ -24,7 +24,7 @@ import sys
 from jetstream.compression import EventCompressor
 from jetstream.config import Config, parse_listen_addr
 from jetstream.daemon import Daemon, UpgradeProgress, freeze_long_lived_objects, sd_notify
-from jetstream.dictionary import active_dictionary
+from jetstream.dictionary import active_dictionary, active_v2_dictionary
 from jetstream.log.store import EventLog
 from jetstream.log.ttl import TtlTrimmer, trim_interval_s
 from jetstream.metrics import MetricsListener
@@ -306,7 +306,7 @@ class WorkersDaemon(Daemon):
         hwm = self.event_log.hwm()
         self.tail = PublishedTail(hwm)
         # The same ingest as one process (relay cursor rules included); each durable batch wakes the workers.
-        compressor = EventCompressor(active_dictionary(cfg.zstd_dictionary_path))
+        compressor = EventCompressor(active_dictionary(cfg.zstd_dictionary_path), active_v2_dictionary())
         if cfg.cluster:
             # The node's applier writes the log and hands each applied batch to the workers, as
             # ingest does here without --cluster; the node ingests only while it leads.
