@@ -319,6 +319,12 @@ SERVE_FLAGS: tuple[Flag, ...] = (
     Flag("plan-max-entries", 100_000, int, "work units (whole segments or block ranges) one planSnapshot page may hold, at least one; the client pages on with plannedThroughSeq (v2's flag and default); 0 = no limit", v1=False, check=at_least(0)),
     Flag("archive-footer-cache-bytes", 256 << 20, int, "segment footers (block index, DID blooms, collection index) kept in memory for planSnapshot, least recently used evicted; a DID plan probes uncached segment blooms with one 64-byte read", v1=False, check=at_least(0)),
     Flag("archive-max-body-bytes", 2 << 20, int, "largest planSnapshot request body read (413 TooLarge beyond; v2's 2 MB)", v1=False, check=at_least(1)),
+    # The archive writer (issue 24, jetstream/archive/sealer.py): the process that ingests seals the log into segments.
+    Flag("archive-block-events", 4096, int, "--archive: a segment block is cut when it holds this many events (v2's 4096)", v1=False, check=Check("between 1 and 262144", lambda value: 1 <= value <= 262_144)),
+    Flag("archive-block-seconds", "30s", parse_duration, "--archive: a segment block is cut when its events span this long, or its first event is this old (Go duration)", v1=False, check=above(0)),
+    Flag("archive-segment-bytes", 256 << 20, int, "--archive: a segment is sealed at the first block cut that takes it past this size", v1=False, check=at_least(1)),
+    Flag("archive-seal-after", "1h", parse_duration, "--archive: a segment is sealed once its first event is this old, whatever its size (Go duration)", v1=False, check=above(0)),
+    Flag("archive-retention", "0s", parse_duration, "--archive: sealed segments whose newest event is older than this are deleted (the newest segment is always kept); 0 = keep forever", v1=False, check=at_least(0)),
 )
 
 RELAY_SIM_ENV_PREFIX = "RELAYSIM_"  # relay-sim's own variables, never the daemon's

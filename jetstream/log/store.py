@@ -45,6 +45,7 @@ from jetstream.log.rows import (
     LogRow,
     decode_index_time_us,
     decode_key,
+    decode_row,
     decode_rows,
     decode_seq,
     encode_bucket_start,
@@ -807,6 +808,14 @@ class EventLog:
         if self._gaps:
             rows = self._stop_at_gap(after_time_us, rows, limit)
         return rows
+
+    def json_payload_at(self, time_us: int) -> bytes | None:
+        """The v1 JSON of the event stored at exactly `time_us`; None when none is (the archive
+        sealer's fallback for fields an event's v2 record does not carry)."""
+        value = self._events.get(encode_key(time_us), read_opt=self._read_options)
+        if value is None:
+            return None
+        return decode_row(encode_key(time_us), value).payload
 
     def _checked_pairs(self, column_family, name: str, start: int, limit: int) -> list[tuple[bytes, bytes]]:
         """Up to `limit` (key, value) from time_us `start` on, the iterator's status checked at its end.

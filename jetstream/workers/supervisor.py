@@ -336,9 +336,11 @@ class WorkersDaemon(Daemon):
         REGISTRY.register(self._metrics_collector)
         if cfg.metrics_listen_addr:
             self.metrics_listener = MetricsListener(cfg.metrics_listen_addr)
+        self._start_archive_writer()  # this process seals; each worker serves the directory (rescans every 5 s)
         self.trimmer = WorkersTtlTrimmer(self.event_log, cfg.event_ttl,
                                          trim_interval_s(cfg.event_ttl, cfg.ttl_trim_interval),
-                                         wake_workers=lambda: self.supervisor.wake_all(FORCE_CATCH_UP))
+                                         wake_workers=lambda: self.supervisor.wake_all(FORCE_CATCH_UP),
+                                         hold_time_us=self.archive_hold_time_us)
         self._tasks += [self.tasks.spawn(self.trimmer.run(), "ttl_trim"),
                         self.tasks.spawn(self._status_forever(), "worker_status")]
         # Ready: the log is open and every worker listens; the relay comes after.
