@@ -182,6 +182,8 @@ class Worker:
         }
         if "cluster" in self.status:
             report["cluster"] = self.status["cluster"]
+        if "archive" in self.status:  # the main process's archive writer (it seals; workers serve)
+            report["archive"] = self.status["archive"]
         self.problems.show_remote(self.status.get("problems", []))
         return apply_to_report(main_ok and not self._stopping, report, self.problems)
 

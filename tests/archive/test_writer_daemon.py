@@ -150,7 +150,7 @@ def test_archive_off_trims_by_ttl_alone(tmp_path):
     relay = RelaySim(tmp_path / "relay.log", rate=300)
     server = serve(data_dir, relay, "--archive", "false", "--event-ttl", "1s", "--ttl-trim-interval", "200ms")
     try:
-        wait_until(lambda: server.healthz().get("status") == "ok", "ready", 60, server)
+        server.wait_ready()  # --archive=false: the archive paths answer 404 once it listens
         time.sleep(4)
     finally:
         relay.stop()

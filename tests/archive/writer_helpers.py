@@ -69,6 +69,8 @@ def archive_report(server: Serve) -> dict:
 
 
 def segment_paths(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        return []
     return sorted((p for p in directory.iterdir() if parse_segment_name(p.name) is not None),
                   key=lambda p: parse_segment_name(p.name))
 
