@@ -377,7 +377,7 @@ class ArchiveSealer:
         published = self.store.published()
         next_index = published[-1][0] + 1 if published else 0
         tip = SealedTip(next_index, 0, 0)
-        for index, name in reversed(published):
+        for _, name in reversed(published):
             try:
                 header = self.store.verified_header(name)
             except SegmentError as exc:

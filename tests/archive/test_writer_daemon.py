@@ -113,7 +113,6 @@ def test_kill9_during_ingest_and_sealing_keeps_every_event_exactly_once(tmp_path
     text = logs.read_text()
     print(f"archive kill9: seed={seed} staged_removed={text.count('archive_staged_segment_removed')}")
     assert "archive_staged_segment_removed" in text, "some kill left a half-written segment, removed at start"
-    assert not list((data_dir / "archive").glob("*.tmp")) or True  # the last graceful stop may drop one
     archived = [row for path in segment_paths(data_dir / "archive") for row in segment_rows(path)]
     logged = log_rows(data_dir)
     seqs = [row[0] for row in archived]

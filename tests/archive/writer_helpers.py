@@ -15,8 +15,16 @@ from pathlib import Path
 
 from atproto_jetstream.archive import compute_record_cid
 
-from jetstream.archive import KIND_ACCOUNT, KIND_CREATE, KIND_DELETE, KIND_IDENTITY, KIND_SYNC, KIND_UPDATE
-from jetstream.archive import SegmentReader, parse_segment_name
+from jetstream.archive import (
+    KIND_ACCOUNT,
+    KIND_CREATE,
+    KIND_DELETE,
+    KIND_IDENTITY,
+    KIND_SYNC,
+    KIND_UPDATE,
+    SegmentReader,
+    parse_segment_name,
+)
 from jetstream.log.store import EventLog
 from jetstream.relaysim.server import SUBSCRIBE_REPOS_PATH
 from tests.archive.serve_helpers import REPO_ROOT, Serve, free_port
