@@ -81,9 +81,9 @@ def cmd_train_dictionary(args) -> None:
     if bool(args.data_dir) == bool(args.synthetic):
         raise SystemExit("train-dictionary: give exactly one of --data-dir or --synthetic")
     if args.data_dir:
-        samples = dictionary.log_samples(args.data_dir, args.samples)
+        samples = dictionary.log_samples(args.data_dir, args.samples, args.wire)
     else:
-        samples = dictionary.synthetic_samples(args.synthetic)
+        samples = dictionary.synthetic_samples(args.synthetic, wire=args.wire)
     trained = dictionary.train(samples, args.size, args.dict_id)
     with open(args.out, "wb") as out:
         out.write(trained)
@@ -103,6 +103,8 @@ def add_train_dictionary_parser(sub) -> None:
     p.add_argument("--size", type=int, default=dictionary.DEFAULT_DICTIONARY_SIZE, help="dictionary size in bytes")
     p.add_argument("--samples", type=int, default=100_000, help="at most this many events from --data-dir")
     p.add_argument("--dict-id", type=int, default=0, help="dictionary id (default: derived from the samples)")
+    p.add_argument("--wire", choices=("v1", "v2"), default="v1",
+                   help="train on v1 /subscribe JSON (default) or on v2 subscribeEvents frames")
     p.set_defaults(handler=cmd_train_dictionary, plain_args=True)
 
 

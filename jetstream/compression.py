@@ -55,8 +55,10 @@ class EventCompressor:
     Not thread-safe (one zstd context); the sequencer owns a single instance.
     """
 
-    def __init__(self, dictionary: bytes | None = None) -> None:
+    def __init__(self, dictionary: bytes | None = None, v2_dictionary: bytes | None = None) -> None:
         params = _frame_parameters()
+        self._v2 = _V2Compressor(v2_dictionary, params)
+        self.compress_v2 = self._v2.compress
         self._dictionary_bytes = bytes(dictionary) if dictionary else b""
         if self._dictionary_bytes:
             loaded = _load_dictionary(self._dictionary_bytes)
@@ -86,6 +88,30 @@ class EventCompressor:
     def compress(self, json: bytes) -> bytes:
         """One complete zstd frame holding `json`, decodable without any other message."""
         return self._compressor.compress(json)
+
+    @property
+    def v2_dictionary_id(self) -> int:
+        """The id of the v2 wire's dictionary (`zstdDictionary=<id>`); 0 when it has none."""
+        return self._v2.dictionary_id
+
+    @property
+    def v2_dictionary_bytes(self) -> bytes:
+        return self._v2.dictionary_bytes
+
+
+class _V2Compressor:
+    """The v2 wire's frames (`compress_v2`): the same frame settings, the v2 dictionary."""
+
+    def __init__(self, dictionary: bytes | None, params) -> None:
+        self.dictionary_bytes = bytes(dictionary) if dictionary else b""
+        if self.dictionary_bytes:
+            loaded = _load_dictionary(self.dictionary_bytes)
+            loaded.precompute_compress(compression_params=params)
+            self.dictionary_id = loaded.dict_id()
+            self.compress = zstandard.ZstdCompressor(dict_data=loaded, compression_params=params).compress
+        else:
+            self.dictionary_id = 0
+            self.compress = zstandard.ZstdCompressor(compression_params=params).compress
 
 
 @lru_cache(maxsize=4)

@@ -338,6 +338,12 @@ SERVE_FLAGS: tuple[Flag, ...] = (
     Flag("archive-cache-chunk-bytes", 8 << 20, int, "--archive-url: the aligned range the cache fetches from the store at a time (the SDK reads segments in 8 MiB slices)", v1=False, check=at_least(4 << 10)),
     Flag("archive-redirect", "", str, "--archive-url: answer getSegment with a 307 redirect instead of the bytes: `presign` (a presigned GET URL of the object; S3, GCS, Azure) or a URL prefix the segment name is appended to (a CDN in front of the bucket); getBlock is always served; empty = serve the bytes through the cache", v1=False, check=Check("empty, presign, or an http(s):// URL prefix", _is_redirect)),
     Flag("archive-redirect-expiry", "1h", parse_duration, "--archive-redirect presign: how long a presigned URL is valid", v1=False, check=above(0)),
+    # The archive writer (issue 24, jetstream/archive/sealer.py): the process that ingests seals the log into segments.
+    Flag("archive-block-events", 4096, int, "--archive: a segment block is cut when it holds this many events (v2's 4096)", v1=False, check=Check("between 1 and 262144", lambda value: 1 <= value <= 262_144)),
+    Flag("archive-block-seconds", "30s", parse_duration, "--archive: a segment block is cut when its events span this long, or its first event is this old (Go duration)", v1=False, check=above(0)),
+    Flag("archive-segment-bytes", 256 << 20, int, "--archive: a segment is sealed at the first block cut that takes it past this size", v1=False, check=at_least(1)),
+    Flag("archive-seal-after", "1h", parse_duration, "--archive: a segment is sealed once its first event is this old, whatever its size (Go duration)", v1=False, check=above(0)),
+    Flag("archive-retention", "0s", parse_duration, "--archive: sealed segments whose newest event is older than this are deleted (the newest segment is always kept); 0 = keep forever", v1=False, check=at_least(0)),
 )
 
 RELAY_SIM_ENV_PREFIX = "RELAYSIM_"  # relay-sim's own variables, never the daemon's

@@ -22,10 +22,11 @@ import socket
 import time
 
 from jetstream import __version__, metrics
+from jetstream.archive.sealer import ArchiveSealer, SealerSettings
 from jetstream.archive.xrpc import archive_service
 from jetstream.compression import EventCompressor
 from jetstream.config import Config, parse_listen_addr
-from jetstream.dictionary import active_dictionary
+from jetstream.dictionary import active_dictionary, active_v2_dictionary
 from jetstream.health import Problems, apply_to_report
 from jetstream.implementation import LiveRing
 from jetstream.ingest.collection_filter import IngestCollections
@@ -162,6 +163,7 @@ class Daemon:
         self.relay: RelayClient | None = None
         self.pipeline: IngestPipeline | None = None
         self.trimmer: TtlTrimmer | None = None
+        self.sealer: ArchiveSealer | None = None  # --archive: the archive writer (jetstream/archive/sealer.py)
         self.metrics_listener: metrics.MetricsListener | None = None
         self._metrics_collector = None
         self.cluster = None  # jetstream.cluster.node.ClusterNode with --cluster
@@ -186,7 +188,7 @@ class Daemon:
         hwm = self.event_log.hwm()
         ring = LiveRing(cfg.ring_capacity, floor_time_us=hwm)
         dictionary = active_dictionary(cfg.zstd_dictionary_path)
-        compressor = EventCompressor(dictionary)
+        compressor = EventCompressor(dictionary, active_v2_dictionary())
         settings = ServerSettings.from_config(cfg, zstd_dictionary=dictionary)
         self.server = SubscribeServer(self.event_log, ring, settings, health=self.health)
         self.server.on_log_damage = self.damage.report
@@ -211,8 +213,10 @@ class Daemon:
             except OSError as exc:
                 raise StartupError("metrics-listen-addr", cfg.metrics_listen_addr,
                                    f"cannot bind: {exc.strerror or exc}") from None
+        self._start_archive_writer()
         self.trimmer = TtlTrimmer(self.event_log, cfg.event_ttl,
-                                  trim_interval_s(cfg.event_ttl, cfg.ttl_trim_interval), ring=ring)
+                                  trim_interval_s(cfg.event_ttl, cfg.ttl_trim_interval), ring=ring,
+                                  hold_time_us=self.archive_hold_time_us)
         self._tasks.append(self.tasks.spawn(self.trimmer.run(), "ttl_trim"))
         self._log_served_instance("log")
         # Ready: the log is open and both listeners are bound; the relay comes after.
@@ -237,8 +241,10 @@ class Daemon:
         self._metrics_collector = register_server(self.server)
         if self.cfg.metrics_listen_addr:
             self.metrics_listener = metrics.MetricsListener(self.cfg.metrics_listen_addr)
+        self._start_archive_writer()
         self.trimmer = TtlTrimmer(self.event_log, self.cfg.event_ttl,
-                                  trim_interval_s(self.cfg.event_ttl, self.cfg.ttl_trim_interval), ring=ring)
+                                  trim_interval_s(self.cfg.event_ttl, self.cfg.ttl_trim_interval), ring=ring,
+                                  hold_time_us=self.archive_hold_time_us)
         self._tasks.append(self.tasks.spawn(self.trimmer.run(), "ttl_trim"))
         self._log_served_instance("log")
         self._announce_ready()
@@ -262,6 +268,38 @@ class Daemon:
             "collection_stats": self._cluster_collection_stats,
         }
         return ClusterNode(cfg, self.event_log, ring, compressor, on_applied, pipeline_options, tasks=self.tasks)
+
+    def _start_archive_writer(self) -> None:
+        """--archive: seal the log into segments of the archive directory (the process that ingests).
+
+        Fed by reading the log forward from the sealed tip (every row there is durable); the
+        TTL trim is held at the first unsealed event. With --cluster only the ingest leader seals.
+        """
+        if not self.cfg.archive:
+            return
+        service = self.server.archive if self.server is not None else None
+        self.sealer = ArchiveSealer(self.event_log, SealerSettings.from_config(self.cfg), problems=self.problems,
+                                    may_seal=self.archive_may_seal,
+                                    on_sealed=service.segment_sealed if service is not None else None)
+        self._tasks.append(self.tasks.spawn(self.sealer.run(), "archive_sealer"))
+
+    def archive_may_seal(self) -> bool:
+        """Whether this process may publish segments now: always on a single node; with --cluster only
+        while it leads (its ingest term runs and its lease is held and unexpired, as for its publishes).
+        Read from the sealer's thread too: plain attribute reads."""
+        cluster = self.cluster
+        if cluster is None:
+            return True
+        lease = cluster.lease
+        return cluster.term is not None and lease is not None and lease.held and not lease.expired_locally()
+
+    def archive_hold_time_us(self) -> int:
+        """The TTL trim's ceiling: the first event no segment holds yet (no limit without a sealing archive).
+
+        A --cluster follower does not seal, so it does not hold (docs/fragments/i24-writer.md)."""
+        if self.sealer is None or not self.archive_may_seal():
+            return 1 << 64
+        return self.sealer.hold_time_us()
 
     def _collection_stats(self):
         """/stats/collections' counts: of what ingest stored, or (--cluster) what this node ingested leading."""
@@ -422,6 +460,8 @@ class Daemon:
                 "lag_seconds": relay_lag_s(pipeline),
             },
         }
+        if self.sealer is not None:
+            report["archive"] = self.sealer.report()
         if self.cluster is not None:
             report["cluster"] = self.cluster.report()
             if pipeline is None:  # a follower: the relay cursor its log holds from the stream
@@ -468,6 +508,8 @@ class Daemon:
                     raise OSError(f"only {free} bytes free in {self.cfg.data_dir}")
                 if self.trimmer is not None:
                     await self.trimmer.wait_idle()  # reopen closes the database under a compaction
+                if self.sealer is not None:
+                    await self.sealer.wait_idle()  # nor under the archive writer's read
                 self.event_log.reopen()
             except Exception as exc:  # noqa: BLE001 - still full, or worse: keep serving, keep trying
                 if attempts == 1 or attempts % 30 == 0:  # one line now and then, not one per second
@@ -521,6 +563,9 @@ class Daemon:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.trimmer is not None:
             await self.trimmer.wait_idle()  # a compaction thread may still be inside RocksDB
+        if self.sealer is not None:
+            await self.sealer.wait_idle()  # so may the archive writer's step
+            self.sealer.stop()  # the active segment's file: rebuilt from the log at the next start
         if self.pipeline is not None:
             self.pipeline.flush()
             if self.pipeline.gate is not None:

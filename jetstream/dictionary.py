@@ -1,11 +1,12 @@
 """zstd dictionaries for compressed subscribers: the shipped one, an operator's, training new ones.
 
-Owns: where the project's own dictionary lives (jetstream/data/jetstream.zdict), which
+Owns: where the project's own dictionaries live (jetstream/data/jetstream.zdict for v1's
+`/subscribe`, jetstream/data/jetstream-v2.zdict for the v2 wire's `subscribeEvents`), which
 dictionary the daemon uses (an operator's file from --zstd-dictionary-path, else the
 shipped one), reading a dictionary's id, and training: from synthetic relay frames decoded
 through our own ingest (how the shipped file is made, `jetstream train-dictionary
 --synthetic N`) or from the events of an existing log (`--data-dir D`).
-It must never train from, or ship, the captured corpus or v1's dictionary: operators who
+It must never train from, or ship, the captured corpus, v1's dictionary or v2's: operators who
 want v1's point the flag at their copy.
 """
 from __future__ import annotations
@@ -20,6 +21,10 @@ import zstandard
 log = logging.getLogger(__name__)
 
 SHIPPED_DICTIONARY_PATH = Path(__file__).parent / "data" / "jetstream.zdict"
+# The v2 wire's (subscribeEvents `zstdDictionary=<id>`, getZstdDictionary): trained the same way,
+# on the v2 frames our ingest renders from the same synthetic relay frames. Never v2's own.
+SHIPPED_V2_DICTIONARY_PATH = Path(__file__).parent / "data" / "jetstream-v2.zdict"
+SHIPPED_V2_DICTIONARY_ID = 0x4A535032  # "JSP2"
 DEFAULT_DICTIONARY_SIZE = 112_640  # v1's size (docs/protocol.md §7.2)
 DEFAULT_SYNTHETIC_SAMPLES = 40_000
 # Dictionary ids 0..32767 are reserved for a registrar and >= 2**31 by the format; ours
@@ -49,6 +54,14 @@ def active_dictionary(operator_path: str = "") -> bytes:
     return data
 
 
+def active_v2_dictionary() -> bytes:
+    """The dictionary of the v2 wire's compressed frames: the shipped one (getZstdDictionary serves it)."""
+    data = SHIPPED_V2_DICTIONARY_PATH.read_bytes()
+    if dictionary_id(data) == 0:
+        raise ValueError(f"{SHIPPED_V2_DICTIONARY_PATH} is not a formatted zstd dictionary (no magic or id 0)")
+    return data
+
+
 def train(samples: list[bytes], size: int = DEFAULT_DICTIONARY_SIZE, dict_id: int = 0) -> bytes:
     """A formatted dictionary of at most `size` bytes trained on `samples` (event JSON).
 
@@ -72,43 +85,54 @@ def _id_for(samples: list[bytes]) -> int:
     return _MIN_PRIVATE_ID + digest.intdigest() % (_MAX_PRIVATE_ID - _MIN_PRIVATE_ID)
 
 
-def synthetic_samples(count: int = DEFAULT_SYNTHETIC_SAMPLES, seed: int = 1, dids: int = 5000) -> list[bytes]:
-    """`count` event JSONs rendered by our ingest from the synthetic relay's frames."""
+def synthetic_samples(count: int = DEFAULT_SYNTHETIC_SAMPLES, seed: int = 1, dids: int = 5000,
+                      wire: str = "v1") -> list[bytes]:
+    """`count` event JSONs (wire "v1") or v2 frames ("v2") rendered by our ingest from the synthetic relay's frames."""
     from jetstream.events import render_json
     from jetstream.ingest.decode import decode_frame
     from jetstream.relaysim.synthetic import SyntheticSource
+    from jetstream.server.wire_v2 import frame_of_record
 
     source = SyntheticSource(seed=seed, dids=dids)
     samples: list[bytes] = []
     seq = 1
     while len(samples) < count:
         for pending in decode_frame(source.frame(seq)).events:
-            samples.append(render_json(pending, _SAMPLE_BASE_TIME_US + len(samples) * _SAMPLE_STEP_US))
+            time_us = _SAMPLE_BASE_TIME_US + len(samples) * _SAMPLE_STEP_US
+            if wire == "v2":
+                frame = frame_of_record(pending.v2_record, 1_000_000 + len(samples), time_us)
+                if frame:
+                    samples.append(frame)
+            else:
+                samples.append(render_json(pending, time_us))
         seq += 1
     return samples[:count]
 
 
-def log_samples(data_dir: str, limit: int) -> list[bytes]:
-    """Up to `limit` event JSONs from a log, newest retained first read oldest to newest.
+def log_samples(data_dir: str, limit: int, wire: str = "v1") -> list[bytes]:
+    """Up to `limit` event JSONs (or, wire "v2", v2 frames) from a log, oldest first.
 
     The log must not be open in a running daemon (RocksDB allows one writer); train from a
     stopped instance or a copy of its data directory.
     """
     from jetstream.log.store import EventLog
+    from jetstream.server.wire_v2 import frame_of_record
 
     samples: list[bytes] = []
     with EventLog(data_dir, create=False) as event_log:
-        for row in _rows(event_log):
-            samples.append(row.payload)
+        for row in _rows(event_log, wire == "v2"):
+            sample = frame_of_record(row.payload, row.seq, row.time_us) if wire == "v2" else row.payload
+            if sample:
+                samples.append(sample)
             if len(samples) >= limit:
                 break
     return samples
 
 
-def _rows(event_log) -> Iterator:
+def _rows(event_log, v2: bool = False) -> Iterator:
     position = -1
     while True:
-        rows = event_log.read_after(position, 4096, False)
+        rows = event_log.read_after(position, 4096, False, v2=v2)
         if not rows:
             return
         yield from rows

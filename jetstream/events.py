@@ -4,7 +4,8 @@ Owns: the two shapes an event has on its way through the daemon, and the kind
 codes. It must never do I/O; stages exchange these values and nothing else.
 
   ingest  ->  PendingEvent   (JSON bytes around a missing time_us)
-  sequencer -> Event         (time_us and seq assigned, JSON and zstd bytes final)
+  sequencer -> Event         (time_us and seq assigned, JSON and zstd bytes final; the v2
+                              frame and its zstd form rendered from the v2 record)
 """
 from __future__ import annotations
 
@@ -31,6 +32,10 @@ class PendingEvent(NamedTuple):
     collection: str  # "" for identity/account/sync: they bypass collection filters (v1 d420dfe)
     json_head: bytes  # b'{"did":"did:plc:...","time_us":'
     json_tail: bytes  # b',"kind":"commit","commit":{...}}'
+    # The event's stored v2 record (jetstream/server/wire_v2.py pack_record): its v2 frame around
+    # seq and time, and the raw archive payload. b"": none was made (tools, tests): stored as a
+    # record without a frame, which v2 readers skip.
+    v2_record: bytes = b""
 
 
 class Event(NamedTuple):
@@ -48,6 +53,11 @@ class Event(NamedTuple):
     json: bytes
     zstd: bytes
     seq: int = 0
+    # The v2 wire (subscribeEvents): the final text frame (b"": this event has no v2 frame, v2
+    # readers skip it), its zstd form (v2 dictionary), and the stored record it was rendered from.
+    v2: bytes = b""
+    v2_zstd: bytes = b""
+    v2_record: bytes = b""
 
 
 def render_json(pending: PendingEvent, time_us: int) -> bytes:

@@ -40,6 +40,7 @@ from jetstream.log.store import (
     _UNSIGNED,
     CF_EVENTS,
     CF_EVENTS_INDEX,
+    CF_EVENTS_V2,
     CF_EVENTS_ZSTD,
     CF_META,
     FORMAT_NAME,
@@ -267,10 +268,10 @@ def _verify(db: Rdict, hwm: int, counts: dict) -> list[str]:
     from jetstream.log.repair import scan_column_family
 
     damages: list = []
-    for name in (CF_EVENTS, CF_EVENTS_ZSTD, CF_EVENTS_INDEX):
+    for name in (CF_EVENTS, CF_EVENTS_ZSTD, CF_EVENTS_V2, CF_EVENTS_INDEX):
         try:
             family = db.get_column_family(name)
-        except Exception:  # noqa: BLE001 - a log written before the index existed
+        except Exception:  # noqa: BLE001 - a log written before the index (or the v2 records) existed
             continue
         try:
             counts[name] = scan_column_family(family, name, damages)

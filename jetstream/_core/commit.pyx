@@ -4,7 +4,8 @@
 Owns: the same per-op rules, drops and event bytes as the reference (read its docstring),
 with the per-op loop, the MST path check and the RFC 3339 check written as typed C
 loops instead of regular expressions, the Cython record emitter and the C MST reader
-(mst.pyx). Rare shapes (CIDv0 or non-dag-cbor CIDs, bad records) reach the same
+(mst.pyx), and each event's v2 record (the `#commit` frame parts built inline from the same
+fields, record_to_json_v2 of the block). Rare shapes (CIDv0 or non-dag-cbor CIDs, bad records) reach the same
 reference helpers.
 It must never do I/O, never read past a string, and never differ from the reference
 on any input (tests/ingest/test_ingest_commit_fast.py).
@@ -17,8 +18,14 @@ from libc.stdint cimport uint8_t
 from jetstream.events import KIND_COMMIT, PendingEvent
 from jetstream.errors import FrameError, MstError, RecordError
 from jetstream._py.car import verify_block as _verify_block
-from jetstream._core.record_json import cid_to_string, go_json_string, record_to_json
+from jetstream._core.record_json import cid_to_string, go_json_string, record_to_json, record_to_json_v2
 from jetstream._core.mst cimport MstReader, mst_key_ascii
+from jetstream.server import wire_v2
+from jetstream.server.wire_v2 import json_string as _v2_string, pack_record as _pack_record
+
+cdef bytes _V2_COMMIT_HEAD = wire_v2.MESSAGE_PREFIX + b'{"$type":"network.bsky.jetstream.subscribeEvents#commit"'
+cdef bytes _V2_TAIL = b',"time":"'
+cdef bytes _DAG_CBOR_SHA256 = b"\x01\x71\x12\x20"
 
 cdef int DAYS_IN_MONTH[12]
 DAYS_IN_MONTH[:] = [31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
@@ -106,12 +113,36 @@ cdef bint verify(bytes cid, block) except -1:
     return _verify_block(cid, block)
 
 
+cdef bytes _v2_record(bytes did_and_operation, bytes rev_and_rkey_key, str collection, str rkey, bytes cid,
+                      str cid_text, object block):
+    """A create/update's v2 record (the reference: _py/commit.py v2_commit_record)."""
+    cdef bytes raw = bytes(block)
+    cdef bytes record_json
+    if not (PyBytes_GET_SIZE(cid) == 36 and cid.startswith(_DAG_CBOR_SHA256)):
+        # v2 names the block by its dag-cbor sha2-256 CID whatever op.cid says (rare: raw/other codecs)
+        cid = _DAG_CBOR_SHA256 + _sha256(raw).digest()
+        cid_text = wire_v2.record_cid(raw)
+    try:
+        record_json = record_to_json_v2(raw)
+    except RecordError:
+        return _pack_record(None, cid, raw)
+    # create/update paths passed the MST key rule: [A-Za-z0-9_:.~-] needs no JSON escape
+    head = b"".join((_V2_COMMIT_HEAD, b',"cid":"', cid_text.encode("ascii"), b'","collection":"',
+                     collection.encode("ascii"), did_and_operation, b'","record":', record_json, rev_and_rkey_key,
+                     rkey.encode("ascii"), b'","seq":'))
+    return _pack_record((head, _V2_TAIL), cid, raw)
+
+
 def commit_events(str repo, str rev, list ops, blocks, list events, list drops, MstReader mst=None):
     """Append each op's event (or (reason, detail) drop) in op order; `mst`: as the reference."""
     cdef bytes head = b'{"did":' + go_json_string(repo) + b',"time_us":'
     cdef bytes commit_prefix = b',"kind":"commit","commit":{' + (b'"rev":' + go_json_string(rev) + b"," if rev else b"")
-    cdef str action, path, collection, rkey
-    cdef bytes record_and_cid, operation
+    cdef bytes v2_did = _v2_string(repo), v2_rev = _v2_string(rev)
+    cdef bytes v2_create = b'","did":' + v2_did + b',"operation":"create'
+    cdef bytes v2_update = b'","did":' + v2_did + b',"operation":"update'
+    cdef bytes v2_rev_rkey = b',"rev":' + v2_rev + b',"rkey":"'
+    cdef str action, path, collection, rkey, cid_text
+    cdef bytes record_and_cid, operation, v2_record
     cdef list parts
     for op in ops:
         if not isinstance(op, dict):
@@ -127,6 +158,7 @@ def commit_events(str repo, str rev, list ops, blocks, list events, list drops, 
                 continue
             operation = b"delete"
             record_and_cid = b""
+            v2_record = _pack_record(wire_v2.commit_parts(repo, rev, "delete", parts[0], parts[1]))
         elif action == "create" or action == "update":
             if not is_mst_key(path):
                 drops.append(("bad_path", f"did={repo} path={path!r}"))
@@ -156,9 +188,12 @@ def commit_events(str repo, str rev, list ops, blocks, list events, list drops, 
             except RecordError as err:
                 drops.append(("bad_record", f"did={repo} path={path!r} reason={err.reason}"))
                 continue
-            record_and_cid = b',"record":' + record + b',"cid":"' + cid_to_string(cid).encode("ascii") + b'"'
+            cid_text = cid_to_string(cid)
+            record_and_cid = b',"record":' + record + b',"cid":"' + cid_text.encode("ascii") + b'"'
             operation = b"create" if action == "create" else b"update"
             parts = path.split("/")
+            v2_record = _v2_record(v2_create if action == "create" else v2_update, v2_rev_rkey, parts[0], parts[1],
+                                   cid, cid_text, block)
         else:
             drops.append(("unknown_action", f"did={repo} path={path!r} action={action!r}"))
             continue
@@ -169,4 +204,4 @@ def commit_events(str repo, str rev, list ops, blocks, list events, list drops, 
         if rkey:
             out += [b',"rkey":', go_json_string(rkey)]
         out += [record_and_cid, b"}}"]
-        events.append(_PendingEvent(repo, _KIND_COMMIT, collection, head, b"".join(out)))
+        events.append(_PendingEvent(repo, _KIND_COMMIT, collection, head, b"".join(out), v2_record))

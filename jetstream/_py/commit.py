@@ -5,7 +5,10 @@ which op is dropped and why (bad path, unknown action, missing cid or block, has
 mismatch, bad record, and given an MstReader v1's MST lookup: mst_missing_node,
 mst_bad_node, mst_not_found, mst_cid_mismatch), the path split, the exact bytes of
 each commit event (struct field order and omitempty, docs/protocol.md §4.2), and Go's RFC 3339 check
-for the frame `time`.
+for the frame `time`. Each event also carries its v2 record (jetstream/server/wire_v2.py): the
+`#commit` frame parts (`commit_parts`, with `record_to_json_v2` of the block and v2's CID of it)
+and the archive payload (the record block; empty for a delete). A record v2's decoder refuses
+gets a record without a frame (v2 readers skip the event; v1 is unaffected).
 The Cython twin must give the same events and drops for every input
 (tests/ingest/test_ingest_commit_fast.py compares them); jetstream/ingest/decode.py
 explains the deliberate differences from v1.
@@ -14,13 +17,15 @@ or whose action/path are not strings (v1's decoder failed there), raises FrameEr
 """
 from __future__ import annotations
 
+import hashlib
 import re
 
 from jetstream._py.car import verify_block
 from jetstream._py.mst import is_mst_key
-from jetstream._py.record_json import cid_to_string, go_json_string, record_to_json
+from jetstream._py.record_json import cid_to_string, go_json_string, record_to_json, record_to_json_v2
 from jetstream.errors import FrameError, MstError, RecordError
 from jetstream.events import KIND_COMMIT, PendingEvent
+from jetstream.server import wire_v2
 
 # Go time.Parse(time.RFC3339): fraction optional ('.' or ','), zone 'Z' or ±hh:mm.
 _RFC3339 = re.compile(
@@ -65,7 +70,7 @@ def commit_events(repo: str, rev: str, ops: list, blocks, events: list, drops: l
     # omitempty: an empty rev would vanish from v1's output.
     commit_prefix = b',"kind":"commit","commit":{' + (b'"rev":' + go_json_string(rev) + b"," if rev else b"")
     for op in ops:
-        _commit_op(repo, head, commit_prefix, op, blocks, events, drops, mst)
+        _commit_op(repo, rev, head, commit_prefix, op, blocks, events, drops, mst)
 
 
 def _split_path(path: str) -> tuple[str, str] | None:
@@ -75,7 +80,7 @@ def _split_path(path: str) -> tuple[str, str] | None:
     return parts[0], parts[1]
 
 
-def _commit_op(repo: str, head: bytes, commit_prefix: bytes, op, blocks, events: list, drops: list,
+def _commit_op(repo: str, rev: str, head: bytes, commit_prefix: bytes, op, blocks, events: list, drops: list,
                mst) -> None:
     if not isinstance(op, dict):
         raise FrameError("bad_body", "type=#commit field=ops")
@@ -87,7 +92,8 @@ def _commit_op(repo: str, head: bytes, commit_prefix: bytes, op, blocks, events:
         if split is None:
             drops.append(("bad_path", f"did={repo} path={path!r}"))
             return
-        events.append(_commit_event(repo, head, commit_prefix, b"delete", split, b""))
+        parts = wire_v2.commit_parts(repo, rev, "delete", split[0], split[1])
+        events.append(_commit_event(repo, head, commit_prefix, b"delete", split, b"", wire_v2.pack_record(parts)))
         return
     if action not in ("create", "update"):
         drops.append(("unknown_action", f"did={repo} path={path!r} action={action!r}"))
@@ -114,8 +120,20 @@ def _commit_op(repo: str, head: bytes, commit_prefix: bytes, op, blocks, events:
         drops.append(("bad_record", f"did={repo} path={path!r} reason={err.reason}"))
         return
     record_and_cid = b',"record":' + record + b',"cid":"' + cid_to_string(cid).encode("ascii") + b'"'
-    events.append(_commit_event(repo, head, commit_prefix, action.encode("ascii"), _split_path(path),
-                                record_and_cid))
+    split = _split_path(path)
+    events.append(_commit_event(repo, head, commit_prefix, action.encode("ascii"), split, record_and_cid,
+                                v2_commit_record(repo, rev, action, split, bytes(block))))
+
+
+def v2_commit_record(repo: str, rev: str, action: str, split: tuple[str, str], block: bytes) -> bytes:
+    """A create/update's v2 record: the #commit parts and v2's CID and the block; no frame if v2 refuses it."""
+    cid = b"\x01\x71\x12\x20" + hashlib.sha256(block).digest()  # v2: cbor.ComputeCID(CodecDagCBOR, block)
+    try:
+        record_json = record_to_json_v2(block)
+    except RecordError:
+        return wire_v2.pack_record(None, cid, block)
+    parts = wire_v2.commit_parts(repo, rev, action, split[0], split[1], wire_v2.record_cid(block), record_json)
+    return wire_v2.pack_record(parts, cid, block)
 
 
 def _is_mst_leaf(repo: str, path: str, cid: bytes, mst, drops: list) -> bool:
@@ -132,7 +150,7 @@ def _is_mst_leaf(repo: str, path: str, cid: bytes, mst, drops: list) -> bool:
 
 
 def _commit_event(repo: str, head: bytes, commit_prefix: bytes, operation: bytes, split: tuple[str, str],
-                  record_and_cid: bytes) -> PendingEvent:
+                  record_and_cid: bytes, v2_record: bytes) -> PendingEvent:
     collection, rkey = split
     parts = [commit_prefix, b'"operation":"', operation, b'"']
     if collection:  # omitempty
@@ -140,4 +158,4 @@ def _commit_event(repo: str, head: bytes, commit_prefix: bytes, operation: bytes
     if rkey:
         parts += [b',"rkey":', go_json_string(rkey)]
     parts += [record_and_cid, b"}}"]
-    return PendingEvent(repo, KIND_COMMIT, collection, head, b"".join(parts))
+    return PendingEvent(repo, KIND_COMMIT, collection, head, b"".join(parts), v2_record)

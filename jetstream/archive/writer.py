@@ -186,6 +186,23 @@ class SegmentWriter:
             if not self.path_tmp.endswith(".tmp"):
                 raise ValueError("seal() needs final_path when path_tmp does not end in .tmp")
             final_path = self.path_tmp[:-len(".tmp")]
+        finished = self.finish()
+        try:
+            os.replace(self.path_tmp, final_path)
+            if self.options.fsync:
+                _fsync_dir(os.path.dirname(os.path.abspath(final_path)))
+        except OSError as exc:
+            self._broken = exc
+            raise
+        return finished._replace(path=final_path)
+
+    def finish(self) -> SealResult:
+        """Seal in place: cut the last block, footer, header, fsync, close; the file stays at path_tmp.
+
+        For a caller that publishes the file itself (jetstream/archive/sealer.py: a no-clobber
+        link into the archive directory, or an upload); seal() is finish() plus the rename.
+        """
+        self._check_open()
         self.cut_block()
         footer, header = self._build_footer()
         unsigned = encode_header(header)
@@ -201,13 +218,10 @@ class SegmentWriter:
                 os.fsync(self._file.fileno())
             self._file.close()
             self._closed = True
-            os.replace(self.path_tmp, final_path)
-            if self.options.fsync:
-                _fsync_dir(os.path.dirname(os.path.abspath(final_path)))
         except OSError as exc:
             self._broken = exc
             raise
-        return SealResult(final_path, header, self._offset + len(footer))
+        return SealResult(self.path_tmp, header, self._offset + len(footer))
 
     def abort(self) -> None:
         """Close and delete the temporary file (nothing is published)."""

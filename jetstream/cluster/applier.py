@@ -22,6 +22,7 @@ from typing import Callable
 
 from jetstream.cluster import metrics as cluster_metrics
 from jetstream.cluster.wire import WireError, decode_batch
+from jetstream.ingest.sequencer import v2_compress_of, v2_forms
 from jetstream.log.store import SeqError
 
 log = logging.getLogger(__name__)
@@ -37,13 +38,15 @@ class ApplyGap(RuntimeError):
 
 class StreamApplier:
     def __init__(self, js, subject: str, stream: str, event_log, ring, notify: Callable[[], None],
-                 spawn: Callable | None = None) -> None:
+                 spawn: Callable | None = None, compressor=None) -> None:
         self._js = js
         self.subject = subject
         self.stream = stream
         self.event_log = event_log
         self.ring = ring
         self.notify = notify
+        # The v2 frame's zstd form is made here, on every node, from the record the message carries.
+        self._compress_v2 = v2_compress_of(compressor)
         self.applied_seq = event_log.stream_seq()
         self.stream_last_seq = self.applied_seq  # as last seen in a message's metadata or stream info
         self.applied_messages = 0
@@ -167,6 +170,7 @@ class StreamApplier:
         if events and events[0].seq == 0:  # a JSB1 message: number its events here
             first = self.event_log.newest_seq() + 1
             events = [event._replace(seq=first + index) for index, event in enumerate(events)]
+        events = self._with_v2_frames(events)
         self._append(seq, events, batch.relay_cursor, expired_gap)
         ring_append = self.ring.append
         for event in events:
@@ -175,6 +179,15 @@ class StreamApplier:
         if events:
             self.notify()
             cluster_metrics.APPLY_DELAY_SECONDS.observe(max(0.0, time.time() - events[0].time_us / 1e6))
+
+    def _with_v2_frames(self, events: list) -> list:
+        """Each event with its v2 frame and zstd form, rendered from its record (the same on every node)."""
+        compress_v2 = self._compress_v2
+        rendered = []
+        for event in events:
+            v2, v2_zstd = v2_forms(event.v2_record, event.seq, event.time_us, compress_v2)
+            rendered.append(event._replace(v2=v2, v2_zstd=v2_zstd))
+        return rendered
 
     def _append(self, seq: int, events: list, relay_cursor: int | None, expired_gap: bool) -> None:
         """The log write of one message; a seq jump the log refuses is applied anyway, loudly.

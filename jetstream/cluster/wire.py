@@ -2,10 +2,13 @@
 
 Owns: encoding a batch (the relay cursor after it, then each event's time_us, seq, kind,
 did, collection, JSON and zstd bytes) and decoding it back into `Event`s, byte for byte.
-Layout, big-endian: b"JSB2", i64 relay cursor (-1: the batch moved no cursor), u32
-count, then per event a `>QQBHHII` head (time_us, seq, kind, did, collection, JSON and zstd
-lengths) followed by those four byte strings. b"JSB1" (written before events had a seq)
-is the same without the seq; it decodes with seq 0, which the applier numbers itself.
+Layout, big-endian: b"JSB3", i64 relay cursor (-1: the batch moved no cursor), u32
+count, then per event a `>QQBHHIII` head (time_us, seq, kind, did, collection, JSON, zstd and
+v2 record lengths) followed by those five byte strings. b"JSB2" (written before events had a v2
+record) is the same without the v2 record (its events are stored with a record without frame);
+b"JSB1" (before events had a seq) also lacks the seq; it decodes with seq 0, which the applier
+numbers itself. The v2 frame and its zstd form are not sent: every node renders them from the
+record, seq and time_us (the applier; deterministic, so every node sends the same bytes).
 It must never assign time_us or seq, or re-render JSON: every node stores exactly these bytes.
 """
 from __future__ import annotations
@@ -15,9 +18,11 @@ from typing import NamedTuple, Sequence
 
 from jetstream.events import Event
 
-MAGIC = b"JSB2"
+MAGIC = b"JSB3"
+MAGIC_NO_V2 = b"JSB2"
 MAGIC_NO_SEQ = b"JSB1"
 _HEAD = struct.Struct(">4sqI")
+_EVENT_V2 = struct.Struct(">QQBHHIII")
 _EVENT = struct.Struct(">QQBHHII")
 _EVENT_NO_SEQ = struct.Struct(">QBHHII")
 NO_CURSOR = -1
@@ -34,20 +39,23 @@ class Batch(NamedTuple):
 
 def encoded_size(events: Sequence[Event]) -> int:
     """Bytes `encode_batch` will produce for these events (to cap message size)."""
-    return _HEAD.size + sum(_EVENT.size + len(e.did) + len(e.collection) + len(e.json) + len(e.zstd)
-                            for e in events)
+    return _HEAD.size + sum(_EVENT_V2.size + len(e.did) + len(e.collection) + len(e.json) + len(e.zstd)
+                            + len(e.v2_record) for e in events)
 
 
 def encode_batch(events: Sequence[Event], relay_cursor: int | None) -> bytes:
     parts = [_HEAD.pack(MAGIC, NO_CURSOR if relay_cursor is None else relay_cursor, len(events))]
-    append, pack = parts.append, _EVENT.pack
-    for time_us, did, kind, collection, json, zstd, seq in events:
+    append, pack = parts.append, _EVENT_V2.pack
+    for event in events:
+        time_us, did, kind, collection, json, zstd, seq = event[:7]
+        record = event.v2_record
         did_bytes, collection_bytes = did.encode(), collection.encode()
-        append(pack(time_us, seq, kind, len(did_bytes), len(collection_bytes), len(json), len(zstd)))
+        append(pack(time_us, seq, kind, len(did_bytes), len(collection_bytes), len(json), len(zstd), len(record)))
         append(did_bytes)
         append(collection_bytes)
         append(json)
         append(zstd)
+        append(record)
     return b"".join(parts)
 
 
@@ -56,6 +64,8 @@ def decode_batch(data: bytes) -> Batch:
     try:
         magic, cursor, count = _HEAD.unpack_from(data, 0)
         if magic == MAGIC:
+            layout = _EVENT_V2
+        elif magic == MAGIC_NO_V2:
             layout = _EVENT
         elif magic == MAGIC_NO_SEQ:
             layout = _EVENT_NO_SEQ
@@ -64,10 +74,14 @@ def decode_batch(data: bytes) -> Batch:
         offset = _HEAD.size
         events: list[Event] = []
         append, unpack_from, event_size, make_event = events.append, layout.unpack_from, layout.size, tuple.__new__
-        with_seq = layout is _EVENT
-        seq = 0
+        with_seq = layout is not _EVENT_NO_SEQ
+        with_v2 = layout is _EVENT_V2
+        seq = record_len = 0
+        record = b""
         for _ in range(count):
-            if with_seq:
+            if with_v2:
+                time_us, seq, kind, did_len, collection_len, json_len, zstd_len, record_len = unpack_from(data, offset)
+            elif with_seq:
                 time_us, seq, kind, did_len, collection_len, json_len, zstd_len = unpack_from(data, offset)
             else:
                 time_us, kind, did_len, collection_len, json_len, zstd_len = unpack_from(data, offset)
@@ -80,7 +94,10 @@ def decode_batch(data: bytes) -> Batch:
             offset += json_len
             zstd = data[offset:offset + zstd_len]
             offset += zstd_len
-            append(make_event(Event, (time_us, did, kind, collection, json, zstd, seq)))
+            if with_v2:
+                record = data[offset:offset + record_len]
+                offset += record_len
+            append(make_event(Event, (time_us, did, kind, collection, json, zstd, seq, b"", b"", record)))
         if offset != len(data):
             raise WireError(f"{len(data) - offset} trailing bytes")
     except (struct.error, UnicodeDecodeError) as exc:

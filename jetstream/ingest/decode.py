@@ -9,6 +9,10 @@ timestamp becomes a (reason, detail) drop and its neighbours still come out. Onl
 frame that cannot be decoded at all, or whose fields have the wrong types (v1's
 decoder would have failed and ended the stream), raises FrameError.
 
+Each event also carries its v2 record (jetstream/server/wire_v2.py `pack_record`): the parts of
+its Jetstream v2 frame and the raw archive payload (the relay's body, re-encoded canonically, for
+#identity/#account/#sync; the record block for commits, made in commit.py/commit.pyx).
+
 One addition: a #sync frame (Sync 1.1; v1 emitted nothing) yields a `kind: "sync"` event,
 which readers send only to clients that asked with includeSync=true.
 
@@ -35,6 +39,7 @@ from jetstream.errors import CarError, FrameError
 from jetstream.events import KIND_ACCOUNT, KIND_IDENTITY, KIND_SYNC, PendingEvent
 from jetstream.implementation import MstReader, commit_events, go_json_string, is_rfc3339, read_car
 from jetstream.ingest.frames import split_frame
+from jetstream.server import wire_v2
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +116,8 @@ def _identity_frame(body: dict, seq: int | None) -> DecodedFrame:
         parts += [b',"handle":', go_json_string(handle)]
     parts += [b',"seq":%d,"time":' % seq, go_json_string(time), b"}}"]
     tail = b',"kind":"identity","identity":' + b"".join(parts)
-    event = PendingEvent(did, KIND_IDENTITY, "", b'{"did":' + did_json + b',"time_us":', tail)
+    record = wire_v2.pack_record(wire_v2.identity_parts(did, seq, time, handle), b"", _archive_body(body))
+    event = PendingEvent(did, KIND_IDENTITY, "", b'{"did":' + did_json + b',"time_us":', tail, record)
     return DecodedFrame(seq, "#identity", [event], [])
 
 
@@ -130,7 +136,8 @@ def _account_frame(body: dict, seq: int | None) -> DecodedFrame:
         parts += [b',"status":', go_json_string(status)]
     parts += [b',"time":', go_json_string(time), b"}}"]
     tail = b',"kind":"account","account":' + b"".join(parts)
-    event = PendingEvent(did, KIND_ACCOUNT, "", b'{"did":' + did_json + b',"time_us":', tail)
+    record = wire_v2.pack_record(wire_v2.account_parts(did, active, seq, time, status), b"", _archive_body(body))
+    event = PendingEvent(did, KIND_ACCOUNT, "", b'{"did":' + did_json + b',"time_us":', tail, record)
     return DecodedFrame(seq, "#account", [event], [])
 
 
@@ -149,8 +156,21 @@ def _sync_frame(body: dict, seq: int | None) -> DecodedFrame:
     did_json = go_json_string(did)
     tail = b"".join((b',"kind":"sync","sync":{"did":', did_json, b',"rev":', go_json_string(rev),
                      b',"seq":%d,"time":' % seq, go_json_string(time), b"}}"))
-    event = PendingEvent(did, KIND_SYNC, "", b'{"did":' + did_json + b',"time_us":', tail)
+    # v2's #sync carries the relay's `blocks` (the CAR) as {"$bytes": …}; without them it has no v2 frame.
+    blocks = body.get("blocks")
+    parts = wire_v2.sync_parts(did, rev, seq, time, blocks) if type(blocks) is bytes else None
+    record = wire_v2.pack_record(parts, b"", _archive_body(body))
+    event = PendingEvent(did, KIND_SYNC, "", b'{"did":' + did_json + b',"time_us":', tail, record)
     return DecodedFrame(seq, "#sync", [event], [])
+
+
+def _archive_body(body: dict) -> bytes:
+    """The relay's event body as DAG-CBOR (canonical: the relay's own bytes for a conforming relay),
+    the archive payload of an #identity/#account/#sync v2 record."""
+    try:
+        return libipld.encode_dag_cbor(body)
+    except (ValueError, TypeError, OverflowError):  # a body libipld decoded but cannot re-encode
+        return b""
 
 
 # ---------------------------------------------------------------------------

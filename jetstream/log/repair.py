@@ -1,6 +1,6 @@
 """Finding damaged ranges in an event log, and `jetstream repair DATA_DIR` (offline).
 
-Owns: the damage scan (every block of `events`, `events_zstd` and `events_index` read with
+Owns: the damage scan (every block of `events`, `events_zstd`, `events_v2` and `events_index` read with
 checksum verification; where an iterator stops on an error, a binary search over seek targets
 finds where the damage ends, and the scan goes on from there), used by `jetstream inspect`; and
 the repair, which drops each unreadable range explicitly:
@@ -10,8 +10,8 @@ the repair, which drops each unreadable range explicitly:
    dropped, created again and the files ingested. A damaged block cannot be deleted in place: a
    range tombstone hides its keys but compaction still reads (and fails on) the block, and
    RocksDB's own RepairDB discards the whole table file, every readable row of it included.
-2. The events of each unreadable range (the union over `events` and `events_zstd`, which hold
-   the same events) are deleted from the other column family too, so both read the same.
+2. The events of each unreadable range (the union over `events`, `events_zstd` and `events_v2`,
+   which hold the same events) are deleted from the others too, so all read the same.
 3. A damaged index is rebuilt from the rows (it holds no events of its own: nothing is lost).
 4. Each dropped range is recorded in `meta` as a gap (`from_time_us`, `to_time_us`,
    `events_lost` when the other column family could count them, `repaired_at`, `file`), which
@@ -50,6 +50,7 @@ from jetstream.log.rows import (
 from jetstream.log.store import (
     CF_EVENTS,
     CF_EVENTS_INDEX,
+    CF_EVENTS_V2,
     CF_EVENTS_ZSTD,
     EventLog,
     LogError,
@@ -62,7 +63,9 @@ WORK_DIR = "repair-work"
 PLAN_FILE = "PLAN.json"
 SST_ROWS_PER_FILE = 1_000_000
 INDEX_KEY_BYTES = 25
-_KEY_SIZES = {CF_EVENTS: KEY_SIZE, CF_EVENTS_ZSTD: KEY_SIZE, CF_EVENTS_INDEX: INDEX_KEY_BYTES}
+_KEY_SIZES = {CF_EVENTS: KEY_SIZE, CF_EVENTS_ZSTD: KEY_SIZE, CF_EVENTS_V2: KEY_SIZE, CF_EVENTS_INDEX: INDEX_KEY_BYTES}
+# The column families holding one row per event under the time_us key (events_v2: since it exists).
+EVENT_ROW_FAMILIES = (CF_EVENTS, CF_EVENTS_ZSTD, CF_EVENTS_V2)
 
 
 class RepairError(Exception):
@@ -155,10 +158,10 @@ def scan_column_family(column_family, name: str, damages: list[Damage], on_row=N
 
 
 def find_damage(column_families: dict) -> tuple[list[Damage], dict[str, int]]:
-    """(every damaged stretch, rows read per column family) of the three event column families."""
+    """(every damaged stretch, rows read per column family) of the event column families."""
     damages: list[Damage] = []
     counts = {name: scan_column_family(column_families[name], name, damages)
-              for name in (CF_EVENTS, CF_EVENTS_ZSTD, CF_EVENTS_INDEX)}
+              for name in (*EVENT_ROW_FAMILIES, CF_EVENTS_INDEX) if name in column_families}
     return damages, counts
 
 
@@ -272,8 +275,9 @@ def _carry_out(data_dir: str, plan: dict) -> None:
                 ingest.set_move_files(False)  # the files stay until the plan is done: a re-run can redo it
                 column_family.ingest_external_file(files, ingest)
             column_family.close()
-        for name in (CF_EVENTS, CF_EVENTS_ZSTD):
-            if name in plan["rebuilt"]:
+        present = set(Rdict.list_cf(data_dir, Options(raw_mode=True)))
+        for name in EVENT_ROW_FAMILIES:
+            if name in plan["rebuilt"] or name not in present:
                 continue
             handle = db.get_column_family_handle(name)
             batch = WriteBatch(raw_mode=True)
@@ -326,7 +330,7 @@ def _plan(data_dir: str, work: Path) -> dict | None:
         damaged = {damage.column_family for damage in damages}
         work.mkdir(exist_ok=True)
         rebuilt = {name: _salvage(families[name], name, gaps, work)
-                   for name in (CF_EVENTS, CF_EVENTS_ZSTD) if name in damaged}
+                   for name in EVENT_ROW_FAMILIES if name in damaged}
         return {"damages": [damage.describe(hwm) for damage in damages], "gaps": gaps, "rebuilt": rebuilt,
                 "rebuild_index": CF_EVENTS_INDEX in damaged}
     finally:

@@ -19,6 +19,10 @@ so a row says which layout it has (kinds are < 0x80): `decode_row` reads both (j
 inspect, repair, and the in-place upgrade of a format 1 log); the replay hot path
 (`decode_rows`) reads format 2 only and refuses the other.
 
+Column family `events_v2` holds one row per event under the same key, with the same header and
+the event's v2 record as payload (jetstream/server/wire_v2.py: its v2 frame around seq and time,
+and the raw archive payload), written in the same batch since log format 2's v2 rows began.
+
 Index key layout (column family `events_index`, empty values), one key per event and
 index, so a narrow filtered replay reads only the rows of the names it wants:
 
@@ -37,6 +41,8 @@ import struct
 from typing import Iterable, NamedTuple
 
 import xxhash
+
+from jetstream.server.wire_v2 import NO_FRAME_RECORD
 
 KEY_SIZE = 8
 MAX_TIME_US = (1 << 64) - 1
@@ -214,8 +220,11 @@ def encode_bucket_start(tag: int, bucket: int) -> bytes:
     return _INDEX_PREFIX.pack(tag, bucket, 0)
 
 
-def encode_event_rows(events) -> list[tuple[bytes, bytes, bytes, bytes, bytes]]:
-    """Per event: (key, JSON row value, zstd row value, collection index key, did index key).
+def encode_event_rows(events) -> list[tuple[bytes, bytes, bytes, bytes, bytes, bytes]]:
+    """Per event: (key, JSON row value, zstd row value, collection index key, did index key, v2 row value).
+
+    The v2 row (column family events_v2) has the same header; its payload is the event's v2 record
+    (jetstream/server/wire_v2.py), NO_FRAME_RECORD when the event carries none.
 
     The append hot path: the layouts of encode_key, encode_header and encode_index_key,
     inlined (per-event function calls were most of the index's cost), with the few
@@ -228,6 +237,7 @@ def encode_event_rows(events) -> list[tuple[bytes, bytes, bytes, bytes, bytes]]:
     if len(collection_hashes) > 100_000:  # collections are few; bound it against a hostile relay
         collection_hashes.clear()
     tag_collection, tag_did, shift, flag = INDEX_TAG_COLLECTION, INDEX_TAG_DID, INDEX_BUCKET_SHIFT, SEQ_FLAG
+    no_record = NO_FRAME_RECORD
     for event in events:
         time_us = event.time_us
         did_bytes = event.did.encode()
@@ -241,7 +251,8 @@ def encode_event_rows(events) -> list[tuple[bytes, bytes, bytes, bytes, bytes]]:
         bucket = time_us >> shift
         append((pack_key(time_us), header + event.json, header + event.zstd,
                 pack_index(tag_collection, bucket, collection_hash, time_us),
-                pack_index(tag_did, bucket, _name_hash(did_bytes), time_us)))
+                pack_index(tag_did, bucket, _name_hash(did_bytes), time_us),
+                header + (event.v2_record or no_record)))
     return out
 
 

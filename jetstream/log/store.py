@@ -1,7 +1,8 @@
-"""The durable event log: RocksDB column families `events`, `events_zstd`, `events_index`, `meta`, `did_revs`.
+"""The durable event log: RocksDB column families `events`, `events_zstd`, `events_index`, `events_v2`,
+`meta`, `did_revs`.
 
 Owns: the on-disk log and its atomicity. One `append` is one WriteBatch holding
-every event (JSON row and zstd row), the relay cursor that produced them and
+every event (JSON row, zstd row and v2 record row), the relay cursor that produced them and
 the time_us high-water mark, so a crash can never separate an event from its
 cursor (docs/architecture.md §2, invariant 3), and the high-water mark survives trimming so
 time_us keeps increasing across restarts (invariant 2). Rows are laid out by
@@ -44,6 +45,7 @@ from jetstream.log.rows import (
     LogRow,
     decode_index_time_us,
     decode_key,
+    decode_row,
     decode_rows,
     decode_seq,
     encode_bucket_start,
@@ -75,6 +77,10 @@ CF_EVENTS_INDEX = "events_index"
 # Not required at open either: the last commit rev seen per DID (--verify-signatures' stale-rev
 # check), key = DID, value = rev. Written in the same batch as the events it let through.
 CF_DID_REVS = "did_revs"
+# Not required at open either: each event's v2 record (jetstream/server/wire_v2.py), same key and
+# row header as `events`, written in the same batch. A log that predates it gets it added, with
+# rows from its next event on: the v2 wire replays only what this column family holds.
+CF_EVENTS_V2 = "events_v2"
 
 META_FORMAT_NAME = b"format_name"
 META_FORMAT_VERSION = b"format_version"
@@ -200,6 +206,8 @@ def _column_family_options(name: str) -> Options:
     options = Options(raw_mode=True)
     if name == CF_EVENTS:
         options.set_compression_type(DBCompressionType.lz4())
+    elif name == CF_EVENTS_V2:
+        options.set_compression_type(DBCompressionType.lz4())  # JSON and CBOR: compresses like `events`
     elif name == CF_EVENTS_INDEX:
         options.set_compression_type(DBCompressionType.lz4())  # keys only: shared prefixes compress
     elif name == CF_EVENTS_ZSTD:
@@ -261,6 +269,8 @@ class EventLog:
         self._index_handle = self._db.get_column_family_handle(CF_EVENTS_INDEX)
         self._did_revs = self._db.get_column_family(CF_DID_REVS)
         self._did_revs_handle = self._db.get_column_family_handle(CF_DID_REVS)
+        self._events_v2 = self._db.get_column_family(CF_EVENTS_V2)
+        self._events_v2_handle = self._db.get_column_family_handle(CF_EVENTS_V2)
         self._write_options = WriteOptions()
         self._write_options.sync = fsync  # WAL is always on; fsync only decides sync-to-disk.
         self._read_options = verifying_read_options()
@@ -320,7 +330,7 @@ class EventLog:
         # Fresh: all of ours; existing: at most the index, added to a log that predates it.
         options.create_missing_column_families(True)
         # RocksDB must open every column family a database has, ours or not.
-        names = set(OUR_COLUMN_FAMILIES) | {CF_EVENTS_INDEX, CF_DID_REVS} | existing_column_families
+        names = set(OUR_COLUMN_FAMILIES) | {CF_EVENTS_INDEX, CF_DID_REVS, CF_EVENTS_V2} | existing_column_families
         names.discard("default")
         try:
             return Rdict(self.path, options,
@@ -488,12 +498,14 @@ class EventLog:
         newest_seq = self._check_seqs(events, seq_jump)
         batch = WriteBatch(raw_mode=True)
         events_handle, zstd_handle, index_handle = self._events_handle, self._events_zstd_handle, self._index_handle
+        v2_handle = self._events_v2_handle
         put = batch.put
-        for key, json_value, zstd_value, collection_key, did_key in encode_event_rows(events):
+        for key, json_value, zstd_value, collection_key, did_key, v2_value in encode_event_rows(events):
             put(key, json_value, events_handle)
             put(key, zstd_value, zstd_handle)
             put(collection_key, b"", index_handle)
             put(did_key, b"", index_handle)
+            put(key, v2_value, v2_handle)
         if relay_cursor is not None:
             batch.put(META_RELAY_CURSOR, _SIGNED.pack(relay_cursor), self._meta_handle)
         if events:
@@ -570,6 +582,7 @@ class EventLog:
         batch = WriteBatch(raw_mode=True)
         batch.delete_range(begin, end, self._events_handle)
         batch.delete_range(begin, end, self._events_zstd_handle)
+        batch.delete_range(begin, end, self._events_v2_handle)
         index_ranges = self._index_trim_ranges(cutoff_time_us)
         for index_begin, index_end in index_ranges:
             batch.delete_range(index_begin, index_end, self._index_handle)
@@ -592,6 +605,7 @@ class EventLog:
         begin, end = trimmed.events
         self._events.compact_range(begin, end)
         self._events_zstd.compact_range(begin, end)
+        self._events_v2.compact_range(begin, end)
         for index_begin, index_end in trimmed.index:
             self._index.compact_range(index_begin, index_end)
 
@@ -724,6 +738,19 @@ class EventLog:
         self._raise_if_damaged(iterator, CF_EVENTS, None)
         return None
 
+    def v2_oldest(self) -> tuple[int, int] | None:
+        """(time_us, seq) of the oldest event the v2 wire can replay (the first events_v2 row); None: none.
+
+        Events stored before the log had events_v2 have no v2 record, so on a log that predates
+        it this is above oldest_time_us until the TTL trim has passed them.
+        """
+        iterator = self._events_v2.iter(self._read_options)
+        iterator.seek_to_first()
+        if iterator.valid():
+            return decode_key(iterator.key()), decode_seq(iterator.value())
+        self._raise_if_damaged(iterator, CF_EVENTS_V2, None)
+        return None
+
     def oldest_time_us(self) -> int | None:
         return self._edge_time_us(last=False)
 
@@ -747,7 +774,7 @@ class EventLog:
         What TTL trimming must shrink; range tombstones alone do not, compaction does.
         """
         total = 0
-        for column_family in (self._events, self._events_zstd):
+        for column_family in (self._events, self._events_zstd, self._events_v2):
             for name in ("rocksdb.total-sst-files-size", "rocksdb.cur-size-all-mem-tables"):
                 total += column_family.property_int_value(name) or 0
         return total
@@ -756,17 +783,22 @@ class EventLog:
         """RocksDB's estimate of stored events (cheap, approximate after trims)."""
         return self._events.property_int_value("rocksdb.estimate-num-keys") or 0
 
-    def read_after(self, after_time_us: int, limit: int, compressed: bool) -> list[LogRow]:
+    def _payload_column(self, compressed: bool, v2: bool):
+        if v2:
+            return CF_EVENTS_V2, self._events_v2
+        return (CF_EVENTS_ZSTD, self._events_zstd) if compressed else (CF_EVENTS, self._events)
+
+    def read_after(self, after_time_us: int, limit: int, compressed: bool, *, v2: bool = False) -> list[LogRow]:
         """Up to `limit` rows with time_us > after_time_us, ascending.
 
-        Payload is the zstd frame when `compressed`, else the JSON. Reads only
+        Payload is the zstd frame when `compressed`, else the JSON; with `v2`, the event's v2
+        record (only events stored since the log had events_v2 have one). Reads only
         what it returns (a seeked, bounded iterator), never the whole log.
         """
         start = max(after_time_us + 1, 0)
         if limit <= 0 or start > MAX_TIME_US:
             return []
-        name = CF_EVENTS_ZSTD if compressed else CF_EVENTS
-        column_family = self._events_zstd if compressed else self._events
+        name, column_family = self._payload_column(compressed, v2)
         # A seeked iterator consumed lazily: decode_rows stops at `limit`. Not items(from_key=):
         # it ends silently at a damaged block. (Not ReadOptions.set_iterate_lower_bound either:
         # rocksdict 0.3.29 stores it as the UPPER bound, measured: lower=5 + seek_to_first
@@ -776,6 +808,14 @@ class EventLog:
         if self._gaps:
             rows = self._stop_at_gap(after_time_us, rows, limit)
         return rows
+
+    def json_payload_at(self, time_us: int) -> bytes | None:
+        """The v1 JSON of the event stored at exactly `time_us`; None when none is (the archive
+        sealer's fallback for fields an event's v2 record does not carry)."""
+        value = self._events.get(encode_key(time_us), read_opt=self._read_options)
+        if value is None:
+            return None
+        return decode_row(encode_key(time_us), value).payload
 
     def _checked_pairs(self, column_family, name: str, start: int, limit: int) -> list[tuple[bytes, bytes]]:
         """Up to `limit` (key, value) from time_us `start` on, the iterator's status checked at its end.
@@ -871,7 +911,7 @@ class EventLog:
         return self._index_from
 
     def read_matching_after(self, after_time_us: int, limit: int, compressed: bool,
-                            query: IndexQuery) -> list[LogRow] | None:
+                            query: IndexQuery, *, v2: bool = False) -> list[LogRow] | None:
         """Up to `limit` rows with time_us > after_time_us whose collection (or did) hash is in `query`.
 
         A superset of what the filter behind `query` wants (hash collisions, and the other
@@ -887,8 +927,7 @@ class EventLog:
             return []
         # Index keys of the trim's partial bucket may outlive their rows: start at a row that exists.
         start = max(start, oldest)
-        name = CF_EVENTS_ZSTD if compressed else CF_EVENTS
-        column_family = self._events_zstd if compressed else self._events
+        name, column_family = self._payload_column(compressed, v2)
         rows: list[LogRow] = []
         while len(rows) < limit:
             times = self._index_times(query, start, limit - len(rows))
@@ -952,11 +991,13 @@ class EventLog:
     # -- lifetime -------------------------------------------------------------------------------
     def column_families(self) -> dict:
         """The event column families by name (jetstream repair's scan reads them directly)."""
-        return {CF_EVENTS: self._events, CF_EVENTS_ZSTD: self._events_zstd, CF_EVENTS_INDEX: self._index}
+        return {CF_EVENTS: self._events, CF_EVENTS_ZSTD: self._events_zstd, CF_EVENTS_INDEX: self._index,
+                CF_EVENTS_V2: self._events_v2}
 
     def flush(self) -> None:
         """Write every column family's memtable to a table file (tests, and jetstream repair)."""
-        for column_family in (self._events, self._events_zstd, self._index, self._did_revs, self._meta):
+        for column_family in (self._events, self._events_zstd, self._index, self._did_revs, self._meta,
+                              self._events_v2):
             column_family.flush()
 
     def close(self) -> None:
@@ -967,13 +1008,15 @@ class EventLog:
         # rocksdict, so all of them are closed or dropped before the database itself. After a
         # failed WAL write (disk full) every close raises "Writer has previous error": the
         # references are dropped anyway, which is what releases the LOCK.
-        for column_family in (self._events, self._events_zstd, self._index, self._did_revs, self._meta, self._db):
+        for column_family in (self._events, self._events_zstd, self._index, self._did_revs, self._events_v2,
+                              self._meta, self._db):
             try:
                 column_family.close()
             except Exception as exc:  # noqa: BLE001 - rocksdict raises bare Exception
                 log.warning("event=log_close_error path=%s error=%r", self.path, str(exc))
-        self._events = self._events_zstd = self._index = self._meta = self._did_revs = None
+        self._events = self._events_zstd = self._index = self._meta = self._did_revs = self._events_v2 = None
         self._events_handle = self._events_zstd_handle = self._index_handle = self._meta_handle = None
+        self._events_v2_handle = None
         self._did_revs_handle = None
         self._db = None
         log.info("event=log_closed path=%s hwm=%d relay_cursor=%s", self.path, self._hwm, self._relay_cursor)

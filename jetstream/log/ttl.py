@@ -8,6 +8,9 @@ passed and never compacted, so a stalled relay also froze its disk use, and dele
 lingered.
 The same pass drops the expired events from the live ring (LiveRing.drop_before), so a
 reader inside the ring is not served from memory what the log no longer holds.
+With the archive writer on (`--archive`), the cutoff is also held at the first event not yet in a
+sealed segment (`hold_time_us`, jetstream/archive/sealer.py): an unsealed event never leaves the
+log, however old; a sealer that cannot write holds the trim back until it can.
 It must never touch the relay cursor or the time_us high-water mark (they live in `meta`),
 and a failed pass must never stop the daemon: it is counted, logged and retried next period.
 """
@@ -37,7 +40,8 @@ class TtlTrimmer:
     """Trims `event_log` (and `ring`, if given) to `event_ttl_s` every `interval_s` seconds while run() runs."""
 
     def __init__(self, event_log, event_ttl_s: float, interval_s: float,
-                 clock_s: Callable[[], float] = time.time, ring=None) -> None:
+                 clock_s: Callable[[], float] = time.time, ring=None,
+                 hold_time_us: Callable[[], int] | None = None) -> None:
         if event_ttl_s <= 0:
             raise ValueError(f"event ttl must be > 0, got {event_ttl_s}")
         self.event_log = event_log
@@ -45,11 +49,15 @@ class TtlTrimmer:
         self.event_ttl_s = event_ttl_s
         self.interval_s = interval_s
         self.clock_s = clock_s
+        self.hold_time_us = hold_time_us  # events at or above it must stay (the first unsealed one)
         self.passes = 0
         self._compaction: asyncio.Future | None = None
 
     def cutoff_time_us(self) -> int:
-        return int((self.clock_s() - self.event_ttl_s) * 1_000_000)
+        cutoff = int((self.clock_s() - self.event_ttl_s) * 1_000_000)
+        if self.hold_time_us is not None:
+            cutoff = min(cutoff, self.hold_time_us())
+        return cutoff
 
     def trim_once(self) -> bool:
         """One whole pass, compaction included, in the caller's thread (tests, tools).

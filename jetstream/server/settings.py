@@ -2,7 +2,8 @@
 
 Owns: every setting SubscribeServer and its subscribers read (rate limits, connection caps,
 timeouts, request and message size limits, the metric label budget, the slow-client
-policy, the zstd dictionary served at /zstd-dictionary and the live fast path), their defaults (v1's where v1
+policy, the zstd dictionaries served at /zstd-dictionary and getZstdDictionary, and the live
+fast path), their defaults (v1's where v1
 had the setting) and how they are read from a `jetstream serve` Config.
 It must never be changed after the server is built: a test or the daemon wanting other
 limits builds another ServerSettings (dataclasses.replace) and another server.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from jetstream.dictionary import dictionary_id
+from jetstream.dictionary import active_v2_dictionary, dictionary_id
 from jetstream.server.live import fastpath_from_env
 
 PING_INTERVAL_S = 30.0  # v1 (since f4da85b) pings every 30 s
@@ -49,6 +50,8 @@ class ServerSettings:
     max_lag_seconds: float = 0.0  # 0 = off
     max_lag_grace_s: float = 30.0
     zstd_dictionary: bytes = b""  # served at /zstd-dictionary; b"" = 404
+    # The v2 wire's (subscribeEvents zstdDictionary=<id>), served at getZstdDictionary: ours, shipped.
+    v2_zstd_dictionary: bytes = field(default_factory=active_v2_dictionary)
     # Live fast path (server/live.py). The default reads JETSTREAM_LIVE_FASTPATH (on unless it
     # says otherwise), as the flag does, so servers built directly (tests, benches) follow it too.
     live_fastpath: bool = field(default_factory=fastpath_from_env)
@@ -75,6 +78,10 @@ class ServerSettings:
     @property
     def zstd_dictionary_id(self) -> int:
         return dictionary_id(self.zstd_dictionary)
+
+    @property
+    def v2_zstd_dictionary_id(self) -> int:
+        return dictionary_id(self.v2_zstd_dictionary)
 
     @property
     def effective_pong_timeout_s(self) -> float:

@@ -225,3 +225,68 @@ def unpack_parts(stored: bytes) -> V2Parts:
     if head_end > len(stored):
         raise ValueError("stored v2 parts truncated inside the head")
     return V2Parts(bytes(stored[_HEAD_LENGTH.size:head_end]), bytes(stored[head_end:]))
+
+
+# ---------------------------------------------------------------------------
+# the stored v2 record of an event (column family events_v2): its frame parts and its archive
+# ---------------------------------------------------------------------------
+#
+# u8 RECORD_VERSION | u32 len(head) | u32 len(tail) | u8 len(cid) | head | tail | cid | payload
+#
+# head/tail: the event's V2Parts (empty: the event has no v2 frame, e.g. a record v2's decoder
+# refuses, or an event stored by a leader that did not render v2). cid: the record's binary CID
+# (CIDv1 dag-cbor sha2-256, as v2 computes it; empty for deletes and non-commits). payload: the
+# raw archive bytes v2's segments keep: the record's DAG-CBOR block for a create/update, empty
+# for a delete, the relay's event body (canonical DAG-CBOR) for #identity/#account/#sync.
+
+RECORD_VERSION = 1
+_RECORD_HEAD = struct.Struct(">BIIB")
+NO_FRAME_RECORD = _RECORD_HEAD.pack(RECORD_VERSION, 0, 0, 0)  # no frame, no cid, no payload
+
+
+class V2Record(NamedTuple):
+    parts: V2Parts | None  # None: no v2 frame for this event
+    cid: bytes
+    payload: bytes
+
+
+def pack_record(parts: V2Parts | None, cid: bytes = b"", payload: bytes = b"") -> bytes:
+    head, tail = (b"", b"") if parts is None else parts
+    return b"".join((_RECORD_HEAD.pack(RECORD_VERSION, len(head), len(tail), len(cid)), head, tail, cid, payload))
+
+
+def unpack_record(stored: bytes) -> V2Record:
+    """The stored record; ValueError if it is not one of this layout."""
+    try:
+        version, head_length, tail_length, cid_length = _RECORD_HEAD.unpack_from(stored)
+    except struct.error as exc:
+        raise ValueError(f"stored v2 record shorter than its header: {exc}") from None
+    if version != RECORD_VERSION:
+        raise ValueError(f"stored v2 record has version {version}")
+    head_end = _RECORD_HEAD.size + head_length
+    tail_end = head_end + tail_length
+    cid_end = tail_end + cid_length
+    if cid_end > len(stored):
+        raise ValueError("stored v2 record truncated")
+    parts = (V2Parts(bytes(stored[_RECORD_HEAD.size:head_end]), bytes(stored[head_end:tail_end]))
+             if head_length else None)
+    return V2Record(parts, bytes(stored[tail_end:cid_end]), bytes(stored[cid_end:]))
+
+
+_unpack_record_head = _RECORD_HEAD.unpack_from
+_RECORD_HEAD_SIZE = _RECORD_HEAD.size
+
+
+def frame_of_record(stored: bytes, seq: int, time_us: int) -> bytes:
+    """The event's v2 text frame from its stored record; b"" when it has none (v2 readers skip it).
+
+    The replay and ingest hot path: the record's head and tail are sliced, not unpacked whole.
+    """
+    if not stored:
+        return b""
+    _, head_length, tail_length, _ = _unpack_record_head(stored)
+    if not head_length:
+        return b""
+    head_end = _RECORD_HEAD_SIZE + head_length
+    return b"%s%d%s%s%s" % (stored[_RECORD_HEAD_SIZE:head_end], seq, stored[head_end:head_end + tail_length],
+                            wire_time(time_us), FRAME_END)

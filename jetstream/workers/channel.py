@@ -3,7 +3,8 @@
 Owns: the framing (`[u32 length][u8 kind][body]`) and the message kinds:
   main -> worker   CONFIG  (first message: the worker's index and the daemon's settings, JSON)
                    ROWS    (a batch just made durable: the newest time_us before it, then its
-                            events, byte for byte as the log holds them, each with its seq)
+                            events, byte for byte as the log holds them, each with its seq and
+                            its v2 frame and v2 zstd form, rendered once by the main process)
                    WAKE    (u64: catch up with the log to at least this time_us)
                    STATUS  (JSON: relay state and every worker, for the worker's /healthz)
                    CURSOR_ANSWER (JSON {"id","caught_up","hwm"}: --cluster, the answer to a CURSOR_WAIT)
@@ -43,7 +44,8 @@ FORCE_CATCH_UP = (1 << 64) - 1  # a WAKE no ring holds: the worker catches up wh
 _TIME_US = struct.Struct(">Q")
 # ROWS: [u64 newest time_us before the batch][u32 events], then per event a head and its fields.
 _ROWS_HEAD = struct.Struct(">QI")
-_EVENT_HEAD = struct.Struct(">QQBHHII")  # time_us, seq, kind, len(did), len(collection), len(json), len(zstd)
+# time_us, seq, kind, len(did), len(collection), len(json), len(zstd), len(v2 frame), len(v2 zstd)
+_EVENT_HEAD = struct.Struct(">QQBHHIIII")
 # Beyond this many bytes queued for a worker, nothing more is queued (it catches up from the log).
 MAX_QUEUED_BYTES = 4 << 20
 MAX_MESSAGE_BYTES = 64 << 20
@@ -72,8 +74,8 @@ def encode_rows(newest_before: int, events) -> bytes:
     for event in events:
         did, collection = event.did.encode(), event.collection.encode()
         parts += (pack(event.time_us, event.seq, event.kind, len(did), len(collection), len(event.json),
-                       len(event.zstd)),
-                  did, collection, event.json, event.zstd)
+                       len(event.zstd), len(event.v2), len(event.v2_zstd)),
+                  did, collection, event.json, event.zstd, event.v2, event.v2_zstd)
     body = b"".join(parts)
     return _HEADER.pack(len(body) + 1, ROWS) + body
 
@@ -86,17 +88,21 @@ def decode_rows(body: bytes) -> tuple[int, list[Event]]:
     try:
         newest_before, count = _ROWS_HEAD.unpack_from(body, 0)
         for _ in range(count):
-            time_us, seq, kind, did_len, collection_len, json_len, zstd_len = unpack(body, position)
+            (time_us, seq, kind, did_len, collection_len, json_len, zstd_len, v2_len,
+             v2_zstd_len) = unpack(body, position)
             did_start = position + _EVENT_HEAD.size
             collection_start = did_start + did_len
             json_start = collection_start + collection_len
             zstd_start = json_start + json_len
-            position = zstd_start + zstd_len
+            v2_start = zstd_start + zstd_len
+            v2_zstd_start = v2_start + v2_len
+            position = v2_zstd_start + v2_zstd_len
             if position > len(body):
                 raise ValueError("event runs past the end of the message")
             events.append(Event(time_us, str(view[did_start:collection_start], "utf-8"), kind,
                                 str(view[collection_start:json_start], "utf-8"),
-                                body[json_start:zstd_start], body[zstd_start:position], seq))
+                                body[json_start:zstd_start], body[zstd_start:v2_start], seq,
+                                body[v2_start:v2_zstd_start], body[v2_zstd_start:position]))
     except struct.error as exc:
         raise ValueError(f"truncated rows message: {exc}") from None
     if position != len(body):

@@ -22,6 +22,7 @@ import time
 from rocksdict import AccessType, Options, Rdict
 
 from jetstream.events import Event
+from jetstream.ingest.sequencer import v2_compress_of, v2_forms
 from jetstream.log.store import (
     _SIGNED,
     _UNSIGNED,
@@ -128,9 +129,9 @@ class SecondaryEventLog(EventLog):
         if self._hwm < ring.floor_time_us:
             raise LogError(f"log view at {self._hwm} is behind the live ring's floor {ring.floor_time_us}")
 
-    def read_after(self, after_time_us: int, limit: int, compressed: bool):
+    def read_after(self, after_time_us: int, limit: int, compressed: bool, *, v2: bool = False):
         self.cover_ring_floor()
-        return super().read_after(after_time_us, limit, compressed)
+        return super().read_after(after_time_us, limit, compressed, v2=v2)
 
     def read_matching_after(self, *args, **kwargs):
         self.cover_ring_floor()
@@ -149,8 +150,10 @@ class SecondaryEventLog(EventLog):
 class RingFeeder:
     """Moves new events into the ring (sent rows, or what a catch-up revealed), then wakes the readers."""
 
-    def __init__(self, event_log: SecondaryEventLog, ring, notify_new_events) -> None:
+    def __init__(self, event_log: SecondaryEventLog, ring, notify_new_events, compressor=None) -> None:
         self.event_log = event_log
+        # Events read from the log (not sent as rows) get their v2 frame rendered here, from the record.
+        self._compress_v2 = v2_compress_of(compressor)
         self.ring = ring
         self.notify_new_events = notify_new_events
         self.events_fed = 0
@@ -192,7 +195,8 @@ class RingFeeder:
             if not json_rows:
                 break  # trimmed away meanwhile: the next wake-up retries
             zstd_rows = self.event_log.read_after(after, len(json_rows), True)
-            appended = self._append_rows(json_rows, zstd_rows)
+            v2_rows = self.event_log.read_after(after, len(json_rows), False, v2=True)
+            appended = self._append_rows(json_rows, zstd_rows, v2_rows)
             added += appended
             if appended < len(json_rows):
                 break
@@ -201,16 +205,21 @@ class RingFeeder:
             self.notify_new_events()
         return added
 
-    def _append_rows(self, json_rows, zstd_rows) -> int:
+    def _append_rows(self, json_rows, zstd_rows, v2_rows=()) -> int:
         ring = self.ring
         appended = 0
+        # Events stored before the log had v2 records have none: they get no v2 frame.
+        records = {row.time_us: row.payload for row in v2_rows}
+        compress_v2 = self._compress_v2
         for json_row, zstd_row in zip(json_rows, zstd_rows):
             if json_row.time_us != zstd_row.time_us:
                 # One batch writes both rows, so this cannot happen; stop rather than pair wrong bytes.
                 log.error("event=ring_feed_mismatch json_time_us=%d zstd_time_us=%d",
                           json_row.time_us, zstd_row.time_us)
                 break
+            record = records.get(json_row.time_us, b"")
+            v2, v2_zstd = v2_forms(record, json_row.seq, json_row.time_us, compress_v2)
             ring.append(Event(json_row.time_us, json_row.did, json_row.kind, json_row.collection,
-                              json_row.payload, zstd_row.payload, json_row.seq))
+                              json_row.payload, zstd_row.payload, json_row.seq, v2, v2_zstd, record))
             appended += 1
         return appended

@@ -24,7 +24,7 @@ import sys
 from jetstream.compression import EventCompressor
 from jetstream.config import Config, parse_listen_addr
 from jetstream.daemon import Daemon, UpgradeProgress, freeze_long_lived_objects, sd_notify
-from jetstream.dictionary import active_dictionary
+from jetstream.dictionary import active_dictionary, active_v2_dictionary
 from jetstream.log.store import EventLog
 from jetstream.log.ttl import TtlTrimmer, trim_interval_s
 from jetstream.metrics import MetricsListener
@@ -306,7 +306,7 @@ class WorkersDaemon(Daemon):
         hwm = self.event_log.hwm()
         self.tail = PublishedTail(hwm)
         # The same ingest as one process (relay cursor rules included); each durable batch wakes the workers.
-        compressor = EventCompressor(active_dictionary(cfg.zstd_dictionary_path))
+        compressor = EventCompressor(active_dictionary(cfg.zstd_dictionary_path), active_v2_dictionary())
         if cfg.cluster:
             # The node's applier writes the log and hands each applied batch to the workers, as
             # ingest does here without --cluster; the node ingests only while it leads.
@@ -336,9 +336,11 @@ class WorkersDaemon(Daemon):
         REGISTRY.register(self._metrics_collector)
         if cfg.metrics_listen_addr:
             self.metrics_listener = MetricsListener(cfg.metrics_listen_addr)
+        self._start_archive_writer()  # this process seals; each worker serves the directory (rescans every 5 s)
         self.trimmer = WorkersTtlTrimmer(self.event_log, cfg.event_ttl,
                                          trim_interval_s(cfg.event_ttl, cfg.ttl_trim_interval),
-                                         wake_workers=lambda: self.supervisor.wake_all(FORCE_CATCH_UP))
+                                         wake_workers=lambda: self.supervisor.wake_all(FORCE_CATCH_UP),
+                                         hold_time_us=self.archive_hold_time_us)
         self._tasks += [self.tasks.spawn(self.trimmer.run(), "ttl_trim"),
                         self.tasks.spawn(self._status_forever(), "worker_status")]
         # Ready: the log is open and every worker listens; the relay comes after.

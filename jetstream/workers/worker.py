@@ -27,6 +27,7 @@ import time
 
 from jetstream import __version__
 from jetstream.archive.xrpc import archive_service
+from jetstream.compression import EventCompressor
 from jetstream.config import Config
 from jetstream.daemon import freeze_long_lived_objects, on_hangup
 from jetstream.dictionary import active_dictionary
@@ -144,7 +145,8 @@ class Worker:
         if cfg.cluster:
             self.cursor_gate = self.server.cursor_gate = WorkerCursorGate(self)
         self.server.collection_stats = MainProcessStats(self)
-        self.feeder = RingFeeder(self.event_log, ring, self.server.notify_new_events)
+        self.feeder = RingFeeder(self.event_log, ring, self.server.notify_new_events,
+                                 EventCompressor(None, settings.v2_zstd_dictionary))
         await self.server.start("", 0, sock=self.listen_sock)
         tasks = TaskSupervisor(self.problems)  # a task that fails is logged, counted and degrades /healthz
         self._tasks = [tasks.spawn(coro, name) for coro, name in (
@@ -181,6 +183,8 @@ class Worker:
         }
         if "cluster" in self.status:
             report["cluster"] = self.status["cluster"]
+        if "archive" in self.status:  # the main process's archive writer (it seals; workers serve)
+            report["archive"] = self.status["archive"]
         self.problems.show_remote(self.status.get("problems", []))
         return apply_to_report(main_ok and not self._stopping, report, self.problems)
 

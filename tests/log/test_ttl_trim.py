@@ -99,6 +99,9 @@ async def test_daemon_with_a_two_second_ttl_forgets_old_events_in_log_ring_and_r
         # A ring that holds the whole run: without the trimmer dropping expired events from it,
         # replay from cursor=1 would be served the very first event from memory.
         "--ring-capacity", str(ring_capacity), "--max-sub-rate", "100000",
+        # The archive writer holds the trim at the first unsealed event (tests/archive/test_writer_daemon.py);
+        # this test is about the TTL alone.
+        "--archive", "false",
     ], environ={})
     daemon = Daemon(cfg)
     await daemon.start()

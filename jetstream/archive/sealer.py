@@ -1,0 +1,561 @@
+"""The archive writer: seals the durable event log into `.jss` segments (issue 24).
+
+Owns: turning log rows into segment rows (`segment_event`), the active segment (a temporary
+file rebuilt from the log, never resumed), the block and seal clocks (`--archive-block-events`,
+`--archive-block-seconds`, `--archive-segment-bytes`, `--archive-seal-after`), the seal protocol
+(footer, header, fsync, a no-clobber publish, the directory fsync), the sealed tip (the newest
+published segment: the archive directory is its only record), what the TTL trim must keep (every
+event above the sealed tip, `hold_time_us`), `--archive-retention`, and the `archive_seal_failed`
+problem.
+It must never read an event that is not yet in RocksDB (it reads the log, which holds only
+durable batches), never overwrite or rewrite a published segment (publish refuses an existing
+name; a segment found at start is adopted after its checksum is verified), never publish while
+`may_seal()` says this process must not (a --cluster follower), and never stop the daemon:
+every failure is counted, reported and retried, and the log keeps the events meanwhile.
+
+Crash argument (docs/fragments/i24-writer.md): the active segment lives only in a `.tmp` file
+that is deleted at start; a segment is sealed exactly when its name exists in the archive
+directory (linked there after its header and footer were fsynced; the directory is fsynced
+before the tip moves); the tip is read back from the directory at start, and reading resumes
+at the first log event above it. Seq and time_us rise together, so "above the tip" is
+"time_us above the tip segment's max witnessed_at". The TTL trim keeps every event above the
+tip in memory, which only moves after the directory fsync, so an event leaves the log only once
+a durable segment holds it. Hence, after kill -9 anywhere: every event is in a segment or in the
+log, none in two segments (a new segment starts above the newest one's max seq).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import struct
+import time
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+import libipld
+
+from jetstream.archive.format import (
+    HEADER_SIZE,
+    KIND_ACCOUNT,
+    KIND_CREATE,
+    KIND_DELETE,
+    KIND_IDENTITY,
+    KIND_SYNC,
+    KIND_UPDATE,
+    Header,
+    InvalidEvent,
+    SegmentError,
+    SegmentEvent,
+    decode_header,
+    parse_segment_name,
+    segment_name,
+)
+from jetstream.archive.reader import SegmentReader
+from jetstream.archive.writer import SegmentOptions, SegmentWriter
+from jetstream.events import KIND_ACCOUNT as LOG_ACCOUNT
+from jetstream.events import KIND_COMMIT as LOG_COMMIT
+from jetstream.events import KIND_IDENTITY as LOG_IDENTITY
+from jetstream.events import KIND_SYNC as LOG_SYNC
+from jetstream.log.store import LogGap
+
+log = logging.getLogger(__name__)
+
+STAGED_SUFFIX = ".tmp"
+QUARANTINE_SUFFIX = ".corrupt"
+READ_CHUNK = 2048  # log rows read per step of the writer thread
+IDLE_TICK_S = 1.0  # how often an idle sealer looks at its clocks (a durable batch wakes it sooner)
+COALESCE_S = 0.1
+RETRY_S = 5.0  # after a failure: rebuild from the log and try again this often
+RETENTION_EVERY_S = 60.0
+
+_OPERATION_KINDS = {b"create": KIND_CREATE, b"update": KIND_UPDATE, b"delete": KIND_DELETE}
+_OPERATION_NAMES = {"create": KIND_CREATE, "update": KIND_UPDATE, "delete": KIND_DELETE}
+_RECORD_HEAD = struct.Struct(">BIIB")  # jetstream/server/wire_v2.py: version, len(head), len(tail), len(cid)
+_OPERATION_FIELD = b',"operation":"'
+_RKEY_FIELD = b',"rkey":'
+_REV_FIELD = b',"rev":'
+_SEQ_END = b',"seq":'
+
+
+# -- log row -> segment row ----------------------------------------------------------------------
+
+class Skip(NamedTuple):
+    """An event the archive cannot hold, and why (a counter's label)."""
+
+    reason: str
+
+
+def _json_text(quoted: bytes) -> str:
+    """A JSON string's value; the common case (no escape) without a JSON parser."""
+    if b"\\" not in quoted:
+        return quoted[1:-1].decode("utf-8", "replace")
+    return json.loads(quoted)
+
+
+def commit_fields_from_head(head: bytes) -> tuple[int, str, str] | None:
+    """(kind, rev, rkey) from a #commit's stored v2 frame head; None when it is not that shape.
+
+    The head is `…,"operation":"X",["record":{…},]"rev":"…","rkey":"…","seq":`. Inside a JSON
+    string a quote is always escaped, so the first `,"operation":"` is the field (did and
+    collection come before it, the record after), and rev and rkey are the last two fields.
+    """
+    start = head.find(_OPERATION_FIELD)
+    if start < 0 or not head.endswith(_SEQ_END):
+        return None
+    start += len(_OPERATION_FIELD)
+    kind = _OPERATION_KINDS.get(head[start:head.find(b'"', start)])
+    end = len(head) - len(_SEQ_END)
+    rkey_at = head.rfind(_RKEY_FIELD, 0, end)
+    rev_at = head.rfind(_REV_FIELD, 0, rkey_at)
+    if kind is None or rkey_at < 0 or rev_at < 0:
+        return None
+    return kind, _json_text(head[rev_at + len(_REV_FIELD):rkey_at]), _json_text(head[rkey_at + len(_RKEY_FIELD):end])
+
+
+def commit_fields_from_json(document: bytes) -> tuple[int, str, str] | None:
+    """(kind, rev, rkey) from the event's v1 JSON (for a commit whose v2 record has no frame)."""
+    try:
+        commit = json.loads(document)["commit"]
+        return _OPERATION_NAMES[commit["operation"]], commit.get("rev", ""), commit.get("rkey", "")
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def segment_event(row, json_of: Callable[[int], bytes | None]) -> SegmentEvent | Skip:
+    """The segment row of one log row read from `events_v2` (payload = the stored v2 record).
+
+    witnessed_at = time_us, indexed_at = 0 (no import times). `json_of(time_us)` gives the v1
+    JSON when the v2 record lacks what a row needs (a record v2's emitter refused: no frame).
+    """
+    record = row.payload
+    try:
+        version, head_length, tail_length, cid_length = _RECORD_HEAD.unpack_from(record)
+    except struct.error:
+        return Skip("bad_record")
+    head_end = _RECORD_HEAD.size + head_length
+    payload = bytes(record[head_end + tail_length + cid_length:])
+    kind = row.kind
+    if kind == LOG_COMMIT:
+        fields = commit_fields_from_head(bytes(record[_RECORD_HEAD.size:head_end])) if head_length else None
+        if fields is None:
+            document = json_of(row.time_us)
+            fields = commit_fields_from_json(document) if document is not None else None
+        if fields is None:
+            return Skip("bad_record")
+        segment_kind, rev, rkey = fields
+        if segment_kind != KIND_DELETE and not payload:
+            return Skip("no_payload")  # stored without its record block (a log written before events_v2)
+        return SegmentEvent(row.seq, row.time_us, 0, segment_kind, row.did, row.collection, rkey, rev, payload)
+    if not payload:
+        return Skip("no_payload")
+    if kind == LOG_IDENTITY:
+        return SegmentEvent(row.seq, row.time_us, 0, KIND_IDENTITY, row.did, "", "", "", payload)
+    if kind == LOG_ACCOUNT:
+        return SegmentEvent(row.seq, row.time_us, 0, KIND_ACCOUNT, row.did, "", "", "", payload)
+    if kind == LOG_SYNC:
+        return SegmentEvent(row.seq, row.time_us, 0, KIND_SYNC, row.did, "", "", _sync_rev(payload), payload)
+    return Skip("unknown_kind")
+
+
+def _sync_rev(body: bytes) -> str:
+    try:
+        rev = libipld.decode_dag_cbor(body).get("rev")
+    except Exception:  # noqa: BLE001 - libipld raises several types; a bad body has no rev
+        return ""
+    return rev if isinstance(rev, str) else ""
+
+
+# -- where segments are published ---------------------------------------------------------------
+
+class SealConflict(Exception):
+    """A segment of that name is already published (another sealer got there first)."""
+
+
+class LocalArchiveStore:
+    """Segments in a local directory. `publish(staged_path, name)` is the one step an object store
+    (--archive-url) replaces; staging stays a local file either way."""
+
+    def __init__(self, directory: str, fsync: bool = True) -> None:
+        self.directory = directory
+        self.fsync = fsync
+
+    def prepare(self) -> list[str]:
+        """Create the directory; delete half-written staged segments of an earlier life (their names)."""
+        os.makedirs(self.directory, exist_ok=True)
+        removed = []
+        for name in os.listdir(self.directory):
+            if name.endswith(STAGED_SUFFIX) and parse_segment_name(name[:-len(STAGED_SUFFIX)]) is not None:
+                os.unlink(os.path.join(self.directory, name))
+                removed.append(name)
+        return removed
+
+    def staging_path(self, name: str) -> str:
+        return os.path.join(self.directory, name + STAGED_SUFFIX)
+
+    def published(self) -> list[tuple[int, str]]:
+        """(index, name) of every published segment file, ascending."""
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return []
+        found = [(parse_segment_name(name), name) for name in names]
+        return sorted((index, name) for index, name in found if index is not None)
+
+    def verified_header(self, name: str) -> Header:
+        """The segment's header, its checksum over the footer verified (SegmentError if not)."""
+        with SegmentReader.open(os.path.join(self.directory, name)) as reader:
+            return reader.header
+
+    def header(self, name: str) -> Header:
+        """The header alone, unverified (retention only needs its time bounds)."""
+        with open(os.path.join(self.directory, name), "rb") as file:
+            return decode_header(file.read(HEADER_SIZE))
+
+    def quarantine(self, name: str) -> str:
+        """Move a segment that fails verification out of the served names (kept for the operator)."""
+        moved = name + QUARANTINE_SUFFIX
+        os.replace(os.path.join(self.directory, name), os.path.join(self.directory, moved))
+        return moved
+
+    def publish(self, staged_path: str, name: str) -> None:
+        """Make the sealed file at `staged_path` the segment `name`, atomically and never over another.
+
+        A hard link fails if the name exists (no clobber: two sealers cannot both publish an index);
+        then the staged name goes and the directory is fsynced, so the name survives power loss.
+        """
+        final = os.path.join(self.directory, name)
+        try:
+            os.link(staged_path, final)
+        except FileExistsError:
+            raise SealConflict(f"{name} is already published") from None
+        os.unlink(staged_path)
+        if self.fsync:
+            fd = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def delete(self, name: str) -> None:
+        os.unlink(os.path.join(self.directory, name))
+
+
+# -- the sealer ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SealerSettings:
+    directory: str
+    block_events: int = 4096
+    block_seconds: float = 30.0
+    segment_bytes: int = 256 << 20
+    seal_after_s: float = 3600.0
+    retention_s: float = 0.0  # 0: keep every segment
+    fsync: bool = True
+
+    @classmethod
+    def from_config(cls, cfg) -> SealerSettings:
+        return cls(cfg.archive_dir or os.path.join(cfg.data_dir, "archive"), cfg.archive_block_events,
+                   cfg.archive_block_seconds, cfg.archive_segment_bytes, cfg.archive_seal_after,
+                   cfg.archive_retention, fsync=True)
+
+
+class SealedTip(NamedTuple):
+    next_index: int  # the index the next segment is published under
+    seq: int  # the newest sealed seq (0: none)
+    time_us: int  # its time_us (the newest segment's max witnessed_at; 0: none)
+
+
+class ArchiveSealer:
+    """Reads the log forward from the sealed tip and seals segments; one per process that ingests."""
+
+    def __init__(self, event_log, settings: SealerSettings, *, store=None, problems=None,
+                 may_seal: Callable[[], bool] = lambda: True, on_sealed: Callable[[], None] | None = None,
+                 clock_s: Callable[[], float] = time.time) -> None:
+        self.event_log = event_log
+        self.settings = settings
+        self.store = store or LocalArchiveStore(settings.directory, settings.fsync)
+        self.problems = problems
+        self.may_seal = may_seal
+        self.on_sealed = on_sealed
+        self.clock_s = clock_s
+        self.tip: SealedTip | None = None  # None until recover() read the archive: hold every event
+        self.writer: SegmentWriter | None = None
+        self._fed_time_us = 0  # time_us of the last log row read (events above the tip)
+        self._fed_seq = 0
+        self._segment_first_us = 0  # time_us of the active segment's first event
+        self._block_first_us = 0  # of the pending block's first event (0: the block is empty)
+        self._wake = asyncio.Event()
+        self._step: asyncio.Future | None = None
+        self._last_retention = 0.0
+        self._leading = False
+        self._logged_skips: set[str] = set()
+        self.sealed_segments = 0
+        self.sealed_events = 0
+        self.skipped: dict[str, int] = {}  # reason -> events the archive cannot hold
+        self.missing = 0  # seqs above the tip the log no longer (or never) held as v2 rows
+        self.failures = 0
+
+    # -- what the rest of the daemon asks -------------------------------------------------------
+
+    def hold_time_us(self) -> int:
+        """The TTL trim may delete events with time_us below this (and only those): every sealed event."""
+        return 0 if self.tip is None else self.tip.time_us + 1
+
+    def wake(self) -> None:
+        """A batch is durable (pipeline on_durable / the cluster applier): read it soon."""
+        self._wake.set()
+
+    async def wait_idle(self) -> None:
+        """Return once no writer step runs in a thread (before the log is reopened or closed)."""
+        if self._step is not None:
+            await asyncio.gather(self._step, return_exceptions=True)
+
+    def report(self) -> dict:
+        tip = self.tip
+        return {"sealed_tip_seq": tip.seq if tip else None, "next_index": tip.next_index if tip else None,
+                "sealed_segments": self.sealed_segments, "sealed_events": self.sealed_events,
+                "active_events": self.writer.event_count if self.writer else 0, "skipped": dict(self.skipped),
+                "missing": self.missing, "failures": self.failures}
+
+    # -- the task -------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            sealed_before = self.sealed_segments
+            failed = False
+            try:
+                leading = self.may_seal()
+                if leading != self._leading:
+                    self._leading = leading
+                    self._drop_active(None if leading else "not_leader")
+                    # A new term re-reads the archive: another node may have sealed meanwhile.
+                    self.tip = None
+                if leading:
+                    if self.tip is None:
+                        await self._in_thread(self.recover)
+                    await self._in_thread(self.step)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a sealer that cannot write must not stop the daemon
+                self._failed(exc)
+                failed = True
+            if self.sealed_segments != sealed_before and self.on_sealed is not None:
+                self.on_sealed()
+            if failed:
+                await asyncio.sleep(RETRY_S)
+                continue
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), IDLE_TICK_S)
+                await asyncio.sleep(COALESCE_S)  # gather a few batches per step, not one step per batch
+            except asyncio.TimeoutError:
+                pass
+
+    async def _in_thread(self, function) -> None:
+        # Shielded: cancelling run() (daemon stop) must not orphan a thread still reading RocksDB;
+        # wait_idle() lets the daemon finish it before closing the log.
+        self._step = asyncio.ensure_future(asyncio.to_thread(function))
+        await asyncio.shield(self._step)
+
+    def stop(self) -> None:
+        """At daemon stop (after the task and its thread ended): delete the active segment's file."""
+        self._drop_active(None)
+
+    # -- recovery -------------------------------------------------------------------------------
+
+    def recover(self) -> SealedTip:
+        """At start: delete staged files, adopt the newest published segment that verifies, set the tip.
+
+        A newest segment that fails verification cannot have been written by this protocol
+        (it is linked only once complete): it is moved aside (`.corrupt`) and its events are
+        sealed again from the log, if the log still holds them. Indexes are never reused.
+        """
+        for name in self.store.prepare():
+            log.warning("event=archive_staged_segment_removed name=%s reason=unsealed_at_restart", name)
+        published = self.store.published()
+        next_index = published[-1][0] + 1 if published else 0
+        tip = SealedTip(next_index, 0, 0)
+        for _, name in reversed(published):
+            try:
+                header = self.store.verified_header(name)
+            except SegmentError as exc:
+                moved = self.store.quarantine(name)
+                log.error("event=archive_segment_quarantined name=%s moved_to=%s reason=%r", name, moved, str(exc))
+                continue
+            tip = SealedTip(next_index, header.max_seq, header.max_witnessed_at)
+            log.info("event=archive_segment_adopted name=%s max_seq=%d events=%d", name, header.max_seq,
+                     header.event_count)
+            break
+        self._reset_to(tip)
+        log.info("event=archive_sealer_ready directory=%s sealed_tip_seq=%d next_segment=%s log_newest_seq=%d",
+                 self.store.directory, tip.seq, segment_name(tip.next_index), self.event_log.newest_seq())
+        return tip
+
+    def _reset_to(self, tip: SealedTip) -> None:
+        """Forget the active segment; read the log again from just above `tip`."""
+        self._drop_active(None)
+        self.tip = tip
+        self._fed_time_us = tip.time_us
+        self._fed_seq = tip.seq
+
+    def _drop_active(self, reason: str | None) -> None:
+        if self.writer is not None:
+            self.writer.abort()
+            self.writer = None
+            if reason:
+                log.info("event=archive_active_segment_dropped reason=%s", reason)
+            if self.tip is not None:  # rebuilt from the log when sealing resumes
+                self._fed_time_us, self._fed_seq = self.tip.time_us, self.tip.seq
+        self._block_first_us = 0
+
+    # -- one step (in a worker thread) ----------------------------------------------------------
+
+    def step(self) -> None:
+        """Read every durable row above what was fed; cut and seal by the clocks; apply retention."""
+        if self.tip is None:
+            return
+        while True:
+            try:
+                rows = self.event_log.read_after(self._fed_time_us, READ_CHUNK, compressed=False, v2=True)
+            except LogGap as gap:  # a range `jetstream repair` dropped: what it lost cannot be archived
+                self._fed_time_us = gap.gap["to_time_us"]
+                log.warning("event=archive_log_gap_skipped from_time_us=%s to_time_us=%s",
+                            gap.gap["from_time_us"], gap.gap["to_time_us"])
+                continue
+            for row in rows:
+                self._feed(row)
+            if len(rows) < READ_CHUNK or not self.may_seal():
+                break
+        self._apply_clocks(int(self.clock_s() * 1_000_000))
+        self._apply_retention()
+
+    def _feed(self, row) -> None:
+        if row.seq <= self._fed_seq:
+            return  # cannot happen (rows above the tip's time have higher seqs); never twice
+        if row.seq != self._fed_seq + 1:
+            self.missing += row.seq - self._fed_seq - 1
+            log.warning("event=archive_seqs_missing after_seq=%d next_seq=%d missing=%d reason=not_in_log",
+                        self._fed_seq, row.seq, row.seq - self._fed_seq - 1)
+        self._fed_time_us, self._fed_seq = row.time_us, row.seq
+        event = segment_event(row, self.event_log.json_payload_at)
+        if isinstance(event, Skip):
+            self._count_skip(event.reason, row)
+            return
+        writer = self.writer
+        if writer is not None:
+            if self._block_first_us and row.time_us - self._block_first_us >= self.settings.block_seconds * 1e6:
+                writer.cut_block()
+                self._block_first_us = 0
+            if writer.size_bytes >= self.settings.segment_bytes or \
+                    row.time_us - self._segment_first_us >= self.settings.seal_after_s * 1e6:
+                self._seal()
+        if self.writer is None:
+            self._open_writer(row.time_us)
+        try:
+            self.writer.add(event)
+        except InvalidEvent as exc:  # a collection, rkey or rev past 255 bytes: v2 cannot hold it either
+            self._count_skip("too_long", row, str(exc))
+            return
+        if not self._block_first_us:
+            self._block_first_us = row.time_us
+        if self.writer.pending_events == 0:  # the writer cut at --archive-block-events
+            self._block_first_us = 0
+
+    def _count_skip(self, reason: str, row, detail: str = "") -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        if reason not in self._logged_skips:  # once per reason; the count is in report() and /healthz
+            self._logged_skips.add(reason)
+            log.warning("event=archive_event_skipped reason=%s seq=%d did=%s detail=%r (logged once per reason)",
+                        reason, row.seq, row.did, detail[:200])
+
+    def _open_writer(self, first_time_us: int) -> None:
+        name = segment_name(self.tip.next_index)
+        path = self.store.staging_path(name)
+        if os.path.exists(path):
+            os.unlink(path)  # a staged file this process abandoned (a failed seal)
+        options = SegmentOptions(block_events=self.settings.block_events, fsync=self.settings.fsync)
+        self.writer = SegmentWriter(path, self.tip.seq + 1, options)
+        self._segment_first_us = first_time_us
+        self._block_first_us = 0
+
+    def _apply_clocks(self, now_us: int) -> None:
+        """Caught up with the log: cut a block or seal the segment whose time has come."""
+        writer = self.writer
+        if writer is None or writer.event_count == 0:
+            return
+        if now_us - self._segment_first_us >= self.settings.seal_after_s * 1e6:
+            self._seal()
+        elif self._block_first_us and now_us - self._block_first_us >= self.settings.block_seconds * 1e6:
+            writer.cut_block()
+            self._block_first_us = 0
+
+    def _seal(self) -> None:
+        """Footer, header, fsync; publish (no clobber; refused to a non-leader); move the tip."""
+        writer, tip = self.writer, self.tip
+        name = segment_name(tip.next_index)
+        if not self.may_seal():
+            self._drop_active("not_leader")
+            return
+        started = time.perf_counter()
+        finished = writer.finish()
+        self.writer = None
+        try:
+            self.store.publish(finished.path, name)
+        except SealConflict:
+            os.unlink(finished.path)
+            log.warning("event=archive_seal_conflict name=%s action=rescan_and_rebuild", name)
+            self.tip = None  # recover() again: adopt what the other sealer published
+            self.recover()
+            return
+        except BaseException:
+            try:
+                os.unlink(finished.path)
+            except OSError:
+                pass
+            raise
+        header = finished.header
+        self.tip = SealedTip(tip.next_index + 1, header.max_seq, header.max_witnessed_at)
+        self.sealed_segments += 1
+        self.sealed_events += header.event_count
+        self._block_first_us = 0
+        log.info("event=archive_segment_sealed name=%s events=%d blocks=%d min_seq=%d max_seq=%d bytes=%d ms=%.1f",
+                 name, header.event_count, header.block_count, header.min_seq, header.max_seq, finished.size_bytes,
+                 (time.perf_counter() - started) * 1000)
+        if self.problems is not None:
+            self.problems.clear("archive_seal_failed")
+
+    def _failed(self, exc: Exception) -> None:
+        """Report, drop the active segment (rebuilt from the log next time), keep the events in the log."""
+        self.failures += 1
+        self._drop_active(None)
+        if self.tip is not None:
+            self._fed_time_us, self._fed_seq = self.tip.time_us, self.tip.seq
+        log.error("event=archive_seal_error error=%r retry_s=%g", str(exc)[:300], RETRY_S)
+        if self.problems is not None:
+            self.problems.raise_problem(
+                "archive_seal_failed",
+                f"the archive writer cannot write to {self.store.directory}: {str(exc)[:200]}; events above "
+                f"sealed seq {self.tip.seq if self.tip else 'unknown'} stay in the log (the TTL trim keeps them)",
+                "free space or fix permissions of the archive directory (--archive-dir); sealing resumes by itself "
+                f"within {RETRY_S:g}s and the problem ends at the next sealed segment; the log grows meanwhile")
+
+    def _apply_retention(self) -> None:
+        """--archive-retention: delete segments wholly older than it, never the newest (it holds the tip)."""
+        if self.settings.retention_s <= 0:
+            return
+        now = self.clock_s()
+        if now - self._last_retention < RETENTION_EVERY_S:
+            return
+        self._last_retention = now
+        cutoff_us = int((now - self.settings.retention_s) * 1_000_000)
+        for _, name in self.store.published()[:-1]:
+            try:
+                if self.store.header(name).max_witnessed_at >= cutoff_us:
+                    break  # segments are in time order: the rest are younger
+                self.store.delete(name)
+            except (OSError, SegmentError) as exc:
+                log.warning("event=archive_retention_failed name=%s error=%r", name, str(exc)[:200])
+                break
+            log.info("event=archive_segment_expired name=%s retention_s=%g", name, self.settings.retention_s)
