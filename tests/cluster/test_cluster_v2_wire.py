@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from tests.cluster.test_cluster_nodes import applied, collect, rig, start_cluster  # noqa: F401 - rig is a fixture
 from tests.cluster.harness import wait_for
+from tests.cluster.test_cluster_nodes import applied, collect, rig, start_cluster  # noqa: F401 - rig is a fixture
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
