@@ -130,6 +130,10 @@ EVENTS_PERSISTED = Counter("consumer_events_persisted", "Events written to the l
 EVENTS_EMITTED = Counter("consumer_events_emitted", "Events made visible to subscribers", ["socket_url"])
 
 # --- consumer, new in jetstream-py -----------------------------------------------------------
+V2_FRAMELESS = Counter(
+    "jetstream_v2_frameless_events", "Events stored without a v2 frame (a record Jetstream v2's decoder "
+    "refuses): the v2 wire skips them, v1 sends them"
+)
 INGEST_DROPS = Counter(
     "jetstream_ingest_drops", "Frames, commits or ops skipped, by reason", ["reason"]
 )

@@ -25,6 +25,7 @@ cdef class LiveSlot:
     cdef object _bucket                 # the owner's TokenBucket, or None (no rate limit)
     cdef EventFilter _filter            # None: every event
     cdef readonly bint compressed
+    cdef readonly bint v2               # the v2 wire: v2 frames (events without one scanned past)
     cdef readonly Py_ssize_t max_message_size
     cdef readonly bint include_sync     # sync events (kind 3) are sent, not only scanned past
     cdef readonly bint live             # in a LiveFanout's list right now

@@ -4,6 +4,7 @@ from typing import Any, Callable
 class LiveSlot:
     owner: Any
     compressed: bool
+    v2: bool
     max_message_size: int
     include_sync: bool
     live: bool
@@ -11,7 +12,7 @@ class LiveSlot:
     sent_bytes: int
     steps: int
     def __init__(self, owner: Any, position: Any, sink: Any | Callable[[bytes], Any], bucket: Any = None,
-                 compressed: bool = False) -> None: ...
+                 compressed: bool = False, v2: bool = False) -> None: ...
     def set_options(self, event_filter: Any, max_message_size: int, include_sync: bool = False) -> None: ...
     def leave(self) -> None: ...
     @property

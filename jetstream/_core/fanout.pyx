@@ -42,7 +42,7 @@ cdef uint8_t _FIRST_BINARY = 0x82
 cdef class LiveSlot:
     """What the fan-out step needs of one reader; the owner keeps everything else."""
 
-    def __cinit__(self, owner, Position position, sink, bucket=None, bint compressed=False):
+    def __cinit__(self, owner, Position position, sink, bucket=None, bint compressed=False, bint v2=False):
         self.owner = owner
         self._position = position
         if isinstance(sink, WSTransport):
@@ -55,6 +55,7 @@ cdef class LiveSlot:
             raise TypeError("sink must be a picows WSTransport or a callable taking bytes")
         self._bucket = bucket
         self.compressed = compressed
+        self.v2 = v2
         self._filter = None
         self.max_message_size = 0
         self.include_sync = False
@@ -198,6 +199,11 @@ cdef class LiveFanout:
         """
         cdef EventFilter event_filter = slot._filter
         cdef PyObject** column = ring._zstds if slot.compressed else ring._jsons
+        cdef PyObject** size_column = column
+        cdef bint v2 = slot.v2
+        if v2:
+            column = ring._v2_zstds if slot.compressed else ring._v2s
+            size_column = ring._v2s  # v2's cap bounds the uncompressed frame
         cdef uint8_t first = _FIRST_BINARY if slot.compressed else _FIRST_TEXT
         cdef Py_ssize_t max_message_size = slot.max_message_size
         cdef Py_ssize_t index = ring.first_index_after(start)
@@ -215,16 +221,21 @@ cdef class LiveFanout:
             if not slot.include_sync and ring._kinds[ring_slot] == _KIND_SYNC:
                 continue  # scanned past, like a filtered event
             if event_filter is not None:
+                if not (event_filter.kind_mask >> ring._kinds[ring_slot]) & 1:
+                    continue  # v2's kinds axis (every bit is set for a v1 filter)
                 verdict = event_filter.match_ids(ring._did_ids[ring_slot], ring._collection_ids[ring_slot])
                 if verdict == MATCH_UNKNOWN:  # first sight of this collection by this filter
                     verdict = event_filter.learn_collection(ring._collection_ids[ring_slot],
                                                             <str>ring._collections[ring_slot])
                 if verdict == MATCH_NO:
                     continue
-            payload = column[ring_slot]
-            size = PyBytes_GET_SIZE(<object>payload)
+            size = PyBytes_GET_SIZE(<object>size_column[ring_slot])
+            if v2 and size == 0:
+                continue  # no v2 frame (a record v2 refuses): scanned past
             if 0 < max_message_size < size:
                 continue
+            payload = column[ring_slot]
+            size = PyBytes_GET_SIZE(<object>payload)
             header = frame_header_size(size)
             self._reserve(used + header + size)
             used += write_frame_header(self._buffer + used, size, first)

@@ -26,6 +26,8 @@ cdef class LiveRing:
     cdef PyObject** _collections
     cdef PyObject** _jsons
     cdef PyObject** _zstds
+    cdef PyObject** _v2s        # the v2 wire's frame (b"": no v2 frame, v2 readers skip it)
+    cdef PyObject** _v2_zstds   # its zstd form (v2 dictionary)
     cdef dict _collection_id_cache
 
     cdef inline Py_ssize_t _slot(self, Py_ssize_t index) noexcept nogil

@@ -30,6 +30,9 @@ cdef Py_ssize_t _COLLECTION_FIELD = 3
 cdef Py_ssize_t _JSON_FIELD = 4
 cdef Py_ssize_t _ZSTD_FIELD = 5
 cdef Py_ssize_t _SEQ_FIELD = 6
+cdef Py_ssize_t _V2_FIELD = 7
+cdef Py_ssize_t _V2_ZSTD_FIELD = 8
+cdef bytes _EMPTY = b""
 # Collections repeat constantly (a few dozen NSIDs carry almost all traffic): caching their
 # ids saves an encode + hash per append. Bounded so invented names cannot grow it forever.
 cdef Py_ssize_t _COLLECTION_CACHE_MAX = 4096
@@ -62,14 +65,17 @@ cdef class LiveRing:
         self._collections = <PyObject**>PyMem_Calloc(capacity, sizeof(PyObject*))
         self._jsons = <PyObject**>PyMem_Calloc(capacity, sizeof(PyObject*))
         self._zstds = <PyObject**>PyMem_Calloc(capacity, sizeof(PyObject*))
+        self._v2s = <PyObject**>PyMem_Calloc(capacity, sizeof(PyObject*))
+        self._v2_zstds = <PyObject**>PyMem_Calloc(capacity, sizeof(PyObject*))
         if (self._times == NULL or self._seqs == NULL or self._did_ids == NULL or self._collection_ids == NULL
                 or self._kinds == NULL or self._dids == NULL or self._collections == NULL or self._jsons == NULL
-                or self._zstds == NULL):
+                or self._zstds == NULL or self._v2s == NULL or self._v2_zstds == NULL):
             raise MemoryError()
 
     def __dealloc__(self):
         cdef Py_ssize_t index
-        if self._dids != NULL and self._collections != NULL and self._jsons != NULL and self._zstds != NULL:
+        if (self._dids != NULL and self._collections != NULL and self._jsons != NULL and self._zstds != NULL
+                and self._v2s != NULL and self._v2_zstds != NULL):
             for index in range(self._count):
                 self._clear_slot(self._slot(index))
         PyMem_Free(self._times)
@@ -81,6 +87,8 @@ cdef class LiveRing:
         PyMem_Free(self._collections)
         PyMem_Free(self._jsons)
         PyMem_Free(self._zstds)
+        PyMem_Free(self._v2s)
+        PyMem_Free(self._v2_zstds)
 
     @property
     def capacity(self):
@@ -128,6 +136,12 @@ cdef class LiveRing:
             raise TypeError("event did and collection must be str")
         cdef int kind = <object>PyTuple_GET_ITEM(event, _KIND_FIELD)
         cdef uint64_t seq = <object>PyTuple_GET_ITEM(event, _SEQ_FIELD) if PyTuple_GET_SIZE(event) > _SEQ_FIELD else 0
+        # The v2 frame and its zstd form (b"" when the event has none, or was built without them).
+        cdef Py_ssize_t fields = PyTuple_GET_SIZE(event)
+        v2 = <object>PyTuple_GET_ITEM(event, _V2_FIELD) if fields > _V2_FIELD else _EMPTY
+        v2_zstd = <object>PyTuple_GET_ITEM(event, _V2_ZSTD_FIELD) if fields > _V2_ZSTD_FIELD else _EMPTY
+        if not PyBytes_CheckExact(v2) or not PyBytes_CheckExact(v2_zstd):
+            raise TypeError("event v2 frames must be bytes")
         cdef uint64_t did_key = did_id(did)
         cdef uint64_t collection_key = self._intern_collection(collection)
         if self._count == self._capacity:
@@ -137,6 +151,10 @@ cdef class LiveRing:
         Py_INCREF(collection)
         Py_INCREF(json)
         Py_INCREF(zstd)
+        Py_INCREF(v2)
+        Py_INCREF(v2_zstd)
+        self._v2s[slot] = <PyObject*>v2
+        self._v2_zstds[slot] = <PyObject*>v2_zstd
         self._dids[slot] = <PyObject*>did
         self._collections[slot] = <PyObject*>collection
         self._jsons[slot] = <PyObject*>json
@@ -170,13 +188,17 @@ cdef class LiveRing:
         Py_XDECREF(self._collections[slot])
         Py_XDECREF(self._jsons[slot])
         Py_XDECREF(self._zstds[slot])
+        Py_XDECREF(self._v2s[slot])
+        Py_XDECREF(self._v2_zstds[slot])
         self._dids[slot] = self._collections[slot] = self._jsons[slot] = self._zstds[slot] = NULL
+        self._v2s[slot] = self._v2_zstds[slot] = NULL
 
     cdef object _event_in(self, Py_ssize_t slot):
-        """The Event held in `slot`, rebuilt from its fields (the same str and bytes objects)."""
+        """The Event held in `slot`, rebuilt from its fields (the same str and bytes objects; the
+        stored v2 record is not held: serving never needs it)."""
         return Event(self._times[slot], <object>self._dids[slot], self._kinds[slot],
                      <object>self._collections[slot], <object>self._jsons[slot], <object>self._zstds[slot],
-                     self._seqs[slot])
+                     self._seqs[slot], <object>self._v2s[slot], <object>self._v2_zstds[slot])
 
     def drop_before(self, int64_t time_us):
         """Evict every held event with time_us < `time_us`, oldest first; return how many.
@@ -235,12 +257,15 @@ cdef class LiveRing:
         Py_ssize_t max_bytes,
         Py_ssize_t max_message_size=0,
         bint include_sync=False,
+        bint v2=False,
     ):
         """Payloads of the wanted events after `after_time_us`, and the position they reach.
 
         The position is the time_us of the last entry scanned, matched or not, so the
         caller never rescans what was filtered out and never skips what was not reached.
-        Sync events (kind 3) are skipped unless `include_sync`.
+        Sync events (kind 3) are skipped unless `include_sync`. The filter's kinds axis is
+        checked on the kind code. `v2`: the v2 frames (or their zstd form) instead of v1's;
+        events without one are scanned past, and the size cap is on the uncompressed frame.
         """
         if after_time_us < self._floor_time_us:
             raise LookupError(f"ring floor {self._floor_time_us} is above position {after_time_us}")
@@ -249,6 +274,10 @@ cdef class LiveRing:
         if event_filter is not None and event_filter.wants_all:
             event_filter = None
         cdef PyObject** payload_column = self._zstds if compressed else self._jsons
+        cdef PyObject** size_column = payload_column
+        if v2:
+            payload_column = self._v2_zstds if compressed else self._v2s
+            size_column = self._v2s
         cdef list payloads = []
         cdef Py_ssize_t collected = 0, collected_bytes = 0, size, slot, index
         cdef int64_t position = after_time_us
@@ -262,16 +291,21 @@ cdef class LiveRing:
             if not include_sync and self._kinds[slot] == _KIND_SYNC:
                 continue
             if event_filter is not None:
+                if not (event_filter.kind_mask >> self._kinds[slot]) & 1:
+                    continue
                 verdict = event_filter.match_ids(self._did_ids[slot], self._collection_ids[slot])
                 if verdict == MATCH_UNKNOWN:  # first sight of this collection by this filter
                     verdict = event_filter.learn_collection(self._collection_ids[slot], <str>self._collections[slot])
                 if verdict == MATCH_NO:
                     continue
             # a payload object is touched only now, for events this reader may send
-            payload = payload_column[slot]
-            size = PyBytes_GET_SIZE(<object>payload)
+            size = PyBytes_GET_SIZE(<object>size_column[slot])
+            if v2 and size == 0:
+                continue  # no v2 frame (a record v2 refuses)
             if 0 < max_message_size < size:
                 continue
+            payload = payload_column[slot]
+            size = PyBytes_GET_SIZE(<object>payload)
             payloads.append(<object>payload)
             collected += 1
             collected_bytes += size

@@ -28,10 +28,10 @@ STAY, HAND_BACK, GONE = 0, 1, 2  # how one slot's turn in a pass ends
 class LiveSlot:
     """What the fan-out step needs of one reader; the owner keeps everything else."""
 
-    __slots__ = ("owner", "_position", "_transport", "_write", "_bucket", "compressed", "_filter",
+    __slots__ = ("owner", "_position", "_transport", "_write", "_bucket", "compressed", "v2", "_filter",
                  "max_message_size", "include_sync", "live", "sent_events", "sent_bytes", "steps")
 
-    def __init__(self, owner, position, sink, bucket=None, compressed: bool = False) -> None:
+    def __init__(self, owner, position, sink, bucket=None, compressed: bool = False, v2: bool = False) -> None:
         self.owner = owner
         self._position = position
         if isinstance(sink, WSTransport):
@@ -42,6 +42,7 @@ class LiveSlot:
             raise TypeError("sink must be a picows WSTransport or a callable taking bytes")
         self._bucket = bucket
         self.compressed = bool(compressed)
+        self.v2 = bool(v2)  # the v2 wire: v2 frames, events without one scanned past
         self._filter = None
         self.max_message_size = 0
         self.include_sync = False
@@ -155,4 +156,4 @@ class LiveFanout:
 
     def _read(self, ring, slot: LiveSlot, start: int, max_events: int):
         return ring.read_after(start, slot._filter, slot.compressed, max_events, self._max_bytes,
-                               slot.max_message_size, slot.include_sync)
+                               slot.max_message_size, slot.include_sync, slot.v2)

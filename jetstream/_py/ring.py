@@ -17,6 +17,9 @@ DEFAULT_SCAN_LIMIT = 65_536  # entries per read_after call; bounds one call's CP
 JSON_FIELD = 4  # Event.json
 ZSTD_FIELD = 5  # Event.zstd
 SEQ_FIELD = 6  # Event.seq
+V2_FIELD = 7  # Event.v2
+V2_ZSTD_FIELD = 8  # Event.v2_zstd
+HELD_FIELDS = 9  # the ring holds an Event up to v2_zstd: serving never needs the stored v2 record
 
 
 class LiveRing:
@@ -65,6 +68,9 @@ class LiveRing:
             raise ValueError(f"time_us {time_us} is not above the newest {self._newest_time_us}")
         if not isinstance(event[JSON_FIELD], bytes) or not isinstance(event[ZSTD_FIELD], bytes):
             raise TypeError("event json and zstd payloads must be bytes")
+        event = Event(*event[:HELD_FIELDS])
+        if not isinstance(event.v2, bytes) or not isinstance(event.v2_zstd, bytes):
+            raise TypeError("event v2 frames must be bytes")
         if self._count == self._capacity:
             self._evict_oldest()
         slot = self._slot(self._count)
@@ -140,12 +146,15 @@ class LiveRing:
         max_bytes: int,
         max_message_size: int = 0,
         include_sync: bool = False,
+        v2: bool = False,
     ) -> tuple[list[bytes], int]:
         """Payloads of the wanted events after `after_time_us`, and the position they reach.
 
         The position is the time_us of the last entry scanned, matched or not, so the
         caller never rescans what was filtered out and never skips what was not reached.
-        Sync events (KIND_SYNC) are skipped unless `include_sync`.
+        Sync events (KIND_SYNC) are skipped unless `include_sync`; the filter's kinds axis
+        applies to every event. `v2`: the v2 frames (their zstd form when `compressed`);
+        an event without one is scanned past; the size cap is on the uncompressed frame.
         """
         if not self.covers(after_time_us):
             raise LookupError(f"ring floor {self._floor_time_us} is above position {after_time_us}")
@@ -154,6 +163,10 @@ class LiveRing:
         if event_filter is not None and event_filter.wants_all:
             event_filter = None
         field = ZSTD_FIELD if compressed else JSON_FIELD
+        size_field = field
+        if v2:
+            field = V2_ZSTD_FIELD if compressed else V2_FIELD
+            size_field = V2_FIELD
         payloads: list[bytes] = []
         collected_bytes = 0
         position = after_time_us
@@ -164,11 +177,15 @@ class LiveRing:
             position = event[0]
             if event[2] == KIND_SYNC and not include_sync:
                 continue
-            if event_filter is not None and not event_filter.matches(event[1], event[3]):
+            if event_filter is not None and not (event_filter.wants_kind(event[2])
+                                                 and event_filter.matches(event[1], event[3])):
+                continue
+            size = len(event[size_field])
+            if v2 and size == 0:
+                continue  # no v2 frame (a record v2 refuses)
+            if 0 < max_message_size < size:
                 continue
             payload = event[field]
-            if 0 < max_message_size < len(payload):
-                continue
             payloads.append(payload)
             collected_bytes += len(payload)
             if len(payloads) >= max_events or collected_bytes >= max_bytes:

@@ -232,6 +232,9 @@ class IngestPipeline:
         try:
             events = self.sequencer.sequence(pending_events, self.compressor)
             self._labels["EVENTS_SEQUENCED"].inc(len(events))
+            frameless = sum(1 for event in events if not event.v2)
+            if frameless:
+                metrics.V2_FRAMELESS.inc(frameless)
             if self.hand_off is not None:
                 return self._hand_off(events, batch_cursor, newest_frame)
             self._write(events, batch_cursor)

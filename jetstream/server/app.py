@@ -20,8 +20,9 @@ from typing import Callable
 
 from picows import WSCloseCode, WSUpgradeRequest
 
+from jetstream.compression import EventCompressor
 from jetstream.instance import INSTANCE_HEADER, instance_id_of
-from jetstream.server import http, params, status_page
+from jetstream.server import http, params, status_page, wires
 from jetstream.server.file_send import FileSender
 from jetstream.server.front import FrontDoor
 from jetstream.server.live import LiveFastPath
@@ -30,6 +31,7 @@ from jetstream.server.ratelimit import RateLimiterRegistry
 from jetstream.server.request_head import HeadBudget
 from jetstream.server.settings import ServerSettings
 from jetstream.server.subscriber import SubscriberListener
+from jetstream.server.wire_v2_request import Refusal, Retention
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,10 @@ class SubscribeServer:
         self.rate_limiters = RateLimiterRegistry(settings.max_sub_rate, per_ip=settings.per_ip_limit)
         self.pending_heads = HeadBudget(settings.max_pending_request_bytes)
         self._zstd_dictionary_id = settings.zstd_dictionary_id
+        self._v2_dictionary_id = settings.v2_zstd_dictionary_id
+        # v2 frames not taken from the ring (replay from the log, #info and error frames) are
+        # compressed here, with the v2 dictionary, for zstdDictionary=<id> connections.
+        self.compress_v2 = EventCompressor(None, settings.v2_zstd_dictionary).compress_v2
         self._health = health
         self._clock_us = clock_us
         self._subscribers: set[SubscriberListener] = set()
@@ -147,7 +153,7 @@ class SubscribeServer:
             self._server.close()  # stop accepting first, so nobody joins during shutdown
         for subscriber in list(self._subscribers):
             self.count_disconnect("shutdown")
-            subscriber.close(WSCloseCode.GOING_AWAY, reason)
+            subscriber.shut_down(reason)
         self._waiting.clear()
         self.live.close()
         self.file_sender.close()  # downloads in flight are aborted; their threads end within a poll slice
@@ -292,6 +298,11 @@ class SubscribeServer:
         headers = request.headers
         if route is http.Route.SUBSCRIBE:
             return self._subscribe(raw_query, headers, peer_ip)
+        if route is http.Route.SUBSCRIBE_EVENTS:
+            return self._subscribe_events(raw_query, headers, peer_ip)
+        if route is http.Route.GET_ZSTD_DICTIONARY:
+            return http.v2_zstd_dictionary_response(self.settings.v2_zstd_dictionary, self._v2_dictionary_id,
+                                                    raw_query, headers)
         if route is http.Route.WELCOME:
             return http.welcome_response(headers)
         if route is http.Route.HEALTHZ:
@@ -333,6 +344,32 @@ class SubscribeServer:
         held = len(self.ring)
         return max(self.ring.seq_at(held - 1) if held else 0, self.event_log.newest_seq())
 
+    def newest_seq(self) -> int:
+        return self._newest_seq()
+
+    def v2_retention(self) -> Retention:
+        """What a v2 cursor can replay here: from the oldest event stored with a v2 record."""
+        newest_seq = self._newest_seq()
+        oldest = self.event_log.v2_oldest()
+        if oldest is None:
+            return Retention(newest_seq + 1, newest_seq, None)
+        oldest_time_us, floor_seq = oldest
+        return Retention(floor_seq, newest_seq, oldest_time_us)
+
+    def time_us_of_seq(self, seq: int) -> int | None:
+        """time_us of the first event with seq >= `seq`: the ring's when it holds it, else the log's."""
+        ring = self.ring
+        low, high = 0, len(ring)
+        if high and ring.seq_at(0) <= seq <= ring.seq_at(high - 1):
+            while low < high:
+                middle = (low + high) // 2
+                if ring.seq_at(middle) >= seq:
+                    high = middle
+                else:
+                    low = middle + 1
+            return ring.time_us_at(low)
+        return self.event_log.time_us_of_seq(seq)
+
     def _subscribe(self, raw_query: bytes, headers, peer_ip: str):
         try:
             options = params.parse_subscribe_query(raw_query, headers.get("Socket-Encoding", ""), self._clock_us())
@@ -349,6 +386,38 @@ class SubscribeServer:
             self.refused_requests["too_many_connections"] += 1
             log.info("event=subscribe_refused reason=too_many_connections ip=%s limit=%d", ip, max_conns)
             return http.too_many_connections_response(ip, max_conns, headers)
-        listener = SubscriberListener(self, options)
+        listener = SubscriberListener(self, wires.V1Wire(options))
         listener.client_ip = ip
         return http.upgrade_response(listener, [(INSTANCE_HEADER, self.instance_id)])
+
+    def _subscribe_events(self, raw_query: bytes, headers, peer_ip: str):
+        """`GET /xrpc/network.bsky.jetstream.subscribeEvents`: the v2 wire (wires.negotiate_v2 decides)."""
+        try:
+            retention = self.v2_retention()
+        except Exception as exc:  # noqa: BLE001 - a damaged or closed log: refuse this one request
+            log.warning("event=subscribe_refused wire=v2 reason=retention_unreadable error=%r", exc)
+            retention, not_ready = None, "event log unreadable"
+        else:
+            not_ready = None
+        wire = wires.negotiate_v2(raw_query, headers.get("Socket-Encoding", ""),
+                                  http.header_values(headers, "Sec-WebSocket-Protocol"),
+                                  current_dictionary_id=self._v2_dictionary_id,
+                                  retention=retention or Retention(1, 0, None), now_us=self._clock_us(),
+                                  not_ready=not_ready)
+        if isinstance(wire, Refusal):
+            self.refused_requests["invalid_options" if wire.status == 400 else "not_ready"] += 1
+            log.info("event=subscribe_refused wire=v2 status=%d error=%s body=%r", wire.status, wire.error,
+                     wire.body[:200])
+            return http.xrpc_refusal_response(wire, headers)
+        if not http.is_websocket_handshake(headers):
+            self.refused_requests["not_websocket"] += 1
+            return http.handshake_error_response(headers)
+        ip = http.client_ip(headers, peer_ip, self.settings.trust_proxy_headers)
+        max_conns = self.settings.max_conns_per_ip
+        if 0 < max_conns <= self._connections_by_ip.get(ip, 0):
+            self.refused_requests["too_many_connections"] += 1
+            log.info("event=subscribe_refused wire=v2 reason=too_many_connections ip=%s limit=%d", ip, max_conns)
+            return http.too_many_connections_response(ip, max_conns, headers)
+        listener = SubscriberListener(self, wire)
+        listener.client_ip = ip
+        return http.upgrade_response(listener, [(INSTANCE_HEADER, self.instance_id)] + wires.upgrade_headers(wire))

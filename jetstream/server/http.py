@@ -50,6 +50,9 @@ class Route(Enum):
     ZSTD_DICTIONARY = "/zstd-dictionary"
     STATS_COLLECTIONS = "/stats/collections"
     STATUS = "/status"
+    # The Jetstream v2 wire (XRPC): the stream and its compression dictionary.
+    SUBSCRIBE_EVENTS = "/xrpc/network.bsky.jetstream.subscribeEvents"
+    GET_ZSTD_DICTIONARY = "/xrpc/network.bsky.jetstream.getZstdDictionary"
     NOT_FOUND = ""
 
 
@@ -201,9 +204,48 @@ def zstd_dictionary_response(dictionary: bytes, dictionary_id: int, request_head
     return _respond(HTTPStatus.OK, dictionary, "application/octet-stream", request_headers, extra)
 
 
+# v2's getZstdDictionary (internal/xrpcapi/getzstddictionary.go): immutable for an id.
+V2_DICTIONARY_CACHE_CONTROL = "public, max-age=31536000, immutable"
+
+
+def xrpc_refusal_response(refusal, request_headers: Mapping[str, str]) -> WSUpgradeResponseWithListener:
+    """A v2 refusal (wire_v2_request.Refusal: an XRPC error envelope) with our CORS headers."""
+    headers = cors_headers(request_headers) + list(refusal.headers)
+    response = WSUpgradeResponse.create_error_response(refusal.status, refusal.body, headers)
+    return WSUpgradeResponseWithListener(response, None)
+
+
+def v2_zstd_dictionary_response(dictionary: bytes, dictionary_id: int, raw_query: bytes,
+                                request_headers: Mapping[str, str]) -> WSUpgradeResponseWithListener:
+    """getZstdDictionary: the v2 wire's dictionary; `id` (optional) must name it (v2's answers otherwise)."""
+    from jetstream.server.wire_v2_request import go_parse_query, invalid_request, parse_go_int64, xrpc_error
+
+    params, query_error = go_parse_query(raw_query)
+    if query_error is not None:
+        return xrpc_refusal_response(invalid_request(query_error), request_headers)
+    if "id" in params:
+        values = params["id"]
+        requested = parse_go_int64(values[0]) if values and values[0] else None
+        if requested is None:
+            return xrpc_refusal_response(invalid_request("id must be an integer zstd dictionary ID"),
+                                         request_headers)
+        if requested <= 0 or requested != dictionary_id:
+            return xrpc_refusal_response(xrpc_error(HTTPStatus.NOT_FOUND, "DictionaryNotFound",
+                                                    f"no dictionary with id {requested}; current dictionary id is "
+                                                    f"{dictionary_id}"), request_headers)
+    extra = [("ETag", f'"zstd-dict-{dictionary_id}"'), ("Cache-Control", V2_DICTIONARY_CACHE_CONTROL),
+             (DICTIONARY_ID_HEADER, str(dictionary_id))]
+    return _respond(HTTPStatus.OK, dictionary, "application/octet-stream", request_headers, extra)
+
+
+def header_values(headers: Mapping[str, str], name: str) -> list[str]:
+    """Every value of a header the request repeats (picows' headers are a multidict)."""
+    return headers.getall(name, []) if hasattr(headers, "getall") else [headers.get(name, "")]
+
+
 def _header_has_token(headers: Mapping[str, str], name: str, token: str) -> bool:
     """gorilla tokenListContainsValue over every value of the header."""
-    values = headers.getall(name, []) if hasattr(headers, "getall") else [headers.get(name, "")]
+    values = header_values(headers, name)
     return any(part.strip().lower() == token for value in values for part in value.split(","))
 
 

@@ -57,8 +57,8 @@ class LiveFastPath:
         self._last_pass = float("-inf")
         self.handed_back = 0  # readers the passes handed back to their own step
 
-    def new_slot(self, owner, position, transport, bucket, compressed: bool) -> LiveSlot:
-        return LiveSlot(owner, position, transport, bucket, compressed)
+    def new_slot(self, owner, position, transport, bucket, compressed: bool, v2: bool = False) -> LiveSlot:
+        return LiveSlot(owner, position, transport, bucket, compressed, v2)
 
     def join(self, slot: LiveSlot) -> bool:
         """Take a caught-up reader into the fan-out; False when the fast path is off."""

@@ -67,6 +67,13 @@ and the single reader of docs/architecture.md §4. A newcomer can follow it as:
    a close takes the slot out; only then does this reader step again. The slot shares the
    Position object, so the compare-and-set still guards every advance.
 
+9. The wire (server/wires.py), chosen at the upgrade: v1's `/subscribe` (V1Wire) or v2's
+   `subscribeEvents` (V2Wire). The one reader serves both; the wire says where the stream
+   starts (v2: a seq or a time, and an `#info OutdatedCursor` frame first), which events pass
+   (v2 adds the kinds axis), which stored form is sent (v2: the v2 frame the ring holds, or
+   the one rendered from the log's v2 record), what a client frame means and how each stop is
+   told (v2: an error frame, then the close). v1's bytes are exactly what they were.
+
 It must never queue events per subscriber, block the loop on a socket, deliver an event
 whose time_us is not above the position, or let anything but the reader move the position.
 """
@@ -82,10 +89,10 @@ from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
 from jetstream.events import KIND_SYNC
 from jetstream.implementation import EventFilter, Position, PositionConflict, encode_frames
-from jetstream.log.damage import corruption_close_reason, gap_close_reason
 from jetstream.log.store import LogCorruption, LogGap, index_query_for
-from jetstream.server import params
+from jetstream.server import params, wire_v2_request, wires
 from jetstream.server.heartbeat import HeartbeatClock, heartbeat_payload
+from jetstream.server.wire_v2 import frame_of_record
 
 if TYPE_CHECKING:
     from jetstream.server.app import SubscribeServer
@@ -136,29 +143,71 @@ def initial_position(cursor: int | None, newest_time_us: int) -> int:
 
 
 def read_next_batch(start: int, ring, event_log, event_filter, compressed: bool,
-                    max_events: int, max_message_size: int, index_query=None, include_sync: bool = False) -> Batch:
+                    max_events: int, max_message_size: int, index_query=None, include_sync: bool = False,
+                    compress_v2=None) -> Batch:
     """The next batch after `start`, from the ring when it covers `start`, else from the log.
 
     The reader's whole decision: pure given (ring, log) contents, so tests drive it
     directly against a model (tests/cutover/test_cutover_reader_model.py). Sync events
     are scanned past (the position moves) but sent only with `include_sync`.
+    `compress_v2`: a v2 reader (None: v1). It is sent v2 frames: the ring's, or rendered from
+    the log's v2 records, compressed with it when `compressed`.
     """
     if ring.covers(start):
         payloads, position = ring.read_after(start, event_filter, compressed, max_events,
-                                             STEP_MAX_BYTES, max_message_size, include_sync)
+                                             STEP_MAX_BYTES, max_message_size, include_sync, compress_v2 is not None)
         return Batch(payloads, position, position == start)
+    if compress_v2 is not None:
+        return _read_log_batch_v2(start, ring, event_log, event_filter, compressed, max_events, max_message_size,
+                                  index_query, compress_v2)
     return _read_log_batch(start, ring, event_log, event_filter, compressed, max_events, max_message_size,
                            index_query, include_sync)
 
 
-def _read_log_batch(start: int, ring, event_log, event_filter, compressed: bool,
-                    max_events: int, max_message_size: int, index_query=None, include_sync: bool = False) -> Batch:
+def _log_rows(start: int, event_log, event_filter, compressed: bool, max_events: int, index_query, v2: bool):
     # Unfiltered, every row read is sent: read no more than the step may send.
     limit = min(LOG_CHUNK_ROWS, max_events) if event_filter.wants_all else LOG_CHUNK_ROWS
     # A narrow filter reads only the rows its log index points at (None: range predates the index).
-    rows = None if index_query is None else event_log.read_matching_after(start, limit, compressed, index_query)
+    kwargs = {"v2": True} if v2 else {}
+    rows = None if index_query is None else event_log.read_matching_after(start, limit, compressed, index_query,
+                                                                          **kwargs)
     if rows is None:
-        rows = event_log.read_after(start, limit, compressed)
+        rows = event_log.read_after(start, limit, compressed, **kwargs)
+    return rows
+
+
+def _read_log_batch_v2(start: int, ring, event_log, event_filter, compressed: bool, max_events: int,
+                       max_message_size: int, index_query, compress_v2) -> Batch:
+    """A v2 reader's batch from the log: each row's v2 frame rendered from its stored record.
+
+    Only events stored with a v2 record are read (the v2 floor, wire_v2_request.Retention);
+    one whose record has no frame is scanned past. The size cap is on the uncompressed frame.
+    """
+    rows = _log_rows(start, event_log, event_filter, False, max_events, index_query, True)
+    if not rows:
+        log.debug("event=reader_skips_gap from_time_us=%d to_time_us=%d", start, ring.floor_time_us)
+        return Batch([], ring.floor_time_us, False, True)
+    payloads: list[bytes] = []
+    sent_bytes = 0
+    position = start
+    for row in rows:
+        position = row.time_us
+        if not event_filter.matches_event(row.kind, row.did, row.collection):
+            continue
+        frame = frame_of_record(row.payload, row.seq, row.time_us)
+        if not frame or 0 < max_message_size < len(frame):
+            continue
+        payload = compress_v2(frame) if compressed else frame
+        payloads.append(payload)
+        sent_bytes += len(payload)
+        if len(payloads) >= max_events or sent_bytes >= STEP_MAX_BYTES:
+            break
+    return Batch(payloads, position, False, True)
+
+
+def _read_log_batch(start: int, ring, event_log, event_filter, compressed: bool,
+                    max_events: int, max_message_size: int, index_query=None, include_sync: bool = False) -> Batch:
+    rows = _log_rows(start, event_log, event_filter, compressed, max_events, index_query, False)
     if not rows:
         # Nothing retained between the position and the ring's floor (trimmed by TTL):
         # like v1, the stream simply resumes at the oldest event still held.
@@ -289,22 +338,30 @@ _PAUSABLE = _STEPPABLE
 
 
 class SubscriberListener(WSListener):
-    """picows callbacks for one `/subscribe` connection, and the reader that feeds it."""
+    """picows callbacks for one `/subscribe` or `subscribeEvents` connection, and the reader that feeds it."""
 
-    def __init__(self, server: SubscribeServer, options: params.SubscriberOptions) -> None:
+    def __init__(self, server: SubscribeServer, wire: wires.V1Wire | wires.V2Wire | params.SubscriberOptions) -> None:
+        if isinstance(wire, params.SubscriberOptions):
+            wire = wires.V1Wire(wire)
         self._server = server
-        self._compressed = options.compress
-        self._cursor = options.cursor
-        self._max_message_size = options.max_message_size_bytes
-        self._event_filter = _event_filter_for(options.filters)
-        self._index_query = _index_query_for(options.filters)
-        self._require_hello = options.require_hello
+        self._wire = wire
+        self._v2 = wire.frame_form == wires.V2_FORM
+        # A v2 reader renders frames from the log's records and compresses them with the v2 dictionary.
+        self._compress_v2 = server.compress_v2 if self._v2 else None
+        self._compressed = wire.compressed
+        self._cursor = wire.options.cursor if not self._v2 else None
+        self._plan = wire.plan  # where the stream starts (v1: from the time cursor; v2: seq, time or live)
+        self._max_message_size = wire.max_message_size_bytes
+        self._event_filter = wire.event_filter
+        self._index_query = (_index_query_for(wire.options.filters) if not self._v2
+                             else index_query_for(wire.request.collections, wire.request.dids))
+        self._require_hello = wire.require_hello
         self._state = ReaderState.CONNECTING
         # Cluster mode: no step runs while the cursor gate holds this reader (whatever its state)
         # until this node has applied up to the cursor (cursor_reached).
         self._awaiting_cursor = False
-        self._include_sync = options.include_sync
-        self._heartbeat_s = options.heartbeat_seconds  # 0: this client asked for none
+        self._include_sync = wire.include_sync
+        self._heartbeat_s = wire.heartbeat_seconds  # 0: this client asked for none
         self._heartbeat: HeartbeatClock | None = None
         self._heartbeat_timer: asyncio.TimerHandle | None = None
         self.heartbeats_sent = 0
@@ -328,7 +385,7 @@ class SubscriberListener(WSListener):
         self._on_ring = False  # the last step read the ring (for fell_behind; not life-cycle state)
         self.peer = ""  # host:port of the socket (client_ip may come from proxy headers)
         self._connected_at = 0.0
-        self._options = options
+        self._options = wire.options if not self._v2 else None
 
     # --- state -------------------------------------------------------------------------
 
@@ -362,13 +419,23 @@ class SubscriberListener(WSListener):
         if not self.client_ip:
             self.client_ip = peer[0] if peer else ""
         self._bucket = self._server.rate_limiters.acquire(self.client_ip)
-        self._position = Position(initial_position(self._cursor, self._server.ring.newest_time_us))
-        self._live = self._server.live.new_slot(self, self._position, transport, self._bucket, self._compressed)
+        self._position = Position(self._start_position())
+        self._live = self._server.live.new_slot(self, self._position, transport, self._bucket, self._compressed,
+                                                self._v2)
         self._live.set_options(self._event_filter, self._max_message_size, self._include_sync)
         self._enter(ReaderState.AWAITING_HELLO if self._require_hello else ReaderState.READING)
         self._server.register(self)  # after the state: it arms the hello deadline of AWAITING_HELLO
         log_subscriber_connected(self)
+        if self._v2 and self._wire.plan.first_frames:
+            self._send_frames(self._wire.plan.first_frames)  # #info OutdatedCursor, before any event
         gate = self._server.cursor_gate
+        if gate is not None and self._v2 and self._v2_cursor_ahead() is not None:
+            # As below for v1: a v2 cursor (seq or time) from a node further along is held until
+            # this node has applied as far, then resolved again.
+            self._plan = self._v2_cursor_ahead()
+            self._awaiting_cursor = True
+            gate.hold(self, self._plan.value)
+            return
         if gate is not None and self._cursor is not None and self._cursor - 1 > self._position.value:
             # Cluster mode: the client comes from a node further along. Starting live here would
             # repeat what it already has; wait until this node has applied up to its cursor.
@@ -379,6 +446,32 @@ class SubscriberListener(WSListener):
         if self._state is ReaderState.READING:
             self.wake()
 
+    def _start_position(self) -> int:
+        """The position before the first event: from v1's time cursor, or v2's plan (seq or time)."""
+        newest = self._server.ring.newest_time_us
+        if not self._v2:
+            return initial_position(self._cursor, newest)
+        plan = self._plan
+        if plan.mode == wire_v2_request.FROM_TIME:
+            return initial_position(plan.value, newest)
+        if plan.mode == wire_v2_request.FROM_SEQ:
+            time_us = self._server.time_us_of_seq(plan.value)
+            if time_us is not None:
+                return initial_position(time_us, newest)
+        return newest
+
+    def _v2_cursor_ahead(self):
+        """The v2 cursor as a plan when it lies beyond this node's newest event (cluster mode), else None."""
+        plan, text = self._plan, self._wire.request.cursor_text
+        if plan.mode == wire_v2_request.FROM_TIME:
+            return plan if plan.value - 1 > self._position.value else None
+        if plan.mode != wire_v2_request.LIVE or not text:
+            return None
+        requested = int(text)  # the request was accepted: a non-negative integer
+        if requested < wire_v2_request.CURSOR_SEQ_MAX and requested > self._server.newest_seq() + 1:
+            return wire_v2_request.CursorPlan(wire_v2_request.FROM_SEQ, requested)
+        return None  # a time cursor after now, or the next seq: live on every node
+
     def cursor_reached(self) -> None:
         """The cursor gate's answer: this node has caught up; start from the cursor as at connect."""
         if self._state is ReaderState.CLOSED or not self._awaiting_cursor:
@@ -386,7 +479,7 @@ class SubscriberListener(WSListener):
         # Move the one Position forward, never replace it: the live fan-out's slot holds this
         # object, and a slot left on a stale copy would resend (or skip) once the reader joined.
         start = self._position.value
-        if not self._advance(start, max(start, initial_position(self._cursor, self._server.ring.newest_time_us))):
+        if not self._advance(start, max(start, self._start_position())):
             return
         self._awaiting_cursor = False
         self._start_heartbeats()
@@ -400,7 +493,7 @@ class SubscriberListener(WSListener):
         self._server.count_disconnect("internal_error")
         if self._transport is None:
             self._transport = transport
-        self.close(WSCloseCode.INTERNAL_ERROR, f"{REASON_INTERNAL}: {type(exc).__name__}")
+        self._end(self._wire.internal_error(type(exc).__name__))
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self._enter(ReaderState.CLOSED)
@@ -419,6 +512,11 @@ class SubscriberListener(WSListener):
 
     def _on_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         msg_type = frame.msg_type
+        if self._v2 and msg_type in (WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION):
+            # Server-push only: any data frame ends the stream (1008, no error frame).
+            self._server.count_disconnect("bad_client_message")
+            self._end(self._wire.on_client_data(msg_type == WSMsgType.TEXT, b""))
+            return
         if msg_type == WSMsgType.TEXT:
             self._on_text(frame)
         elif msg_type == WSMsgType.CLOSE:
@@ -514,7 +612,7 @@ class SubscriberListener(WSListener):
         try:
             batch = read_next_batch(start, self._server.ring, self._server.event_log, self._event_filter,
                                     self._compressed, granted, self._max_message_size, self._index_query,
-                                    self._include_sync)
+                                    self._include_sync, self._compress_v2)
         except LogCorruption as exc:
             self._stop_at_damage(exc.describe())
             return
@@ -524,7 +622,7 @@ class SubscriberListener(WSListener):
         except Exception:
             log.exception("event=reader_failed ip=%s position=%d", self.client_ip, start)
             self._server.count_disconnect("replay_failed")
-            self.close(WSCloseCode.OK, REASON_REPLAY_FAILED)
+            self._end(self._wire.read_failed())
             return
         self._bucket.give_back(granted - len(batch.payloads))
         self._count_source(batch.from_log)
@@ -547,14 +645,14 @@ class SubscriberListener(WSListener):
         """The log cannot be read on from the position: never a skip to live. 1011 names the range."""
         self._server.count_disconnect("log_corruption")
         self._server.report_log_damage(damage)
-        self.close(WSCloseCode.INTERNAL_ERROR, corruption_close_reason(damage))
+        self._end(self._wire.log_damaged(damage))
 
     def _stop_at_gap(self, gap: dict) -> None:
         """The replay reached events `jetstream repair` dropped: the client must know its cursor did not complete."""
         log.info("event=reader_reached_gap ip=%s position=%d from_time_us=%d to_time_us=%d",
                  self.client_ip, self._position.value, gap["from_time_us"], gap["to_time_us"])
         self._server.count_disconnect("log_gap")
-        self.close(WSCloseCode.INTERNAL_ERROR, gap_close_reason(gap))
+        self._end(self._wire.log_gap(gap))
 
     def _count_source(self, from_log: bool) -> None:
         if from_log:
@@ -563,6 +661,21 @@ class SubscriberListener(WSListener):
         else:
             self._ring_steps += 1
         self._on_ring = not from_log
+
+    def _end(self, closing: wires.Closing) -> None:
+        """Tell the client why the stream ends as its wire does (v2: an error frame first), then close."""
+        if closing.frames and self._state is not ReaderState.CLOSED and self._write is not None:
+            self._send_frames(closing.frames)
+        self.close(closing.code, closing.reason)
+
+    def shut_down(self, reason: str) -> None:
+        """The server is stopping: close as the wire says (v1: 1001 with `reason`)."""
+        self._end(self._wire.shutting_down(reason))
+
+    def _send_frames(self, frames) -> None:
+        """Frames that are not events (v2's #info and error frames), compressed on a zstd connection."""
+        payloads = [self._compress_v2(frame) if self._compressed else frame for frame in frames]
+        self._write(encode_frames(payloads, self._compressed))
 
     def _send(self, payloads: list[bytes]) -> None:
         if not payloads:
@@ -629,7 +742,7 @@ class SubscriberListener(WSListener):
         """A second writer moved the position (a bug): close rather than risk a gap or a duplicate."""
         log.exception("event=position_conflict ip=%s start=%d new=%d", self.client_ip, start, new_position)
         self._server.count_disconnect("position_conflict")
-        self.close(WSCloseCode.INTERNAL_ERROR, REASON_INTERNAL)
+        self._end(self._wire.internal_error())
 
     # --- lag policy --------------------------------------------------------------------
 
@@ -662,10 +775,15 @@ class SubscriberListener(WSListener):
         log.info("event=subscriber_closed reason=%s ip=%s lag_events=%d lag_seconds=%.1f",
                  reason, self.client_ip, lag_events, lag_seconds)
         self._server.count_disconnect(reason)
-        self.close(WSCloseCode.POLICY_VIOLATION,
-                   lag_close_reason(reason, lag_events, lag_seconds, self._lag_policy.grace_s))
+        self._end(self._wire.lagging(reason, lag_events, lag_seconds, self._lag_policy.grace_s,
+                                     self._next_seq() if self._v2 else 0))
         self._abort_after_close = asyncio.get_running_loop().call_later(CLOSE_DRAIN_GRACE_S, self.abort)
         return True
+
+    def _next_seq(self) -> int:
+        """The seq of the first event after the position (v2's resume cursor), or the next to be assigned."""
+        seq = self._server.event_log.seq_at_or_after(self._position.value + 1)
+        return seq if seq is not None else self._server.newest_seq() + 1
 
     # --- lifetime ----------------------------------------------------------------------
 
@@ -738,6 +856,15 @@ def _joined(values, limit: int = LOG_FILTER_CHARS) -> str:
 
 def log_subscriber_connected(subscriber: SubscriberListener) -> None:
     """One line per connection: who, what it asked for, from where in the stream."""
+    if subscriber._v2:
+        request, plan = subscriber._wire.request, subscriber._wire.plan
+        log.info("event=subscriber_connected wire=v2 ip=%s peer=%s cursor=%s:%d position=%d zstd=%s "
+                 "max_message_size=%d kinds=%s collections=%d dids=%d wanted_collections=%s wanted_dids=%s",
+                 subscriber.client_ip, subscriber.peer, plan.mode, plan.value, subscriber.position, request.zstd,
+                 request.max_message_size_bytes, _joined(sorted(map(str, request.kinds or ()))) or "*",
+                 len(request.collections or ()), len(request.dids or ()), _joined(request.collections) or "*",
+                 _joined(request.dids) or "*")
+        return
     options = subscriber._options
     filters = options.filters
     log.info("event=subscriber_connected ip=%s peer=%s cursor=%s position=%d compress=%s require_hello=%s "

@@ -69,7 +69,11 @@ def make_events(rng: random.Random, first_time_us: int, count: int) -> list[Even
         collection = rng.choice(COLLECTIONS[:-3]) if kind == KIND_COMMIT else ""
         size = rng.choice((5, 40, 130, 300, 70_000)) if rng.random() < 0.05 else rng.randint(5, 200)
         json = b'{"t":%d,"pad":"%s"}' % (time_us, b"x" * size)
-        events.append(Event(time_us, rng.choice(DIDS[:-1]), kind, collection, json, b"Z%d" % time_us + b"z" * (size // 3)))
+        # The v2 frame (sized apart from the JSON, so v2's size cap is checked on its own) or none.
+        v2 = b"" if rng.random() < 0.1 else b'{"v2":%d,"p":"%s"}' % (time_us, b"y" * rng.randint(5, 300))
+        v2_zstd = b"V%d" % time_us + b"v" * (len(v2) // 4) if v2 else b""
+        events.append(Event(time_us, rng.choice(DIDS[:-1]), kind, collection, json, b"Z%d" % time_us + b"z" * (size // 3),
+                            0, v2, v2_zstd))
     return events
 
 
@@ -84,7 +88,13 @@ def slot_configs(rng: random.Random, count: int) -> list[dict]:
             rate=rng.choice([None, None, 50.0, 400.0]),
             start=rng.choice(["newest", "behind", "floor"]),
             include_sync=rng.random() < 0.3,
+            v2=rng.random() < 0.4,  # the v2 wire: v2 frames, every kind (sync too), the kinds axis
+            kinds=rng.choice([None, None, {KIND_COMMIT}, {KIND_ACCOUNT, KIND_SYNC}]),
         ))
+        if configs[-1]["v2"]:
+            configs[-1]["include_sync"] = True
+        else:
+            configs[-1]["kinds"] = None
     return configs
 
 
@@ -117,10 +127,11 @@ class Side:
             self.starts.append(start)
             slot = self._slot_class()(
                 self.owners[index], self.positions.Position(start), self.written[index].append, bucket,
-                config["compressed"])
-            wants_filter = config["wanted"] or config["dids"]
-            slot.set_options(self.filters.EventFilter(config["wanted"], config["dids"]) if wants_filter else None,
-                             config["max_message_size"], config["include_sync"])
+                config["compressed"], config["v2"])
+            wants_filter = config["wanted"] or config["dids"] or config["kinds"]
+            event_filter = self.filters.EventFilter(config["wanted"], config["dids"], config["kinds"])
+            slot.set_options(event_filter if wants_filter else None, config["max_message_size"],
+                             config["include_sync"])
             self.slots.append(slot)
             self.fanout.join(slot)
 
@@ -179,13 +190,18 @@ def test_each_slot_gets_its_filtered_events_in_order_without_gap_or_duplicate(tw
         opcodes = {opcode for opcode, _, _ in frames}
         assert opcodes <= {0x2 if config["compressed"] else 0x1}
         field = 5 if config["compressed"] else 4
+        size_field = field
+        if config["v2"]:
+            field, size_field = (8 if config["compressed"] else 7), 7
         got = [payload for _, _, payload in frames]
         assert len(got) == slot.sent_events
         # What the slot was owed: events after its start up to its final position, filtered longhand.
         expected = [event[field] for event in side.events
                     if side.starts[index] < event.time_us <= slot.position
                     and model_wants(config["wanted"], config["dids"], event.did, event.collection)
-                    and not (0 < config["max_message_size"] < len(event[field]))
+                    and (config["kinds"] is None or event.kind in config["kinds"])
+                    and not (config["v2"] and not event.v2)
+                    and not (0 < config["max_message_size"] < len(event[size_field]))
                     and (event.kind != KIND_SYNC or config["include_sync"])]
         assert got == expected, f"slot {index} {config}"
 

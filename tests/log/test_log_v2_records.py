@@ -97,13 +97,19 @@ def test_the_stored_record_keeps_the_archive_payload_and_the_record_cid(events):
         assert wire_v2.frame_of_record(event.v2_record, event.seq, event.time_us) == event.v2
 
 
-def test_a_record_v2_refuses_has_no_v2_frame_and_v1_is_unaffected():
-    # `n` encoded with a non-minimal head: v1's emitter accepts it, v2's (atmos) refuses it.
+def refused_record_frame() -> tuple[bytes, bytes, bytes]:
+    """(frame, record block, its CID): `n` encoded with a non-minimal head, which v1's emitter
+    accepts and v2's (atmos) refuses."""
     block = bytes.fromhex("a2616e1805") + b"\x65$type\x61x"
     cid = b"\x01\x71\x12\x20" + hashlib.sha256(block).digest()
     raw = commit_frame("did:plc:abc", "3l2", "2024-01-01T00:00:00Z",
                        [{"action": "create", "path": "app.x/1", "cid": libipld.decode_dag_cbor(
-                           b"\xd8\x2a\x58\x25\x00" + cid)}], [block])
+                           b"\xd8\x2a\x58\x25\x00" + cid)}], [block], seq=10 ** 12)
+    return raw, block, cid
+
+
+def test_a_record_v2_refuses_has_no_v2_frame_and_v1_is_unaffected():
+    raw, block, cid = refused_record_frame()
     (pending,) = decode_frame(raw).events
     (event,) = Sequencer(0, _clock()).sequence([pending], EventCompressor(None, V2_DICTIONARY))
     assert json.loads(event.json)["commit"]["record"] == {"$type": "x", "n": 5}
@@ -176,3 +182,24 @@ def test_worker_rows_carry_the_v2_frame_and_its_zstd_form(events):
     assert newest_before == 5
     assert [(e.v2, e.v2_zstd) for e in decoded] == [(e.v2, e.v2_zstd) for e in events[:20]]
     assert [e[:7] for e in decoded] == [e[:7] for e in events[:20]]
+
+
+def test_the_pipeline_counts_events_stored_without_a_v2_frame(tmp_path, corpus_frames):
+    from prometheus_client import REGISTRY
+
+    from jetstream.implementation import LiveRing
+    from jetstream.ingest.pipeline import IngestPipeline
+
+    def frameless() -> float:
+        return REGISTRY.get_sample_value("jetstream_v2_frameless_events_total") or 0.0
+
+    with EventLog(str(tmp_path / "log")) as event_log:
+        pipeline = IngestPipeline(event_log, LiveRing(1000), Sequencer(0), EventCompressor(None, V2_DICTIONARY),
+                                  lambda: None, socket_url="test")
+        before = frameless()
+        assert pipeline.process(corpus_frames[:20]) > 0
+        assert frameless() == before  # every corpus record renders on v2
+        assert pipeline.process([refused_record_frame()[0]]) == 1
+        assert frameless() == before + 1
+        (row,) = event_log.read_after(event_log.hwm() - 1, 1, False, v2=True)
+        assert wire_v2.unpack_record(row.payload).parts is None
