@@ -296,7 +296,7 @@ class Daemon:
     def archive_hold_time_us(self) -> int:
         """The TTL trim's ceiling: the first event no segment holds yet (no limit without a sealing archive).
 
-        A --cluster follower does not seal, so it does not hold (docs/fragments/i24-writer.md)."""
+        A --cluster follower does not seal, so it does not hold (docs/architecture.md §12.4)."""
         if self.sealer is None or not self.archive_may_seal():
             return 1 << 64
         return self.sealer.hold_time_us()

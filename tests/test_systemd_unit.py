@@ -96,8 +96,7 @@ def test_documentation_is_our_own_installed_beside_the_venv():
         assert link.startswith("file:/opt/jetstream/"), f"{link}: our own docs, where `make install` puts them"
         relative = link.removeprefix("file:/opt/jetstream/")
         assert relative == "README.md" or relative.startswith("docs/"), link
-        # docs/operations.md: issue 22 moves the operator sections there (the lead's fold of docs/fragments).
-        assert (REPO_ROOT / relative).exists() or relative == "docs/operations.md", link
+        assert (REPO_ROOT / relative).exists(), link
     assert "github.com" not in UNIT.read_text()
 
 

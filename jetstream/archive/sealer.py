@@ -13,7 +13,7 @@ name; a segment found at start is adopted after its checksum is verified), never
 `may_seal()` says this process must not (a --cluster follower), and never stop the daemon:
 every failure is counted, reported and retried, and the log keeps the events meanwhile.
 
-Crash argument (docs/fragments/i24-writer.md): the active segment lives only in a `.tmp` file
+Crash argument (docs/architecture.md §12.3): the active segment lives only in a `.tmp` file
 that is deleted at start; a segment is sealed exactly when its name exists in the archive
 directory (linked there after its header and footer were fsynced; the directory is fsynced
 before the tip moves); the tip is read back from the directory at start, and reading resumes
