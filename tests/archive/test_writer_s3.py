@@ -23,7 +23,15 @@ from jetstream.archive.store import ObjectStore
 from tests.archive.s3_helpers import moto_server
 from tests.archive.serve_helpers import REPO_ROOT, Serve, free_port
 from tests.archive.test_writer_daemon import sdk_tuple, wait_all_sealed
-from tests.archive.writer_helpers import SMALL, RelaySim, archive_report, log_rows, segment_paths, segment_tuple, wait_until
+from tests.archive.writer_helpers import (
+    SMALL,
+    RelaySim,
+    archive_report,
+    log_rows,
+    segment_paths,
+    segment_tuple,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -186,3 +194,30 @@ def test_unreachable_store_degrades_health_then_recovers_without_loss_or_duplica
     assert seqs == list(range(1, len(logged) + 1)), "every seq in the bucket exactly once"
     assert archived == logged
     print(f"outage: segments={len(names)} events={len(seqs)} failures_at_outage={failed_at['failures']}")
+
+
+def test_object_publish_refuses_an_existing_name_and_adoption_verifies_by_ranged_reads(s3, tmp_path):
+    from jetstream.archive import SegmentError
+    from jetstream.archive.sealer import ObjectArchiveStore, SealConflict
+    from tests.archive.archive_helpers import corpus_car_events, write_segment
+
+    url = s3.url + "/publish"
+    staging = tmp_path / "staging"
+    store = ObjectArchiveStore(url, str(staging))
+    assert store.prepare() == [] and store.published() == []
+    events = corpus_car_events()
+    staged = write_segment(staging, events, block_events=8, name="seg_0000000000.jss.tmp")
+    original = open(staged, "rb").read()
+    store.publish(staged, "seg_0000000000.jss")
+    assert not os.path.exists(staged), "the staged file goes once the upload is confirmed"
+    assert store.published() == [(0, "seg_0000000000.jss")]
+    assert store.verified_header("seg_0000000000.jss").max_seq == events[-1].seq
+
+    again = write_segment(staging, events[:3], block_events=8, name="seg_0000000000.jss.tmp")
+    with pytest.raises(SealConflict):
+        store.publish(again, "seg_0000000000.jss")
+    assert store.objects.read("seg_0000000000.jss") == original, "never replaced"
+
+    store.objects.put("seg_0000000001.jss", original[:-1] + bytes([original[-1] ^ 1]))  # footer byte flipped
+    with pytest.raises(SegmentError):
+        store.verified_header("seg_0000000001.jss")
