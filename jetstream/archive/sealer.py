@@ -242,6 +242,68 @@ class LocalArchiveStore:
         os.unlink(os.path.join(self.directory, name))
 
 
+class ObjectArchiveStore:
+    """Segments in an object store (--archive-url): staged in a local directory, published by a
+    create-only upload, so the daemon serving --archive-url serves what it sealed.
+
+    The object store is the only record of what is sealed: `published()` lists its `seg_*.jss`
+    objects, and `verified_header()` checks one with ranged reads (header, then the footer its
+    checksum covers), never downloading the blocks. A PUT is atomic (no reader sees a part), and
+    the create-only mode makes the store refuse a name that exists: a retried upload whose first
+    attempt did land, or another sealer, ends in SealConflict, never in a replaced segment. The
+    staged file is removed only after the store confirmed the upload. Objects are never deleted
+    or renamed here (store.py must not delete): a newest object that fails verification stays in
+    place (the serving manifest refuses it), and `--archive-retention` is left to the bucket's
+    lifecycle rules.
+    """
+
+    deletes = False  # retention: the bucket's lifecycle rules expire objects, not the sealer
+
+    def __init__(self, url: str, staging_directory: str, objects=None) -> None:
+        from jetstream.archive.store import ObjectStore
+        self.objects = objects or ObjectStore(url)
+        self.staging_directory = staging_directory
+        self.directory = url  # named in logs and in the archive_seal_failed problem
+
+    def prepare(self) -> list[str]:
+        return LocalArchiveStore(self.staging_directory, fsync=False).prepare()
+
+    def staging_path(self, name: str) -> str:
+        return os.path.join(self.staging_directory, name + STAGED_SUFFIX)
+
+    def published(self) -> list[tuple[int, str]]:
+        return [(obj.index, obj.name) for obj in self.objects.list_segments()]
+
+    def verified_header(self, name: str) -> Header:
+        from jetstream.archive.manifest import open_segment
+        summary, _ = open_segment(self.objects, self.objects.head(name))
+        return summary.header
+
+    def header(self, name: str) -> Header:
+        return decode_header(self.objects.read_range(name, 0, HEADER_SIZE))
+
+    def quarantine(self, name: str) -> str:
+        return "left_in_place"  # cannot be renamed atomically; the manifest refuses it; its index is never reused
+
+    def publish(self, staged_path: str, name: str) -> None:
+        from jetstream.archive.store import ObjectExists
+        try:
+            self.objects.put_file_new(name, staged_path)
+        except ObjectExists:
+            raise SealConflict(f"{name} is already published") from None
+        os.unlink(staged_path)
+
+    def delete(self, name: str) -> None:
+        raise NotImplementedError("segments in an object store expire by the bucket's lifecycle rules")
+
+
+def segment_store(settings: SealerSettings):
+    """Where the sealer publishes: the object store of --archive-url, else the archive directory."""
+    if settings.url:
+        return ObjectArchiveStore(settings.url, settings.directory)
+    return LocalArchiveStore(settings.directory, settings.fsync)
+
+
 # -- the sealer ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -253,12 +315,13 @@ class SealerSettings:
     seal_after_s: float = 3600.0
     retention_s: float = 0.0  # 0: keep every segment
     fsync: bool = True
+    url: str = ""  # --archive-url: publish there (`directory` then only stages the segment being written)
 
     @classmethod
     def from_config(cls, cfg) -> SealerSettings:
         return cls(cfg.archive_dir or os.path.join(cfg.data_dir, "archive"), cfg.archive_block_events,
                    cfg.archive_block_seconds, cfg.archive_segment_bytes, cfg.archive_seal_after,
-                   cfg.archive_retention, fsync=True)
+                   cfg.archive_retention, fsync=True, url=cfg.archive_url)
 
 
 class SealedTip(NamedTuple):
@@ -275,7 +338,7 @@ class ArchiveSealer:
                  clock_s: Callable[[], float] = time.time) -> None:
         self.event_log = event_log
         self.settings = settings
-        self.store = store or LocalArchiveStore(settings.directory, settings.fsync)
+        self.store = store or segment_store(settings)
         self.problems = problems
         self.may_seal = may_seal
         self.on_sealed = on_sealed
@@ -538,12 +601,15 @@ class ArchiveSealer:
                 "archive_seal_failed",
                 f"the archive writer cannot write to {self.store.directory}: {str(exc)[:200]}; events above "
                 f"sealed seq {self.tip.seq if self.tip else 'unknown'} stay in the log (the TTL trim keeps them)",
-                "free space or fix permissions of the archive directory (--archive-dir); sealing resumes by itself "
+                ("check that the object store of --archive-url is reachable and writable (credentials, bucket, "
+                 "endpoint)" if self.settings.url else
+                 "free space or fix permissions of the archive directory (--archive-dir)") +
+                "; sealing resumes by itself "
                 f"within {RETRY_S:g}s and the problem ends at the next sealed segment; the log grows meanwhile")
 
     def _apply_retention(self) -> None:
         """--archive-retention: delete segments wholly older than it, never the newest (it holds the tip)."""
-        if self.settings.retention_s <= 0:
+        if self.settings.retention_s <= 0 or not getattr(self.store, "deletes", True):
             return
         now = self.clock_s()
         if now - self._last_retention < RETENTION_EVERY_S:

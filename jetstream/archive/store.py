@@ -40,6 +40,10 @@ class ObjectChanged(StoreError):
     """The object is no longer the version that was listed (replaced since)."""
 
 
+class ObjectExists(StoreError):
+    """A create-only put found the name already taken (nothing was written)."""
+
+
 class StoredObject(NamedTuple):
     name: str  # the segment file name, relative to the store's root
     index: int  # its segment index (from the name)
@@ -302,6 +306,21 @@ class ObjectStore(ArchiveStore):
         except Exception as exc:  # noqa: BLE001
             raise self._wrap(name, exc) from exc
         return self.head(name)
+
+    def put_file_new(self, name: str, path: str) -> None:
+        """Upload the local file at `path` as `name` only if no object has that name (ObjectExists).
+
+        mode="create" is a conditional PUT (S3 If-None-Match: *, GCS ifGenerationMatch=0, Azure
+        If-None-Match: *): the store refuses a second writer atomically, so a retried or
+        concurrent upload can never replace a published segment. obstore does a conditional put
+        in one request (no multipart), reading the file once.
+        """
+        try:
+            self._obs.put(self._store, name, path, mode="create")
+        except Exception as exc:  # noqa: BLE001
+            if isinstance(exc, (FileExistsError, self._obs.exceptions.AlreadyExistsError)):
+                raise ObjectExists(f"{self.describe(name)} already exists") from exc
+            raise self._wrap(name, exc) from exc
 
     def presign(self, name: str, expires_s: float) -> str | None:
         if not self._signs:
