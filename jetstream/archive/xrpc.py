@@ -358,18 +358,25 @@ class ArchiveService:
             raise
         return fd, header.block_count
 
-    def _get_segment(self, request: Request, params) -> Response:
-        summary = self._segment(_string(params, "name"))
-        if summary is None:
-            return _error(HTTPStatus.NOT_FOUND, "SegmentNotFound", "segment not found")
+    def _open_or_answer(self, summary):
+        """(fd, block count) of a listed segment, or the 500 to answer when it cannot be read as listed."""
         try:
-            fd, _ = self._open_checked(summary)
+            return self._open_checked(summary)
         except FileNotFoundError:
             log.error("event=archive_segment_missing name=%s", summary.name)
             return internal_error("failed to open segment")
         except (OSError, SegmentError) as exc:
             self._refuse(summary, str(exc))
             return internal_error("failed to read segment header")
+
+    def _get_segment(self, request: Request, params) -> Response:
+        summary = self._segment(_string(params, "name"))
+        if summary is None:
+            return _error(HTTPStatus.NOT_FOUND, "SegmentNotFound", "segment not found")
+        opened = self._open_or_answer(summary)
+        if isinstance(opened, Response):
+            return opened
+        fd, _ = opened
         etag = f'"{planner.checksum_hex(summary.checksum)}"'
         return self._content(request, fd, etag, summary.mtime_ns, 0, summary.size)
 
@@ -380,14 +387,10 @@ class ArchiveService:
             raise _Param("blockIndex must be >= 0")
         if summary is None:
             return _error(HTTPStatus.NOT_FOUND, "SegmentNotFound", "segment not found")
-        try:
-            fd, block_count = self._open_checked(summary)
-        except FileNotFoundError:
-            log.error("event=archive_segment_missing name=%s", summary.name)
-            return internal_error("failed to open segment")
-        except (OSError, SegmentError) as exc:
-            self._refuse(summary, str(exc))
-            return internal_error("failed to read segment header")
+        opened = self._open_or_answer(summary)
+        if isinstance(opened, Response):
+            return opened
+        fd, block_count = opened
         if block >= block_count:
             os.close(fd)
             return _error(HTTPStatus.NOT_FOUND, "BlockNotFound", "block index out of range")

@@ -377,18 +377,7 @@ class SubscribeServer:
             self.refused_requests["invalid_options"] += 1
             log.info("event=subscribe_refused reason=%r", exc.text)
             return http.bad_request_response(params.text_to_wire(exc.text), headers)
-        if not http.is_websocket_handshake(headers):
-            self.refused_requests["not_websocket"] += 1
-            return http.handshake_error_response(headers)
-        ip = http.client_ip(headers, peer_ip, self.settings.trust_proxy_headers)
-        max_conns = self.settings.max_conns_per_ip
-        if 0 < max_conns <= self._connections_by_ip.get(ip, 0):
-            self.refused_requests["too_many_connections"] += 1
-            log.info("event=subscribe_refused reason=too_many_connections ip=%s limit=%d", ip, max_conns)
-            return http.too_many_connections_response(ip, max_conns, headers)
-        listener = SubscriberListener(self, wires.V1Wire(options))
-        listener.client_ip = ip
-        return http.upgrade_response(listener, [(INSTANCE_HEADER, self.instance_id)])
+        return self._upgrade(wires.V1Wire(options), headers, peer_ip, [])
 
     def _subscribe_events(self, raw_query: bytes, headers, peer_ip: str):
         """`GET /xrpc/network.bsky.jetstream.subscribeEvents`: the v2 wire (wires.negotiate_v2 decides)."""
@@ -409,6 +398,10 @@ class SubscribeServer:
             log.info("event=subscribe_refused wire=v2 status=%d error=%s body=%r", wire.status, wire.error,
                      wire.body[:200])
             return http.xrpc_refusal_response(wire, headers)
+        return self._upgrade(wire, headers, peer_ip, wires.upgrade_headers(wire))
+
+    def _upgrade(self, wire, headers, peer_ip: str, extra_headers: list[tuple[str, str]]):
+        """Both wires, once their own parameters passed: a websocket handshake, the per-IP cap, the 101."""
         if not http.is_websocket_handshake(headers):
             self.refused_requests["not_websocket"] += 1
             return http.handshake_error_response(headers)
@@ -416,8 +409,9 @@ class SubscribeServer:
         max_conns = self.settings.max_conns_per_ip
         if 0 < max_conns <= self._connections_by_ip.get(ip, 0):
             self.refused_requests["too_many_connections"] += 1
-            log.info("event=subscribe_refused wire=v2 reason=too_many_connections ip=%s limit=%d", ip, max_conns)
+            log.info("event=subscribe_refused%s reason=too_many_connections ip=%s limit=%d",
+                     "" if isinstance(wire, wires.V1Wire) else " wire=v2", ip, max_conns)
             return http.too_many_connections_response(ip, max_conns, headers)
         listener = SubscriberListener(self, wire)
         listener.client_ip = ip
-        return http.upgrade_response(listener, [(INSTANCE_HEADER, self.instance_id)] + wires.upgrade_headers(wire))
+        return http.upgrade_response(listener, [(INSTANCE_HEADER, self.instance_id)] + extra_headers)
