@@ -91,7 +91,7 @@ def synthetic_samples(count: int = DEFAULT_SYNTHETIC_SAMPLES, seed: int = 1, did
     from jetstream.events import render_json
     from jetstream.ingest.decode import decode_frame
     from jetstream.relaysim.synthetic import SyntheticSource
-    from jetstream.server.wire_v2 import frame_of_record
+    from jetstream.wire_v2 import frame_of_record
 
     source = SyntheticSource(seed=seed, dids=dids)
     samples: list[bytes] = []
@@ -116,7 +116,7 @@ def log_samples(data_dir: str, limit: int, wire: str = "v1") -> list[bytes]:
     stopped instance or a copy of its data directory.
     """
     from jetstream.log.store import EventLog
-    from jetstream.server.wire_v2 import frame_of_record
+    from jetstream.wire_v2 import frame_of_record
 
     samples: list[bytes] = []
     with EventLog(data_dir, create=False) as event_log:

@@ -32,7 +32,7 @@ class PendingEvent(NamedTuple):
     collection: str  # "" for identity/account/sync: they bypass collection filters (v1 d420dfe)
     json_head: bytes  # b'{"did":"did:plc:...","time_us":'
     json_tail: bytes  # b',"kind":"commit","commit":{...}}'
-    # The event's stored v2 record (jetstream/server/wire_v2.py pack_record): its v2 frame around
+    # The event's stored v2 record (jetstream/wire_v2.py pack_record): its v2 frame around
     # seq and time, and the raw archive payload. b"": none was made (tools, tests): stored as a
     # record without a frame, which v2 readers skip.
     v2_record: bytes = b""

@@ -5,7 +5,7 @@ which op is dropped and why (bad path, unknown action, missing cid or block, has
 mismatch, bad record, and given an MstReader v1's MST lookup: mst_missing_node,
 mst_bad_node, mst_not_found, mst_cid_mismatch), the path split, the exact bytes of
 each commit event (struct field order and omitempty, docs/protocol.md §4.2), and Go's RFC 3339 check
-for the frame `time`. Each event also carries its v2 record (jetstream/server/wire_v2.py): the
+for the frame `time`. Each event also carries its v2 record (jetstream/wire_v2.py): the
 `#commit` frame parts (`commit_parts`, with `record_to_json_v2` of the block and v2's CID of it)
 and the archive payload (the record block; empty for a delete). A record v2's decoder refuses
 gets a record without a frame (v2 readers skip the event; v1 is unaffected).
@@ -20,12 +20,12 @@ from __future__ import annotations
 import hashlib
 import re
 
+from jetstream import wire_v2
 from jetstream._py.car import verify_block
 from jetstream._py.mst import is_mst_key
 from jetstream._py.record_json import cid_to_string, go_json_string, record_to_json, record_to_json_v2
 from jetstream.errors import FrameError, MstError, RecordError
 from jetstream.events import KIND_COMMIT, PendingEvent
-from jetstream.server import wire_v2
 
 # Go time.Parse(time.RFC3339): fraction optional ('.' or ','), zone 'Z' or ±hh:mm.
 _RFC3339 = re.compile(

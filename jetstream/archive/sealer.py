@@ -72,7 +72,7 @@ RETENTION_EVERY_S = 60.0
 
 _OPERATION_KINDS = {b"create": KIND_CREATE, b"update": KIND_UPDATE, b"delete": KIND_DELETE}
 _OPERATION_NAMES = {"create": KIND_CREATE, "update": KIND_UPDATE, "delete": KIND_DELETE}
-_RECORD_HEAD = struct.Struct(">BIIB")  # jetstream/server/wire_v2.py: version, len(head), len(tail), len(cid)
+_RECORD_HEAD = struct.Struct(">BIIB")  # jetstream/wire_v2.py: version, len(head), len(tail), len(cid)
 _OPERATION_FIELD = b',"operation":"'
 _RKEY_FIELD = b',"rkey":'
 _REV_FIELD = b',"rev":'

@@ -9,7 +9,7 @@ timestamp becomes a (reason, detail) drop and its neighbours still come out. Onl
 frame that cannot be decoded at all, or whose fields have the wrong types (v1's
 decoder would have failed and ended the stream), raises FrameError.
 
-Each event also carries its v2 record (jetstream/server/wire_v2.py `pack_record`): the parts of
+Each event also carries its v2 record (jetstream/wire_v2.py `pack_record`): the parts of
 its Jetstream v2 frame and the raw archive payload (the relay's body, re-encoded canonically, for
 #identity/#account/#sync; the record block for commits, made in commit.py/commit.pyx).
 
@@ -35,11 +35,11 @@ from typing import NamedTuple
 
 import libipld
 
+from jetstream import wire_v2
 from jetstream.errors import CarError, FrameError
 from jetstream.events import KIND_ACCOUNT, KIND_IDENTITY, KIND_SYNC, PendingEvent
 from jetstream.implementation import MstReader, commit_events, go_json_string, is_rfc3339, read_car
 from jetstream.ingest.frames import split_frame
-from jetstream.server import wire_v2
 
 log = logging.getLogger(__name__)
 

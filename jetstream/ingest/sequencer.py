@@ -8,7 +8,7 @@ monotonic clock did the same within one process only). seq is previous + 1, star
 after the log's newest seq; unlike time_us it must have no gap in what is stored, so a
 batch that fails to store hands its seqs back (`rewind_seq`).
 Each event is rendered and compressed exactly once, here: its v1 JSON and, from the v2 record
-ingest made (jetstream/server/wire_v2.py), its v2 frame (seq and time are the frame's only parts
+ingest made (jetstream/wire_v2.py), its v2 frame (seq and time are the frame's only parts
 not known before this point).
 It must never write to the log or publish events: the pipeline does that, after
 the write batch is durable.
@@ -19,7 +19,7 @@ import time
 from typing import Callable, Protocol, Sequence
 
 from jetstream.events import Event, PendingEvent, render_json
-from jetstream.server.wire_v2 import NO_FRAME_RECORD, frame_of_record
+from jetstream.wire_v2 import NO_FRAME_RECORD, frame_of_record
 
 
 class Compressor(Protocol):

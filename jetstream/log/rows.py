@@ -20,7 +20,7 @@ inspect, repair, and the in-place upgrade of a format 1 log); the replay hot pat
 (`decode_rows`) reads format 2 only and refuses the other.
 
 Column family `events_v2` holds one row per event under the same key, with the same header and
-the event's v2 record as payload (jetstream/server/wire_v2.py: its v2 frame around seq and time,
+the event's v2 record as payload (jetstream/wire_v2.py: its v2 frame around seq and time,
 and the raw archive payload), written in the same batch since log format 2's v2 rows began.
 
 Index key layout (column family `events_index`, empty values), one key per event and
@@ -42,7 +42,7 @@ from typing import Iterable, NamedTuple
 
 import xxhash
 
-from jetstream.server.wire_v2 import NO_FRAME_RECORD
+from jetstream.wire_v2 import NO_FRAME_RECORD
 
 KEY_SIZE = 8
 MAX_TIME_US = (1 << 64) - 1
@@ -224,7 +224,7 @@ def encode_event_rows(events) -> list[tuple[bytes, bytes, bytes, bytes, bytes, b
     """Per event: (key, JSON row value, zstd row value, collection index key, did index key, v2 row value).
 
     The v2 row (column family events_v2) has the same header; its payload is the event's v2 record
-    (jetstream/server/wire_v2.py), NO_FRAME_RECORD when the event carries none.
+    (jetstream/wire_v2.py), NO_FRAME_RECORD when the event carries none.
 
     The append hot path: the layouts of encode_key, encode_header and encode_index_key,
     inlined (per-event function calls were most of the index's cost), with the few

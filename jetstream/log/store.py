@@ -77,7 +77,7 @@ CF_EVENTS_INDEX = "events_index"
 # Not required at open either: the last commit rev seen per DID (--verify-signatures' stale-rev
 # check), key = DID, value = rev. Written in the same batch as the events it let through.
 CF_DID_REVS = "did_revs"
-# Not required at open either: each event's v2 record (jetstream/server/wire_v2.py), same key and
+# Not required at open either: each event's v2 record (jetstream/wire_v2.py), same key and
 # row header as `events`, written in the same batch. A log that predates it gets it added, with
 # rows from its next event on: the v2 wire replays only what this column family holds.
 CF_EVENTS_V2 = "events_v2"

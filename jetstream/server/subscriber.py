@@ -92,7 +92,7 @@ from jetstream.implementation import EventFilter, Position, PositionConflict, en
 from jetstream.log.store import LogCorruption, LogGap, index_query_for
 from jetstream.server import params, wire_v2_request, wires
 from jetstream.server.heartbeat import HeartbeatClock, heartbeat_payload
-from jetstream.server.wire_v2 import frame_of_record
+from jetstream.wire_v2 import frame_of_record
 
 if TYPE_CHECKING:
     from jetstream.server.app import SubscribeServer

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Mapping, NamedTuple
 
+from jetstream import wire_v2
 from jetstream.events import KIND_ACCOUNT, KIND_COMMIT, KIND_IDENTITY, KIND_SYNC
-from jetstream.server import wire_v2
 from jetstream.server.params import go_query_unescape
 
 METHOD_PATH = b"/xrpc/network.bsky.jetstream.subscribeEvents"

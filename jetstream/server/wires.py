@@ -22,9 +22,10 @@ from typing import NamedTuple
 
 from picows import WSCloseCode
 
+from jetstream import wire_v2
 from jetstream.implementation import EventFilter
 from jetstream.log.damage import corruption_close_reason, gap_close_reason
-from jetstream.server import params, wire_v2, wire_v2_request
+from jetstream.server import params, wire_v2_request
 from jetstream.server.wire_v2_request import LIVE_PLAN, CursorPlan, Refusal, Retention
 
 V1_FORM, V2_FORM = "v1", "v2"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 
+from jetstream import wire_v2
 from jetstream.archive import SegmentReader, verify
 from jetstream.archive.sealer import ArchiveSealer, SealerSettings, commit_fields_from_head, segment_event
 from jetstream.compression import EventCompressor
@@ -19,7 +20,6 @@ from jetstream.ingest.pipeline import IngestPipeline
 from jetstream.ingest.sequencer import Sequencer
 from jetstream.log.store import EventLog
 from jetstream.relaysim.synthetic import SyntheticSource
-from jetstream.server import wire_v2
 
 OPERATION_KINDS = {"create": 1, "update": 2, "delete": 3}
 

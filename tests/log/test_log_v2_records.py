@@ -12,6 +12,7 @@ import libipld
 import pytest
 from rocksdict import Options, Rdict
 
+from jetstream import wire_v2
 from jetstream.cluster.wire import decode_batch, encode_batch
 from jetstream.compression import EventCompressor, decompress
 from jetstream.dictionary import active_v2_dictionary
@@ -20,7 +21,6 @@ from jetstream.implementation import cid_to_string
 from jetstream.ingest.decode import decode_frame
 from jetstream.ingest.sequencer import Sequencer
 from jetstream.log.store import CF_EVENTS_V2, EventLog
-from jetstream.server import wire_v2
 from jetstream.workers.channel import decode_rows, encode_rows
 from tests.ingest.test_ingest_helpers import commit_frame
 

@@ -1,4 +1,4 @@
-"""The v2 frame encoder (jetstream/server/wire_v2.py), without sockets.
+"""The v2 frame encoder (jetstream/wire_v2.py), without sockets.
 
 How the goldens were derived (bluesky-social/jetstream at the fetched HEAD, read, not run):
 - The message frame is encoder.go's `messageFramePrefix` + the union's AppendJSON + `}`;
@@ -32,10 +32,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from jetstream import wire_v2
 from jetstream._core.record_json import record_to_json_v2
 from jetstream.ingest.car import read_car
-from jetstream.server import wire_v2
-from jetstream.server.wire_v2 import V2Parts
+from jetstream.wire_v2 import V2Parts
 
 T0 = 1_700_000_000_000_000  # v2's encoder_test: "2023-11-14T22:13:20.000000Z"
 T0_TEXT = b"2023-11-14T22:13:20.000000Z"

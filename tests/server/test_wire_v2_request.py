@@ -12,8 +12,8 @@ import json
 
 import pytest
 
+from jetstream import wire_v2
 from jetstream.events import KIND_ACCOUNT, KIND_COMMIT, KIND_IDENTITY, KIND_SYNC
-from jetstream.server import wire_v2
 from jetstream.server.wire_v2_request import (
     FROM_SEQ,
     FROM_TIME,

@@ -9,9 +9,10 @@ import json
 
 import pytest
 
+from jetstream import wire_v2
 from jetstream.events import KIND_ACCOUNT, KIND_COMMIT, KIND_IDENTITY, KIND_SYNC
 from jetstream.log.damage import corruption_close_reason, gap_close_reason
-from jetstream.server import params, subscriber, wire_v2
+from jetstream.server import params, subscriber
 from jetstream.server.wire_v2_request import FROM_SEQ, FROM_TIME, LIVE, CursorPlan, Refusal, Retention
 from jetstream.server.wires import (
     Closing,
