@@ -167,8 +167,20 @@ def three_nats(tmp_path_factory):
 async def _r3_stream(js, name: str) -> str:
     from nats.js.api import StorageType, StreamConfig
 
-    await js.add_stream(StreamConfig(name=name, subjects=[f"{name}.batches"], storage=StorageType.FILE,
-                                     num_replicas=3))
+    from nats.js.errors import BadRequestError
+
+    config = StreamConfig(name=name, subjects=[f"{name}.batches"], storage=StorageType.FILE, num_replicas=3)
+    # The module's cluster is shared: a server an earlier test killed and restarted may still be
+    # rejoining, and until it has, an R3 stream has "no suitable peers for placement" (10005).
+    for _ in range(150):
+        try:
+            await js.add_stream(config)
+            return f"{name}.batches"
+        except BadRequestError as exc:
+            if exc.err_code != 10005:
+                raise
+            await asyncio.sleep(0.2)
+    await js.add_stream(config)
     return f"{name}.batches"
 
 
