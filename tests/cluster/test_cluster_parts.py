@@ -166,7 +166,6 @@ def three_nats(tmp_path_factory):
 
 async def _r3_stream(js, name: str) -> str:
     from nats.js.api import StorageType, StreamConfig
-
     from nats.js.errors import BadRequestError
 
     config = StreamConfig(name=name, subjects=[f"{name}.batches"], storage=StorageType.FILE, num_replicas=3)
