@@ -42,7 +42,7 @@ MAX_PREAD = 8 << 20  # one pread of a footer at most; larger footers are read in
 class _State:
     """What has been checked of one segment version."""
 
-    __slots__ = ("blocks", "starts", "header_ok", "footer_ok", "unchecked", "tiling_error")
+    __slots__ = ("blocks", "starts", "header_ok", "footer_ok", "unchecked", "left", "tiling_error")
 
     def __init__(self, blocks: list[BlockInfo], footer_offset: int) -> None:
         self.blocks = blocks
@@ -50,11 +50,12 @@ class _State:
         self.header_ok = False
         self.footer_ok = False
         self.unchecked = bytearray(b"\x01" * len(blocks))  # 1: not checked yet
+        self.left = len(blocks)
         self.tiling_error = _tiling_error(blocks, footer_offset)
 
     @property
     def complete(self) -> bool:
-        return self.header_ok and self.footer_ok and not any(self.unchecked)
+        return self.header_ok and self.footer_ok and not self.left
 
 
 class Check(NamedTuple):
@@ -131,11 +132,15 @@ class ServedBytes:
             state.header_ok = True
         for index in check.blocks:
             if state.unchecked[index]:
-                self.checked_bytes += _check_block(fd, index, state.blocks[index])
-                self.checked_blocks += 1
-                state.unchecked[index] = 0
+                checked = _check_block(fd, index, state.blocks[index])
+                with self._lock:  # two requests may check one block at once: count it once
+                    if state.unchecked[index]:
+                        state.unchecked[index] = 0
+                        state.left -= 1
+                        self.checked_blocks += 1
+                        self.checked_bytes += checked
         if check.footer:
-            self.checked_bytes += _check_footer(fd, summary)
+            _check_footer(fd, summary)
             state.footer_ok = True
 
     def retain(self, listed) -> None:
@@ -190,7 +195,7 @@ def _check_block(fd: int, index: int, info: BlockInfo) -> int:
     return len(data)
 
 
-def _check_footer(fd: int, summary) -> int:
+def _check_footer(fd: int, summary) -> None:
     """The footer under the listed header's checksum (the header itself is checked where it is served:
     an object store's cache may hold the footer without the header)."""
     footer_offset = summary.header.footer_offset
@@ -199,4 +204,3 @@ def _check_footer(fd: int, summary) -> int:
     if computed != summary.checksum:
         raise CorruptSegment(f"checksum mismatch over the footer: computed xxh3 {computed:016x}, "
                              f"listed {summary.checksum:016x}")
-    return len(footer)

@@ -50,7 +50,6 @@ from jetstream.archive.format import (
     validate_event,
 )
 
-
 CLIENT_SLICE_BYTES = 8 << 20  # atproto_jetstream's SEGMENT_CHUNK_BYTES: its getSegment Range slice
 
 
