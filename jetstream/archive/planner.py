@@ -257,13 +257,13 @@ def plan_snapshot(manifest: Manifest, req: PlanRequest, max_entries: int = DEFAU
             if probe_sets is None and summary.bloom_bits_offset:
                 probe_sets = probes_by_shape[shape] = [bloom_probes(dh, shape[1], shape[0]) for dh in did_hashes]
             footer = manifest.resident_footer(summary.index)
-            if footer is not None:
-                resident.append(summary.index)
             if footer is None:
                 if not manifest.segment_bloom_may_contain_any(summary, probe_sets):
                     continue
             elif summary.bloom_bits_offset and not _bits_hold_any(footer.segment_bloom_bits, probe_sets):
                 continue
+            else:
+                resident.append(summary.index)  # used past its segment bloom, as footer() would mark it
         whole_window = ((after_seq is None or after_seq < h.min_seq)
                         and (before_seq is None or before_seq >= h.max_seq))
         if candidate_match_all and not did_hashes and whole_window:
