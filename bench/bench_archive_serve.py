@@ -122,8 +122,8 @@ def bench_sdk_snapshot(events: int = 100_000, segments: int = 4, rounds: int = 3
     from atproto_jetstream.archive.events import to_messages
     from atproto_jetstream.archive.matcher import RowMatcher
     from atproto_jetstream.archive.segment import decode_block
-
     from bench_archive import corpus_like
+
     from jetstream.archive import SegmentReader
     from tests.archive.serve_helpers import Serve, build_archive
 

@@ -610,7 +610,8 @@ def stage_archive(table: Table, quick: bool) -> None:
     import bench_archive_writer
 
     frames = 3000 if quick else 10_000
-    for mix, source in (("corpus", bench_archive_writer.corpus_frames), ("synthetic", bench_archive_writer.synthetic_frames)):
+    mixes = (("corpus", bench_archive_writer.corpus_frames), ("synthetic", bench_archive_writer.synthetic_frames))
+    for mix, source in mixes:
         result = bench_archive_writer.measure(source(frames))
         table.add("archive", f"writer ({mix} mix): read log, blocks, seal", result["writer_eps"], "events/s",
                   result["ingest_eps"], "ingest (decode+zstd+log)", f"archive_writer_vs_ingest_{mix}",
