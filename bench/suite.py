@@ -604,27 +604,56 @@ def stage_verify(table: Table, quick: bool) -> None:
 # --- stage: archive (issue 24: v2's archive endpoints) ------------------------------------------------
 
 def stage_archive(table: Table, quick: bool) -> None:
-    """bench/bench_archive_serve.py: getSegment from a real `jetstream serve` vs a raw read; planSnapshot."""
+    """Issue 24's archive: the writer vs ingest and bytes/event (bench_archive_writer.py); getSegment vs a
+    raw read and vs a bare sendfile server, planSnapshot latency, the SDK's snapshot() (bench_archive_serve.py)."""
     import bench_archive_serve
+    import bench_archive_writer
 
+    frames = 3000 if quick else 10_000
+    mixes = (("corpus", bench_archive_writer.corpus_frames), ("synthetic", bench_archive_writer.synthetic_frames))
+    for mix, source in mixes:
+        result = bench_archive_writer.measure(source(frames))
+        table.add("archive", f"writer ({mix} mix): read log, blocks, seal", result["writer_eps"], "events/s",
+                  result["ingest_eps"], "ingest (decode+zstd+log)", f"archive_writer_vs_ingest_{mix}",
+                  target="≥ 3× ingest (corpus)" if mix == "corpus" else "")
+        table.add("archive", f"segment bytes/event ({mix} mix)", result["segment_bytes_per_event"], "bytes",
+                  result["zstd_column_bytes_per_event"], "log events_zstd column", f"archive_bytes_vs_zstd_{mix}",
+                  higher_is_better=False)
     result = bench_archive_serve.bench_get_segment(size_mib=32 if quick else 64, rounds=4 if quick else 8)
-    raw, ours, streamed = result["raw"], result["sendfile"], result["streamed"]
+    raw, ours, streamed, ideal = result["raw"], result["sendfile"], result["streamed"], result["ideal"]
     table.add("archive", "getSegment, 8 MiB Range slices (sendfile), wall", ours["wall_mib_s"], "MiB/s",
-              raw["wall_mib_s"], "raw 8 MiB preads", "archive_get_segment_vs_raw", target="≥ 0.8× raw read")
+              raw["wall_mib_s"], "raw 8 MiB reads", "archive_get_segment_vs_raw", target="≥ 0.8× raw read")
+    table.add("archive", "getSegment (sendfile), wall", ours["wall_mib_s"], "MiB/s", ideal["wall_mib_s"],
+              "bare sendfile server", "archive_get_segment_vs_loopback", target="the loopback's ceiling")
     table.add("archive", "getSegment (sendfile), per server CPU-second", ours["mib_per_cpu_s"], "MiB/CPU-s",
-              raw["mib_per_cpu_s"], "raw 8 MiB preads", "archive_get_segment_cpu_vs_raw")
+              raw["mib_per_cpu_s"], "raw 8 MiB reads", "archive_get_segment_cpu_vs_raw")
     table.add("archive", "getSegment streamed (--archive-send-threads 0), wall", streamed["wall_mib_s"], "MiB/s",
-              raw["wall_mib_s"], "raw 8 MiB preads")
+              raw["wall_mib_s"], "raw 8 MiB reads")
     table.add("archive", "getSegment, sendfile vs streamed, per server CPU-s", ours["mib_per_cpu_s"], "MiB/CPU-s",
               streamed["mib_per_cpu_s"], "streamed", "archive_sendfile_cpu_gain")
+    table.add("archive", "getSegment (sendfile), curl -o /dev/null, wall", result["curl"]["wall_mib_s"], "MiB/s",
+              result["cat"]["wall_mib_s"], "cat FILE > /dev/null")
     segments = 200 if quick else 1000
     plans = bench_archive_serve.bench_planner(segments, 50 if quick else 200)
     for key, label in (("warm_rare", "1 DID in 2% of segments, warm footers"),
                        ("cold_rare", "1 DID in 2% of segments, cold footers"),
-                       ("warm_everywhere", "1 DID in every segment, warm footers")):
-        p50, p99, _ = plans[key]
-        table.add("archive", f"planSnapshot p50, {label}, {segments:,} segments", p50, "ms")
-        table.add("archive", f"planSnapshot p99, {label}", p99, "ms")
+                       ("warm_everywhere", "1 DID in every segment, warm footers"),
+                       ("cold_everywhere", "1 DID in every segment, cold footers")):
+        p50, p99, _, cpu_p50, cpu_p99 = plans[key]
+        table.add("archive", f"planSnapshot+JSON p50 wall, {label}, {segments:,} segments", p50, "ms")
+        table.add("archive", f"planSnapshot+JSON p99 wall, {label}", p99, "ms")
+        # The gate is the plan's own CPU time: wall p99 on a shared 2-core machine is mostly other work.
+        gated = key.startswith("warm")  # cold (--archive-footer-cache-bytes 0) is reported, not gated
+        table.add("archive", f"planSnapshot+JSON p99 CPU, {label}", cpu_p99, "ms",
+                  PLAN_P99_BUDGET_MS if gated else None, f"{PLAN_P99_BUDGET_MS:.0f} ms budget",
+                  f"archive_plan_p99_{key}" if gated else "", target="p99 < 50 ms", higher_is_better=False)
+    sdk = bench_archive_serve.bench_sdk_snapshot(events=20_000 if quick else 100_000, rounds=2 if quick else 3)
+    table.add("archive", "SDK snapshot() against us", sdk["sdk_snapshot_eps"], "events/s", sdk["sdk_local_eps"],
+              "the SDK's decoder on the files", "archive_sdk_snapshot_vs_local")
+    table.add("archive", "our SegmentReader over the same segments", sdk["our_reader_eps"], "events/s")
+
+
+PLAN_P99_BUDGET_MS = 50.0  # issue 24: planSnapshot for one DID over 1,000 segments, p99 < 50 ms (an absolute)
 
 
 # --- gate and main -------------------------------------------------------------------------------------
@@ -634,7 +663,7 @@ STAGES = {"ingest": stage_ingest, "filter": stage_filter, "fanout": stage_fanout
           "verify": stage_verify, "live": stage_live}
 # --workers 1 vs 2 (bench_workers.py): daemon process trees, CPU per delivered event, shares, latency.
 STAGES["workers"] = bench_workers.stage_workers
-STAGES["archive"] = stage_archive  # issue 24: getSegment vs a raw read, planSnapshot latency
+STAGES["archive"] = stage_archive  # issue 24: writer vs ingest, bytes/event, getSegment, planSnapshot, SDK
 
 
 def check(results: dict, thresholds: dict) -> list[str]:

@@ -119,12 +119,14 @@ def byte_mask(indices, count: int) -> int:
     return int.from_bytes(marks, "little")
 
 
+_RUNS = re.compile(rb"\x01+")
+
+
 def mask_ranges(mask: int, count: int) -> list[tuple[int, int]]:
     """The (first, last) runs of set blocks in a byte mask, ascending (v2's coalesceBlocks)."""
     if not mask:
         return []
-    data = mask.to_bytes(count, "little")
-    return [(m.start(), m.end() - 1) for m in re.finditer(rb"\x01+", data)]
+    return [(m.start(), m.end() - 1) for m in _RUNS.finditer(mask.to_bytes(count, "little"))]
 
 
 def mask_count(mask: int, count: int) -> int:
@@ -261,6 +263,19 @@ class Manifest:
     def cached_footer(self, index: int) -> Footer | None:
         with self._lock:
             return self._cache.get(index)
+
+    def resident_footer(self, index: int) -> Footer | None:
+        """The cached footer or None, never reading the store; the caller marks what it used with
+        `touch` (one lock for a whole plan instead of one per segment). A lone dict lookup needs no lock."""
+        return self._cache.get(index)
+
+    def touch(self, indices) -> None:
+        """Mark these cached footers as just used (least-recently-used order), skipping evicted ones."""
+        with self._lock:
+            move = self._cache.move_to_end
+            for index in indices:
+                if index in self._cache:
+                    move(index)
 
     def _put_footer(self, index: int, footer: Footer) -> None:
         with self._lock:
@@ -535,6 +550,32 @@ def block_bloom_mask(footer: Footer, did_hash: int) -> int:
         acc &= int.from_bytes(column.translate(_BIT_TABLES[bit]), "little")
         if not acc:
             return 0
+    return acc
+
+
+def block_bloom_columns(did_hash: int, shape: tuple[int, int]) -> tuple[tuple[int, bytes], ...]:
+    """(column start in a per-block bloom, translate table of the probed bit) for each bit gloom tests
+    for this hash in blooms of `shape` (k, num_blocks): computed once per plan and shape, not per footer."""
+    k, num_blocks = shape
+    return tuple((gloom.HEADER_SIZE + byte, _BIT_TABLES[bit]) for byte, bit in bloom_probes(did_hash, num_blocks, k))
+
+
+def block_mask_of_columns(footer: Footer, columns: tuple[tuple[int, bytes], ...], within: int = -1) -> int:
+    """block_bloom_mask, restricted to the byte mask `within`, for a footer whose blooms have the shape
+    `columns` was made for (block_bloom_columns). Once a single block is left its remaining bits are
+    tested in place: a column pass costs the same for one block as for all of them."""
+    region, size = footer.block_blooms, footer.block_bloom_size
+    acc = within
+    for n, (start, table) in enumerate(columns):
+        acc &= int.from_bytes(region[start::size].translate(table), "little")
+        if not acc:
+            return 0
+        if acc.bit_count() == 1:
+            base = ((acc.bit_length() - 1) >> 3) * size
+            for rest, rest_table in columns[n + 1:]:
+                if not rest_table[region[base + rest]]:
+                    return 0
+            return acc
     return acc
 
 
