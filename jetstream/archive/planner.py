@@ -280,6 +280,22 @@ def plan_snapshot(manifest: Manifest, req: PlanRequest, max_entries: int = DEFAU
     return Plan(planned_through, tip, out, examined, matched, blocks_matched, entries)
 
 
+def matching_blocks(manifest: Manifest, summary, req: PlanRequest, did_hashes: list[int]):
+    """(footer, byte mask of the blocks of one listed segment that may hold an event `req` wants), by the
+    same tests plan_snapshot makes (segment bloom, seq window, collection index, per-block blooms);
+    (None, 0) when the segment bloom excludes every DID. `did_hashes` = [key_hash(did) for did in req.dids].
+    For a reader walking the archive block by block (server/history.py); reads the footer (I/O)."""
+    if did_hashes and summary.bloom_bits_offset:
+        probes = [bloom_probes(dh, summary.bloom_blocks, summary.bloom_k) for dh in did_hashes]
+        if not manifest.segment_bloom_may_contain_any(summary, probes):
+            return None, 0
+    collection_match_all = not req.collections and not req.prefixes
+    footer = manifest.footer(summary)
+    selected = _select_blocks(footer, req, did_hashes, collection_match_all,
+                              req.kinds == 0 and collection_match_all, frozenset(req.collections))
+    return footer, selected
+
+
 def _select_blocks(footer, req: PlanRequest, did_hashes: list[int], collection_match_all: bool,
                    candidate_match_all: bool, wanted: frozenset[str]) -> int:
     """Byte mask of the blocks v2's selectPlanBlocks keeps: seq window, collection candidates, DID blooms."""
