@@ -29,7 +29,7 @@ V2_PATH = "/xrpc/network.bsky.jetstream.subscribeEvents"
 
 
 class HistoryStack:
-    def __init__(self, tmp_path, *, ring_capacity: int = 64, block_events: int = 32, segment_bytes: int = 24_000,
+    def __init__(self, tmp_path, *, ring_capacity: int = 64, block_events: int = 32, segment_bytes: int = 6_000,
                  **settings) -> None:
         self.tmp_path = tmp_path
         self.event_log = EventLog(str(tmp_path / "log"))
@@ -97,5 +97,11 @@ class HistoryStack:
         self.event_log.close()
 
 
+def v2_event(frame: bytes) -> dict:
+    """A v2 event frame's payload (kind = its $type's fragment)."""
+    payload = json.loads(frame)["payload"]
+    return dict(payload, kind=payload["$type"].rsplit("#", 1)[1])
+
+
 def v2_seqs(payloads: list[bytes]) -> list[int]:
-    return [json.loads(p)["seq"] for p in payloads]
+    return [v2_event(p)["seq"] for p in payloads]
