@@ -25,6 +25,22 @@ and the single reader of docs/architecture.md §4. A newcomer can follow it as:
    window and no dedupe guard: every event is read exactly once, in time_us order, by
    the one reader that owns the position (the races and cutover drops of v1 issues 42,
    43, 27 and 31, docs/protocol.md §9, have no place to happen).
+   Below the log (issue 24, server/history.py, docs/architecture.md §4.9) a third source:
+   sealed segments. The seams archive -> log -> ring are decided by seq, never by an
+   "oldest retained" read at one moment (the TTL trim may run between any two reads). The
+   reader knows the seq of the event at its position (`_seam`: from its last log or archive
+   step, or a v2 seq cursor), else asks the log for the last event at or before it (none:
+   the log cannot vouch, read the archive). It reads the log, then checks that the log's
+   first row after the position still carries the next seq: the trim only removes rows
+   from the bottom and appends only add above the newest, so a row still there after the
+   read was there, with everything above it, when the read ran. Otherwise the rows are
+   dropped and the archive is read from the same position; it holds every event the trim
+   removed, because the trim never drops an unsealed one. If the log lacks the next seq
+   and the listed segments end before the position, a segment was sealed since the last
+   listing or the seqs jump (--cluster): a listing that begins after the reader first saw
+   that next seq decides (a trimmed event was published before its trim), and only then,
+   with no segment refused, does the reader take the jump. An archive read runs in a
+   thread (ARCHIVE_READ); its one decoded block is kept and served step by step.
 
 4. Waiting. A step ends the reader's turn when (a) nothing follows the position: the
    reader parks in the server's waiting set and `notify_new_events` wakes it; (b) the
@@ -74,8 +90,9 @@ and the single reader of docs/architecture.md §4. A newcomer can follow it as:
    the one rendered from the log's v2 record), what a client frame means and how each stop is
    told (v2: an error frame, then the close). v1's bytes are exactly what they were.
 
-It must never queue events per subscriber, block the loop on a socket, deliver an event
-whose time_us is not above the position, or let anything but the reader move the position.
+It must never queue events per subscriber, block the loop on a socket or a segment read,
+deliver an event whose time_us is not above the position, read the log where it may not hold
+every event after the position, or let anything but the reader move the position.
 """
 from __future__ import annotations
 

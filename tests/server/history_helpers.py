@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+from jetstream.archive.sealer import ArchiveSealer, SealerSettings
 from jetstream.archive.xrpc import ArchiveService, ArchiveSettings
 from jetstream.compression import EventCompressor
 from jetstream.dictionary import active_dictionary, active_v2_dictionary
@@ -21,7 +22,6 @@ from jetstream.log.store import EventLog
 from jetstream.relaysim.synthetic import SyntheticSource
 from jetstream.server.app import SubscribeServer
 from jetstream.server.settings import ServerSettings
-from jetstream.archive.sealer import ArchiveSealer, SealerSettings
 from tests.archive.test_sealer import seal_all
 from tests.wsclient import connect
 
