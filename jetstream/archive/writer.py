@@ -11,7 +11,12 @@ and never hold events it has not been given.
 The output is what v2's writer produces from the same events and the same block cuts: the same
 header fields, the same decompressed block bodies and the same footer, except that compressed
 bytes may differ between zstd implementations (so do the offsets and the checksum that follow
-from them).
+from them). One deliberate difference: a segment never ends at an exact multiple of
+`CLIENT_SLICE_BYTES` (8 MiB): the atproto SDK reads getSegment in 8 MiB Range slices and stops at
+the first short one, so on such a size its next request starts at EOF, gets the 416 HTTP says
+(v2 answers the same) and fails. When the footer would end there, the segment DID bloom gets one
+more 64-byte filter block (a valid gloom filter of the same DIDs, a little sparser): 64 bytes more,
+read by every reader as any other bloom size.
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from jetstream.archive import bloom
-from jetstream.archive.bloom import key_hash
+from jetstream.archive.bloom import Bloom, key_hash
 from jetstream.archive.format import (
     DEFAULT_BLOCK_EVENTS,
     MAX_BLOCK_EVENTS,
@@ -44,6 +49,8 @@ from jetstream.archive.format import (
     new_compressor,
     validate_event,
 )
+
+CLIENT_SLICE_BYTES = 8 << 20  # atproto_jetstream's SEGMENT_CHUNK_BYTES: its getSegment Range slice
 
 
 @dataclass(frozen=True)
@@ -290,7 +297,8 @@ class SegmentWriter:
     def _build_footer(self) -> tuple[bytes, Header]:
         """Block index | segment DID bloom | per-block DID blooms | collection index (v2 seal.go)."""
         block_index = encode_block_index(self._blocks)
-        segment_bloom = bloom.build_from_hashes(self._segment_dids.values()).marshal()
+        segment_bloom_filter = bloom.build_from_hashes(self._segment_dids.values())
+        segment_bloom = segment_bloom_filter.marshal()
         # Every per-block bloom is sized for the largest block's distinct DIDs (at least 1), so
         # they share one size and the reader finds block i's by multiplication.
         capacity = max([1] + [len(d) for d in self._block_dids_list])
@@ -300,6 +308,9 @@ class SegmentWriter:
         collection_index = encode_collection_index(
             CollectionIndex(names, self._collection_counts, self._block_collection_ids), self._compressor)
         footer_offset = self._offset
+        size = footer_offset + len(block_index) + len(segment_bloom) + len(block_blooms) + len(collection_index)
+        if size % CLIENT_SLICE_BYTES == 0:
+            segment_bloom = _one_block_larger(segment_bloom_filter, self._segment_dids.values()).marshal()
         did_bloom_offset = footer_offset + len(block_index)
         block_did_bloom_offset = did_bloom_offset + len(segment_bloom)
         collection_index_offset = block_did_bloom_offset + len(block_blooms)
@@ -313,6 +324,13 @@ class SegmentWriter:
             block_did_bloom_offset=block_did_bloom_offset, collection_index_offset=collection_index_offset,
             block_index_offset=footer_offset, checksum=0)
         return block_index + segment_bloom + block_blooms + collection_index, header
+
+
+def _one_block_larger(filter_: Bloom, hashes) -> Bloom:
+    """The same keys in a filter of one more 64-byte block (same k): its marshalled form is 64 bytes longer."""
+    larger = Bloom(filter_.num_blocks + 1, filter_.k)
+    larger.add_hashes(hashes)
+    return larger
 
 
 def _fsync_dir(path: str) -> None:

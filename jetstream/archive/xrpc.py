@@ -14,9 +14,12 @@ BlockNotFound), ETag = the quoted 16-hex xxh3 checksum (getBlock: `"<hex>:<block
 `Cache-Control: public, no-cache`, and Go's ServeContent rules (http_content.py).
 It must never touch a socket (server/front.py writes the answer), never read a whole segment
 into memory (a FileRange is streamed), and never serve a file that no longer matches what was
-verified when it was listed: each download re-reads the header from the descriptor it serves
-(from a directory), or fetches with If-Match on the listed version and checks the header (from an
-object store).
+verified when it was listed: each download re-reads the header and the version (size, mtime) from
+the descriptor it serves (from a directory), or fetches with If-Match on the listed version and
+checks the header (from an object store); and never send a byte that integrity.py has not checked
+for that version (blocks by their zstd checksums, the footer by the header's). A segment found
+damaged is refused (logged once, `archive_segment_corrupt`, unlisted so no plan names it) and its
+downloads answer 500, never the bytes.
 """
 from __future__ import annotations
 
@@ -43,6 +46,7 @@ from jetstream.archive.format import (
     segment_name,
 )
 from jetstream.archive.http_content import TEXT_PLAIN, serve_content
+from jetstream.archive.integrity import ServedBytes
 from jetstream.archive.manifest import Manifest, SegmentSummary
 from jetstream.archive.store import ObjectChanged, StoreError, open_store
 from jetstream.server.http import cors_headers, split_target
@@ -70,6 +74,10 @@ UNREACHABLE_ACTION = ("check the store's URL, credentials (AWS_*/GOOGLE_*/AZURE_
 REDIRECT_PRESIGN = "presign"
 CORRUPT_ACTION = ("move the file out of the archive directory and restore a good copy (`jetstream archive verify` "
                   "names the damage); clients are never served it")
+
+
+class _Changed(Exception):
+    """The file is no longer the version that was listed (its size or mtime moved)."""
 
 
 class FileRange(NamedTuple):
@@ -184,6 +192,8 @@ class ArchiveService:
         self.remote = self.store.local_path("seg_0000000000.jss") is None
         self.cache = SegmentCache(self.store, settings.cache_dir, settings.cache_bytes, settings.cache_chunk_bytes) \
             if self.remote else None
+        self.integrity = ServedBytes()
+        self._rescanning: set[str] = set()  # names unlisted because they changed, until the next scan
         self._key_digest = sha256(settings.api_key.encode()).digest() if settings.api_key else None
         self._rescan = asyncio.Event()
         self.requests: dict[str, int] = {}
@@ -197,11 +207,13 @@ class ArchiveService:
     async def run(self) -> None:
         """Scan now (in a thread: it verifies every new file), then whenever told to and every few seconds."""
         while True:
+            rescanning = set(self._rescanning)
             try:
                 scan = await asyncio.to_thread(self.manifest.scan)
             except StoreError as exc:
                 self._store_unreachable(f"listing {self.settings.directory} failed: {exc}")
             else:
+                self._rescanning -= rescanning  # those changed before this scan began: it saw them
                 self._apply_scan(scan)
             self._rescan.clear()
             try:
@@ -218,6 +230,7 @@ class ArchiveService:
             log.info("event=archive_segment_listed name=%s", name)
         for name in scan.removed:
             log.info("event=archive_segment_gone name=%s", name)
+        self.integrity.retain((s.name, s.version) for s in self.manifest.segments)
         self._report_corrupt()
         if scan.unreadable:
             self._store_unreachable(f"{len(scan.unreadable)} segment(s) could not be read: "
@@ -296,11 +309,11 @@ class ArchiveService:
             if request.path == GET_SEGMENT:
                 if self.remote:
                     return await self._get_remote_segment(request, params)
-                return self._get_segment(request, params)
+                return await self._get_segment(request, params)
             if request.path == GET_BLOCK:
                 if self.remote:
                     return await self._get_remote_block(request, params)
-                return self._get_block(request, params)
+                return await self._get_block(request, params)
             return self._list_segments(params)
         except _Param as exc:
             return invalid_request(exc.message)
@@ -345,14 +358,56 @@ class ArchiveService:
             raise _Param("malformed segment name")
         return self.manifest.get(index)
 
+    def _not_listed(self, name: str) -> Response:
+        """404 for a name the store does not hold; 500 for one it holds that failed verification (a
+        server fault, not an absence: a CDN must not cache it as gone, and a client must not read it)."""
+        if name in self.manifest.corrupt or name in self._rescanning:
+            return internal_error("segment failed verification")
+        return _error(HTTPStatus.NOT_FOUND, "SegmentNotFound", "segment not found")
+
+    def _changed(self, summary: SegmentSummary, detail: str) -> Response:
+        """The object is no longer the version that was listed: unlisted until a rescan verifies what is there."""
+        log.warning("event=archive_segment_changed name=%s detail=%r", summary.name, detail[:300])
+        # Unlisted until the rescan (requested now) verifies what is there now and lists it, or refuses
+        # and reports it; meanwhile its name answers 500, not 404.
+        self.manifest.forget(summary)
+        self._rescanning.add(summary.name)
+        self.segment_sealed()
+        return internal_error("failed to read segment")
+
+    async def _footer_blocks(self, summary: SegmentSummary):
+        footer = self.manifest.cached_footer(summary.index)
+        if footer is None:
+            footer = await asyncio.to_thread(self.manifest.footer, summary)
+        return footer.blocks
+
+    async def _check_served(self, summary: SegmentSummary, fd: int, offset: int, length: int) -> Response | None:
+        """None when [offset, offset + length) of fd may be sent (checked now or before, integrity.py);
+        else the 500 to answer, the segment refused (reported, unlisted, never served)."""
+        if self.integrity.complete(summary):
+            return None
+        try:
+            check = self.integrity.plan(summary, await self._footer_blocks(summary), offset, length)
+            if check is not None:
+                await asyncio.to_thread(self.integrity.run, check, fd, summary)
+        except (OSError, SegmentError) as exc:
+            self._refuse(summary, str(exc))
+            return internal_error("segment failed verification")
+        except StoreError as exc:
+            self._store_unreachable(f"reading {summary.name}'s footer failed: {exc}")
+            return internal_error("failed to read segment")
+        return None
+
     def _open_checked(self, summary: SegmentSummary) -> tuple[int, int]:
         """(fd, block_count) of the listed file, its header re-read from that fd and equal to the listed one."""
         fd = os.open(summary.path, os.O_RDONLY)
         try:
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            if f"{st.st_size}:{st.st_mtime_ns}" != summary.version:
+                raise _Changed(f"size {st.st_size}, mtime_ns {st.st_mtime_ns}; listed as {summary.version}")
             header = decode_header(os.pread(fd, HEADER_SIZE, 0))
-            if size != summary.size or header != summary.header:
-                raise SegmentError(f"file changed since it was verified (size {size}, was {summary.size})")
+            if header != summary.header:
+                raise SegmentError("header changed since it was verified")
         except BaseException:
             os.close(fd)
             raise
@@ -365,28 +420,32 @@ class ArchiveService:
         except FileNotFoundError:
             log.error("event=archive_segment_missing name=%s", summary.name)
             return internal_error("failed to open segment")
+        except _Changed as exc:
+            return self._changed(summary, str(exc))
         except (OSError, SegmentError) as exc:
             self._refuse(summary, str(exc))
             return internal_error("failed to read segment header")
 
-    def _get_segment(self, request: Request, params) -> Response:
-        summary = self._segment(_string(params, "name"))
+    async def _get_segment(self, request: Request, params) -> Response:
+        name = _string(params, "name")
+        summary = self._segment(name)
         if summary is None:
-            return _error(HTTPStatus.NOT_FOUND, "SegmentNotFound", "segment not found")
+            return self._not_listed(name)
         opened = self._open_or_answer(summary)
         if isinstance(opened, Response):
             return opened
         fd, _ = opened
         etag = f'"{planner.checksum_hex(summary.checksum)}"'
-        return self._content(request, fd, etag, summary.mtime_ns, 0, summary.size)
+        return await self._content(request, summary, fd, etag, 0, summary.size)
 
-    def _get_block(self, request: Request, params) -> Response:
-        summary = self._segment(_string(params, "segment"))
+    async def _get_block(self, request: Request, params) -> Response:
+        name = _string(params, "segment")
+        summary = self._segment(name)
         block = _int64(params, "blockIndex")
         if block < 0:
             raise _Param("blockIndex must be >= 0")
         if summary is None:
-            return _error(HTTPStatus.NOT_FOUND, "SegmentNotFound", "segment not found")
+            return self._not_listed(name)
         opened = self._open_or_answer(summary)
         if isinstance(opened, Response):
             return opened
@@ -405,12 +464,14 @@ class ArchiveService:
             self._refuse(summary, str(exc))
             return internal_error("failed to read block")
         etag = f'"{planner.checksum_hex(summary.checksum)}:{block}"'
-        return self._content(request, fd, etag, summary.mtime_ns, info.offset + FRAME_PREFIX_SIZE,
-                             info.compressed_size)
+        return await self._content(request, summary, fd, etag, info.offset + FRAME_PREFIX_SIZE,
+                                   info.compressed_size)
 
-    def _content(self, request: Request, fd: int, etag: str, mtime_ns: int, base: int, size: int) -> Response:
-        """Go ServeContent over [base, base + size) of fd (closed here unless handed on in a FileRange)."""
-        served = serve_content(request.method, request.headers, etag, mtime_ns, size)
+    async def _content(self, request: Request, summary: SegmentSummary, fd: int, etag: str, base: int,
+                       size: int) -> Response:
+        """Go ServeContent over [base, base + size) of fd (closed here unless handed on in a FileRange);
+        the bytes to send are checked first (once per segment version)."""
+        served = serve_content(request.method, request.headers, etag, summary.mtime_ns, size)
         headers = [("Content-Type", OCTET_STREAM), ("ETag", etag), ("Cache-Control", CACHE_CONTROL)]
         headers = [(k, v) for k, v in headers if k not in served.drop_headers] + served.headers
         if served.status == 416:
@@ -420,24 +481,30 @@ class ArchiveService:
         if served.status in (304, 412) or served.length == 0:
             os.close(fd)
             return Response(served.status, headers, b"")
+        refusal = await self._check_served(summary, fd, base + served.offset, served.length)
+        if refusal is not None:
+            os.close(fd)
+            return refusal
         return Response(served.status, headers, FileRange(fd, base + served.offset, served.length))
 
     # -- downloads from an object store ----------------------------------------------------------
 
     async def _get_remote_segment(self, request: Request, params) -> Response:
-        summary = self._segment(_string(params, "name"))
+        name = _string(params, "name")
+        summary = self._segment(name)
         if summary is None:
-            return _error(HTTPStatus.NOT_FOUND, "SegmentNotFound", "segment not found")
+            return self._not_listed(name)
         etag = f'"{planner.checksum_hex(summary.checksum)}"'
         return await self._remote_content(request, summary, etag, 0, summary.size, redirect=True)
 
     async def _get_remote_block(self, request: Request, params) -> Response:
-        summary = self._segment(_string(params, "segment"))
+        name = _string(params, "segment")
+        summary = self._segment(name)
         block = _int64(params, "blockIndex")
         if block < 0:
             raise _Param("blockIndex must be >= 0")
         if summary is None:
-            return _error(HTTPStatus.NOT_FOUND, "SegmentNotFound", "segment not found")
+            return self._not_listed(name)
         if block >= summary.header.block_count:
             return _error(HTTPStatus.NOT_FOUND, "BlockNotFound", "block index out of range")
         try:
@@ -470,22 +537,32 @@ class ArchiveService:
             location = self._redirect_url(summary)
             if location is not None:
                 return Response(HTTPStatus.TEMPORARY_REDIRECT, [("Location", location), ("Cache-Control", "no-store")])
+        offset, length = base + served.offset, served.length
         try:
-            fd = await self.cache.open_range(summary.name, summary.version, summary.size, base + served.offset,
-                                             served.length, summary.header)
+            check = None
+            if not self.integrity.complete(summary):
+                check = self.integrity.plan(summary, await self._footer_blocks(summary), offset, length)
+            # the span the check reads is fetched with the range (whole blocks, the whole footer)
+            start = offset if check is None else min(offset, check.start)
+            stop = offset + length if check is None else max(offset + length, check.end)
+            fd = await self.cache.open_range(summary.name, summary.version, summary.size, start, stop - start,
+                                             summary.header)
+            if check is not None:
+                try:
+                    await asyncio.to_thread(self.integrity.run, check, fd, summary)
+                except BaseException:
+                    os.close(fd)
+                    raise
         except ObjectChanged as exc:
-            log.error("event=archive_segment_replaced name=%s error=%r", summary.name, str(exc)[:300])
-            self.manifest.forget(summary)
-            self.segment_sealed()  # rescan now: what is there now is verified, then listed or refused
-            return internal_error("failed to read segment")
+            return self._changed(summary, str(exc))
         except SegmentError as exc:
             self._refuse(summary, str(exc))
-            return internal_error("failed to read segment")
+            return internal_error("segment failed verification")
         except StoreError as exc:
             log.error("event=archive_store_read_failed name=%s error=%r", summary.name, str(exc)[:300])
             self._store_unreachable(f"reading {summary.name} failed: {exc}")
             return internal_error("failed to read segment")
-        return Response(served.status, headers, FileRange(fd, base + served.offset, served.length))
+        return Response(served.status, headers, FileRange(fd, offset, length))
 
     def _redirect_url(self, summary: SegmentSummary) -> str | None:
         if self.settings.redirect == REDIRECT_PRESIGN:

@@ -194,8 +194,9 @@ def test_a_corrupt_segment_is_detected_reported_and_never_served(tmp_path):
         assert "archive_segment_corrupt" in kinds
         problem = next(p for p in health["problems"] if p["kind"] == "archive_segment_corrupt")
         assert "seg_0000000001.jss" in problem["detail"] and "checksum" in problem["detail"]
-        assert server.get(SEG + "seg_0000000001.jss")[0] == 404
-        assert server.get(f"{BLOCK}?segment=seg_0000000001.jss&blockIndex=0")[0] == 404
+        assert server.get(SEG + "seg_0000000001.jss")[0] == 500  # held but refused: a fault, not an absence
+        assert server.get(f"{BLOCK}?segment=seg_0000000001.jss&blockIndex=0")[0] == 500
+        assert server.get(SEG + "seg_0000000009.jss")[0] == 404
         listed = json.loads(server.get(LIST)[2])["segments"]
         assert [s["name"] for s in listed] == ["seg_0000000000.jss", "seg_0000000002.jss"]
         plan = json.loads(server.post_json(PLAN, {})[2])
@@ -208,7 +209,7 @@ def test_a_corrupt_segment_is_detected_reported_and_never_served(tmp_path):
             f.truncate(os.path.getsize(good) - 10)
         status, _, body = server.get(SEG + "seg_0000000002.jss")
         assert status == 500 and error_of(body)[0] == "InternalServerError"
-        assert server.get(SEG + "seg_0000000002.jss")[0] == 404
+        assert server.get(SEG + "seg_0000000002.jss")[0] == 500
 
         # The operator restores good copies: served again, the problem ends.
         build_archive(tmp_path / "fresh", events, segments=3, block_events=8)

@@ -266,7 +266,7 @@ def test_corrupt_objects_are_refused_reported_and_never_served(s3, events, tmp_p
         server.wait_ready()
         listed = [s["name"] for s in json.loads(server.get(LIST)[2])["segments"]]
         assert listed == [os.path.basename(p) for p in paths[:3]]
-        assert server.get(SEGMENT + bad_name)[0] == 404
+        assert server.get(SEGMENT + bad_name)[0] == 500  # held but refused: a fault, not an absence
         problems = server.healthz()["problems"]
         assert any(p["kind"] == "archive_segment_corrupt" and bad_name in p["detail"] for p in problems)
         # A listed object replaced by damaged bytes after listing: the download refuses it.
