@@ -314,6 +314,26 @@ def plan_snapshot(manifest: Manifest, req: PlanRequest, max_entries: int = DEFAU
     return Plan(planned_through, tip, out, examined, matched, blocks_matched, entries)
 
 
+def matching_blocks(manifest: Manifest, summary, req: PlanRequest, did_hashes: list[int]):
+    """(footer, byte mask of the blocks of one listed segment that may hold an event `req` wants), by the
+    same tests plan_snapshot makes (segment bloom, seq window, collection index, per-block blooms);
+    (None, 0) when the segment bloom excludes every DID. `did_hashes` = [key_hash(did) for did in req.dids].
+    For a reader walking the archive block by block (server/history.py); reads the footer (I/O)."""
+    if did_hashes and summary.bloom_bits_offset:
+        probes = [bloom_probes(dh, summary.bloom_blocks, summary.bloom_k) for dh in did_hashes]
+        if not manifest.segment_bloom_may_contain_any(summary, probes):
+            return None, 0
+    collection_match_all = not req.collections and not req.prefixes
+    footer = manifest.footer(summary)
+    selected = footer.nonempty & footer.window_mask(req.after_seq, req.before_seq)
+    if selected and not (req.kinds == 0 and collection_match_all):
+        candidates = _candidate_mask(footer, req, collection_match_all, frozenset(req.collections))
+        selected = 0 if candidates is None else selected & candidates
+    if selected and did_hashes:
+        selected &= _did_mask(footer, did_hashes, selected, {})
+    return footer, selected
+
+
 def _bits_hold_any(bits: bytes, probe_sets: list[list[tuple[int, int]]]) -> bool:
     """Whether a resident segment bloom may hold any DID of the probe sets (every probed bit set)."""
     for probes in probe_sets:

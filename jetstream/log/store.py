@@ -690,6 +690,21 @@ class EventLog:
         row = self._first_row_from(max(time_us, 0))
         return None if row is None else decode_seq(row[1])
 
+    def seq_at_or_before(self, time_us: int) -> int | None:
+        """The seq of the last held event with time_us <= `time_us`; None when none is (below the log).
+
+        A reader whose position is `time_us` learns the seq of the last event at or before it: the
+        log holds every event after it exactly when its first row after `time_us` has the next seq.
+        """
+        if time_us < 0:
+            return None
+        iterator = self._events.iter(self._read_options)
+        iterator.seek_for_prev(encode_key(min(time_us, MAX_TIME_US)))
+        if iterator.valid():
+            return decode_seq(iterator.value())
+        self._raise_if_damaged(iterator, CF_EVENTS, None)
+        return None
+
     def time_us_of_seq(self, seq: int) -> int | None:
         """The time_us of the first held event with seq >= `seq`; None when none is.
 

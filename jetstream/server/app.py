@@ -63,6 +63,8 @@ class SubscribeServer:
         # v2 frames not taken from the ring (replay from the log, #info and error frames) are
         # compressed here, with the v2 dictionary, for zstdDictionary=<id> connections.
         self.compress_v2 = EventCompressor(None, settings.v2_zstd_dictionary).compress_v2
+        # v1 events rendered from the archive, compressed as ingest compresses them for the log's zstd rows.
+        self.compress_v1 = EventCompressor(settings.zstd_dictionary or None).compress
         self._health = health
         self._clock_us = clock_us
         self._subscribers: set[SubscriberListener] = set()
@@ -94,6 +96,7 @@ class SubscribeServer:
         # Issue 24: the sealed archive's XRPC endpoints (jetstream/archive/xrpc.py ArchiveService),
         # answered by the front door; None: --archive=false (the paths are unknown routes).
         self.archive = None
+        self._history = None  # server/history.py's ArchiveHistory over `archive`, made at first use
         # Sends the archive's file ranges by sendfile in a few threads (made at the first download).
         self.file_sender = FileSender(self.settings.archive_send_threads, self.settings.archive_send_timeout_s)
         # Where a reader that met a damaged log reports it (jetstream/log/damage.py's DamageReport, or
@@ -156,6 +159,8 @@ class SubscribeServer:
             subscriber.shut_down(reason)
         self._waiting.clear()
         self.live.close()
+        if self._history is not None:
+            self._history.close()
         self.file_sender.close()  # downloads in flight are aborted; their threads end within a poll slice
         deadline = asyncio.get_running_loop().time() + grace_s
         while self._subscribers and asyncio.get_running_loop().time() < deadline:
@@ -347,10 +352,26 @@ class SubscribeServer:
     def newest_seq(self) -> int:
         return self._newest_seq()
 
+    @property
+    def history(self):
+        """The archive as the readers' third source (server/history.py); None with --archive=false."""
+        if self._history is None and self.archive is not None:
+            from jetstream.server.history import ArchiveHistory
+
+            self._history = ArchiveHistory(self.archive, self.settings.archive_replay_concurrency,
+                                           self.settings.archive_replay_lookback_s)
+        return self._history
+
     def v2_retention(self) -> Retention:
-        """What a v2 cursor can replay here: from the oldest event stored with a v2 record."""
+        """What a v2 cursor can replay here: from the oldest event stored with a v2 record, or the archive's
+        oldest within --archive-replay-lookback when that is older."""
         newest_seq = self._newest_seq()
         oldest = self.event_log.v2_oldest()
+        history = self.history
+        archived = history.floor(self._clock_us()) if history is not None else None
+        if archived is not None and (oldest is None or archived[0] < oldest[1]):
+            floor_seq, oldest_time_us = archived
+            return Retention(floor_seq, newest_seq, oldest_time_us)
         if oldest is None:
             return Retention(newest_seq + 1, newest_seq, None)
         oldest_time_us, floor_seq = oldest

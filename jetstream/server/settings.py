@@ -59,6 +59,9 @@ class ServerSettings:
     # Archive downloads (server/file_send.py): sendfile threads, and how long one waits on a client taking nothing.
     archive_send_threads: int = ARCHIVE_SEND_THREADS  # 0 = stream every file range through the event loop
     archive_send_timeout_s: float = ARCHIVE_SEND_TIMEOUT_S
+    # Subscribers replaying below the log read the archive (server/history.py): reads at once, and how far back.
+    archive_replay_concurrency: int = 4
+    archive_replay_lookback_s: float = 0.0  # 0 = the whole archive
 
     @classmethod
     def from_config(cls, cfg, zstd_dictionary: bytes = b"") -> ServerSettings:
@@ -73,6 +76,8 @@ class ServerSettings:
             max_lag_grace_s=cfg.max_lag_grace, zstd_dictionary=zstd_dictionary,
             live_fastpath=cfg.live_fastpath, live_coalesce_s=cfg.live_coalesce_ms / 1000.0,
             archive_send_threads=cfg.archive_send_threads, archive_send_timeout_s=cfg.archive_send_timeout,
+            archive_replay_concurrency=cfg.archive_replay_concurrency,
+            archive_replay_lookback_s=cfg.archive_replay_lookback,
         )
 
     @property

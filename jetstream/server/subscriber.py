@@ -25,6 +25,22 @@ and the single reader of docs/architecture.md §4. A newcomer can follow it as:
    window and no dedupe guard: every event is read exactly once, in time_us order, by
    the one reader that owns the position (the races and cutover drops of v1 issues 42,
    43, 27 and 31, docs/protocol.md §9, have no place to happen).
+   Below the log (issue 24, server/history.py, docs/architecture.md §4.9) a third source:
+   sealed segments. The seams archive -> log -> ring are decided by seq, never by an
+   "oldest retained" read at one moment (the TTL trim may run between any two reads). The
+   reader knows the seq of the event at its position (`_seam`: from its last log or archive
+   step, or a v2 seq cursor), else asks the log for the last event at or before it (none:
+   the log cannot vouch, read the archive). It reads the log, then checks that the log's
+   first row after the position still carries the next seq: the trim only removes rows
+   from the bottom and appends only add above the newest, so a row still there after the
+   read was there, with everything above it, when the read ran. Otherwise the rows are
+   dropped and the archive is read from the same position; it holds every event the trim
+   removed, because the trim never drops an unsealed one. If the log lacks the next seq
+   and the listed segments end before the position, a segment was sealed since the last
+   listing or the seqs jump (--cluster): a listing that begins after the reader first saw
+   that next seq decides (a trimmed event was published before its trim), and only then,
+   with no segment refused, does the reader take the jump. An archive read runs in a
+   thread (ARCHIVE_READ); its one decoded block is kept and served step by step.
 
 4. Waiting. A step ends the reader's turn when (a) nothing follows the position: the
    reader parks in the server's waiting set and `notify_new_events` wakes it; (b) the
@@ -74,8 +90,9 @@ and the single reader of docs/architecture.md §4. A newcomer can follow it as:
    the one rendered from the log's v2 record), what a client frame means and how each stop is
    told (v2: an error frame, then the close). v1's bytes are exactly what they were.
 
-It must never queue events per subscriber, block the loop on a socket, deliver an event
-whose time_us is not above the position, or let anything but the reader move the position.
+It must never queue events per subscriber, block the loop on a socket or a segment read,
+deliver an event whose time_us is not above the position, read the log where it may not hold
+every event after the position, or let anything but the reader move the position.
 """
 from __future__ import annotations
 
@@ -87,11 +104,13 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
+from jetstream.archive import render
 from jetstream.events import KIND_SYNC
 from jetstream.implementation import EventFilter, Position, PositionConflict, encode_frames
 from jetstream.log.store import LogCorruption, LogGap, index_query_for
 from jetstream.server import params, wire_v2_request, wires
 from jetstream.server.heartbeat import HeartbeatClock, heartbeat_payload
+from jetstream.server.history import HistoryDamaged, archive_query, v1_archive_query
 from jetstream.wire_v2 import frame_of_record
 
 if TYPE_CHECKING:
@@ -127,6 +146,7 @@ class Batch(NamedTuple):
     position: int  # time_us of the last entry scanned (sent or filtered out)
     caught_up: bool  # nothing exists after the position right now
     from_log: bool = False  # read from RocksDB (the ring no longer reached back to the position)
+    seq: int = 0  # seq of the entry at `position` when the source knows it (log rows, archive events); 0: unknown
 
 
 def initial_position(cursor: int | None, newest_time_us: int) -> int:
@@ -190,8 +210,9 @@ def _read_log_batch_v2(start: int, ring, event_log, event_filter, compressed: bo
     payloads: list[bytes] = []
     sent_bytes = 0
     position = start
+    seq = 0
     for row in rows:
-        position = row.time_us
+        position, seq = row.time_us, row.seq
         if not event_filter.matches_event(row.kind, row.did, row.collection):
             continue
         frame = frame_of_record(row.payload, row.seq, row.time_us)
@@ -202,7 +223,7 @@ def _read_log_batch_v2(start: int, ring, event_log, event_filter, compressed: bo
         sent_bytes += len(payload)
         if len(payloads) >= max_events or sent_bytes >= STEP_MAX_BYTES:
             break
-    return Batch(payloads, position, False, True)
+    return Batch(payloads, position, False, True, seq)
 
 
 def _read_log_batch(start: int, ring, event_log, event_filter, compressed: bool,
@@ -216,8 +237,9 @@ def _read_log_batch(start: int, ring, event_log, event_filter, compressed: bool,
     payloads: list[bytes] = []
     sent_bytes = 0
     position = start
+    seq = 0
     for row in rows:
-        position = row.time_us
+        position, seq = row.time_us, row.seq
         if row.kind == KIND_SYNC and not include_sync:
             continue
         if not event_filter.matches(row.did, row.collection):
@@ -228,7 +250,7 @@ def _read_log_batch(start: int, ring, event_log, event_filter, compressed: bool,
         sent_bytes += len(row.payload)
         if len(payloads) >= max_events or sent_bytes >= STEP_MAX_BYTES:
             break
-    return Batch(payloads, position, False, True)
+    return Batch(payloads, position, False, True, seq)
 
 
 def lag_of(position: int, ring) -> tuple[int, float]:
@@ -317,8 +339,10 @@ class ReaderState(enum.IntEnum):
     takes AWAITING_HELLO to READING. A step runs in READING and ends in READING (the next
     step is scheduled with call_soon), LIVE (nothing follows the position: parked in the
     server's waiting set until notify_new_events), RATE_LIMITED (the token bucket is empty:
-    a timer runs the next step) or PAUSED (the transport passed its high-water mark during
-    the step's write: resume_writing continues). Any state -> CLOSED, which is final.
+    a timer runs the next step), PAUSED (the transport passed its high-water mark during
+    the step's write: resume_writing continues) or ARCHIVE_READ (below the log: a block of a
+    sealed segment is read in a thread; its arrival continues, or PAUSED if the socket pushed
+    back meanwhile). Any state -> CLOSED, which is final.
     Integer values, so a C-level step can switch on them.
     """
 
@@ -329,6 +353,7 @@ class ReaderState(enum.IntEnum):
     RATE_LIMITED = 4
     PAUSED = 5
     CLOSED = 6
+    ARCHIVE_READ = 7  # a segment block (or a manifest listing) is being read in a thread; its arrival steps again
 
 
 # The states from which a wake-up (notify_new_events, the token timer, call_soon) runs a step.
@@ -386,6 +411,19 @@ class SubscriberListener(WSListener):
         self.peer = ""  # host:port of the socket (client_ip may come from proxy headers)
         self._connected_at = 0.0
         self._options = wire.options if not self._v2 else None
+        # Below the log (server/history.py): the archive block being served (one block's events at most),
+        # the next one in it, the read under way, and the seq of the event at the position when known.
+        self._archive_events: list | None = None
+        self._archive_next = 0
+        self._archive_task: asyncio.Future | None = None
+        self._archive_from = -1  # the position the read under way started from
+        self._archive_empty_at = -1  # a position the archive answered nothing after (its listing changed)
+        self._archive_query = None  # the filter in the planner's terms, made at the first archive read
+        self._v1_filters = wire.options.filters if not self._v2 else None
+        self._paused_while_reading = False  # the socket pushed back during an archive read
+        self._seam: tuple[int, int] | None = None  # (position, seq of the event there) when known
+        self._jump: tuple | None = None  # ((position, seq, next seq the log holds), when first seen): see _unlisted
+        self.archive_steps = 0  # steps served from sealed segments
 
     # --- state -------------------------------------------------------------------------
 
@@ -455,10 +493,25 @@ class SubscriberListener(WSListener):
         if plan.mode == wire_v2_request.FROM_TIME:
             return initial_position(plan.value, newest)
         if plan.mode == wire_v2_request.FROM_SEQ:
+            if self._seq_below_log(plan.value):
+                # Only the archive holds it: start before everything, knowing the seq (the archive finds it).
+                self._seam = (0, plan.value - 1)
+                return 0
             time_us = self._server.time_us_of_seq(plan.value)
             if time_us is not None:
                 return initial_position(time_us, newest)
         return newest
+
+    def _seq_below_log(self, seq: int) -> bool:
+        """Whether `seq` lies below what the ring and the log hold while the archive may have it."""
+        server = self._server
+        if server.history is None:
+            return False
+        ring = server.ring
+        if len(ring) and ring.seq_at(0) <= seq:
+            return False
+        oldest = server.event_log.oldest_seq()
+        return oldest is None or seq < oldest
 
     def _v2_cursor_ahead(self):
         """The v2 cursor as a plan when it lies beyond this node's newest event (cluster mode), else None."""
@@ -538,11 +591,14 @@ class SubscriberListener(WSListener):
             self._live.leave()  # resume_writing wakes this reader; it rejoins once caught up
         if self._state in _PAUSABLE:
             self._enter(ReaderState.PAUSED)
+        elif self._state is ReaderState.ARCHIVE_READ:
+            self._paused_while_reading = True  # the read's arrival pauses instead of stepping
         self._pushed_back = True
         self.pauses += 1
         self._arm_lag_check()
 
     def resume_writing(self) -> None:
+        self._paused_while_reading = False
         if self._state is ReaderState.PAUSED:
             self._enter(ReaderState.READING)
         # The peer drained our buffer, so it is alive: this stands in for a pong, so an idle
@@ -574,6 +630,8 @@ class SubscriberListener(WSListener):
         # exactly between two steps: the position is untouched, no event is re-read or skipped.
         self._event_filter = _event_filter_for(update.filters)
         self._index_query = _index_query_for(update.filters)
+        self._v1_filters = update.filters
+        self._archive_query = None  # the next archive read skips blocks by the new filter
         self._max_message_size = update.max_message_size_bytes
         if self._live is not None:
             self._live.set_options(self._event_filter, self._max_message_size, self._include_sync)
@@ -610,9 +668,10 @@ class SubscriberListener(WSListener):
         self._enter(ReaderState.READING)
         start = self._position.value
         try:
-            batch = read_next_batch(start, self._server.ring, self._server.event_log, self._event_filter,
-                                    self._compressed, granted, self._max_message_size, self._index_query,
-                                    self._include_sync, self._compress_v2)
+            batch = self._read(start, granted)
+            if batch is None:  # an archive read (or listing) is under way: its arrival steps again
+                self._bucket.give_back(granted)
+                return
         except LogCorruption as exc:
             self._stop_at_damage(exc.describe())
             return
@@ -629,6 +688,8 @@ class SubscriberListener(WSListener):
         self._send(batch.payloads)
         if not self._advance(start, batch.position):
             return
+        if batch.seq:
+            self._seam = (batch.position, batch.seq)
         if batch.caught_up:
             self._held_by_server()
             if self._state is ReaderState.READING:  # a paused reader is woken by resume_writing
@@ -653,6 +714,202 @@ class SubscriberListener(WSListener):
                  self.client_ip, self._position.value, gap["from_time_us"], gap["to_time_us"])
         self._server.count_disconnect("log_gap")
         self._end(self._wire.log_gap(gap))
+
+    # --- below the log: the archive and the seams (point 3 of the module docstring) --------
+
+    def _read(self, start: int, granted: int) -> Batch | None:
+        """The next batch: the archive block in hand, the ring, the log, or None while an archive read runs."""
+        if self._archive_events is not None:
+            return self._archive_batch(start, granted)
+        history = self._server.history
+        if history is None or self._server.ring.covers(start):
+            return self._ring_or_log_batch(start, granted)
+        return self._below_ring(start, granted, history)
+
+    def _ring_or_log_batch(self, start: int, granted: int) -> Batch:
+        return read_next_batch(start, self._server.ring, self._server.event_log, self._event_filter,
+                               self._compressed, granted, self._max_message_size, self._index_query,
+                               self._include_sync, self._compress_v2)
+
+    def _seq_at(self, position: int) -> int | None:
+        seam = self._seam
+        return seam[1] if seam is not None and seam[0] == position else None
+
+    def _below_ring(self, start: int, granted: int, history) -> Batch | None:
+        """Log or archive for a reader the ring no longer covers, with no gap and no duplicate at the seam.
+
+        The log is read only when it holds every event after the position: its first row after the
+        position must carry the seq right after the last event scanned (`seq`), checked after the
+        read (the trim only removes from the bottom, appends only add at the top: a row still there
+        after the read was there, with everything above it, when the read ran). Otherwise the
+        archive, which holds every event the trim removed (it never drops an unsealed one).
+        """
+        event_log = self._server.event_log
+        seq = self._seq_at(start)
+        if seq is None:
+            seq = event_log.seq_at_or_before(start)
+            if seq is None:  # nothing at or before the position in the log: it cannot vouch for what follows
+                if self._archive_may_hold(history, start, None):
+                    self._fetch_archive(start, None, history)
+                    return None
+                return self._ring_or_log_batch(start, granted)  # v1: resume at the oldest event still held
+        if event_log.seq_at_or_after(start + 1) not in (None, seq + 1) and self._archive_may_hold(history, start, seq):
+            self._fetch_archive(start, seq, history)  # the log is already past the position: skip the read
+            return None
+        batch = self._ring_or_log_batch(start, granted)
+        following = event_log.seq_at_or_after(start + 1)
+        if following is None and not batch.seq:
+            ring = self._server.ring  # the log holds nothing after the position: the ring's first is next
+            following = ring.seq_at(0) if len(ring) else seq + 1
+        if following == seq + 1:
+            self._jump = None
+            return batch
+        if self._archive_may_hold(history, start, seq):
+            self._fetch_archive(start, seq, history)
+            return None
+        return self._unlisted(start, seq, following, batch, history)
+
+    def _archive_may_hold(self, history, start: int, seq: int | None) -> bool:
+        return start != self._archive_empty_at and history.holds_after(start, seq)
+
+    def _unlisted(self, start: int, seq: int, following: int | None, batch: Batch, history) -> Batch | None:
+        """The log lacks seq + 1 and the listed segments end before the position.
+
+        Either a segment was sealed (and the log trimmed) since this process last listed the store, or
+        the seqs jump (--cluster, after stream messages expired unapplied). A listing that began after
+        the log first showed this same next seq tells them apart: a trimmed event was sealed and
+        published before the trim, so such a listing has it. Only then, with nothing refused, is the
+        jump taken.
+        """
+        key = (start, seq, following)
+        jump = self._jump
+        if jump is not None and jump[0] == key and history.scanned_since(jump[1]):
+            if history.has_refused:
+                self._stop_at_archive_damage(f"archive damaged: a refused segment may hold seq {seq + 1}.."
+                                             f"{following}; replay incomplete")
+                return None
+            if following is None:
+                return Batch([], start, False, True)  # the rows read have gone meanwhile: read again
+            log.info("event=reader_seq_jump ip=%s position=%d from_seq=%d to_seq=%d", self.client_ip, start,
+                     seq, following)
+            self._jump = None
+            return batch
+        if jump is None or jump[0] != key:
+            self._jump = jump = (key, time.monotonic())
+        self._wait_for(history.request_scan(jump[1]))
+        return None
+
+    def _fetch_archive(self, start: int, seq: int | None, history) -> None:
+        """Read the next block after the position in a thread; the reader waits in ARCHIVE_READ."""
+        if self._archive_query is None:
+            self._archive_query = self._make_archive_query()
+        self._archive_from = start
+        self._wait_for(asyncio.ensure_future(history.next_block(start, seq, self._archive_query)))
+
+    def _wait_for(self, future: asyncio.Future) -> None:
+        self._archive_task = future
+        self._enter(ReaderState.ARCHIVE_READ)
+        future.add_done_callback(self._archive_arrived)
+
+    def _make_archive_query(self):
+        if self._v2:
+            request = self._wire.request
+            return archive_query(request.collections, request.dids, request.kinds)
+        filters = self._v1_filters
+        return v1_archive_query(filters.wanted_collections, filters.wanted_dids, self._include_sync)
+
+    def _archive_arrived(self, future: asyncio.Future) -> None:
+        """A block (or a listing) came back: keep the block, then step again (a closed reader drops it)."""
+        if self._archive_task is not future:
+            return
+        self._archive_task = None
+        if future.cancelled() or self._state is ReaderState.CLOSED:
+            return
+        exc = future.exception()
+        if isinstance(exc, HistoryDamaged):
+            self._stop_at_archive_damage(exc.close_reason())
+            return
+        if exc is not None:
+            log.error("event=reader_failed source=archive ip=%s position=%d error=%r", self.client_ip,
+                      self._position.value, exc)
+            self._server.count_disconnect("replay_failed")
+            self._end(self._wire.read_failed())
+            return
+        block = future.result()
+        if block is not None and self._position.value == self._archive_from:
+            self._take_block(block)
+        self._resume_after_wait()
+
+    def _take_block(self, block) -> None:
+        start = self._archive_from
+        if block.events:
+            self._archive_events, self._archive_next = block.events, 0
+        elif block.skip_to is not None and block.skip_to[0] > start:
+            if self._advance(start, block.skip_to[0]):  # whole segments the filter cannot want: scanned
+                self._seam = block.skip_to
+        else:
+            self._archive_empty_at = start  # the listing changed under the read: let the log path decide
+
+    def _resume_after_wait(self) -> None:
+        if self._state is not ReaderState.ARCHIVE_READ:
+            return
+        if self._paused_while_reading:
+            self._paused_while_reading = False
+            self._enter(ReaderState.PAUSED)
+            return
+        self._enter(ReaderState.READING)
+        self.wake()
+
+    def _archive_batch(self, start: int, max_events: int) -> Batch:
+        """The next events of the archive block in hand, rendered to this reader's wire by ingest's own
+        emitters (archive/render.py) and filtered as the log's rows are; the block is let go when done."""
+        events, index = self._archive_events, self._archive_next
+        event_filter, include_sync, cap = self._event_filter, self._include_sync, self._max_message_size
+        compressed, v2 = self._compressed, self._v2
+        compress = self._compress_v2 if v2 else self._server.compress_v1
+        payloads: list[bytes] = []
+        sent_bytes = 0
+        position, seq = start, 0
+        while index < len(events):
+            event = events[index]
+            index += 1
+            position, seq = event.witnessed_at, event.seq
+            kind = render.log_kind(event)
+            if kind is None:
+                continue
+            if v2:
+                if not event_filter.matches_event(kind, event.did, event.collection):
+                    continue
+                frame = render.v2_frame(event)
+                if not frame or 0 < cap < len(frame):
+                    continue
+                payload = compress(frame) if compressed else frame
+            else:
+                if (kind == KIND_SYNC and not include_sync) or not event_filter.matches(event.did, event.collection):
+                    continue
+                text = render.v1_json(event)
+                if text is None:
+                    continue
+                payload = compress(text) if compressed else text
+                if 0 < cap < len(payload):
+                    continue
+            payloads.append(payload)
+            sent_bytes += len(payload)
+            if len(payloads) >= max_events or sent_bytes >= STEP_MAX_BYTES:
+                break
+        if index >= len(events):
+            self._archive_events, self._archive_next = None, 0
+        else:
+            self._archive_next = index
+        self.archive_steps += 1
+        return Batch(payloads, position, False, True, seq)
+
+    def _stop_at_archive_damage(self, reason: str) -> None:
+        """A segment the replay needs cannot be read: never a skip. 1011 (v2: an error frame) names the range."""
+        log.info("event=reader_reached_archive_damage ip=%s position=%d reason=%r", self.client_ip,
+                 self._position.value, reason)
+        self._server.count_disconnect("archive_damage")
+        self._end(self._wire.archive_damaged(reason))
 
     def _count_source(self, from_log: bool) -> None:
         if from_log:
@@ -782,6 +1039,9 @@ class SubscriberListener(WSListener):
 
     def _next_seq(self) -> int:
         """The seq of the first event after the position (v2's resume cursor), or the next to be assigned."""
+        known = self._seq_at(self._position.value)
+        if known is not None:
+            return known + 1
         seq = self._server.event_log.seq_at_or_after(self._position.value + 1)
         return seq if seq is not None else self._server.newest_seq() + 1
 
@@ -838,6 +1098,10 @@ class SubscriberListener(WSListener):
     def _cancel_timers(self) -> None:
         if self._live is not None:
             self._live.leave()  # closing: the live fan-out must not write to it either
+        task, self._archive_task = self._archive_task, None
+        if task is not None:
+            task.cancel()  # a block still being read is dropped when it arrives
+        self._archive_events = None
         for name in ("_wakeup", "_lag_check", "_abort_after_close", "_heartbeat_timer"):
             handle = getattr(self, name)
             if handle is not None:

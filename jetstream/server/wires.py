@@ -103,6 +103,10 @@ class V1Wire:
     def log_gap(self, gap: dict) -> Closing:
         return _closing(WSCloseCode.INTERNAL_ERROR, gap_close_reason(gap))
 
+    def archive_damaged(self, reason: str) -> Closing:
+        """A sealed segment the replay needs cannot be read: 1011 naming the segment and range, as the log's."""
+        return _closing(WSCloseCode.INTERNAL_ERROR, reason)
+
     def read_failed(self) -> Closing:
         return _closing(WSCloseCode.OK, REASON_REPLAY_FAILED)  # v1 closed a failed replay with 1000
 
@@ -151,6 +155,9 @@ class V2Wire:
     def log_damaged(self, damage: dict) -> Closing:
         # v2's own read failures are InternalError ("stream read failed; reconnect"); ours name the range.
         return self._error(WSCloseCode.INTERNAL_ERROR, ERROR_INTERNAL, corruption_close_reason(damage))
+
+    def archive_damaged(self, reason: str) -> Closing:
+        return self._error(WSCloseCode.INTERNAL_ERROR, ERROR_INTERNAL, reason)
 
     def log_gap(self, gap: dict) -> Closing:
         # The reason's cursor is a time_us (>= 10^15), which v2's cursor also takes.

@@ -26,7 +26,7 @@ def only_subscriber(stack):
 def test_states_are_small_stable_integers_for_a_c_level_switch():
     assert [(state.name, int(state)) for state in ReaderState] == [
         ("CONNECTING", 0), ("AWAITING_HELLO", 1), ("READING", 2), ("LIVE", 3),
-        ("RATE_LIMITED", 4), ("PAUSED", 5), ("CLOSED", 6)]
+        ("RATE_LIMITED", 4), ("PAUSED", 5), ("CLOSED", 6), ("ARCHIVE_READ", 7)]
 
 
 async def test_hello_then_live_then_closed_with_each_transition_logged(tmp_path, expected_v1_lines, caplog):
