@@ -85,6 +85,16 @@ def decode_frame(frame: bytes, *, verify_all_blocks: bool = False, verify_mst: b
     return DecodedFrame(seq, frame_type, [], [])
 
 
+def decode_relay_event(frame_type: str, body: dict) -> DecodedFrame:
+    """An #identity, #account or #sync body (already decoded) as decode_frame would yield it.
+
+    The archive keeps these events' relay bodies (jetstream/archive/render.py): rendering them
+    again goes through the same handling as a frame off the wire. FrameError as decode_frame.
+    """
+    seq = body.get("seq")
+    return _RELAY_EVENT_DECODERS[frame_type](body, seq if type(seq) is int else None)
+
+
 def _error_frame(body: dict) -> DecodedFrame:
     detail = f"error={body.get('error')!r} message={body.get('message')!r}"
     return DecodedFrame(None, "error", [], [("error_frame", detail)])
@@ -162,6 +172,9 @@ def _sync_frame(body: dict, seq: int | None) -> DecodedFrame:
     record = wire_v2.pack_record(parts, b"", _archive_body(body))
     event = PendingEvent(did, KIND_SYNC, "", b'{"did":' + did_json + b',"time_us":', tail, record)
     return DecodedFrame(seq, "#sync", [event], [])
+
+
+_RELAY_EVENT_DECODERS = {"#identity": _identity_frame, "#account": _account_frame, "#sync": _sync_frame}
 
 
 def _archive_body(body: dict) -> bytes:
