@@ -150,7 +150,7 @@ def stream_call(rig, action):
     async def run():
         import nats
 
-        nc = await nats.connect(rig.nats.url_list)
+        nc = await nats.connect(servers=rig.nats.urls)
         try:
             return await action(nc.jetstream(timeout=10))
         finally:
@@ -229,7 +229,8 @@ def test_two_nodes_sharing_a_bucket_answer_the_sdk_and_plans_the_same(rig, s3): 
         status_b, plan_b = http(b, "POST", PLAN, body)
         assert status_a == status_b == 200, (request, plan_a, plan_b)
         assert json.loads(plan_a) == json.loads(plan_b), f"planSnapshot {request} answers the same from both"
-        assert json.loads(plan_a)["sealedTipSeq"] == tip
+        if not request:
+            assert json.loads(plan_a)["sealedTipSeq"] == tip
 
     rig.stop_node(a)
     rig.stop_node(b)
@@ -348,7 +349,7 @@ def test_kill9_of_the_leader_mid_upload_of_events_older_than_the_ttl_loses_and_d
     a.process.send_signal(signal.SIGKILL)
     a.process.wait(10)
     wait_for(lambda: b.cluster().get("role") == "leader", "b to lead", 30)
-    assert archive_of(b).get("role") == "sealing"
+    wait_for(lambda: archive_of(b).get("role") == "sealing", "b's sealer to take over", 10)
     wait_for(lambda: seen_listed.update(listed(b)) or (archive_of(b).get("sealed_segments") or 0) >= 2,
              "b to seal", 90, 0.2)
     stop_relay(rig)
