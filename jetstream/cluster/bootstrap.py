@@ -188,10 +188,13 @@ class ArchiveBootstrap:
         chunks = self._rendered_chunks(run, after_seq, through_seq, window_start_us)
         last_progress = time.monotonic()
         try:
+            upcoming = asyncio.ensure_future(asyncio.to_thread(next, chunks, None))
             while True:
-                chunk = await asyncio.to_thread(next, chunks, None)
+                chunk = await upcoming
                 if chunk is None:
                     break
+                # The next chunk renders in its thread while this one is written (RocksDB lets go of the GIL).
+                upcoming = asyncio.ensure_future(asyncio.to_thread(next, chunks, None))
                 self._write(chunk)
                 if time.monotonic() - last_progress >= PROGRESS_EVERY_S:
                     last_progress = time.monotonic()
