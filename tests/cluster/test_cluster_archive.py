@@ -54,14 +54,17 @@ def problem_kinds(node) -> set[str]:
     return {p.get("kind") for p in (node.health() or {}).get("problems") or []}
 
 
-def settled_tip(leader, seal_after_s: float = 2.0, timeout: float = 90.0) -> int:
-    """After the relay stopped: the leader's sealed tip once its active segment is sealed and stays so."""
+def settled_tip(leader, timeout: float = 90.0) -> int:
+    """After the relay stopped and the stream is applied: the leader's sealed tip once it is the log's newest
+    seq (an empty log is all sealed: the trim keeps every unsealed event) with no active segment."""
     def sealed() -> int:
-        report = archive_of(leader)
-        return (report.get("sealed_tip_seq") or 0) if report.get("active_events") == 0 else 0
-    tip = wait_for(sealed, f"{leader.name} to seal its active segment", timeout, 0.2)
-    time.sleep(seal_after_s + 0.5)  # a whole seal-after with nothing new: the tip must not move any more
-    assert archive_of(leader)["sealed_tip_seq"] == tip
+        health = leader.health() or {}
+        report = health.get("archive") or {}
+        tip, newest = report.get("sealed_tip_seq") or 0, health.get("newest_seq")
+        return tip if tip and report.get("active_events") == 0 and newest in (None, tip) else 0
+    tip = wait_for(sealed, f"{leader.name} to seal everything it holds", timeout, 0.2)
+    time.sleep(1.0)
+    assert sealed() == tip
     return tip
 
 
@@ -354,7 +357,7 @@ def test_kill9_of_the_leader_mid_upload_of_events_older_than_the_ttl_loses_and_d
              "b to seal", 90, 0.2)
     stop_relay(rig)
     wait_for(lambda: b.cluster().get("stream_last_seq") == applied(b), "b to apply its own last publish", 30)
-    tip = settled_tip(b, seal_after_s=6)
+    tip = settled_tip(b)
     seen_listed.update(listed(b))
     report = archive_of(b)
     rig.stop_node(b)
