@@ -148,12 +148,12 @@ def bucket_seqs(url: str) -> tuple[list[str], list[int]]:
 
 # -- the stream, from the test -------------------------------------------------------------------
 
-def stream_call(rig, action):
-    """Run `action(js)` against the rig's NATS cluster."""
+def stream_call(rig_, action):
+    """Run `action(js)` against the rig_'s NATS cluster."""
     async def run():
         import nats
 
-        nc = await nats.connect(servers=rig.nats.urls)
+        nc = await nats.connect(servers=rig_.nats.urls)
         try:
             return await action(nc.jetstream(timeout=10))
         finally:
@@ -161,7 +161,7 @@ def stream_call(rig, action):
     return asyncio.run(run())
 
 
-def purge_below_message_holding(rig, seq: int) -> int:
+def purge_below_message_holding(rig_, seq: int) -> int:
     """Drop the stream's messages before the one holding event `seq` (as if they had expired); that message."""
     from jetstream.cluster.wire import decode_batch
 
@@ -173,10 +173,10 @@ def purge_below_message_holding(rig, seq: int) -> int:
                 await js.purge_stream(STREAM, seq=message)
                 return message
         raise AssertionError(f"no stream message holds seq {seq}")
-    return stream_call(rig, action)
+    return stream_call(rig_, action)
 
 
-def stream_first_event_seq(rig) -> int:
+def stream_first_event_seq(rig_) -> int:
     from jetstream.cluster.wire import decode_batch
 
     async def action(js):
@@ -186,7 +186,7 @@ def stream_first_event_seq(rig) -> int:
             if events:
                 return events[0].seq
         return 0
-    return stream_call(rig, action)
+    return stream_call(rig_, action)
 
 
 def copy_bucket_to_directory(url: str, directory) -> int:
@@ -203,8 +203,8 @@ def copy_bucket_to_directory(url: str, directory) -> int:
     return tip
 
 
-def stop_relay(rig) -> None:
-    stop_process(rig.relay, signal.SIGTERM)
+def stop_relay(rig_) -> None:
+    stop_process(rig_.relay, signal.SIGTERM)
 
 
 # -- the tests -----------------------------------------------------------------------------------
