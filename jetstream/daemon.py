@@ -294,10 +294,12 @@ class Daemon:
         return cluster.term is not None and lease is not None and lease.held and not lease.expired_locally()
 
     def archive_hold_time_us(self) -> int:
-        """The TTL trim's ceiling: the first event no segment holds yet (no limit without a sealing archive).
+        """The TTL trim's ceiling: the first event no segment holds yet (no limit without --archive).
 
-        A --cluster follower does not seal, so it does not hold (docs/architecture.md §12.4)."""
-        if self.sealer is None or not self.archive_may_seal():
+        On every node: a --cluster follower holds at the tip its sealer last read from the store
+        (the shared one, or its own directory), so a failover finds every unsealed event in the
+        new leader's log (docs/architecture.md §12.4)."""
+        if self.sealer is None:
             return 1 << 64
         return self.sealer.hold_time_us()
 

@@ -170,8 +170,8 @@ def refuse_single_node_log_in_cluster(cfg: Config, event_log) -> None:
     onto it could only fail forever (or serve its own events under the cluster's id). Called
     with the log just opened, before any listener is bound.
     """
-    if not cfg.cluster or event_log.stream_seq() > 0:
-        return
+    if not cfg.cluster or event_log.stream_seq() > 0 or event_log.bootstrap_pending():
+        return  # a node's log (or one being filled from the archive: jetstream/cluster/bootstrap.py)
     hwm, cursor = event_log.hwm(), event_log.relay_cursor()
     if hwm == 0 and cursor is None:
         return  # a new (or never written) log: the node builds it from the stream

@@ -5,8 +5,9 @@ file rebuilt from the log, never resumed), the block and seal clocks (`--archive
 `--archive-block-seconds`, `--archive-segment-bytes`, `--archive-seal-after`), the seal protocol
 (footer, header, fsync, a no-clobber publish, the directory fsync), the sealed tip (the newest
 published segment: the archive directory is its only record), what the TTL trim must keep (every
-event above the sealed tip, `hold_time_us`), `--archive-retention`, and the `archive_seal_failed`
-problem.
+event above the sealed tip, `hold_time_us`, on every node: a --cluster follower reads the tip the
+leader sealed from the same store every FOLLOW_EVERY_S and holds its trim there),
+`--archive-retention`, and the `archive_seal_failed` and `archive_tip_unreadable` problems.
 It must never read an event that is not yet in RocksDB (it reads the log, which holds only
 durable batches), never overwrite or rewrite a published segment (publish refuses an existing
 name; a segment found at start is adopted after its checksum is verified), never publish while
@@ -68,6 +69,9 @@ READ_CHUNK = 2048  # log rows read per step of the writer thread
 IDLE_TICK_S = 1.0  # how often an idle sealer looks at its clocks (a durable batch wakes it sooner)
 COALESCE_S = 0.1
 RETRY_S = 5.0  # after a failure: rebuild from the log and try again this often
+FOLLOW_EVERY_S = 5.0  # a --cluster follower re-reads the sealed tip of the store this often
+# A follower that has not read the tip for this long raises archive_tip_unreadable (its trim holds meanwhile).
+TIP_UNREADABLE_AFTER_S = 15.0
 RETENTION_EVERY_S = 60.0
 
 _OPERATION_KINDS = {b"create": KIND_CREATE, b"update": KIND_UPDATE, b"delete": KIND_DELETE}
@@ -359,11 +363,20 @@ class ArchiveSealer:
         self.skipped: dict[str, int] = {}  # reason -> events the archive cannot hold
         self.missing = 0  # seqs above the tip the log no longer (or never) held as v2 rows
         self.failures = 0
+        # A follower (may_seal() False) follows the tip another node seals: when it last read it (monotonic),
+        # when it last read it successfully, and the failed reads (its trim holds at the last tip it read).
+        self._followed_at = float("-inf")
+        self._followed_ok_at = time.monotonic()
+        self.tip_read_failures = 0
+        self._verified: dict[str, Header] = {}  # name -> header of segments already verified (immutable once published)
 
     # -- what the rest of the daemon asks -------------------------------------------------------
 
     def hold_time_us(self) -> int:
-        """The TTL trim may delete events with time_us below this (and only those): every sealed event."""
+        """The TTL trim may delete events with time_us below this (and only those): every sealed event.
+
+        The same on a leader (its own tip) and a follower (the tip last read from the store); 0 (hold
+        everything) while no tip is known: at start, and on a follower that has never read one."""
         return 0 if self.tip is None else self.tip.time_us + 1
 
     def wake(self) -> None:
@@ -380,7 +393,8 @@ class ArchiveSealer:
         return {"sealed_tip_seq": tip.seq if tip else None, "next_index": tip.next_index if tip else None,
                 "sealed_segments": self.sealed_segments, "sealed_events": self.sealed_events,
                 "active_events": self.writer.event_count if self.writer else 0, "skipped": dict(self.skipped),
-                "missing": self.missing, "failures": self.failures}
+                "missing": self.missing, "failures": self.failures,
+                "role": "sealing" if self._leading else "following", "tip_read_failures": self.tip_read_failures}
 
     # -- the task -------------------------------------------------------------------------------
 
@@ -393,12 +407,16 @@ class ArchiveSealer:
                 if leading != self._leading:
                     self._leading = leading
                     self._drop_active(None if leading else "not_leader")
-                    # A new term re-reads the archive: another node may have sealed meanwhile.
-                    self.tip = None
+                    if leading:  # a new term re-reads the archive: another node may have sealed meanwhile
+                        self.tip = None
+                    else:  # what this node sealed stays sealed: hold there, and follow the next leader at once
+                        self._followed_at = float("-inf")
                 if leading:
                     if self.tip is None:
                         await self._in_thread(self.recover)
                     await self._in_thread(self.step)
+                else:
+                    await self._follow()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a sealer that cannot write must not stop the daemon
@@ -425,6 +443,78 @@ class ArchiveSealer:
     def stop(self) -> None:
         """At daemon stop (after the task and its thread ended): delete the active segment's file."""
         self._drop_active(None)
+
+    # -- a follower: the tip another node seals ------------------------------------------------
+
+    async def _follow(self) -> None:
+        """Not sealing (a --cluster follower): read the store's sealed tip every FOLLOW_EVERY_S.
+
+        The trim holds at the tip last read, so a follower keeps every event no segment holds yet
+        and, leading after a failover, can seal them from its own log. A read that fails keeps the
+        last tip (what was sealed stays sealed: the trim only holds longer); failing for
+        TIP_UNREADABLE_AFTER_S raises archive_tip_unreadable.
+        """
+        now = time.monotonic()
+        if now - self._followed_at < FOLLOW_EVERY_S:
+            return
+        self._followed_at = now
+        try:
+            await self._in_thread(self._read_followed_tip)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a store that cannot be read: hold, count, report
+            self._tip_unreadable(exc)
+            return
+        self._followed_ok_at = time.monotonic()
+        if self.problems is not None:
+            self.problems.clear("archive_tip_unreadable")
+
+    def _read_followed_tip(self) -> None:
+        tip = self.read_tip()
+        if self.tip is None or tip.seq != self.tip.seq:
+            log.info("event=archive_followed_tip sealed_tip_seq=%d next_segment=%s", tip.seq,
+                     segment_name(tip.next_index))
+        self.tip = tip
+
+    def read_tip(self) -> SealedTip:
+        """The store's sealed tip without changing the store: the newest published segment that verifies.
+
+        What recover() adopts, read-only (staged files and corrupt segments are the sealer's to
+        handle). Each segment is verified once: a published name is never rewritten."""
+        published = self.store.published()
+        next_index = published[-1][0] + 1 if published else 0
+        for _, name in reversed(published):
+            try:
+                header = self._verified_header(name)
+            except SegmentError as exc:
+                log.warning("event=archive_followed_segment_refused name=%s reason=%r", name, str(exc)[:200])
+                continue
+            return SealedTip(next_index, header.max_seq, header.max_witnessed_at)
+        return SealedTip(next_index, 0, 0)
+
+    def _verified_header(self, name: str) -> Header:
+        """store.verified_header, remembered: a published segment is never rewritten (SegmentError if it fails)."""
+        header = self._verified.get(name)
+        if header is None:
+            header = self.store.verified_header(name)
+            if len(self._verified) >= 64:
+                self._verified.clear()
+            self._verified[name] = header
+        return header
+
+    def _tip_unreadable(self, exc: Exception) -> None:
+        self.tip_read_failures += 1
+        stale_s = time.monotonic() - self._followed_ok_at
+        log.warning("event=archive_tip_read_failed failures=%d stale_s=%.0f held_at_seq=%s error=%r",
+                    self.tip_read_failures, stale_s, self.tip.seq if self.tip else "none", str(exc)[:300])
+        if stale_s >= TIP_UNREADABLE_AFTER_S and self.problems is not None:
+            self.problems.raise_problem(
+                "archive_tip_unreadable",
+                f"this node cannot read the sealed tip of {self.store.directory} ({stale_s:.0f}s, "
+                f"{self.tip_read_failures} failed reads, last: {str(exc)[:200]}); its TTL trim holds every event "
+                f"above sealed seq {self.tip.seq if self.tip else 'unknown (none trimmed)'}, so the log grows",
+                "check that this node reaches the archive store (--archive-url: credentials, endpoint, network; "
+                "--archive-dir: the shared directory is mounted); the trim resumes by itself at the next read")
 
     # -- recovery -------------------------------------------------------------------------------
 
@@ -565,10 +655,13 @@ class ArchiveSealer:
         finished = writer.finish()
         self.writer = None
         try:
+            overlap = self._overlaps_published(tip.next_index, finished.header.min_seq)
+            if overlap:
+                raise SealConflict(overlap)
             self.store.publish(finished.path, name)
-        except SealConflict:
+        except SealConflict as conflict:
             os.unlink(finished.path)
-            log.warning("event=archive_seal_conflict name=%s action=rescan_and_rebuild", name)
+            log.warning("event=archive_seal_conflict name=%s reason=%r action=rescan_and_rebuild", name, str(conflict))
             self.tip = None  # recover() again: adopt what the other sealer published
             self.recover()
             return
@@ -588,6 +681,27 @@ class ArchiveSealer:
                  (time.perf_counter() - started) * 1000)
         if self.problems is not None:
             self.problems.clear("archive_seal_failed")
+
+    def _overlaps_published(self, next_index: int, min_seq: int) -> str:
+        """Why publishing seqs from `min_seq` as segment `next_index` would seal something twice ("" if not).
+
+        The create-only publish refuses a taken name; this also refuses a segment another sealer
+        (a deposed leader finishing its seal, a node with a stale tip) published under a later index,
+        or whose seqs reach ours: the newest published segment must end below `min_seq`.
+        """
+        published = self.store.published()
+        if not published:
+            return ""
+        index, name = published[-1]
+        if index >= next_index:
+            return f"{name} was published meanwhile (this segment would be {segment_name(next_index)})"
+        try:
+            header = self._verified_header(name)
+        except SegmentError:
+            return ""  # never served; recover() passed it over for the same reason
+        if header.event_count and header.max_seq >= min_seq:
+            return f"{name} holds seqs up to {header.max_seq}, this segment starts at {min_seq}"
+        return ""
 
     def _failed(self, exc: Exception) -> None:
         """Report, drop the active segment (rebuilt from the log next time), keep the events in the log."""

@@ -9,6 +9,8 @@ an expired lease or a failed publish, stop ingest at once and drop what was not 
 Also: the cursor gate (a subscriber whose cursor is ahead of this node's log waits until
 the node has applied what the stream held when it connected, at most
 --cluster-cursor-wait), and the cluster part of /healthz.
+A new node with the archive on first fills its log window from it (bootstrap.py), then applies
+the stream from the message after what the archive gave.
 Also what keeps the node from being useful, for /healthz: not joined (or the NATS connection
 lost) for longer than --lease-ttl (`cluster_not_joined`), and an applier that has not applied
 anything for --lease-ttl while failing or behind (`cluster_apply_stuck`); and one warning per
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 NATS_TIMEOUT_S = 2.0
 CURSOR_TOO_FAR_CODE = 1013  # try again later: another node (or this one, later) can serve it
 HEALTH_CHECK_INTERVAL_S = 0.5  # how often the node re-checks its /healthz problems
+BOOTSTRAP_RETRY_S = 5.0  # a bootstrap from the archive that failed mid-way is planned again after this
 
 
 def cluster_urls(text: str) -> list[str]:
@@ -135,6 +138,9 @@ class ClusterNode:
         self.nats_errors = 0
         self.last_nats_error = ""
         self._cut_off_since: float | None = None
+        # A new node filling its log from the archive before it applies the stream (bootstrap.py).
+        self.bootstrap = None
+        self._bootstrapping = False
 
     # -- lifetime ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -157,6 +163,7 @@ class ClusterNode:
                 self.js = self.nc.jetstream(timeout=NATS_TIMEOUT_S)
                 await self._ensure_stream()
                 kv = await self._ensure_lease_bucket()
+                await self._bootstrap_from_archive()
                 break
             except Exception as exc:  # noqa: BLE001 - NATS not reachable yet: keep serving, keep trying
                 self._note_nats_error(exc)
@@ -179,6 +186,37 @@ class ClusterNode:
         log.info("event=cluster_joined node=%s stream=%s applied_seq=%d servers=%s instance=%s",
                  self.node_name, self.stream, self.applier.applied_seq, ",".join(self.urls), self.cluster_id)
         self.on_joined(self.cluster_id)
+
+    async def _bootstrap_from_archive(self) -> None:
+        """A new node with the archive on fills its log window from it first (jetstream/cluster/bootstrap.py);
+        the applier then starts at the stream message after what the archive gave. Failures before
+        anything was written fall back to applying the stream alone; later ones are retried."""
+        from jetstream.cluster.bootstrap import ArchiveBootstrap, BootstrapUnavailable, needs_bootstrap
+
+        if not needs_bootstrap(self.cfg, self.event_log):
+            return
+        self._bootstrapping = True
+        try:
+            while not self._stopping:
+                self.bootstrap = ArchiveBootstrap(self.cfg, self.event_log, self.js, self.stream, self.subject,
+                                                  self.ring, self.notify, self.compressor, self.problems)
+                try:
+                    await self.bootstrap.run()
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except BootstrapUnavailable as exc:
+                    self.bootstrap.report.state = "unavailable"
+                    log.warning("event=cluster_bootstrap_unavailable reason=%r action=apply_the_stream_alone",
+                                str(exc)[:300])
+                    return
+                except Exception as exc:  # noqa: BLE001 - the store or NATS failed mid-way: plan again, resume
+                    self.bootstrap.report.state = "failed"
+                    log.warning("event=cluster_bootstrap_failed error=%r retry_s=%g", str(exc)[:300],
+                                BOOTSTRAP_RETRY_S)
+                    await asyncio.sleep(BOOTSTRAP_RETRY_S)
+        finally:
+            self._bootstrapping = False
 
     async def _ensure_stream(self) -> None:
         from nats.js.api import DiscardPolicy, StorageType, StreamConfig
@@ -275,6 +313,9 @@ class ClusterNode:
         """Raise or clear `cluster_not_joined` and `cluster_apply_stuck`; both wait --lease-ttl, so a
         NATS server's failover (the client moves to another in a second) does not flap /healthz."""
         joined = self.ready.is_set() and self.nats_connected
+        if not joined and self._bootstrapping and self.nats_connected:
+            self._cut_off_since = None  # joined NATS, loading the archive's window first: not cut off
+            return
         if not joined:
             if self._cut_off_since is None:
                 self._cut_off_since = now
@@ -488,4 +529,5 @@ class ClusterNode:
             "stream_last_seq": applier.stream_last_seq if applier else None,
             "replication_lag_messages": applier.lag_messages if applier else None,
             "replication_lag_seconds": round(applier.lag_seconds(), 3) if applier else None,
+            "bootstrap": self.bootstrap.report.as_dict() if self.bootstrap is not None else None,
         }

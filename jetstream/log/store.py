@@ -93,6 +93,10 @@ META_SEQ_UPGRADE = b"seq_upgrade_progress"
 META_INDEX_FROM = b"index_from_time_us"  # every event with time_us >= this is indexed
 # Cluster mode: the sequence of the last stream message applied (jetstream/cluster/applier.py).
 META_STREAM_SEQ = b"cluster_stream_seq"
+# Cluster mode: a bootstrap from the archive is under way (jetstream/cluster/bootstrap.py): the log holds
+# archive events but no stream message is applied yet. Removed in the batch that records the stream seq to
+# apply after; an interrupted bootstrap resumes from the log's newest seq.
+META_BOOTSTRAP = b"cluster_bootstrap"
 # This log's identity: created with the log (or at the first open of a log that predates it)
 # and never changed, so clients can tell a restart of the same instance from another one.
 META_INSTANCE_ID = b"instance_id"
@@ -671,6 +675,35 @@ class EventLog:
     def stream_seq(self) -> int:
         """Cluster mode: the last stream message applied (0: none; never set in single-node mode)."""
         return self._stream_seq
+
+    def bootstrap_pending(self) -> bool:
+        """Cluster mode: a bootstrap from the archive began and has not recorded its stream seq yet."""
+        return self._meta.get(META_BOOTSTRAP) is not None
+
+    def begin_bootstrap(self) -> None:
+        """Mark the log as being filled from the archive (durably, before its first event is written)."""
+        batch = WriteBatch(raw_mode=True)
+        batch.put(META_BOOTSTRAP, b"1", self._meta_handle)
+        sync = WriteOptions()
+        sync.sync = True
+        self._db.write(batch, sync)
+
+    def finish_bootstrap(self, stream_seq: int) -> None:
+        """Record the stream message the archive's part ends before, and end the bootstrap, in one batch.
+
+        With `stream_seq` 0 (the applier starts at the stream's first message) the mark stays until
+        that message is applied, so a restart in between is not taken for a single-node log."""
+        batch = WriteBatch(raw_mode=True)
+        if stream_seq > 0:
+            batch.put(META_STREAM_SEQ, _UNSIGNED.pack(stream_seq), self._meta_handle)
+            batch.delete(META_BOOTSTRAP, self._meta_handle)
+        else:
+            batch.put(META_BOOTSTRAP, b"1", self._meta_handle)
+        sync = WriteOptions()
+        sync.sync = True
+        self._db.write(batch, sync)
+        if stream_seq > 0:
+            self._stream_seq = stream_seq
 
     def hwm(self) -> int:
         """The largest time_us ever written (kept through trims); 0 for a new log."""

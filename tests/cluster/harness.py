@@ -54,6 +54,7 @@ class Node:
     log_path: Path
     args: list[str]
     process: subprocess.Popen | None = None
+    env: dict = field(default_factory=dict)  # on top of os.environ (an S3 endpoint, ...)
 
     @property
     def url(self) -> str:
@@ -94,13 +95,14 @@ class ClusterRig:
     def relay_url(self) -> str:
         return f"ws://127.0.0.1:{self.relay_port}{SUBSCRIBE_REPOS_PATH}"
 
-    def add_node(self, name: str, *extra: str, nats_urls: str | None = None, start: bool = True) -> Node:
+    def add_node(self, name: str, *extra: str, nats_urls: str | None = None, start: bool = True,
+                 env: dict | None = None) -> Node:
         port = free_port()
         data_dir = self.base / name / "data"
         args = ["serve", "--cluster", nats_urls or self.nats.url_list, "--node-name", name,
                 "--ws-url", self.relay_url, "--listen-addr", f"127.0.0.1:{port}", "--metrics-listen-addr", "",
                 "--data-dir", str(data_dir), "--lease-ttl", LEASE_TTL, "--log-level", "info", *extra]
-        node = Node(name, port, data_dir, self.base / name / "node.log", args)
+        node = Node(name, port, data_dir, self.base / name / "node.log", args, env=dict(env or {}))
         (self.base / name).mkdir(parents=True, exist_ok=True)
         self.nodes.append(node)
         if start:
@@ -108,7 +110,7 @@ class ClusterRig:
         return node
 
     def start_node(self, node: Node) -> None:
-        node.process = self._spawn(node.args, node.log_path)
+        node.process = self._spawn(node.args, node.log_path, node.env)
         wait_for(lambda: node.health() is not None and node.cluster().get("applied_stream_seq") is not None,
                  f"node {node.name} to serve /healthz")
 
@@ -119,8 +121,8 @@ class ClusterRig:
         leaders = [n for n in self.nodes if n.running and n.cluster().get("role") == "leader"]
         return leaders[0] if len(leaders) == 1 else None
 
-    def _spawn(self, args: list[str], log_path: Path) -> subprocess.Popen:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+    def _spawn(self, args: list[str], log_path: Path, extra_env: dict | None = None) -> subprocess.Popen:
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(extra_env or {}))
         with open(log_path, "ab") as log_file:
             return subprocess.Popen([sys.executable, "-m", "jetstream.cli", *args], cwd=REPO_ROOT, env=env,
                                     stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
