@@ -63,6 +63,10 @@ class SubscribeServer:
         # v2 frames not taken from the ring (replay from the log, #info and error frames) are
         # compressed here, with the v2 dictionary, for zstdDictionary=<id> connections.
         self.compress_v2 = EventCompressor(None, settings.v2_zstd_dictionary).compress_v2
+        if ring.compress_v2 is None:
+            # The ring makes an event's v2 zstd form on its first compressed v2 read (ingest does
+            # not make it), with the dictionary this server advertises.
+            ring.compress_v2 = self.compress_v2
         self._health = health
         self._clock_us = clock_us
         self._subscribers: set[SubscriberListener] = set()
