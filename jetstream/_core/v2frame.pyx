@@ -3,18 +3,27 @@
 
 Owns: `frame_of_record` (head + seq + tail + wire_time(time_us) + FRAME_END, written into one
 bytes object in C) and `wire_time` (RFC 3339 UTC, exactly six fractional digits and `Z`), the
-sequencer's and the replay's per-event v2 work. The layout of the stored record and every
-byte of the frame are jetstream/wire_v2.py's; this module only writes them faster.
+sequencer's and the replay's per-event v2 work; and ingest's per-commit v2 work, `json_string`
+(a string as atmos writes it) and `pack_record` (the stored record). The layout of the stored
+record and every byte of the frame are jetstream/wire_v2.py's; this module only writes them faster.
 It must never produce a byte the pure-Python twin would not: inputs outside its fast path
 (a record that is not bytes, a seq or time_us outside int64, a record shorter than its
-header) go to the twin, so errors and edge cases are the twin's own.
+header, a string that needs an escape, parts that are not two bytes) go to the twin, so
+errors and edge cases are the twin's own.
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.tuple cimport PyTuple_Check, PyTuple_GET_ITEM, PyTuple_GET_SIZE
+from cpython.unicode cimport PyUnicode_CheckExact
 from libc.stdint cimport int64_t, uint64_t
 from libc.stdio cimport snprintf
 from libc.string cimport memcpy
 
 from jetstream import wire_v2
+
+cdef extern from "Python.h":
+    bint PyUnicode_IS_ASCII(object)
+    void* PyUnicode_DATA(object)
+    Py_ssize_t PyUnicode_GET_LENGTH(object)
 
 cdef Py_ssize_t _RECORD_HEAD_SIZE = 10  # wire_v2._RECORD_HEAD: >BIIB
 cdef int64_t _US_PER_DAY = 86_400_000_000
@@ -22,6 +31,7 @@ cdef int64_t _MAX_INT64 = 0x7FFFFFFFFFFFFFFF  # wire_v2._MAX_TIME_US: Go's time.
 cdef const char* _FRAME_END = b'"}}'  # wire_v2.FRAME_END
 cdef Py_ssize_t _FRAME_END_SIZE = 3
 cdef bytes _EMPTY = b""
+cdef int _RECORD_VERSION = wire_v2.RECORD_VERSION
 
 assert wire_v2._RECORD_HEAD.size == _RECORD_HEAD_SIZE and wire_v2.FRAME_END == _FRAME_END[:_FRAME_END_SIZE]
 
@@ -139,3 +149,77 @@ def frame_of_record(stored, seq, time_us):
     memcpy(out, time_text, time_size)
     memcpy(out + time_size, _FRAME_END, _FRAME_END_SIZE)
     return frame
+
+
+cdef bint _plain_ascii(const unsigned char* text, Py_ssize_t size) noexcept nogil:
+    """True when no byte needs one of atmos' escapes: controls, '"', '\\', '<', '>', '&' (all ASCII)."""
+    cdef Py_ssize_t index
+    cdef unsigned char c
+    for index in range(size):
+        c = text[index]
+        if c < 0x20 or c == 34 or c == 92 or c == 60 or c == 62 or c == 38:
+            return False
+    return True
+
+
+def json_string(value):
+    """`value` as atmos cbor.AppendJSONString writes it, quotes included (wire_v2.json_string)."""
+    cdef Py_ssize_t size, index
+    cdef const unsigned char* text
+    if PyUnicode_CheckExact(value) and PyUnicode_IS_ASCII(value):
+        text = <const unsigned char*>PyUnicode_DATA(value)
+        size = PyUnicode_GET_LENGTH(value)
+    elif PyBytes_CheckExact(value):
+        text = <const unsigned char*>PyBytes_AS_STRING(value)
+        size = PyBytes_GET_SIZE(value)
+        for index in range(size):
+            if text[index] >= 0x80:
+                return wire_v2.json_string(value)  # UTF-8 to validate: the twin's rules
+    else:
+        return wire_v2.json_string(value)
+    if not _plain_ascii(text, size):
+        return wire_v2.json_string(value)
+    quoted = PyBytes_FromStringAndSize(NULL, size + 2)
+    cdef char* out = PyBytes_AS_STRING(quoted)
+    out[0] = b'"'
+    memcpy(out + 1, text, size)
+    out[size + 1] = b'"'
+    return quoted
+
+
+cdef inline void _put_u32(char* at, Py_ssize_t value) noexcept nogil:
+    at[0] = <char>((value >> 24) & 0xFF)
+    at[1] = <char>((value >> 16) & 0xFF)
+    at[2] = <char>((value >> 8) & 0xFF)
+    at[3] = <char>(value & 0xFF)
+
+
+def pack_record(parts, cid=b"", payload=b""):
+    """u8 RECORD_VERSION | u32 len(head) | u32 len(tail) | u8 len(cid) | head | tail | cid | payload."""
+    if parts is None:
+        head = tail = _EMPTY
+    elif PyTuple_Check(parts) and PyTuple_GET_SIZE(parts) == 2:
+        head, tail = <object>PyTuple_GET_ITEM(parts, 0), <object>PyTuple_GET_ITEM(parts, 1)
+    else:
+        return wire_v2.pack_record(parts, cid, payload)
+    if not (PyBytes_CheckExact(head) and PyBytes_CheckExact(tail) and PyBytes_CheckExact(cid)
+            and PyBytes_CheckExact(payload)):
+        return wire_v2.pack_record(parts, cid, payload)
+    cdef Py_ssize_t head_size = PyBytes_GET_SIZE(head), tail_size = PyBytes_GET_SIZE(tail)
+    cdef Py_ssize_t cid_size = PyBytes_GET_SIZE(cid), payload_size = PyBytes_GET_SIZE(payload)
+    if cid_size > 0xFF or head_size > 0xFFFFFFFF or tail_size > 0xFFFFFFFF:
+        return wire_v2.pack_record(parts, cid, payload)  # the twin's struct.error
+    record = PyBytes_FromStringAndSize(NULL, _RECORD_HEAD_SIZE + head_size + tail_size + cid_size + payload_size)
+    cdef char* out = PyBytes_AS_STRING(record)
+    out[0] = <char>_RECORD_VERSION
+    _put_u32(out + 1, head_size)
+    _put_u32(out + 5, tail_size)
+    out[9] = <char>cid_size
+    out += _RECORD_HEAD_SIZE
+    memcpy(out, PyBytes_AS_STRING(head), head_size)
+    out += head_size
+    memcpy(out, PyBytes_AS_STRING(tail), tail_size)
+    out += tail_size
+    memcpy(out, PyBytes_AS_STRING(cid), cid_size)
+    memcpy(out + cid_size, PyBytes_AS_STRING(payload), payload_size)
+    return record

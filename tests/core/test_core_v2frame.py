@@ -119,3 +119,30 @@ def test_a_record_shorter_than_its_header_raises_like_the_python_twin():
     with pytest.raises(struct.error):
         cy_v2frame.frame_of_record(b"\x01\x00\x00", 1, 1)
     assert cy_v2frame.frame_of_record(b"", 1, 1) == b"" == cy_v2frame.frame_of_record(wire_v2.NO_FRAME_RECORD, 1, -1)
+
+
+STRINGS = st.one_of(
+    st.text(max_size=40),  # any code point, lone surrogates included
+    st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=40),  # ASCII: the fast path and its escapes
+    st.sampled_from(["did:plc:abcdefghijklmnopqrstuvwx", "3kabcdefghij2", "a<b>&c", 'q"\\', "\x7f\x1f", ""]),
+)
+
+
+@needs_cython
+@settings(max_examples=1000, deadline=None)
+@given(STRINGS | STRINGS.map(lambda text: text.encode("utf-8", "surrogatepass")) | st.binary(max_size=40))
+def test_json_string_is_the_same_from_both_twins(value):
+    assert outcome(cy_v2frame.json_string, value) == outcome(wire_v2.json_string, value)
+
+
+@needs_cython
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.none(), st.tuples(st.binary(max_size=60), st.binary(max_size=30)),
+                 st.builds(wire_v2.V2Parts, st.binary(max_size=60), st.binary(max_size=30)),
+                 st.lists(st.binary(max_size=8), max_size=3)),
+       st.binary(max_size=300) | st.sampled_from([b"\x01\x71\x12\x20" + bytes(32)]),
+       st.binary(max_size=200) | st.sampled_from([bytearray(b"abc")]))
+def test_pack_record_is_the_same_from_both_twins(parts, cid, payload):
+    assert outcome(cy_v2frame.pack_record, parts, cid, payload) == outcome(wire_v2.pack_record, parts, cid, payload)
+    if parts is None or len(parts) == 2:
+        assert outcome(cy_v2frame.pack_record, parts) == outcome(wire_v2.pack_record, parts)
