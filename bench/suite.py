@@ -196,6 +196,13 @@ def stage_ingest(table: Table, quick: bool) -> None:
                   len(frames) / decode_s, "decode alone", f"ingest_{name}_vs_decode",
                   target="≥ 50k frames/s/core (corpus)" if name == "corpus" else "")
         table.add("ingest", f"{name} mix, events", events / pipe_s, "events/s")
+    # What the v2 wire adds after decoding (v2 frame render, events_v2 row), interleaved with the
+    # same pipeline sequencing the events without their v2 record. An eager second zstd per event
+    # or a Python-rendered frame (as before the ingest-cost work) drops this to 0.73-0.81.
+    with_v2_us, without_v2_us = bench_ingest_pipeline.paired_v2_pipeline(mixes["corpus"], rounds=3 if quick else 5)
+    table.add("ingest", "corpus mix, ingest with v2 frames", with_v2_us, "µs/frame", without_v2_us,
+              "same pipeline, no v2 frames", "ingest_v2_vs_without_v2", target="≥ 0.84× without v2",
+              higher_is_better=False)
     records = bench_ingest_decode.corpus_records(corpus)
     cy_s = bench_ingest_decode.best_seconds(bench_ingest_decode.emit_all, cy_record_json, records)
     py_s = bench_ingest_decode.best_seconds(bench_ingest_decode.emit_all, py_record_json, records, repeat=3)

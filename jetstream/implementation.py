@@ -5,8 +5,8 @@ Owns: the choice (the `jetstream._core` extensions when they are built, else the
 debugging), and the names every caller imports the chosen routines by: the reader's
 LiveRing, EventFilter, Position and encode_frames; the live fan-out's LiveFanout and
 LiveSlot; ingest's read_car, commit_events, is_rfc3339, MstReader, go_json_string and
-cid_to_string. IMPLEMENTATION ("cython" or
-"python") and USING_CYTHON say which side was loaded.
+cid_to_string; the sequencer's and the replay's frame_of_record (the v2 frame).
+IMPLEMENTATION ("cython" or "python") and USING_CYTHON say which side was loaded.
 It must never mix the sides: the Cython LiveRing reads the Cython EventFilter's interned-id
 tables directly, and the Cython commit loop cimports the Cython MST reader, so either
 every extension loads or none is used. No other module may import `jetstream._core`
@@ -39,9 +39,10 @@ def _load_cython():
     from jetstream._core.position import Position
     from jetstream._core.record_json import cid_to_string, go_json_string
     from jetstream._core.ring import LiveRing
+    from jetstream._core.v2frame import frame_of_record
 
     return (LiveRing, EventFilter, Position, encode_frames, LiveFanout, LiveSlot,
-            read_car, commit_events, is_rfc3339, MstReader, go_json_string, cid_to_string)
+            read_car, commit_events, is_rfc3339, MstReader, go_json_string, cid_to_string, frame_of_record)
 
 
 def _load_python():
@@ -54,9 +55,10 @@ def _load_python():
     from jetstream._py.position import Position
     from jetstream._py.record_json import cid_to_string, go_json_string
     from jetstream._py.ring import LiveRing
+    from jetstream._py.v2frame import frame_of_record
 
     return (LiveRing, EventFilter, Position, encode_frames, LiveFanout, LiveSlot,
-            read_car, commit_events, is_rfc3339, MstReader, go_json_string, cid_to_string)
+            read_car, commit_events, is_rfc3339, MstReader, go_json_string, cid_to_string, frame_of_record)
 
 
 def _choose():
@@ -73,11 +75,12 @@ def _choose():
 IMPLEMENTATION, _chosen = _choose()
 USING_CYTHON = IMPLEMENTATION == "cython"
 (LiveRing, EventFilter, Position, encode_frames, LiveFanout, LiveSlot,
- read_car, commit_events, is_rfc3339, MstReader, go_json_string, cid_to_string) = _chosen
+ read_car, commit_events, is_rfc3339, MstReader, go_json_string, cid_to_string, frame_of_record) = _chosen
 del _chosen
 
 __all__ = [
     "IMPLEMENTATION", "PURE_PYTHON_ENV", "USING_CYTHON",
     "EventFilter", "LiveFanout", "LiveRing", "LiveSlot", "MstReader", "Position", "PositionConflict",
-    "cid_to_string", "commit_events", "encode_frames", "go_json_string", "is_rfc3339", "read_car",
+    "cid_to_string", "commit_events", "encode_frames", "frame_of_record", "go_json_string", "is_rfc3339",
+    "read_car",
 ]

@@ -21,7 +21,7 @@ from jetstream._py.car import verify_block as _verify_block
 from jetstream._core.record_json import cid_to_string, go_json_string, record_to_json, record_to_json_v2
 from jetstream._core.mst cimport MstReader, mst_key_ascii
 from jetstream import wire_v2
-from jetstream.wire_v2 import json_string as _v2_string, pack_record as _pack_record
+from jetstream._core.v2frame import json_string as _v2_string, pack_record as _pack_record
 
 cdef bytes _V2_COMMIT_HEAD = wire_v2.MESSAGE_PREFIX + b'{"$type":"network.bsky.jetstream.subscribeEvents#commit"'
 cdef bytes _V2_TAIL = b',"time":"'

@@ -201,8 +201,9 @@ cdef class LiveFanout:
         cdef PyObject** column = ring._zstds if slot.compressed else ring._jsons
         cdef PyObject** size_column = column
         cdef bint v2 = slot.v2
+        cdef bint v2_compressed = v2 and slot.compressed
         if v2:
-            column = ring._v2_zstds if slot.compressed else ring._v2s
+            column = ring._v2s  # compressed: ring.v2_zstd_in, which makes the form an event lacks
             size_column = ring._v2s  # v2's cap bounds the uncompressed frame
         cdef uint8_t first = _FIRST_BINARY if slot.compressed else _FIRST_TEXT
         cdef Py_ssize_t max_message_size = slot.max_message_size
@@ -234,7 +235,13 @@ cdef class LiveFanout:
                 continue  # no v2 frame (a record v2 refuses): scanned past
             if 0 < max_message_size < size:
                 continue
-            payload = column[ring_slot]
+            if v2_compressed:
+                made = ring.v2_zstd_in(ring_slot)
+                if PyBytes_GET_SIZE(made) == 0:
+                    continue  # no form held and no compressor to make one: scanned past
+                payload = <PyObject*>made  # held by the ring's slot from here on
+            else:
+                payload = column[ring_slot]
             size = PyBytes_GET_SIZE(<object>payload)
             header = frame_header_size(size)
             self._reserve(used + header + size)

@@ -27,8 +27,10 @@ cdef class LiveRing:
     cdef PyObject** _jsons
     cdef PyObject** _zstds
     cdef PyObject** _v2s        # the v2 wire's frame (b"": no v2 frame, v2 readers skip it)
-    cdef PyObject** _v2_zstds   # its zstd form (v2 dictionary)
+    cdef PyObject** _v2_zstds   # its zstd form (v2 dictionary); b"" until the first compressed v2 read
     cdef dict _collection_id_cache
+    cdef object _compress_v2     # frame -> its zstd form (v2 dictionary); None: none is made
+    cdef public Py_ssize_t v2_zstd_made  # zstd forms made by v2_zstd_in (not appended with the event)
 
     cdef inline Py_ssize_t _slot(self, Py_ssize_t index) noexcept nogil
     cdef Py_ssize_t first_index_after(self, int64_t after_time_us) noexcept nogil
@@ -36,4 +38,5 @@ cdef class LiveRing:
     cdef void _evict_oldest(self) noexcept
     cdef void _clear_slot(self, Py_ssize_t slot) noexcept
     cdef object _event_in(self, Py_ssize_t slot)
+    cdef object v2_zstd_in(self, Py_ssize_t slot)
     cdef Py_ssize_t _checked_index(self, Py_ssize_t index) except -1

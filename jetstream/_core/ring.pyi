@@ -1,5 +1,5 @@
 """Type stub of the Cython live ring (ring.pyx); the twin is jetstream/_py/ring.py."""
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from jetstream._core.filter import EventFilter
 from jetstream.events import Event
@@ -7,7 +7,13 @@ from jetstream.events import Event
 DEFAULT_SCAN_LIMIT: int
 
 class LiveRing:
-    def __init__(self, capacity: int, floor_time_us: int = 0, scan_limit: int = ...) -> None: ...
+    v2_zstd_made: int
+    def __init__(self, capacity: int, floor_time_us: int = 0, scan_limit: int = ...,
+                 compress_v2: Callable[[bytes], bytes] | None = None) -> None: ...
+    @property
+    def compress_v2(self) -> Callable[[bytes], bytes] | None: ...
+    @compress_v2.setter
+    def compress_v2(self, compress_v2: Callable[[bytes], bytes] | None) -> None: ...
     @property
     def capacity(self) -> int: ...
     @property

@@ -10,6 +10,9 @@ ring keeps no per-reader state (docs/architecture.md §4).
 It must never block, never copy or re-encode payloads (the same bytes objects go to every
 subscriber), and never scan more than `scan_limit` entries in one call, so one reader
 cannot stall the event loop however sparse its filter.
+One payload is made here, not by ingest: an event's v2 zstd form (`compress_v2`, the v2
+dictionary) is made on the first compressed v2 read of it and kept in its slot, so it is made
+at most once per event per process, and never while no compressed v2 reader is connected.
 """
 from cpython.bytes cimport PyBytes_CheckExact, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Malloc
@@ -43,7 +46,8 @@ cdef int _KIND_SYNC = 3
 cdef class LiveRing:
     """A circular buffer of Events with strictly increasing time_us; same API as the _py twin."""
 
-    def __cinit__(self, Py_ssize_t capacity, int64_t floor_time_us=0, Py_ssize_t scan_limit=DEFAULT_SCAN_LIMIT):
+    def __cinit__(self, Py_ssize_t capacity, int64_t floor_time_us=0, Py_ssize_t scan_limit=DEFAULT_SCAN_LIMIT,
+                  compress_v2=None):
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         if scan_limit < 1:
@@ -55,6 +59,8 @@ cdef class LiveRing:
         self._floor_time_us = floor_time_us
         self._newest_time_us = floor_time_us
         self._collection_id_cache = {}
+        self._compress_v2 = compress_v2
+        self.v2_zstd_made = 0
         self._times = <int64_t*>PyMem_Malloc(capacity * sizeof(int64_t))
         self._seqs = <uint64_t*>PyMem_Malloc(capacity * sizeof(uint64_t))
         self._did_ids = <uint64_t*>PyMem_Malloc(capacity * sizeof(uint64_t))
@@ -106,6 +112,19 @@ cdef class LiveRing:
     @property
     def newest_time_us(self):
         return self._newest_time_us
+
+    @property
+    def compress_v2(self):
+        """frame -> its zstd form (v2 dictionary): how a compressed v2 read makes a form the event lacks.
+
+        None: no form is made, and compressed v2 readers scan past events appended without one.
+        The server sets its own (SubscribeServer) on the ring it serves from.
+        """
+        return self._compress_v2
+
+    @compress_v2.setter
+    def compress_v2(self, compress_v2):
+        self._compress_v2 = compress_v2
 
     def __len__(self):
         return self._count
@@ -200,6 +219,26 @@ cdef class LiveRing:
                      <object>self._collections[slot], <object>self._jsons[slot], <object>self._zstds[slot],
                      self._seqs[slot], <object>self._v2s[slot], <object>self._v2_zstds[slot])
 
+    cdef object v2_zstd_in(self, Py_ssize_t slot):
+        """The slot's v2 zstd form: the held one, else made now (and held for every later reader).
+
+        b"" when the event has no v2 frame, or no form was appended and the ring has no compressor.
+        """
+        held = <object>self._v2_zstds[slot]
+        if PyBytes_GET_SIZE(held) != 0 or self._compress_v2 is None:
+            return held
+        frame = <object>self._v2s[slot]
+        if PyBytes_GET_SIZE(frame) == 0:
+            return held
+        made = self._compress_v2(frame)
+        if not PyBytes_CheckExact(made):
+            raise TypeError("compress_v2 must return bytes")
+        Py_INCREF(made)
+        Py_XDECREF(self._v2_zstds[slot])  # `held` keeps the old object alive until we return
+        self._v2_zstds[slot] = <PyObject*>made
+        self.v2_zstd_made += 1
+        return made
+
     def drop_before(self, int64_t time_us):
         """Evict every held event with time_us < `time_us`, oldest first; return how many.
 
@@ -264,8 +303,9 @@ cdef class LiveRing:
         The position is the time_us of the last entry scanned, matched or not, so the
         caller never rescans what was filtered out and never skips what was not reached.
         Sync events (kind 3) are skipped unless `include_sync`. The filter's kinds axis is
-        checked on the kind code. `v2`: the v2 frames (or their zstd form) instead of v1's;
-        events without one are scanned past, and the size cap is on the uncompressed frame.
+        checked on the kind code. `v2`: the v2 frames (or their zstd form, made now if the event
+        lacks it: v2_zstd_in) instead of v1's; events without one are scanned past, and the size
+        cap is on the uncompressed frame.
         """
         if after_time_us < self._floor_time_us:
             raise LookupError(f"ring floor {self._floor_time_us} is above position {after_time_us}")
@@ -275,8 +315,9 @@ cdef class LiveRing:
             event_filter = None
         cdef PyObject** payload_column = self._zstds if compressed else self._jsons
         cdef PyObject** size_column = payload_column
+        cdef bint v2_compressed = v2 and compressed
         if v2:
-            payload_column = self._v2_zstds if compressed else self._v2s
+            payload_column = self._v2s
             size_column = self._v2s
         cdef list payloads = []
         cdef Py_ssize_t collected = 0, collected_bytes = 0, size, slot, index
@@ -304,7 +345,13 @@ cdef class LiveRing:
                 continue  # no v2 frame (a record v2 refuses)
             if 0 < max_message_size < size:
                 continue
-            payload = payload_column[slot]
+            if v2_compressed:
+                made = self.v2_zstd_in(slot)
+                if PyBytes_GET_SIZE(made) == 0:
+                    continue  # no form held and no compressor to make one: nothing to send
+                payload = <PyObject*>made  # held by the slot from here on
+            else:
+                payload = payload_column[slot]
             size = PyBytes_GET_SIZE(<object>payload)
             payloads.append(<object>payload)
             collected += 1

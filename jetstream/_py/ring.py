@@ -6,10 +6,13 @@ the ring keeps no per-reader state, so a reader that falls behind costs the ring
 (it simply stops being covered and reads the log instead, docs/architecture.md §4).
 It must never block, never copy or re-encode payloads (the same bytes objects go to every
 subscriber), and never scan more than `scan_limit` entries in one call.
+One payload is made here, not by ingest: an event's v2 zstd form (`compress_v2`, the v2
+dictionary) is made on the first compressed v2 read of it and kept in its slot, so it is made
+at most once per event per process, and never while no compressed v2 reader is connected.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 from jetstream.events import KIND_SYNC, Event
 
@@ -25,7 +28,8 @@ HELD_FIELDS = 9  # the ring holds an Event up to v2_zstd: serving never needs th
 class LiveRing:
     """A circular buffer of Events with strictly increasing time_us."""
 
-    def __init__(self, capacity: int, floor_time_us: int = 0, scan_limit: int = DEFAULT_SCAN_LIMIT) -> None:
+    def __init__(self, capacity: int, floor_time_us: int = 0, scan_limit: int = DEFAULT_SCAN_LIMIT,
+                 compress_v2: Callable[[bytes], bytes] | None = None) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         if scan_limit < 1:
@@ -38,6 +42,10 @@ class LiveRing:
         self._count = 0
         self._floor_time_us = floor_time_us
         self._newest_time_us = floor_time_us
+        # frame -> its zstd form (v2 dictionary). None: no form is made, and compressed v2 readers
+        # scan past events appended without one. The server sets its own on the ring it serves from.
+        self.compress_v2 = compress_v2
+        self.v2_zstd_made = 0  # zstd forms made by _v2_zstd_in (not appended with the event)
 
     @property
     def capacity(self) -> int:
@@ -84,6 +92,18 @@ class LiveRing:
         self._slots[self._head] = None
         self._head = self._slot(1)
         self._count -= 1
+
+    def _v2_zstd_in(self, slot: int) -> bytes:
+        """The slot's v2 zstd form: the held one, else made now (and held for every later reader)."""
+        event = self._slots[slot]
+        if event.v2_zstd or not event.v2 or self.compress_v2 is None:
+            return event.v2_zstd
+        made = self.compress_v2(event.v2)
+        if type(made) is not bytes:
+            raise TypeError("compress_v2 must return bytes")
+        self._slots[slot] = event._replace(v2_zstd=made)
+        self.v2_zstd_made += 1
+        return made
 
     def drop_before(self, time_us: int) -> int:
         """Evict every held event with time_us < `time_us`, oldest first; return how many.
@@ -153,8 +173,9 @@ class LiveRing:
         The position is the time_us of the last entry scanned, matched or not, so the
         caller never rescans what was filtered out and never skips what was not reached.
         Sync events (KIND_SYNC) are skipped unless `include_sync`; the filter's kinds axis
-        applies to every event. `v2`: the v2 frames (their zstd form when `compressed`);
-        an event without one is scanned past; the size cap is on the uncompressed frame.
+        applies to every event. `v2`: the v2 frames (their zstd form when `compressed`, made now
+        if the event lacks it: _v2_zstd_in); an event without one is scanned past; the size cap
+        is on the uncompressed frame.
         """
         if not self.covers(after_time_us):
             raise LookupError(f"ring floor {self._floor_time_us} is above position {after_time_us}")
@@ -172,8 +193,10 @@ class LiveRing:
         position = after_time_us
         start = self.first_index_after(after_time_us)
         stop = min(self._count, start + self._scan_limit)
+        v2_compressed = v2 and compressed
         for index in range(start, stop):
-            event = self._slots[self._slot(index)]
+            slot = self._slot(index)
+            event = self._slots[slot]
             position = event[0]
             if event[2] == KIND_SYNC and not include_sync:
                 continue
@@ -185,7 +208,12 @@ class LiveRing:
                 continue  # no v2 frame (a record v2 refuses)
             if 0 < max_message_size < size:
                 continue
-            payload = event[field]
+            if v2_compressed:
+                payload = self._v2_zstd_in(slot)
+                if not payload:
+                    continue  # no form held and no compressor to make one: nothing to send
+            else:
+                payload = event[field]
             payloads.append(payload)
             collected_bytes += len(payload)
             if len(payloads) >= max_events or collected_bytes >= max_bytes:

@@ -22,7 +22,7 @@ from typing import Callable
 
 from jetstream.cluster import metrics as cluster_metrics
 from jetstream.cluster.wire import WireError, decode_batch
-from jetstream.ingest.sequencer import v2_compress_of, v2_forms
+from jetstream.implementation import frame_of_record
 from jetstream.log.store import SeqError
 
 log = logging.getLogger(__name__)
@@ -38,15 +38,13 @@ class ApplyGap(RuntimeError):
 
 class StreamApplier:
     def __init__(self, js, subject: str, stream: str, event_log, ring, notify: Callable[[], None],
-                 spawn: Callable | None = None, compressor=None) -> None:
+                 spawn: Callable | None = None) -> None:
         self._js = js
         self.subject = subject
         self.stream = stream
         self.event_log = event_log
         self.ring = ring
         self.notify = notify
-        # The v2 frame's zstd form is made here, on every node, from the record the message carries.
-        self._compress_v2 = v2_compress_of(compressor)
         self.applied_seq = event_log.stream_seq()
         self.stream_last_seq = self.applied_seq  # as last seen in a message's metadata or stream info
         self.applied_messages = 0
@@ -181,13 +179,10 @@ class StreamApplier:
             cluster_metrics.APPLY_DELAY_SECONDS.observe(max(0.0, time.time() - events[0].time_us / 1e6))
 
     def _with_v2_frames(self, events: list) -> list:
-        """Each event with its v2 frame and zstd form, rendered from its record (the same on every node)."""
-        compress_v2 = self._compress_v2
-        rendered = []
-        for event in events:
-            v2, v2_zstd = v2_forms(event.v2_record, event.seq, event.time_us, compress_v2)
-            rendered.append(event._replace(v2=v2, v2_zstd=v2_zstd))
-        return rendered
+        """Each event with its v2 frame, rendered from its record (the same on every node); the
+        frame's zstd form is made by the ring on the first compressed v2 read (ring.pyx)."""
+        return [event._replace(v2=frame_of_record(event.v2_record, event.seq, event.time_us), v2_zstd=b"")
+                for event in events]
 
     def _append(self, seq: int, events: list, relay_cursor: int | None, expired_gap: bool) -> None:
         """The log write of one message; a seq jump the log refuses is applied anyway, loudly.

@@ -178,7 +178,7 @@ class ClusterNode:
             return
         self.lease = Lease(kv, self.node_name, self.lease_ttl_s)
         self.applier = StreamApplier(self.js, self.subject, self.stream, self.event_log, self.ring, self.notify,
-                                     spawn=self.tasks.spawn, compressor=self.compressor)
+                                     spawn=self.tasks.spawn)
         self.applier.start()
         self._tasks.append(self.tasks.spawn(self._lease_loop(), "cluster_lease"))
         self.ready.set()

@@ -7,9 +7,11 @@ clock repeats or jumps back, and across restarts (docs/architecture.md §3.2; v1
 monotonic clock did the same within one process only). seq is previous + 1, starting
 after the log's newest seq; unlike time_us it must have no gap in what is stored, so a
 batch that fails to store hands its seqs back (`rewind_seq`).
-Each event is rendered and compressed exactly once, here: its v1 JSON and, from the v2 record
-ingest made (jetstream/wire_v2.py), its v2 frame (seq and time are the frame's only parts
-not known before this point).
+Each event is rendered and compressed exactly once, here: its v1 JSON (and zstd form, which the
+log stores) and, from the v2 record ingest made (jetstream/wire_v2.py), its v2 frame (seq and
+time are the frame's only parts not known before this point). The v2 frame's zstd form is not
+made here: the live ring makes it once per event on the first compressed v2 read (ring.pyx), so
+ingest pays nothing for it while no compressed v2 subscriber is connected.
 It must never write to the log or publish events: the pipeline does that, after
 the write batch is durable.
 """
@@ -18,28 +20,13 @@ from __future__ import annotations
 import time
 from typing import Callable, Protocol, Sequence
 
-from jetstream.events import Event, PendingEvent, render_json
-from jetstream.wire_v2 import NO_FRAME_RECORD, frame_of_record
+from jetstream.events import Event, PendingEvent
+from jetstream.implementation import frame_of_record
+from jetstream.wire_v2 import NO_FRAME_RECORD
 
 
 class Compressor(Protocol):
     def compress(self, json: bytes) -> bytes: ...
-
-
-def v2_compress_of(compressor) -> Callable[[bytes], bytes]:
-    """The compressor's v2 form (zstd with the v2 dictionary), or one making no zstd form (tests' stubs)."""
-    return getattr(compressor, "compress_v2", None) or _no_v2_zstd
-
-
-def _no_v2_zstd(frame: bytes) -> bytes:
-    del frame
-    return b""
-
-
-def v2_forms(record: bytes, seq: int, time_us: int, compress_v2: Callable[[bytes], bytes]) -> tuple[bytes, bytes]:
-    """(v2 frame, its zstd form) of a sequenced event's stored record; (b"", b"") when it has no frame."""
-    frame = frame_of_record(record, seq, time_us)
-    return (frame, compress_v2(frame)) if frame else (b"", b"")
 
 
 def wall_clock_us() -> int:
@@ -80,22 +67,21 @@ class Sequencer:
         return time_us
 
     def sequence(self, pending: Sequence[PendingEvent], compressor: Compressor) -> list[Event]:
-        """Assign time_us and seq in the given order, render the JSON and the v2 frame, compress each once."""
+        """Assign time_us and seq in the given order, render the JSON and the v2 frame, compress the JSON once."""
         # The ingest hot path: next_time_us and Event() inlined (per-event calls were ~0.5 µs).
         events: list[Event] = []
         append, compress, clock, make_event = events.append, compressor.compress, self._clock_us, tuple.__new__
-        compress_v2, frame_of = v2_compress_of(compressor), frame_of_record
+        frame_of, no_record = frame_of_record, NO_FRAME_RECORD
         last = self._last_time_us
         seq = self._last_seq
         try:
             for event in pending:
                 now = clock()
                 last = now if now > last else last + 1
-                json = render_json(event, last)
-                record = event.v2_record or NO_FRAME_RECORD
-                v2 = frame_of(record, seq + 1, last)
+                json = b"%s%d%s" % (event.json_head, last, event.json_tail)  # events.render_json, inlined
+                record = event.v2_record or no_record
                 append(make_event(Event, (last, event.did, event.kind, event.collection, json, compress(json),
-                                          seq + 1, v2, compress_v2(v2) if v2 else b"", record)))
+                                          seq + 1, frame_of(record, seq + 1, last), b"", record)))
                 seq += 1  # after the event is built: a raise leaves no seq handed out unused
         finally:
             self._last_time_us = last  # values handed out stay used even if compress raised

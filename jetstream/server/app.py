@@ -65,6 +65,10 @@ class SubscribeServer:
         self.compress_v2 = EventCompressor(None, settings.v2_zstd_dictionary).compress_v2
         # v1 events rendered from the archive, compressed as ingest compresses them for the log's zstd rows.
         self.compress_v1 = EventCompressor(settings.zstd_dictionary or None).compress
+        if ring.compress_v2 is None:
+            # The ring makes an event's v2 zstd form on its first compressed v2 read (ingest does
+            # not make it), with the dictionary this server advertises.
+            ring.compress_v2 = self.compress_v2
         self._health = health
         self._clock_us = clock_us
         self._subscribers: set[SubscriberListener] = set()

@@ -106,12 +106,11 @@ from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
 from jetstream.archive import render
 from jetstream.events import KIND_SYNC
-from jetstream.implementation import EventFilter, Position, PositionConflict, encode_frames
+from jetstream.implementation import EventFilter, Position, PositionConflict, encode_frames, frame_of_record
 from jetstream.log.store import LogCorruption, LogGap, index_query_for
 from jetstream.server import params, wire_v2_request, wires
 from jetstream.server.heartbeat import HeartbeatClock, heartbeat_payload
 from jetstream.server.history import HistoryDamaged, archive_query, v1_archive_query
-from jetstream.wire_v2 import frame_of_record
 
 if TYPE_CHECKING:
     from jetstream.server.app import SubscribeServer

@@ -22,7 +22,7 @@ import time
 from rocksdict import AccessType, Options, Rdict
 
 from jetstream.events import Event
-from jetstream.ingest.sequencer import v2_compress_of, v2_forms
+from jetstream.implementation import frame_of_record
 from jetstream.log.store import (
     _SIGNED,
     _UNSIGNED,
@@ -150,10 +150,10 @@ class SecondaryEventLog(EventLog):
 class RingFeeder:
     """Moves new events into the ring (sent rows, or what a catch-up revealed), then wakes the readers."""
 
-    def __init__(self, event_log: SecondaryEventLog, ring, notify_new_events, compressor=None) -> None:
+    def __init__(self, event_log: SecondaryEventLog, ring, notify_new_events) -> None:
         self.event_log = event_log
-        # Events read from the log (not sent as rows) get their v2 frame rendered here, from the record.
-        self._compress_v2 = v2_compress_of(compressor)
+        # Events read from the log (not sent as rows) get their v2 frame rendered here, from the record;
+        # its zstd form is made by the ring on the first compressed v2 read (ring.pyx).
         self.ring = ring
         self.notify_new_events = notify_new_events
         self.events_fed = 0
@@ -210,7 +210,6 @@ class RingFeeder:
         appended = 0
         # Events stored before the log had v2 records have none: they get no v2 frame.
         records = {row.time_us: row.payload for row in v2_rows}
-        compress_v2 = self._compress_v2
         for json_row, zstd_row in zip(json_rows, zstd_rows):
             if json_row.time_us != zstd_row.time_us:
                 # One batch writes both rows, so this cannot happen; stop rather than pair wrong bytes.
@@ -218,8 +217,8 @@ class RingFeeder:
                           json_row.time_us, zstd_row.time_us)
                 break
             record = records.get(json_row.time_us, b"")
-            v2, v2_zstd = v2_forms(record, json_row.seq, json_row.time_us, compress_v2)
+            v2 = frame_of_record(record, json_row.seq, json_row.time_us)
             ring.append(Event(json_row.time_us, json_row.did, json_row.kind, json_row.collection,
-                              json_row.payload, zstd_row.payload, json_row.seq, v2, v2_zstd, record))
+                              json_row.payload, zstd_row.payload, json_row.seq, v2, b"", record))
             appended += 1
         return appended

@@ -27,7 +27,6 @@ import time
 
 from jetstream import __version__
 from jetstream.archive.xrpc import archive_service
-from jetstream.compression import EventCompressor
 from jetstream.config import Config
 from jetstream.daemon import freeze_long_lived_objects, on_hangup
 from jetstream.dictionary import active_dictionary
@@ -145,8 +144,7 @@ class Worker:
         if cfg.cluster:
             self.cursor_gate = self.server.cursor_gate = WorkerCursorGate(self)
         self.server.collection_stats = MainProcessStats(self)
-        self.feeder = RingFeeder(self.event_log, ring, self.server.notify_new_events,
-                                 EventCompressor(None, settings.v2_zstd_dictionary))
+        self.feeder = RingFeeder(self.event_log, ring, self.server.notify_new_events)
         await self.server.start("", 0, sock=self.listen_sock)
         tasks = TaskSupervisor(self.problems)  # a task that fails is logged, counted and degrades /healthz
         self._tasks = [tasks.spawn(coro, name) for coro, name in (

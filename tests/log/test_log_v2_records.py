@@ -14,7 +14,7 @@ from rocksdict import Options, Rdict
 
 from jetstream import wire_v2
 from jetstream.cluster.wire import decode_batch, encode_batch
-from jetstream.compression import EventCompressor, decompress
+from jetstream.compression import EventCompressor
 from jetstream.dictionary import active_v2_dictionary
 from jetstream.events import KIND_ACCOUNT, KIND_COMMIT, KIND_IDENTITY, Event
 from jetstream.implementation import cid_to_string
@@ -77,7 +77,7 @@ def test_every_corpus_event_has_a_v2_frame_carrying_the_v1_events_fields(events)
                 assert "cid" not in payload and "record" not in payload
         else:
             assert payload[v1["kind"]] == v1[v1["kind"]]
-        assert decompress(event.v2_zstd, V2_DICTIONARY) == event.v2
+        assert event.v2_zstd == b""  # not made at ingest: the ring makes it on the first compressed v2 read
     assert {KIND_COMMIT, KIND_IDENTITY, KIND_ACCOUNT} <= kinds
 
 

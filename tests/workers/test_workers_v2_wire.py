@@ -54,3 +54,28 @@ async def test_both_wires_on_every_worker_carry_the_same_events(tmp_path, corpus
                                                                 event["commit"]["rkey"])
     finally:
         await run.kill_all()
+
+
+async def test_compressed_v2_live_readers_on_every_worker_get_the_zstd_form_of_the_same_frames(tmp_path, corpus_dir):
+    # Ingest no longer makes the v2 zstd form: each worker's ring makes it on the first compressed read.
+    from jetstream.compression import decompress
+    from jetstream.dictionary import active_v2_dictionary, dictionary_id
+
+    dictionary = active_v2_dictionary()
+    path = "/xrpc/network.bsky.jetstream.subscribeEvents"
+    run = WorkersRun(tmp_path, 2, rate=400, frames_file=corpus_dir / "frames.bin.zst")
+    try:
+        await run.start()
+        for worker in (0, 1):
+            ip = address_for_worker(worker, 2)
+            compressed, plain = await asyncio.gather(
+                collect(run.port, f"{path}?zstdDictionary={dictionary_id(dictionary)}", ip, 300),
+                collect(run.port, path, ip, 300))
+            frames = [decompress(payload, dictionary) for payload in compressed]
+            seqs = [json.loads(frame)["payload"]["seq"] for frame in frames]
+            assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+            by_seq = {json.loads(frame)["payload"]["seq"]: frame for frame in plain}
+            shared = [frame for seq, frame in zip(seqs, frames) if seq in by_seq]
+            assert len(shared) >= 200 and shared == [by_seq[json.loads(frame)["payload"]["seq"]] for frame in shared]
+    finally:
+        await run.kill_all()
