@@ -25,7 +25,6 @@ import hashlib
 
 import libipld
 
-from jetstream import wire_v2
 from jetstream.archive.format import (
     KIND_ACCOUNT,
     KIND_CREATE,
@@ -41,7 +40,7 @@ from jetstream.events import KIND_COMMIT as LOG_COMMIT
 from jetstream.events import KIND_IDENTITY as LOG_IDENTITY
 from jetstream.events import KIND_SYNC as LOG_SYNC
 from jetstream.events import PendingEvent, render_json
-from jetstream.implementation import commit_events
+from jetstream.implementation import commit_events, frame_of_record
 
 _ACTIONS = {KIND_CREATE: "create", KIND_UPDATE: "update", KIND_DELETE: "delete", KIND_CREATE_RESYNC: "create"}
 _LOG_KINDS = {KIND_IDENTITY: LOG_IDENTITY, KIND_ACCOUNT: LOG_ACCOUNT, KIND_SYNC: LOG_SYNC}
@@ -82,7 +81,7 @@ def v2_frame(event: SegmentEvent) -> bytes:
     pending = pending_of(event)
     if pending is None:
         return b""
-    return wire_v2.frame_of_record(pending.v2_record, event.seq, event.witnessed_at)
+    return frame_of_record(pending.v2_record, event.seq, event.witnessed_at)
 
 
 def record_cid(block: bytes) -> bytes:
