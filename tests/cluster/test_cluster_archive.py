@@ -10,7 +10,12 @@ relay-sim, moto. Properties:
 - kill -9 of the leader while it uploads a segment whose events are older than --event-ttl:
   the follower held them (its trim stops at the shared tip), the new leader seals them, the
   bucket holds every seq exactly once, and no torn object is ever listed or served;
-- a follower that cannot read the tip holds its trim and says so (archive_tip_unreadable).
+- a follower that cannot read the tip holds its trim and says so (archive_tip_unreadable);
+- without --archive-url each node seals its own log into its own directory, follower too: both
+  logs trim past the TTL, each archive holds every seq once, the SDK's snapshot() and replay()
+  give the same events from either node;
+- a bootstrap killed mid-load (kill -9) resumes after the log's newest seq with no gap and no
+  duplicate, and seqs its archive lacks are taken from the stream (the same bytes as the leader's).
 Small segments (64-event blocks, sealed every 2 s) and short TTLs keep each scenario short.
 """
 from __future__ import annotations
