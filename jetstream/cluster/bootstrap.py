@@ -26,7 +26,7 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator, NamedTuple
 
 from jetstream.archive.manifest import Manifest, SegmentSummary
@@ -90,7 +90,7 @@ class BootstrapReport:
     not_in_archive: int = 0  # seqs of the loaded range no segment holds (the sealer's archive.skipped)
     from_stream: int = 0  # of those two, the events taken from the stream instead
     missing: int = 0  # of those two, seqs neither holds: unused in this log, held by nodes that ingested them
-    missing_seqs: list = None  # the first MISSING_SEQS_LISTED of them
+    missing_seqs: list = field(default_factory=list)  # the first MISSING_SEQS_LISTED of them
     seconds: float = 0.0
     hole: dict | None = None
 
@@ -99,7 +99,7 @@ class BootstrapReport:
                 "loaded_through_seq": self.loaded_through_seq, "start_message": self.start_message,
                 "events": self.events, "segments": self.segments, "unrenderable": self.unrenderable,
                 "not_in_archive": self.not_in_archive, "from_stream": self.from_stream, "missing": self.missing,
-                "missing_seqs": list(self.missing_seqs or []), "seconds": round(self.seconds, 3), "hole": self.hole}
+                "missing_seqs": list(self.missing_seqs), "seconds": round(self.seconds, 3), "hole": self.hole}
 
 
 def archive_location(cfg) -> str:
@@ -181,7 +181,7 @@ class ArchiveBootstrap:
         if report.missing:
             log.warning("event=cluster_bootstrap_seqs_missing missing=%d first_seqs=%s (in neither the archive nor "
                         "the stream: this log leaves them unused; nodes that ingested them hold them)",
-                        report.missing, ",".join(str(seq) for seq in report.missing_seqs or []))
+                        report.missing, ",".join(str(seq) for seq in report.missing_seqs))
 
     # -- the archive's part ---------------------------------------------------------------------
 
@@ -346,7 +346,7 @@ class ArchiveBootstrap:
         found = {event.seq for event in events}
         lost = [seq for seq in range(missing.from_seq, missing.to_seq + 1) if seq not in found]
         report.missing += len(lost)
-        report.missing_seqs = (report.missing_seqs or []) + lost[:max(0, MISSING_SEQS_LISTED - len(report.missing_seqs or []))]
+        report.missing_seqs += lost[:max(0, MISSING_SEQS_LISTED - len(report.missing_seqs))]
         log.warning("event=cluster_bootstrap_seqs_not_in_archive from_seq=%d to_seq=%d reason=%s from_stream=%d "
                     "missing=%d", missing.from_seq, missing.to_seq, missing.reason, len(events), len(lost))
         return events

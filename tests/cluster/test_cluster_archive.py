@@ -286,6 +286,12 @@ def test_a_new_node_fills_its_window_from_the_archive_and_the_stream_with_the_sa
     frozen = tmp_path / "frozen-archive"
     frozen_tip = copy_bucket_to_directory(url, frozen)
     assert frozen_tip > 0
+    # ...and a row it lacks (as archive.skipped leaves one), which the stream will no longer hold either.
+    first_segment = sorted(n for n in os.listdir(frozen) if n.endswith(".jss"))[0]
+    with SegmentReader.open(str(frozen / first_segment)) as reader:
+        seqs = [e.seq for e in reader.iter_events()]
+    lacked = seqs[len(seqs) // 2]
+    drop_rows(frozen, first_segment, {lacked})
     wait_for(lambda: (archive_of(a).get("sealed_tip_seq") or 0) >= frozen_tip + 400, "a to seal on", 120, 0.2)
     # The stream loses what lies below a seq the bucket holds but the frozen copy does not.
     purged_below = purge_below_message_holding(rig, frozen_tip + 200)
@@ -304,6 +310,8 @@ def test_a_new_node_fills_its_window_from_the_archive_and_the_stream_with_the_sa
     assert boot_d["hole"] and boot_d["hole"]["from_seq"] == frozen_tip + 1 and \
         boot_d["hole"]["to_seq"] == stream_first - 1
     assert "cluster_bootstrap_gap" in problem_kinds(d)
+    assert (boot_d["not_in_archive"], boot_d["from_stream"], boot_d["missing"], boot_d["missing_seqs"]) == \
+        (1, 0, 1, [lacked]), "the seq neither holds is counted and named"
     assert any(gap.get("reason") == "cluster_bootstrap" for gap in d.health().get("gaps") or [])
     time.sleep(2)  # live messages on top of the bootstrap
     stop_relay(rig)
@@ -316,7 +324,8 @@ def test_a_new_node_fills_its_window_from_the_archive_and_the_stream_with_the_sa
     newest = max(on_a)
     assert sorted(on_a) == list(range(1, newest + 1))
     assert on_c == on_a, "c holds every seq a holds, with the same time_us, JSON, zstd and v2 record"
-    assert sorted(on_d) == list(range(1, frozen_tip + 1)) + list(range(stream_first, newest + 1))
+    assert sorted(on_d) == [seq for seq in range(1, frozen_tip + 1) if seq != lacked] + \
+        list(range(stream_first, newest + 1))
     assert on_d == {seq: row for seq, row in on_a.items() if seq in on_d}, "d: the same bytes, around its hole"
     c_log = c.log_path.read_text()
     assert "event=cluster_bootstrap_done" in c_log and f"event=cluster_apply_subscribed from_seq={boot_c['start_message']}" in c_log
