@@ -40,7 +40,8 @@ and the single reader of docs/architecture.md §4. A newcomer can follow it as:
    listing or the seqs jump (--cluster): a listing that begins after the reader first saw
    that next seq decides (a trimmed event was published before its trim), and only then,
    with no segment refused, does the reader take the jump. An archive read runs in a
-   thread (ARCHIVE_READ); its one decoded block is kept and served step by step.
+   thread (ARCHIVE_READ); its one decoded block is kept and served step by step, each step
+   bounded by ARCHIVE_STEP_BUDGET_S of rendering as well as by events and bytes.
 
 4. Waiting. A step ends the reader's turn when (a) nothing follows the position: the
    reader parks in the server's waiting set and `notify_new_events` wakes it; (b) the
@@ -125,6 +126,11 @@ log = logging.getLogger(__name__)
 STEP_MAX_EVENTS = 512
 STEP_MAX_BYTES = 256 * 1024
 LOG_CHUNK_ROWS = 512
+# An archive step renders each event on the loop thread (archive/render.py, ~20-60 us an event), so
+# it is bounded by time as well: it ends after the event that took it past this budget (at least
+# one event a step), then yields like any step. One replaying reader thus holds the loop for about
+# this long at a time, and the live readers wait at most that per replay (docs/performance.md).
+ARCHIVE_STEP_BUDGET_S = 0.001
 # A reader out of tokens sleeps until this much of its rate has accrued, so a rate-limited
 # reader takes steps of ~rate/50 events, not one step (and one log read) per token.
 TOKEN_WAIT_S = 0.02
@@ -869,7 +875,11 @@ class SubscriberListener(WSListener):
         payloads: list[bytes] = []
         sent_bytes = 0
         position, seq = start, 0
+        clock = time.perf_counter
+        deadline = clock() + ARCHIVE_STEP_BUDGET_S
         while index < len(events):
+            if index > self._archive_next and clock() >= deadline:
+                break  # the step's render budget is spent: yield, the next step goes on from here
             event = events[index]
             index += 1
             position, seq = event.witnessed_at, event.seq
