@@ -82,6 +82,9 @@ class SubscribeServer:
         self.refused_requests: collections.Counter[str] = collections.Counter()
         self.disconnects: collections.Counter[str] = collections.Counter()
         self.options_updates = 0
+        # History on the live wire (issue 24): archive steps taken and events sent from sealed segments, by wire.
+        self.history_steps: collections.Counter[str] = collections.Counter()
+        self.history_events_sent: collections.Counter[str] = collections.Counter()
         # v1's emitted counters, advanced in notify_new_events from the ring itself.
         self.events_emitted = 0
         self.bytes_emitted = 0
@@ -365,6 +368,14 @@ class SubscribeServer:
             self._history = ArchiveHistory(self.archive, self.settings.archive_replay_concurrency,
                                            self.settings.archive_replay_lookback_s)
         return self._history
+
+    def history_counters(self) -> dict:
+        """What /metrics shows of history replay (server/metrics.py HISTORY_METRICS), as plain values."""
+        history = self._history
+        return {"history_blocks_read": history.blocks_read if history is not None else 0,
+                "history_blocks_skipped": history.blocks_skipped if history is not None else 0,
+                "history_reads_in_flight": history.reads_in_flight if history is not None else 0,
+                "history_steps": dict(self.history_steps), "history_events_sent": dict(self.history_events_sent)}
 
     def v2_retention(self) -> Retention:
         """What a v2 cursor can replay here: from the oldest event stored with a v2 record, or the archive's

@@ -130,8 +130,9 @@ class ArchiveHistory:
         self._scan: asyncio.Future | None = None
         self._scan_started = 0.0
         self.last_completed_scan_started = 0.0  # monotonic start of the newest scan that finished
+        # /metrics (server/metrics.py HISTORY_METRICS), counted on the loop only (pool jobs return their counts).
         self.blocks_read = 0
-        self.blocks_skipped = 0
+        self.blocks_skipped = 0  # blocks after a reader's position passed over: its filter rules them out
         self.reads_in_flight = 0
 
     def close(self) -> None:
@@ -232,6 +233,7 @@ class ArchiveHistory:
             try:
                 located = await loop.run_in_executor(self._executor, self._locate, after_time_us, after_seq, query,
                                                      _now_us())
+                self.blocks_skipped += located.skipped
                 if located.summary is None:
                     return ArchiveBlock([], located.skip_to)
                 if self.cache is None:
@@ -256,6 +258,7 @@ class ArchiveHistory:
             first = max(first, bisect.bisect_right(bounds.max_seqs, after_seq))
         refused = self._refused_indices()
         skip_to = None
+        skipped = 0
         request = dataclasses.replace(query.request, after_seq=after_seq)
         for position in range(first, min(len(nonempty), first + SKIP_SEGMENTS_PER_LOOKUP)):
             summary = nonempty[position]
@@ -269,10 +272,11 @@ class ArchiveHistory:
                 raise self._unreachable(summary, after_time_us, exc) from exc
             block = _first_block_after(footer, mask, after_time_us) if footer is not None else None
             if block is not None:
-                return _Located(summary, block, footer.blocks[block], skip_to)
-            self.blocks_skipped += summary.header.block_count
+                skipped += block - _blocks_behind(footer, after_time_us)
+                return _Located(summary, block, footer.blocks[block], skip_to, skipped)
+            skipped += summary.header.block_count - (_blocks_behind(footer, after_time_us) if footer is not None else 0)
             skip_to = (summary.header.max_witnessed_at, summary.header.max_seq)
-        return _Located(None, -1, None, skip_to)
+        return _Located(None, -1, None, skip_to, skipped)
 
     def _refused_indices(self) -> set[int]:
         corrupt = self.manifest.corrupt
@@ -337,6 +341,17 @@ class _Located(NamedTuple):
     block: int
     info: object  # BlockInfo
     skip_to: tuple[int, int] | None
+    skipped: int = 0  # blocks after the position passed over by the filter (for /metrics)
+
+
+def _blocks_behind(footer, after_time_us: int) -> int:
+    """How many of a segment's first blocks end at or before the position (behind the reader, not skipped)."""
+    behind = 0
+    for info in footer.blocks:
+        if info.max_witnessed_at > after_time_us:
+            break
+        behind += 1
+    return behind
 
 
 def _first_block_after(footer, mask: int, after_time_us: int) -> int | None:

@@ -911,6 +911,9 @@ class SubscriberListener(WSListener):
         else:
             self._archive_next = index
         self.archive_steps += 1
+        wire = "v2" if v2 else "v1"
+        self._server.history_steps[wire] += 1
+        self._server.history_events_sent[wire] += len(payloads)
         return Batch(payloads, position, False, True, seq)
 
     def _stop_at_archive_damage(self, reason: str) -> None:

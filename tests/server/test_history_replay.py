@@ -13,11 +13,13 @@ import json
 import os
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from jetstream.archive.format import FRAME_PREFIX_SIZE
 from jetstream.compression import decompress
 from jetstream.dictionary import active_dictionary, active_v2_dictionary, dictionary_id
 from jetstream.health import Problems
+from jetstream.server.metrics import register_server
 from tests.server.history_helpers import V2_PATH, HistoryStack, v2_event, v2_seqs
 from tests.server.server_helpers import http_get
 from tests.waiting import until
@@ -203,6 +205,7 @@ async def test_a_corrupt_block_mid_replay_closes_1011_naming_the_range_and_raise
         before = [json.loads(p)["time_us"] for p in client.payloads]
         assert before and before[-1] < block.min_witnessed_at, "nothing past the damage was sent"
         assert problems.is_active("archive_segment_corrupt")
+        assert scrape(stack.server)['jetstream_server_disconnects_total{reason="archive_damage"}'] == 1
         # v2: an error frame first, then the close.
         transport, client = await connect(stack.url(V2_PATH, "cursor=1"))
         await until(lambda: client.close_code is not None, "the v2 close", timeout=20)
@@ -234,3 +237,45 @@ async def test_without_an_archive_old_v2_cursors_are_refused_as_before_and_lookb
         assert "below lookback floor 150" in json.loads(body)["message"]
     finally:
         await lookback.stop()
+
+
+def scrape(server) -> dict[str, float]:
+    """The server's /metrics families as the collector renders them, series -> value."""
+    registry = CollectorRegistry()
+    register_server(server, registry)
+    series = {}
+    for family in registry.collect():
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            series[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
+    return series
+
+
+async def test_metrics_count_blocks_steps_and_events_from_the_archive_per_wire(tmp_path):
+    stack, count, oracle = await history_stack(tmp_path)
+    try:
+        before = scrape(stack.server)
+        assert before["jetstream_history_blocks_read_total"] == 0
+        assert before['jetstream_history_events_sent_total{wire="v2"}'] == 0
+        floor = stack.event_log.oldest_seq()
+        await stack.collect(V2_PATH, "cursor=1", count)
+        after = scrape(stack.server)
+        sent_v2 = after['jetstream_history_events_sent_total{wire="v2"}']
+        assert floor - 1 <= sent_v2 <= count, "at least every event below the log came from the archive"
+        assert after['jetstream_history_steps_total{wire="v2"}'] >= 1
+        assert after['jetstream_history_events_sent_total{wire="v1"}'] == 0
+        assert after["jetstream_history_blocks_read_total"] >= (floor - 1) // 32
+        assert after["jetstream_history_reads_in_flight"] == 0
+        await stack.collect("/subscribe", "cursor=0", len(oracle["v1"]))
+        assert scrape(stack.server)['jetstream_history_events_sent_total{wire="v1"}'] > 0
+        # A narrow filter passes over blocks whose DID blooms rule it out, without reading them.
+        did = v2_event(oracle["v2"][0])["did"]
+        expected = [frame for frame in oracle["v2"] if v2_event(frame)["did"] == did]
+        read_before = scrape(stack.server)["jetstream_history_blocks_read_total"]
+        frames, _ = await stack.collect(V2_PATH, f"cursor=1&dids={did}", len(expected))
+        assert frames == expected
+        narrow = scrape(stack.server)
+        assert narrow["jetstream_history_blocks_skipped_total"] > 0
+        assert narrow["jetstream_history_blocks_read_total"] - read_before < (floor - 1) // 32
+    finally:
+        await stack.stop()
