@@ -9,7 +9,8 @@ found through the manifest's bounds and the footer's block index, blooms and col
 (planner.matching_blocks, the planner's own tests), read and decoded in a thread of a bounded pool
 (`--archive-replay-concurrency` reads at once, process-wide), and handed back as that block's events
 after the position. Also the manifest rescans a reader at the archive/log seam asks for (a segment
-sealed since the last listing), and what a damaged or unreadable segment raises (the archive's own
+sealed since the last listing), the first listing a reader or an upgrade waits for at start-up
+(`ready`, `first_listing`: before it nothing may be concluded from an empty manifest), and what a damaged or unreadable segment raises (the archive's own
 problems: archive_segment_corrupt, archive_store_unreachable).
 It must never run blocking I/O on the event loop (footers, blocks and listings are read in the pool;
 the cache's fetches run in its own threads), never hold more than one block's events per reader (the
@@ -172,6 +173,17 @@ class ArchiveHistory:
         if not bounds.nonempty:
             return False
         return bounds.max_times[-1] > after_time_us and (after_seq is None or bounds.max_seqs[-1] > after_seq)
+
+    @property
+    def ready(self) -> bool:
+        """Whether the store has been listed once: before that, no answer about the archive is to be trusted."""
+        return self.manifest.scanned
+
+    def first_listing(self) -> asyncio.Future | None:
+        """None once the store has been listed; else a listing to wait for (one shared by every asker; it
+        may fail, leaving `ready` False: the store cannot be listed). Listing known objects again is cheap
+        (they are kept by version), so running beside the service's own first scan costs one more LIST."""
+        return None if self.ready else self.request_scan(-1.0)
 
     @property
     def has_refused(self) -> bool:

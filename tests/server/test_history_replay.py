@@ -16,6 +16,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from jetstream.archive.format import FRAME_PREFIX_SIZE
+from jetstream.archive.xrpc import ArchiveService, ArchiveSettings
 from jetstream.compression import decompress
 from jetstream.dictionary import active_dictionary, active_v2_dictionary, dictionary_id
 from jetstream.health import Problems
@@ -277,5 +278,62 @@ async def test_metrics_count_blocks_steps_and_events_from_the_archive_per_wire(t
         narrow = scrape(stack.server)
         assert narrow["jetstream_history_blocks_skipped_total"] > 0
         assert narrow["jetstream_history_blocks_read_total"] - read_before < (floor - 1) // 32
+    finally:
+        await stack.stop()
+
+
+def attach_unlisted_archive(stack: HistoryStack, directory) -> None:
+    """The archive service as the daemon makes it at start: its store not listed yet (its run() not begun)."""
+    stack.service = ArchiveService(ArchiveSettings(str(directory), cache_dir=str(stack.tmp_path / "cache")))
+    stack.server.archive, stack.server._history = stack.service, None
+    assert not stack.server.history.manifest.scanned
+
+
+async def test_before_the_first_listing_old_cursors_wait_for_it_and_are_never_refused(tmp_path):
+    """Start-up: the manifest has not been listed when the first clients arrive. An old v2 cursor is held
+    at the front door until the listing (no CursorTooOld, no clamp to the log with #info OutdatedCursor),
+    and a v1 reader below the log waits for it in ARCHIVE_READ instead of resuming at the log's oldest."""
+    stack = HistoryStack(tmp_path)
+    count = stack.ingest(240)
+    stack.seal()  # no service yet: sealed into the directory only
+    oldest_time_us = stack.event_log.time_us_of_seq(1)
+    stack.trim_below_seq(150)
+    attach_unlisted_archive(stack, stack.archive_dir)
+    await stack.start(archive=False)
+    try:
+        frames, client = await stack.collect(V2_PATH, "cursor=1", count)
+        assert v2_seqs(frames) == list(range(1, count + 1)) and client.close_code is None
+        attach_unlisted_archive(stack, stack.archive_dir)
+        frames, _ = await stack.collect(V2_PATH, f"cursor={oldest_time_us}", count)
+        assert v2_seqs(frames) == list(range(1, count + 1)), "a time cursor is not clamped to the log"
+        assert json.loads(frames[0])["$type"] != "#info"
+        attach_unlisted_archive(stack, stack.archive_dir)
+        payloads, _ = await stack.collect("/subscribe", "cursor=0", 200)
+        assert json.loads(payloads[0])["time_us"] == oldest_time_us, "v1 replays the archive, no silent gap"
+        assert stack.server.refused_requests["not_ready"] == 0
+    finally:
+        await stack.stop()
+
+
+async def test_a_store_that_cannot_be_listed_answers_503_and_stops_v1_replay_never_a_wrong_answer(tmp_path):
+    stack = HistoryStack(tmp_path, handshake_timeout_s=2.0)
+    count = stack.ingest(240)
+    stack.seal()
+    stack.trim_below_seq(150)
+    not_a_directory = tmp_path / "archive-file"
+    not_a_directory.write_bytes(b"")  # listing it fails (NotADirectoryError): the store is unreachable
+    attach_unlisted_archive(stack, not_a_directory)
+    await stack.start(archive=False)
+    try:
+        status, _, body = await http_get(stack.server.port, f"{V2_PATH}?cursor=1")
+        assert status == 503 and b"archive manifest warming up" in body, body
+        assert stack.server.refused_requests["not_ready"] == 1
+        frames, _ = await stack.collect(V2_PATH, "cursor=200", count - 199)  # inside the log: served now
+        assert v2_seqs(frames) == list(range(200, count + 1))
+        transport, client = await connect(stack.url("/subscribe", "cursor=0"))
+        await until(lambda: client.close_code is not None, "the close", timeout=20)
+        assert int(client.close_code) == 1011 and "archive unreachable" in client.close_reason
+        assert not client.payloads, "nothing from the log's middle was sent as if it followed the cursor"
+        assert stack.server.disconnects["archive_damage"] == 1
     finally:
         await stack.stop()
