@@ -31,7 +31,6 @@ from jetstream.archive.reader import SegmentReader
 from jetstream.archive.store import ArchiveStore, StoreError, open_store
 from jetstream.cluster.wire import WireError, decode_batch
 from jetstream.events import Event, render_json
-from jetstream.ingest.sequencer import v2_compress_of
 from jetstream.wire_v2 import NO_FRAME_RECORD, frame_of_record
 
 log = logging.getLogger(__name__)
@@ -112,7 +111,6 @@ class ArchiveBootstrap:
         self.ring = ring
         self.notify = notify
         self.compress = compressor.compress
-        self.compress_v2 = v2_compress_of(compressor)
         self.problems = problems
         self.store = store or open_store(archive_location(cfg))
         self.clock_s = clock_s
@@ -254,7 +252,7 @@ class ArchiveBootstrap:
         record = pending.v2_record or NO_FRAME_RECORD
         frame = frame_of_record(record, row.seq, time_us)
         return Event(time_us, pending.did, pending.kind, pending.collection, json, self.compress(json), row.seq,
-                     frame, self.compress_v2(frame) if frame else b"", record)
+                     frame, b"", record)  # the v2 zstd form is made by the ring on first read (ingest-cost)
 
     def _open(self, summary: SegmentSummary) -> SegmentReader:
         """A reader over the verified segment: the file itself (a directory), or a download of it."""
