@@ -22,6 +22,7 @@ from jetstream.dictionary import active_dictionary, active_v2_dictionary, dictio
 from jetstream.health import Problems
 from jetstream.server.metrics import register_server
 from tests.server.history_helpers import V2_PATH, HistoryStack, v2_event, v2_seqs
+from tests.archive.test_sealer import seal_all
 from tests.server.server_helpers import http_get
 from tests.waiting import until
 from tests.wsclient import connect
@@ -335,5 +336,29 @@ async def test_a_store_that_cannot_be_listed_answers_503_and_stops_v1_replay_nev
         assert int(client.close_code) == 1011 and "archive unreachable" in client.close_reason
         assert not client.payloads, "nothing from the log's middle was sent as if it followed the cursor"
         assert stack.server.disconnects["archive_damage"] == 1
+    finally:
+        await stack.stop()
+
+
+async def test_a_segment_sealed_since_the_last_listing_is_found_by_a_fresh_listing_not_jumped(tmp_path):
+    """The log lacks the next seq and the listed segments end before the position: a segment was sealed
+    (and the log trimmed) after the process last listed the store. The reader waits for a listing that
+    began after it saw this, reads the new segment, and sends every seq once; no seq jump is taken."""
+    stack = await HistoryStack(tmp_path).start()
+    try:
+        first = stack.ingest(120)
+        stack.seal()  # listed: the archive ends at `first`
+        listed_tip = stack.service.manifest.segments[-1].header.max_seq
+        assert listed_tip == first
+        count = first + stack.ingest(120)
+        seal_all(stack.sealer)  # sealed into the directory, not listed by this process
+        assert stack.service.manifest.segments[-1].header.max_seq == listed_tip
+        stack.trim_below_seq(200)  # the log now starts well past the listed archive's end
+        listings = stack.server.history.last_completed_scan_started
+        frames, client = await stack.collect(V2_PATH, "cursor=1", count)
+        assert v2_seqs(frames) == list(range(1, count + 1)), "no gap where the unlisted segment is"
+        assert client.close_code is None
+        assert stack.server.history.last_completed_scan_started > listings, "a fresh listing was made"
+        assert stack.service.manifest.segments[-1].header.max_seq > listed_tip
     finally:
         await stack.stop()
