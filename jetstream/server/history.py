@@ -10,8 +10,9 @@ found through the manifest's bounds and the footer's block index, blooms and col
 (`--archive-replay-concurrency` reads at once, process-wide), and handed back as that block's events
 after the position. Also the manifest rescans a reader at the archive/log seam asks for (a segment
 sealed since the last listing), the first listing a reader or an upgrade waits for at start-up
-(`ready`, `first_listing`: before it nothing may be concluded from an empty manifest), and what a damaged or unreadable segment raises (the archive's own
-problems: archive_segment_corrupt, archive_store_unreachable).
+(`ready`, `first_listing`: before it nothing may be concluded from an empty manifest), the counters
+/metrics shows, and what a damaged or unreadable segment raises (the archive's own problems:
+archive_segment_corrupt, archive_store_unreachable).
 It must never run blocking I/O on the event loop (footers, blocks and listings are read in the pool;
 the cache's fetches run in its own threads), never hold more than one block's events per reader (the
 reader keeps what `next_block` returns), never render frames (render.py does, through ingest's

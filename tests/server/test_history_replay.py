@@ -21,8 +21,8 @@ from jetstream.compression import decompress
 from jetstream.dictionary import active_dictionary, active_v2_dictionary, dictionary_id
 from jetstream.health import Problems
 from jetstream.server.metrics import register_server
-from tests.server.history_helpers import V2_PATH, HistoryStack, v2_event, v2_seqs
 from tests.archive.test_sealer import seal_all
+from tests.server.history_helpers import V2_PATH, HistoryStack, v2_event, v2_seqs
 from tests.server.server_helpers import http_get
 from tests.waiting import until
 from tests.wsclient import connect
