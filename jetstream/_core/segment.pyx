@@ -10,7 +10,8 @@ Owns: the archive replay's per-event work written as typed loops:
   The rules are the reference's (read jetstream/_py/segment.py and jetstream/_py/commit.py):
   a create/update row is an event only if its path passes v1's MST key rule and v1's record
   emitter takes its block; its CID is the dag-cbor sha2-256 CID of the block; v2 has no frame for
-  a block its own emitter refuses.
+  a block its own emitter refuses. The CID's sha-256 is computed in C with the CPU's SHA
+  extensions where it has them (x86-64), else by hashlib.
 The fast path takes the rows every writer makes: plain-ASCII did and rev (nothing to escape),
 plain collection and rkey without '/', seq and witnessed_at within int64. Any other row, and any
 block the decoder would refuse, goes to the reference, so errors and edge cases are its own.
@@ -424,13 +425,123 @@ cdef void _v2_head(Pieces* p, Row* row, bytes record_v2, const char* cid_text) n
     _add(p, b'","seq":', 8)
 
 
-cdef bytes _digest(object payload, char* cid, char* cid_text):
-    """The block's CID (binary into `cid`, text into `cid_text`); the 32-byte digest."""
-    cdef bytes digest = _sha256(payload).digest()
+
+# -- sha-256 of a record block ---------------------------------------------------------------------------
+# The block's CID is its sha-256. hashlib costs ~0.8 µs a call, nearly all of it the OpenSSL context
+# around ~0.15 µs of hashing; x86-64 CPUs with the SHA extensions hash here in C directly. Elsewhere
+# (another CPU or compiler) `_fast_sha256` answers 0 and hashlib does it. Every CID the fast path
+# writes is compared with the reference's hashlib one (tests/archive/test_render_fast.py).
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    #include <cpuid.h>
+    #include <immintrin.h>
+    static const uint32_t jss_sha256_k[64] = {
+        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+        0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+        0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+        0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+        0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+        0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+        0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+        0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
+
+    __attribute__((target("sha,sse4.1,ssse3")))
+    static void jss_sha256_blocks(uint32_t state[8], const uint8_t* data, size_t blocks) {
+        const __m128i swap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+        __m128i tmp = _mm_loadu_si128((const __m128i*)&state[0]);
+        __m128i state1 = _mm_loadu_si128((const __m128i*)&state[4]);
+        tmp = _mm_shuffle_epi32(tmp, 0xB1);
+        state1 = _mm_shuffle_epi32(state1, 0x1B);
+        __m128i state0 = _mm_alignr_epi8(tmp, state1, 8);  /* ABEF */
+        state1 = _mm_blend_epi16(state1, tmp, 0xF0);       /* CDGH */
+        while (blocks--) {
+            __m128i abef = state0, cdgh = state1, w[4], m, k;
+            int i;
+            for (i = 0; i < 16; i++) {
+                if (i < 4) {
+                    m = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i*)(data + 16 * i)), swap);
+                } else {
+                    m = _mm_sha256msg1_epu32(w[(i - 4) & 3], w[(i - 3) & 3]);
+                    m = _mm_add_epi32(m, _mm_alignr_epi8(w[(i - 1) & 3], w[(i - 2) & 3], 4));
+                    m = _mm_sha256msg2_epu32(m, w[(i - 1) & 3]);
+                }
+                w[i & 3] = m;
+                k = _mm_add_epi32(m, _mm_loadu_si128((const __m128i*)&jss_sha256_k[4 * i]));
+                state1 = _mm_sha256rnds2_epu32(state1, state0, k);
+                state0 = _mm_sha256rnds2_epu32(state0, state1, _mm_shuffle_epi32(k, 0x0E));
+            }
+            state0 = _mm_add_epi32(state0, abef);
+            state1 = _mm_add_epi32(state1, cdgh);
+            data += 64;
+        }
+        tmp = _mm_shuffle_epi32(state0, 0x1B);              /* FEBA */
+        state1 = _mm_shuffle_epi32(state1, 0xB1);           /* DCHG */
+        state0 = _mm_blend_epi16(tmp, state1, 0xF0);        /* DCBA */
+        state1 = _mm_alignr_epi8(state1, tmp, 8);           /* HGFE */
+        _mm_storeu_si128((__m128i*)&state[0], state0);
+        _mm_storeu_si128((__m128i*)&state[4], state1);
+    }
+
+    static int jss_sha_ni_checked = 0, jss_sha_ni = 0;
+
+    static int jss_have_sha_ni(void) {
+        unsigned int a, b, c, d;
+        if (!jss_sha_ni_checked) {
+            jss_sha_ni_checked = 1;
+            if (__get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 19)) && (c & (1u << 9))
+                    && __get_cpuid_count(7, 0, &a, &b, &c, &d) && (b & (1u << 29)))
+                jss_sha_ni = 1;
+        }
+        return jss_sha_ni;
+    }
+
+    /* sha-256 of data[0:size] into out (32 bytes); 0 when this CPU cannot (the caller uses hashlib). */
+    static int jss_fast_sha256(const uint8_t* data, size_t size, uint8_t* out) {
+        uint32_t state[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                             0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+        uint8_t last[128];
+        size_t full = size / 64, rest = size % 64, tail_blocks, i;
+        uint64_t bits = (uint64_t)size * 8;
+        if (!jss_have_sha_ni())
+            return 0;
+        jss_sha256_blocks(state, data, full);
+        memset(last, 0, sizeof(last));
+        memcpy(last, data + full * 64, rest);
+        last[rest] = 0x80;
+        tail_blocks = rest < 56 ? 1 : 2;
+        for (i = 0; i < 8; i++)
+            last[tail_blocks * 64 - 1 - i] = (uint8_t)(bits >> (8 * i));
+        jss_sha256_blocks(state, last, tail_blocks);
+        for (i = 0; i < 8; i++) {
+            out[4 * i] = (uint8_t)(state[i] >> 24);
+            out[4 * i + 1] = (uint8_t)(state[i] >> 16);
+            out[4 * i + 2] = (uint8_t)(state[i] >> 8);
+            out[4 * i + 3] = (uint8_t)state[i];
+        }
+        return 1;
+    }
+    #else
+    static int jss_fast_sha256(const uint8_t* data, size_t size, uint8_t* out) {
+        (void)data; (void)size; (void)out;
+        return 0;
+    }
+    #endif
+    """
+    int jss_fast_sha256(const uint8_t* data, size_t size, uint8_t* out) nogil
+
+
+cdef void _digest(bytes payload, char* cid, char* cid_text) except *:
+    """The block's CID: binary into `cid`, text into `cid_text`."""
+    cdef bytes digest
     memcpy(cid, PyBytes_AS_STRING(_DAG_CBOR_SHA256), 4)
-    memcpy(cid + 4, PyBytes_AS_STRING(digest), 32)
+    if not jss_fast_sha256(<const uint8_t*>PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload),
+                           <uint8_t*>cid + 4):
+        digest = _sha256(payload).digest()
+        memcpy(cid + 4, PyBytes_AS_STRING(digest), 32)
     _cid_text(cid_text, <const uint8_t*>cid)
-    return digest
 
 
 cdef object _v1_record(object payload):

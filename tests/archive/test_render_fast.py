@@ -124,6 +124,21 @@ def test_rows_off_the_fast_path_reach_the_reference_and_give_its_bytes():
     assert outcome(py_segment.commit_v1_json, base._replace(did="did:plc:é"))[1].startswith(b'{"did":"did:plc:\xc3\xa9"')
 
 
+@needs_cython
+def test_records_of_every_length_across_the_hash_block_edges_get_the_references_cid():
+    # The fast path hashes in C where the CPU can (SHA extensions): lengths 0..300 cross every
+    # padding case (a tail under 56 bytes, 56..63, exact 64-byte blocks).
+    base = SegmentEvent(9, 1_750_000_000_000_001, 0, KIND_CREATE, "did:plc:abc", "app.bsky.feed.post", "3kabc",
+                        "3krev", b"")
+    lengths = set()
+    for size in range(0, 300):
+        record = m(t="x" * size)
+        lengths.add(len(record) % 64)
+        v1, v2, pending = assert_twins_agree(base._replace(payload=record))
+        assert v1[1] and v2[1] and pending[1].v2_record.endswith(record)
+    assert lengths == set(range(64))
+
+
 # -- generated rows ---------------------------------------------------------------------------------
 
 KEY_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_:.~-"
