@@ -680,7 +680,7 @@ STAGES = {"ingest": stage_ingest, "filter": stage_filter, "fanout": stage_fanout
           "verify": stage_verify, "live": stage_live}
 # --workers 1 vs 2 (bench_workers.py): daemon process trees, CPU per delivered event, shares, latency.
 STAGES["workers"] = bench_workers.stage_workers
-STAGES["archive"] = stage_archive  # issue 24: replay render, writer vs ingest, bytes/event, getSegment, planSnapshot, SDK
+STAGES["archive"] = stage_archive  # issue 24: replay render, writer, bytes/event, getSegment, planSnapshot, SDK
 
 
 def check(results: dict, thresholds: dict) -> list[str]:

@@ -425,7 +425,6 @@ cdef void _v2_head(Pieces* p, Row* row, bytes record_v2, const char* cid_text) n
     _add(p, b'","seq":', 8)
 
 
-
 # -- sha-256 of a record block ---------------------------------------------------------------------------
 # The block's CID is its sha-256. hashlib costs ~0.8 µs a call, nearly all of it the OpenSSL context
 # around ~0.15 µs of hashing; x86-64 CPUs with the SHA extensions hash here in C directly. Elsewhere
