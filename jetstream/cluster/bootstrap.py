@@ -295,8 +295,10 @@ class ArchiveBootstrap:
         json = render_json(pending, time_us)
         record = pending.v2_record or NO_FRAME_RECORD
         frame = frame_of_record(record, row.seq, time_us)
+        # No v2 zstd form: as for every event since ingest-cost, the ring makes it on the first
+        # compressed v2 read (ring.pyx); the log never stored it.
         return Event(time_us, pending.did, pending.kind, pending.collection, json, self.compress(json), row.seq,
-                     frame, b"", record)  # the v2 zstd form: made by the ring on the first compressed v2 read
+                     frame, b"", record)
 
     def _open(self, summary: SegmentSummary) -> SegmentReader:
         """A reader over the verified segment: the file itself (a directory), or a download of it."""
