@@ -28,6 +28,7 @@ from jetstream.archive import (
     SegmentEvent,
     segment_name,
 )
+from jetstream.cluster.natsserver import stop_process
 from jetstream.framefile import read_frames
 from jetstream.ingest.car import read_car
 from tests.archive.archive_helpers import write_segment
@@ -135,10 +136,4 @@ class Serve:
         return Path(self.log_path).read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout=15)
