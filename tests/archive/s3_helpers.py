@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from jetstream.cluster.natsserver import stop_process
-from tests.archive.serve_helpers import free_port
+from tests.ports import free_port
 
 TEST_S3_URL_ENV = "JETSTREAM_TEST_S3_URL"
 MOTO_BUCKET = "jetstream-archive-test"

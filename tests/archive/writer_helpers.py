@@ -29,7 +29,8 @@ from jetstream.archive import (
 )
 from jetstream.log.store import EventLog
 from jetstream.relaysim.server import SUBSCRIBE_REPOS_PATH
-from tests.archive.serve_helpers import REPO_ROOT, Serve, free_port
+from tests.archive.serve_helpers import REPO_ROOT, Serve
+from tests.ports import free_port
 
 SEGMENT_KINDS = {KIND_CREATE: "create", KIND_UPDATE: "update", KIND_DELETE: "delete", KIND_IDENTITY: "identity",
                  KIND_ACCOUNT: "account", KIND_SYNC: "sync"}
