@@ -1,17 +1,14 @@
 """Loopback ports in tests: a free one to listen on, and whether one accepts connections yet.
 
-Owns nothing but these two probes; it never holds a port (a free port is closed again before
-it is returned, so whoever binds it next may race another binder: callers retry or wait).
+Owns nothing but these two probes and never holds a port: a free port is released before it is
+returned (jetstream/cluster/natsserver.py's free_port, which the cluster harness uses too), so
+whoever binds it next may race another binder.
 """
 from __future__ import annotations
 
 import socket
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from jetstream.cluster.natsserver import free_port  # noqa: F401 - the tests import it from here
 
 
 def port_open(port: int) -> bool:

@@ -429,8 +429,11 @@ class ArchiveService:
             raise
         return fd, header.block_count
 
-    def _open_or_answer(self, summary):
-        """(fd, block count) of a listed segment, or the 500 to answer when it cannot be read as listed."""
+    def _open_or_answer(self, name: str, summary: SegmentSummary | None):
+        """(fd, block count) of a listed segment, or the answer: the 404/500 of `_not_listed` when it is
+        not listed (summary None), the 500 when it cannot be read as listed."""
+        if summary is None:
+            return self._not_listed(name)
         try:
             return self._open_checked(summary)
         except FileNotFoundError:
@@ -445,9 +448,7 @@ class ArchiveService:
     async def _get_segment(self, request: Request, params) -> Response:
         name = _string(params, "name")
         summary = self._segment(name)
-        if summary is None:
-            return self._not_listed(name)
-        opened = self._open_or_answer(summary)
+        opened = self._open_or_answer(name, summary)
         if isinstance(opened, Response):
             return opened
         fd, _ = opened
@@ -456,9 +457,7 @@ class ArchiveService:
 
     async def _get_block(self, request: Request, params) -> Response:
         name, summary, block = self._block_params(params)
-        if summary is None:
-            return self._not_listed(name)
-        opened = self._open_or_answer(summary)
+        opened = self._open_or_answer(name, summary)
         if isinstance(opened, Response):
             return opened
         fd, block_count = opened
