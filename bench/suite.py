@@ -611,12 +611,22 @@ def stage_verify(table: Table, quick: bool) -> None:
 # --- stage: archive (issue 24: v2's archive endpoints) ------------------------------------------------
 
 def stage_archive(table: Table, quick: bool) -> None:
-    """Issue 24's archive: the writer vs ingest and bytes/event (bench_archive_writer.py); getSegment vs a
-    raw read and vs a bare sendfile server, planSnapshot latency, the SDK's snapshot() (bench_archive_serve.py)."""
+    """Issue 24's archive: replay rendering from segments vs the log's read (bench_archive_render.py), the writer
+    vs ingest and bytes/event (bench_archive_writer.py); getSegment vs a raw read and vs a bare sendfile server,
+    planSnapshot latency, the SDK's snapshot() (bench_archive_serve.py)."""
+    import bench_archive_render
     import bench_archive_serve
     import bench_archive_writer
 
     frames = 3000 if quick else 10_000
+    for mix in ("synthetic", "corpus"):
+        # History replay from sealed segments: decompress + decode + render, per CPU-second, against
+        # the log's read of the same events (bench_archive_render.py); the reader's own work is alike.
+        result = bench_archive_render.measure(bench_archive_render.mix_frames(mix, frames))
+        for wire, what in (("v1", "v1 JSON"), ("v2", "v2 frame")):
+            table.add("archive", f"replay render from segments, {what} ({mix} mix)", result[f"archive_{wire}"],
+                      "events/CPU-s", result[f"log_{wire}"], "the log's read", f"archive_render_{wire}_{mix}_vs_log",
+                      target="≥ 0.6× the log's")
     mixes = (("corpus", bench_archive_writer.corpus_frames), ("synthetic", bench_archive_writer.synthetic_frames))
     for mix, source in mixes:
         result = bench_archive_writer.measure(source(frames))
@@ -670,7 +680,7 @@ STAGES = {"ingest": stage_ingest, "filter": stage_filter, "fanout": stage_fanout
           "verify": stage_verify, "live": stage_live}
 # --workers 1 vs 2 (bench_workers.py): daemon process trees, CPU per delivered event, shares, latency.
 STAGES["workers"] = bench_workers.stage_workers
-STAGES["archive"] = stage_archive  # issue 24: writer vs ingest, bytes/event, getSegment, planSnapshot, SDK
+STAGES["archive"] = stage_archive  # issue 24: replay render, writer, bytes/event, getSegment, planSnapshot, SDK
 
 
 def check(results: dict, thresholds: dict) -> list[str]:

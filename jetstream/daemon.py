@@ -273,7 +273,8 @@ class Daemon:
         """--archive: seal the log into segments of the archive directory (the process that ingests).
 
         Fed by reading the log forward from the sealed tip (every row there is durable); the
-        TTL trim is held at the first unsealed event. With --cluster only the ingest leader seals.
+        TTL trim is held at the first unsealed event. With --cluster every node seals its own
+        directory; only a shared --archive-url is sealed by the ingest leader alone.
         """
         if not self.cfg.archive:
             return
@@ -284,11 +285,14 @@ class Daemon:
         self._tasks.append(self.tasks.spawn(self.sealer.run(), "archive_sealer"))
 
     def archive_may_seal(self) -> bool:
-        """Whether this process may publish segments now: always on a single node; with --cluster only
-        while it leads (its ingest term runs and its lease is held and unexpired, as for its publishes).
-        Read from the sealer's thread too: plain attribute reads."""
+        """Whether this process may publish segments now: always on a single node, and on every --cluster
+        node whose archive is its own (a directory: `--archive-dir`, default <data-dir>/archive; nobody
+        else writes there, and every node's log holds the same seqs, so each seals its own log, applied
+        or ingested). Only a shared archive (--archive-url) is sealed by the ingest leader alone, while
+        it leads (its ingest term runs and its lease is held and unexpired, as for its publishes); the
+        others follow its tip. Read from the sealer's thread too: plain attribute reads."""
         cluster = self.cluster
-        if cluster is None:
+        if cluster is None or not self.cfg.archive_url:
             return True
         lease = cluster.lease
         return cluster.term is not None and lease is not None and lease.held and not lease.expired_locally()
@@ -296,9 +300,9 @@ class Daemon:
     def archive_hold_time_us(self) -> int:
         """The TTL trim's ceiling: the first event no segment holds yet (no limit without --archive).
 
-        On every node: a --cluster follower holds at the tip its sealer last read from the store
-        (the shared one, or its own directory), so a failover finds every unsealed event in the
-        new leader's log (docs/architecture.md §12.4)."""
+        On every node: with its own archive directory, at its own tip; with a shared --archive-url, a
+        follower holds at the tip its sealer last read from the store, so a failover finds every
+        unsealed event in the new leader's log (docs/architecture.md §12.4)."""
         if self.sealer is None:
             return 1 << 64
         return self.sealer.hold_time_us()

@@ -308,7 +308,30 @@ def _split(blob: bytes, lengths, what: str) -> list[str]:
 
 
 def decode_block(body: bytes) -> list[SegmentEvent]:
-    """The events of an uncompressed block body; CorruptSegment on anything malformed."""
+    """The events of an uncompressed block body; CorruptSegment on anything malformed.
+
+    Decoded by the chosen core (jetstream.implementation's decode_block: the Cython column
+    decoder, or `decode_block_py`, its reference); both give the same rows and errors.
+    """
+    return _chosen_decoder()(body)
+
+
+_decoder = None
+
+
+def _chosen_decoder():
+    # Looked up at the first call, not imported: jetstream.implementation loads the cores,
+    # whose segment module imports this one.
+    global _decoder
+    if _decoder is None:
+        from jetstream.implementation import decode_block as chosen
+
+        _decoder = chosen
+    return _decoder
+
+
+def decode_block_py(body: bytes) -> list[SegmentEvent]:
+    """The reference block decoder (jetstream._py.segment's decode_block): the rows, or CorruptSegment."""
     size = len(body)
     if size < 4:
         raise CorruptSegment("block body shorter than its event count")

@@ -5,14 +5,16 @@ file rebuilt from the log, never resumed), the block and seal clocks (`--archive
 `--archive-block-seconds`, `--archive-segment-bytes`, `--archive-seal-after`), the seal protocol
 (footer, header, fsync, a no-clobber publish, the directory fsync), the sealed tip (the newest
 published segment: the archive directory is its only record), what the TTL trim must keep (every
-event above the sealed tip, `hold_time_us`, on every node: a --cluster follower reads the tip the
-leader sealed from the same store every FOLLOW_EVERY_S and holds its trim there),
+event above the sealed tip, `hold_time_us`, on every node: a --cluster node seals its own archive
+directory and holds at its own tip; with a shared --archive-url only the leader seals, and a follower
+reads the tip it sealed from the store every FOLLOW_EVERY_S and holds its trim there),
 `--archive-retention`, and the `archive_seal_failed` and `archive_tip_unreadable` problems.
 It must never read an event that is not yet in RocksDB (it reads the log, which holds only
 durable batches), never overwrite or rewrite a published segment (publish refuses an existing
 name; a segment found at start is adopted after its checksum is verified), never publish while
-`may_seal()` says this process must not (a --cluster follower), and never stop the daemon:
-every failure is counted, reported and retried, and the log keeps the events meanwhile.
+`may_seal()` says this process must not (a --cluster follower of a shared --archive-url), and
+never stop the daemon: every failure is counted, reported and retried, and the log keeps the
+events meanwhile.
 
 Crash argument (docs/architecture.md §12.3): the active segment lives only in a `.tmp` file
 that is deleted at start; a segment is sealed exactly when its name exists in the archive
@@ -69,7 +71,7 @@ READ_CHUNK = 2048  # log rows read per step of the writer thread
 IDLE_TICK_S = 1.0  # how often an idle sealer looks at its clocks (a durable batch wakes it sooner)
 COALESCE_S = 0.1
 RETRY_S = 5.0  # after a failure: rebuild from the log and try again this often
-FOLLOW_EVERY_S = 5.0  # a --cluster follower re-reads the sealed tip of the store this often
+FOLLOW_EVERY_S = 5.0  # a --cluster follower of a shared --archive-url re-reads its sealed tip this often
 # A follower that has not read the tip for this long raises archive_tip_unreadable (its trim holds meanwhile).
 TIP_UNREADABLE_AFTER_S = 15.0
 RETENTION_EVERY_S = 60.0
@@ -513,8 +515,8 @@ class ArchiveSealer:
                 f"this node cannot read the sealed tip of {self.store.directory} ({stale_s:.0f}s, "
                 f"{self.tip_read_failures} failed reads, last: {str(exc)[:200]}); its TTL trim holds every event "
                 f"above sealed seq {self.tip.seq if self.tip else 'unknown (none trimmed)'}, so the log grows",
-                "check that this node reaches the archive store (--archive-url: credentials, endpoint, network; "
-                "--archive-dir: the shared directory is mounted); the trim resumes by itself at the next read")
+                "check that this node reaches the archive store of --archive-url (credentials, endpoint, network; "
+                "file://: the shared directory is mounted); the trim resumes by itself at the next read")
 
     # -- recovery -------------------------------------------------------------------------------
 

@@ -8,9 +8,12 @@ message is applied in part), loading the window (each segment row rendered by
 jetstream/archive/render.py into what ingest stored for it: the row's seq, time_us = its
 witnessed_at, the same v1 JSON, zstd, v2 record and v2 frame as on every other node), the log's
 bootstrap mark (an interrupted bootstrap resumes after the log's newest seq instead of being taken
-for a single-node log), and saying so when neither the archive nor the stream holds a range of
-the window: the `cluster_bootstrap_gap` problem and a gap record in the log (readers reaching it
-are told, as for a range `jetstream repair` dropped).
+for a single-node log), seqs inside the loaded range the archive gives no event for (rows the
+sealer could not hold, `archive.skipped`, and rows render.py cannot turn back into an event): taken
+from the stream when it still holds them, else counted and named in `cluster.bootstrap`; and saying
+so when neither the archive nor the stream holds a range of the window: the `cluster_bootstrap_gap`
+problem and a gap record in the log (readers reaching it are told, as for a range `jetstream repair`
+dropped).
 It must never write an event the stream will apply, never load a segment that does not verify,
 never seal or publish, and never block the event loop on the store or on rendering (threads).
 """
@@ -23,7 +26,7 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator, NamedTuple
 
 from jetstream.archive.manifest import Manifest, SegmentSummary
@@ -31,8 +34,8 @@ from jetstream.archive.reader import SegmentReader
 from jetstream.archive.store import ArchiveStore, StoreError, open_store
 from jetstream.cluster.wire import WireError, decode_batch
 from jetstream.events import Event, render_json
-from jetstream.ingest.sequencer import v2_compress_of
-from jetstream.wire_v2 import NO_FRAME_RECORD, frame_of_record
+from jetstream.implementation import frame_of_record
+from jetstream.wire_v2 import NO_FRAME_RECORD
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,18 @@ class BootstrapFailed(Exception):
     """The archive changed or could not be read while loading: the node tries again."""
 
 
+class Missing(NamedTuple):
+    """Seqs from_seq..to_seq of the loaded range the archive gave no event for, and why
+    (not_in_archive: the segments skip them; unrenderable: render.py made no event of the row)."""
+
+    from_seq: int
+    to_seq: int
+    reason: str
+
+
+MISSING_SEQS_LISTED = 20  # the first seqs in neither the archive nor the stream, named in /healthz
+
+
 class StreamPoint(NamedTuple):
     """The stream message the applier starts at, and its first event (seq 0 / time 0: it has none)."""
 
@@ -71,7 +86,11 @@ class BootstrapReport:
     start_message: int = 0  # the stream message the applier starts at
     events: int = 0
     segments: int = 0
-    unrenderable: int = 0  # rows render.py made no event of (the log keeps their seqs unused)
+    unrenderable: int = 0  # rows render.py made no event of
+    not_in_archive: int = 0  # seqs of the loaded range no segment holds (the sealer's archive.skipped)
+    from_stream: int = 0  # of those two, the events taken from the stream instead
+    missing: int = 0  # of those two, seqs neither holds: unused in this log, held by nodes that ingested them
+    missing_seqs: list = field(default_factory=list)  # the first MISSING_SEQS_LISTED of them
     seconds: float = 0.0
     hole: dict | None = None
 
@@ -79,7 +98,8 @@ class BootstrapReport:
         return {"state": self.state, "archive_tip_seq": self.archive_tip_seq,
                 "loaded_through_seq": self.loaded_through_seq, "start_message": self.start_message,
                 "events": self.events, "segments": self.segments, "unrenderable": self.unrenderable,
-                "seconds": round(self.seconds, 3), "hole": self.hole}
+                "not_in_archive": self.not_in_archive, "from_stream": self.from_stream, "missing": self.missing,
+                "missing_seqs": list(self.missing_seqs), "seconds": round(self.seconds, 3), "hole": self.hole}
 
 
 def archive_location(cfg) -> str:
@@ -112,7 +132,6 @@ class ArchiveBootstrap:
         self.ring = ring
         self.notify = notify
         self.compress = compressor.compress
-        self.compress_v2 = v2_compress_of(compressor)
         self.problems = problems
         self.store = store or open_store(archive_location(cfg))
         self.clock_s = clock_s
@@ -153,10 +172,16 @@ class ArchiveBootstrap:
         self.event_log.finish_bootstrap(point.message - 1)
         self.report.state = "done"
         self.report.seconds = time.monotonic() - started
+        report = self.report
         log.info("event=cluster_bootstrap_done events=%d segments=%d loaded_through_seq=%d start_message=%d "
-                 "seconds=%.1f events_per_s=%.0f unrenderable=%d", self.report.events, self.report.segments,
-                 self.report.loaded_through_seq, point.message, self.report.seconds,
-                 self.report.events / max(self.report.seconds, 1e-9), self.report.unrenderable)
+                 "seconds=%.1f events_per_s=%.0f unrenderable=%d not_in_archive=%d from_stream=%d missing=%d",
+                 report.events, report.segments, report.loaded_through_seq, point.message, report.seconds,
+                 report.events / max(report.seconds, 1e-9), report.unrenderable, report.not_in_archive,
+                 report.from_stream, report.missing)
+        if report.missing:
+            log.warning("event=cluster_bootstrap_seqs_missing missing=%d first_seqs=%s (in neither the archive nor "
+                        "the stream: this log leaves them unused; nodes that ingested them hold them)",
+                        report.missing, ",".join(str(seq) for seq in report.missing_seqs))
 
     # -- the archive's part ---------------------------------------------------------------------
 
@@ -195,7 +220,7 @@ class ArchiveBootstrap:
                     break
                 # The next chunk renders in its thread while this one is written (RocksDB lets go of the GIL).
                 upcoming = asyncio.ensure_future(asyncio.to_thread(next, chunks, None))
-                self._write(chunk)
+                self._write(await self._filled(chunk))
                 if time.monotonic() - last_progress >= PROGRESS_EVERY_S:
                     last_progress = time.monotonic()
                     log.info("event=cluster_bootstrap_progress events=%d segments=%d loaded_through_seq=%d",
@@ -207,9 +232,16 @@ class ArchiveBootstrap:
                 pass  # still running in a thread this task was cancelled out of (the daemon is stopping)
 
     def _write(self, events: list[Event]) -> None:
-        """One log batch (seqs may jump: the window starts mid-history, and rows render.py refuses leave
-        their seq unused), then the ring and the readers, as the applier does for a message."""
-        self.event_log.append(events, None, seq_jump=True)
+        """The chunk's log batches, one per run of consecutive seqs (the window starts mid-history, and
+        seqs in neither the archive nor the stream stay unused), then the ring and the readers, as the
+        applier does for a message."""
+        if not events:
+            return
+        start = 0
+        for end in range(1, len(events) + 1):
+            if end == len(events) or events[end].seq != events[end - 1].seq + 1:
+                self.event_log.append(events[start:end], None, seq_jump=True)
+                start = end
         ring_append = self.ring.append
         for event in events:
             ring_append(event)
@@ -219,24 +251,34 @@ class ArchiveBootstrap:
 
     def _rendered_chunks(self, run: list[SegmentSummary], after_seq: int, through_seq: int,
                          window_start_us: int) -> Iterator[list[Event]]:
-        """Chunks of rendered events; stepped from worker threads, one step at a time (never two at once)."""
-        chunk: list[Event] = []
+        """Chunks of rendered events, and a Missing for each run of seqs the archive gives no event for
+        (between two rows of the window, or after the last one up to `through_seq`); stepped from
+        worker threads, one step at a time (never two at once)."""
+        chunk: list[Event | Missing] = []
+        previous = after_seq or None  # the seq before the next row (None: the window starts at that row)
         for summary in run:
             if summary.header.min_seq > through_seq:
                 break
             with self._open(summary) as reader:
                 self.report.segments += 1
                 for row in reader.iter_events():
-                    if row.seq <= after_seq or row.witnessed_at < window_start_us:
+                    if row.seq <= after_seq:
+                        continue
+                    if row.witnessed_at < window_start_us:
+                        previous = None  # expired, not missing
                         continue
                     if row.seq > through_seq:
                         break
+                    if previous is not None and row.seq > previous + 1:
+                        chunk.append(Missing(previous + 1, row.seq - 1, "not_in_archive"))
+                    previous = row.seq
                     event = self._event_of(row)
-                    if event is not None:
-                        chunk.append(event)
-                        if len(chunk) >= CHUNK_EVENTS:
-                            yield chunk
-                            chunk = []
+                    chunk.append(event if event is not None else Missing(row.seq, row.seq, "unrenderable"))
+                    if len(chunk) >= CHUNK_EVENTS:
+                        yield chunk
+                        chunk = []
+        if previous is not None and previous < through_seq:
+            chunk.append(Missing(previous + 1, through_seq, "not_in_archive"))
         if chunk:
             yield chunk
 
@@ -253,8 +295,10 @@ class ArchiveBootstrap:
         json = render_json(pending, time_us)
         record = pending.v2_record or NO_FRAME_RECORD
         frame = frame_of_record(record, row.seq, time_us)
+        # No v2 zstd form: as for every event since ingest-cost, the ring makes it on the first
+        # compressed v2 read (ring.pyx); the log never stored it.
         return Event(time_us, pending.did, pending.kind, pending.collection, json, self.compress(json), row.seq,
-                     frame, self.compress_v2(frame) if frame else b"", record)
+                     frame, b"", record)
 
     def _open(self, summary: SegmentSummary) -> SegmentReader:
         """A reader over the verified segment: the file itself (a directory), or a download of it."""
@@ -277,15 +321,58 @@ class ArchiveBootstrap:
             raise BootstrapFailed(f"{summary.name} changed since it was listed")
         return reader
 
-    # -- the stream's part ----------------------------------------------------------------------
+    # -- what the archive lacks, from the stream -----------------------------------------------
 
-    async def _first_message_past(self, tip_seq: int) -> StreamPoint:
-        """The first stream message whose events go past `tip_seq`, else the last message (its relay cursor
-        is the newest); the stream's end when it holds none. Binary search: messages hold rising seqs."""
+    async def _filled(self, chunk: list) -> list[Event]:
+        """The chunk's events, each Missing replaced by the stream's events of those seqs (what it still holds)."""
+        if not any(isinstance(item, Missing) for item in chunk):
+            return chunk
+        events: list[Event] = []
+        for item in chunk:
+            if isinstance(item, Missing):
+                events += await self._from_stream(item)
+            else:
+                events.append(item)
+        return events
+
+    async def _from_stream(self, missing: Missing) -> list[Event]:
+        report = self.report
+        wanted = missing.to_seq - missing.from_seq + 1
+        if missing.reason == "not_in_archive":
+            report.not_in_archive += wanted
+        try:
+            events = await self._stream_events(missing.from_seq, missing.to_seq)
+        except BootstrapUnavailable:  # a message without seqs (JSB1): it cannot say which events it holds
+            events = []
+        report.from_stream += len(events)
+        found = {event.seq for event in events}
+        lost = [seq for seq in range(missing.from_seq, missing.to_seq + 1) if seq not in found]
+        report.missing += len(lost)
+        report.missing_seqs += lost[:max(0, MISSING_SEQS_LISTED - len(report.missing_seqs))]
+        log.warning("event=cluster_bootstrap_seqs_not_in_archive from_seq=%d to_seq=%d reason=%s from_stream=%d "
+                    "missing=%d", missing.from_seq, missing.to_seq, missing.reason, len(events), len(lost))
+        return events
+
+    async def _stream_events(self, from_seq: int, to_seq: int) -> list[Event]:
+        """The stream's events with from_seq <= seq <= to_seq, with their v2 frames (as the applier renders them)."""
         info = await asyncio.wait_for(self.js.stream_info(self.stream), NATS_TIMEOUT_S)
         first, last = info.state.first_seq, info.state.last_seq
-        if last == 0 or first > last:
-            return StreamPoint(last + 1, 0, 0)
+        hit = await self._first_message_reaching(from_seq, first, last) if last and first <= last else None
+        events: list[Event] = []
+        while hit is not None:
+            message, batch = hit
+            events += [event for event in batch if from_seq <= event.seq <= to_seq]
+            if batch[-1].seq >= to_seq or message >= last:
+                break
+            hit = await self._events_at_or_after(message + 1, last)
+        return [event._replace(v2=frame_of_record(event.v2_record, event.seq, event.time_us), v2_zstd=b"")
+                for event in events]
+
+    # -- the stream's part ----------------------------------------------------------------------
+
+    async def _first_message_reaching(self, seq: int, first: int, last: int):
+        """(message, its events) of the first message from `first` to `last` whose events reach `seq`
+        (its last event's seq >= seq); None if none does. Binary search: messages hold rising seqs."""
         low, high, found = first, last, None
         while low <= high:
             middle = (low + high) // 2
@@ -294,10 +381,20 @@ class ArchiveBootstrap:
                 high = middle - 1
                 continue
             message, events = hit
-            if events[-1].seq > tip_seq:
+            if events[-1].seq >= seq:
                 found, high = (message, events), middle - 1
             else:
                 low = message + 1
+        return found
+
+    async def _first_message_past(self, tip_seq: int) -> StreamPoint:
+        """The first stream message whose events go past `tip_seq`, else the last message (its relay cursor
+        is the newest); the stream's end when it holds none. Binary search: messages hold rising seqs."""
+        info = await asyncio.wait_for(self.js.stream_info(self.stream), NATS_TIMEOUT_S)
+        first, last = info.state.first_seq, info.state.last_seq
+        if last == 0 or first > last:
+            return StreamPoint(last + 1, 0, 0)
+        found = await self._first_message_reaching(tip_seq + 1, first, last)
         if found is None:
             message = last
             events = await self._events_of(last)

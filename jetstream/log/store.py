@@ -772,7 +772,7 @@ class EventLog:
         iterator.seek(encode_key(time_us))
         if iterator.valid():
             return iterator.key(), iterator.value()
-        self._raise_if_damaged(iterator, CF_EVENTS, time_us - 1)
+        self._raise_if_damaged(iterator, CF_EVENTS, time_us - 1, self._events)
         return None
 
     def _edge_row(self, *, last: bool) -> tuple[bytes, bytes] | None:

@@ -31,7 +31,7 @@ from jetstream.server.ratelimit import RateLimiterRegistry
 from jetstream.server.request_head import HeadBudget
 from jetstream.server.settings import ServerSettings
 from jetstream.server.subscriber import SubscriberListener
-from jetstream.server.wire_v2_request import Refusal, Retention
+from jetstream.server.wire_v2_request import CURSOR_TOO_OLD, Refusal, Retention, service_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,9 @@ class SubscribeServer:
         self.refused_requests: collections.Counter[str] = collections.Counter()
         self.disconnects: collections.Counter[str] = collections.Counter()
         self.options_updates = 0
+        # History on the live wire (issue 24): archive steps taken and events sent from sealed segments, by wire.
+        self.history_steps: collections.Counter[str] = collections.Counter()
+        self.history_events_sent: collections.Counter[str] = collections.Counter()
         # v1's emitted counters, advanced in notify_new_events from the ring itself.
         self.events_emitted = 0
         self.bytes_emitted = 0
@@ -125,7 +128,20 @@ class SubscribeServer:
         local = (archive.routes, archive.answer, self.file_sender) if archive is not None else (None, None, None)
         return FrontDoor(self._new_protocol, self.settings.max_request_bytes, self.settings.handshake_timeout_s,
                          self.pending_heads, self._count_front_door_answer, *local,
-                         count_disconnect=self.count_disconnect)
+                         count_disconnect=self.count_disconnect,
+                         hold_until=self._archive_listed if archive is not None else None)
+
+    def _archive_listed(self, target: bytes) -> asyncio.Future | None:
+        """Start-up: a subscribeEvents request with a cursor waits for the archive's first listing (the
+        front door holds it at most --handshake-timeout), so its cursor is judged against the archive
+        rather than refused CursorTooOld by an empty manifest. None: hand it over now."""
+        history = self.history
+        if history is None or history.ready:
+            return None
+        path, raw_query = http.split_target(target)
+        if http.route_of(path) is not http.Route.SUBSCRIBE_EVENTS or b"cursor=" not in raw_query:
+            return None
+        return history.first_listing()
 
     def _count_front_door_answer(self, reason: str) -> None:
         self.refused_requests[reason] += 1
@@ -366,6 +382,14 @@ class SubscribeServer:
                                            self.settings.archive_replay_lookback_s)
         return self._history
 
+    def history_counters(self) -> dict:
+        """What /metrics shows of history replay (server/metrics.py HISTORY_METRICS), as plain values."""
+        history = self._history
+        return {"history_blocks_read": history.blocks_read if history is not None else 0,
+                "history_blocks_skipped": history.blocks_skipped if history is not None else 0,
+                "history_reads_in_flight": history.reads_in_flight if history is not None else 0,
+                "history_steps": dict(self.history_steps), "history_events_sent": dict(self.history_events_sent)}
+
     def v2_retention(self) -> Retention:
         """What a v2 cursor can replay here: from the oldest event stored with a v2 record, or the archive's
         oldest within --archive-replay-lookback when that is older."""
@@ -418,12 +442,25 @@ class SubscribeServer:
                                   current_dictionary_id=self._v2_dictionary_id,
                                   retention=retention or Retention(1, 0, None), now_us=self._clock_us(),
                                   not_ready=not_ready)
+        if self._archive_unlisted_for(wire):
+            # The front door held it for the first listing, which has not finished (or failed): the cursor
+            # may lie in the archive, so no CursorTooOld and no clamp to the log; 503, try again shortly.
+            wire = service_unavailable("archive manifest warming up")
         if isinstance(wire, Refusal):
             self.refused_requests["invalid_options" if wire.status == 400 else "not_ready"] += 1
             log.info("event=subscribe_refused wire=v2 status=%d error=%s body=%r", wire.status, wire.error,
                      wire.body[:200])
             return http.xrpc_refusal_response(wire, headers)
         return self._upgrade(wire, headers, peer_ip, wires.upgrade_headers(wire))
+
+    def _archive_unlisted_for(self, wire) -> bool:
+        """Whether negotiating `wire` judged its cursor below the log while the archive is not listed yet."""
+        history = self.history
+        if history is None or history.ready:
+            return False
+        if isinstance(wire, Refusal):
+            return wire.error == CURSOR_TOO_OLD
+        return bool(wire.plan.first_frames)  # a time cursor clamped to the log's floor (#info OutdatedCursor)
 
     def _upgrade(self, wire, headers, peer_ip: str, extra_headers: list[tuple[str, str]]):
         """Both wires, once their own parameters passed: a websocket handshake, the per-IP cap, the 101."""

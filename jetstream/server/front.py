@@ -19,7 +19,7 @@ import os
 from typing import Callable
 
 from jetstream.server.file_send import FileSender, FileShort, SendStalled, SendStopped
-from jetstream.server.request_head import NEED_MORE, Answer, HeadBudget, HeadReader, Local, LocalRoutes
+from jetstream.server.request_head import NEED_MORE, Answer, HeadBudget, HeadReader, Local, LocalRoutes, request_target
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +33,16 @@ class FrontDoor(asyncio.Protocol):
     answered here (`request_too_large`, `method_not_get`, `server_busy`). `file_sender` sends a local
     route's file range with sendfile in a thread when it has one free (else it is streamed here);
     `count_disconnect("archive_send_stalled")` is told of each such send given up on a client taking nothing.
+    `hold_until(target)` may return a future to wait for before the hand-over (the archive's first listing
+    at start-up, SubscribeServer._archive_listed); the wait lasts at most `handshake_timeout_s`.
     """
 
     def __init__(self, make_websocket_protocol: Callable[[bytes | None], asyncio.BaseProtocol],
                  max_request_bytes: int, handshake_timeout_s: float, budget: HeadBudget,
                  count_answer: Callable[[str], None] = lambda reason: None,
                  local: LocalRoutes | None = None, answer_local=None, file_sender: FileSender | None = None,
-                 count_disconnect: Callable[[str], None] = lambda reason: None) -> None:
+                 count_disconnect: Callable[[str], None] = lambda reason: None,
+                 hold_until: Callable[[bytes], asyncio.Future | None] | None = None) -> None:
         self._make_websocket_protocol = make_websocket_protocol
         self._count_answer = count_answer
         self._head = HeadReader(max_request_bytes, budget, local)
@@ -51,6 +54,8 @@ class FrontDoor(asyncio.Protocol):
         self._timeout: asyncio.TimerHandle | None = None
         self._local_task: asyncio.Task | None = None
         self._stream = None  # the FileStream being sent
+        self._hold_until = hold_until
+        self._held: bytearray | None = None  # bytes received while the hand-over is held
 
     # --- asyncio.Protocol -------------------------------------------------------------------
 
@@ -62,6 +67,9 @@ class FrontDoor(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._transport is None:
             return  # answered already; what follows the head is not read
+        if self._held is not None:
+            self._held += data  # handed over with the head once the hold ends
+            return
         decision = self._head.feed(data)
         if decision is NEED_MORE:
             return
@@ -70,7 +78,7 @@ class FrontDoor(asyncio.Protocol):
         elif isinstance(decision, Local):
             self._serve_local(decision)
         else:
-            self._hand_over(decision.received, decision.full_target)
+            self._hand_over_when_ready(decision.received, decision.full_target)
 
     def connection_lost(self, exc) -> None:
         self._cancel_timeout()
@@ -89,6 +97,28 @@ class FrontDoor(asyncio.Protocol):
             self._stream.resumed.set()
 
     # --- carrying out the decision ----------------------------------------------------------
+
+    def _hand_over_when_ready(self, received: bytes, full_target: bytes | None) -> None:
+        waiting = None
+        if self._hold_until is not None:
+            target = full_target or request_target(received)
+            waiting = self._hold_until(target) if target is not None else None
+        if waiting is None:
+            self._hand_over(received, full_target)
+            return
+        self._cancel_timeout()  # the hold is bounded below; picows runs its own timeout after it
+        self._held = bytearray(received)
+        self._local_task = asyncio.ensure_future(self._hold_then_hand_over(waiting, full_target))
+
+    async def _hold_then_hand_over(self, waiting: asyncio.Future, full_target: bytes | None) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(waiting), self._handshake_timeout_s or None)
+        except asyncio.TimeoutError:
+            pass  # the route decides without it (a 503 where the cursor may lie in the archive)
+        self._local_task = None
+        received, self._held = bytes(self._held), None
+        if self._transport is not None:
+            self._hand_over(received, full_target)
 
     def _hand_over(self, received: bytes, full_target: bytes | None) -> None:
         self._cancel_timeout()  # picows runs its own handshake timeout from here

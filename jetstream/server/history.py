@@ -9,8 +9,10 @@ found through the manifest's bounds and the footer's block index, blooms and col
 (planner.matching_blocks, the planner's own tests), read and decoded in a thread of a bounded pool
 (`--archive-replay-concurrency` reads at once, process-wide), and handed back as that block's events
 after the position. Also the manifest rescans a reader at the archive/log seam asks for (a segment
-sealed since the last listing), and what a damaged or unreadable segment raises (the archive's own
-problems: archive_segment_corrupt, archive_store_unreachable).
+sealed since the last listing), the first listing a reader or an upgrade waits for at start-up
+(`ready`, `first_listing`: before it nothing may be concluded from an empty manifest), the counters
+/metrics shows, and what a damaged or unreadable segment raises (the archive's own problems:
+archive_segment_corrupt, archive_store_unreachable).
 It must never run blocking I/O on the event loop (footers, blocks and listings are read in the pool;
 the cache's fetches run in its own threads), never hold more than one block's events per reader (the
 reader keeps what `next_block` returns), never render frames (render.py does, through ingest's
@@ -130,8 +132,9 @@ class ArchiveHistory:
         self._scan: asyncio.Future | None = None
         self._scan_started = 0.0
         self.last_completed_scan_started = 0.0  # monotonic start of the newest scan that finished
+        # /metrics (server/metrics.py HISTORY_METRICS), counted on the loop only (pool jobs return their counts).
         self.blocks_read = 0
-        self.blocks_skipped = 0
+        self.blocks_skipped = 0  # blocks after a reader's position passed over: its filter rules them out
         self.reads_in_flight = 0
 
     def close(self) -> None:
@@ -171,6 +174,17 @@ class ArchiveHistory:
         if not bounds.nonempty:
             return False
         return bounds.max_times[-1] > after_time_us and (after_seq is None or bounds.max_seqs[-1] > after_seq)
+
+    @property
+    def ready(self) -> bool:
+        """Whether the store has been listed once: before that, no answer about the archive is to be trusted."""
+        return self.manifest.scanned
+
+    def first_listing(self) -> asyncio.Future | None:
+        """None once the store has been listed; else a listing to wait for (one shared by every asker; it
+        may fail, leaving `ready` False: the store cannot be listed). Listing known objects again is cheap
+        (they are kept by version), so running beside the service's own first scan costs one more LIST."""
+        return None if self.ready else self.request_scan(-1.0)
 
     @property
     def has_refused(self) -> bool:
@@ -232,6 +246,7 @@ class ArchiveHistory:
             try:
                 located = await loop.run_in_executor(self._executor, self._locate, after_time_us, after_seq, query,
                                                      _now_us())
+                self.blocks_skipped += located.skipped
                 if located.summary is None:
                     return ArchiveBlock([], located.skip_to)
                 if self.cache is None:
@@ -256,6 +271,7 @@ class ArchiveHistory:
             first = max(first, bisect.bisect_right(bounds.max_seqs, after_seq))
         refused = self._refused_indices()
         skip_to = None
+        skipped = 0
         request = dataclasses.replace(query.request, after_seq=after_seq)
         for position in range(first, min(len(nonempty), first + SKIP_SEGMENTS_PER_LOOKUP)):
             summary = nonempty[position]
@@ -269,10 +285,11 @@ class ArchiveHistory:
                 raise self._unreachable(summary, after_time_us, exc) from exc
             block = _first_block_after(footer, mask, after_time_us) if footer is not None else None
             if block is not None:
-                return _Located(summary, block, footer.blocks[block], skip_to)
-            self.blocks_skipped += summary.header.block_count
+                skipped += block - _blocks_behind(footer, after_time_us)
+                return _Located(summary, block, footer.blocks[block], skip_to, skipped)
+            skipped += summary.header.block_count - (_blocks_behind(footer, after_time_us) if footer is not None else 0)
             skip_to = (summary.header.max_witnessed_at, summary.header.max_seq)
-        return _Located(None, -1, None, skip_to)
+        return _Located(None, -1, None, skip_to, skipped)
 
     def _refused_indices(self) -> set[int]:
         corrupt = self.manifest.corrupt
@@ -337,6 +354,17 @@ class _Located(NamedTuple):
     block: int
     info: object  # BlockInfo
     skip_to: tuple[int, int] | None
+    skipped: int = 0  # blocks after the position passed over by the filter (for /metrics)
+
+
+def _blocks_behind(footer, after_time_us: int) -> int:
+    """How many of a segment's first blocks end at or before the position (behind the reader, not skipped)."""
+    behind = 0
+    for info in footer.blocks:
+        if info.max_witnessed_at > after_time_us:
+            break
+        behind += 1
+    return behind
 
 
 def _first_block_after(footer, mask: int, after_time_us: int) -> int | None:

@@ -5,7 +5,9 @@ Owns: turning a SubscribeServer's plain counters into metric families at scrape 
 `jetstream_subscribers_connected{ip_address}`, `jetstream_events_emitted_total`,
 `jetstream_bytes_emitted_total`, `jetstream_events_delivered_total{ip_address}`,
 `jetstream_bytes_delivered_total{ip_address}`. New: disconnects the server initiated
-and requests it refused, by reason, and the number of connected clients.
+and requests it refused, by reason, the number of connected clients, and history replay from
+the sealed archive (`jetstream_history_*`: blocks read and skipped, reads in flight, archive
+steps and events sent per wire; `history_families`, shared with the --workers collector).
 It must never be touched on the delivery path: the server counts in plain ints and
 this module reads them only when Prometheus scrapes, so a send costs no metric call.
 """
@@ -34,6 +36,17 @@ SERVER_METRICS = {
     "jetstream_server_refused_requests": "/subscribe requests refused before the upgrade, by reason",
     "jetstream_server_options_updates": "Valid options_update messages applied",
 }
+# History on the live wire (server/history.py): readers below the log replaying sealed segments.
+HISTORY_METRICS = {
+    "jetstream_history_blocks_read": "Archive blocks read and decoded for subscribers replaying history",
+    "jetstream_history_blocks_skipped":
+        "Archive blocks after a replaying reader's position passed over unread: blooms or the collection index "
+        "rule its filter out",
+    "jetstream_history_reads_in_flight": "Archive block reads under way now (at most --archive-replay-concurrency)",
+    "jetstream_history_steps": "Reader steps served from sealed segments, by wire (v1, v2)",
+    "jetstream_history_events_sent": "Events sent to subscribers from sealed segments, by wire (v1, v2)",
+}
+SERVER_METRICS.update(HISTORY_METRICS)
 
 
 class ServerMetricsCollector:
@@ -64,6 +77,21 @@ class ServerMetricsCollector:
         yield _labelled(CounterMetricFamily, "jetstream_server_refused_requests", "reason", server.refused_requests)
         yield CounterMetricFamily("jetstream_server_options_updates",
                                   SERVER_METRICS["jetstream_server_options_updates"], value=server.options_updates)
+        yield from history_families(server.history_counters())
+
+
+def history_families(counters: dict):
+    """The jetstream_history_* families from SubscribeServer.history_counters() (or the workers' sum of them)."""
+    yield CounterMetricFamily("jetstream_history_blocks_read", HISTORY_METRICS["jetstream_history_blocks_read"],
+                              value=counters.get("history_blocks_read", 0))
+    yield CounterMetricFamily("jetstream_history_blocks_skipped", HISTORY_METRICS["jetstream_history_blocks_skipped"],
+                              value=counters.get("history_blocks_skipped", 0))
+    yield GaugeMetricFamily("jetstream_history_reads_in_flight", HISTORY_METRICS["jetstream_history_reads_in_flight"],
+                            value=counters.get("history_reads_in_flight", 0))
+    for name in ("jetstream_history_steps", "jetstream_history_events_sent"):
+        by_wire = {"v1": 0, "v2": 0}
+        by_wire.update(counters.get(name.removeprefix("jetstream_"), {}))
+        yield _labelled(CounterMetricFamily, name, "wire", by_wire)
 
 
 def _labelled(family_type, name: str, label: str, values: dict):

@@ -208,6 +208,12 @@ def local_request(received: bytes, head_end: int, routes: LocalRoutes) -> Local 
     return Local(method.decode("latin-1"), target, headers, b"", error)
 
 
+def request_target(received: bytes) -> bytes | None:
+    """The request target of a complete head, or None if its first line is not a request line."""
+    request_line = _request_line(received)
+    return request_line[1] if request_line is not None else None
+
+
 def _content_length(headers: dict[str, str]) -> int | None:
     """The Content-Length (0 when absent), None when it is not a plain decimal."""
     value = headers.get("Content-Length", "0").strip()

@@ -39,8 +39,11 @@ and the single reader of docs/architecture.md §4. A newcomer can follow it as:
    and the listed segments end before the position, a segment was sealed since the last
    listing or the seqs jump (--cluster): a listing that begins after the reader first saw
    that next seq decides (a trimmed event was published before its trim), and only then,
-   with no segment refused, does the reader take the jump. An archive read runs in a
-   thread (ARCHIVE_READ); its one decoded block is kept and served step by step.
+   with no segment refused, does the reader take the jump. Before the store's first listing
+   (start-up) an empty manifest proves nothing: where the log cannot vouch, the reader waits
+   for that listing (a store that cannot be listed stops it as damage does). An archive read runs in a
+   thread (ARCHIVE_READ); its one decoded block is kept and served step by step, each step
+   bounded by ARCHIVE_STEP_BUDGET_S of rendering as well as by events and bytes.
 
 4. Waiting. A step ends the reader's turn when (a) nothing follows the position: the
    reader parks in the server's waiting set and `notify_new_events` wakes it; (b) the
@@ -125,6 +128,11 @@ log = logging.getLogger(__name__)
 STEP_MAX_EVENTS = 512
 STEP_MAX_BYTES = 256 * 1024
 LOG_CHUNK_ROWS = 512
+# An archive step renders each event on the loop thread (archive/render.py, ~20-60 us an event), so
+# it is bounded by time as well: it ends after the event that took it past this budget (at least
+# one event a step), then yields like any step. One replaying reader thus holds the loop for about
+# this long at a time, and the live readers wait at most that per replay (docs/performance.md).
+ARCHIVE_STEP_BUDGET_S = 0.001
 # A reader out of tokens sleeps until this much of its rate has accrued, so a rate-limited
 # reader takes steps of ~rate/50 events, not one step (and one log read) per token.
 TOKEN_WAIT_S = 0.02
@@ -423,6 +431,7 @@ class SubscriberListener(WSListener):
         self._seam: tuple[int, int] | None = None  # (position, seq of the event there) when known
         self._jump: tuple | None = None  # ((position, seq, next seq the log holds), when first seen): see _unlisted
         self.archive_steps = 0  # steps served from sealed segments
+        self._waited_for_listing = False  # a start-up wait for the store's first listing has ended
 
     # --- state -------------------------------------------------------------------------
 
@@ -769,6 +778,8 @@ class SubscriberListener(WSListener):
         return self._unlisted(start, seq, following, batch, history)
 
     def _archive_may_hold(self, history, start: int, seq: int | None) -> bool:
+        if not history.ready:
+            return True  # not listed yet (start-up): an empty manifest proves nothing; _fetch_archive waits
         return start != self._archive_empty_at and history.holds_after(start, seq)
 
     def _unlisted(self, start: int, seq: int, following: int | None, batch: Batch, history) -> Batch | None:
@@ -800,10 +811,23 @@ class SubscriberListener(WSListener):
 
     def _fetch_archive(self, start: int, seq: int | None, history) -> None:
         """Read the next block after the position in a thread; the reader waits in ARCHIVE_READ."""
+        if not history.ready:
+            self._await_first_listing(history)
+            return
         if self._archive_query is None:
             self._archive_query = self._make_archive_query()
         self._archive_from = start
         self._wait_for(asyncio.ensure_future(history.next_block(start, seq, self._archive_query)))
+
+    def _await_first_listing(self, history) -> None:
+        """Start-up: the store has not been listed yet. Wait for a listing (then step again); if one ends
+        and the store still is not listed, it cannot be: stop as at damage, never resume past the history."""
+        if self._waited_for_listing:
+            self._stop_at_archive_damage("archive unreachable: its store could not be listed; replay incomplete")
+            return
+        self._waited_for_listing = True
+        self._archive_from = self._position.value
+        self._wait_for(history.first_listing())
 
     def _wait_for(self, future: asyncio.Future) -> None:
         self._archive_task = future
@@ -869,7 +893,11 @@ class SubscriberListener(WSListener):
         payloads: list[bytes] = []
         sent_bytes = 0
         position, seq = start, 0
+        clock = time.perf_counter
+        deadline = clock() + ARCHIVE_STEP_BUDGET_S
         while index < len(events):
+            if index > self._archive_next and clock() >= deadline:
+                break  # the step's render budget is spent: yield, the next step goes on from here
             event = events[index]
             index += 1
             position, seq = event.witnessed_at, event.seq
@@ -901,6 +929,9 @@ class SubscriberListener(WSListener):
         else:
             self._archive_next = index
         self.archive_steps += 1
+        wire = "v2" if v2 else "v1"
+        self._server.history_steps[wire] += 1
+        self._server.history_events_sent[wire] += len(payloads)
         return Batch(payloads, position, False, True, seq)
 
     def _stop_at_archive_damage(self, reason: str) -> None:

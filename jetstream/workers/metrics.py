@@ -7,7 +7,8 @@ counters (counted once, by the main process, not once per worker), and the worke
 `jetstream_workers_alive`, `jetstream_worker_restarts_total`, `jetstream_worker_catch_ups_total`,
 `jetstream_worker_catch_up_seconds_total`, `jetstream_worker_catch_up_cpu_seconds_total`,
 `jetstream_worker_rows_fed_total`, `jetstream_worker_gaps_filled_total`,
-`jetstream_worker_wakes_dropped_total`.
+`jetstream_worker_wakes_dropped_total`; and the history replay families (`jetstream_history_*`,
+server/metrics.py), summed over workers (reads in flight: the live workers' only).
 Workers push their counters every second (worker.METRICS_PUSH_INTERVAL_S) and once more when
 they stop, so a scrape is at most that stale; a worker killed with SIGKILL loses at most its
 last second of counts.
@@ -18,7 +19,7 @@ from __future__ import annotations
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from jetstream.server.app import OTHER_IPS_LABEL
-from jetstream.server.metrics import SERVER_METRICS, _labelled
+from jetstream.server.metrics import SERVER_METRICS, _labelled, history_families
 
 WORKER_METRICS = {
     "jetstream_workers_alive": "Worker processes running now (--workers)",
@@ -33,8 +34,9 @@ WORKER_METRICS = {
     "jetstream_worker_wakes_dropped":
         "Rows or wake-ups not sent because a worker's channel was backed up (it catches up from the log)",
 }
-_SUMMED = ("options_updates", "catch_ups", "catch_up_seconds")
-_BY_REASON = ("disconnects", "refused_requests")
+_SUMMED = ("options_updates", "catch_ups", "catch_up_seconds", "history_blocks_read", "history_blocks_skipped")
+_BY_REASON = ("disconnects", "refused_requests", "history_steps", "history_events_sent")
+_GAUGES = ("connected", "history_reads_in_flight")  # live workers' only: not carried over when one exits
 
 
 def _add(into: dict, values: dict) -> None:
@@ -44,15 +46,16 @@ def _add(into: dict, values: dict) -> None:
 
 def sum_counters(snapshots: list[dict]) -> dict:
     """The daemon's counters from the workers' snapshots (and the retired sum)."""
-    total: dict = {"connected_by_ip": {}, "delivered_by_ip": {}, "connected": 0,
-                   "disconnects": {}, "refused_requests": {}}
+    total: dict = {"connected_by_ip": {}, "delivered_by_ip": {}, **{name: 0 for name in _GAUGES},
+                   **{name: {} for name in _BY_REASON}}
     for snapshot in snapshots:
         _add(total["connected_by_ip"], snapshot.get("connected_by_ip", {}))
         for ip, (events, sent_bytes) in snapshot.get("delivered_by_ip", {}).items():
             totals = total["delivered_by_ip"].setdefault(ip, [0, 0])
             totals[0] += events
             totals[1] += sent_bytes
-        total["connected"] += snapshot.get("connected", 0)
+        for name in _GAUGES:
+            total[name] += snapshot.get(name, 0)
         for name in _BY_REASON:
             _add(total[name], snapshot.get(name, {}))
         for name in _SUMMED:
@@ -65,7 +68,7 @@ def retire_counters(retired: dict, counters: dict, max_ip_labels: int) -> None:
     if not counters:
         return
     merged = sum_counters([retired, {name: value for name, value in counters.items()
-                                     if name not in ("connected_by_ip", "connected")}])
+                                     if name not in ("connected_by_ip", *_GAUGES)}])
     delivered = merged["delivered_by_ip"]
     while 0 < max_ip_labels < len(delivered):  # the same label budget as one process keeps
         ip = next(ip for ip in delivered if ip != OTHER_IPS_LABEL)
@@ -73,7 +76,8 @@ def retire_counters(retired: dict, counters: dict, max_ip_labels: int) -> None:
         other = delivered.setdefault(OTHER_IPS_LABEL, [0, 0])
         other[0] += events
         other[1] += sent_bytes
-    merged["connected_by_ip"], merged["connected"] = {}, 0
+    merged["connected_by_ip"] = {}
+    merged.update({name: 0 for name in _GAUGES})
     retired.clear()
     retired.update(merged)
 
@@ -108,6 +112,7 @@ class WorkersMetricsCollector:
         yield CounterMetricFamily("jetstream_server_options_updates",
                                   SERVER_METRICS["jetstream_server_options_updates"],
                                   value=total.get("options_updates", 0))
+        yield from history_families(total)
         yield from self._worker_families(handles)
 
     def _worker_families(self, handles):

@@ -66,6 +66,7 @@ def server_counters(server, feeder: RingFeeder, event_log: SecondaryEventLog) ->
         "rows_fed": feeder.rows_fed,
         "gaps_filled": feeder.gaps_filled,
         "ring_newest_time_us": server.ring.newest_time_us,
+        **server.history_counters(),
     }
 
 

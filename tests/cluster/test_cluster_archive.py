@@ -10,7 +10,12 @@ relay-sim, moto. Properties:
 - kill -9 of the leader while it uploads a segment whose events are older than --event-ttl:
   the follower held them (its trim stops at the shared tip), the new leader seals them, the
   bucket holds every seq exactly once, and no torn object is ever listed or served;
-- a follower that cannot read the tip holds its trim and says so (archive_tip_unreadable).
+- a follower that cannot read the tip holds its trim and says so (archive_tip_unreadable);
+- without --archive-url each node seals its own log into its own directory, follower too: both
+  logs trim past the TTL, each archive holds every seq once, the SDK's snapshot() and replay()
+  give the same events from either node;
+- a bootstrap killed mid-load (kill -9) resumes after the log's newest seq with no gap and no
+  duplicate, and seqs its archive lacks are taken from the stream (the same bytes as the leader's).
 Small segments (64-event blocks, sealed every 2 s) and short TTLs keep each scenario short.
 """
 from __future__ import annotations
@@ -33,7 +38,7 @@ from jetstream.cluster.natsserver import stop_process
 from jetstream.log.store import EventLog, LogGap
 from tests.archive.test_writer_s3 import TcpProxy, s3  # noqa: F401 - s3 is a fixture
 from tests.archive.writer_helpers import SMALL
-from tests.cluster.harness import wait_for
+from tests.cluster.harness import read_seqs, wait_for
 from tests.cluster.test_cluster_nodes import applied, rig, start_cluster  # noqa: F401 - rig is a fixture
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -207,6 +212,37 @@ def stop_relay(rig_) -> None:
     stop_process(rig_.relay, signal.SIGTERM)
 
 
+def directory_seqs(directory) -> list[int]:
+    """Every seq of every segment file of an archive directory, in index order, each file verified."""
+    seqs: list[int] = []
+    for name in sorted(n for n in os.listdir(directory) if n.startswith("seg_") and n.endswith(".jss")):
+        with SegmentReader.open(os.path.join(directory, name)) as reader:
+            seqs += [e.seq for e in reader.iter_events()]
+    return seqs
+
+
+def sdk_replay_seqs(node, through_seq: int, timeout: float = 120.0) -> list[int]:
+    """The seqs the SDK's replay() (archive, then the live wire) gives from `node` up to `through_seq`."""
+    seqs: list[int] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        client = JetstreamClient(base_uri=f"ws://127.0.0.1:{node.port}/xrpc", api_key="any", compress=False)
+        try:
+            for message in client.replay():
+                seqs.append(message.seq)
+                if message.seq >= through_seq:
+                    break
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not failure, failure
+    return seqs
+
+
 # -- the tests -----------------------------------------------------------------------------------
 
 def test_two_nodes_sharing_a_bucket_answer_the_sdk_and_plans_the_same(rig, s3):  # noqa: F811
@@ -250,6 +286,12 @@ def test_a_new_node_fills_its_window_from_the_archive_and_the_stream_with_the_sa
     frozen = tmp_path / "frozen-archive"
     frozen_tip = copy_bucket_to_directory(url, frozen)
     assert frozen_tip > 0
+    # ...and a row it lacks (as archive.skipped leaves one), which the stream will no longer hold either.
+    first_segment = sorted(n for n in os.listdir(frozen) if n.endswith(".jss"))[0]
+    with SegmentReader.open(str(frozen / first_segment)) as reader:
+        seqs = [e.seq for e in reader.iter_events()]
+    lacked = seqs[len(seqs) // 2]
+    drop_rows(frozen, first_segment, {lacked})
     wait_for(lambda: (archive_of(a).get("sealed_tip_seq") or 0) >= frozen_tip + 400, "a to seal on", 120, 0.2)
     # The stream loses what lies below a seq the bucket holds but the frozen copy does not.
     purged_below = purge_below_message_holding(rig, frozen_tip + 200)
@@ -268,6 +310,8 @@ def test_a_new_node_fills_its_window_from_the_archive_and_the_stream_with_the_sa
     assert boot_d["hole"] and boot_d["hole"]["from_seq"] == frozen_tip + 1 and \
         boot_d["hole"]["to_seq"] == stream_first - 1
     assert "cluster_bootstrap_gap" in problem_kinds(d)
+    assert (boot_d["not_in_archive"], boot_d["from_stream"], boot_d["missing"], boot_d["missing_seqs"]) == \
+        (1, 0, 1, [lacked]), "the seq neither holds is counted and named"
     assert any(gap.get("reason") == "cluster_bootstrap" for gap in d.health().get("gaps") or [])
     time.sleep(2)  # live messages on top of the bootstrap
     stop_relay(rig)
@@ -280,10 +324,15 @@ def test_a_new_node_fills_its_window_from_the_archive_and_the_stream_with_the_sa
     newest = max(on_a)
     assert sorted(on_a) == list(range(1, newest + 1))
     assert on_c == on_a, "c holds every seq a holds, with the same time_us, JSON, zstd and v2 record"
-    assert sorted(on_d) == list(range(1, frozen_tip + 1)) + list(range(stream_first, newest + 1))
+    assert sorted(on_d) == [seq for seq in range(1, frozen_tip + 1) if seq != lacked] + \
+        list(range(stream_first, newest + 1))
     assert on_d == {seq: row for seq, row in on_a.items() if seq in on_d}, "d: the same bytes, around its hole"
     c_log = c.log_path.read_text()
     assert "event=cluster_bootstrap_done" in c_log and f"event=cluster_apply_subscribed from_seq={boot_c['start_message']}" in c_log
+    d_log = d.log_path.read_text()
+    assert d_log.count("event=cluster_bootstrap_hole") == 1 and "event=cluster_apply_seq_jump" not in d_log, \
+        "the hole is reported once (the applier knows the log records it)"
+    assert "event=cluster_apply_after_recorded_gap" in d_log
 
 
 class SlowUploadProxy(TcpProxy):
@@ -439,3 +488,109 @@ def test_a_follower_that_cannot_read_the_tip_holds_its_trim_and_says_so(s3, tmp_
             assert oldest_after_trim(event_log, follower) is None, "every event sealed: all trimmed"
     finally:
         proxy.stop()
+
+
+def test_with_their_own_archives_every_node_seals_and_trims_its_own_log_and_serves_the_same_history(rig):  # noqa: F811
+    """No --archive-url: each node seals its own log into <data-dir>/archive (the follower too), so
+    each node's TTL trim moves with its own tip and its log stays bounded; each archive is complete,
+    and the SDK gets the same events from either node (segment boundaries may differ)."""
+    ttl_s = 4
+    a, b = start_cluster(rig, rate=200, node_args=(*SMALL, "--event-ttl", f"{ttl_s}s"))
+    started = time.monotonic()
+    wait_for(lambda: all((archive_of(n).get("sealed_segments") or 0) >= 3 for n in (a, b)),
+             "both nodes to seal segments of their own", 120, 0.2)
+    assert archive_of(b).get("role") == "sealing" and b.cluster().get("role") == "follower"
+    # Past the TTL several times over: both logs trim up to their own tips.
+    wait_for(lambda: time.monotonic() - started > 8 * ttl_s and all(
+        ((n.health() or {}).get("oldest_seq") or 0) > 1 for n in (a, b)), "both logs to trim", 120, 0.5)
+    for node in (a, b):
+        health = node.health()
+        held_s = (health["newest_time_us"] - health["oldest_time_us"]) / 1e6
+        assert held_s < 4 * ttl_s, f"{node.name}'s log is bounded by the TTL: holds {held_s:.1f}s of events"
+    stop_relay(rig)
+    wait_for(lambda: applied(b) == applied(a) and a.cluster().get("stream_last_seq") == applied(a),
+             "b to apply everything a published", 60)
+    tip = settled_tip(a)
+    assert settled_tip(b) == tip, "b sealed everything it applied"
+
+    status_a, plan_a = http(a, "POST", PLAN, b"{}")
+    status_b, plan_b = http(b, "POST", PLAN, b"{}")
+    assert status_a == status_b == 200 and json.loads(plan_a)["sealedTipSeq"] == json.loads(plan_b)["sealedTipSeq"] == tip
+    from_a, from_b = sdk_rows(a), sdk_rows(b)
+    assert [row[0] for row in from_a] == list(range(1, tip + 1))
+    assert from_a == from_b, "the SDK's snapshot is the same from either node"
+    assert sdk_replay_seqs(a, tip) == sdk_replay_seqs(b, tip) == list(range(1, tip + 1))
+
+    rig.stop_node(a)
+    rig.stop_node(b)
+    for node in (a, b):
+        archived = directory_seqs(node.data_dir / "archive")
+        assert archived == list(range(1, tip + 1)), f"{node.name}'s archive holds every seq exactly once"
+        in_log = [seq for seq, _ in read_seqs(node.data_dir)]
+        assert not in_log or (in_log[0] > 1 and in_log[-1] == tip), f"{node.name}'s log trimmed"
+        assert sorted(set(archived) | set(in_log)) == list(range(1, tip + 1))
+    text_b = b.log_path.read_text()
+    assert "event=archive_segment_sealed" in text_b and "event=archive_followed_tip" not in text_b
+
+
+def drop_rows(directory, name: str, seqs: set[int]) -> None:
+    """Write segment `name` again without the events `seqs` (as rows the sealer could not hold leave it)."""
+    from jetstream.archive.writer import SegmentOptions, SegmentWriter
+
+    path = os.path.join(directory, name)
+    with SegmentReader.open(path) as reader:
+        events = [event for event in reader.iter_events() if event.seq not in seqs]
+        first_seq = reader.header.min_seq
+    assert events and len(events) < reader.header.event_count
+    writer = SegmentWriter(path + ".rewrite", first_seq, SegmentOptions(block_events=64, fsync=False))
+    for event in events:
+        writer.add(event)
+    os.replace(writer.finish().path, path)
+
+
+def test_a_bootstrap_killed_mid_load_resumes_with_no_gap_and_takes_what_the_archive_lacks_from_the_stream(
+        rig, s3, tmp_path):  # noqa: F811
+    url = s3.url + "/resume"
+    a, = start_cluster(rig, rate=1000, names=("a",), node_args=("--archive-url", url, *SMALL))
+    wait_for(lambda: (archive_of(a).get("sealed_tip_seq") or 0) >= 25_000, "a to seal 25,000 events", 240, 0.5)
+    # c's archive: the bucket now, with rows missing from two segments (the stream still holds them).
+    copy = tmp_path / "copy-archive"
+    copy_tip = copy_bucket_to_directory(url, copy)
+    names = sorted(n for n in os.listdir(copy) if n.endswith(".jss"))
+    dropped: set[int] = set()
+    for name in (names[1], names[-2]):
+        with SegmentReader.open(str(copy / name)) as reader:
+            seqs = [e.seq for e in reader.iter_events()]
+        middle = seqs[len(seqs) // 2]
+        drop_rows(copy, name, {middle, middle + 1, middle + 2} if name == names[1] else {middle})
+        dropped |= {middle, middle + 1, middle + 2} if name == names[1] else {middle}
+
+    c = rig.add_node("c", "--archive-dir", str(copy), *SMALL)
+    wait_for(lambda: (c.cluster().get("bootstrap") or {}).get("state") == "loading" and
+             c.cluster()["bootstrap"]["events"] >= 2048, "c to be loading its window", 60, 0.02)
+    c.process.send_signal(signal.SIGKILL)
+    c.process.wait(10)
+    with EventLog(str(c.data_dir), create=False) as event_log:
+        killed_at = event_log.newest_seq()
+        assert event_log.bootstrap_pending() and event_log.stream_seq() == 0
+    assert 0 < killed_at < copy_tip, "killed mid-load"
+
+    rig.start_node(c)
+    wait_for(lambda: (c.cluster().get("bootstrap") or {}).get("state") == "done", "c to finish its bootstrap", 120, 0.2)
+    boot = c.cluster()["bootstrap"]
+    assert boot["missing"] == 0 and boot["missing_seqs"] == []
+    resumed_dropped = {seq for seq in dropped if seq > killed_at}
+    assert resumed_dropped, "the resumed run met rows the archive lacks"
+    assert boot["not_in_archive"] == boot["from_stream"] == len(resumed_dropped)
+    stop_relay(rig)
+    wait_for(lambda: applied(c) == applied(a) and a.cluster().get("stream_last_seq") == applied(a),
+             "c to apply everything", 60)
+    rig.stop_node(a)
+    rig.stop_node(c)
+
+    on_a, on_c = log_columns(a.data_dir), log_columns(c.data_dir)
+    assert sorted(on_a) == list(range(1, max(on_a) + 1))
+    assert on_c == on_a, "c holds every seq exactly once, the dropped ones too, with the same bytes"
+    text = c.log_path.read_text()
+    assert f"after_seq={killed_at} " in text, "the second run resumed after the log's newest seq"
+    assert "event=cluster_apply_seq_jump" not in text

@@ -17,7 +17,7 @@ import os
 import urllib.parse
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from jetstream.archive.xrpc import (
@@ -143,6 +143,12 @@ VALID = [("name", "seg_0000000001.jss"), ("segment", "seg_0000000001.jss"), ("bl
 
 
 @fuzz_settings(500)
+# Each kind of answer at least once whatever the random draw (the last test checks they were reached):
+# a whole segment, a range of it, a range past its end, a segment that is not there.
+@example(path=GET_SEGMENT, valid=True, pairs=[], percent=False, headers={})
+@example(path=GET_SEGMENT, valid=True, pairs=[], percent=False, headers={"Range": "bytes=0-9"})
+@example(path=GET_SEGMENT, valid=True, pairs=[], percent=False, headers={"Range": "bytes=99999999-"})
+@example(path=GET_SEGMENT, valid=False, pairs=[("name", "seg_0000000009.jss")], percent=False, headers={})
 @given(path=st.sampled_from((GET_SEGMENT, GET_BLOCK, LIST_SEGMENTS)), valid=st.booleans(),
        pairs=st.lists(st.tuples(QUERY_KEYS, st.one_of(NAMES, NUMBERS)), max_size=4),
        percent=st.booleans(), headers=HEADERS)

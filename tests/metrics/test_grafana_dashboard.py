@@ -18,7 +18,7 @@ DASHBOARD = Path(__file__).resolve().parents[2] / "contrib" / "grafana-dashboard
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
 PROMQL_WORDS = {"sum", "by", "rate", "increase", "topk", "max", "histogram_quantile", "le", "instance",
                 "label_values", "time", "reason", "kind", "event_type", "op_path", "outcome", "ip_address",
-                "result", "method", "change", "where"}
+                "result", "method", "change", "where", "wire"}
 
 
 def exported_series(tmp_path) -> set[str]:

@@ -13,11 +13,15 @@ import json
 import os
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from jetstream.archive.format import FRAME_PREFIX_SIZE
+from jetstream.archive.xrpc import ArchiveService, ArchiveSettings
 from jetstream.compression import decompress
 from jetstream.dictionary import active_dictionary, active_v2_dictionary, dictionary_id
 from jetstream.health import Problems
+from jetstream.server.metrics import register_server
+from tests.archive.test_sealer import seal_all
 from tests.server.history_helpers import V2_PATH, HistoryStack, v2_event, v2_seqs
 from tests.server.server_helpers import http_get
 from tests.waiting import until
@@ -203,6 +207,7 @@ async def test_a_corrupt_block_mid_replay_closes_1011_naming_the_range_and_raise
         before = [json.loads(p)["time_us"] for p in client.payloads]
         assert before and before[-1] < block.min_witnessed_at, "nothing past the damage was sent"
         assert problems.is_active("archive_segment_corrupt")
+        assert scrape(stack.server)['jetstream_server_disconnects_total{reason="archive_damage"}'] == 1
         # v2: an error frame first, then the close.
         transport, client = await connect(stack.url(V2_PATH, "cursor=1"))
         await until(lambda: client.close_code is not None, "the v2 close", timeout=20)
@@ -234,3 +239,126 @@ async def test_without_an_archive_old_v2_cursors_are_refused_as_before_and_lookb
         assert "below lookback floor 150" in json.loads(body)["message"]
     finally:
         await lookback.stop()
+
+
+def scrape(server) -> dict[str, float]:
+    """The server's /metrics families as the collector renders them, series -> value."""
+    registry = CollectorRegistry()
+    register_server(server, registry)
+    series = {}
+    for family in registry.collect():
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            series[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
+    return series
+
+
+async def test_metrics_count_blocks_steps_and_events_from_the_archive_per_wire(tmp_path):
+    stack, count, oracle = await history_stack(tmp_path)
+    try:
+        before = scrape(stack.server)
+        assert before["jetstream_history_blocks_read_total"] == 0
+        assert before['jetstream_history_events_sent_total{wire="v2"}'] == 0
+        floor = stack.event_log.oldest_seq()
+        await stack.collect(V2_PATH, "cursor=1", count)
+        after = scrape(stack.server)
+        sent_v2 = after['jetstream_history_events_sent_total{wire="v2"}']
+        assert floor - 1 <= sent_v2 <= count, "at least every event below the log came from the archive"
+        assert after['jetstream_history_steps_total{wire="v2"}'] >= 1
+        assert after['jetstream_history_events_sent_total{wire="v1"}'] == 0
+        assert after["jetstream_history_blocks_read_total"] >= (floor - 1) // 32
+        assert after["jetstream_history_reads_in_flight"] == 0
+        await stack.collect("/subscribe", "cursor=0", len(oracle["v1"]))
+        assert scrape(stack.server)['jetstream_history_events_sent_total{wire="v1"}'] > 0
+        # A narrow filter passes over blocks whose DID blooms rule it out, without reading them.
+        did = v2_event(oracle["v2"][0])["did"]
+        expected = [frame for frame in oracle["v2"] if v2_event(frame)["did"] == did]
+        read_before = scrape(stack.server)["jetstream_history_blocks_read_total"]
+        frames, _ = await stack.collect(V2_PATH, f"cursor=1&dids={did}", len(expected))
+        assert frames == expected
+        narrow = scrape(stack.server)
+        assert narrow["jetstream_history_blocks_skipped_total"] > 0
+        assert narrow["jetstream_history_blocks_read_total"] - read_before < (floor - 1) // 32
+    finally:
+        await stack.stop()
+
+
+def attach_unlisted_archive(stack: HistoryStack, directory) -> None:
+    """The archive service as the daemon makes it at start: its store not listed yet (its run() not begun)."""
+    stack.service = ArchiveService(ArchiveSettings(str(directory), cache_dir=str(stack.tmp_path / "cache")))
+    stack.server.archive, stack.server._history = stack.service, None
+    assert not stack.server.history.manifest.scanned
+
+
+async def test_before_the_first_listing_old_cursors_wait_for_it_and_are_never_refused(tmp_path):
+    """Start-up: the manifest has not been listed when the first clients arrive. An old v2 cursor is held
+    at the front door until the listing (no CursorTooOld, no clamp to the log with #info OutdatedCursor),
+    and a v1 reader below the log waits for it in ARCHIVE_READ instead of resuming at the log's oldest."""
+    stack = HistoryStack(tmp_path)
+    count = stack.ingest(240)
+    stack.seal()  # no service yet: sealed into the directory only
+    oldest_time_us = stack.event_log.time_us_of_seq(1)
+    stack.trim_below_seq(150)
+    attach_unlisted_archive(stack, stack.archive_dir)
+    await stack.start(archive=False)
+    try:
+        frames, client = await stack.collect(V2_PATH, "cursor=1", count)
+        assert v2_seqs(frames) == list(range(1, count + 1)) and client.close_code is None
+        attach_unlisted_archive(stack, stack.archive_dir)
+        frames, _ = await stack.collect(V2_PATH, f"cursor={oldest_time_us}", count)
+        assert v2_seqs(frames) == list(range(1, count + 1)), "a time cursor is not clamped to the log"
+        assert json.loads(frames[0])["$type"] != "#info"
+        attach_unlisted_archive(stack, stack.archive_dir)
+        payloads, _ = await stack.collect("/subscribe", "cursor=0", 200)
+        assert json.loads(payloads[0])["time_us"] == oldest_time_us, "v1 replays the archive, no silent gap"
+        assert stack.server.refused_requests["not_ready"] == 0
+    finally:
+        await stack.stop()
+
+
+async def test_a_store_that_cannot_be_listed_answers_503_and_stops_v1_replay_never_a_wrong_answer(tmp_path):
+    stack = HistoryStack(tmp_path, handshake_timeout_s=2.0)
+    count = stack.ingest(240)
+    stack.seal()
+    stack.trim_below_seq(150)
+    not_a_directory = tmp_path / "archive-file"
+    not_a_directory.write_bytes(b"")  # listing it fails (NotADirectoryError): the store is unreachable
+    attach_unlisted_archive(stack, not_a_directory)
+    await stack.start(archive=False)
+    try:
+        status, _, body = await http_get(stack.server.port, f"{V2_PATH}?cursor=1")
+        assert status == 503 and b"archive manifest warming up" in body, body
+        assert stack.server.refused_requests["not_ready"] == 1
+        frames, _ = await stack.collect(V2_PATH, "cursor=200", count - 199)  # inside the log: served now
+        assert v2_seqs(frames) == list(range(200, count + 1))
+        transport, client = await connect(stack.url("/subscribe", "cursor=0"))
+        await until(lambda: client.close_code is not None, "the close", timeout=20)
+        assert int(client.close_code) == 1011 and "archive unreachable" in client.close_reason
+        assert not client.payloads, "nothing from the log's middle was sent as if it followed the cursor"
+        assert stack.server.disconnects["archive_damage"] == 1
+    finally:
+        await stack.stop()
+
+
+async def test_a_segment_sealed_since_the_last_listing_is_found_by_a_fresh_listing_not_jumped(tmp_path):
+    """The log lacks the next seq and the listed segments end before the position: a segment was sealed
+    (and the log trimmed) after the process last listed the store. The reader waits for a listing that
+    began after it saw this, reads the new segment, and sends every seq once; no seq jump is taken."""
+    stack = await HistoryStack(tmp_path).start()
+    try:
+        first = stack.ingest(120)
+        stack.seal()  # listed: the archive ends at `first`
+        listed_tip = stack.service.manifest.segments[-1].header.max_seq
+        assert listed_tip == first
+        count = first + stack.ingest(120)
+        seal_all(stack.sealer)  # sealed into the directory, not listed by this process
+        assert stack.service.manifest.segments[-1].header.max_seq == listed_tip
+        stack.trim_below_seq(200)  # the log now starts well past the listed archive's end
+        listings = stack.server.history.last_completed_scan_started
+        frames, client = await stack.collect(V2_PATH, "cursor=1", count)
+        assert v2_seqs(frames) == list(range(1, count + 1)), "no gap where the unlisted segment is"
+        assert client.close_code is None
+        assert stack.server.history.last_completed_scan_started > listings, "a fresh listing was made"
+        assert stack.service.manifest.segments[-1].header.max_seq > listed_tip
+    finally:
+        await stack.stop()

@@ -62,3 +62,25 @@ def test_the_scrape_shows_v1_names_summed_and_the_worker_families():
     assert "jetstream_workers_alive 2.0" in text
     assert 'jetstream_worker_catch_ups_total{worker="1"} 3.0' in text
     assert 'jetstream_worker_catch_up_cpu_seconds_total{worker="0"} 0.25' in text
+
+
+def test_history_counters_are_summed_per_wire_and_reads_in_flight_only_over_live_workers():
+    def history(blocks: int, in_flight: int, v2_events: int) -> dict:
+        return {"history_blocks_read": blocks, "history_blocks_skipped": 1, "history_reads_in_flight": in_flight,
+                "history_steps": {"v2": 2}, "history_events_sent": {"v2": v2_events}}
+
+    retired: dict = {}
+    retire_counters(retired, {**snapshot("10.0.0.1", 1, 1, 1), **history(5, 3, 100)}, max_ip_labels=10)
+    assert retired["history_reads_in_flight"] == 0, "a gauge is not carried over from an exited worker"
+    live = [{**snapshot("10.0.0.1", 1, 1, 1), **history(2, 1, 10)}, {**snapshot("10.0.0.2", 1, 1, 1),
+                                                                      **history(3, 2, 20)}]
+    supervisor = _Supervisor([_Handle(0, live[0]), _Handle(1, live[1])], retired)
+    registry = CollectorRegistry()
+    registry.register(WorkersMetricsCollector(supervisor, _Tail()))
+    text = generate_latest(registry).decode()
+    assert "jetstream_history_blocks_read_total 10.0" in text
+    assert "jetstream_history_blocks_skipped_total 3.0" in text
+    assert "jetstream_history_reads_in_flight 3.0" in text
+    assert 'jetstream_history_events_sent_total{wire="v2"} 130.0' in text
+    assert 'jetstream_history_events_sent_total{wire="v1"} 0.0' in text
+    assert 'jetstream_history_steps_total{wire="v2"} 6.0' in text
