@@ -25,6 +25,8 @@ from types import SimpleNamespace
 if __name__ == "__main__":  # run as a script: the checkout may not be on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_ingest_pipeline import FRAMES_PATH, frames_of  # the same frames as the ingest bench draws
+
 from jetstream.archive.sealer import ArchiveSealer, SealerSettings
 from jetstream.archive.store import LocalStore
 from jetstream.cluster.bootstrap import ArchiveBootstrap
@@ -38,17 +40,8 @@ from jetstream.log.store import EventLog
 from jetstream.relaysim.filesource import FileSource
 from jetstream.relaysim.synthetic import SyntheticSource
 
-FRAMES_PATH = Path(__file__).resolve().parents[1] / "tests" / "data" / "frames.bin.zst"
 EVENTS_PER_DAY = 86_000_000
 BATCH = 64
-
-
-def frames_of(source, count: int) -> list[bytes]:
-    seq, out = source.first_seq - 1, []
-    for _ in range(count):
-        seq = source.next_seq_after(seq)
-        out.append(source.frame(seq))
-    return out
 
 
 def build_archive(frames: list[bytes], data_dir: str, archive_dir: str) -> int:

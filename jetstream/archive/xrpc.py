@@ -181,6 +181,12 @@ def _int64(params: dict[str, list[str]], key: str) -> int:
     return value
 
 
+def _etag(summary: SegmentSummary, block: int | None = None) -> str:
+    """The strong ETag of a segment (its header checksum), or of one of its blocks (checksum:index)."""
+    checksum = planner.checksum_hex(summary.checksum)
+    return f'"{checksum}"' if block is None else f'"{checksum}:{block}"'
+
+
 class ArchiveService:
     """One process's archive read side: the manifest, its problem, and every XRPC answer."""
 
@@ -358,6 +364,16 @@ class ArchiveService:
             raise _Param("malformed segment name")
         return self.manifest.get(index)
 
+    def _block_params(self, params) -> tuple[str, SegmentSummary | None, int]:
+        """getBlock's parameters, checked as both stores check them: (segment name, its summary or None
+        when it is not listed, block index >= 0); _Param when malformed."""
+        name = _string(params, "segment")
+        summary = self._segment(name)
+        block = _int64(params, "blockIndex")
+        if block < 0:
+            raise _Param("blockIndex must be >= 0")
+        return name, summary, block
+
     def _not_listed(self, name: str) -> Response:
         """404 for a name the store does not hold; 500 for one it holds that failed verification (a
         server fault, not an absence: a CDN must not cache it as gone, and a client must not read it)."""
@@ -413,8 +429,11 @@ class ArchiveService:
             raise
         return fd, header.block_count
 
-    def _open_or_answer(self, summary):
-        """(fd, block count) of a listed segment, or the 500 to answer when it cannot be read as listed."""
+    def _open_or_answer(self, name: str, summary: SegmentSummary | None):
+        """(fd, block count) of a listed segment, or the answer: the 404/500 of `_not_listed` when it is
+        not listed (summary None), the 500 when it cannot be read as listed."""
+        if summary is None:
+            return self._not_listed(name)
         try:
             return self._open_checked(summary)
         except FileNotFoundError:
@@ -429,24 +448,16 @@ class ArchiveService:
     async def _get_segment(self, request: Request, params) -> Response:
         name = _string(params, "name")
         summary = self._segment(name)
-        if summary is None:
-            return self._not_listed(name)
-        opened = self._open_or_answer(summary)
+        opened = self._open_or_answer(name, summary)
         if isinstance(opened, Response):
             return opened
         fd, _ = opened
-        etag = f'"{planner.checksum_hex(summary.checksum)}"'
+        etag = _etag(summary)
         return await self._content(request, summary, fd, etag, 0, summary.size)
 
     async def _get_block(self, request: Request, params) -> Response:
-        name = _string(params, "segment")
-        summary = self._segment(name)
-        block = _int64(params, "blockIndex")
-        if block < 0:
-            raise _Param("blockIndex must be >= 0")
-        if summary is None:
-            return self._not_listed(name)
-        opened = self._open_or_answer(summary)
+        name, summary, block = self._block_params(params)
+        opened = self._open_or_answer(name, summary)
         if isinstance(opened, Response):
             return opened
         fd, block_count = opened
@@ -463,7 +474,7 @@ class ArchiveService:
             os.close(fd)
             self._refuse(summary, str(exc))
             return internal_error("failed to read block")
-        etag = f'"{planner.checksum_hex(summary.checksum)}:{block}"'
+        etag = _etag(summary, block)
         return await self._content(request, summary, fd, etag, info.offset + FRAME_PREFIX_SIZE,
                                    info.compressed_size)
 
@@ -494,15 +505,11 @@ class ArchiveService:
         summary = self._segment(name)
         if summary is None:
             return self._not_listed(name)
-        etag = f'"{planner.checksum_hex(summary.checksum)}"'
+        etag = _etag(summary)
         return await self._remote_content(request, summary, etag, 0, summary.size, redirect=True)
 
     async def _get_remote_block(self, request: Request, params) -> Response:
-        name = _string(params, "segment")
-        summary = self._segment(name)
-        block = _int64(params, "blockIndex")
-        if block < 0:
-            raise _Param("blockIndex must be >= 0")
+        name, summary, block = self._block_params(params)
         if summary is None:
             return self._not_listed(name)
         if block >= summary.header.block_count:
@@ -516,7 +523,7 @@ class ArchiveService:
             self._store_unreachable(f"reading {summary.name}'s footer failed: {exc}")
             return internal_error("failed to read block")
         info = footer.blocks[block]
-        etag = f'"{planner.checksum_hex(summary.checksum)}:{block}"'
+        etag = _etag(summary, block)
         # A redirect cannot carry the block's byte range: blocks are served through the cache.
         return await self._remote_content(request, summary, etag, info.offset + FRAME_PREFIX_SIZE,
                                           info.compressed_size, redirect=False)

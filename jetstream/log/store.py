@@ -806,15 +806,8 @@ class EventLog:
         return self._edge_time_us(last=True)
 
     def _edge_time_us(self, *, last: bool) -> int | None:
-        iterator = self._events.iter(self._read_options)
-        if last:
-            iterator.seek_to_last()
-        else:
-            iterator.seek_to_first()
-        if iterator.valid():
-            return decode_key(iterator.key())
-        self._raise_if_damaged(iterator, CF_EVENTS, None)
-        return None
+        row = self._edge_row(last=last)
+        return None if row is None else decode_key(row[0])
 
     def stored_event_bytes(self) -> int:
         """Bytes the two event column families hold: SST files plus memtables (not the WAL).

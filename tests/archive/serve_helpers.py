@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -28,9 +27,11 @@ from jetstream.archive import (
     SegmentEvent,
     segment_name,
 )
+from jetstream.cluster.natsserver import stop_process
 from jetstream.framefile import read_frames
 from jetstream.ingest.car import read_car
 from tests.archive.archive_helpers import write_segment
+from tests.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FRAMES = REPO_ROOT / "tests" / "data" / "frames.bin.zst"
@@ -76,12 +77,6 @@ def build_archive(directory, events: list[SegmentEvent], segments: int = 3, bloc
         chunk = events[i * per:(i + 1) * per]
         paths.append(write_segment(directory, chunk, block_events=block_events, name=segment_name(i)))
     return paths
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Serve:
@@ -135,10 +130,4 @@ class Serve:
         return Path(self.log_path).read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout=15)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 
 from jetstream.archive.xrpc import ArchiveService, ArchiveSettings
+from tests.archive.s3_helpers import s3  # noqa: F401 - s3 is a fixture
 from tests.archive.test_store_s3 import upload
-from tests.archive.test_writer_s3 import s3  # noqa: F401 - s3 is a fixture
 from tests.server.history_helpers import V2_PATH, HistoryStack, v2_seqs
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from jetstream.archive import SegmentReader
-from tests.archive.s3_helpers import moto_server
+from tests.archive.s3_helpers import s3  # noqa: F401 - the moto fixture
 from tests.archive.serve_helpers import REPO_ROOT, Serve, build_archive, corpus_archive_events
 from tests.archive.test_serve_http import BLOCK, LIST, PLAN, SEG, error_of
 from tests.archive.test_store_s3 import upload, wait_for
@@ -33,21 +33,6 @@ NAMES = [f"seg_000000000{i}.jss" for i in range(3)]
 @pytest.fixture(scope="module")
 def events():
     return corpus_archive_events()
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    endpoint = moto_server(tmp_path_factory.mktemp("moto") / "moto.log")
-    old = endpoint.apply()
-    try:
-        yield endpoint
-    finally:
-        endpoint.stop()
-        for key, value in old.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def mid_block_offset(path, block: int = 2) -> int:
@@ -177,7 +162,7 @@ def test_a_listed_segment_replaced_by_another_valid_one_is_never_mixed(events, t
         server.stop()
 
 
-def test_object_store_block_damage_truncation_and_replacement(s3, events, tmp_path):
+def test_object_store_block_damage_truncation_and_replacement(s3, events, tmp_path):  # noqa: F811
     directory = tmp_path / "segments"
     paths = [Path(p) for p in build_archive(directory, events, segments=3, block_events=8)]
     originals = [p.read_bytes() for p in paths]

@@ -27,7 +27,7 @@ from atproto_jetstream import JetstreamClient
 from jetstream.archive import SegmentReader
 from jetstream.archive.cache import SegmentCache
 from jetstream.archive.store import ObjectChanged, ObjectMissing, ObjectStore
-from tests.archive.s3_helpers import TEST_S3_URL_ENV, env_endpoint, moto_server
+from tests.archive.s3_helpers import TEST_S3_URL_ENV, env_endpoint, moto_server, s3_environment
 from tests.archive.serve_helpers import BASE_US, REPO_ROOT, Serve, build_archive, corpus_archive_events
 
 pytestmark = pytest.mark.timeout(300)
@@ -46,16 +46,8 @@ def s3(request, tmp_path_factory):
         endpoint = env_endpoint()
         if endpoint is None:
             pytest.skip(f"{TEST_S3_URL_ENV} is not set: no external S3 endpoint to test against")
-    old = endpoint.apply()
-    try:
+    with s3_environment(endpoint):
         yield endpoint
-    finally:
-        endpoint.stop()
-        for key, value in old.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def upload(directory, url: str) -> ObjectStore:

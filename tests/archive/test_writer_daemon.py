@@ -14,7 +14,6 @@ import signal
 import time
 
 import pytest
-from atproto_jetstream import JetstreamClient
 
 from jetstream.archive import verify
 from jetstream.log.store import EventLog
@@ -22,62 +21,25 @@ from tests.archive.writer_helpers import (
     SMALL,
     RelaySim,
     archive_report,
+    as_sdk_rows,
     log_rows,
+    seal_then_snapshot,
     segment_paths,
     segment_rows,
     serve,
+    snapshot_rows,
+    wait_all_sealed,
     wait_until,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
-def wait_all_sealed(server, timeout: float = 60.0) -> dict:
-    """After the relay stopped: until the tip reaches the log's newest seq and stays put.
-
-    The tip alone can sit still while the sealer has not yet been fed the last events ingest
-    stored (it wakes on its own clock), so it is compared with the log's newest seq.
-    """
-    last = {}
-
-    def settled() -> bool:
-        nonlocal last
-        try:
-            health = server.healthz()
-        except (OSError, ValueError):
-            return False
-        report = health.get("archive") or {}
-        tip = report.get("sealed_tip_seq") or 0
-        # newest_seq is None once the TTL trimmed every sealed event: then nothing is left to seal.
-        done = tip > 0 and report.get("active_events") == 0 and tip >= (health.get("newest_seq") or 0) \
-            and tip == last.get("sealed_tip_seq")
-        last = report
-        return done
-
-    wait_until(settled, "every event sealed", timeout, server)
-    return last
-
-
-def sdk_tuple(m) -> tuple:
-    operation = getattr(m, "operation", None)
-    if operation is not None:
-        return (m.seq, m.did, operation, m.collection, m.rkey, getattr(m, "cid", None))
-    return (m.seq, m.did, m.py_type.rsplit("#", 1)[-1], "", "", None)
-
-
 def test_sealed_segments_hold_exactly_the_logs_events_and_the_sdk_reads_them(tmp_path):
     data_dir = tmp_path / "data"
     relay = RelaySim(tmp_path / "relay.log", rate=300)
     server = serve(data_dir, relay, *SMALL)
-    try:
-        server.wait_ready()
-        wait_until(lambda: archive_report(server).get("sealed_segments", 0) >= 3, "three sealed segments", 90, server)
-        relay.stop()
-        report = wait_all_sealed(server)
-        messages = list(JetstreamClient(base_uri=f"ws://127.0.0.1:{server.port}/xrpc", api_key="any").snapshot())
-    finally:
-        relay.stop()
-        server.stop()
+    report, snapshot = seal_then_snapshot(server, relay, segments=3)
 
     paths = segment_paths(data_dir / "archive")
     assert len(paths) >= 3
@@ -90,8 +52,7 @@ def test_sealed_segments_hold_exactly_the_logs_events_and_the_sdk_reads_them(tmp
     assert archived == logged, "seq, time_us, did, kind, collection, rkey and record CID of every event"
     assert {row[3] for row in archived} >= {"create", "delete"}
     assert not report["skipped"] and report["missing"] == 0
-    assert [sdk_tuple(m) for m in messages] == [
-        (seq, did, kind, collection, rkey, cid) for seq, _, did, kind, collection, rkey, cid in archived]
+    assert snapshot == as_sdk_rows(archived)
 
 
 def test_kill9_during_ingest_and_sealing_keeps_every_event_exactly_once(tmp_path):
@@ -211,10 +172,10 @@ def test_workers_main_process_seals(tmp_path):
         relay.stop()
         wait_all_sealed(server)
         time.sleep(6)  # workers rescan the directory every 5 s
-        messages = list(JetstreamClient(base_uri=f"ws://127.0.0.1:{server.port}/xrpc", api_key="any").snapshot())
+        snapshot = snapshot_rows(server)
     finally:
         relay.stop()
         server.stop()
     archived = [row for path in segment_paths(data_dir / "archive") for row in segment_rows(path)]
     assert archived == log_rows(data_dir)
-    assert [m.seq for m in messages] == [row[0] for row in archived]
+    assert [row[0] for row in snapshot] == [row[0] for row in archived]

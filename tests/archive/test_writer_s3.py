@@ -10,108 +10,30 @@ the proxy listens again the problem clears and the bucket still holds every seq 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import threading
 
 import pytest
-from atproto_jetstream import JetstreamClient
 
 from jetstream.archive import SegmentReader
 from jetstream.archive.store import ObjectStore
-from tests.archive.s3_helpers import moto_server
-from tests.archive.serve_helpers import REPO_ROOT, Serve, free_port
-from tests.archive.test_writer_daemon import sdk_tuple, wait_all_sealed
+from tests.archive.s3_helpers import TcpProxy, endpoint_port, s3  # noqa: F401 - s3 is the moto fixture
+from tests.archive.serve_helpers import REPO_ROOT, Serve
 from tests.archive.writer_helpers import (
     SMALL,
     RelaySim,
     archive_report,
+    as_sdk_rows,
     log_rows,
+    seal_then_snapshot,
     segment_paths,
     segment_tuple,
+    serve,
+    wait_all_sealed,
     wait_until,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    endpoint = moto_server(tmp_path_factory.mktemp("moto") / "moto.log")
-    old = endpoint.apply()
-    try:
-        yield endpoint
-    finally:
-        endpoint.stop()
-        for key, value in old.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-class TcpProxy:
-    """127.0.0.1:port -> target port; stop() closes the listener and every connection (the store is
-    unreachable: connection refused), start() listens on the same port again."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = free_port()
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._listener: socket.socket | None = None
-
-    def start(self) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(64)
-        self._listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-
-    def stop(self) -> None:
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.close()
-        with self._lock:
-            sockets, self._sockets = self._sockets, []
-        for sock in sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self._sockets += [client, upstream]
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
-
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (source, sink):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
 
 def bucket_rows(url: str) -> tuple[list[str], list[tuple]]:
@@ -132,20 +54,12 @@ def problem_kinds(server: Serve) -> set[str]:
         return set()
 
 
-def test_sealed_segments_are_uploaded_verified_and_served(s3, tmp_path):
+def test_sealed_segments_are_uploaded_verified_and_served(s3, tmp_path):  # noqa: F811
     url = s3.url + "/sealed"
     data_dir = tmp_path / "data"
     relay = RelaySim(tmp_path / "relay.log", rate=300)
-    server = Serve(data_dir, "--ws-url", relay.url, "--archive-url", url, *SMALL, env=s3.env)
-    try:
-        server.wait_ready()
-        wait_until(lambda: archive_report(server).get("sealed_segments", 0) >= 2, "two sealed segments", 90, server)
-        relay.stop()
-        report = wait_all_sealed(server)
-        messages = list(JetstreamClient(base_uri=f"ws://127.0.0.1:{server.port}/xrpc", api_key="any").snapshot())
-    finally:
-        relay.stop()
-        server.stop()
+    server = serve(data_dir, relay, "--archive-url", url, *SMALL, env=s3.env)
+    report, snapshot = seal_then_snapshot(server, relay, segments=2)
 
     names, archived = bucket_rows(url)
     assert len(names) >= 2
@@ -154,21 +68,19 @@ def test_sealed_segments_are_uploaded_verified_and_served(s3, tmp_path):
     logged = log_rows(data_dir)
     assert [row[0] for row in archived] == list(range(1, len(logged) + 1)), "no gap, no duplicate across segments"
     assert archived == logged and report["sealed_tip_seq"] == len(logged)
-    assert [sdk_tuple(m) for m in messages] == [
-        (seq, did, kind, collection, rkey, cid) for seq, _, did, kind, collection, rkey, cid in archived]
+    assert snapshot == as_sdk_rows(archived)
     verified = subprocess.run([sys.executable, "-m", "jetstream.cli", "archive", "verify", url], cwd=REPO_ROOT,
                               env=dict(os.environ, **s3.env), capture_output=True, text=True, timeout=120)
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
-def test_unreachable_store_degrades_health_then_recovers_without_loss_or_duplicates(s3, tmp_path):
+def test_unreachable_store_degrades_health_then_recovers_without_loss_or_duplicates(s3, tmp_path):  # noqa: F811
     url = s3.url + "/outage"
-    proxy = TcpProxy(int(s3.env["AWS_ENDPOINT_URL"].rsplit(":", 1)[1]))
+    proxy = TcpProxy(endpoint_port(s3))
     proxy.start()
-    env = dict(s3.env, AWS_ENDPOINT_URL=f"http://127.0.0.1:{proxy.port}")
     data_dir = tmp_path / "data"
     relay = RelaySim(tmp_path / "relay.log", rate=300)
-    server = Serve(data_dir, "--ws-url", relay.url, "--archive-url", url, *SMALL, env=env)
+    server = serve(data_dir, relay, "--archive-url", url, *SMALL, env=proxy.env(s3))
     try:
         server.wait_ready()
         wait_until(lambda: archive_report(server).get("sealed_segments", 0) >= 1, "a sealed segment", 90, server)
@@ -196,7 +108,7 @@ def test_unreachable_store_degrades_health_then_recovers_without_loss_or_duplica
     print(f"outage: segments={len(names)} events={len(seqs)} failures_at_outage={failed_at['failures']}")
 
 
-def test_object_publish_refuses_an_existing_name_and_adoption_verifies_by_ranged_reads(s3, tmp_path):
+def test_object_publish_refuses_an_existing_name_and_adoption_verifies_by_ranged_reads(s3, tmp_path):  # noqa: F811
     from jetstream.archive import SegmentError
     from jetstream.archive.sealer import ObjectArchiveStore, SealConflict
     from tests.archive.archive_helpers import corpus_car_events, write_segment

@@ -20,14 +20,22 @@ import threading
 import time
 
 import pytest
-from atproto_jetstream import JetstreamClient
 
 from jetstream.archive import SegmentReader, verify
 from jetstream.archive.store import ObjectStore
-from tests.archive.serve_helpers import Serve
-from tests.archive.test_writer_daemon import sdk_tuple, wait_all_sealed
-from tests.archive.test_writer_s3 import TcpProxy, s3  # noqa: F401 - s3 is the moto fixture
-from tests.archive.writer_helpers import SMALL, RelaySim, archive_report, log_rows, segment_tuple, wait_until
+from tests.archive.s3_helpers import TcpProxy, endpoint_port, s3  # noqa: F401 - s3 is the moto fixture
+from tests.archive.writer_helpers import (
+    SMALL,
+    RelaySim,
+    archive_report,
+    as_sdk_rows,
+    log_rows,
+    segment_tuple,
+    serve,
+    snapshot_rows,
+    wait_all_sealed,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -52,21 +60,9 @@ class SlowUploadProxy(TcpProxy):
         put = self._put
         return None if put is None or not put[1] else put[0] / put[1]
 
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self._sockets += [client, upstream]
-            threading.Thread(target=self._upload_pump, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
+    def _start_pumps(self, client: socket.socket, upstream: socket.socket) -> None:
+        threading.Thread(target=self._upload_pump, args=(client, upstream), daemon=True).start()
+        threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
 
     def _upload_pump(self, source: socket.socket, sink: socket.socket) -> None:
         head = b""
@@ -105,11 +101,7 @@ class SlowUploadProxy(TcpProxy):
         finally:
             if put is not None and self._put is put:
                 self._put = None
-            for sock in (source, sink):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            self._shut(source, sink)
 
 
 def bucket_segments(url: str) -> tuple[list[str], list[tuple]]:
@@ -141,9 +133,9 @@ def test_kill9_during_upload_keeps_every_event_exactly_once_and_never_lists_a_to
     seed = rng.randrange(1 << 30)
     rng.seed(seed)
     url = s3.url + "/kill9"
-    proxy = SlowUploadProxy(int(s3.env["AWS_ENDPOINT_URL"].rsplit(":", 1)[1]), rate=24 * 1024)
+    proxy = SlowUploadProxy(endpoint_port(s3), rate=24 * 1024)
     proxy.start()
-    env = dict(s3.env, AWS_ENDPOINT_URL=f"http://127.0.0.1:{proxy.port}")
+    env = proxy.env(s3)
     data_dir = tmp_path / "data"
     logs = tmp_path / "serve.log"
     relay = RelaySim(tmp_path / "relay.log", rate=300)
@@ -151,10 +143,10 @@ def test_kill9_during_upload_keeps_every_event_exactly_once_and_never_lists_a_to
     fractions = []
     try:
         for _ in range(4):
-            server = Serve(data_dir, "--ws-url", relay.url, "--archive-url", url, *SMALL, log_path=logs, env=env)
+            server = serve(data_dir, relay, "--archive-url", url, *SMALL, log_path=logs, env=env)
             try:
                 server.wait_ready()
-                target = rng.uniform(0.05, 0.95)
+                target = rng.uniform(0.05, 0.8)
                 wait_until(lambda target=target: (proxy.put_fraction() or 0) >= target, "a segment upload under way", 120, server)
                 fractions.append(round(proxy.put_fraction() or 0, 2))
             finally:
@@ -162,14 +154,14 @@ def test_kill9_during_upload_keeps_every_event_exactly_once_and_never_lists_a_to
                 server.process.wait(10)
             bucket_segments(url)  # nothing torn listed, right after the kill
         proxy.slow.clear()
-        server = Serve(data_dir, "--ws-url", relay.url, "--archive-url", url, *SMALL, log_path=logs, env=env)
+        server = serve(data_dir, relay, "--archive-url", url, *SMALL, log_path=logs, env=env)
         try:
             server.wait_ready()
             wait_until(lambda: archive_report(server).get("sealed_segments", 0) >= 1, "a segment sealed", 90, server)
             relay.stop()
             wait_all_sealed(server, timeout=120)
             served = served_segments_whole(server, store)
-            messages = list(JetstreamClient(base_uri=f"ws://127.0.0.1:{server.port}/xrpc", api_key="any").snapshot())
+            snapshot = snapshot_rows(server)
         finally:
             server.stop()
     finally:
@@ -180,11 +172,12 @@ def test_kill9_during_upload_keeps_every_event_exactly_once_and_never_lists_a_to
     seqs = [row[0] for row in archived]
     print(f"upload kill9: seed={seed} kills_at={fractions} puts={proxy.puts_started} segments={len(names)} "
           f"events={len(seqs)}")
-    assert len(fractions) == 4 and all(0 < f < 1 for f in fractions), "every kill landed mid-upload"
+    # Under load an upload can end between the poll that saw the target and the kill (seen once: 1.0);
+    # the test still needs most kills to land mid-upload to mean anything.
+    assert len(fractions) == 4 and sum(0 < f < 1 for f in fractions) >= 3, f"kills mid-upload: {fractions}"
     assert seqs == list(range(1, len(seqs) + 1)), "the bucket: seq 1..tip, none twice, none missing"
     assert seqs and seqs[-1] == logged[-1][0], "everything ingested is sealed at the end"
     by_seq = {row[0]: row for row in logged}
     assert all(by_seq[row[0]] == row for row in archived if row[0] in by_seq), "archive and log agree"
     assert served == len(names)
-    assert [sdk_tuple(m) for m in messages] == [
-        (seq, did, kind, collection, rkey, cid) for seq, _, did, kind, collection, rkey, cid in archived]
+    assert snapshot == as_sdk_rows(archived)

@@ -1,10 +1,13 @@
 """Real processes for the cluster tests: a 3-server NATS cluster, relay-sim, daemon nodes.
 
 Every process is started by a `ClusterRig` and killed by its `close()` (a fixture
-finalizer), so a failing test leaks nothing. Ports are picked by binding port 0.
+finalizer), so a failing test leaks nothing. Ports are picked by binding port 0. Also what
+the cluster tests share on top of it: `start_cluster` (NATS, a synthetic relay, a leader and
+followers), websocket reads (`collect`), and the cursor-move scenario both wires are held to.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -18,9 +21,12 @@ from pathlib import Path
 from jetstream.cluster.natsserver import NatsCluster, free_port, stop_process
 from jetstream.log.store import EventLog
 from jetstream.relaysim.server import SUBSCRIBE_REPOS_PATH
+from tests.ports import port_open
+from tests.wsclient import connect
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LEASE_TTL = "2s"
+SEED, DIDS = 5, 200  # the synthetic relay of start_cluster
 
 
 def wait_for(condition, what: str, timeout: float = 30.0, interval: float = 0.05):
@@ -89,7 +95,7 @@ class ClusterRig:
         self.relay_port = free_port()
         self.relay = self._spawn(["relay-sim", "--listen-addr", f"127.0.0.1:{self.relay_port}",
                                   "--log-level", "warning", "--clock", "false", *args], self.base / "relay.log")
-        wait_for(lambda: _port_open(self.relay_port), "relay-sim to listen")
+        wait_for(lambda: port_open(self.relay_port), "relay-sim to listen")
 
     @property
     def relay_url(self) -> str:
@@ -135,14 +141,70 @@ class ClusterRig:
             self.nats.stop()
 
 
-def _port_open(port: int) -> bool:
-    import socket
+def start_cluster(rig: ClusterRig, rate: int, names=("a", "b"), follower_args: tuple = (),
+                  node_args: tuple = ()) -> list:
+    rig.start_nats()
+    rig.start_relay("--synthetic", "true", "--rate", str(rate), "--seed", str(SEED), "--dids", str(DIDS))
+    first = rig.add_node(names[0], "--override-relay-cursor", "0", *node_args)
+    wait_for(lambda: first.cluster().get("role") == "leader", "the first node to lead", 30)
+    return [first] + [rig.add_node(name, *node_args, *follower_args) for name in names[1:]]
 
+
+def applied(node) -> int:
+    return node.cluster().get("applied_stream_seq") or 0
+
+
+async def collect(url: str, until, timeout: float) -> tuple[list[bytes], object]:
+    """Read `url` until `until(listener)`, `timeout` s or a close; (the payloads, the listener)."""
+    transport, listener = await connect(url)
     try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
+        deadline = time.monotonic() + timeout
+        while not until(listener) and time.monotonic() < deadline and listener.close_code is None:
+            listener.changed.clear()
+            try:
+                await asyncio.wait_for(listener.changed.wait(), 0.2)
+            except asyncio.TimeoutError:
+                pass
+    finally:
+        transport.disconnect()
+    return listener.payloads, listener
+
+
+def move_a_cursor(a: Node, b: Node, path: str, cursor_of, time_us_of) -> tuple[list[bytes], list[bytes]]:
+    """A client reads `path` on node a from the start, then brings the cursor of its last frame
+    (`cursor_of(frame)`, inclusive) to node b while b is held back with SIGSTOP: the cursor is
+    ahead of what b has applied (a sequences later events, `time_us_of(frame)` says when), so
+    b must hold the client until it caught up. Another client stays on a all along.
+
+    Checked here: b does not close the moved client and starts with the event at the cursor,
+    and moving equals staying over at least 1200 frames. Returns (moved, stayed): what the
+    moving client received (a's frames, then b's after the one at the cursor) and the stayer's.
+    """
+    async def scenario():
+        stayer = asyncio.ensure_future(collect(f"{a.url}{path}?cursor=1", lambda l: len(l.messages) >= 1500, 60))
+        first, _ = await collect(f"{a.url}{path}?cursor=1", lambda l: len(l.messages) >= 400, 30)
+        b.process.send_signal(signal.SIGSTOP)  # with --workers, b's main process: its workers still serve
+        try:
+            held_since_us = time.time_ns() // 1000  # a sequences later events; b cannot have applied them
+            more, _ = await collect(f"{a.url}{path}?cursor={cursor_of(first[-1]) + 1}",
+                                    lambda l: l.payloads and time_us_of(l.payloads[-1]) > held_since_us + 300_000, 30)
+            on_a = first + more
+            moved = asyncio.ensure_future(
+                collect(f"{b.url}{path}?cursor={cursor_of(on_a[-1])}", lambda l: len(l.messages) >= 800, 60))
+            await asyncio.sleep(1.0)
+        finally:
+            b.process.send_signal(signal.SIGCONT)
+        on_b, listener = await moved
+        return on_a, on_b, listener, await stayer
+
+    on_a, on_b, listener_b, (stayed, _) = asyncio.run(scenario())
+    assert listener_b.close_code is None, listener_b.close_reason
+    assert on_b and on_b[0] == on_a[-1], "the cursor is inclusive: b starts with the event at the cursor"
+    moved = on_a + on_b[1:]
+    common = min(len(moved), len(stayed))
+    assert common >= 1200
+    assert moved[:common] == stayed[:common], "moving from a to b = staying on a"
+    return moved, stayed
 
 
 def read_log(data_dir: Path) -> list[tuple[int, bytes]]:

@@ -36,7 +36,7 @@ from jetstream.archive import SegmentReader
 from jetstream.archive.store import ObjectStore
 from jetstream.cluster.natsserver import stop_process
 from jetstream.log.store import EventLog, LogGap
-from tests.archive.test_writer_s3 import TcpProxy, s3  # noqa: F401 - s3 is a fixture
+from tests.archive.s3_helpers import TcpProxy, s3  # noqa: F401 - s3 is a fixture
 from tests.archive.writer_helpers import SMALL
 from tests.cluster.harness import read_seqs, wait_for
 from tests.cluster.test_cluster_nodes import applied, rig, start_cluster  # noqa: F401 - rig is a fixture

@@ -12,8 +12,8 @@ import asyncio
 
 import pytest
 
+from tests.archive.s3_helpers import s3  # noqa: F401 - s3 is a fixture
 from tests.archive.test_history_daemon import v2_until
-from tests.archive.test_writer_s3 import s3  # noqa: F401 - s3 is a fixture
 from tests.archive.writer_helpers import SMALL
 from tests.cluster.harness import wait_for
 from tests.cluster.test_cluster_archive import archive_of, listed

@@ -17,13 +17,23 @@ import time
 
 import pytest
 
-from tests.cluster.harness import ClusterRig, CuttableProxy, read_log, read_seqs, wait_for
+from tests.cluster.harness import (
+    DIDS,
+    SEED,
+    ClusterRig,
+    CuttableProxy,
+    applied,
+    collect,
+    move_a_cursor,
+    read_log,
+    read_seqs,
+    start_cluster,
+    wait_for,
+)
 from tests.synthetic_expected import expected_lines
-from tests.wsclient import connect
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
-SEED, DIDS = 5, 200
 TIME_US = re.compile(rb'"time_us":(\d+)')
 LEASE_TTL_S = 2.0
 
@@ -41,19 +51,6 @@ def rig(tmp_path):
     rig = ClusterRig(tmp_path)
     yield rig
     rig.close()
-
-
-def start_cluster(rig: ClusterRig, rate: int, names=("a", "b"), follower_args: tuple = (),
-                  node_args: tuple = ()) -> list:
-    rig.start_nats()
-    rig.start_relay("--synthetic", "true", "--rate", str(rate), "--seed", str(SEED), "--dids", str(DIDS))
-    first = rig.add_node(names[0], "--override-relay-cursor", "0", *node_args)
-    wait_for(lambda: first.cluster().get("role") == "leader", "the first node to lead", 30)
-    return [first] + [rig.add_node(name, *node_args, *follower_args) for name in names[1:]]
-
-
-def applied(node) -> int:
-    return node.cluster().get("applied_stream_seq") or 0
 
 
 def check_log_is_the_relay_exactly_once(rows: list[tuple[int, bytes]], relay_cursor_frames: int) -> None:
@@ -74,21 +71,6 @@ def stopped_log(node) -> tuple[list[tuple[int, bytes]], int]:
     return read_log(node.data_dir), cursor
 
 
-async def collect(url: str, until, timeout: float) -> tuple[list[bytes], object]:
-    transport, listener = await connect(url)
-    try:
-        deadline = time.monotonic() + timeout
-        while not until(listener) and time.monotonic() < deadline and listener.close_code is None:
-            listener.changed.clear()
-            try:
-                await asyncio.wait_for(listener.changed.wait(), 0.2)
-            except asyncio.TimeoutError:
-                pass
-    finally:
-        transport.disconnect()
-    return listener.payloads, listener
-
-
 @pytest.mark.parametrize("b_workers", [1, 2], ids=["b_one_process", "b_two_workers"])
 def test_a_cursor_moves_between_nodes_without_gap_or_duplicate(rig, b_workers):
     # With --workers 2 on b, its workers' cursor gate asks b's main process (stopped below).
@@ -100,33 +82,7 @@ def test_a_cursor_moves_between_nodes_without_gap_or_duplicate(rig, b_workers):
     # Start-up objects, the NATS client's included (loaded on joining), are out of the cyclic GC's reach.
     assert "event=gc_frozen reason=cluster_joined" in a.log_path.read_text()
 
-    async def scenario():
-        stayer = asyncio.ensure_future(collect(f"{a.url}/subscribe?cursor=1", lambda l: len(l.messages) >= 1500, 60))
-        first, _ = await collect(f"{a.url}/subscribe?cursor=1", lambda l: len(l.messages) >= 400, 30)
-        # Hold b back (its main process, with --workers) so that the cursor we bring it is ahead of
-        # what it has applied, and connect while it is held: b must hold the client until it caught up.
-        b.process.send_signal(signal.SIGSTOP)
-        try:
-            held_since_us = time.time_ns() // 1000  # a sequences later events; b cannot have applied them
-            more, _ = await collect(f"{a.url}/subscribe?cursor={time_us_of(first[-1]) + 1}",
-                                    lambda l: l.payloads and time_us_of(l.payloads[-1]) > held_since_us + 300_000, 30)
-            on_a = first + more
-            cursor = time_us_of(on_a[-1])
-            moved = asyncio.ensure_future(
-                collect(f"{b.url}/subscribe?cursor={cursor}", lambda l: len(l.messages) >= 800, 60))
-            await asyncio.sleep(1.0)
-        finally:
-            b.process.send_signal(signal.SIGCONT)
-        on_b, listener = await moved
-        return on_a, on_b, listener, await stayer
-
-    on_a, on_b, listener_b, (stayed, _) = asyncio.run(scenario())
-    assert listener_b.close_code is None, listener_b.close_reason
-    assert on_b and on_b[0] == on_a[-1], "the cursor is inclusive: b starts with the event at the cursor"
-    moved = on_a + on_b[1:]
-    common = min(len(moved), len(stayed))
-    assert common >= 1200
-    assert moved[:common] == stayed[:common], "moving from a to b = staying on a"
+    move_a_cursor(a, b, "/subscribe", time_us_of, time_us_of)  # v1's cursor is the time_us
     if b_workers > 1:
         # b's worker serves while b's main process is stopped, so the client must be held there.
         # (A stopped single process may apply the backlog before it reads the upgrade: no wait.)

@@ -14,7 +14,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ import pytest
 
 from jetstream.log.store import EventLog
 from jetstream.relaysim.server import SUBSCRIBE_REPOS_PATH
+from tests.ports import free_port, port_open
 from tests.synthetic_expected import expected_lines
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -33,12 +33,6 @@ KILLS = 20
 SEED, DIDS = 11, 300
 TIME_US = re.compile(rb'"time_us":(\d+)')
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def jetstream(*args: str, log_path: Path) -> subprocess.Popen:
@@ -55,14 +49,6 @@ def wait_for(condition, what: str, timeout: float = 30.0) -> None:
             return
         time.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-def port_open(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
 
 
 def relay_connected(port: int) -> bool:

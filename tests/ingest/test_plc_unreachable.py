@@ -15,7 +15,6 @@ import json
 import os
 import re
 import signal
-import socket
 import sys
 import time
 import urllib.error
@@ -25,18 +24,13 @@ from pathlib import Path
 import pytest
 
 from jetstream.relaysim.server import SUBSCRIBE_REPOS_PATH
+from tests.ports import free_port, port_open
 from tests.waiting import until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RESOLVE_TIMEOUT_S = 1.5
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Directory:
@@ -75,14 +69,6 @@ class Directory:
         for handler in list(self._handlers):
             handler.cancel()
         await asyncio.gather(*self._handlers, return_exceptions=True)
-
-
-def port_open(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
 
 
 def get(port: int, path: str) -> tuple[int, bytes]:

@@ -23,9 +23,8 @@ from jetstream.relaysim.synthetic import SyntheticSource
 from jetstream.server.app import SubscribeServer
 from jetstream.server.settings import ServerSettings
 from tests.archive.test_sealer import seal_all
+from tests.server.server_helpers import V2_PATH  # noqa: F401 - the history tests import it from here
 from tests.wsclient import connect
-
-V2_PATH = "/xrpc/network.bsky.jetstream.subscribeEvents"
 
 
 class HistoryStack:

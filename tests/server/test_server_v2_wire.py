@@ -15,19 +15,14 @@ import json
 import pytest
 from picows import WSMsgType
 
-from jetstream.compression import EventCompressor, decompress
+from jetstream.compression import decompress
 from jetstream.dictionary import active_v2_dictionary, dictionary_id
 from jetstream.events import KIND_COMMIT, KIND_IDENTITY
-from jetstream.implementation import LiveRing
 from jetstream.ingest.decode import decode_frame
-from jetstream.ingest.sequencer import Sequencer
-from jetstream.log.store import EventLog
-from jetstream.server.app import SubscribeServer
-from jetstream.server.settings import ServerSettings
-from tests.server.server_helpers import http_get, settle
+from tests.server.server_helpers import V2_PATH as PATH
+from tests.server.server_helpers import Stack, http_get, settle
 from tests.wsclient import connect
 
-PATH = "/xrpc/network.bsky.jetstream.subscribeEvents"
 V2_DICTIONARY = active_v2_dictionary()
 V2_DICTIONARY_ID = dictionary_id(V2_DICTIONARY)
 
@@ -43,43 +38,8 @@ def pending(corpus_frames):
     return out
 
 
-class V2Stack:
-    """Log, ring and server wired as the daemon wires them; events from our own sequencer."""
-
-    def __init__(self, tmp_path, pending, *, ring_capacity: int = 10_000, **settings) -> None:
-        self.pending = pending
-        self.event_log = EventLog(str(tmp_path / "log"))
-        self.ring = LiveRing(ring_capacity, floor_time_us=self.event_log.hwm())
-        settings.setdefault("max_sub_rate", 1_000_000.0)
-        self.server = SubscribeServer(self.event_log, self.ring, ServerSettings(**settings))
-        self.sequencer = Sequencer(self.event_log.hwm(), last_seq=self.event_log.newest_seq())
-        self.compressor = EventCompressor(None, V2_DICTIONARY)
-        self.published = 0
-
-    async def start(self) -> V2Stack:
-        await self.server.start("127.0.0.1", 0)
-        return self
-
-    def url(self, query: str = "") -> str:
-        return f"ws://127.0.0.1:{self.server.port}{PATH}" + (f"?{query}" if query else "")
-
-    def publish(self, count: int) -> list:
-        batch = [self.pending[(self.published + i) % len(self.pending)] for i in range(count)]
-        self.published += count
-        events = self.sequencer.sequence(batch, self.compressor)
-        self.event_log.append(events, relay_cursor=None)
-        for event in events:
-            self.ring.append(event)
-        self.server.notify_new_events()
-        return events
-
-    async def stop(self) -> None:
-        await self.server.close()
-        self.event_log.close()
-
-
-async def running(tmp_path, pending, **kwargs) -> V2Stack:
-    return await V2Stack(tmp_path, pending, **kwargs).start()
+async def running(tmp_path, pending, **kwargs) -> Stack:
+    return await Stack(tmp_path, relay_events=pending, **kwargs).start()
 
 
 def seqs_of(frames: list[bytes]) -> list[int]:
@@ -90,13 +50,13 @@ def seqs_of(frames: list[bytes]) -> list[int]:
 async def test_seq_cursor_replays_from_the_log_into_live_without_gap_duplicate_or_reorder(tmp_path, pending, fastpath):
     stack = await running(tmp_path, pending, ring_capacity=16, max_sub_rate=400, live_fastpath=fastpath)
     try:
-        history = stack.publish(600)  # all but the last 16 only in the log
+        history = stack.publish_sequenced(600)  # all but the last 16 only in the log
         cursor = history[100].seq
         assert not stack.ring.covers(history[100].time_us - 1)
-        _, client = await connect(stack.url(f"cursor={cursor}"))
+        _, client = await connect(stack.v2_url(f"cursor={cursor}"))
         live = []
         for _ in range(10):
-            live += stack.publish(15)
+            live += stack.publish_sequenced(15)
             await asyncio.sleep(0.02)
         expected = history[100:] + live
         received = await client.wait_for_count(len(expected), timeout=30)
@@ -109,9 +69,9 @@ async def test_seq_cursor_replays_from_the_log_into_live_without_gap_duplicate_o
 async def test_time_cursor_starts_at_the_first_event_at_or_after_it(tmp_path, pending):
     stack = await running(tmp_path, pending, ring_capacity=8)
     try:
-        history = stack.publish(100)
-        _, client = await connect(stack.url(f"cursor={history[40].time_us}"))
-        live = stack.publish(5)
+        history = stack.publish_sequenced(100)
+        _, client = await connect(stack.v2_url(f"cursor={history[40].time_us}"))
+        live = stack.publish_sequenced(5)
         received = await client.wait_for_count(65)
         assert received == [event.v2 for event in history[40:] + live]
     finally:
@@ -121,10 +81,10 @@ async def test_time_cursor_starts_at_the_first_event_at_or_after_it(tmp_path, pe
 async def test_a_time_cursor_below_the_floor_gets_outdated_cursor_then_the_oldest_events(tmp_path, pending):
     stack = await running(tmp_path, pending, ring_capacity=8)
     try:
-        history = stack.publish(50)
+        history = stack.publish_sequenced(50)
         stack.event_log.trim_older_than(history[20].time_us)
         stack.ring.drop_before(history[20].time_us)
-        _, client = await connect(stack.url(f"cursor={history[0].time_us}"))
+        _, client = await connect(stack.v2_url(f"cursor={history[0].time_us}"))
         received = await client.wait_for_count(31)
         info = json.loads(received[0])
         assert info == {"$type": "message", "payload": {
@@ -138,7 +98,7 @@ async def test_a_time_cursor_below_the_floor_gets_outdated_cursor_then_the_oldes
 async def test_a_seq_cursor_below_the_floor_is_refused_with_cursor_too_old(tmp_path, pending):
     stack = await running(tmp_path, pending)
     try:
-        history = stack.publish(30)
+        history = stack.publish_sequenced(30)
         stack.event_log.trim_older_than(history[10].time_us)
         status, headers, body = await http_get(stack.server.port, f"{PATH}?cursor=3", {"Origin": "https://x"})
         assert status == 400 and headers["content-type"] == "application/json"
@@ -191,7 +151,7 @@ def _wanted(event, kinds, dids, collections) -> bool:
 async def test_kinds_dids_and_collections_filters_from_log_and_ring(tmp_path, pending, fastpath):
     stack = await running(tmp_path, pending, ring_capacity=32, live_fastpath=fastpath)
     try:
-        history = stack.publish(300)
+        history = stack.publish_sequenced(300)
         dids = sorted({e.did for e in history[:60]})[:5]
         cases = {
             "kinds=identity&kinds=account": ({1, 2}, None, None),
@@ -201,8 +161,8 @@ async def test_kinds_dids_and_collections_filters_from_log_and_ring(tmp_path, pe
         }
         clients = {}
         for query, _ in cases.items():
-            _, clients[query] = await connect(stack.url(f"cursor=1&{query}"))
-        live = stack.publish(100)
+            _, clients[query] = await connect(stack.v2_url(f"cursor=1&{query}"))
+        live = stack.publish_sequenced(100)
         for query, (kinds, wanted_dids, collections) in cases.items():
             expected = [e.v2 for e in history + live if _wanted(e, kinds, wanted_dids, collections)]
             assert expected, query
@@ -218,9 +178,9 @@ async def test_kinds_dids_and_collections_filters_from_log_and_ring(tmp_path, pe
 async def test_zstd_dictionary_connections_get_one_zstd_frame_per_message(tmp_path, pending, fastpath):
     stack = await running(tmp_path, pending, ring_capacity=16, live_fastpath=fastpath)
     try:
-        history = stack.publish(60)  # most only in the log: compressed on the way out
-        _, client = await connect(stack.url(f"cursor=1&zstdDictionary={V2_DICTIONARY_ID}"))
-        live = stack.publish(20)
+        history = stack.publish_sequenced(60)  # most only in the log: compressed on the way out
+        _, client = await connect(stack.v2_url(f"cursor=1&zstdDictionary={V2_DICTIONARY_ID}"))
+        live = stack.publish_sequenced(20)
         await client.wait_for_count(80)
         assert {kind for kind, _ in client.messages} == {WSMsgType.BINARY}
         frames = [decompress(payload, V2_DICTIONARY) for _, payload in client.messages]
@@ -250,9 +210,9 @@ async def test_get_zstd_dictionary_serves_ours_by_id(tmp_path, pending):
 async def test_subprotocol_is_echoed_only_when_offered_and_a_client_frame_ends_the_stream(tmp_path, pending):
     stack = await running(tmp_path, pending)
     try:
-        transport, client = await connect(stack.url(), extra_headers={"Sec-WebSocket-Protocol": "xrpc.v1.json"})
+        transport, client = await connect(stack.v2_url(), extra_headers={"Sec-WebSocket-Protocol": "xrpc.v1.json"})
         assert transport.response.headers.get("Sec-WebSocket-Protocol") == "xrpc.v1.json"
-        plain_transport, _ = await connect(stack.url())
+        plain_transport, _ = await connect(stack.v2_url())
         assert plain_transport.response.headers.get("Sec-WebSocket-Protocol") is None
         transport.send(WSMsgType.TEXT, b'{"type":"options_update"}')
         await settle(lambda: client.close_code is not None)
@@ -264,9 +224,9 @@ async def test_subprotocol_is_echoed_only_when_offered_and_a_client_frame_ends_t
 async def test_v1_subscribe_beside_v2_is_unchanged(tmp_path, pending):
     stack = await running(tmp_path, pending)
     try:
-        history = stack.publish(40)
-        _, v1 = await connect(f"ws://127.0.0.1:{stack.server.port}/subscribe?cursor=0")
-        _, v2 = await connect(stack.url("cursor=0"))
+        history = stack.publish_sequenced(40)
+        _, v1 = await connect(stack.url + "?cursor=0")
+        _, v2 = await connect(stack.v2_url("cursor=0"))
         assert await v1.wait_for_count(40) == [event.json for event in history]
         assert await v2.wait_for_count(40) == [event.v2 for event in history]
     finally:
