@@ -344,21 +344,9 @@ class SlowUploadProxy(TcpProxy):
         self.bytes_per_s = bytes_per_s
         self.uploading = threading.Event()
 
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self._sockets += [client, upstream]
-            threading.Thread(target=self._slow_pump, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
+    def _start_pumps(self, client: socket.socket, upstream: socket.socket) -> None:
+        threading.Thread(target=self._slow_pump, args=(client, upstream), daemon=True).start()
+        threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
 
     def _slow_pump(self, source: socket.socket, sink: socket.socket) -> None:
         step = max(1024, self.bytes_per_s // 20)
