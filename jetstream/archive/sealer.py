@@ -579,44 +579,55 @@ class ArchiveSealer:
                 log.warning("event=archive_log_gap_skipped from_time_us=%s to_time_us=%s",
                             gap.gap["from_time_us"], gap.gap["to_time_us"])
                 continue
+            rewound = False
             for row in rows:
-                self._feed(row)
-            if len(rows) < READ_CHUNK or not self.may_seal():
+                if not self._feed(row):
+                    rewound = True  # the tip moved under this chunk: read again from just above it
+                    break
+            if (len(rows) < READ_CHUNK and not rewound) or not self.may_seal():
                 break
         self._apply_clocks(int(self.clock_s() * 1_000_000))
         self._apply_retention()
 
-    def _feed(self, row) -> None:
+    def _feed(self, row) -> bool:
+        """Add one log row to the active segment; False when a seal moved the tip and the row was not used.
+
+        A seal that meets a conflict (another sealer published meanwhile) or finds this node no longer
+        leads resets the read position to the tip it then adopts, which may lie below or above `row`:
+        the caller must read the log again from there, never go on with the rest of its chunk.
+        """
         if row.seq <= self._fed_seq:
-            return  # cannot happen (rows above the tip's time have higher seqs); never twice
-        if row.seq != self._fed_seq + 1:
-            self.missing += row.seq - self._fed_seq - 1
-            log.warning("event=archive_seqs_missing after_seq=%d next_seq=%d missing=%d reason=not_in_log",
-                        self._fed_seq, row.seq, row.seq - self._fed_seq - 1)
-        self._fed_time_us, self._fed_seq = row.time_us, row.seq
+            return True  # cannot happen (rows above the tip's time have higher seqs); never twice
         event = segment_event(row, self.event_log.json_payload_at)
-        if isinstance(event, Skip):
-            self._count_skip(event.reason, row)
-            return
         writer = self.writer
-        if writer is not None:
+        if writer is not None and not isinstance(event, Skip):
             if self._block_first_us and row.time_us - self._block_first_us >= self.settings.block_seconds * 1e6:
                 writer.cut_block()
                 self._block_first_us = 0
             if writer.size_bytes >= self.settings.segment_bytes or \
                     row.time_us - self._segment_first_us >= self.settings.seal_after_s * 1e6:
-                self._seal()
+                if not self._seal():
+                    return False
+        if row.seq != self._fed_seq + 1:
+            self.missing += row.seq - self._fed_seq - 1
+            log.warning("event=archive_seqs_missing after_seq=%d next_seq=%d missing=%d reason=not_in_log",
+                        self._fed_seq, row.seq, row.seq - self._fed_seq - 1)
+        self._fed_time_us, self._fed_seq = row.time_us, row.seq
+        if isinstance(event, Skip):
+            self._count_skip(event.reason, row)
+            return True
         if self.writer is None:
             self._open_writer(row.time_us)
         try:
             self.writer.add(event)
         except InvalidEvent as exc:  # a collection, rkey or rev past 255 bytes: v2 cannot hold it either
             self._count_skip("too_long", row, str(exc))
-            return
+            return True
         if not self._block_first_us:
             self._block_first_us = row.time_us
         if self.writer.pending_events == 0:  # the writer cut at --archive-block-events
             self._block_first_us = 0
+        return True
 
     def _count_skip(self, reason: str, row, detail: str = "") -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
@@ -646,13 +657,17 @@ class ArchiveSealer:
             writer.cut_block()
             self._block_first_us = 0
 
-    def _seal(self) -> None:
-        """Footer, header, fsync; publish (no clobber; refused to a non-leader); move the tip."""
+    def _seal(self) -> bool:
+        """Footer, header, fsync; publish (no clobber; refused to a non-leader); move the tip.
+
+        False when nothing was published and the read position went back to a tip (this node no
+        longer leads, or another sealer published meanwhile and its segments were adopted).
+        """
         writer, tip = self.writer, self.tip
         name = segment_name(tip.next_index)
         if not self.may_seal():
             self._drop_active("not_leader")
-            return
+            return False
         started = time.perf_counter()
         finished = writer.finish()
         self.writer = None
@@ -666,7 +681,7 @@ class ArchiveSealer:
             log.warning("event=archive_seal_conflict name=%s reason=%r action=rescan_and_rebuild", name, str(conflict))
             self.tip = None  # recover() again: adopt what the other sealer published
             self.recover()
-            return
+            return False
         except BaseException:
             try:
                 os.unlink(finished.path)
@@ -683,6 +698,7 @@ class ArchiveSealer:
                  (time.perf_counter() - started) * 1000)
         if self.problems is not None:
             self.problems.clear("archive_seal_failed")
+        return True
 
     def _overlaps_published(self, next_index: int, min_seq: int) -> str:
         """Why publishing seqs from `min_seq` as segment `next_index` would seal something twice ("" if not).

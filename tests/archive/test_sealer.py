@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
 from jetstream import wire_v2
 from jetstream.archive import SegmentReader, verify
 from jetstream.archive.sealer import ArchiveSealer, SealerSettings, commit_fields_from_head, segment_event
@@ -37,8 +39,8 @@ def ingest(event_log: EventLog, frames: int = 400, seed: int = 3) -> int:
 
 
 def sealer_for(event_log, directory, **overrides) -> ArchiveSealer:
-    settings = SealerSettings(str(directory), block_events=32, block_seconds=1e9, segment_bytes=1 << 40,
-                              seal_after_s=1e9, **overrides)
+    fields = {"block_events": 32, "block_seconds": 1e9, "segment_bytes": 1 << 40, "seal_after_s": 1e9}
+    settings = SealerSettings(str(directory), **(fields | overrides))
     return ArchiveSealer(event_log, settings)
 
 
@@ -125,6 +127,32 @@ def test_a_second_sealer_cannot_publish_over_the_first_and_continues_above_it(tm
         seal_all(late)  # conflict on seg_0: re-reads the directory, rebuilds above the leader's segment
         seal_all(late)
         assert archived_seqs(archive) == list(range(1, event_log.newest_seq() + 1))
+
+
+@pytest.mark.parametrize("leader_sealed", ["below", "above"])
+def test_a_conflict_met_while_feeding_reads_again_from_the_adopted_tip(tmp_path, leader_sealed):
+    """The late sealer's segment fills up mid-chunk and its seal meets the leader's segment: the tip it
+    adopts lies below the row being fed (the leader sealed little) or above it (the leader sealed all).
+    Either way it must read the log again from that tip: going on with the chunk lost every seq between
+    the tip and the row (141 here) from the archive."""
+    archive = tmp_path / "archive"
+    with EventLog(str(tmp_path / "log")) as event_log:
+        ingest(event_log, 20)
+        leader = sealer_for(event_log, archive)
+        late = sealer_for(event_log, archive, segment_bytes=20_000)  # fills after ~150 of the 400 frames
+        leader.recover()
+        late.recover()  # both see an empty archive
+        if leader_sealed == "below":
+            seal_all(leader)
+        ingest(event_log, 400, seed=6)
+        if leader_sealed == "above":
+            seal_all(leader)
+        late.step()
+        seal_all(late)
+        assert archived_seqs(archive) == list(range(1, event_log.newest_seq() + 1))
+        assert late.missing == 0, "no seq is reported missing that the log holds"
+        assert late.tip.seq == event_log.newest_seq()
+        assert (late.sealed_segments >= 2) if leader_sealed == "below" else (late.sealed_segments == 0)
 
 
 def test_events_the_format_cannot_hold_are_skipped_and_counted(tmp_path):
