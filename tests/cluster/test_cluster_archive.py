@@ -73,6 +73,18 @@ def settled_tip(leader, timeout: float = 90.0) -> int:
     return tip
 
 
+def all_applied(leader, *others, what: str, quiet_s: float = 1.0, timeout: float = 60.0) -> None:
+    """After the relay stopped: every node applied the leader's last publish, and it was still the last
+    `quiet_s` later (the leader's ingest may publish a batch it read before the relay went away)."""
+    def caught_up():
+        last = leader.cluster().get("stream_last_seq")
+        return last if last and all(applied(n) == last for n in (leader, *others)) else None
+    deadline, previous = time.monotonic() + timeout, None
+    while (current := wait_for(caught_up, what, max(deadline - time.monotonic(), 0.1))) != previous:
+        previous = current
+        time.sleep(quiet_s)
+
+
 def http(node, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
     request = urllib.request.Request(f"http://127.0.0.1:{node.port}{path}", data=body, method=method,
                                      headers={"Content-Type": "application/json"} if body else {})
@@ -250,8 +262,7 @@ def test_two_nodes_sharing_a_bucket_answer_the_sdk_and_plans_the_same(rig, s3): 
     a, b = start_cluster(rig, rate=300, node_args=("--archive-url", url, *SMALL))
     wait_for(lambda: (archive_of(a).get("sealed_segments") or 0) >= 3, "three sealed segments", 120, 0.2)
     stop_relay(rig)
-    wait_for(lambda: applied(b) == applied(a) and a.cluster().get("stream_last_seq") == applied(a),
-             "b to apply everything a published", 60)
+    all_applied(a, b, what="b to apply everything a published")
     tip = settled_tip(a)
     wait_for(lambda: listed(a) and listed(b) == listed(a), "b to list what a sealed", 30, 0.5)
     assert archive_of(b).get("role") == "following" and archive_of(b).get("sealed_tip_seq") == tip, \
@@ -315,8 +326,7 @@ def test_a_new_node_fills_its_window_from_the_archive_and_the_stream_with_the_sa
     assert any(gap.get("reason") == "cluster_bootstrap" for gap in d.health().get("gaps") or [])
     time.sleep(2)  # live messages on top of the bootstrap
     stop_relay(rig)
-    wait_for(lambda: all(applied(n) == applied(a) for n in (c, d)) and a.cluster().get("stream_last_seq") == applied(a),
-             "c and d to apply everything", 60)
+    all_applied(a, c, d, what="c and d to apply everything")
     for node in (a, c, d):
         rig.stop_node(node)
 
@@ -393,7 +403,7 @@ def test_kill9_of_the_leader_mid_upload_of_events_older_than_the_ttl_loses_and_d
     wait_for(lambda: seen_listed.update(listed(b)) or (archive_of(b).get("sealed_segments") or 0) >= 2,
              "b to seal", 90, 0.2)
     stop_relay(rig)
-    wait_for(lambda: b.cluster().get("stream_last_seq") == applied(b), "b to apply its own last publish", 30)
+    all_applied(b, what="b to apply its own last publish")
     tip = settled_tip(b)
     seen_listed.update(listed(b))
     report = archive_of(b)
@@ -496,8 +506,7 @@ def test_with_their_own_archives_every_node_seals_and_trims_its_own_log_and_serv
         held_s = (health["newest_time_us"] - health["oldest_time_us"]) / 1e6
         assert held_s < 4 * ttl_s, f"{node.name}'s log is bounded by the TTL: holds {held_s:.1f}s of events"
     stop_relay(rig)
-    wait_for(lambda: applied(b) == applied(a) and a.cluster().get("stream_last_seq") == applied(a),
-             "b to apply everything a published", 60)
+    all_applied(a, b, what="b to apply everything a published")
     tip = settled_tip(a)
     assert settled_tip(b) == tip, "b sealed everything it applied"
 
@@ -571,8 +580,7 @@ def test_a_bootstrap_killed_mid_load_resumes_with_no_gap_and_takes_what_the_arch
     assert resumed_dropped, "the resumed run met rows the archive lacks"
     assert boot["not_in_archive"] == boot["from_stream"] == len(resumed_dropped)
     stop_relay(rig)
-    wait_for(lambda: applied(c) == applied(a) and a.cluster().get("stream_last_seq") == applied(a),
-             "c to apply everything", 60)
+    all_applied(a, c, what="c to apply everything")
     rig.stop_node(a)
     rig.stop_node(c)
 
