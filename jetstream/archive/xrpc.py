@@ -17,7 +17,8 @@ into memory (a FileRange is streamed), and never serve a file that no longer mat
 verified when it was listed: each download re-reads the header and the version (size, mtime) from
 the descriptor it serves (from a directory), or fetches with If-Match on the listed version and
 checks the header (from an object store); and never send a byte that integrity.py has not checked
-for that version (blocks by their zstd checksums, the footer by the header's). A segment found
+for that version (blocks by their zstd checksums, the footer by the header's), nor redirect to a
+version not yet checked whole (its first downloads are served here, which checks them). A segment found
 damaged is refused (logged once, `archive_segment_corrupt`, unlisted so no plan names it) and its
 downloads answer 500, never the bytes.
 """
@@ -540,7 +541,9 @@ class ArchiveService:
             return Response(served.status, headers, served.error_body)
         if served.status in (304, 412) or served.length == 0:
             return Response(served.status, headers, b"")
-        if redirect and self.settings.redirect:
+        # Only a version whose every byte was checked here is redirected (the CDN or the store sends bytes
+        # we never see); until then its bytes are served, and checked, by us: a first sweep completes it.
+        if redirect and self.settings.redirect and self.integrity.complete(summary):
             location = self._redirect_url(summary)
             if location is not None:
                 return Response(HTTPStatus.TEMPORARY_REDIRECT, [("Location", location), ("Cache-Control", "no-store")])

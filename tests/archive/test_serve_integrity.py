@@ -11,6 +11,7 @@ gone from listSegments and planSnapshot, and `jetstream archive verify` naming i
 """
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import subprocess
@@ -206,5 +207,42 @@ def test_object_store_block_damage_truncation_and_replacement(s3, events, tmp_pa
         assert server.get(SEG + NAMES[0])[2] == originals[0]
         assert server.get(SEG + NAMES[1])[2] == replacement
         assert server.get(f"{BLOCK}?segment={NAMES[1]}&blockIndex=1")[0] == 200
+    finally:
+        server.stop()
+
+
+def unfollowed_get(server: Serve, path: str, headers: dict | None = None) -> tuple[int, str | None, bytes]:
+    """A GET that does not follow a redirect: (status, Location, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, response.getheader("Location"), response.read()
+    finally:
+        conn.close()
+
+
+def test_a_redirect_goes_only_to_a_segment_whose_every_byte_was_checked(s3, events, tmp_path):  # noqa: F811
+    """With --archive-redirect the bytes come from the store or a CDN, unseen by us: a damaged segment must
+    never be redirected to, and a good one only once a sweep through us has checked all of it."""
+    directory = tmp_path / "segments"
+    paths = [Path(p) for p in build_archive(directory, events, segments=2, block_events=8)]
+    originals = [p.read_bytes() for p in paths]
+    url = s3.url + "/redirect-integrity"
+    store = upload(directory, url)
+    store.put(NAMES[0], flipped(originals[0], mid_block_offset(paths[0])))  # listed: the footer holds
+    server = Serve(tmp_path / "data", "--archive-url", url, "--archive-redirect", "presign", env=s3.env)
+    try:
+        server.wait_ready()
+        assert listed(server) == NAMES[:2]
+        for _ in range(2):
+            status, location, body = unfollowed_get(server, SEG + NAMES[0])
+            assert (status, location) == (500, None) and originals[0][:256] not in body
+        refused_and_reported(server, NAMES[0], originals[0])
+
+        assert unfollowed_get(server, SEG + NAMES[1], {"Range": "bytes=0-99"}) == (206, None, originals[1][:100])
+        assert unfollowed_get(server, SEG + NAMES[1]) == (200, None, originals[1]), "the sweep that checks it"
+        status, location, _ = unfollowed_get(server, SEG + NAMES[1], {"Range": "bytes=0-99"})
+        assert status == 307 and location, "checked whole: redirected"
     finally:
         server.stop()

@@ -326,13 +326,23 @@ def test_redirect_to_presigned_url(s3, archive, events, tmp_path):
         server.wait_ready()
         name = "seg_0000000001.jss"
         data = (Path(directory) / name).read_bytes()
-        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-        conn.request("GET", SEGMENT + name, headers={"Range": "bytes=10-59"})
-        response = conn.getresponse()
-        location = response.getheader("Location")
-        response.read()
-        conn.close()
-        assert response.status == 307 and location
+
+        def get_range(first: int, last: int):
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+            conn.request("GET", SEGMENT + name, headers={"Range": f"bytes={first}-{last}"})
+            response = conn.getresponse()
+            body = response.read()
+            conn.close()
+            return response.status, response.getheader("Location"), body
+
+        # Not redirected before every byte of it was checked here: the first sweep is served (and checked).
+        half = len(data) // 2
+        assert get_range(10, 59) == (206, None, data[10:60])
+        assert get_range(0, half)[0] == 206
+        assert get_range(0, half)[0] == 206, "half of it checked: still served here"
+        assert get_range(half + 1, len(data) - 1) == (206, None, data[half + 1:])
+        status, location, _ = get_range(10, 59)
+        assert status == 307 and location
         target = urllib.parse.urlsplit(location)
         assert "X-Amz-Signature" in target.query or TEST_S3_URL_ENV in os.environ
         request = urllib.request.Request(location, headers={"Range": "bytes=10-59"})  # noqa: S310
