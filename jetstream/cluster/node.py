@@ -40,6 +40,7 @@ from jetstream.tasks import TaskSupervisor
 log = logging.getLogger(__name__)
 
 NATS_TIMEOUT_S = 2.0
+STOP_APPLY_WAIT_S = 5.0  # a graceful stop waits this long at most to apply what the stream holds
 CURSOR_TOO_FAR_CODE = 1013  # try again later: another node (or this one, later) can serve it
 HEALTH_CHECK_INTERVAL_S = 0.5  # how often the node re-checks its /healthz problems
 BOOTSTRAP_RETRY_S = 5.0  # a bootstrap from the archive that failed mid-way is planned again after this
@@ -255,12 +256,29 @@ class ClusterNode:
             self._step_down("shutdown", cool_down=False)
         if self.lease is not None and self.lease.held:
             await self.lease.release(NATS_TIMEOUT_S)
+        await self._apply_what_the_stream_holds(STOP_APPLY_WAIT_S)
         for task in self._tasks + ([self._term_task] if self._term_task else []):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.applier is not None:
             await self.applier.stop()
         await self._close_nats()
+
+    async def _apply_what_the_stream_holds(self, timeout_s: float) -> None:
+        """At a graceful stop: apply what the stream holds now (a leader's own last publishes, acked
+        but not yet applied), so the log a stopped node leaves equals the stream it saw; bounded, and
+        nothing is lost past the bound (a restart applies the rest from the stream)."""
+        applier = self.applier
+        if applier is None or not self.nats_connected:
+            return
+        started = time.monotonic()
+        try:
+            last = await applier.refresh_stream_last_seq(min(NATS_TIMEOUT_S, timeout_s))
+        except Exception:  # noqa: BLE001 - NATS going away: what the applier last saw
+            last = applier.stream_last_seq
+        reached = await applier.wait_applied(last, max(0.0, timeout_s - (time.monotonic() - started)))
+        log.info("event=cluster_stop_applied node=%s applied_seq=%d stream_last_seq=%d complete=%s waited_s=%.3f",
+                 self.node_name, applier.applied_seq, last, str(reached).lower(), time.monotonic() - started)
 
     async def _close_nats(self) -> None:
         nc, self.nc = self.nc, None
