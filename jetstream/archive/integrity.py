@@ -14,7 +14,9 @@ It must never send or cache bytes, never decide what to answer (it raises Segmen
 damage; xrpc.py refuses the segment), and never read more than the blocks overlapping a range
 (plus the footer when the range reaches it). What it cannot see: bytes that change in place without
 the version changing (silent disk corruption after a region was checked, or a write between the
-check and the send); `jetstream archive verify` reads everything again.
+check and the send); `jetstream archive verify` reads everything again. The versions checked
+whole are a set the caller may save and hand back (`complete_versions`, `trust`) so a restart does
+not check them again: a version names its bytes (an ETag; a file's size and mtime).
 """
 from __future__ import annotations
 
@@ -74,14 +76,28 @@ class ServedBytes:
 
     def __init__(self) -> None:
         self._states: dict[tuple[str, str], _State] = {}
+        # Versions checked whole: here, or by an earlier run of this node (`trust`); their regions'
+        # states are dropped. `changed` says the set grew or shrank since `complete_versions()`.
+        self._whole: set[tuple[str, str]] = set()
+        self.changed = False
         self._lock = threading.Lock()
         self.checked_blocks = 0
         self.checked_bytes = 0
 
     def complete(self, summary) -> bool:
         """Every region of this version was checked: nothing to do, no footer needed (the fast path)."""
-        state = self._states.get((summary.name, summary.version))
-        return state is not None and state.complete
+        return (summary.name, summary.version) in self._whole
+
+    def trust(self, versions) -> None:
+        """(name, version) pairs an earlier run checked whole (the store's version names the bytes)."""
+        with self._lock:
+            self._whole.update((str(name), str(version)) for name, version in versions)
+
+    def complete_versions(self) -> list[tuple[str, str]]:
+        """Every version checked whole, to be remembered across restarts; clears `changed`."""
+        with self._lock:
+            self.changed = False
+            return sorted(self._whole)
 
     def plan(self, summary, blocks: list[BlockInfo], offset: int, length: int) -> Check | None:
         """The regions of [offset, offset + length) not yet checked for this version, or None.
@@ -89,6 +105,8 @@ class ServedBytes:
         `blocks` is the segment's block index (its listed footer). SegmentError when the blocks
         do not tile the block region (a byte there would belong to no block: nothing can check it)."""
         key = (summary.name, summary.version)
+        if key in self._whole:
+            return None
         with self._lock:
             state = self._states.get(key)
             if state is None:
@@ -142,6 +160,13 @@ class ServedBytes:
         if check.footer:
             _check_footer(fd, summary)
             state.footer_ok = True
+        if state.complete:
+            key = (summary.name, summary.version)
+            with self._lock:
+                if key not in self._whole:
+                    self._whole.add(key)
+                    self.changed = True
+                self._states.pop(key, None)
 
     def retain(self, listed) -> None:
         """Forget every version not in `listed` ((name, version) pairs): gone, replaced or refused."""
@@ -149,6 +174,10 @@ class ServedBytes:
         with self._lock:
             for key in [k for k in self._states if k not in keep]:
                 del self._states[key]
+            gone = self._whole - keep
+            if gone:
+                self._whole -= gone
+                self.changed = True
 
 
 def _tiling_error(blocks: list[BlockInfo], footer_offset: int) -> str:

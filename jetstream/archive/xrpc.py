@@ -116,14 +116,19 @@ class ArchiveSettings:
     cache_chunk_bytes: int = 8 << 20
     redirect: str = ""  # "" (serve the bytes), "presign", or a URL prefix (a CDN) the segment name is appended to
     redirect_expiry_s: float = 3600.0
+    # Where this process remembers the segment versions it checked whole ("" = not remembered):
+    # <checked_dir>/<process>.json; every process of the node trusts every file there at start.
+    checked_dir: str = ""
+    process: str = "main"
 
     @classmethod
     def from_config(cls, cfg, process: str = "main") -> ArchiveSettings:
         location = cfg.archive_url or cfg.archive_dir or os.path.join(cfg.data_dir, "archive")
         cache_dir = os.path.join(cfg.data_dir, "archive", "cache", process)
+        checked_dir = os.path.join(cfg.data_dir, "archive", "checked")
         return cls(location, cfg.archive_api_key, cfg.plan_max_entries, cfg.archive_footer_cache_bytes,
                    cfg.archive_max_body_bytes, cache_dir, cfg.archive_cache_bytes, cfg.archive_cache_chunk_bytes,
-                   cfg.archive_redirect, cfg.archive_redirect_expiry)
+                   cfg.archive_redirect, cfg.archive_redirect_expiry, checked_dir, process)
 
 
 def archive_service(cfg, problems, process: str = "main") -> ArchiveService | None:
@@ -141,6 +146,38 @@ def archive_service(cfg, problems, process: str = "main") -> ArchiveService | No
              service.settings.directory, "set" if cfg.archive_api_key else "none", cfg.plan_max_entries,
              service.cache.directory if service.cache is not None else "none", cfg.archive_redirect or "none")
     return service
+
+
+def load_checked_versions(checked_dir: str, location: str) -> list[tuple[str, str]]:
+    """The (name, version) pairs any process of this node checked whole in an earlier run, for `location`.
+
+    A missing, unreadable or foreign file is passed over: it only costs checking those bytes again."""
+    versions: list[tuple[str, str]] = []
+    if not checked_dir or not os.path.isdir(checked_dir):
+        return versions
+    for entry in sorted(os.listdir(checked_dir)):
+        if not entry.endswith(".json"):
+            continue
+        try:
+            with open(os.path.join(checked_dir, entry), "rb") as handle:
+                document = json.loads(handle.read())
+            if document.get("location") == location:
+                versions += [(str(name), str(version)) for name, version in document["versions"]]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("event=archive_checked_versions_unreadable file=%s error=%r", entry, str(exc)[:200])
+    return versions
+
+
+def save_checked_versions(checked_dir: str, process: str, location: str, versions) -> None:
+    """Write this process's file of versions checked whole (atomic rename; no fsync: losing it is harmless)."""
+    path = os.path.join(checked_dir, f"{process}.json")
+    try:
+        os.makedirs(checked_dir, exist_ok=True)
+        with open(path + ".tmp", "w") as handle:
+            json.dump({"location": location, "versions": [list(v) for v in versions]}, handle)
+        os.replace(path + ".tmp", path)
+    except OSError as exc:
+        log.warning("event=archive_checked_versions_not_saved path=%s error=%r", path, str(exc)[:200])
 
 
 def _error(status: int, name: str, message: str) -> Response:
@@ -200,6 +237,7 @@ class ArchiveService:
         self.cache = SegmentCache(self.store, settings.cache_dir, settings.cache_bytes, settings.cache_chunk_bytes) \
             if self.remote else None
         self.integrity = ServedBytes()
+        self.integrity.trust(load_checked_versions(settings.checked_dir, settings.directory))
         self._rescanning: set[str] = set()  # names unlisted because they changed, until the next scan
         self._key_digest = sha256(settings.api_key.encode()).digest() if settings.api_key else None
         self._rescan = asyncio.Event()
@@ -222,6 +260,9 @@ class ArchiveService:
             else:
                 self._rescanning -= rescanning  # those changed before this scan began: it saw them
                 self._apply_scan(scan)
+            if self.integrity.changed and self.settings.checked_dir:
+                await asyncio.to_thread(save_checked_versions, self.settings.checked_dir, self.settings.process,
+                                        self.settings.directory, self.integrity.complete_versions())
             self._rescan.clear()
             try:
                 await asyncio.wait_for(self._rescan.wait(), RESCAN_INTERVAL_S)

@@ -244,5 +244,62 @@ def test_a_redirect_goes_only_to_a_segment_whose_every_byte_was_checked(s3, even
         assert unfollowed_get(server, SEG + NAMES[1]) == (200, None, originals[1]), "the sweep that checks it"
         status, location, _ = unfollowed_get(server, SEG + NAMES[1], {"Range": "bytes=0-99"})
         assert status == 307 and location, "checked whole: redirected"
+        checked = tmp_path / "data" / "archive" / "checked" / "main.json"
+        wait_for(lambda: checked.exists() and NAMES[1] in checked.read_text(), timeout=30)
     finally:
         server.stop()
+
+    # A restart remembers what was checked whole: redirected at once, the damaged one still refused.
+    server = Serve(tmp_path / "data", "--archive-url", url, "--archive-redirect", "presign", env=s3.env)
+    try:
+        server.wait_ready()
+        assert unfollowed_get(server, SEG + NAMES[1], {"Range": "bytes=0-99"})[0] == 307
+        assert unfollowed_get(server, SEG + NAMES[0])[0] == 500
+        # ...but not a new version of it (another ETag): served, and checked, here first.
+        other = tmp_path / "other"
+        build_archive(other, events, segments=2, block_events=5)
+        replacement = (other / NAMES[1]).read_bytes()
+        store.put(NAMES[1], replacement)
+        server.get(SEG + NAMES[1], {"Range": "bytes=0-0"})  # the listed version moved: rescanned
+        wait_for(lambda: unfollowed_get(server, SEG + NAMES[1], {"Range": "bytes=0-99"}) ==
+                 (206, None, replacement[:100]), timeout=30)
+        assert unfollowed_get(server, SEG + NAMES[1]) == (200, None, replacement)
+        assert unfollowed_get(server, SEG + NAMES[1], {"Range": "bytes=0-99"})[0] == 307
+    finally:
+        server.stop()
+
+
+def test_versions_checked_whole_are_remembered_per_version_and_location(events, tmp_path):
+    from jetstream.archive.integrity import ServedBytes
+    from jetstream.archive.manifest import Manifest
+    from jetstream.archive.xrpc import load_checked_versions, save_checked_versions
+
+    paths = build_archive(tmp_path / "segments", events, segments=2, block_events=8)
+    manifest = Manifest(str(tmp_path / "segments"))
+    manifest.scan()
+    first, second = manifest.segments
+    served = ServedBytes()
+    blocks = manifest.footer(first).blocks
+    half = served.plan(first, blocks, 0, first.size // 2)
+    fd = os.open(paths[0], os.O_RDONLY)
+    try:
+        served.run(half, fd, first)
+        assert not served.complete(first) and not served.changed, "half checked is not whole"
+        served.run(served.plan(first, blocks, 0, first.size), fd, first)
+    finally:
+        os.close(fd)
+    assert served.complete(first) and served.changed and not served.complete(second)
+    versions = served.complete_versions()
+    assert versions == [(first.name, first.version)] and not served.changed
+
+    checked = tmp_path / "checked"
+    save_checked_versions(str(checked), "main", "/the/archive", versions)
+    (checked / "worker-1.json").write_text("{not json")  # a torn or foreign file costs a re-check, no more
+    assert load_checked_versions(str(checked), "/the/archive") == versions
+    assert load_checked_versions(str(checked), "s3://another/archive") == []
+    again = ServedBytes()
+    again.trust(load_checked_versions(str(checked), "/the/archive"))
+    assert again.complete(first) and again.plan(first, blocks, 0, first.size) is None
+    again.retain([(first.name, "another-version"), (second.name, second.version)])
+    assert not again.complete(first) and again.changed, "a version no longer listed is forgotten"
+    assert again.plan(first, blocks, 0, 100) is not None

@@ -35,7 +35,7 @@ def test_a_sigterm_leaves_the_leaders_log_equal_to_the_stream(rig):  # noqa: F81
     a, = start_cluster(rig, rate=2000, names=("a",))
     for stop in range(3):
         floor = applied(a) + 1000
-        wait_for(lambda: applied(a) >= floor, "a to ingest on", 60, 0.02)
+        wait_for(lambda floor=floor: applied(a) >= floor, "a to ingest on", 60, 0.02)
         rig.stop_node(a)
         assert a.process.returncode == 0
         with EventLog(str(a.data_dir), create=False) as event_log:
