@@ -54,11 +54,18 @@ def problem_kinds(server: Serve) -> set[str]:
         return set()
 
 
-def test_sealed_segments_are_uploaded_verified_and_served(s3, tmp_path):  # noqa: F811
-    url = s3.url + "/sealed"
+@pytest.mark.parametrize("scheme", ["s3", "file"])
+def test_sealed_segments_are_uploaded_verified_and_served(scheme, request, tmp_path):
+    """s3:// on moto, and file:// (a mounted directory through object_store's LocalFileSystem, whose
+    root the daemon creates)."""
+    if scheme == "s3":
+        endpoint = request.getfixturevalue("s3")
+        url, env = endpoint.url + "/sealed", endpoint.env
+    else:
+        url, env = f"file://{tmp_path}/mounted/archive", {}
     data_dir = tmp_path / "data"
     relay = RelaySim(tmp_path / "relay.log", rate=300)
-    server = serve(data_dir, relay, "--archive-url", url, *SMALL, env=s3.env)
+    server = serve(data_dir, relay, "--archive-url", url, *SMALL, env=env)
     report, snapshot = seal_then_snapshot(server, relay, segments=2)
 
     names, archived = bucket_rows(url)
@@ -70,7 +77,7 @@ def test_sealed_segments_are_uploaded_verified_and_served(s3, tmp_path):  # noqa
     assert archived == logged and report["sealed_tip_seq"] == len(logged)
     assert snapshot == as_sdk_rows(archived)
     verified = subprocess.run([sys.executable, "-m", "jetstream.cli", "archive", "verify", url], cwd=REPO_ROOT,
-                              env=dict(os.environ, **s3.env), capture_output=True, text=True, timeout=120)
+                              env=dict(os.environ, **env), capture_output=True, text=True, timeout=120)
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
