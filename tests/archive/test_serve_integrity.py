@@ -163,13 +163,20 @@ def test_a_listed_segment_replaced_by_another_valid_one_is_never_mixed(events, t
         server.stop()
 
 
-def test_object_store_block_damage_truncation_and_replacement(s3, events, tmp_path):  # noqa: F811
+def bucket_with_a_damaged_first_segment(tmp_path, events, url: str, segments: int):
+    """Segments built and uploaded to `url`, the first with a byte flipped mid-block (it still lists:
+    the footer holds); (local paths, original bytes, the store)."""
     directory = tmp_path / "segments"
-    paths = [Path(p) for p in build_archive(directory, events, segments=3, block_events=8)]
+    paths = [Path(p) for p in build_archive(directory, events, segments=segments, block_events=8)]
     originals = [p.read_bytes() for p in paths]
-    url = s3.url + "/integrity"
     store = upload(directory, url)
-    store.put(NAMES[0], flipped(originals[0], mid_block_offset(paths[0])))  # listed: the footer holds
+    store.put(NAMES[0], flipped(originals[0], mid_block_offset(paths[0])))
+    return paths, originals, store
+
+
+def test_object_store_block_damage_truncation_and_replacement(s3, events, tmp_path):  # noqa: F811
+    url = s3.url + "/integrity"
+    paths, originals, store = bucket_with_a_damaged_first_segment(tmp_path, events, url, segments=3)
     server = Serve(tmp_path / "data", "--archive-url", url, env=s3.env)
     try:
         server.wait_ready()
@@ -225,12 +232,8 @@ def unfollowed_get(server: Serve, path: str, headers: dict | None = None) -> tup
 def test_a_redirect_goes_only_to_a_segment_whose_every_byte_was_checked(s3, events, tmp_path):  # noqa: F811
     """With --archive-redirect the bytes come from the store or a CDN, unseen by us: a damaged segment must
     never be redirected to, and a good one only once a sweep through us has checked all of it."""
-    directory = tmp_path / "segments"
-    paths = [Path(p) for p in build_archive(directory, events, segments=2, block_events=8)]
-    originals = [p.read_bytes() for p in paths]
     url = s3.url + "/redirect-integrity"
-    store = upload(directory, url)
-    store.put(NAMES[0], flipped(originals[0], mid_block_offset(paths[0])))  # listed: the footer holds
+    _, originals, store = bucket_with_a_damaged_first_segment(tmp_path, events, url, segments=2)
     server = Serve(tmp_path / "data", "--archive-url", url, "--archive-redirect", "presign", env=s3.env)
     try:
         server.wait_ready()
