@@ -1,6 +1,6 @@
 """Does the archive writer keep up with ingest? (issue 24: the writer >= 3x the ingest rate, same run)
 
-Run: `.venv/bin/python bench/bench_archive_writer.py [--frames N]`, or
+Run: `.venv/bin/python bench/bench_archive_writer.py [--frames N] [--repeats 3]`, or
 `.venv/bin/python -m pytest bench/bench_archive_writer.py --benchmark-enable -s`.
 
 1. Ingest: IngestPipeline.process (decode, sequence, zstd, one RocksDB batch per 64 frames) of N
@@ -41,7 +41,18 @@ from jetstream.relaysim.synthetic import SyntheticSource
 BATCH = 64
 
 
-def measure(frames: list[bytes]) -> dict:
+def measure(frames: list[bytes], repeats: int = 1) -> dict:
+    """Both phases `repeats` times on fresh logs; each rate from its fastest run (the shared machine's
+    noise only ever slows a run down: one slow ingest run moved the ratio from 4.7x to 3.0x)."""
+    runs = [_measure_once(frames) for _ in range(repeats)]
+    best = dict(runs[0])
+    best["ingest_eps"] = max(run["ingest_eps"] for run in runs)
+    best["writer_eps"] = max(run["writer_eps"] for run in runs)
+    best["ratio"] = best["writer_eps"] / best["ingest_eps"]
+    return best
+
+
+def _measure_once(frames: list[bytes]) -> dict:
     with tempfile.TemporaryDirectory() as directory:
         data_dir = os.path.join(directory, "data")
         with EventLog(data_dir) as event_log:
@@ -97,9 +108,10 @@ def test_archive_writer_keeps_up_with_ingest(mix):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--frames", type=int, default=20_000)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    show("corpus", measure(corpus_frames(args.frames)))
-    show("synthetic", measure(synthetic_frames(args.frames)))
+    show("corpus", measure(corpus_frames(args.frames), args.repeats))
+    show("synthetic", measure(synthetic_frames(args.frames), args.repeats))
 
 
 if __name__ == "__main__":

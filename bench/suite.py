@@ -629,7 +629,7 @@ def stage_archive(table: Table, quick: bool) -> None:
                       target="≥ 0.6× the log's")
     mixes = (("corpus", bench_archive_writer.corpus_frames), ("synthetic", bench_archive_writer.synthetic_frames))
     for mix, source in mixes:
-        result = bench_archive_writer.measure(source(frames))
+        result = bench_archive_writer.measure(source(frames), repeats=3)
         table.add("archive", f"writer ({mix} mix): read log, blocks, seal", result["writer_eps"], "events/s",
                   result["ingest_eps"], "ingest (decode+zstd+log)", f"archive_writer_vs_ingest_{mix}",
                   target="≥ 3× ingest (corpus)" if mix == "corpus" else "")

@@ -7,7 +7,8 @@ LiveRing, EventFilter, Position and encode_frames; the live fan-out's LiveFanout
 LiveSlot; ingest's read_car, commit_events, is_rfc3339, MstReader, go_json_string and
 cid_to_string; the sequencer's and the replay's frame_of_record (the v2 frame); the archive's
 decode_block (a segment block's rows) and its commit rows' commit_v1_json, commit_v2_frame and
-commit_pending (jetstream/archive/render.py).
+commit_pending (jetstream/archive/render.py); the archive writer's commit_record_fields (a stored
+v2 record -> the segment row's kind, rev, rkey and payload).
 IMPLEMENTATION ("cython" or "python") and USING_CYTHON say which side was loaded.
 It must never mix the sides: the Cython LiveRing reads the Cython EventFilter's interned-id
 tables directly, and the Cython commit loop cimports the Cython MST reader, so either
@@ -41,12 +42,18 @@ def _load_cython():
     from jetstream._core.position import Position
     from jetstream._core.record_json import cid_to_string, go_json_string
     from jetstream._core.ring import LiveRing
-    from jetstream._core.segment import commit_pending, commit_v1_json, commit_v2_frame, decode_block
+    from jetstream._core.segment import (
+        commit_pending,
+        commit_record_fields,
+        commit_v1_json,
+        commit_v2_frame,
+        decode_block,
+    )
     from jetstream._core.v2frame import frame_of_record
 
     return (LiveRing, EventFilter, Position, encode_frames, LiveFanout, LiveSlot,
             read_car, commit_events, is_rfc3339, MstReader, go_json_string, cid_to_string, frame_of_record,
-            decode_block, commit_v1_json, commit_v2_frame, commit_pending)
+            decode_block, commit_v1_json, commit_v2_frame, commit_pending, commit_record_fields)
 
 
 def _load_python():
@@ -59,12 +66,18 @@ def _load_python():
     from jetstream._py.position import Position
     from jetstream._py.record_json import cid_to_string, go_json_string
     from jetstream._py.ring import LiveRing
-    from jetstream._py.segment import commit_pending, commit_v1_json, commit_v2_frame, decode_block
+    from jetstream._py.segment import (
+        commit_pending,
+        commit_record_fields,
+        commit_v1_json,
+        commit_v2_frame,
+        decode_block,
+    )
     from jetstream._py.v2frame import frame_of_record
 
     return (LiveRing, EventFilter, Position, encode_frames, LiveFanout, LiveSlot,
             read_car, commit_events, is_rfc3339, MstReader, go_json_string, cid_to_string, frame_of_record,
-            decode_block, commit_v1_json, commit_v2_frame, commit_pending)
+            decode_block, commit_v1_json, commit_v2_frame, commit_pending, commit_record_fields)
 
 
 def _choose():
@@ -82,12 +95,13 @@ IMPLEMENTATION, _chosen = _choose()
 USING_CYTHON = IMPLEMENTATION == "cython"
 (LiveRing, EventFilter, Position, encode_frames, LiveFanout, LiveSlot,
  read_car, commit_events, is_rfc3339, MstReader, go_json_string, cid_to_string, frame_of_record,
- decode_block, commit_v1_json, commit_v2_frame, commit_pending) = _chosen
+ decode_block, commit_v1_json, commit_v2_frame, commit_pending, commit_record_fields) = _chosen
 del _chosen
 
 __all__ = [
     "IMPLEMENTATION", "PURE_PYTHON_ENV", "USING_CYTHON",
     "EventFilter", "LiveFanout", "LiveRing", "LiveSlot", "MstReader", "Position", "PositionConflict",
-    "cid_to_string", "commit_events", "commit_pending", "commit_v1_json", "commit_v2_frame", "decode_block",
+    "cid_to_string", "commit_events", "commit_pending", "commit_record_fields", "commit_v1_json", "commit_v2_frame",
+    "decode_block",
     "encode_frames", "frame_of_record", "go_json_string", "is_rfc3339", "read_car",
 ]

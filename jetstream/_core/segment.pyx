@@ -654,3 +654,100 @@ def commit_pending(event):
         v2_record = _pack_record((_join(&v2), b',"time":"'), PyBytes_FromStringAndSize(cid, CID_SIZE), payload)
     return _PendingEvent(<object>PyTuple_GET_ITEM(event, 4), _KIND_COMMIT, <object>PyTuple_GET_ITEM(event, 5),
                          _join(&head), _join(&tail), v2_record)
+
+
+# -- commit_record_fields (the archive writer's per-event parse) ---------------------------------------
+
+cdef object _record_fields_reference = _ref.commit_record_fields
+cdef object _KIND_CREATE_OBJ = _format.KIND_CREATE
+cdef object _KIND_UPDATE_OBJ = _format.KIND_UPDATE
+cdef object _KIND_DELETE_OBJ = _format.KIND_DELETE
+cdef Py_ssize_t _RECORD_HEADER = 10  # jetstream/wire_v2.py _RECORD_HEAD: >BIIB
+cdef const char* _OPERATION_AT = b',"operation":"'
+cdef const char* _REV_AT = b',"rev":'
+cdef const char* _RKEY_AT = b',"rkey":'
+cdef const char* _SEQ_AT = b',"seq":'
+
+
+cdef inline bint _same(const char* data, const char* text, Py_ssize_t size) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(size):
+        if data[i] != text[i]:
+            return False
+    return True
+
+
+cdef Py_ssize_t _find(const char* data, Py_ssize_t size, const char* text, Py_ssize_t length) noexcept nogil:
+    """bytes.find(text) within data[:size], -1 when absent."""
+    cdef Py_ssize_t i
+    for i in range(size - length + 1):
+        if data[i] == text[0] and _same(data + i, text, length):
+            return i
+    return -1
+
+
+cdef Py_ssize_t _rfind(const char* data, Py_ssize_t end, const char* text, Py_ssize_t length) noexcept nogil:
+    """bytes.rfind(text, 0, end), -1 when absent."""
+    cdef Py_ssize_t i
+    for i in range(end - length, -1, -1):
+        if data[i] == text[0] and _same(data + i, text, length):
+            return i
+    return -1
+
+
+cdef inline bint _plain_quoted(const char* data, Py_ssize_t size) noexcept nogil:
+    """A JSON string with nothing escaped and only ASCII inside: its value is data[1:size-1] as is."""
+    cdef Py_ssize_t i
+    if size < 2 or data[0] != 34 or data[size - 1] != 34:
+        return False
+    for i in range(1, size - 1):
+        if data[i] == 92 or <uint8_t>data[i] >= 0x80:
+            return False
+    return True
+
+
+def commit_record_fields(record):
+    """(kind, rev, rkey, payload) of a #commit's stored v2 record, as the reference's
+    `commit_record_fields`; the usual shape (plain ASCII rev and rkey, a known operation) in C,
+    anything else by the reference itself."""
+    cdef const char* data
+    cdef const char* head
+    cdef Py_ssize_t size, head_length, tail_length, cid_length, payload_at
+    cdef Py_ssize_t operation, rkey_at, rev_at, end
+    cdef object kind
+    if not PyBytes_CheckExact(record) or PyBytes_GET_SIZE(record) < _RECORD_HEADER:
+        return _record_fields_reference(record)
+    data = PyBytes_AS_STRING(record)
+    size = PyBytes_GET_SIZE(record)
+    head_length = <Py_ssize_t>((<uint64_t>(<uint8_t>data[1]) << 24) | (<uint64_t>(<uint8_t>data[2]) << 16) |
+                               (<uint64_t>(<uint8_t>data[3]) << 8) | <uint8_t>data[4])
+    tail_length = <Py_ssize_t>((<uint64_t>(<uint8_t>data[5]) << 24) | (<uint64_t>(<uint8_t>data[6]) << 16) |
+                               (<uint64_t>(<uint8_t>data[7]) << 8) | <uint8_t>data[8])
+    cid_length = <uint8_t>data[9]
+    payload_at = _RECORD_HEADER + head_length + tail_length + cid_length
+    if head_length == 0 or payload_at > size:
+        return _record_fields_reference(record)
+    head = data + _RECORD_HEADER
+    if head_length < 7 or not _same(head + head_length - 7, _SEQ_AT, 7):
+        return _record_fields_reference(record)
+    end = head_length - 7
+    operation = _find(head, end, _OPERATION_AT, 14)
+    if operation < 0:
+        return _record_fields_reference(record)
+    operation += 14
+    if operation + 7 <= end and _same(head + operation, b'create"', 7):
+        kind = _KIND_CREATE_OBJ
+    elif operation + 7 <= end and _same(head + operation, b'update"', 7):
+        kind = _KIND_UPDATE_OBJ
+    elif operation + 7 <= end and _same(head + operation, b'delete"', 7):
+        kind = _KIND_DELETE_OBJ
+    else:
+        return _record_fields_reference(record)
+    rkey_at = _rfind(head, end, _RKEY_AT, 8)
+    rev_at = _rfind(head, rkey_at, _REV_AT, 7) if rkey_at >= 0 else -1
+    if rev_at < 0 or not _plain_quoted(head + rev_at + 7, rkey_at - rev_at - 7) \
+            or not _plain_quoted(head + rkey_at + 8, end - rkey_at - 8):
+        return _record_fields_reference(record)
+    return (kind, _text(<const uint8_t*>head + rev_at + 8, rkey_at - rev_at - 9, True),
+            _text(<const uint8_t*>head + rkey_at + 9, end - rkey_at - 10, True),
+            PyBytes_FromStringAndSize(data + payload_at, size - payload_at))

@@ -4,6 +4,9 @@ Owns: the reference of the archive's two per-event costs, under the names
 jetstream.implementation gives both sides:
 - `decode_block`: jetstream/archive/format.py's `decode_block_py` (the columnar body -> SegmentEvent
   rows, CorruptSegment on anything malformed), re-exported;
+- the archive writer's per-event parse: `commit_record_fields` reads a commit's stored v2 record
+  (events_v2: header, frame head and tail, CID, record block) into the segment row's kind, rev,
+  rkey and payload without decoding any JSON;
 - a commit row (create/update/delete/create_resync) as ingest made it: `commit_pending` runs the
   row through ingest's reference commit emitter as a one-op commit (`jetstream._py.commit`; the
   reasoning is jetstream/archive/render.py's), and `commit_v1_json` / `commit_v2_frame` are that
@@ -16,6 +19,8 @@ account and sync rows go through the ingest decoder, render.py's part.
 from __future__ import annotations
 
 import hashlib
+import json
+import struct
 
 from jetstream import wire_v2
 from jetstream._py.commit import commit_events
@@ -29,6 +34,55 @@ from jetstream.archive.format import (
 from jetstream.events import PendingEvent, render_json
 
 decode_block = decode_block_py
+
+_RECORD_HEAD = struct.Struct(">BIIB")  # jetstream/wire_v2.py: version, len(head), len(tail), len(cid)
+_OPERATION_KINDS = {b"create": KIND_CREATE, b"update": KIND_UPDATE, b"delete": KIND_DELETE}
+_OPERATION_FIELD = b',"operation":"'
+_RKEY_FIELD = b',"rkey":'
+_REV_FIELD = b',"rev":'
+_SEQ_END = b',"seq":'
+
+
+def commit_record_fields(record: bytes) -> tuple[int | None, str, str, bytes] | None:
+    """(kind, rev, rkey, payload) of a #commit's stored v2 record; kind None when its frame head does
+    not give them (no frame, another shape: the caller reads the v1 JSON); None when the record is
+    shorter than its own header.
+
+    The head is `…,"operation":"X",["record":{…},]"rev":"…","rkey":"…","seq":`. Inside a JSON
+    string a quote is always escaped, so the first `,"operation":"` is the field (did and
+    collection come before it, the record after), and rev and rkey are the last two fields.
+    """
+    try:
+        _, head_length, tail_length, cid_length = _RECORD_HEAD.unpack_from(record)
+    except struct.error:
+        return None
+    head_end = _RECORD_HEAD.size + head_length
+    payload = bytes(record[head_end + tail_length + cid_length:])
+    fields = _head_fields(bytes(record[_RECORD_HEAD.size:head_end])) if head_length else None
+    if fields is None:
+        return None, "", "", payload
+    return fields[0], fields[1], fields[2], payload
+
+
+def _head_fields(head: bytes) -> tuple[int, str, str] | None:
+    start = head.find(_OPERATION_FIELD)
+    if start < 0 or not head.endswith(_SEQ_END):
+        return None
+    start += len(_OPERATION_FIELD)
+    kind = _OPERATION_KINDS.get(head[start:head.find(b'"', start)])
+    end = len(head) - len(_SEQ_END)
+    rkey_at = head.rfind(_RKEY_FIELD, 0, end)
+    rev_at = head.rfind(_REV_FIELD, 0, rkey_at)
+    if kind is None or rkey_at < 0 or rev_at < 0:
+        return None
+    return kind, _json_text(head[rev_at + len(_REV_FIELD):rkey_at]), _json_text(head[rkey_at + len(_RKEY_FIELD):end])
+
+
+def _json_text(quoted: bytes) -> str:
+    """A JSON string's value; the common case (no escape) without a JSON parser."""
+    if b"\\" not in quoted:
+        return quoted[1:-1].decode("utf-8", "replace")
+    return json.loads(quoted)
 
 _ACTIONS = {KIND_CREATE: "create", KIND_UPDATE: "update", KIND_DELETE: "delete", KIND_CREATE_RESYNC: "create"}
 _DAG_CBOR_SHA256 = b"\x01\x71\x12\x20"  # CIDv1, dag-cbor, sha2-256, 32-byte digest

@@ -61,6 +61,7 @@ from jetstream.events import KIND_ACCOUNT as LOG_ACCOUNT
 from jetstream.events import KIND_COMMIT as LOG_COMMIT
 from jetstream.events import KIND_IDENTITY as LOG_IDENTITY
 from jetstream.events import KIND_SYNC as LOG_SYNC
+from jetstream.implementation import commit_record_fields
 from jetstream.log.store import LogGap
 
 log = logging.getLogger(__name__)
@@ -76,13 +77,8 @@ FOLLOW_EVERY_S = 5.0  # a --cluster follower of a shared --archive-url re-reads 
 TIP_UNREADABLE_AFTER_S = 15.0
 RETENTION_EVERY_S = 60.0
 
-_OPERATION_KINDS = {b"create": KIND_CREATE, b"update": KIND_UPDATE, b"delete": KIND_DELETE}
 _OPERATION_NAMES = {"create": KIND_CREATE, "update": KIND_UPDATE, "delete": KIND_DELETE}
 _RECORD_HEAD = struct.Struct(">BIIB")  # jetstream/wire_v2.py: version, len(head), len(tail), len(cid)
-_OPERATION_FIELD = b',"operation":"'
-_RKEY_FIELD = b',"rkey":'
-_REV_FIELD = b',"rev":'
-_SEQ_END = b',"seq":'
 
 
 # -- log row -> segment row ----------------------------------------------------------------------
@@ -91,33 +87,6 @@ class Skip(NamedTuple):
     """An event the archive cannot hold, and why (a counter's label)."""
 
     reason: str
-
-
-def _json_text(quoted: bytes) -> str:
-    """A JSON string's value; the common case (no escape) without a JSON parser."""
-    if b"\\" not in quoted:
-        return quoted[1:-1].decode("utf-8", "replace")
-    return json.loads(quoted)
-
-
-def commit_fields_from_head(head: bytes) -> tuple[int, str, str] | None:
-    """(kind, rev, rkey) from a #commit's stored v2 frame head; None when it is not that shape.
-
-    The head is `…,"operation":"X",["record":{…},]"rev":"…","rkey":"…","seq":`. Inside a JSON
-    string a quote is always escaped, so the first `,"operation":"` is the field (did and
-    collection come before it, the record after), and rev and rkey are the last two fields.
-    """
-    start = head.find(_OPERATION_FIELD)
-    if start < 0 or not head.endswith(_SEQ_END):
-        return None
-    start += len(_OPERATION_FIELD)
-    kind = _OPERATION_KINDS.get(head[start:head.find(b'"', start)])
-    end = len(head) - len(_SEQ_END)
-    rkey_at = head.rfind(_RKEY_FIELD, 0, end)
-    rev_at = head.rfind(_REV_FIELD, 0, rkey_at)
-    if kind is None or rkey_at < 0 or rev_at < 0:
-        return None
-    return kind, _json_text(head[rev_at + len(_REV_FIELD):rkey_at]), _json_text(head[rkey_at + len(_RKEY_FIELD):end])
 
 
 def commit_fields_from_json(document: bytes) -> tuple[int, str, str] | None:
@@ -136,24 +105,26 @@ def segment_event(row, json_of: Callable[[int], bytes | None]) -> SegmentEvent |
     JSON when the v2 record lacks what a row needs (a record v2's emitter refused: no frame).
     """
     record = row.payload
-    try:
-        version, head_length, tail_length, cid_length = _RECORD_HEAD.unpack_from(record)
-    except struct.error:
-        return Skip("bad_record")
-    head_end = _RECORD_HEAD.size + head_length
-    payload = bytes(record[head_end + tail_length + cid_length:])
     kind = row.kind
     if kind == LOG_COMMIT:
-        fields = commit_fields_from_head(bytes(record[_RECORD_HEAD.size:head_end])) if head_length else None
-        if fields is None:
+        split = commit_record_fields(record)  # the C twin on the common path (jetstream/_core/segment.pyx)
+        if split is None:
+            return Skip("bad_record")
+        segment_kind, rev, rkey, payload = split
+        if segment_kind is None:
             document = json_of(row.time_us)
             fields = commit_fields_from_json(document) if document is not None else None
-        if fields is None:
-            return Skip("bad_record")
-        segment_kind, rev, rkey = fields
+            if fields is None:
+                return Skip("bad_record")
+            segment_kind, rev, rkey = fields
         if segment_kind != KIND_DELETE and not payload:
             return Skip("no_payload")  # stored without its record block (a log written before events_v2)
         return SegmentEvent(row.seq, row.time_us, 0, segment_kind, row.did, row.collection, rkey, rev, payload)
+    try:
+        _, head_length, tail_length, cid_length = _RECORD_HEAD.unpack_from(record)
+    except struct.error:
+        return Skip("bad_record")
+    payload = bytes(record[_RECORD_HEAD.size + head_length + tail_length + cid_length:])
     if not payload:
         return Skip("no_payload")
     if kind == LOG_IDENTITY:

@@ -243,3 +243,65 @@ def test_a_row_no_relay_could_have_made_is_no_event_in_both_twins():
         assert module.commit_v1_json(event) is None
         assert module.commit_v2_frame(event) == b""
     assert libipld.decode_dag_cbor(m(a=1)) == {"a": 1}  # the record builder makes real records
+
+
+# -- the writer's parse of a stored v2 record (commit_record_fields) ------------------------------
+
+def stored_commit_records(event_log) -> list[bytes]:
+    from jetstream.events import KIND_COMMIT as LOG_COMMIT
+
+    return [row.payload for row in event_log.read_after(0, 1_000_000, compressed=False, v2=True)
+            if row.kind == LOG_COMMIT]
+
+
+def record_of(did="did:plc:a", rev="3kaaa", operation="create", collection="app.bsky.feed.post", rkey="3kbbb",
+              record_json=b'{"text":"hi"}', cid=b"\x01" * 36, payload=b"\xa1atbhi") -> bytes:
+    from jetstream import wire_v2
+
+    if operation == "delete":
+        return wire_v2.pack_record(wire_v2.commit_parts(did, rev, operation, collection, rkey))
+    return wire_v2.pack_record(wire_v2.commit_parts(did, rev, operation, collection, rkey, "bafyx", record_json),
+                               cid, payload)
+
+
+EDGE_RECORDS = [
+    record_of(),
+    record_of(operation="update"),
+    record_of(operation="delete"),
+    record_of(rev='3k"rev', rkey="r\\k"),  # escapes: the reference's JSON parse
+    record_of(rkey="clé"),  # not ASCII
+    record_of(record_json=b'{"x":",\\"operation\\":\\"delete\\",\\"rev\\":\\"no\\",\\"rkey\\":\\"no\\""}'),
+    record_of(rkey=""),
+    b"",
+    b"\x01\x00\x00",  # shorter than its header
+    bytes(10),  # no frame, no payload
+    bytes(10) + b"payload-without-frame",
+    b"\x01\x00\x00\x00\x05\x00\x00\x00\x00\x00" + b',"seq":',  # a head that is only the seq field
+    b"\x01\x00\x00\x10\x00\x00\x00\x00\x00\x00" + b"short",  # lengths past the end
+    record_of().replace(b'"operation":"create"', b'"operation":"remove"'),
+    record_of().replace(b',"seq":', b',"sek":'),
+    bytearray(record_of()),  # not exactly bytes: the reference
+]
+
+
+@needs_cython
+def test_the_writers_record_parse_is_the_same_from_both_twins(tmp_path, corpus_frames):
+    with EventLog(str(tmp_path / "log")) as event_log:
+        _ingest_frames(event_log, corpus_frames)
+        ingest(event_log, frames=400, seed=12)
+        records = stored_commit_records(event_log)
+    assert len(records) > 500
+    fast = [cy_segment.commit_record_fields(record) for record in records]
+    assert fast == [py_segment.commit_record_fields(record) for record in records]
+    assert all(fields[0] is not None and fields[1] for fields in fast), "real commits parse from the head"
+    for record in EDGE_RECORDS:
+        assert outcome(cy_segment.commit_record_fields, record) == \
+            outcome(py_segment.commit_record_fields, record), record
+
+
+@needs_cython
+@settings(max_examples=500, deadline=None)
+@given(st.data())
+def test_damaged_stored_records_parse_the_same_from_both_twins(data):
+    record = bytes(data.draw(mutated(data.draw(st.sampled_from(EDGE_RECORDS[:7])))))
+    assert outcome(cy_segment.commit_record_fields, record) == outcome(py_segment.commit_record_fields, record)

@@ -12,8 +12,9 @@ import os
 import pytest
 
 from jetstream import wire_v2
+from jetstream._py.segment import commit_record_fields
 from jetstream.archive import SegmentReader, verify
-from jetstream.archive.sealer import ArchiveSealer, SealerSettings, commit_fields_from_head, segment_event
+from jetstream.archive.sealer import ArchiveSealer, SealerSettings, segment_event
 from jetstream.compression import EventCompressor
 from jetstream.dictionary import active_dictionary, active_v2_dictionary
 from jetstream.events import KIND_COMMIT, Event
@@ -80,7 +81,7 @@ def test_segment_rows_agree_with_the_v1_json_of_every_event(tmp_path):
 def test_head_parser_reads_escaped_fields_and_ignores_lookalikes_inside_the_record():
     parts = wire_v2.commit_parts('did:plc:a"b', "3k\\rev", "create", 'col,"operation":"delete"', 'r"k',
                                  "bafy", b'{"x":",\\"rkey\\":\\"no\\",\\"rev\\":\\"no\\""}')
-    assert commit_fields_from_head(parts.head) == (1, "3k\\rev", 'r"k')
+    assert commit_record_fields(wire_v2.pack_record(parts, b"", b"blk")) == (1, "3k\\rev", 'r"k', b"blk")
 
 
 def test_restart_removes_staged_adopts_verified_and_rebuilds_a_quarantined_segment(tmp_path):
