@@ -240,8 +240,8 @@ def unpack_parts(stored: bytes) -> V2Parts:
 # for a delete, the relay's event body (canonical DAG-CBOR) for #identity/#account/#sync.
 
 RECORD_VERSION = 1
-_RECORD_HEAD = struct.Struct(">BIIB")
-NO_FRAME_RECORD = _RECORD_HEAD.pack(RECORD_VERSION, 0, 0, 0)  # no frame, no cid, no payload
+RECORD_HEAD = struct.Struct(">BIIB")  # version, len(head), len(tail), len(cid)
+NO_FRAME_RECORD = RECORD_HEAD.pack(RECORD_VERSION, 0, 0, 0)  # no frame, no cid, no payload
 
 
 class V2Record(NamedTuple):
@@ -252,29 +252,29 @@ class V2Record(NamedTuple):
 
 def pack_record(parts: V2Parts | None, cid: bytes = b"", payload: bytes = b"") -> bytes:
     head, tail = (b"", b"") if parts is None else parts
-    return b"".join((_RECORD_HEAD.pack(RECORD_VERSION, len(head), len(tail), len(cid)), head, tail, cid, payload))
+    return b"".join((RECORD_HEAD.pack(RECORD_VERSION, len(head), len(tail), len(cid)), head, tail, cid, payload))
 
 
 def unpack_record(stored: bytes) -> V2Record:
     """The stored record; ValueError if it is not one of this layout."""
     try:
-        version, head_length, tail_length, cid_length = _RECORD_HEAD.unpack_from(stored)
+        version, head_length, tail_length, cid_length = RECORD_HEAD.unpack_from(stored)
     except struct.error as exc:
         raise ValueError(f"stored v2 record shorter than its header: {exc}") from None
     if version != RECORD_VERSION:
         raise ValueError(f"stored v2 record has version {version}")
-    head_end = _RECORD_HEAD.size + head_length
+    head_end = RECORD_HEAD.size + head_length
     tail_end = head_end + tail_length
     cid_end = tail_end + cid_length
     if cid_end > len(stored):
         raise ValueError("stored v2 record truncated")
-    parts = (V2Parts(bytes(stored[_RECORD_HEAD.size:head_end]), bytes(stored[head_end:tail_end]))
+    parts = (V2Parts(bytes(stored[RECORD_HEAD.size:head_end]), bytes(stored[head_end:tail_end]))
              if head_length else None)
     return V2Record(parts, bytes(stored[tail_end:cid_end]), bytes(stored[cid_end:]))
 
 
-_unpack_record_head = _RECORD_HEAD.unpack_from
-_RECORD_HEAD_SIZE = _RECORD_HEAD.size
+_unpack_record_head = RECORD_HEAD.unpack_from
+_RECORD_HEAD_SIZE = RECORD_HEAD.size
 
 
 def frame_of_record(stored: bytes, seq: int, time_us: int) -> bytes:

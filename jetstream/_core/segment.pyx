@@ -662,7 +662,8 @@ cdef object _record_fields_reference = _ref.commit_record_fields
 cdef object _KIND_CREATE_OBJ = _format.KIND_CREATE
 cdef object _KIND_UPDATE_OBJ = _format.KIND_UPDATE
 cdef object _KIND_DELETE_OBJ = _format.KIND_DELETE
-cdef Py_ssize_t _RECORD_HEADER = 10  # jetstream/wire_v2.py _RECORD_HEAD: >BIIB
+cdef Py_ssize_t _RECORD_HEADER = wire_v2.RECORD_HEAD.size  # >BIIB: the reads below take its fields at 1, 5, 9
+assert _RECORD_HEADER == 10
 cdef const char* _OPERATION_AT = b',"operation":"'
 cdef const char* _REV_AT = b',"rev":'
 cdef const char* _RKEY_AT = b',"rkey":'

@@ -25,7 +25,7 @@ cdef extern from "Python.h":
     void* PyUnicode_DATA(object)
     Py_ssize_t PyUnicode_GET_LENGTH(object)
 
-cdef Py_ssize_t _RECORD_HEAD_SIZE = 10  # wire_v2._RECORD_HEAD: >BIIB
+cdef Py_ssize_t _RECORD_HEAD_SIZE = 10  # wire_v2.RECORD_HEAD: >BIIB
 cdef int64_t _US_PER_DAY = 86_400_000_000
 cdef int64_t _MAX_INT64 = 0x7FFFFFFFFFFFFFFF  # wire_v2._MAX_TIME_US: Go's time.UnixMicro takes an int64
 cdef const char* _FRAME_END = b'"}}'  # wire_v2.FRAME_END
@@ -33,7 +33,7 @@ cdef Py_ssize_t _FRAME_END_SIZE = 3
 cdef bytes _EMPTY = b""
 cdef int _RECORD_VERSION = wire_v2.RECORD_VERSION
 
-assert wire_v2._RECORD_HEAD.size == _RECORD_HEAD_SIZE and wire_v2.FRAME_END == _FRAME_END[:_FRAME_END_SIZE]
+assert wire_v2.RECORD_HEAD.size == _RECORD_HEAD_SIZE and wire_v2.FRAME_END == _FRAME_END[:_FRAME_END_SIZE]
 
 # One-entry memo of the date part, as in the twin: consecutive events share their day.
 cdef int64_t _memo_day = -1

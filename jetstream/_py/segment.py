@@ -35,7 +35,6 @@ from jetstream.events import PendingEvent, render_json
 
 decode_block = decode_block_py
 
-_RECORD_HEAD = struct.Struct(">BIIB")  # jetstream/wire_v2.py: version, len(head), len(tail), len(cid)
 _OPERATION_KINDS = {b"create": KIND_CREATE, b"update": KIND_UPDATE, b"delete": KIND_DELETE}
 _OPERATION_FIELD = b',"operation":"'
 _RKEY_FIELD = b',"rkey":'
@@ -53,12 +52,12 @@ def commit_record_fields(record: bytes) -> tuple[int | None, str, str, bytes] | 
     collection come before it, the record after), and rev and rkey are the last two fields.
     """
     try:
-        _, head_length, tail_length, cid_length = _RECORD_HEAD.unpack_from(record)
+        _, head_length, tail_length, cid_length = wire_v2.RECORD_HEAD.unpack_from(record)
     except struct.error:
         return None
-    head_end = _RECORD_HEAD.size + head_length
+    head_end = wire_v2.RECORD_HEAD.size + head_length
     payload = bytes(record[head_end + tail_length + cid_length:])
-    fields = _head_fields(bytes(record[_RECORD_HEAD.size:head_end])) if head_length else None
+    fields = _head_fields(bytes(record[wire_v2.RECORD_HEAD.size:head_end])) if head_length else None
     if fields is None:
         return None, "", "", payload
     return fields[0], fields[1], fields[2], payload

@@ -63,6 +63,7 @@ from jetstream.events import KIND_IDENTITY as LOG_IDENTITY
 from jetstream.events import KIND_SYNC as LOG_SYNC
 from jetstream.implementation import commit_record_fields
 from jetstream.log.store import LogGap
+from jetstream.wire_v2 import RECORD_HEAD
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,6 @@ TIP_UNREADABLE_AFTER_S = 15.0
 RETENTION_EVERY_S = 60.0
 
 _OPERATION_NAMES = {"create": KIND_CREATE, "update": KIND_UPDATE, "delete": KIND_DELETE}
-_RECORD_HEAD = struct.Struct(">BIIB")  # jetstream/wire_v2.py: version, len(head), len(tail), len(cid)
 
 
 # -- log row -> segment row ----------------------------------------------------------------------
@@ -121,10 +121,10 @@ def segment_event(row, json_of: Callable[[int], bytes | None]) -> SegmentEvent |
             return Skip("no_payload")  # stored without its record block (a log written before events_v2)
         return SegmentEvent(row.seq, row.time_us, 0, segment_kind, row.did, row.collection, rkey, rev, payload)
     try:
-        _, head_length, tail_length, cid_length = _RECORD_HEAD.unpack_from(record)
+        _, head_length, tail_length, cid_length = RECORD_HEAD.unpack_from(record)
     except struct.error:
         return Skip("bad_record")
-    payload = bytes(record[_RECORD_HEAD.size + head_length + tail_length + cid_length:])
+    payload = bytes(record[RECORD_HEAD.size + head_length + tail_length + cid_length:])
     if not payload:
         return Skip("no_payload")
     if kind == LOG_IDENTITY:

@@ -272,13 +272,19 @@ class ClusterNode:
         if applier is None or not self.nats_connected:
             return
         started = time.monotonic()
-        try:
-            last = await applier.refresh_stream_last_seq(min(NATS_TIMEOUT_S, timeout_s))
-        except Exception:  # noqa: BLE001 - NATS going away: what the applier last saw
-            last = applier.stream_last_seq
-        reached = await applier.wait_applied(last, max(0.0, timeout_s - (time.monotonic() - started)))
+        last, reached = await self._apply_stream_last(started, timeout_s)
         log.info("event=cluster_stop_applied node=%s applied_seq=%d stream_last_seq=%d complete=%s waited_s=%.3f",
                  self.node_name, applier.applied_seq, last, str(reached).lower(), time.monotonic() - started)
+
+    async def _apply_stream_last(self, started: float, timeout_s: float) -> tuple[int, bool]:
+        """Ask the stream for its last message and wait until it is applied, within `timeout_s` of
+        `started` (monotonic); (that message, whether it was applied in time)."""
+        applier = self.applier
+        try:
+            last = await applier.refresh_stream_last_seq(min(NATS_TIMEOUT_S, timeout_s))
+        except Exception:  # noqa: BLE001 - NATS unreachable: what the applier last saw
+            last = applier.stream_last_seq
+        return last, await applier.wait_applied(last, max(0.0, timeout_s - (time.monotonic() - started)))
 
     async def _close_nats(self) -> None:
         nc, self.nc = self.nc, None
@@ -510,12 +516,7 @@ class ClusterNode:
         except asyncio.TimeoutError:
             pass
         if self.applier is not None:
-            try:
-                last = await self.applier.refresh_stream_last_seq(min(NATS_TIMEOUT_S, self.cursor_wait_s))
-            except Exception:  # noqa: BLE001 - NATS unreachable: what we last saw
-                last = self.applier.stream_last_seq
-            remaining = max(0.0, self.cursor_wait_s - (time.monotonic() - started))
-            reached = await self.applier.wait_applied(last, remaining)
+            _, reached = await self._apply_stream_last(started, self.cursor_wait_s)
         if reached:
             cluster_metrics.CURSOR_WAITS.labels("caught_up").inc()
             log.info("event=cluster_cursor_wait_caught_up cursor=%d applied_time_us=%d waited_s=%.3f",

@@ -193,15 +193,17 @@ def purge_below_message_holding(rig_, seq: int) -> int:
     return stream_call(rig_, action)
 
 
-def stream_first_event_seq(rig_) -> int:
+def stream_event_seq(rig_, newest: bool = False) -> int:
+    """The seq of the stream's first event (or its newest), 0 when it holds none."""
     from jetstream.cluster.wire import decode_batch
 
     async def action(js):
         info = await js.stream_info(STREAM)
-        for message in range(info.state.first_seq, info.state.last_seq + 1):
+        messages = range(info.state.first_seq, info.state.last_seq + 1)
+        for message in (reversed(messages) if newest else messages):
             events = decode_batch((await js.get_msg(STREAM, message)).data).events
             if events:
-                return events[0].seq
+                return events[-1 if newest else 0].seq
         return 0
     return stream_call(rig_, action)
 
@@ -306,7 +308,7 @@ def test_a_new_node_fills_its_window_from_the_archive_and_the_stream_with_the_sa
     wait_for(lambda: (archive_of(a).get("sealed_tip_seq") or 0) >= frozen_tip + 400, "a to seal on", 120, 0.2)
     # The stream loses what lies below a seq the bucket holds but the frozen copy does not.
     purged_below = purge_below_message_holding(rig, frozen_tip + 200)
-    stream_first = stream_first_event_seq(rig)
+    stream_first = stream_event_seq(rig)
     assert frozen_tip + 1 < stream_first <= archive_of(a)["sealed_tip_seq"]
 
     c = rig.add_node("c", "--archive-url", url, *SMALL)

@@ -11,24 +11,12 @@ from __future__ import annotations
 
 import pytest
 
-from jetstream.cluster.wire import decode_batch
 from jetstream.log.store import EventLog
 from tests.cluster.harness import wait_for
-from tests.cluster.test_cluster_archive import STREAM, stream_call
+from tests.cluster.test_cluster_archive import stream_event_seq
 from tests.cluster.test_cluster_nodes import applied, rig, start_cluster  # noqa: F401 - rig is a fixture
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
-
-
-def stream_newest_event_seq(rig_) -> int:
-    async def action(js):
-        info = await js.stream_info(STREAM)
-        for message in range(info.state.last_seq, info.state.first_seq - 1, -1):
-            events = decode_batch((await js.get_msg(STREAM, message)).data).events
-            if events:
-                return events[-1].seq
-        return 0
-    return stream_call(rig_, action)
 
 
 def test_a_sigterm_leaves_the_leaders_log_equal_to_the_stream(rig):  # noqa: F811
@@ -40,7 +28,7 @@ def test_a_sigterm_leaves_the_leaders_log_equal_to_the_stream(rig):  # noqa: F81
         assert a.process.returncode == 0
         with EventLog(str(a.data_dir), create=False) as event_log:
             newest = event_log.newest_seq()
-        assert newest == stream_newest_event_seq(rig), f"stop {stop}: the log holds the leader's own last publish"
+        assert newest == stream_event_seq(rig, newest=True), f"stop {stop}: the log holds the leader's own last publish"
         assert "event=cluster_stop_applied" in a.log_path.read_text()
         if stop < 2:
             rig.start_node(a)
