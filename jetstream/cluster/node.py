@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 NATS_TIMEOUT_S = 2.0
 STOP_APPLY_WAIT_S = 5.0  # a graceful stop waits this long at most to apply what the stream holds
+STOP_PUBLISH_WAIT_S = 2.0  # and first this long at most for the leader's publish in flight to be answered
 CURSOR_TOO_FAR_CODE = 1013  # try again later: another node (or this one, later) can serve it
 HEALTH_CHECK_INTERVAL_S = 0.5  # how often the node re-checks its /healthz problems
 BOOTSTRAP_RETRY_S = 5.0  # a bootstrap from the archive that failed mid-way is planned again after this
@@ -91,6 +92,13 @@ class IngestTerm:
     def start(self) -> None:
         self.publisher.start()
         self._task = self.tasks.spawn(self.relay.run(), "cluster_relay")
+
+    async def settle(self, timeout_s: float) -> bool:
+        """A graceful stop: read no more of the relay, and let the publish in flight be answered
+        while the lease is still ours (then `stop`); True when nothing was left in flight."""
+        self.relay.stop()
+        self.pipeline.paused = True
+        return await self.publisher.finish_in_flight(timeout_s)
 
     def stop(self) -> None:
         """Stop reading the relay and drop every frame and batch not yet published."""
@@ -253,6 +261,11 @@ class ClusterNode:
     async def stop(self) -> None:
         self._stopping = True
         if self.term is not None:
+            settled = await self.term.settle(STOP_PUBLISH_WAIT_S)
+            if not settled:
+                log.warning("event=cluster_stop_publish_unanswered node=%s wait_s=%g msg=\"the last publish was "
+                            "not answered in time; if it landed, the next start applies it from the stream\"",
+                            self.node_name, STOP_PUBLISH_WAIT_S)
             self._step_down("shutdown", cool_down=False)
         if self.lease is not None and self.lease.held:
             await self.lease.release(NATS_TIMEOUT_S)

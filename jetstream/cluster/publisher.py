@@ -152,7 +152,7 @@ class FencedPublisher:
                         break
                     self._fail(exc, len(events))
                     return
-                if time.perf_counter() >= deadline:
+                if time.perf_counter() >= deadline or self.failed:  # failed: a stop is waiting, not a retry
                     self._fail(exc, len(events))
                     return
                 self.retries += 1
@@ -189,6 +189,23 @@ class FencedPublisher:
                     "error=%r", reason, self.expected_last_seq, events, len(self._queue), str(exc)[:200])
         self.stop()
         self._on_failure(reason)
+
+    async def finish_in_flight(self, timeout_s: float) -> bool:
+        """A graceful stop's first step: take no more batches, drop what is queued, and let the
+        publish already sent be answered (within `timeout_s`) instead of cancelling it.
+
+        A cancelled publish still lands when its bytes had left: the stream then holds a message
+        this node's stop never waited for. Answered or not, the task is cancelled after the wait;
+        True when nothing was left in flight.
+        """
+        self.failed = True
+        self._queue.clear()
+        self._ready.set()
+        task = self._task
+        if task is None or task.done() or task is asyncio.current_task():
+            return True
+        done, _ = await asyncio.wait({task}, timeout=timeout_s)
+        return bool(done)
 
     def stop(self) -> None:
         """Publish nothing more; what is queued is dropped (the relay is re-read from the stream's cursor)."""

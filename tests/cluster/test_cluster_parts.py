@@ -230,6 +230,38 @@ def test_a_deposed_leader_with_batches_queued_keeps_what_was_acked_and_adds_noth
     assert old.published_messages == 2 and old.queued_batches == 0
 
 
+def test_a_graceful_stop_lets_the_publish_in_flight_be_answered_and_drops_the_queue(three_nats, corpus_events):
+    """A publish cancelled after its bytes left still lands: the stream then holds a message the
+    stopping leader never saw acked (a CI run's stopped leader was one message short of the stream).
+    `finish_in_flight` waits for that answer instead, and publishes nothing queued behind it."""
+    async def scenario():
+        nc, js = await _js(three_nats.urls)
+        try:
+            stream = f"drain_{time.monotonic_ns()}"
+            subject = await _r3_stream(js, stream)
+            batch = corpus_events[:10]
+            publisher = FencedPublisher(js, subject, stream, 0, lambda reason: None,
+                                        max_message_bytes=encoded_size(batch))
+            publisher.start()
+            publisher.submit(batch, 100)
+            publisher.submit(batch, 101)  # queued behind the first: dropped by the stop
+            for _ in range(3):  # the publish task runs up to its ack wait: the request is out
+                await asyncio.sleep(0)
+            assert publisher.published_messages == 0
+            answered = await publisher.finish_in_flight(5.0)
+            publisher.submit(batch, 102)  # after the stop: taken by nobody
+            await asyncio.sleep(0.3)
+            return answered, publisher, await _stream_cursors(js, stream)
+        finally:
+            await nc.close()
+
+    answered, publisher, cursors = asyncio.run(scenario())
+    assert answered
+    assert cursors == [100], "the publish in flight landed, nothing queued behind it or after the stop did"
+    assert publisher.published_messages == 1 and publisher.expected_last_seq == 1, "and its ack was seen"
+    assert publisher.queued_batches == 0
+
+
 def test_batches_waiting_behind_a_publish_share_one_message_but_never_split_a_batch(corpus_events):
     publisher = FencedPublisher(None, "s", "s", 0, lambda reason: None,
                                 max_message_bytes=encoded_size(corpus_events[:25]))

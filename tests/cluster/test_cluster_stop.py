@@ -5,7 +5,10 @@ the two used to leave the leader's log short of its own last publishes (a restar
 nothing was lost, but a stopped node's data dir was not the stream's; seen once in a CI run, as a
 follower holding one seq the stopped leader did not). The lease release's round trip usually gave
 the applier time, so this test rarely failed before the stop waited for the apply; it pins the wait
-(its log line) and the property. Real nats-server processes, relay-sim at 2,000 frames/s.
+(its log line) and the property. A later CI run failed it once more (the log one message short):
+the stop cancelled a publish whose bytes had already left, and it landed after the stop asked the
+stream for its last message; the stop now lets that publish be answered first
+(tests/cluster/test_cluster_parts.py pins that step alone). Real nats-server processes, relay-sim at 2,000 frames/s.
 """
 from __future__ import annotations
 
