@@ -346,6 +346,8 @@ SERVE_FLAGS: tuple[Flag, ...] = (
     Flag("archive-block-seconds", "30s", parse_duration, "--archive: a segment block is cut when its events span this long, or its first event is this old (Go duration)", v1=False, check=above(0)),
     Flag("archive-segment-bytes", 256 << 20, int, "--archive: a segment is sealed at the first block cut that takes it past this size", v1=False, check=at_least(1)),
     Flag("archive-seal-after", "1h", parse_duration, "--archive: a segment is sealed once its first event is this old, whatever its size (Go duration)", v1=False, check=above(0)),
+    Flag("archive-scrub-interval", "168h", parse_duration, "--archive on this machine's disk (a directory, or file://): every sealed segment is read back and checked whole (block checksums, footer) once per this interval, so bytes that rot on disk after they were first checked are found and refused (/healthz archive_segment_corrupt) instead of served; a pass resumes where it stopped after a restart; object stores are never scrubbed (they checksum their own bytes); 0 = off", v1=False, check=at_least(0)),
+    Flag("archive-scrub-rate", 32 << 20, int, "bytes per second the archive scrub reads at most (its reads compete with serving for the disk)", v1=False, check=at_least(1)),
     Flag("archive-retention", "0s", parse_duration, "--archive: sealed segments whose newest event is older than this are deleted (the newest segment is always kept); 0 = keep forever", v1=False, check=at_least(0)),
 )
 

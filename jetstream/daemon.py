@@ -22,6 +22,7 @@ import socket
 import time
 
 from jetstream import __version__, metrics
+from jetstream.archive.scrub import ArchiveScrub, archive_scrub
 from jetstream.archive.sealer import ArchiveSealer, SealerSettings
 from jetstream.archive.xrpc import archive_service
 from jetstream.compression import EventCompressor
@@ -164,6 +165,7 @@ class Daemon:
         self.pipeline: IngestPipeline | None = None
         self.trimmer: TtlTrimmer | None = None
         self.sealer: ArchiveSealer | None = None  # --archive: the archive writer (jetstream/archive/sealer.py)
+        self.scrub: ArchiveScrub | None = None  # --archive-scrub-interval (jetstream/archive/scrub.py)
         self.metrics_listener: metrics.MetricsListener | None = None
         self._metrics_collector = None
         self.cluster = None  # jetstream.cluster.node.ClusterNode with --cluster
@@ -195,6 +197,7 @@ class Daemon:
         self.server.archive = archive_service(cfg, self.problems)  # issue 24: the sealed archive's XRPC endpoints
         if self.server.archive is not None:
             self._tasks.append(self.tasks.spawn(self.server.archive.run(), "archive_manifest"))
+        self._start_archive_scrub(self.server.archive)
         host, port = parse_listen_addr(cfg.listen_addr)
         try:
             await self.server.start(host, port)
@@ -283,6 +286,16 @@ class Daemon:
                                     may_seal=self.archive_may_seal,
                                     on_sealed=service.segment_sealed if service is not None else None)
         self._tasks.append(self.tasks.spawn(self.sealer.run(), "archive_sealer"))
+
+    def _start_archive_scrub(self, service) -> None:
+        """--archive-scrub-interval: one scrub per node, in this process (it serves `service`; the --workers
+        main process serves nothing and passes None: the scrub then lists the archive for itself)."""
+        self.scrub = archive_scrub(self.cfg, service, self.problems)
+        if self.scrub is None:
+            return
+        if self.scrub.own_service:
+            self._tasks.append(self.tasks.spawn(self.scrub.service.run(), "archive_scrub_manifest"))
+        self._tasks.append(self.tasks.spawn(self.scrub.run(), "archive_scrub"))
 
     def archive_may_seal(self) -> bool:
         """Whether this process may publish segments now: always on a single node, and on every --cluster
@@ -468,6 +481,8 @@ class Daemon:
         }
         if self.sealer is not None:
             report["archive"] = self.sealer.report()
+        if self.scrub is not None:
+            report["archive_scrub"] = self.scrub.report()
         if self.cluster is not None:
             report["cluster"] = self.cluster.report()
             if pipeline is None:  # a follower: the relay cursor its log holds from the stream

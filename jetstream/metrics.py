@@ -203,3 +203,14 @@ PLC_UNREACHABLE = Gauge(
 DIDRES_FETCH_SECONDS = Histogram(
     "jetstream_didres_fetch_seconds", "DID document fetch latency", buckets=[0.005 * 2**i for i in range(12)],
 )
+
+# The archive scrub (jetstream/archive/scrub.py): segments of a directory archive read back and checked whole.
+ARCHIVE_SCRUB_BYTES = Counter("jetstream_archive_scrub_bytes", "Segment bytes the archive scrub read back and checked")
+ARCHIVE_SCRUB_SEGMENTS = Counter(
+    "jetstream_archive_scrub_segments", "Segments the archive scrub finished, by outcome (ok, damaged, skipped)",
+    ["outcome"],
+)
+ARCHIVE_SCRUB_PASSES = Counter("jetstream_archive_scrub_passes", "Archive scrub passes completed")
+ARCHIVE_SCRUB_LAST_PASS = Gauge(
+    "jetstream_archive_scrub_last_pass_timestamp_seconds", "When the last complete archive scrub pass ended (Unix time)"
+)

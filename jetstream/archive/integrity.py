@@ -23,7 +23,7 @@ from __future__ import annotations
 import bisect
 import os
 import threading
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 from jetstream.archive.format import (
     FRAME_PREFIX_SIZE,
@@ -168,6 +168,15 @@ class ServedBytes:
                     self.changed = True
                 self._states.pop(key, None)
 
+    def mark_whole(self, summary) -> None:
+        """This version was checked whole elsewhere (the scrub, `check_whole`): serve and redirect it as such."""
+        key = (summary.name, summary.version)
+        with self._lock:
+            if key not in self._whole:
+                self._whole.add(key)
+                self.changed = True
+            self._states.pop(key, None)
+
     def retain(self, listed) -> None:
         """Forget every version not in `listed` ((name, version) pairs): gone, replaced or refused."""
         keep = set(listed)
@@ -178,6 +187,28 @@ class ServedBytes:
             if gone:
                 self._whole -= gone
                 self.changed = True
+
+
+def check_whole(fd: int, summary, blocks: list[BlockInfo], pace: Callable[[int], None] = lambda n: None) -> int:
+    """Every region of one segment version read from `fd` and checked as serving checks it: the header,
+    the blocks' tiling, each block's length prefix and zstd frame (content checksum, indexed size), and
+    the footer under the header's checksum. Blocking (a thread); `pace(n)` is called after each region of
+    n bytes is read (a caller's rate limit, or its stop). The bytes checked; CorruptSegment naming the
+    first damage, OSError from the reads."""
+    footer_offset = summary.header.footer_offset
+    tiling = _tiling_error(blocks, footer_offset)
+    if tiling:
+        raise CorruptSegment(tiling)
+    _check_header(fd, summary)
+    pace(HEADER_SIZE)
+    total = HEADER_SIZE
+    for index, info in enumerate(blocks):
+        checked = _check_block(fd, index, info)
+        pace(checked)
+        total += checked
+    _check_footer(fd, summary)
+    pace(summary.size - footer_offset)
+    return total + summary.size - footer_offset
 
 
 def _tiling_error(blocks: list[BlockInfo], footer_offset: int) -> str:

@@ -230,6 +230,10 @@ class Manifest:
         self.scanned = True
         return Scan(added, corrupt, removed, tuple(sorted(unreadable)))
 
+    def refused_versions(self) -> list[tuple[str, str, str]]:
+        """(name, version, reason) of every file refused, sorted: at listing or since (`refuse`)."""
+        return sorted((name, version, reason) for name, (version, reason) in self._refused.items())
+
     def refuse(self, summary: SegmentSummary, reason: str) -> None:
         """A listed file no longer matches what was verified (a download found it changed): unlist it."""
         with self._scan_lock:

@@ -148,33 +148,69 @@ def archive_service(cfg, problems, process: str = "main") -> ArchiveService | No
     return service
 
 
-def load_checked_versions(checked_dir: str, location: str) -> list[tuple[str, str]]:
-    """The (name, version) pairs any process of this node checked whole in an earlier run, for `location`.
+def _checked_documents(checked_dir: str, location: str):
+    """(file name, document) of every process's checked-versions file for `location` (this node's processes).
 
     A missing, unreadable or foreign file is passed over: it only costs checking those bytes again."""
-    versions: list[tuple[str, str]] = []
     if not checked_dir or not os.path.isdir(checked_dir):
-        return versions
+        return
     for entry in sorted(os.listdir(checked_dir)):
         if not entry.endswith(".json"):
             continue
         try:
             with open(os.path.join(checked_dir, entry), "rb") as handle:
                 document = json.loads(handle.read())
-            if document.get("location") == location:
-                versions += [(str(name), str(version)) for name, version in document["versions"]]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            if isinstance(document, dict) and document.get("location") == location:
+                yield entry, document
+        except (OSError, ValueError) as exc:
+            log.warning("event=archive_checked_versions_unreadable file=%s error=%r", entry, str(exc)[:200])
+
+
+def load_checked_versions(checked_dir: str, location: str) -> list[tuple[str, str]]:
+    """The (name, version) pairs any process of this node checked whole in an earlier run, for `location`."""
+    versions: list[tuple[str, str]] = []
+    for entry, document in _checked_documents(checked_dir, location):
+        try:
+            versions += [(str(name), str(version)) for name, version in document["versions"]]
+        except (KeyError, TypeError, ValueError) as exc:
             log.warning("event=archive_checked_versions_unreadable file=%s error=%r", entry, str(exc)[:200])
     return versions
 
 
-def save_checked_versions(checked_dir: str, process: str, location: str, versions) -> None:
-    """Write this process's file of versions checked whole (atomic rename; no fsync: losing it is harmless)."""
+def load_damaged_versions(checked_dir: str, location: str) -> dict[tuple[str, str], str]:
+    """(name, version) -> reason of every segment version a process of this node refused as damaged.
+
+    How one process's finding (a download's check, the scrub) reaches the others: a version another
+    process checked whole and trusts would otherwise go on being served from there."""
+    damaged: dict[tuple[str, str], str] = {}
+    for entry, document in _checked_documents(checked_dir, location):
+        try:
+            for name, version, reason in document.get("damaged", ()):
+                damaged[(str(name), str(version))] = f"{reason} (found by {entry.removesuffix('.json')})"
+        except (TypeError, ValueError) as exc:
+            log.warning("event=archive_checked_versions_unreadable file=%s error=%r", entry, str(exc)[:200])
+    return damaged
+
+
+def checked_files_signature(checked_dir: str) -> tuple:
+    """What changes when any process rewrites its checked-versions file (names, sizes, mtimes)."""
+    try:
+        entries = sorted(os.scandir(checked_dir), key=lambda e: e.name)
+        return tuple((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries if e.name.endswith(".json"))
+    except OSError:
+        return ()
+
+
+def save_checked_versions(checked_dir: str, process: str, location: str, versions, damaged=()) -> None:
+    """Write this process's file of versions checked whole, and of versions it refused as damaged
+    ((name, version, reason)); atomic rename; no fsync: losing it costs a check again, or a finding
+    each other process then makes on its own."""
     path = os.path.join(checked_dir, f"{process}.json")
     try:
         os.makedirs(checked_dir, exist_ok=True)
         with open(path + ".tmp", "w") as handle:
-            json.dump({"location": location, "versions": [list(v) for v in versions]}, handle)
+            json.dump({"location": location, "versions": [list(v) for v in versions],
+                       "damaged": [list(d) for d in damaged]}, handle)
         os.replace(path + ".tmp", path)
     except OSError as exc:
         log.warning("event=archive_checked_versions_not_saved path=%s error=%r", path, str(exc)[:200])
@@ -239,6 +275,10 @@ class ArchiveService:
         self.integrity = ServedBytes()
         self.integrity.trust(load_checked_versions(settings.checked_dir, settings.directory))
         self._rescanning: set[str] = set()  # names unlisted because they changed, until the next scan
+        # What this process last wrote of its refusals, and how the node's checked-versions files looked
+        # when it last read the others' (`_share_checked`).
+        self._saved_damaged: list[tuple[str, str, str]] = []
+        self._peers_signature: tuple = ()
         self._key_digest = sha256(settings.api_key.encode()).digest() if settings.api_key else None
         self._rescan = asyncio.Event()
         self.requests: dict[str, int] = {}
@@ -260,14 +300,32 @@ class ArchiveService:
             else:
                 self._rescanning -= rescanning  # those changed before this scan began: it saw them
                 self._apply_scan(scan)
-            if self.integrity.changed and self.settings.checked_dir:
-                await asyncio.to_thread(save_checked_versions, self.settings.checked_dir, self.settings.process,
-                                        self.settings.directory, self.integrity.complete_versions())
+            if self.settings.checked_dir:
+                await self._share_checked()
             self._rescan.clear()
             try:
                 await asyncio.wait_for(self._rescan.wait(), RESCAN_INTERVAL_S)
             except asyncio.TimeoutError:
                 pass
+
+    async def _share_checked(self) -> None:
+        """Save what this process checked whole or refused when either changed; refuse what another
+        process of this node refused (its file changed since the last look)."""
+        settings = self.settings
+        damaged = self.manifest.refused_versions()
+        if self.integrity.changed or damaged != self._saved_damaged:
+            await asyncio.to_thread(save_checked_versions, settings.checked_dir, settings.process,
+                                    settings.directory, self.integrity.complete_versions(), damaged)
+            self._saved_damaged = damaged
+        signature = await asyncio.to_thread(checked_files_signature, settings.checked_dir)
+        if signature == self._peers_signature:
+            return
+        self._peers_signature = signature
+        found = await asyncio.to_thread(load_damaged_versions, settings.checked_dir, settings.directory)
+        for summary in self.manifest.segments:
+            reason = found.get((summary.name, summary.version))
+            if reason is not None:
+                self.refuse(summary, reason)
 
     def segment_sealed(self) -> None:
         """The writer published a segment: list it now rather than at the next poll."""
@@ -308,10 +366,13 @@ class ArchiveService:
         else:
             self.problems.clear("archive_segment_corrupt")
 
-    def _refuse(self, summary: SegmentSummary, reason: str) -> None:
+    def refuse(self, summary: SegmentSummary, reason: str) -> None:
+        """A listed segment version is damaged: unlist it (no plan names it, no download is served),
+        report it, and tell the node's other processes (the run loop saves it at once)."""
         log.error("event=archive_segment_corrupt name=%s reason=%r", summary.name, reason)
         self.manifest.refuse(summary, reason)
         self._report_corrupt()
+        self._rescan.set()
 
     # -- requests --------------------------------------------------------------------------------
 
@@ -433,7 +494,7 @@ class ArchiveService:
         self.segment_sealed()
         return internal_error("failed to read segment")
 
-    async def _footer_blocks(self, summary: SegmentSummary):
+    async def footer_blocks(self, summary: SegmentSummary):
         footer = self.manifest.cached_footer(summary.index)
         if footer is None:
             footer = await asyncio.to_thread(self.manifest.footer, summary)
@@ -445,11 +506,11 @@ class ArchiveService:
         if self.integrity.complete(summary):
             return None
         try:
-            check = self.integrity.plan(summary, await self._footer_blocks(summary), offset, length)
+            check = self.integrity.plan(summary, await self.footer_blocks(summary), offset, length)
             if check is not None:
                 await asyncio.to_thread(self.integrity.run, check, fd, summary)
         except (OSError, SegmentError) as exc:
-            self._refuse(summary, str(exc))
+            self.refuse(summary, str(exc))
             return internal_error("segment failed verification")
         except StoreError as exc:
             self._store_unreachable(f"reading {summary.name}'s footer failed: {exc}")
@@ -484,7 +545,7 @@ class ArchiveService:
         except _Changed as exc:
             return self._changed(summary, str(exc))
         except (OSError, SegmentError) as exc:
-            self._refuse(summary, str(exc))
+            self.refuse(summary, str(exc))
             return internal_error("failed to read segment header")
 
     async def _get_segment(self, request: Request, params) -> Response:
@@ -514,7 +575,7 @@ class ArchiveService:
                 raise SegmentError(f"block {block} runs past the footer")
         except (OSError, SegmentError) as exc:
             os.close(fd)
-            self._refuse(summary, str(exc))
+            self.refuse(summary, str(exc))
             return internal_error("failed to read block")
         etag = _etag(summary, block)
         return await self._content(request, summary, fd, etag, info.offset + FRAME_PREFIX_SIZE,
@@ -559,7 +620,7 @@ class ArchiveService:
         try:
             footer = await asyncio.to_thread(self.manifest.footer, summary)
         except SegmentError as exc:
-            self._refuse(summary, str(exc))
+            self.refuse(summary, str(exc))
             return internal_error("failed to read block")
         except StoreError as exc:
             self._store_unreachable(f"reading {summary.name}'s footer failed: {exc}")
@@ -592,7 +653,7 @@ class ArchiveService:
         try:
             check = None
             if not self.integrity.complete(summary):
-                check = self.integrity.plan(summary, await self._footer_blocks(summary), offset, length)
+                check = self.integrity.plan(summary, await self.footer_blocks(summary), offset, length)
             # the span the check reads is fetched with the range (whole blocks, the whole footer)
             start = offset if check is None else min(offset, check.start)
             stop = offset + length if check is None else max(offset + length, check.end)
@@ -607,7 +668,7 @@ class ArchiveService:
         except ObjectChanged as exc:
             return self._changed(summary, str(exc))
         except SegmentError as exc:
-            self._refuse(summary, str(exc))
+            self.refuse(summary, str(exc))
             return internal_error("segment failed verification")
         except StoreError as exc:
             log.error("event=archive_store_read_failed name=%s error=%r", summary.name, str(exc)[:300])

@@ -238,7 +238,7 @@ class ArchiveHistory:
         if exc.unreachable:
             self.service._store_unreachable(f"replaying {exc.segment} failed: {exc.detail}")
         else:
-            self.service._refuse(exc.summary, exc.detail)
+            self.service.refuse(exc.summary, exc.detail)
 
     async def _next_block(self, after_time_us: int, after_seq: int | None, query: ArchiveQuery, loop) -> ArchiveBlock:
         async with self._slots:

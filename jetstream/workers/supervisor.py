@@ -337,6 +337,7 @@ class WorkersDaemon(Daemon):
         if cfg.metrics_listen_addr:
             self.metrics_listener = MetricsListener(cfg.metrics_listen_addr)
         self._start_archive_writer()  # this process seals; each worker serves the directory (rescans every 5 s)
+        self._start_archive_scrub(None)  # and scrubs it, once for the node (workers adopt what it refuses)
         self.trimmer = WorkersTtlTrimmer(self.event_log, cfg.event_ttl,
                                          trim_interval_s(cfg.event_ttl, cfg.ttl_trim_interval),
                                          wake_workers=lambda: self.supervisor.wake_all(FORCE_CATCH_UP),
