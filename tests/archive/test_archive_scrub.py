@@ -15,6 +15,7 @@ import json
 import os
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,7 @@ from tests.archive.test_serve_integrity import (
     refused_and_reported,
 )
 from tests.archive.test_store_s3 import wait_for
+from tests.ports import free_port
 from tests.workers.workers_helpers import address_for_worker
 
 pytestmark = pytest.mark.timeout(240)
@@ -177,7 +179,8 @@ def scrub_report(server: Serve) -> dict:
 def test_bytes_that_rot_after_serving_checked_them_are_found_refused_and_a_restored_file_served(events, tmp_path):
     data_dir = tmp_path / "data"
     paths = [Path(p) for p in build_archive(data_dir / "archive", events, segments=3, block_events=8)]
-    server = Serve(data_dir, "--archive-scrub-interval", "2s")
+    metrics_port = free_port()
+    server = Serve(data_dir, "--archive-scrub-interval", "2s", "--metrics-listen-addr", f"127.0.0.1:{metrics_port}")
     try:
         server.wait_ready()
         assert server.get(SEG + NAMES[1])[0] == 200, "served whole: every byte of this version checked"
@@ -190,6 +193,10 @@ def test_bytes_that_rot_after_serving_checked_them_are_found_refused_and_a_resto
         assert "scrub: block 2" in corrupt_detail(server)
         assert f"event=archive_scrub_damage name={NAMES[1]}" in server.logs()
         assert scrub_report(server)["segments"]["damaged"] == 1
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:  # noqa: S310
+            scraped = response.read().decode()
+        assert 'jetstream_archive_scrub_segments_total{outcome="damaged"} 1.0' in scraped
+        assert "jetstream_archive_scrub_passes_total" in scraped and "jetstream_archive_scrub_bytes_total" in scraped
         assert listed(server) == [NAMES[0], NAMES[2]]
 
         paths[1].write_bytes(original)  # the operator restores a good copy: a new version
