@@ -5,7 +5,8 @@
 A segment of about --size-mib MiB whose records compress about 2.5x (a random part and a text
 part), in blocks of 4,096 events as the daemon writes them, sits in a real archive directory.
 In process: the check of the first 8 MiB slice (the SDK's first request) and of the whole segment
-(a GET without Range), and the steady-state lookup once everything was checked. Through real
+(a GET without Range), the scrub's re-read of the whole segment (scrub.py, unthrottled: its CPU
+per segment), and the steady-state lookup once everything was checked. Through real
 `jetstream serve` processes (page cache warm): time to the first byte of a whole-file GET on a
 fresh daemon (every block checked before it), and a sweep in 8 MiB Range slices as the SDK does,
 first on a fresh daemon (each slice checks its blocks) then again (everything checked).
@@ -25,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jetstream.archive import KIND_CREATE, SegmentEvent, SegmentOptions, SegmentWriter, segment_name  # noqa: E402
-from jetstream.archive.integrity import ServedBytes  # noqa: E402
+from jetstream.archive.integrity import ServedBytes, check_whole  # noqa: E402
 from jetstream.archive.manifest import Manifest  # noqa: E402
 
 CHUNK = 8 << 20
@@ -63,6 +64,12 @@ def in_process(archive: Path) -> dict:
         start = time.perf_counter()
         served.run(served.plan(summary, blocks, 0, summary.size), fd, summary)
         out["whole_ms"] = (time.perf_counter() - start) * 1000
+        # The scrub (scrub.py) reads the same version again whole, unthrottled here: its CPU per segment.
+        start, cpu = time.perf_counter(), time.process_time()
+        check_whole(fd, summary, blocks)
+        out["scrub_whole_ms"] = (time.perf_counter() - start) * 1000
+        out["scrub_cpu_ms"] = (time.process_time() - cpu) * 1000
+        out["scrub_mib_per_cpu_s"] = summary.size / 2**20 / max(1e-9, time.process_time() - cpu)
         runs = 100_000
         start = time.perf_counter()
         for _ in range(runs):
