@@ -161,15 +161,11 @@ class ServedBytes:
             _check_footer(fd, summary)
             state.footer_ok = True
         if state.complete:
-            key = (summary.name, summary.version)
-            with self._lock:
-                if key not in self._whole:
-                    self._whole.add(key)
-                    self.changed = True
-                self._states.pop(key, None)
+            self.mark_whole(summary)
 
     def mark_whole(self, summary) -> None:
-        """This version was checked whole elsewhere (the scrub, `check_whole`): serve and redirect it as such."""
+        """Every region of this version was checked (here, or by the scrub's `check_whole`): serve and
+        redirect it as such; its per-region state is dropped."""
         key = (summary.name, summary.version)
         with self._lock:
             if key not in self._whole:
