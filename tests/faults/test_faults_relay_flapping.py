@@ -30,6 +30,10 @@ SEED, DIDS = 23, 300
 FLAP_SECONDS = 30.0
 DISCONNECT_EVERY = 40  # frames
 TIME_US = re.compile(rb'"time_us":\d+')
+# Tasks the relay client runs beside the resident ones while it connects, reads and re-dials
+# (measured: 3 at most over 750 reconnects), with room for the loop's transient ones; a task left
+# behind per reconnect would add hundreds.
+RECONNECT_TASKS = 6
 
 
 def open_fds() -> int:
@@ -53,6 +57,9 @@ async def test_relay_flapping_for_30s_leaks_nothing_and_duplicates_nothing(tmp_p
     samples = []
     try:
         _, live = await connect(f"ws://127.0.0.1:{daemon.port}/subscribe")
+        # The daemon's own long-lived tasks (ingest, trim, the archive's manifest, sealer and scrub, ...)
+        # before the relay is dialled: the bound below is on what reconnecting adds to them.
+        resident_tasks = len(asyncio.all_tasks())
         daemon.connect_relay()
         started = time.monotonic()
         while time.monotonic() - started < FLAP_SECONDS:
@@ -73,12 +80,13 @@ async def test_relay_flapping_for_30s_leaks_nothing_and_duplicates_nothing(tmp_p
     warm = [s for s in samples if s[0] >= 5.0]
     reconnects = samples[-1][4]
     print(f"flapping: {reconnects} relay connections in {FLAP_SECONDS:.0f}s, cursor {final_cursor}, "
-          f"events {len(rows)}; fds {warm[0][1]}->{max(s[1] for s in warm)}, tasks max {max(s[2] for s in warm)}, "
+          f"events {len(rows)}; fds {warm[0][1]}->{max(s[1] for s in warm)}, tasks {resident_tasks} resident, "
+          f"max {max(s[2] for s in warm)}, "
           f"rss {warm[0][3] >> 20}->{warm[-1][3] >> 20} MiB")
     assert reconnects >= 100, "the relay really flapped"
     assert final_cursor > reconnects * DISCONNECT_EVERY // 2, "ingest kept making progress between flaps"
     assert max(s[1] for s in warm) <= warm[0][1] + 5, "open fds stay flat across reconnects"
-    assert max(s[2] for s in warm) <= 10, "no task piles up per reconnect"
+    assert max(s[2] for s in warm) <= resident_tasks + RECONNECT_TASKS, "no task piles up per reconnect"
     assert warm[-1][3] - warm[0][3] < 96 << 20, "RSS stays bounded (memtable and ring growth included)"
     got = [TIME_US.sub(b'"time_us":0', row.payload, count=1) for row in rows]
     expected = expected_lines(SEED, DIDS, final_cursor)
