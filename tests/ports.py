@@ -2,7 +2,9 @@
 
 Owns nothing but these two probes and never holds a port: a free port is released before it is
 returned (jetstream/cluster/natsserver.py's free_port, which the cluster harness uses too), so
-whoever binds it next may race another binder.
+whoever binds it next may race another binder; it lies below the kernel's ephemeral range, so the
+local end of an outgoing connection (a test's client, a daemon's relay dial) never takes it first.
+Every test that needs a port to hand to a server takes it from here.
 """
 from __future__ import annotations
 

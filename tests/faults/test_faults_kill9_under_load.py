@@ -17,7 +17,6 @@ import asyncio
 import os
 import random
 import re
-import socket
 import sys
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from picows import WSListener, WSMsgType, ws_connect
 
 from jetstream.log.store import EventLog
 from jetstream.relaysim.server import SUBSCRIBE_REPOS_PATH
+from tests.ports import free_port
 from tests.synthetic_expected import expected_lines
 from tests.waiting import until
 
@@ -37,12 +37,6 @@ RELAY_RATE = 1500
 TIME_US = re.compile(rb'"time_us":(\d+)')
 COLLECTION = re.compile(rb'"collection":"([^"]+)"')
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def spawn(*args: str, log_path: Path) -> asyncio.subprocess.Process:
@@ -112,7 +106,6 @@ class ReconnectingClient:
         if getattr(self, "_transport", None) is not None:
             self._transport.disconnect()
         await asyncio.wait([self._task], timeout=5)
-
 
 
 def matches(payload: bytes, wanted_collection: str | None) -> bool:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import socket
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -22,6 +21,7 @@ from jetstream.config import parse_serve_args
 from jetstream.daemon import Daemon
 from jetstream.ingest.relay_client import RelayClient, backoff_delay, url_with_cursor
 from jetstream.relaysim.seqpatch import find_seq_slot, patch_seq
+from tests.ports import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -108,12 +108,6 @@ async def wait_until(condition, timeout: float = 20, step: float = 0.02) -> None
 
 def counter(name: str, **labels) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def renumbered(frames: list[bytes], first_seq: int) -> list[bytes]:

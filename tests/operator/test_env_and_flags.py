@@ -33,17 +33,12 @@ from jetstream.config import (
 )
 from jetstream.startup import _overlap
 from tests.operator.test_startup_validation import assert_refused, defaults_for, run_serve
+from tests.ports import free_port
 
 pytestmark = pytest.mark.timeout(120)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ENV_OF = {flag.name: flag.env for flag in SERVE_FLAGS}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -9,7 +9,6 @@ import asyncio
 import json
 import os
 import re
-import socket
 import sys
 from pathlib import Path
 
@@ -17,16 +16,11 @@ from picows import WSListener, WSMsgType, ws_connect
 
 from jetstream.relaysim.server import SUBSCRIBE_REPOS_PATH
 from jetstream.workers.sockets import worker_of_address
+from tests.ports import free_port
 from tests.waiting import until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TIME_US = re.compile(rb'"time_us":(\d+)')
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def address_for_worker(worker: int, workers: int, skip: tuple[str, ...] = ()) -> str:
