@@ -32,7 +32,7 @@ from typing import Callable
 from jetstream import metrics
 from jetstream.archive.format import SegmentError
 from jetstream.archive.integrity import check_whole
-from jetstream.archive.store import StoreError
+from jetstream.archive.store import StoreError, file_version
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def scrub_segment(summary, blocks, pace: Pace) -> tuple[str, str]:
         return "damaged", f"cannot be opened: {exc}"
     try:
         st = os.fstat(fd)
-        if f"{st.st_size}:{st.st_mtime_ns}" != summary.version:
+        if file_version(st) != summary.version:
             return "skipped", "changed since it was listed"
         check_whole(fd, summary, blocks, pace)
     except SegmentError as exc:

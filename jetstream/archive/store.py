@@ -31,6 +31,11 @@ _NO_ETAG = "no-etag:"
 _RETRY = {"max_retries": 3, "retry_timeout": datetime.timedelta(seconds=30)}
 
 
+
+def file_version(st: os.stat_result) -> str:
+    """A file's version token, as listings and downloads compare it: its size and mtime (ns)."""
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
 class StoreError(Exception):
     """A storage operation failed (network, permissions, a missing bucket...)."""
 
@@ -142,7 +147,7 @@ class LocalStore(ArchiveStore):
                 st = entry.stat()
             except OSError:
                 continue  # gone between listing and stat
-            rows.append((entry.name, st.st_size, f"{st.st_size}:{st.st_mtime_ns}", st.st_mtime_ns))
+            rows.append((entry.name, st.st_size, file_version(st), st.st_mtime_ns))
         return _segment_objects(rows)
 
     def _path(self, name: str) -> str:
@@ -160,7 +165,7 @@ class LocalStore(ArchiveStore):
         try:
             if version is not None:
                 st = os.fstat(fd)
-                if f"{st.st_size}:{st.st_mtime_ns}" != version:
+                if file_version(st) != version:
                     raise ObjectChanged(f"{name} changed since it was listed")
             parts = []
             while length > 0:
@@ -186,7 +191,7 @@ class LocalStore(ArchiveStore):
             raise ObjectMissing(f"{name} is not in {self.directory}") from exc
         except OSError as exc:
             raise StoreError(f"cannot stat {name}: {exc.strerror or exc}") from exc
-        return StoredObject(name, parse_segment_name(name) or 0, st.st_size, f"{st.st_size}:{st.st_mtime_ns}",
+        return StoredObject(name, parse_segment_name(name) or 0, st.st_size, file_version(st),
                             st.st_mtime_ns)
 
     def put(self, name: str, data: bytes) -> StoredObject:

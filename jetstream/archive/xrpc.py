@@ -49,7 +49,7 @@ from jetstream.archive.format import (
 from jetstream.archive.http_content import TEXT_PLAIN, serve_content
 from jetstream.archive.integrity import ServedBytes
 from jetstream.archive.manifest import Manifest, SegmentSummary
-from jetstream.archive.store import ObjectChanged, StoreError, open_store
+from jetstream.archive.store import ObjectChanged, StoreError, file_version, open_store
 from jetstream.server.http import cors_headers, split_target
 from jetstream.server.params import parse_query
 from jetstream.server.request_head import Local, LocalRoutes
@@ -522,7 +522,7 @@ class ArchiveService:
         fd = os.open(summary.path, os.O_RDONLY)
         try:
             st = os.fstat(fd)
-            if f"{st.st_size}:{st.st_mtime_ns}" != summary.version:
+            if file_version(st) != summary.version:
                 raise _Changed(f"size {st.st_size}, mtime_ns {st.st_mtime_ns}; listed as {summary.version}")
             header = decode_header(os.pread(fd, HEADER_SIZE, 0))
             if header != summary.header:
