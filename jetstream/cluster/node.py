@@ -96,14 +96,16 @@ class IngestTerm:
     async def settle(self, timeout_s: float) -> bool:
         """A graceful stop: read no more of the relay, and let the publish in flight be answered
         while the lease is still ours (then `stop`); True when nothing was left in flight."""
+        self._stop_reading()
+        return await self.publisher.finish_in_flight(timeout_s)
+
+    def _stop_reading(self) -> None:
         self.relay.stop()
         self.pipeline.paused = True
-        return await self.publisher.finish_in_flight(timeout_s)
 
     def stop(self) -> None:
         """Stop reading the relay and drop every frame and batch not yet published."""
-        self.relay.stop()
-        self.pipeline.paused = True
+        self._stop_reading()
         self.pipeline.reset_to_durable_cursor()
         self.publisher.stop()
         if self._task is not None:

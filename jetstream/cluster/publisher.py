@@ -190,6 +190,12 @@ class FencedPublisher:
         self.stop()
         self._on_failure(reason)
 
+    def _take_no_more(self) -> None:
+        """Refuse new batches, drop the queued ones, and let the publish loop see it and end."""
+        self.failed = True
+        self._queue.clear()
+        self._ready.set()
+
     async def finish_in_flight(self, timeout_s: float) -> bool:
         """A graceful stop's first step: take no more batches, drop what is queued, and let the
         publish already sent be answered (within `timeout_s`) instead of cancelling it.
@@ -198,9 +204,7 @@ class FencedPublisher:
         this node's stop never waited for. Answered or not, the task is cancelled after the wait;
         True when nothing was left in flight.
         """
-        self.failed = True
-        self._queue.clear()
-        self._ready.set()
+        self._take_no_more()
         task = self._task
         if task is None or task.done() or task is asyncio.current_task():
             return True
@@ -209,8 +213,6 @@ class FencedPublisher:
 
     def stop(self) -> None:
         """Publish nothing more; what is queued is dropped (the relay is re-read from the stream's cursor)."""
-        self.failed = True
-        self._queue.clear()
-        self._ready.set()
+        self._take_no_more()
         if self._task is not None and self._task is not asyncio.current_task():
             self._task.cancel()
