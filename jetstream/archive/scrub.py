@@ -102,7 +102,8 @@ class ArchiveScrub:
     """Passes over the listed segments of one ArchiveService whose store is a local directory."""
 
     def __init__(self, service, interval_s: float, rate_bytes_per_s: int, state_dir: str,
-                 start_delay_s: float | None = None, wall_clock: Callable[[], float] = time.time) -> None:
+                 start_delay_s: float | None = None, wall_clock: Callable[[], float] = time.time,
+                 own_service: bool = False) -> None:
         self.service = service
         self.interval_s = interval_s
         self.start_delay_s = min(interval_s, START_DELAY_S) if start_delay_s is None else start_delay_s
@@ -117,7 +118,7 @@ class ArchiveScrub:
         self.pass_started: float | None = None  # wall seconds: the pass under way, or the last one
         self.last_pass_finished: float | None = None
         self.position = -1  # the index of the last segment this pass has read
-        self.own_service = False  # archive_scrub made `service` for the scrub alone: its run() is the caller's
+        self.own_service = own_service  # `service` was made for the scrub alone: its run() is the caller's
 
     def report(self) -> dict:
         """/healthz's `archive_scrub`."""
@@ -151,15 +152,13 @@ class ArchiveScrub:
             self.pass_started = self.wall_clock()
             log.info("event=archive_scrub_pass_started location=%s segments=%d rate_bytes_per_s=%d",
                      self.location, len(self.service.manifest.segments), self.rate)
-        counts = {"ok": 0, "damaged": 0, "skipped": 0}
-        read_before = self.bytes
+        before, read_before = dict(self.segments), self.bytes  # this pass's counts: the totals' growth
         started = time.monotonic()
         while True:
             summary = next((s for s in self.service.manifest.segments if s.index > self.position), None)
             if summary is None:
                 break
-            outcome = await self._scrub_one(summary)
-            counts[outcome] += 1
+            await self._scrub_one(summary)
             self.position = summary.index
             await asyncio.to_thread(self._save_state)
         self.passes += 1
@@ -168,11 +167,12 @@ class ArchiveScrub:
         metrics.ARCHIVE_SCRUB_PASSES.inc()
         metrics.ARCHIVE_SCRUB_LAST_PASS.set(self.last_pass_finished)
         await asyncio.to_thread(self._save_state)
+        counts = {outcome: total - before[outcome] for outcome, total in self.segments.items()}
         log.info("event=archive_scrub_pass_done location=%s ok=%d damaged=%d skipped=%d bytes=%d seconds=%.1f",
                  self.location, counts["ok"], counts["damaged"], counts["skipped"], self.bytes - read_before,
                  time.monotonic() - started)
 
-    async def _scrub_one(self, summary) -> str:
+    async def _scrub_one(self, summary) -> None:
         service = self.service
         try:
             blocks = await service.footer_blocks(summary)
@@ -197,7 +197,6 @@ class ArchiveScrub:
                 service.refuse(summary, f"scrub: {detail}")
         else:
             log.info("event=archive_scrub_skipped name=%s reason=%r", summary.name, detail)
-        return outcome
 
     # -- where a pass stands, across restarts ----------------------------------------------------
 
@@ -254,6 +253,5 @@ def archive_scrub(cfg, service, problems=None) -> ArchiveScrub | None:
     if service.remote:
         log.info("event=archive_scrub_off reason=object_store location=%s", service.settings.directory)
         return None
-    scrub = ArchiveScrub(service, cfg.archive_scrub_interval, cfg.archive_scrub_rate, service.settings.checked_dir)
-    scrub.own_service = own_service
-    return scrub
+    return ArchiveScrub(service, cfg.archive_scrub_interval, cfg.archive_scrub_rate, service.settings.checked_dir,
+                        own_service=own_service)
